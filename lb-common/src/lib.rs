@@ -1,0 +1,50 @@
+//! Types, capacities and pure logic shared by the XDP program (`lb-ebpf`) and the agent
+//! (`lb-userspace`). Everything here is `no_std` and `#[repr(C)]` with explicit padding, so
+//! the kernel and user space agree on every byte.
+#![no_std]
+
+pub mod maps;
+
+/// Services the data path can hold (VIP, port, protocol).
+pub const MAX_SERVICES: u32 = 256;
+/// Backends across all services; a backend id indexes the backend table.
+pub const MAX_BACKENDS: u32 = 4096;
+/// Slots of one selection table; weighted round robin expands weights into slots.
+pub const RING_SLOTS: u32 = 1024;
+/// Each service owns two selection tables: the agent fills the idle one, then flips.
+pub const RING_TABLES_PER_SERVICE: u32 = 2;
+/// Default size of the flow table (LRU); the agent may set another at load time.
+pub const DEFAULT_FLOW_CAPACITY: u32 = 1 << 20;
+/// Default size of each NAT table (LRU); the agent may set another at load time.
+pub const DEFAULT_NAT_CAPACITY: u32 = 1 << 20;
+/// How many NAT ports a new flow tries before it is dropped as `NatPortsExhausted`.
+pub const NAT_PORT_TRIES: u32 = 8;
+
+/// Names of the maps and programs in the object, used by both sides.
+pub mod names {
+    pub const PROGRAM_LB: &str = "lb";
+    pub const PROGRAM_PASS: &str = "xdp_pass";
+    pub const SERVICES: &str = "SERVICES";
+    pub const BACKENDS: &str = "BACKENDS";
+    pub const RINGS: &str = "RINGS";
+    pub const RR_CURSORS: &str = "RR_CURSORS";
+    pub const FLOWS: &str = "FLOWS";
+    pub const NAT_REVERSE: &str = "NAT_REVERSE";
+    pub const SETTINGS: &str = "SETTINGS";
+    pub const SERVICE_STATS: &str = "SERVICE_STATS";
+    pub const BACKEND_STATS: &str = "BACKEND_STATS";
+    pub const VERDICT_STATS: &str = "VERDICT_STATS";
+    /// Every map the agent pins and adopts across restarts.
+    pub const PINNED_MAPS: [&str; 10] = [
+        SERVICES,
+        BACKENDS,
+        RINGS,
+        RR_CURSORS,
+        FLOWS,
+        NAT_REVERSE,
+        SETTINGS,
+        SERVICE_STATS,
+        BACKEND_STATS,
+        VERDICT_STATS,
+    ];
+}

@@ -1,0 +1,82 @@
+//! The XDP data path, in the order a packet meets it: parse, (firewall), balance, forward,
+//! count. Each step lives in its own module; this page is the whole story.
+#![no_std]
+#![no_main]
+#![feature(core_intrinsics)]
+#![allow(internal_features, reason = "atomic_xadd: the BPF target has no AtomicU32")]
+
+mod balance;
+mod checksum;
+mod forward;
+mod maps;
+mod parse;
+mod stats;
+
+use aya_ebpf::{
+    bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
+    macros::xdp,
+    programs::XdpContext,
+};
+use lb_common::maps::{Verdict, MODE_NAT};
+
+use balance::Target;
+
+#[xdp]
+pub fn lb(ctx: XdpContext) -> u32 {
+    let bytes = (ctx.data_end() - ctx.data()) as u64;
+    let verdict = process(&ctx);
+    stats::count_verdict(verdict, bytes);
+    match verdict {
+        Verdict::ForwardDsr | Verdict::ForwardNat | Verdict::NatReply => XDP_TX,
+        Verdict::PassNotIp | Verdict::PassNoService | Verdict::PassFragment => XDP_PASS,
+        Verdict::DropMalformed
+        | Verdict::DropNoBackend
+        | Verdict::DropNatPortsExhausted
+        | Verdict::DropInternal => XDP_DROP,
+    }
+}
+
+/// A trivial program: the floor in benchmarks, and what the lab attaches on veth peers so that
+/// XDP_TX towards them is accepted.
+#[xdp]
+pub fn xdp_pass(_ctx: XdpContext) -> u32 {
+    XDP_PASS
+}
+
+#[inline(always)]
+fn process(ctx: &XdpContext) -> Verdict {
+    let packet = match parse::parse(ctx) {
+        Ok(packet) => packet,
+        Err(verdict) => return verdict,
+    };
+
+    match balance::lookup(&packet) {
+        Target::Service(service) => {
+            let chosen = match balance::choose_backend(ctx, &packet, service) {
+                Ok(chosen) => chosen,
+                Err(verdict) => return verdict,
+            };
+            let bytes = packet.len as u64;
+            stats::count_service(service.id, bytes, chosen.new_flow);
+            stats::count_backend(chosen.backend_id, bytes, chosen.new_flow);
+            if service.mode == MODE_NAT {
+                forward::nat_to_backend(ctx, &packet, service, &chosen)
+            } else {
+                forward::dsr_to_backend(ctx, &chosen)
+            }
+        }
+        Target::NatReply(reverse) => {
+            let bytes = packet.len as u64;
+            stats::count_service(reverse.service_id, bytes, false);
+            stats::count_backend(reverse.backend_id, bytes, false);
+            forward::nat_to_client(ctx, &packet, reverse)
+        }
+        Target::Kernel => Verdict::PassNoService,
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}

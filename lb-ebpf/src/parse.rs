@@ -1,0 +1,165 @@
+//! Header parsing. Every read is bounds-checked against `data_end` first (the verifier
+//! rejects the program otherwise); a packet that lies about its lengths is `DropMalformed`.
+use core::mem::offset_of;
+
+use aya_ebpf::programs::XdpContext;
+use lb_common::maps::{FlowKey, Verdict, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP};
+use network_types::{
+    eth::EthHdr,
+    ip::{Ipv4Hdr, Ipv6Hdr},
+    tcp::TcpHdr,
+    udp::UdpHdr,
+};
+
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86DD;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88A8;
+const VLAN_TAG_LEN: usize = 4;
+/// Bytes of the TCP or UDP header the data path reads and writes (ports, checksum).
+pub const TCP_NEEDED: usize = TcpHdr::LEN;
+pub const UDP_NEEDED: usize = UdpHdr::LEN;
+
+/// What the rest of the path needs to know about a parsed TCP/UDP packet.
+pub struct Packet {
+    /// The flow as seen on the wire (source, destination, ports, protocol, family).
+    pub key: FlowKey,
+    /// Offset of the IP header.
+    pub l3: usize,
+    /// Offset of the TCP/UDP header.
+    pub l4: usize,
+    /// Bytes in the frame.
+    pub len: usize,
+}
+
+/// Pointer to `len` bytes at `offset`, or `None` if the packet is too short for them.
+#[inline(always)]
+pub fn bytes_at(ctx: &XdpContext, offset: usize, len: usize) -> Option<*mut u8> {
+    let start = ctx.data();
+    // The verifier needs this comparison before any access at start + offset.
+    if start + offset + len > ctx.data_end() {
+        return None;
+    }
+    Some((start + offset) as *mut u8)
+}
+
+/// Pointer to a `T` at `offset`, or `None` if the packet is too short for it.
+#[inline(always)]
+pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
+    bytes_at(ctx, offset, core::mem::size_of::<T>()).map(|p| p as *mut T)
+}
+
+// Header fields sit at even offsets of the frame, so 16-bit loads and stores are aligned; the
+// byte-array fields of network-types would otherwise compile to one load per byte.
+
+/// A 16-bit field as it sits in memory (network order stays network order).
+#[inline(always)]
+pub fn load16(p: *const u8) -> u16 {
+    // SAFETY: callers pass a bounds-checked, even-offset packet pointer.
+    unsafe { *(p as *const u16) }
+}
+
+#[inline(always)]
+pub fn store16(p: *mut u8, value: u16) {
+    // SAFETY: as for `load16`.
+    unsafe { *(p as *mut u16) = value }
+}
+
+/// A 32-bit field as it sits in memory, read as two aligned halves.
+#[inline(always)]
+pub fn load32(p: *const u8) -> u32 {
+    load16(p) as u32 | (load16(p.wrapping_add(2)) as u32) << 16
+}
+
+#[inline(always)]
+pub fn store32(p: *mut u8, value: u32) {
+    store16(p, value as u16);
+    store16(p.wrapping_add(2), (value >> 16) as u16);
+}
+
+#[inline(always)]
+fn load_addr6(p: *const u8) -> [u32; 4] {
+    [load32(p), load32(p.wrapping_add(4)), load32(p.wrapping_add(8)), load32(p.wrapping_add(12))]
+}
+
+/// Parses Ethernet (with at most one 802.1Q/802.1ad tag), IPv4 or IPv6, then TCP or UDP.
+/// `Err` carries the verdict for packets the balancer does not handle.
+#[inline(always)]
+pub fn parse(ctx: &XdpContext) -> Result<Packet, Verdict> {
+    let len = ctx.data_end() - ctx.data();
+    let eth = bytes_at(ctx, 0, EthHdr::LEN).ok_or(Verdict::PassNotIp)?;
+    let mut l3 = EthHdr::LEN;
+    let mut ether_type = u16::from_be(load16(eth.wrapping_add(offset_of!(EthHdr, ether_type))));
+    if ether_type == ETH_P_8021Q || ether_type == ETH_P_8021AD {
+        // The inner EtherType is the last two bytes of the tag.
+        let tag = bytes_at(ctx, l3, VLAN_TAG_LEN).ok_or(Verdict::PassNotIp)?;
+        ether_type = u16::from_be(load16(tag.wrapping_add(2)));
+        l3 += VLAN_TAG_LEN;
+    }
+
+    let mut key = FlowKey::default();
+    let l4 = match ether_type {
+        ETH_P_IP => parse_ipv4(ctx, l3, len, &mut key)?,
+        ETH_P_IPV6 => parse_ipv6(ctx, l3, len, &mut key)?,
+        _ => return Err(Verdict::PassNotIp),
+    };
+
+    let needed = match key.proto {
+        PROTO_TCP => TCP_NEEDED,
+        PROTO_UDP => UDP_NEEDED,
+        _ => return Err(Verdict::PassNoService),
+    };
+    // TCP and UDP both start with source and destination ports.
+    let ports = bytes_at(ctx, l4, needed).ok_or(Verdict::DropMalformed)?;
+    key.src_port = load16(ports);
+    key.dst_port = load16(ports.wrapping_add(2));
+    Ok(Packet { key, l3, l4, len })
+}
+
+/// Fills the IPv4 part of `key` and returns the offset of the L4 header.
+#[inline(always)]
+fn parse_ipv4(ctx: &XdpContext, l3: usize, len: usize, key: &mut FlowKey) -> Result<usize, Verdict> {
+    let ip = bytes_at(ctx, l3, Ipv4Hdr::LEN).ok_or(Verdict::DropMalformed)?;
+    // SAFETY: bounds checked by `bytes_at`.
+    let vihl = unsafe { *ip.wrapping_add(offset_of!(Ipv4Hdr, vihl)) };
+    // Masked to 4 bits, so the verifier knows the header is at most 60 bytes.
+    let header_len = ((vihl & 0x0F) as usize) * 4;
+    if vihl >> 4 != 4 || header_len < Ipv4Hdr::LEN {
+        return Err(Verdict::DropMalformed);
+    }
+    let total_len = u16::from_be(load16(ip.wrapping_add(offset_of!(Ipv4Hdr, tot_len)))) as usize;
+    if total_len < header_len || l3 + total_len > len {
+        return Err(Verdict::DropMalformed);
+    }
+    // More-fragments flag or a fragment offset: only the first fragment has ports.
+    if u16::from_be(load16(ip.wrapping_add(offset_of!(Ipv4Hdr, frags)))) & 0x3FFF != 0 {
+        return Err(Verdict::PassFragment);
+    }
+    key.family = FAMILY_V4;
+    // SAFETY: bounds checked by `bytes_at`.
+    key.proto = unsafe { *ip.wrapping_add(offset_of!(Ipv4Hdr, proto)) };
+    key.src[0] = load32(ip.wrapping_add(offset_of!(Ipv4Hdr, src_addr)));
+    key.dst[0] = load32(ip.wrapping_add(offset_of!(Ipv4Hdr, dst_addr)));
+    Ok(l3 + header_len)
+}
+
+/// Fills the IPv6 part of `key` and returns the offset of the L4 header. Extension headers are
+/// not walked: such packets carry another next-header value and go to the kernel.
+#[inline(always)]
+fn parse_ipv6(ctx: &XdpContext, l3: usize, len: usize, key: &mut FlowKey) -> Result<usize, Verdict> {
+    let ip = bytes_at(ctx, l3, Ipv6Hdr::LEN).ok_or(Verdict::DropMalformed)?;
+    // SAFETY: bounds checked by `bytes_at`.
+    if unsafe { *ip } >> 4 != 6 {
+        return Err(Verdict::DropMalformed);
+    }
+    let payload_len = u16::from_be(load16(ip.wrapping_add(offset_of!(Ipv6Hdr, payload_len)))) as usize;
+    if l3 + Ipv6Hdr::LEN + payload_len > len {
+        return Err(Verdict::DropMalformed);
+    }
+    key.family = FAMILY_V6;
+    // SAFETY: bounds checked by `bytes_at`.
+    key.proto = unsafe { *ip.wrapping_add(offset_of!(Ipv6Hdr, next_hdr)) };
+    key.src = load_addr6(ip.wrapping_add(offset_of!(Ipv6Hdr, src_addr)));
+    key.dst = load_addr6(ip.wrapping_add(offset_of!(Ipv6Hdr, dst_addr)));
+    Ok(l3 + Ipv6Hdr::LEN)
+}

@@ -1,0 +1,289 @@
+//! The only module that touches aya: loads the XDP object, pins and adopts its maps, attaches
+//! the program (replacing a pinned one in place), and reads and writes the maps.
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{bail, Context as _, Result};
+use aya::{
+    maps::{Array, HashMap, MapData, PerCpuArray},
+    programs::{
+        links::{FdLink, PinnedLink},
+        xdp::XdpLink,
+        Xdp, XdpMode,
+    },
+    Ebpf, EbpfLoader,
+};
+use lb_common::{
+    maps::{Backend, Counters, Service, ServiceKey, Settings, Verdict},
+    names,
+};
+use log::{info, warn};
+
+/// The XDP object built by build.rs from lb-ebpf.
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb"));
+
+/// Name of the pinned XDP link inside the pin directory.
+const LINK_PIN: &str = "link";
+/// bpffs superblock magic (statfs f_type).
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// bpffs directory to pin maps (and the link) in; `None` loads private maps (tests).
+    pub pin_dir: Option<PathBuf>,
+    pub flow_capacity: u32,
+    pub nat_capacity: u32,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            pin_dir: None,
+            flow_capacity: lb_common::DEFAULT_FLOW_CAPACITY,
+            nat_capacity: lb_common::DEFAULT_NAT_CAPACITY,
+        }
+    }
+}
+
+/// How the program ended up attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attached {
+    Native,
+    /// Native mode was refused; generic (skb) mode works everywhere but is much slower.
+    GenericFallback,
+    Generic,
+    /// A pinned link from an earlier agent now runs this program (no traffic gap).
+    ReplacedPinned,
+}
+
+pub struct Dataplane {
+    ebpf: Ebpf,
+    pin_dir: Option<PathBuf>,
+    /// Whether the maps existed before this load (a restart adopting live state).
+    adopted: bool,
+    /// Our descriptor of the attached link; without a pin, dropping it detaches the program.
+    link: Option<FdLink>,
+}
+
+impl Dataplane {
+    pub fn load(options: &LoadOptions) -> Result<Self> {
+        let mut loader = EbpfLoader::new();
+        loader.map_max_entries(names::FLOWS, options.flow_capacity);
+        loader.map_max_entries(names::NAT_REVERSE, options.nat_capacity);
+        let mut adopted = false;
+        if let Some(dir) = &options.pin_dir {
+            prepare_pin_dir(dir)?;
+            adopted = dir.join(names::FLOWS).exists();
+            for name in names::PINNED_MAPS {
+                loader.map_pin_path(name, dir.join(name));
+            }
+        }
+        let mut ebpf = loader.load(OBJECT).context("loading the XDP object (maps) into the kernel")?;
+        for name in [names::PROGRAM_LB, names::PROGRAM_PASS] {
+            let program: &mut Xdp = ebpf
+                .program_mut(name)
+                .with_context(|| format!("program `{name}` missing from the object"))?
+                .try_into()?;
+            program.load().with_context(|| format!("the kernel verifier refused program `{name}`"))?;
+        }
+        let mut dataplane = Self { ebpf, pin_dir: options.pin_dir.clone(), adopted, link: None };
+        if !adopted {
+            dataplane.set_settings(&Settings::default())?;
+        }
+        Ok(dataplane)
+    }
+
+    /// True when the maps were adopted from an earlier agent's pins.
+    pub fn adopted(&self) -> bool {
+        self.adopted
+    }
+
+    pub fn program(&self) -> Result<&Xdp> {
+        self.xdp(names::PROGRAM_LB)
+    }
+
+    pub fn pass_program(&self) -> Result<&Xdp> {
+        self.xdp(names::PROGRAM_PASS)
+    }
+
+    fn xdp(&self, name: &str) -> Result<&Xdp> {
+        let program = self.ebpf.program(name).with_context(|| format!("no program `{name}`"))?;
+        Ok(program.try_into()?)
+    }
+
+    /// Attaches `lb` to `iface`. With a pin directory, a link pinned by an earlier agent is
+    /// updated to this program atomically; otherwise a new link is made (and pinned).
+    pub fn attach(&mut self, iface: &str, mode: XdpMode) -> Result<Attached> {
+        let link_pin = self.pin_dir.as_ref().map(|dir| dir.join(LINK_PIN));
+        if let Some(pin) = link_pin.as_ref().filter(|pin| pin.exists()) {
+            let pinned = PinnedLink::from_pin(pin)
+                .with_context(|| format!("opening the pinned XDP link {}", pin.display()))?;
+            let link = XdpLink::try_from(FdLink::from(pinned))?;
+            let program: &mut Xdp = self.program_mut(names::PROGRAM_LB)?;
+            let id = program.attach_to_link(link).context("replacing the program of the pinned XDP link")?;
+            self.link = Some(FdLink::try_from(program.take_link(id)?)?);
+            return Ok(Attached::ReplacedPinned);
+        }
+
+        let program: &mut Xdp = self.program_mut(names::PROGRAM_LB)?;
+        let (id, attached) = match mode {
+            XdpMode::Default | XdpMode::Driver => match program.attach(iface, XdpMode::Driver) {
+                Ok(id) => (id, Attached::Native),
+                Err(e) if mode == XdpMode::Default => {
+                    warn!("native XDP refused on {iface} ({e}); falling back to generic mode, which is much slower");
+                    (program.attach(iface, XdpMode::Skb).with_context(|| format!("attaching XDP to {iface}"))?, Attached::GenericFallback)
+                }
+                Err(e) => return Err(e).with_context(|| format!("attaching native XDP to {iface}")),
+            },
+            XdpMode::Skb | XdpMode::Hardware => {
+                (program.attach(iface, mode).with_context(|| format!("attaching XDP to {iface}"))?, Attached::Generic)
+            }
+        };
+        match FdLink::try_from(program.take_link(id)?) {
+            Ok(link) => {
+                if let Some(pin) = link_pin {
+                    // The pin keeps it attached when this process dies, so flows survive a restart.
+                    link.pin(&pin).with_context(|| format!("pinning the XDP link at {}", pin.display()))?;
+                    let pinned = PinnedLink::from_pin(&pin)?;
+                    self.link = Some(FdLink::from(pinned));
+                } else {
+                    self.link = Some(link);
+                }
+            }
+            Err(e) => warn!("XDP was attached through netlink, which cannot be pinned ({e}); it stays until the interface goes away"),
+        }
+        Ok(attached)
+    }
+
+    /// Attaches the trivial pass program (for veth peers, so XDP_TX towards them works) and
+    /// pins its link at `pin`, so it stays after this process exits.
+    pub fn attach_pass(&mut self, iface: &str, pin: &Path) -> Result<()> {
+        let program: &mut Xdp = self.program_mut(names::PROGRAM_PASS)?;
+        let id = program.attach(iface, XdpMode::Driver).with_context(|| format!("attaching xdp_pass to {iface}"))?;
+        let link = FdLink::try_from(program.take_link(id)?)?;
+        std::mem::forget(link.pin(pin).with_context(|| format!("pinning at {}", pin.display()))?);
+        Ok(())
+    }
+
+    fn program_mut(&mut self, name: &str) -> Result<&mut Xdp> {
+        let program = self.ebpf.program_mut(name).with_context(|| format!("no program `{name}`"))?;
+        Ok(program.try_into()?)
+    }
+
+    /// Detaches the program and removes every pin: a clean stop.
+    pub fn detach_and_unpin(&mut self) -> Result<()> {
+        let Some(dir) = self.pin_dir.clone() else {
+            self.link = None;
+            return Ok(());
+        };
+        let link_pin = dir.join(LINK_PIN);
+        if link_pin.exists() {
+            fs::remove_file(&link_pin).with_context(|| format!("unpinning {}", link_pin.display()))?;
+        }
+        // With the pin gone, closing the last descriptor detaches the program.
+        self.link = None;
+        for name in names::PINNED_MAPS {
+            let path = dir.join(name);
+            if path.exists() {
+                fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn set_settings(&mut self, settings: &Settings) -> Result<()> {
+        let mut map: Array<&mut MapData, Settings> = Array::try_from(self.map_mut(names::SETTINGS)?)?;
+        map.set(0, settings, 0).context("writing SETTINGS")?;
+        Ok(())
+    }
+
+    pub fn put_service(&mut self, key: &ServiceKey, service: &Service) -> Result<()> {
+        let mut map: HashMap<&mut MapData, ServiceKey, Service> = HashMap::try_from(self.map_mut(names::SERVICES)?)?;
+        map.insert(key, service, 0).context("writing SERVICES")?;
+        Ok(())
+    }
+
+    pub fn remove_service(&mut self, key: &ServiceKey) -> Result<()> {
+        let mut map: HashMap<&mut MapData, ServiceKey, Service> = HashMap::try_from(self.map_mut(names::SERVICES)?)?;
+        map.remove(key).context("removing from SERVICES")?;
+        Ok(())
+    }
+
+    pub fn services(&self) -> Result<Vec<(ServiceKey, Service)>> {
+        let map: HashMap<&MapData, ServiceKey, Service> = HashMap::try_from(self.map(names::SERVICES)?)?;
+        map.iter().map(|item| item.context("reading SERVICES")).collect()
+    }
+
+    pub fn put_backend(&mut self, id: u32, backend: &Backend) -> Result<()> {
+        let mut map: Array<&mut MapData, Backend> = Array::try_from(self.map_mut(names::BACKENDS)?)?;
+        map.set(id, backend, 0).with_context(|| format!("writing BACKENDS[{id}]"))?;
+        Ok(())
+    }
+
+    /// Every backend slot, used or not (index = backend id).
+    pub fn backends(&self) -> Result<Vec<Backend>> {
+        let map: Array<&MapData, Backend> = Array::try_from(self.map(names::BACKENDS)?)?;
+        map.iter().map(|item| item.context("reading BACKENDS")).collect()
+    }
+
+    /// Writes a selection table starting at `offset` in RINGS.
+    pub fn put_ring(&mut self, offset: u32, slots: &[u32]) -> Result<()> {
+        let mut map: Array<&mut MapData, u32> = Array::try_from(self.map_mut(names::RINGS)?)?;
+        for (i, backend_id) in slots.iter().enumerate() {
+            map.set(offset + i as u32, backend_id, 0).context("writing RINGS")?;
+        }
+        Ok(())
+    }
+
+    pub fn service_counters(&self, id: u32) -> Result<Counters> {
+        self.counters(names::SERVICE_STATS, id)
+    }
+
+    pub fn backend_counters(&self, id: u32) -> Result<Counters> {
+        self.counters(names::BACKEND_STATS, id)
+    }
+
+    pub fn verdict_counters(&self) -> Result<Vec<(Verdict, Counters)>> {
+        Verdict::ALL.iter().map(|&v| Ok((v, self.counters(names::VERDICT_STATS, v as u32)?))).collect()
+    }
+
+    /// A per-CPU counter summed over the CPUs.
+    fn counters(&self, map: &str, index: u32) -> Result<Counters> {
+        let map: PerCpuArray<&MapData, Counters> = PerCpuArray::try_from(self.map(map)?)?;
+        let per_cpu = map.get(&index, 0).with_context(|| format!("reading counters [{index}]"))?;
+        let mut total = Counters::default();
+        for counters in per_cpu.iter() {
+            total.add(counters);
+        }
+        Ok(total)
+    }
+
+    fn map(&self, name: &str) -> Result<&aya::maps::Map> {
+        self.ebpf.map(name).with_context(|| format!("map `{name}` missing from the object"))
+    }
+
+    fn map_mut(&mut self, name: &str) -> Result<&mut aya::maps::Map> {
+        self.ebpf.map_mut(name).with_context(|| format!("map `{name}` missing from the object"))
+    }
+}
+
+/// The pin directory must be on a bpffs, or pinning fails with an obscure error.
+fn prepare_pin_dir(dir: &Path) -> Result<()> {
+    fs::create_dir_all(dir).with_context(|| format!("creating pin directory {}", dir.display()))?;
+    let path = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())?;
+    // SAFETY: statfs fills the zeroed struct; `path` is a valid C string.
+    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(path.as_ptr(), &mut stat) } != 0 {
+        bail!("statfs({}): {}", dir.display(), std::io::Error::last_os_error());
+    }
+    if stat.f_type as i64 != BPF_FS_MAGIC {
+        bail!(
+            "{} is not on a bpffs mount; mount one with `mount -t bpf bpf /sys/fs/bpf` (inside `ip netns exec`, /sys/fs/bpf is hidden: use a bpffs mounted under /run)",
+            dir.display()
+        );
+    }
+    info!("pinning maps under {}", dir.display());
+    Ok(())
+}

@@ -1,0 +1,209 @@
+//! Backend MAC addresses from the kernel's neighbour table (ARP / NDP), over rtnetlink, so the
+//! user never types a MAC. A missing entry is provoked by sending one empty UDP datagram to the
+//! backend, which makes the kernel resolve it.
+use std::{
+    io,
+    mem::size_of,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+
+const RTM_GETNEIGH: u16 = 30;
+const RTM_NEWNEIGH: u16 = 28;
+const NLMSG_DONE: u16 = 3;
+const NLMSG_ERROR: u16 = 2;
+const NDA_DST: u16 = 1;
+const NDA_LLADDR: u16 = 2;
+/// States that carry a usable link-layer address.
+const NUD_USABLE: u16 = 0x02 | 0x04 | 0x08 | 0x10 | 0x40 | 0x80;
+
+#[repr(C)]
+struct NlMsgHdr {
+    len: u32,
+    kind: u16,
+    flags: u16,
+    seq: u32,
+    pid: u32,
+}
+
+#[repr(C)]
+struct NdMsg {
+    family: u8,
+    pad1: u8,
+    pad2: u16,
+    ifindex: i32,
+    state: u16,
+    flags: u8,
+    kind: u8,
+}
+
+/// Index of interface `name`, or an error naming it.
+pub fn ifindex(name: &str) -> Result<u32> {
+    let c_name = std::ffi::CString::new(name).context("interface name contains a NUL byte")?;
+    // SAFETY: a valid C string.
+    let index = unsafe { libc::if_nametoindex(c_name.as_ptr()) };
+    if index == 0 {
+        bail!("no interface named `{name}` (see `ip link`)");
+    }
+    Ok(index)
+}
+
+/// The MAC of `addr` on interface `ifindex`, resolving it if the kernel does not know it yet.
+pub fn resolve(ifindex: u32, addr: IpAddr, timeout: Duration) -> Result<[u8; 6]> {
+    if let Some(mac) = lookup(ifindex, addr)? {
+        return Ok(mac);
+    }
+    provoke_resolution(addr);
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        if let Some(mac) = lookup(ifindex, addr)? {
+            return Ok(mac);
+        }
+    }
+    bail!("{addr} did not answer ARP/NDP within {timeout:?}: is it up and on this interface's network?")
+}
+
+fn provoke_resolution(addr: IpAddr) {
+    let any: IpAddr = if addr.is_ipv4() { Ipv4Addr::UNSPECIFIED.into() } else { Ipv6Addr::UNSPECIFIED.into() };
+    let bind = SocketAddr::new(any, 0);
+    if let Ok(socket) = UdpSocket::bind(bind) {
+        // Port 9 (discard): the datagram itself does not matter, only the resolution it causes.
+        let _ = socket.send_to(&[], SocketAddr::new(addr, 9));
+    }
+}
+
+/// One look in the neighbour table.
+pub fn lookup(ifindex: u32, addr: IpAddr) -> Result<Option<[u8; 6]>> {
+    let entries = dump(if addr.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 } as u8)?;
+    Ok(entries
+        .into_iter()
+        .find(|e| e.ifindex == ifindex && e.addr == addr && e.state & NUD_USABLE != 0)
+        .map(|e| e.mac))
+}
+
+struct Entry {
+    ifindex: u32,
+    addr: IpAddr,
+    mac: [u8; 6],
+    state: u16,
+}
+
+fn dump(family: u8) -> Result<Vec<Entry>> {
+    // SAFETY: plain socket call; the descriptor is owned right away.
+    let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_ROUTE) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error()).context("opening a netlink socket");
+    }
+    // SAFETY: fd is a fresh descriptor we own.
+    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+
+    let mut request = [0u8; size_of::<NlMsgHdr>() + size_of::<NdMsg>()];
+    let header = NlMsgHdr {
+        len: request.len() as u32,
+        kind: RTM_GETNEIGH,
+        flags: (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16,
+        seq: 1,
+        pid: 0,
+    };
+    // SAFETY: both structs are plain integers and fit the buffer.
+    unsafe {
+        std::ptr::write_unaligned(request.as_mut_ptr() as *mut NlMsgHdr, header);
+        std::ptr::write_unaligned(
+            request.as_mut_ptr().add(size_of::<NlMsgHdr>()) as *mut NdMsg,
+            NdMsg { family, pad1: 0, pad2: 0, ifindex: 0, state: 0, flags: 0, kind: 0 },
+        );
+    }
+    // SAFETY: sending a valid buffer on our socket.
+    if unsafe { libc::send(socket.as_raw_fd(), request.as_ptr().cast(), request.len(), 0) } < 0 {
+        return Err(io::Error::last_os_error()).context("sending RTM_GETNEIGH");
+    }
+
+    let mut entries = Vec::new();
+    let mut buffer = vec![0u8; 64 * 1024];
+    loop {
+        // SAFETY: receiving into our buffer.
+        let n = unsafe { libc::recv(socket.as_raw_fd(), buffer.as_mut_ptr().cast(), buffer.len(), 0) };
+        if n < 0 {
+            return Err(io::Error::last_os_error()).context("reading the neighbour table");
+        }
+        let mut rest = &buffer[..n as usize];
+        while rest.len() >= size_of::<NlMsgHdr>() {
+            let len = u32::from_ne_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+            let kind = u16::from_ne_bytes([rest[4], rest[5]]);
+            if len < size_of::<NlMsgHdr>() || len > rest.len() {
+                bail!("malformed netlink message (length {len})");
+            }
+            match kind {
+                NLMSG_DONE => return Ok(entries),
+                NLMSG_ERROR => bail!("netlink error while dumping neighbours"),
+                RTM_NEWNEIGH => {
+                    if let Some(entry) = parse_neighbour(&rest[size_of::<NlMsgHdr>()..len]) {
+                        entries.push(entry);
+                    }
+                }
+                _ => {}
+            }
+            let aligned = (len + 3) & !3;
+            rest = &rest[aligned.min(rest.len())..];
+        }
+    }
+}
+
+fn parse_neighbour(body: &[u8]) -> Option<Entry> {
+    if body.len() < size_of::<NdMsg>() {
+        return None;
+    }
+    let family = body[0];
+    let ifindex = i32::from_ne_bytes(body[4..8].try_into().ok()?) as u32;
+    let state = u16::from_ne_bytes(body[8..10].try_into().ok()?);
+    let mut attrs = &body[size_of::<NdMsg>()..];
+    let (mut addr, mut mac) = (None, None);
+    while attrs.len() >= 4 {
+        let len = u16::from_ne_bytes([attrs[0], attrs[1]]) as usize;
+        let kind = u16::from_ne_bytes([attrs[2], attrs[3]]);
+        if len < 4 || len > attrs.len() {
+            break;
+        }
+        let value = &attrs[4..len];
+        match (kind, value.len()) {
+            (NDA_DST, 4) if family == libc::AF_INET as u8 => {
+                addr = Some(IpAddr::from(<[u8; 4]>::try_from(value).ok()?));
+            }
+            (NDA_DST, 16) if family == libc::AF_INET6 as u8 => {
+                addr = Some(IpAddr::from(<[u8; 16]>::try_from(value).ok()?));
+            }
+            (NDA_LLADDR, 6) => mac = Some(<[u8; 6]>::try_from(value).ok()?),
+            _ => {}
+        }
+        attrs = &attrs[((len + 3) & !3).min(attrs.len())..];
+    }
+    Some(Entry { ifindex, addr: addr?, mac: mac?, state })
+}
+
+pub fn format_mac(mac: &[u8; 6]) -> String {
+    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_neighbour_dump_works() {
+        // Any machine can dump its neighbour table; it may be empty.
+        let entries = dump(libc::AF_INET as u8).unwrap_or_else(|e| panic!("{e:#}"));
+        for entry in entries {
+            assert!(entry.addr.is_ipv4());
+        }
+    }
+
+    #[test]
+    fn unknown_interface_is_a_clear_error() {
+        let error = ifindex("no-such-if0").err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(error.contains("no interface named `no-such-if0`"), "{error}");
+    }
+}

@@ -1,0 +1,353 @@
+//! The agent's view of services and backends, and how it becomes map contents: stable ids,
+//! generations, and selection tables (weighted round robin expanded into slots). Pure logic:
+//! `program` applies it to a [`Dataplane`].
+use std::net::IpAddr;
+
+use anyhow::{bail, Context as _, Result};
+use lb_common::{
+    maps::{
+        Backend, Service, ServiceKey, ALGORITHM_ROUND_ROBIN, BACKEND_ACTIVE, BACKEND_DOWN,
+        BACKEND_DRAINING, BACKEND_UNUSED, FAMILY_V4, FAMILY_V6, MODE_DSR, MODE_NAT, PROTO_TCP,
+        PROTO_UDP,
+    },
+    MAX_BACKENDS, MAX_SERVICES, RING_SLOTS, RING_TABLES_PER_SERVICE,
+};
+
+use crate::{
+    config::{Config, Mode, Protocol},
+    dataplane::Dataplane,
+};
+
+/// Health of a backend as the data path sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendState {
+    /// Gets new flows.
+    Active,
+    /// Keeps its flows, gets no new ones.
+    Draining,
+    /// Unreachable: out of the table, its flows re-balanced.
+    Down,
+}
+
+impl BackendState {
+    fn to_map(self) -> u8 {
+        match self {
+            BackendState::Active => BACKEND_ACTIVE,
+            BackendState::Draining => BACKEND_DRAINING,
+            BackendState::Down => BACKEND_DOWN,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct BackendEntry {
+    pub name: String,
+    pub id: u32,
+    pub generation: u32,
+    pub addr: IpAddr,
+    pub port: u16,
+    pub weight: u32,
+    pub state: BackendState,
+    /// `None` until the neighbour table gave it; such a backend stays out of rotation.
+    pub mac: Option<[u8; 6]>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServiceEntry {
+    pub name: String,
+    pub id: u32,
+    pub key: ServiceKey,
+    pub mode: Mode,
+    pub snat: Option<IpAddr>,
+    /// Which of the service's two selection tables the data path reads.
+    pub active_table: u32,
+    pub backends: Vec<BackendEntry>,
+}
+
+impl ServiceEntry {
+    /// Ids of backends that take new flows, expanded by weight.
+    pub fn selection_table(&self) -> Vec<u32> {
+        let eligible: Vec<(u32, u32)> = self
+            .backends
+            .iter()
+            .filter(|b| b.state == BackendState::Active && b.mac.is_some())
+            .map(|b| (b.id, b.weight))
+            .collect();
+        weighted_round_robin(&eligible, RING_SLOTS as usize)
+    }
+
+    fn ring_offset(&self, table: u32) -> u32 {
+        (self.id * RING_TABLES_PER_SERVICE + table) * RING_SLOTS
+    }
+}
+
+/// Slots for weighted round robin: weights reduced by their gcd (scaled down if they do not
+/// fit), then interleaved with the smooth algorithm so a heavy backend's turns are spread out.
+/// Equal weights give one slot each in order: strict round robin.
+pub fn weighted_round_robin(backends: &[(u32, u32)], max_slots: usize) -> Vec<u32> {
+    if backends.is_empty() {
+        return Vec::new();
+    }
+    let divisor = backends.iter().fold(0, |g, &(_, w)| gcd(g, w.max(1)));
+    let mut weights: Vec<u64> = backends.iter().map(|&(_, w)| (w.max(1) / divisor) as u64).collect();
+    let total: u64 = weights.iter().sum();
+    if total > max_slots as u64 {
+        let scale = max_slots as f64 / total as f64;
+        for w in &mut weights {
+            *w = ((*w as f64 * scale).floor() as u64).max(1);
+        }
+        while weights.iter().sum::<u64>() > max_slots as u64 {
+            if let Some(max) = weights.iter_mut().max() {
+                *max -= 1;
+            }
+        }
+    }
+    let total: i64 = weights.iter().sum::<u64>() as i64;
+    let mut current = vec![0i64; backends.len()];
+    let mut slots = Vec::with_capacity(total as usize);
+    for _ in 0..total {
+        let mut best = 0;
+        for i in 0..backends.len() {
+            current[i] += weights[i] as i64;
+            if current[i] > current[best] {
+                best = i;
+            }
+        }
+        current[best] -= total;
+        slots.push(backends[best].0);
+    }
+    slots
+}
+
+fn gcd(a: u32, b: u32) -> u32 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+pub fn addr_words(addr: IpAddr) -> ([u32; 4], u8) {
+    match addr {
+        IpAddr::V4(v4) => ([u32::from_ne_bytes(v4.octets()), 0, 0, 0], FAMILY_V4),
+        IpAddr::V6(v6) => {
+            let o = v6.octets();
+            let word = |i: usize| u32::from_ne_bytes([o[i], o[i + 1], o[i + 2], o[i + 3]]);
+            ([word(0), word(4), word(8), word(12)], FAMILY_V6)
+        }
+    }
+}
+
+pub fn service_key(vip: IpAddr, port: u16, protocol: Protocol) -> ServiceKey {
+    let (addr, family) = addr_words(vip);
+    let proto = match protocol {
+        Protocol::Tcp => PROTO_TCP,
+        Protocol::Udp => PROTO_UDP,
+    };
+    ServiceKey { addr, port: port.to_be(), proto, family }
+}
+
+/// All services, with ids that stay stable across agent restarts.
+#[derive(Debug, Default)]
+pub struct ServiceTable {
+    pub services: Vec<ServiceEntry>,
+    /// Highest generation seen per backend id, so a reused id always gets a new one.
+    generations: Vec<u32>,
+}
+
+impl ServiceTable {
+    /// Builds the table from the config, reusing the ids found in maps adopted from an earlier
+    /// agent, so its flows keep pointing at the same backends.
+    pub fn from_config(
+        config: &Config,
+        existing_services: &[(ServiceKey, Service)],
+        existing_backends: &[Backend],
+    ) -> Result<Self> {
+        let mut generations: Vec<u32> = vec![0; MAX_BACKENDS as usize];
+        let mut backend_taken = vec![false; MAX_BACKENDS as usize];
+        for (id, backend) in existing_backends.iter().enumerate().take(MAX_BACKENDS as usize) {
+            generations[id] = backend.generation;
+        }
+        let mut service_taken = vec![false; MAX_SERVICES as usize];
+        let mut table = ServiceTable { services: Vec::new(), generations: Vec::new() };
+
+        // First pass: services and backends that already have ids.
+        let mut planned = Vec::new();
+        for service in &config.services {
+            let key = service_key(*service.vip.get_ref(), *service.port.get_ref(), service.protocol);
+            let id = existing_services.iter().find(|(k, _)| *k == key).map(|(_, s)| s.id);
+            if let Some(id) = id.filter(|&id| id < MAX_SERVICES && !service_taken[id as usize]) {
+                service_taken[id as usize] = true;
+                planned.push((service, key, Some(id)));
+            } else {
+                planned.push((service, key, None));
+            }
+        }
+        for (service, key, id) in planned {
+            let id = match id {
+                Some(id) => id,
+                None => {
+                    let free = service_taken.iter().position(|t| !t).context("no free service id")?;
+                    service_taken[free] = true;
+                    free as u32
+                }
+            };
+            let mut backends = Vec::new();
+            for backend in &service.backends {
+                let addr = *backend.address.get_ref();
+                let port = backend.port_or(*service.port.get_ref());
+                let (words, family) = addr_words(addr);
+                let reused = existing_backends.iter().enumerate().position(|(i, b)| {
+                    !backend_taken[i]
+                        && b.state != BACKEND_UNUSED
+                        && b.service_id == id
+                        && b.addr == words
+                        && b.family == family
+                        && b.port == port.to_be()
+                });
+                let (backend_id, generation) = match reused {
+                    Some(i) => (i as u32, generations[i]),
+                    None => {
+                        // Ids freed by this agent are not reused before unused ones.
+                        let free = (0..MAX_BACKENDS as usize)
+                            .find(|&i| !backend_taken[i] && existing_backends.get(i).is_none_or(|b| b.state == BACKEND_UNUSED))
+                            .context("no free backend id")?;
+                        generations[free] = generations[free].wrapping_add(1);
+                        (free as u32, generations[free])
+                    }
+                };
+                backend_taken[backend_id as usize] = true;
+                backends.push(BackendEntry {
+                    name: backend.name.get_ref().clone(),
+                    id: backend_id,
+                    generation,
+                    addr,
+                    port,
+                    weight: *backend.weight.get_ref(),
+                    state: BackendState::Active,
+                    mac: None,
+                });
+            }
+            let active_table = existing_services
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map_or(0, |(_, s)| (s.ring_offset / RING_SLOTS) % RING_TABLES_PER_SERVICE);
+            table.services.push(ServiceEntry {
+                name: service.name.get_ref().clone(),
+                id,
+                key,
+                mode: *service.mode.get_ref(),
+                snat: service.snat_address.as_ref().map(|a| *a.get_ref()),
+                active_table,
+                backends,
+            });
+        }
+        table.generations = generations;
+        Ok(table)
+    }
+
+    pub fn service_mut(&mut self, name: &str) -> Option<&mut ServiceEntry> {
+        self.services.iter_mut().find(|s| s.name == name)
+    }
+}
+
+/// Writes one service to the data path: backends first, then its selection table into the idle
+/// table, then the service entry that flips to it. Readers never see a half-written table.
+pub fn program_service(dataplane: &mut Dataplane, service: &mut ServiceEntry) -> Result<()> {
+    for backend in &service.backends {
+        let (addr, family) = addr_words(backend.addr);
+        let state = if backend.mac.is_some() { backend.state.to_map() } else { BACKEND_DOWN };
+        dataplane.put_backend(
+            backend.id,
+            &Backend {
+                addr,
+                port: backend.port.to_be(),
+                family,
+                state,
+                mac: backend.mac.unwrap_or([0; 6]),
+                _pad: [0; 2],
+                generation: backend.generation,
+                service_id: service.id,
+            },
+        )?;
+    }
+    let slots = service.selection_table();
+    let table = 1 - service.active_table;
+    let offset = service.ring_offset(table);
+    dataplane.put_ring(offset, &slots)?;
+    let snat_addr = match (service.mode, service.snat) {
+        (Mode::Nat, Some(addr)) => addr_words(addr).0,
+        (Mode::Nat, None) => bail!("service {}: NAT mode without snat_address", service.name),
+        (Mode::Dsr, _) => [0; 4],
+    };
+    dataplane.put_service(
+        &service.key,
+        &Service {
+            id: service.id,
+            mode: if service.mode == Mode::Nat { MODE_NAT } else { MODE_DSR },
+            algorithm: ALGORITHM_ROUND_ROBIN,
+            _pad: [0; 2],
+            ring_offset: offset,
+            ring_len: slots.len() as u32,
+            snat_addr,
+        },
+    )?;
+    service.active_table = table;
+    Ok(())
+}
+
+/// Marks backend ids that no service uses any more as unused (their flows re-balance) and
+/// removes services that are gone from the config.
+pub fn remove_stale(
+    dataplane: &mut Dataplane,
+    table: &ServiceTable,
+    existing_services: &[(ServiceKey, Service)],
+    existing_backends: &[Backend],
+) -> Result<()> {
+    for (key, _) in existing_services {
+        if !table.services.iter().any(|s| s.key == *key) {
+            dataplane.remove_service(key)?;
+        }
+    }
+    for (id, backend) in existing_backends.iter().enumerate() {
+        let used = table.services.iter().flat_map(|s| &s.backends).any(|b| b.id as usize == id);
+        if backend.state != BACKEND_UNUSED && !used {
+            dataplane.put_backend(id as u32, &Backend { state: BACKEND_UNUSED, ..*backend })?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn equal_weights_are_strict_round_robin() {
+        assert_eq!(weighted_round_robin(&[(7, 1), (9, 1)], 1024), vec![7, 9]);
+        assert_eq!(weighted_round_robin(&[(1, 5), (2, 5), (3, 5)], 1024), vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn weights_are_interleaved_and_proportional() {
+        let slots = weighted_round_robin(&[(1, 5), (2, 1), (3, 1)], 1024);
+        assert_eq!(slots, vec![1, 1, 2, 1, 3, 1, 1]);
+        let slots = weighted_round_robin(&[(1, 2), (2, 1)], 1024);
+        assert_eq!(slots, vec![1, 2, 1]);
+    }
+
+    #[test]
+    fn too_many_slots_are_scaled_down_keeping_every_backend() {
+        let backends: Vec<(u32, u32)> = (0..20).map(|i| (i, if i == 0 { 100 } else { 3 })).collect();
+        let slots = weighted_round_robin(&backends, 64);
+        assert!(slots.len() <= 64);
+        for i in 0..20 {
+            assert!(slots.contains(&i), "backend {i} lost its slot");
+        }
+    }
+
+    #[test]
+    fn no_backend_no_slot() {
+        assert!(weighted_round_robin(&[], 1024).is_empty());
+    }
+}

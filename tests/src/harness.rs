@@ -1,0 +1,135 @@
+//! The real XDP program, loaded into the kernel with private maps, driven by
+//! BPF_PROG_TEST_RUN: a frame in, the verdict and the frame out.
+use std::net::IpAddr;
+
+use aya::programs::{TestRun, TestRunOptions};
+use lb_common::maps::{Counters, Settings, Verdict};
+use lb_userspace::{
+    config::{Mode, Protocol},
+    dataplane::{Dataplane, LoadOptions},
+    services::{self, BackendEntry, BackendState, ServiceEntry},
+};
+
+pub const XDP_ABORTED: u32 = 0;
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+pub const XDP_TX: u32 = 3;
+
+pub struct Harness {
+    pub dataplane: Dataplane,
+    pub services: Vec<ServiceEntry>,
+    next_backend_id: u32,
+}
+
+/// A backend for [`Harness::add_service`]: address, port, MAC, weight.
+pub struct BackendSpec {
+    pub name: &'static str,
+    pub addr: IpAddr,
+    pub port: u16,
+    pub mac: [u8; 6],
+    pub weight: u32,
+}
+
+impl Harness {
+    #[track_caller]
+    pub fn new() -> Self {
+        Self::with_options(&LoadOptions::default())
+    }
+
+    #[track_caller]
+    pub fn with_options(options: &LoadOptions) -> Self {
+        let dataplane = Dataplane::load(options).unwrap_or_else(|e| panic!("loading the XDP program: {e:#}"));
+        Harness { dataplane, services: Vec::new(), next_backend_id: 1 }
+    }
+
+    #[track_caller]
+    pub fn set_nat_ports(&mut self, min: u16, max: u16) {
+        self.dataplane
+            .set_settings(&Settings { nat_port_min: min, nat_port_max: max, _pad: 0 })
+            .unwrap_or_else(|e| panic!("{e:#}"));
+    }
+
+    /// Adds a service and returns its index in `self.services`.
+    #[track_caller]
+    pub fn add_service(
+        &mut self,
+        name: &str,
+        vip: (IpAddr, u16),
+        protocol: Protocol,
+        mode: Mode,
+        snat: Option<IpAddr>,
+        backends: &[BackendSpec],
+    ) -> usize {
+        let id = self.services.len() as u32;
+        let backends = backends
+            .iter()
+            .map(|b| {
+                let id = self.next_backend_id;
+                self.next_backend_id += 1;
+                BackendEntry {
+                    name: b.name.to_string(),
+                    id,
+                    generation: 1,
+                    addr: b.addr,
+                    port: b.port,
+                    weight: b.weight,
+                    state: BackendState::Active,
+                    mac: Some(b.mac),
+                }
+            })
+            .collect();
+        let mut service = ServiceEntry {
+            name: name.to_string(),
+            id,
+            key: services::service_key(vip.0, vip.1, protocol),
+            mode,
+            snat,
+            active_table: 0,
+            backends,
+        };
+        services::program_service(&mut self.dataplane, &mut service).unwrap_or_else(|e| panic!("{e:#}"));
+        self.services.push(service);
+        self.services.len() - 1
+    }
+
+    /// Changes a backend's state and reprograms its service.
+    #[track_caller]
+    pub fn set_backend_state(&mut self, service: usize, backend: &str, state: BackendState) {
+        let entry = &mut self.services[service];
+        let b = entry.backends.iter_mut().find(|b| b.name == backend).unwrap_or_else(|| panic!("no backend {backend}"));
+        b.state = state;
+        services::program_service(&mut self.dataplane, entry).unwrap_or_else(|e| panic!("{e:#}"));
+    }
+
+    /// Runs one frame through the program: (XDP action, output frame).
+    #[track_caller]
+    pub fn run(&self, frame: &[u8]) -> (u32, Vec<u8>) {
+        let program = self.dataplane.program().unwrap_or_else(|e| panic!("{e:#}"));
+        let mut out = vec![0u8; frame.len() + 256];
+        let result = program
+            .test_run(TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), ..TestRunOptions::new() })
+            .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN: {e}"));
+        out.truncate(result.data_size_out as usize);
+        (result.return_value, out)
+    }
+
+    pub fn backend_counters(&self, service: usize, backend: &str) -> Counters {
+        let id = self.services[service].backends.iter().find(|b| b.name == backend).map(|b| b.id).unwrap_or(0);
+        self.dataplane.backend_counters(id).unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
+    pub fn service_counters(&self, service: usize) -> Counters {
+        self.dataplane.service_counters(self.services[service].id).unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
+    pub fn verdict_count(&self, verdict: Verdict) -> u64 {
+        let all = self.dataplane.verdict_counters().unwrap_or_else(|e| panic!("{e:#}"));
+        all.iter().find(|(v, _)| *v == verdict).map_or(0, |(_, c)| c.packets)
+    }
+}
+
+impl Default for Harness {
+    fn default() -> Self {
+        Self::new()
+    }
+}

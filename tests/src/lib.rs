@@ -1,0 +1,19 @@
+//! Shared pieces of the test suite: a packet builder whose checksums are computed from scratch
+//! (never by the code under test), and a harness around the real XDP program.
+pub mod harness;
+pub mod packet;
+
+/// True when running as root. Otherwise prints a loud skip line; under CI with
+/// `LB_REQUIRE_ROOT_TESTS=1` a missing privilege fails the test instead.
+#[track_caller]
+pub fn require_root(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var_os("LB_REQUIRE_ROOT_TESTS").is_some_and(|v| v == "1") {
+        panic!("{test}: needs root, and LB_REQUIRE_ROOT_TESTS=1 forbids skipping");
+    }
+    eprintln!("\n*** SKIPPED (needs root): {test} — run `cargo xtask test` as root ***\n");
+    false
+}

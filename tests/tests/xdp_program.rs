@@ -1,0 +1,448 @@
+//! The real XDP program in the real kernel (BPF_PROG_TEST_RUN): crafted frames in, the verdict
+//! and every byte out checked against frames built independently by `lb_tests::packet`.
+use std::net::IpAddr;
+
+use lb_common::maps::Verdict;
+use lb_tests::{
+    harness::{BackendSpec, Harness, XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX},
+    packet::{l4_ports, Frame, L4, TCP_ACK},
+    require_root,
+};
+use lb_userspace::{
+    config::{Mode, Protocol},
+    services::BackendState,
+};
+
+const LB_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x10];
+const WEB1_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x11];
+const WEB2_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x12];
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
+}
+
+struct Family {
+    client: IpAddr,
+    vip: IpAddr,
+    snat: IpAddr,
+    web1: IpAddr,
+    web2: IpAddr,
+}
+
+fn v4() -> Family {
+    Family { client: ip("10.0.0.10"), vip: ip("10.0.0.100"), snat: ip("10.0.0.3"), web1: ip("10.0.0.11"), web2: ip("10.0.0.12") }
+}
+
+fn v6() -> Family {
+    Family {
+        client: ip("fd00::10"),
+        vip: ip("fd00::100"),
+        snat: ip("fd00::3"),
+        web1: ip("fd00::11"),
+        web2: ip("fd00::12"),
+    }
+}
+
+fn two_backends(f: &Family, port: u16) -> [BackendSpec; 2] {
+    [
+        BackendSpec { name: "web1", addr: f.web1, port, mac: WEB1_MAC, weight: 1 },
+        BackendSpec { name: "web2", addr: f.web2, port, mac: WEB2_MAC, weight: 1 },
+    ]
+}
+
+/// A harness with one service on `f.vip:80` and backends web1, web2.
+fn service(f: &Family, protocol: Protocol, mode: Mode, backend_port: u16) -> Harness {
+    let mut h = Harness::new();
+    let snat = (mode == Mode::Nat).then_some(f.snat);
+    h.add_service("web", (f.vip, 80), protocol, mode, snat, &two_backends(f, backend_port));
+    h
+}
+
+fn client_frame(f: &Family, protocol: Protocol, client_port: u16) -> Frame {
+    let frame = match protocol {
+        Protocol::Tcp => Frame::tcp((f.client, client_port), (f.vip, 80)),
+        Protocol::Udp => Frame::udp((f.client, client_port), (f.vip, 80)),
+    };
+    frame.macs(CLIENT_MAC, LB_MAC)
+}
+
+#[track_caller]
+fn assert_frame(actual: &[u8], expected: &[u8], what: &str) {
+    if actual != expected {
+        let diff: Vec<String> = actual
+            .iter()
+            .zip(expected)
+            .enumerate()
+            .filter(|(_, (a, e))| a != e)
+            .map(|(i, (a, e))| format!("byte {i}: got {a:#04x}, want {e:#04x}"))
+            .collect();
+        panic!("{what}: frames differ (len {} vs {}):\n{}", actual.len(), expected.len(), diff.join("\n"));
+    }
+}
+
+fn dsr(f: Family) {
+    let h = service(&f, Protocol::Tcp, Mode::Dsr, 80);
+    let frame = client_frame(&f, Protocol::Tcp, 40000);
+    let (action, out) = h.run(&frame.build());
+    assert_eq!(action, XDP_TX);
+    // Only the MACs change: towards web1, from the load balancer's own MAC.
+    let expected = frame.clone().macs(LB_MAC, WEB1_MAC).build();
+    assert_frame(&out, &expected, "DSR to web1");
+    assert_eq!(h.verdict_count(Verdict::ForwardDsr), 1);
+    let counters = h.backend_counters(0, "web1");
+    assert_eq!((counters.packets, counters.bytes, counters.new_flows), (1, out.len() as u64, 1));
+}
+
+#[test]
+fn dsr_v4_rewrites_only_the_macs() {
+    if require_root("dsr_v4_rewrites_only_the_macs") {
+        dsr(v4());
+    }
+}
+
+#[test]
+fn dsr_v6_rewrites_only_the_macs() {
+    if require_root("dsr_v6_rewrites_only_the_macs") {
+        dsr(v6());
+    }
+}
+
+#[test]
+fn dsr_keeps_a_vlan_tag() {
+    if !require_root("dsr_keeps_a_vlan_tag") {
+        return;
+    }
+    let f = v4();
+    let h = service(&f, Protocol::Tcp, Mode::Dsr, 80);
+    let mut frame = client_frame(&f, Protocol::Tcp, 40000);
+    frame.vlan = Some(42);
+    let (action, out) = h.run(&frame.build());
+    assert_eq!(action, XDP_TX);
+    assert_frame(&out, &frame.clone().macs(LB_MAC, WEB1_MAC).build(), "tagged DSR");
+}
+
+fn nat(f: Family, protocol: Protocol) {
+    let mut h = service(&f, protocol, Mode::Nat, 8080);
+    h.set_nat_ports(20000, 20999);
+    let frame = client_frame(&f, protocol, 40000);
+    let (action, out) = h.run(&frame.build());
+    assert_eq!(action, XDP_TX, "NAT forward verdict");
+    let (nat_port, backend_port) = l4_ports(&out);
+    assert!((20000..=20999).contains(&nat_port), "NAT port {nat_port} outside the configured range");
+    assert_eq!(backend_port, 8080);
+    let forward = frame.with_endpoints((f.snat, nat_port), (f.web1, 8080)).macs(LB_MAC, WEB1_MAC);
+    assert_frame(&out, &forward.build(), "NAT forward to web1");
+
+    // The backend's reply comes back to the load balancer and goes out to the client as if
+    // from the VIP.
+    let mut reply = forward.with_endpoints((f.web1, 8080), (f.snat, nat_port)).macs(WEB1_MAC, LB_MAC);
+    if let L4::Tcp { flags, ack, .. } = &mut reply.l4 {
+        *flags = TCP_ACK | 0x02;
+        *ack = 1001;
+    }
+    reply.payload = b"a reply of another length".to_vec();
+    let (action, out) = h.run(&reply.build());
+    assert_eq!(action, XDP_TX, "NAT reply verdict");
+    let to_client = reply.with_endpoints((f.vip, 80), (f.client, 40000)).macs(LB_MAC, CLIENT_MAC);
+    assert_frame(&out, &to_client.build(), "NAT reply to the client");
+
+    // The next client packet of the flow reuses the same port and backend.
+    let (_, again) = h.run(&frame.build());
+    assert_frame(&again, &forward.build(), "second packet of the NAT flow");
+    assert_eq!(h.verdict_count(Verdict::ForwardNat), 2);
+    assert_eq!(h.verdict_count(Verdict::NatReply), 1);
+    assert_eq!(h.service_counters(0).packets, 3);
+    assert_eq!(h.service_counters(0).new_flows, 1);
+}
+
+#[test]
+fn nat_v4_tcp_forward_and_reply() {
+    if require_root("nat_v4_tcp_forward_and_reply") {
+        nat(v4(), Protocol::Tcp);
+    }
+}
+
+#[test]
+fn nat_v4_udp_forward_and_reply() {
+    if require_root("nat_v4_udp_forward_and_reply") {
+        nat(v4(), Protocol::Udp);
+    }
+}
+
+#[test]
+fn nat_v6_tcp_forward_and_reply() {
+    if require_root("nat_v6_tcp_forward_and_reply") {
+        nat(v6(), Protocol::Tcp);
+    }
+}
+
+#[test]
+fn nat_v6_udp_forward_and_reply() {
+    if require_root("nat_v6_udp_forward_and_reply") {
+        nat(v6(), Protocol::Udp);
+    }
+}
+
+#[test]
+fn nat_keeps_a_zero_udp_checksum_zero() {
+    if !require_root("nat_keeps_a_zero_udp_checksum_zero") {
+        return;
+    }
+    let f = v4();
+    let h = service(&f, Protocol::Udp, Mode::Nat, 53);
+    let mut frame = client_frame(&f, Protocol::Udp, 5353);
+    frame.l4 = L4::Udp { src_port: 5353, dst_port: 80, checksum: false };
+    let (action, out) = h.run(&frame.build());
+    assert_eq!(action, XDP_TX);
+    let (nat_port, _) = l4_ports(&out);
+    let mut expected = frame.with_endpoints((f.snat, nat_port), (f.web1, 53)).macs(LB_MAC, WEB1_MAC);
+    expected.l4 = L4::Udp { src_port: nat_port, dst_port: 53, checksum: false };
+    assert_frame(&out, &expected.build(), "checksum-less UDP");
+}
+
+#[test]
+fn nat_with_ipv4_options() {
+    if !require_root("nat_with_ipv4_options") {
+        return;
+    }
+    let f = v4();
+    let h = service(&f, Protocol::Tcp, Mode::Nat, 80);
+    let mut frame = client_frame(&f, Protocol::Tcp, 40000);
+    // Record route (7), 11 bytes, then no-op padding: 12 bytes of options, IHL 8.
+    frame.ipv4_options = vec![7, 11, 4, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+    let (action, out) = h.run(&frame.build());
+    assert_eq!(action, XDP_TX);
+    let (nat_port, _) = l4_ports(&out);
+    let expected = frame.with_endpoints((f.snat, nat_port), (f.web1, 80)).macs(LB_MAC, WEB1_MAC);
+    assert_frame(&out, &expected.build(), "NAT with IPv4 options");
+}
+
+#[test]
+fn round_robin_alternates_exactly_over_100_new_flows() {
+    if !require_root("round_robin_alternates_exactly_over_100_new_flows") {
+        return;
+    }
+    for f in [v4(), v6()] {
+        let h = service(&f, Protocol::Tcp, Mode::Dsr, 80);
+        let mut order = Vec::new();
+        for i in 0..100 {
+            let (action, out) = h.run(&client_frame(&f, Protocol::Tcp, 30000 + i).build());
+            assert_eq!(action, XDP_TX);
+            order.push(if out[0..6] == WEB1_MAC { 1 } else if out[0..6] == WEB2_MAC { 2 } else { 0 });
+        }
+        let expected: Vec<u8> = (0..100).map(|i| if i % 2 == 0 { 1 } else { 2 }).collect();
+        assert_eq!(order, expected, "strict alternation web1, web2, ...");
+        assert_eq!(h.backend_counters(0, "web1").new_flows, 50);
+        assert_eq!(h.backend_counters(0, "web2").new_flows, 50);
+    }
+}
+
+#[test]
+fn weighted_round_robin_follows_the_weights() {
+    if !require_root("weighted_round_robin_follows_the_weights") {
+        return;
+    }
+    let f = v4();
+    let mut h = Harness::new();
+    let mut backends = two_backends(&f, 80);
+    backends[0].weight = 3;
+    h.add_service("web", (f.vip, 80), Protocol::Tcp, Mode::Dsr, None, &backends);
+    for i in 0..400 {
+        h.run(&client_frame(&f, Protocol::Tcp, 20000 + i).build());
+    }
+    assert_eq!(h.backend_counters(0, "web1").new_flows, 300);
+    assert_eq!(h.backend_counters(0, "web2").new_flows, 100);
+}
+
+#[test]
+fn a_flow_sticks_to_its_backend() {
+    if !require_root("a_flow_sticks_to_its_backend") {
+        return;
+    }
+    let f = v4();
+    let h = service(&f, Protocol::Tcp, Mode::Dsr, 80);
+    let sticky = client_frame(&f, Protocol::Tcp, 40000).build();
+    let (_, first) = h.run(&sticky);
+    for i in 0..10 {
+        // Other new flows move the round-robin cursor in between.
+        h.run(&client_frame(&f, Protocol::Tcp, 50000 + i).build());
+        let (action, out) = h.run(&sticky);
+        assert_eq!(action, XDP_TX);
+        assert_eq!(out[0..6], first[0..6], "packet {i} of the flow changed backend");
+    }
+    assert_eq!(h.backend_counters(0, "web1").packets, 1 + 10 + 5);
+}
+
+#[test]
+fn flows_of_a_removed_backend_are_rebalanced() {
+    if !require_root("flows_of_a_removed_backend_are_rebalanced") {
+        return;
+    }
+    let f = v4();
+    let mut h = service(&f, Protocol::Tcp, Mode::Dsr, 80);
+    let on_web1 = client_frame(&f, Protocol::Tcp, 40000).build();
+    assert_eq!(h.run(&on_web1).1[0..6], WEB1_MAC);
+    h.set_backend_state(0, "web1", BackendState::Down);
+    assert_eq!(h.run(&on_web1).1[0..6], WEB2_MAC, "the flow moves to the remaining backend");
+    for i in 0..6 {
+        let (_, out) = h.run(&client_frame(&f, Protocol::Tcp, 41000 + i).build());
+        assert_eq!(out[0..6], WEB2_MAC, "new flows avoid the removed backend");
+    }
+    h.set_backend_state(0, "web2", BackendState::Down);
+    let (action, _) = h.run(&client_frame(&f, Protocol::Tcp, 42000).build());
+    assert_eq!(action, XDP_DROP, "no backend left");
+    assert_eq!(h.verdict_count(Verdict::DropNoBackend), 1);
+}
+
+#[test]
+fn a_draining_backend_keeps_its_flows_and_gets_no_new_ones() {
+    if !require_root("a_draining_backend_keeps_its_flows_and_gets_no_new_ones") {
+        return;
+    }
+    let f = v4();
+    let mut h = service(&f, Protocol::Tcp, Mode::Dsr, 80);
+    let on_web1 = client_frame(&f, Protocol::Tcp, 40000).build();
+    assert_eq!(h.run(&on_web1).1[0..6], WEB1_MAC);
+    h.set_backend_state(0, "web1", BackendState::Draining);
+    for i in 0..6 {
+        assert_eq!(h.run(&on_web1).1[0..6], WEB1_MAC, "the existing flow stays");
+        let (_, out) = h.run(&client_frame(&f, Protocol::Tcp, 41000 + i).build());
+        assert_eq!(out[0..6], WEB2_MAC, "new flows go elsewhere");
+    }
+}
+
+#[test]
+fn traffic_not_for_a_service_passes_untouched() {
+    if !require_root("traffic_not_for_a_service_passes_untouched") {
+        return;
+    }
+    let f = v4();
+    let h = service(&f, Protocol::Tcp, Mode::Dsr, 80);
+    let mut other_port = client_frame(&f, Protocol::Tcp, 40000);
+    other_port.set_ports(40000, 22);
+    let other_host = Frame::tcp((f.client, 40000), (ip("10.0.0.2"), 80)).macs(CLIENT_MAC, LB_MAC);
+    let udp_same_port = client_frame(&f, Protocol::Udp, 40000);
+    let v6_other = Frame::tcp((ip("fd00::10"), 1), (ip("fd00::2"), 80));
+    let mut arp = vec![0xff; 6];
+    arp.extend(CLIENT_MAC);
+    arp.extend([0x08, 0x06]);
+    arp.extend([0u8; 28]);
+    for (what, frame) in [
+        ("other port", other_port.build()),
+        ("other host", other_host.build()),
+        ("UDP to a TCP service", udp_same_port.build()),
+        ("IPv6 elsewhere", v6_other.build()),
+        ("ARP", arp),
+    ] {
+        let (action, out) = h.run(&frame);
+        assert_eq!(action, XDP_PASS, "{what}");
+        assert_frame(&out, &frame, what);
+    }
+}
+
+/// Every prefix of a valid packet must be handled: dropped or passed, never aborted.
+fn truncations(f: Family, mode: Mode) {
+    let h = service(&f, Protocol::Tcp, mode, 80);
+    let mut frame = client_frame(&f, Protocol::Tcp, 40000);
+    if f.client.is_ipv4() {
+        frame.ipv4_options = vec![1, 1, 1, 1, 1, 1, 1, 0];
+    }
+    let full = frame.build();
+    for len in 14..full.len() {
+        let (action, _) = h.run(&full[..len]);
+        assert_ne!(action, XDP_ABORTED, "truncated to {len} bytes");
+        assert!(action == XDP_DROP || action == XDP_PASS, "truncated to {len} bytes: action {action}");
+    }
+    assert_eq!(h.run(&full).0, XDP_TX);
+}
+
+#[test]
+fn truncated_tcp_ipv4_is_never_aborted() {
+    if require_root("truncated_tcp_ipv4_is_never_aborted") {
+        truncations(v4(), Mode::Dsr);
+        truncations(v4(), Mode::Nat);
+    }
+}
+
+#[test]
+fn truncated_tcp_ipv6_is_never_aborted() {
+    if require_root("truncated_tcp_ipv6_is_never_aborted") {
+        truncations(v6(), Mode::Dsr);
+        truncations(v6(), Mode::Nat);
+    }
+}
+
+#[test]
+fn lying_ipv4_headers_are_dropped_as_malformed() {
+    if !require_root("lying_ipv4_headers_are_dropped_as_malformed") {
+        return;
+    }
+    let f = v4();
+    let h = service(&f, Protocol::Tcp, Mode::Dsr, 80);
+    let good = client_frame(&f, Protocol::Tcp, 40000).build();
+    let mut cases = Vec::new();
+    let mut ihl_too_small = good.clone();
+    ihl_too_small[14] = 0x44;
+    cases.push(("IHL 4", ihl_too_small));
+    let mut ihl_past_end = good.clone();
+    ihl_past_end[14] = 0x4F;
+    cases.push(("IHL past the packet", ihl_past_end));
+    let mut total_too_long = good.clone();
+    total_too_long[16..18].copy_from_slice(&2000u16.to_be_bytes());
+    cases.push(("total length past the packet", total_too_long));
+    let mut version = good.clone();
+    version[14] = 0x65;
+    cases.push(("version 6 in an IPv4 frame", version));
+    for (what, frame) in cases {
+        let (action, _) = h.run(&frame);
+        assert_eq!(action, XDP_DROP, "{what}");
+    }
+    assert_eq!(h.verdict_count(Verdict::DropMalformed), 4);
+}
+
+#[test]
+fn ipv4_fragments_go_to_the_kernel() {
+    if !require_root("ipv4_fragments_go_to_the_kernel") {
+        return;
+    }
+    let f = v4();
+    let h = service(&f, Protocol::Tcp, Mode::Dsr, 80);
+    let mut frame = client_frame(&f, Protocol::Tcp, 40000).build();
+    frame[20..22].copy_from_slice(&0x2000u16.to_be_bytes()); // more fragments
+    assert_eq!(h.run(&frame).0, XDP_PASS);
+    assert_eq!(h.verdict_count(Verdict::PassFragment), 1);
+}
+
+#[test]
+fn nat_ports_are_distinct_per_flow() {
+    if !require_root("nat_ports_are_distinct_per_flow") {
+        return;
+    }
+    let f = v4();
+    let mut h = Harness::new();
+    // One backend, so every flow competes for ports towards it.
+    h.add_service(
+        "web",
+        (f.vip, 80),
+        Protocol::Tcp,
+        Mode::Nat,
+        Some(f.snat),
+        &[BackendSpec { name: "web1", addr: f.web1, port: 80, mac: WEB1_MAC, weight: 1 }],
+    );
+    h.set_nat_ports(30000, 30063);
+    let mut ports = std::collections::HashSet::new();
+    let mut exhausted = 0;
+    for i in 0..64u16 {
+        let (action, out) = h.run(&client_frame(&f, Protocol::Tcp, 1000 + i).build());
+        if action == XDP_TX {
+            assert!(ports.insert(l4_ports(&out).0), "a NAT port was handed out twice");
+        } else {
+            assert_eq!(action, XDP_DROP);
+            exhausted += 1;
+        }
+    }
+    // A few flows may fail to find a free port among their tries once the range fills up.
+    assert!(ports.len() >= 48, "only {} of 64 ports used", ports.len());
+    assert_eq!(h.verdict_count(Verdict::DropNatPortsExhausted), exhausted);
+}

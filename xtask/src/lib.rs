@@ -1,0 +1,9 @@
+//! Library side of `cargo xtask`: the toolchain/package setup, the network-namespace lab
+//! shared by the end-to-end tests and the `run` / `demo` / `bench` / `chaos` verbs, and small
+//! process helpers.
+//!
+//! Deliberately free of aya and tokio so that it builds before the BPF toolchain exists.
+
+pub mod lab;
+pub mod setup;
+pub mod util;

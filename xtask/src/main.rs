@@ -1,0 +1,48 @@
+//! `cargo xtask <verb>`: project automation. One module per verb; the shared parts (setup,
+//! lab, helpers) are in the `xtask` library so that the `tests` crate can use them too.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use xtask::{lab, setup, util};
+
+mod test;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "cargo xtask",
+    about = "Build, set up, test and demo the XDP load balancer"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Install what the project needs: Debian packages, nightly rust-src, bpf-linker, bpffs.
+    Setup,
+    /// Run every test, the kernel and namespace ones included (needs root for those).
+    Test(test::TestArgs),
+    /// Bring the network-namespace lab up or down by hand.
+    Lab(lab::LabArgs),
+}
+
+fn main() -> ExitCode {
+    // Before anything else (and before any thread): cargo, rustup and bpf-linker live in
+    // ~/.cargo/bin, which a minimal CI PATH may lack.
+    util::ensure_cargo_bin_on_path();
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Cmd::Setup => setup::run(),
+        Cmd::Test(args) => test::run(args),
+        Cmd::Lab(args) => lab::cli(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
