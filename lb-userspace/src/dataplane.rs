@@ -287,3 +287,54 @@ fn prepare_pin_dir(dir: &Path) -> Result<()> {
     info!("pinning maps under {}", dir.display());
     Ok(())
 }
+
+/// Read access to the maps another process (the running agent) pinned: for the CLI and tests.
+pub struct PinnedMaps {
+    dir: PathBuf,
+}
+
+impl PinnedMaps {
+    pub fn open(dir: &Path) -> Result<Self> {
+        if !dir.join(names::BACKENDS).exists() {
+            bail!("no pinned maps under {}: is `lb run` running with this pin_path?", dir.display());
+        }
+        Ok(Self { dir: dir.to_owned() })
+    }
+
+    fn map(&self, name: &str) -> Result<aya::maps::Map> {
+        let data = MapData::from_pin(self.dir.join(name)).with_context(|| format!("opening pinned map {name}"))?;
+        Ok(match name {
+            names::SERVICE_STATS | names::BACKEND_STATS | names::VERDICT_STATS => aya::maps::Map::PerCpuArray(data),
+            names::SERVICES => aya::maps::Map::HashMap(data),
+            _ => aya::maps::Map::Array(data),
+        })
+    }
+
+    pub fn backends(&self) -> Result<Vec<Backend>> {
+        let map = self.map(names::BACKENDS)?;
+        let array: Array<&MapData, Backend> = Array::try_from(&map)?;
+        array.iter().map(|item| item.context("reading BACKENDS")).collect()
+    }
+
+    pub fn backend_counters(&self, id: u32) -> Result<Counters> {
+        self.counters(names::BACKEND_STATS, id)
+    }
+
+    pub fn service_counters(&self, id: u32) -> Result<Counters> {
+        self.counters(names::SERVICE_STATS, id)
+    }
+
+    pub fn verdict_counters(&self) -> Result<Vec<(Verdict, Counters)>> {
+        Verdict::ALL.iter().map(|&v| Ok((v, self.counters(names::VERDICT_STATS, v as u32)?))).collect()
+    }
+
+    fn counters(&self, name: &str, index: u32) -> Result<Counters> {
+        let map = self.map(name)?;
+        let array: PerCpuArray<&MapData, Counters> = PerCpuArray::try_from(&map)?;
+        let mut total = Counters::default();
+        for counters in array.get(&index, 0)?.iter() {
+            total.add(counters);
+        }
+        Ok(total)
+    }
+}

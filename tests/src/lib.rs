@@ -14,6 +14,20 @@ pub fn require_root(test: &str) -> bool {
     if std::env::var_os("LB_REQUIRE_ROOT_TESTS").is_some_and(|v| v == "1") {
         panic!("{test}: needs root, and LB_REQUIRE_ROOT_TESTS=1 forbids skipping");
     }
-    eprintln!("\n*** SKIPPED (needs root): {test} — run `cargo xtask test` as root ***\n");
+    // Straight to stderr: libtest captures eprintln! of passing tests, which would hide the skip.
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "\n*** SKIPPED (needs root): {test} — run `cargo xtask test` as root ***\n");
     false
+}
+
+/// A binary of this workspace built in the same profile as the running test (`lb`, `lb-web`).
+#[track_caller]
+pub fn workspace_binary(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap_or_else(|e| panic!("current_exe: {e}"));
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let path = exe.parent().and_then(|deps| deps.parent()).map(|dir| dir.join(name));
+    match path {
+        Some(path) if path.exists() => path,
+        _ => panic!("binary `{name}` not built next to {}: run `cargo build --release` (cargo xtask test does)", exe.display()),
+    }
 }

@@ -164,12 +164,17 @@ impl LabSpec {
                 plain(host::CLIENT, &["10.99.0.10/24"], &["fd99::10/64"], true),
                 // The lb keeps TX checksum offload: its XDP program forwards, its sockets
                 // (health checks, NAT source) talk to the backends directly.
-                plain(
-                    host::LB,
-                    &["10.99.0.2/24", "10.99.0.3/24"],
-                    &["fd99::2/64", "fd99::3/64"],
-                    false,
-                ),
+                // The VIPs are local to the lb too, so it answers ARP/NDP for them and clients
+                // send VIP traffic to its NIC, where the XDP program takes it.
+                HostSpec {
+                    loopback_addrs: addr::BACKEND_LOOPBACK.iter().map(|s| s.to_string()).collect(),
+                    ..plain(
+                        host::LB,
+                        &["10.99.0.2/24", "10.99.0.3/24"],
+                        &["fd99::2/64", "fd99::3/64"],
+                        false,
+                    )
+                },
                 backend(host::WEB1, "10.99.0.11/24", "fd99::11/64"),
                 backend(host::WEB2, "10.99.0.12/24", "fd99::12/64"),
                 backend(host::DB1, "10.99.0.21/24", "fd99::21/64"),
