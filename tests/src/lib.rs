@@ -20,14 +20,3 @@ pub fn require_root(test: &str) -> bool {
     false
 }
 
-/// A binary of this workspace built in the same profile as the running test (`lb`, `lb-web`).
-#[track_caller]
-pub fn workspace_binary(name: &str) -> std::path::PathBuf {
-    let exe = std::env::current_exe().unwrap_or_else(|e| panic!("current_exe: {e}"));
-    // target/<profile>/deps/<test> -> target/<profile>/<name>
-    let path = exe.parent().and_then(|deps| deps.parent()).map(|dir| dir.join(name));
-    match path {
-        Some(path) if path.exists() => path,
-        _ => panic!("binary `{name}` not built next to {}: run `cargo build --release` (cargo xtask test does)", exe.display()),
-    }
-}

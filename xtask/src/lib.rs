@@ -5,5 +5,6 @@
 //! Deliberately free of aya and tokio so that it builds before the BPF toolchain exists.
 
 pub mod lab;
+pub mod stack;
 pub mod setup;
 pub mod util;

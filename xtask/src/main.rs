@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use xtask::{lab, setup, util};
 
+mod run;
 mod test;
 
 #[derive(Parser, Debug)]
@@ -20,6 +21,9 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
+    /// Bring up the seed's stack in network namespaces with XDP load balancing, until Ctrl-C
+    /// (or, with --iface and --config, run the agent on a real NIC).
+    Run(run::RunArgs),
     /// Install what the project needs: Debian packages, nightly rust-src, bpf-linker, bpffs.
     Setup,
     /// Run every test, the kernel and namespace ones included (needs root for those).
@@ -32,9 +36,16 @@ fn main() -> ExitCode {
     // Before anything else (and before any thread): cargo, rustup and bpf-linker live in
     // ~/.cargo/bin, which a minimal CI PATH may lack.
     util::ensure_cargo_bin_on_path();
-    let cli = Cli::parse();
+    // `cargo xtask run -- --iface X` reaches us as `run -- --iface X`: the `--` only separates
+    // cargo's arguments from ours.
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(2).is_some_and(|a| a == "--") && args.get(1).is_some_and(|a| a == "run") {
+        args.remove(2);
+    }
+    let cli = Cli::parse_from(args);
     let result = match cli.cmd {
         Cmd::Setup => setup::run(),
+        Cmd::Run(args) => run::run(args),
         Cmd::Test(args) => test::run(args),
         Cmd::Lab(args) => lab::cli(args),
     };

@@ -1,0 +1,134 @@
+//! The machine side of a benchmark run: CPU pinning, `kernel.bpf_stats_enabled`, and the
+//! facts recorded next to the figures (kernel, CPU model, load).
+use std::{fs, mem};
+
+use anyhow::{bail, Context as _, Result};
+use serde_json::{json, Value};
+
+const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+/// Pins the calling thread to `cpu`, or to the last CPU it may run on when `None`
+/// (BPF_PROG_TEST_RUN runs the program on the calling CPU). Returns the CPU.
+pub fn pin_to_cpu(cpu: Option<usize>) -> Result<usize> {
+    // SAFETY: cpu_set_t is a plain bit set; all zeroes is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { mem::zeroed() };
+    // SAFETY: pid 0 is the calling thread; `set` is a valid cpu_set_t of the size given.
+    if unsafe { libc::sched_getaffinity(0, mem::size_of::<libc::cpu_set_t>(), &mut set) } != 0 {
+        bail!("sched_getaffinity: {}", std::io::Error::last_os_error());
+    }
+    let max = libc::CPU_SETSIZE as usize;
+    // SAFETY: CPU_ISSET only reads the set, with an index below CPU_SETSIZE.
+    let allowed: Vec<usize> = (0..max).filter(|&c| unsafe { libc::CPU_ISSET(c, &set) }).collect();
+    let cpu = match cpu {
+        Some(c) if allowed.contains(&c) => c,
+        Some(c) => bail!("CPU {c} is not in this thread's affinity mask {allowed:?}"),
+        None => *allowed.last().context("empty CPU affinity mask")?,
+    };
+    // SAFETY: as above.
+    let mut one: libc::cpu_set_t = unsafe { mem::zeroed() };
+    // SAFETY: cpu < CPU_SETSIZE (it came from the mask).
+    unsafe { libc::CPU_SET(cpu, &mut one) };
+    // SAFETY: pid 0 is the calling thread; `one` is a valid cpu_set_t.
+    if unsafe { libc::sched_setaffinity(0, mem::size_of::<libc::cpu_set_t>(), &one) } != 0 {
+        bail!("sched_setaffinity(CPU {cpu}): {}", std::io::Error::last_os_error());
+    }
+    Ok(cpu)
+}
+
+/// Keeps `kernel.bpf_stats_enabled` at 0 while alive (it inflates BPF run times about 4x) and
+/// puts back what was there when dropped.
+pub struct BpfStatsOff {
+    /// The value found before the run (`None`: could not read it).
+    pub before: Option<String>,
+    changed: bool,
+}
+
+impl BpfStatsOff {
+    pub fn ensure() -> Result<Self> {
+        let before = fs::read_to_string(BPF_STATS).ok().map(|v| v.trim().to_string());
+        let mut guard = BpfStatsOff { before, changed: false };
+        match guard.before.as_deref() {
+            Some("0") => {}
+            Some(v) => {
+                fs::write(BPF_STATS, "0").with_context(|| format!("setting {BPF_STATS} to 0 (was {v})"))?;
+                guard.changed = true;
+                println!("lb-bench: kernel.bpf_stats_enabled was {v}: set to 0 for the run, restored after");
+            }
+            None => println!("lb-bench: WARNING: cannot read {BPF_STATS}; figures may be inflated"),
+        }
+        Ok(guard)
+    }
+
+    pub fn describe(&self) -> Value {
+        json!({
+            "before": self.before,
+            "during": fs::read_to_string(BPF_STATS).ok().map(|v| v.trim().to_string()),
+            "set_to_0_for_the_run_and_restored_after": self.changed,
+        })
+    }
+}
+
+impl Drop for BpfStatsOff {
+    fn drop(&mut self) {
+        if let (true, Some(before)) = (self.changed, self.before.as_deref()) {
+            if let Err(e) = fs::write(BPF_STATS, before) {
+                eprintln!("lb-bench: WARNING: could not restore {BPF_STATS} to {before}: {e}");
+            }
+        }
+    }
+}
+
+pub fn kernel_release() -> String {
+    fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).unwrap_or_default()
+}
+
+pub fn cpu_model() -> String {
+    fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_default()
+}
+
+pub fn nproc() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
+}
+
+/// The 1-minute load average.
+pub fn load_average() -> Option<f64> {
+    fs::read_to_string("/proc/loadavg").ok()?.split_whitespace().next()?.parse().ok()
+}
+
+pub fn machine(cpu: usize) -> Value {
+    json!({
+        "kernel": kernel_release(),
+        "nproc": nproc(),
+        "cpu_model": cpu_model(),
+        "bench_cpu": cpu,
+        "loadavg_1min_at_start": load_average(),
+    })
+}
+
+/// Now as RFC 3339 UTC, seconds precision (no date crate needed for one timestamp).
+pub fn timestamp_utc() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
