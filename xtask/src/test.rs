@@ -7,7 +7,7 @@
 use std::ffi::OsString;
 use std::process::Command;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use xtask::{lab, setup, util};
 
 #[derive(clap::Args, Debug)]
@@ -73,13 +73,19 @@ pub fn run(args: TestArgs) -> Result<()> {
         // In CI as root, a kernel test that cannot run must fail, not skip.
         test.env("LB_REQUIRE_ROOT_TESTS", "1");
     }
-    let result = util::run(&mut test);
+    let result = run_and_tally(&mut test);
 
     if !root {
         eprintln!("{NOT_ROOT_BANNER}");
     }
-    if let Err(e) = result {
-        bail!("tests failed: {e:#}");
+    let tally = match result {
+        Ok(tally) => tally,
+        Err(e) => bail!("tests failed: {e:#}"),
+    };
+    // One plain closing line for whoever reads the log (CI among them).
+    println!("summary: {} passed, {} failed", tally.passed, tally.failed);
+    if tally.failed > 0 {
+        bail!("{} tests failed", tally.failed);
     }
     println!(
         "xtask test: all tests passed{}",
@@ -90,4 +96,43 @@ pub fn run(args: TestArgs) -> Result<()> {
         }
     );
     Ok(())
+}
+
+#[derive(Default)]
+struct Tally {
+    passed: u64,
+    failed: u64,
+}
+
+/// Runs `cargo test`, echoing its output, and adds up the `test result:` lines of every binary.
+fn run_and_tally(cmd: &mut Command) -> Result<Tally> {
+    use std::io::{BufRead, BufReader};
+    cmd.stdout(std::process::Stdio::piped());
+    let mut child = cmd.spawn().with_context(|| format!("starting {}", util::cmd_line(cmd)))?;
+    let mut tally = Tally::default();
+    if let Some(stdout) = child.stdout.take() {
+        for line in BufReader::new(stdout).lines() {
+            let line = line?;
+            println!("{line}");
+            if let Some(rest) = line.strip_prefix("test result: ") {
+                tally.passed += count(rest, " passed");
+                tally.failed += count(rest, " failed");
+            }
+        }
+    }
+    let status = child.wait()?;
+    if !status.success() {
+        println!("summary: {} passed, {} failed", tally.passed, tally.failed.max(1));
+        bail!("{} exited with {status} ({} passed, {} failed)", util::cmd_line(cmd), tally.passed, tally.failed);
+    }
+    Ok(tally)
+}
+
+/// The number before `what` in "ok. 20 passed; 0 failed; ...".
+fn count(summary: &str, what: &str) -> u64 {
+    summary
+        .split(';')
+        .find_map(|part| part.trim().trim_start_matches("ok. ").trim_start_matches("FAILED. ").strip_suffix(what.trim_start()))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
 }

@@ -1,0 +1,90 @@
+//! `lb-bench`: per-packet benchmarks of the XDP program (needs root), normally run by
+//! `cargo xtask bench`. Writes `per_packet_ns` (and its detail) into the results file, keeping
+//! the file's other top-level keys, and prints a table.
+//!
+//! The bench code lives in `tests/src/bench/`, compiled into this binary only.
+#[path = "../bench/mod.rs"]
+mod bench;
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use clap::Parser;
+
+use bench::{per_packet, report, system};
+
+#[derive(Parser, Debug)]
+#[command(name = "lb-bench", about = "Per-packet cost of the XDP load balancer through BPF_PROG_TEST_RUN")]
+struct Args {
+    /// Fewer repeats (1M per case, 200k new flows) for a run of well under a minute.
+    #[arg(long)]
+    quick: bool,
+    /// Results file; other top-level keys already in it are kept.
+    #[arg(long, default_value = "target/bench/results.json")]
+    out: PathBuf,
+    /// Total repeats per case (split over 5 rounds); default 1M with --quick, else 5M.
+    #[arg(long)]
+    repeat: Option<u32>,
+    /// Total repeat=1 calls for the per-call cases with a fixed frame (NAT forward, NAT reply).
+    #[arg(long)]
+    calls: Option<u32>,
+    /// New flows for lb_new_flow (one call each); default 200k with --quick, else 1M.
+    #[arg(long)]
+    new_flows: Option<u32>,
+    /// Flow table size of the program measured for lb_new_flow (must exceed --new-flows).
+    #[arg(long)]
+    flow_capacity: Option<u32>,
+    /// CPU to pin the benchmark thread to (default: the last one allowed).
+    #[arg(long)]
+    cpu: Option<usize>,
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("lb-bench needs root (BPF_PROG_TEST_RUN, loading XDP programs): run it through `sudo -E cargo xtask bench`");
+    }
+    let mut cfg = per_packet::Config::new(args.quick);
+    if let Some(n) = args.repeat {
+        cfg.repeats = n;
+    }
+    if let Some(n) = args.calls {
+        cfg.calls = n;
+    }
+    if let Some(n) = args.new_flows {
+        cfg.new_flows = n;
+    }
+    if let Some(n) = args.flow_capacity {
+        cfg.flow_capacity = n;
+    }
+
+    let cpu = system::pin_to_cpu(args.cpu)?;
+    let machine = system::machine(cpu);
+    if let Some(load) = system::load_average() {
+        if load > 0.5 {
+            eprintln!("lb-bench: WARNING: 1-minute load average is {load:.2}: figures are noisier on a busy machine");
+        }
+    }
+    let stats = system::BpfStatsOff::ensure()?;
+    let timestamp = system::timestamp_utc();
+    eprintln!(
+        "lb-bench: per-packet, pinned to CPU {cpu}, {} repeats / {} calls per case, {} new flows{}",
+        cfg.repeats,
+        cfg.calls,
+        cfg.new_flows,
+        if cfg.quick { " (quick)" } else { "" }
+    );
+    let result = per_packet::run(&cfg)?;
+    let bpf_stats = stats.describe();
+    drop(stats);
+
+    let sections = report::per_packet_sections(&result, machine, bpf_stats, cfg.quick, &timestamp);
+    report::merge_into(&args.out, sections)?;
+    print!("{}", report::table(&result));
+    if let Some(cross) = result.settings["lb_established_per_call_cross_check_ns"].as_f64() {
+        println!("(lb_established measured per call, the method of lb_new_flow/nat_*: {cross:.1} ns)");
+    }
+    println!("results: {}", args.out.display());
+    Ok(())
+}
