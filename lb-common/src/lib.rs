@@ -17,6 +17,12 @@ pub const RING_TABLES_PER_SERVICE: u32 = 2;
 pub const DEFAULT_FLOW_CAPACITY: u32 = 1 << 20;
 /// Default size of each NAT table (LRU); the agent may set another at load time.
 pub const DEFAULT_NAT_CAPACITY: u32 = 1 << 20;
+/// Firewall rules (CIDR prefixes and service source rules share the id space).
+pub const MAX_RULES: u32 = 65536;
+/// Prefixes per CIDR trie, both generations together (a new set is written beside the live one).
+pub const MAX_PREFIXES: u32 = 2 * 131072;
+/// Rate-limit buckets (LRU): sources being limited at once.
+pub const RATE_BUCKETS: u32 = 262144;
 /// How many NAT ports a new flow tries before it is dropped as `NatPortsExhausted`.
 pub const NAT_PORT_TRIES: u32 = 8;
 
@@ -34,8 +40,17 @@ pub mod names {
     pub const SERVICE_STATS: &str = "SERVICE_STATS";
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
     pub const VERDICT_STATS: &str = "VERDICT_STATS";
+    pub const FIREWALL: &str = "FIREWALL";
+    pub const FW_V4: &str = "FW_V4";
+    pub const FW_V6: &str = "FW_V6";
+    pub const SERVICE_SOURCES: &str = "SERVICE_SOURCES";
+    pub const RULE_STATS: &str = "RULE_STATS";
+    pub const RATE_BUCKETS: &str = "RATE_BUCKETS";
+    pub const HOST_ADDRS: &str = "HOST_ADDRS";
+    pub const HOST_PORTS: &str = "HOST_PORTS";
+    pub const VIPS: &str = "VIPS";
     /// Every map the agent pins and adopts across restarts.
-    pub const PINNED_MAPS: [&str; 10] = [
+    pub const PINNED_MAPS: [&str; 19] = [
         SERVICES,
         BACKENDS,
         RINGS,
@@ -46,5 +61,14 @@ pub mod names {
         SERVICE_STATS,
         BACKEND_STATS,
         VERDICT_STATS,
+        FIREWALL,
+        FW_V4,
+        FW_V6,
+        SERVICE_SOURCES,
+        RULE_STATS,
+        RATE_BUCKETS,
+        HOST_ADDRS,
+        HOST_PORTS,
+        VIPS,
     ];
 }

@@ -55,7 +55,14 @@ pub struct Service {
     pub ring_len: u32,
     /// NAT mode: the load balancer's own address that backends reply to.
     pub snat_addr: [u32; 4],
+    /// New connections (TCP SYN, or a new UDP flow) per source address (/32, /64).
+    pub syn_rate: Rate,
+    /// Packets per source address.
+    pub packet_rate: Rate,
+    /// New connections from all sources together (a flood from many addresses).
+    pub syn_budget: Rate,
 }
+
 
 /// One backend, indexed by its id in `BACKENDS`.
 #[repr(C)]
@@ -148,15 +155,191 @@ impl Counters {
 }
 
 pod!(ServiceKey, Service, Backend, FlowKey, Flow, NatReverse, Settings, Counters);
+pod!(Rate, RateKey, Firewall, FwRule, CidrV4, CidrV6, ServiceCidr, AddrKey, HostPort, RuleCounters);
 
 const _: () = assert!(core::mem::size_of::<ServiceKey>() == 20);
-const _: () = assert!(core::mem::size_of::<Service>() == 32);
+const _: () = assert!(core::mem::size_of::<Service>() == 80);
 const _: () = assert!(core::mem::size_of::<Backend>() == 36);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
 const _: () = assert!(core::mem::size_of::<Flow>() == 20);
 const _: () = assert!(core::mem::size_of::<NatReverse>() == 52);
 const _: () = assert!(core::mem::size_of::<Settings>() == 8);
 const _: () = assert!(core::mem::size_of::<Counters>() == 24);
+
+// ---- Firewall ----
+
+/// A token bucket as GCRA: one packet every `interval_ns`, bursts of up to
+/// `tolerance_ns / interval_ns + 1`. `interval_ns == 0` means no limit. The agent turns
+/// "rate per second, burst" into these so the data path never divides.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Rate {
+    pub interval_ns: u64,
+    pub tolerance_ns: u64,
+}
+
+impl Rate {
+    pub const UNLIMITED: Rate = Rate { interval_ns: 0, tolerance_ns: 0 };
+
+    /// `per_second` packets a second on average, `burst` at once; 0 per second: no limit.
+    pub const fn per_second(per_second: u32, burst: u32) -> Rate {
+        if per_second == 0 {
+            return Rate::UNLIMITED;
+        }
+        let interval_ns = 1_000_000_000 / per_second as u64;
+        let burst = if burst == 0 { 1 } else { burst as u64 };
+        Rate { interval_ns: if interval_ns == 0 { 1 } else { interval_ns }, tolerance_ns: interval_ns * (burst - 1) }
+    }
+
+    pub const fn is_limited(&self) -> bool {
+        self.interval_ns != 0
+    }
+}
+
+/// What a rate bucket counts.
+pub const RATE_SYN: u8 = 1;
+pub const RATE_PACKETS: u8 = 2;
+pub const RATE_SYN_BUDGET: u8 = 3;
+pub const RATE_ICMP_ECHO: u8 = 4;
+/// `RateKey::scope` of host-wide limits (traffic to the load balancer itself).
+pub const SCOPE_HOST: u32 = u32::MAX;
+
+/// `RATE_BUCKETS` key: a source (/32 for IPv4, /64 for IPv6; zero for a service's budget),
+/// the service (or `SCOPE_HOST`) and what is counted. The value is the bucket's theoretical
+/// arrival time in ns (GCRA).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct RateKey {
+    pub addr: [u32; 4],
+    pub scope: u32,
+    pub kind: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+
+/// Rule actions.
+pub const ACTION_ALLOW: u8 = 1;
+pub const ACTION_DROP: u8 = 2;
+/// Dry run: counted and reported, the packet goes on as if no rule matched.
+pub const ACTION_LOG: u8 = 3;
+
+/// Why a rule exists, so a drop is counted under the right reason.
+pub const REASON_POLICY: u8 = 0;
+/// A bogon / anti-spoofing prefix on the outside interface.
+pub const REASON_SPOOF: u8 = 1;
+
+/// Value of the CIDR tries: the rule that owns the prefix.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FwRule {
+    /// Index in `RULE_STATS`.
+    pub id: u32,
+    pub action: u8,
+    pub reason: u8,
+    pub _pad: [u8; 2],
+}
+
+/// LPM data of `FW_V4`: the rule-set generation (so a new set is written beside the live one
+/// and switched to at once), then the source address. Prefix length = 8 + the CIDR's length.
+#[repr(C, packed)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CidrV4 {
+    pub generation: u8,
+    pub addr: [u8; 4],
+}
+
+#[repr(C, packed)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CidrV6 {
+    pub generation: u8,
+    pub addr: [u8; 16],
+}
+
+/// LPM data of `SERVICE_SOURCES`: generation, service id (big endian: matched whole, first),
+/// then the source address (IPv4 in the first 4 bytes). Prefix length = 8 + 32 + the CIDR's.
+#[repr(C, packed)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServiceCidr {
+    pub generation: u8,
+    pub service: [u8; 4],
+    pub addr: [u8; 16],
+}
+
+/// Bits of the prefix before the address in the LPM keys above.
+pub const CIDR_GENERATION_BITS: u32 = 8;
+pub const SERVICE_CIDR_PREFIX_BITS: u32 = 8 + 32;
+
+/// `HOST_ADDRS` and `VIPS` key: an address (of the load balancer itself, or a VIP).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AddrKey {
+    pub addr: [u32; 4],
+    pub family: u8,
+    pub _pad: [u8; 3],
+}
+
+/// `HOST_PORTS` key: a port open on the load balancer itself (admin: SSH, the status API). The
+/// value is a source scope: 0 admits any source, else only sources of that scope's rules in
+/// `SERVICE_SOURCES` (scopes above `MAX_SERVICES` belong to host ports).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct HostPort {
+    /// Network order.
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// Firewall switches, element 0 of `FIREWALL`. Written whole by the agent.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Firewall {
+    /// `FW_*` flags.
+    pub flags: u32,
+    /// Generation of the live rule set in the CIDR tries (0 or 1).
+    pub generation: u32,
+    /// Replies to the host's own connections arrive on these ports (host order).
+    pub ephemeral_min: u16,
+    pub ephemeral_max: u16,
+    pub _pad: u32,
+    /// ICMP echo requests to the host, per source.
+    pub host_icmp_echo: Rate,
+    /// New connections to the host's open ports, per source.
+    pub host_syn_rate: Rate,
+}
+
+/// There are IPv4 / IPv6 rules in the CIDR tries (skip the lookup otherwise).
+pub const FW_V4_RULES: u32 = 1 << 0;
+pub const FW_V6_RULES: u32 = 1 << 1;
+/// Drop IPv4 fragments addressed to a VIP (they cannot be balanced).
+pub const FW_DROP_FRAGMENTS: u32 = 1 << 2;
+/// Traffic to the host's own addresses: only open ports, replies, rate-limited echo.
+pub const FW_HOST_POLICY: u32 = 1 << 3;
+/// Drop TCP packets with impossible flag combinations.
+pub const FW_TCP_FLAG_CHECKS: u32 = 1 << 4;
+/// Some service or host port has source rules in `SERVICE_SOURCES`. A scope with rules has a
+/// catch-all `drop` entry (the scope's whole prefix), so a scope without any entry admits all.
+pub const FW_SCOPED_SOURCES: u32 = 1 << 5;
+
+/// Per-CPU counters of a rule: packets, bytes, and when it last matched (coarse monotonic ns).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RuleCounters {
+    pub packets: u64,
+    pub bytes: u64,
+    pub last_hit_ns: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<Rate>() == 16);
+const _: () = assert!(core::mem::size_of::<RateKey>() == 24);
+const _: () = assert!(core::mem::size_of::<FwRule>() == 8);
+const _: () = assert!(core::mem::size_of::<CidrV4>() == 5);
+const _: () = assert!(core::mem::size_of::<CidrV6>() == 17);
+const _: () = assert!(core::mem::size_of::<ServiceCidr>() == 21);
+const _: () = assert!(core::mem::size_of::<AddrKey>() == 20);
+const _: () = assert!(core::mem::size_of::<HostPort>() == 4);
+const _: () = assert!(core::mem::size_of::<Firewall>() == 48);
+const _: () = assert!(core::mem::size_of::<RuleCounters>() == 24);
 
 /// What the program did with a packet; indexes `VERDICT_STATS`.
 #[repr(u32)]
@@ -179,10 +362,28 @@ pub enum Verdict {
     DropNatPortsExhausted = 8,
     /// A map the data path needs was missing an entry it must have (agent bug).
     DropInternal = 9,
+    /// The source matched a `drop` CIDR rule.
+    DropDenied = 10,
+    /// The service only admits sources its rules allow.
+    DropServiceSource = 11,
+    /// Addressed to the load balancer itself, on a port that is not open.
+    DropHostPolicy = 12,
+    /// Over a per-source rate (new connections, packets, ICMP echo).
+    DropRateLimited = 13,
+    /// Over the service's budget of new connections from all sources.
+    DropSynBudget = 14,
+    /// An IPv4 fragment addressed to a VIP.
+    DropFragment = 15,
+    /// TCP flags no real stack sends (SYN+FIN, SYN+RST, none, FIN+PSH+URG).
+    DropTcpFlags = 16,
+    /// Source equals destination, or a bogon / spoofed source prefix.
+    DropSpoofed = 17,
+    /// ICMP and other protocols to the host pass the firewall and go to the kernel.
+    PassHost = 18,
 }
 
 impl Verdict {
-    pub const COUNT: u32 = 10;
+    pub const COUNT: u32 = 19;
     pub const ALL: [Verdict; Self::COUNT as usize] = [
         Verdict::PassNotIp,
         Verdict::PassNoService,
@@ -194,6 +395,15 @@ impl Verdict {
         Verdict::DropNoBackend,
         Verdict::DropNatPortsExhausted,
         Verdict::DropInternal,
+        Verdict::DropDenied,
+        Verdict::DropServiceSource,
+        Verdict::DropHostPolicy,
+        Verdict::DropRateLimited,
+        Verdict::DropSynBudget,
+        Verdict::DropFragment,
+        Verdict::DropTcpFlags,
+        Verdict::DropSpoofed,
+        Verdict::PassHost,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -208,6 +418,34 @@ impl Verdict {
             Verdict::DropNoBackend => "drop_no_backend",
             Verdict::DropNatPortsExhausted => "drop_nat_ports_exhausted",
             Verdict::DropInternal => "drop_internal",
+            Verdict::DropDenied => "drop_denied",
+            Verdict::DropServiceSource => "drop_service_source",
+            Verdict::DropHostPolicy => "drop_host_policy",
+            Verdict::DropRateLimited => "drop_rate_limited",
+            Verdict::DropSynBudget => "drop_syn_budget",
+            Verdict::DropFragment => "drop_fragment",
+            Verdict::DropTcpFlags => "drop_tcp_flags",
+            Verdict::DropSpoofed => "drop_spoofed",
+            Verdict::PassHost => "pass_host",
         }
+    }
+
+    /// What the program returns for this verdict.
+    pub const fn is_drop(self) -> bool {
+        matches!(
+            self,
+            Verdict::DropMalformed
+                | Verdict::DropNoBackend
+                | Verdict::DropNatPortsExhausted
+                | Verdict::DropInternal
+                | Verdict::DropDenied
+                | Verdict::DropServiceSource
+                | Verdict::DropHostPolicy
+                | Verdict::DropRateLimited
+                | Verdict::DropSynBudget
+                | Verdict::DropFragment
+                | Verdict::DropTcpFlags
+                | Verdict::DropSpoofed
+        )
     }
 }

@@ -1,4 +1,4 @@
-//! The XDP data path, in the order a packet meets it: parse, (firewall), balance, forward,
+//! The XDP data path, in the order a packet meets it: parse, firewall, balance, forward,
 //! count. Each step lives in its own module; this page is the whole story.
 #![no_std]
 #![no_main]
@@ -7,6 +7,7 @@
 
 mod balance;
 mod checksum;
+mod firewall;
 mod forward;
 mod maps;
 mod parse;
@@ -28,11 +29,8 @@ pub fn lb(ctx: XdpContext) -> u32 {
     stats::count_verdict(verdict, bytes);
     match verdict {
         Verdict::ForwardDsr | Verdict::ForwardNat | Verdict::NatReply => XDP_TX,
-        Verdict::PassNotIp | Verdict::PassNoService | Verdict::PassFragment => XDP_PASS,
-        Verdict::DropMalformed
-        | Verdict::DropNoBackend
-        | Verdict::DropNatPortsExhausted
-        | Verdict::DropInternal => XDP_DROP,
+        _ if verdict.is_drop() => XDP_DROP,
+        _ => XDP_PASS,
     }
 }
 
@@ -50,8 +48,19 @@ fn process(ctx: &XdpContext) -> Verdict {
         Err(verdict) => return verdict,
     };
 
+    let fw = firewall::settings();
+    if let Err(verdict) = firewall::screen(&packet, &fw) {
+        return verdict;
+    }
+    if packet.fragment {
+        return Verdict::PassFragment;
+    }
+
     match balance::lookup(&packet) {
         Target::Service(service) => {
+            if let Err(verdict) = firewall::admit(&packet, service, &fw) {
+                return verdict;
+            }
             let chosen = match balance::choose_backend(ctx, &packet, service) {
                 Ok(chosen) => chosen,
                 Err(verdict) => return verdict,
@@ -71,7 +80,7 @@ fn process(ctx: &XdpContext) -> Verdict {
             stats::count_backend(reverse.backend_id, bytes, false);
             forward::nat_to_client(ctx, &packet, reverse)
         }
-        Target::Kernel => Verdict::PassNoService,
+        Target::Kernel => firewall::host_policy(&packet, &fw),
     }
 }
 

@@ -2,12 +2,15 @@
 //! tables at load time. The agent pins all of them so a restart adopts live state.
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    maps::{Backend, Counters, Flow, FlowKey, NatReverse, Service, ServiceKey, Settings, Verdict},
-    DEFAULT_FLOW_CAPACITY, DEFAULT_NAT_CAPACITY, MAX_BACKENDS, MAX_SERVICES, RING_SLOTS,
-    RING_TABLES_PER_SERVICE,
+    maps::{
+        AddrKey, Backend, CidrV4, CidrV6, Counters, Firewall, Flow, FlowKey, FwRule, HostPort,
+        NatReverse, RateKey, RuleCounters, Service, ServiceCidr, ServiceKey, Settings, Verdict,
+    },
+    DEFAULT_FLOW_CAPACITY, DEFAULT_NAT_CAPACITY, MAX_BACKENDS, MAX_PREFIXES, MAX_RULES,
+    MAX_SERVICES, RATE_BUCKETS as RATE_BUCKETS_CAPACITY, RING_SLOTS, RING_TABLES_PER_SERVICE,
 };
 
 #[map]
@@ -43,3 +46,38 @@ pub static BACKEND_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(
 
 #[map]
 pub static VERDICT_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(Verdict::COUNT, 0);
+
+// ---- Firewall ----
+
+#[map]
+pub static FIREWALL: Array<Firewall> = Array::with_max_entries(1, 0);
+
+/// Source prefixes with their rule (allow, drop, log), longest prefix wins.
+#[map]
+pub static FW_V4: LpmTrie<CidrV4, FwRule> = LpmTrie::with_max_entries(MAX_PREFIXES, 0);
+
+#[map]
+pub static FW_V6: LpmTrie<CidrV6, FwRule> = LpmTrie::with_max_entries(MAX_PREFIXES, 0);
+
+/// Per-service (and per host port) source rules.
+#[map]
+pub static SERVICE_SOURCES: LpmTrie<ServiceCidr, FwRule> = LpmTrie::with_max_entries(MAX_PREFIXES, 0);
+
+#[map]
+pub static RULE_STATS: PerCpuArray<RuleCounters> = PerCpuArray::with_max_entries(MAX_RULES, 0);
+
+/// GCRA state (theoretical arrival time, ns) per source and limit.
+#[map]
+pub static RATE_BUCKETS: LruHashMap<RateKey, u64> = LruHashMap::with_max_entries(RATE_BUCKETS_CAPACITY, 0);
+
+/// The load balancer's own addresses, for the host policy.
+#[map]
+pub static HOST_ADDRS: HashMap<AddrKey, u8> = HashMap::with_max_entries(256, 0);
+
+/// Ports open on the host, with their source scope (0: any source).
+#[map]
+pub static HOST_PORTS: HashMap<HostPort, u32> = HashMap::with_max_entries(256, 0);
+
+/// Every VIP, whatever the port: fragments addressed to one are dropped by policy.
+#[map]
+pub static VIPS: HashMap<AddrKey, u8> = HashMap::with_max_entries(MAX_SERVICES, 0);

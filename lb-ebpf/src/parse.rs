@@ -4,6 +4,11 @@ use core::mem::offset_of;
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::maps::{FlowKey, Verdict, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP};
+
+pub const PROTO_ICMP: u8 = 1;
+pub const PROTO_ICMPV6: u8 = 58;
+/// ICMP and ICMPv6 headers: type, code, checksum.
+const ICMP_NEEDED: usize = 4;
 use network_types::{
     eth::EthHdr,
     ip::{Ipv4Hdr, Ipv6Hdr},
@@ -30,6 +35,12 @@ pub struct Packet {
     pub l4: usize,
     /// Bytes in the frame.
     pub len: usize,
+    /// TCP flags (0 for other protocols).
+    pub tcp_flags: u8,
+    /// ICMP / ICMPv6 type (0 for other protocols).
+    pub icmp_type: u8,
+    /// An IPv4 fragment: only the first one has ports, so none is balanced.
+    pub fragment: bool,
 }
 
 /// Pointer to `len` bytes at `offset`, or `None` if the packet is too short for them.
@@ -82,8 +93,9 @@ fn load_addr6(p: *const u8) -> [u32; 4] {
     [load32(p), load32(p.wrapping_add(4)), load32(p.wrapping_add(8)), load32(p.wrapping_add(12))]
 }
 
-/// Parses Ethernet (with at most one 802.1Q/802.1ad tag), IPv4 or IPv6, then TCP or UDP.
-/// `Err` carries the verdict for packets the balancer does not handle.
+/// Parses Ethernet (with at most one 802.1Q/802.1ad tag), IPv4 or IPv6, then the ports of TCP
+/// and UDP, the flags of TCP and the type of ICMP. `Err` carries the verdict for frames that
+/// are not IP (passed) or lie about their lengths (dropped).
 #[inline(always)]
 pub fn parse(ctx: &XdpContext) -> Result<Packet, Verdict> {
     let len = ctx.data_end() - ctx.data();
@@ -98,27 +110,48 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, Verdict> {
     }
 
     let mut key = FlowKey::default();
+    let mut fragment = false;
     let l4 = match ether_type {
-        ETH_P_IP => parse_ipv4(ctx, l3, len, &mut key)?,
+        ETH_P_IP => parse_ipv4(ctx, l3, len, &mut key, &mut fragment)?,
         ETH_P_IPV6 => parse_ipv6(ctx, l3, len, &mut key)?,
         _ => return Err(Verdict::PassNotIp),
     };
+    let mut packet = Packet { key, l3, l4, len, tcp_flags: 0, icmp_type: 0, fragment };
+    if fragment {
+        return Ok(packet);
+    }
 
-    let needed = match key.proto {
-        PROTO_TCP => TCP_NEEDED,
-        PROTO_UDP => UDP_NEEDED,
-        _ => return Err(Verdict::PassNoService),
-    };
-    // TCP and UDP both start with source and destination ports.
-    let ports = bytes_at(ctx, l4, needed).ok_or(Verdict::DropMalformed)?;
-    key.src_port = load16(ports);
-    key.dst_port = load16(ports.wrapping_add(2));
-    Ok(Packet { key, l3, l4, len })
+    match packet.key.proto {
+        PROTO_TCP | PROTO_UDP => {
+            let needed = if packet.key.proto == PROTO_TCP { TCP_NEEDED } else { UDP_NEEDED };
+            // TCP and UDP both start with source and destination ports.
+            let ports = bytes_at(ctx, l4, needed).ok_or(Verdict::DropMalformed)?;
+            packet.key.src_port = load16(ports);
+            packet.key.dst_port = load16(ports.wrapping_add(2));
+            if packet.key.proto == PROTO_TCP {
+                // SAFETY: within the TCP header checked above (flags are byte 13).
+                packet.tcp_flags = unsafe { *ports.wrapping_add(13) };
+            }
+        }
+        PROTO_ICMP | PROTO_ICMPV6 => {
+            let icmp = bytes_at(ctx, l4, ICMP_NEEDED).ok_or(Verdict::DropMalformed)?;
+            // SAFETY: bounds checked by `bytes_at`.
+            packet.icmp_type = unsafe { *icmp };
+        }
+        _ => {}
+    }
+    Ok(packet)
 }
 
 /// Fills the IPv4 part of `key` and returns the offset of the L4 header.
 #[inline(always)]
-fn parse_ipv4(ctx: &XdpContext, l3: usize, len: usize, key: &mut FlowKey) -> Result<usize, Verdict> {
+fn parse_ipv4(
+    ctx: &XdpContext,
+    l3: usize,
+    len: usize,
+    key: &mut FlowKey,
+    fragment: &mut bool,
+) -> Result<usize, Verdict> {
     let ip = bytes_at(ctx, l3, Ipv4Hdr::LEN).ok_or(Verdict::DropMalformed)?;
     // SAFETY: bounds checked by `bytes_at`.
     let vihl = unsafe { *ip.wrapping_add(offset_of!(Ipv4Hdr, vihl)) };
@@ -131,10 +164,8 @@ fn parse_ipv4(ctx: &XdpContext, l3: usize, len: usize, key: &mut FlowKey) -> Res
     if total_len < header_len || l3 + total_len > len {
         return Err(Verdict::DropMalformed);
     }
-    // More-fragments flag or a fragment offset: only the first fragment has ports.
-    if u16::from_be(load16(ip.wrapping_add(offset_of!(Ipv4Hdr, frags)))) & 0x3FFF != 0 {
-        return Err(Verdict::PassFragment);
-    }
+    // More-fragments flag or a fragment offset.
+    *fragment = u16::from_be(load16(ip.wrapping_add(offset_of!(Ipv4Hdr, frags)))) & 0x3FFF != 0;
     key.family = FAMILY_V4;
     // SAFETY: bounds checked by `bytes_at`.
     key.proto = unsafe { *ip.wrapping_add(offset_of!(Ipv4Hdr, proto)) };

@@ -11,7 +11,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use crate::{
     config::{self, Config, XdpModeConfig},
     dataplane::{Attached, Dataplane, LoadOptions},
-    neighbor,
+    firewall, neighbor,
     services::{self, ServiceTable},
 };
 
@@ -53,6 +53,18 @@ pub async fn run(options: RunOptions) -> Result<()> {
     })?;
 
     let mut table = program_all(&mut dataplane, &config, ifindex)?;
+    let rules = firewall::RuleSet::from_config(&config, &table, firewall::ephemeral_ports());
+    let mut host_addrs = firewall::interface_addresses(&iface)?;
+    let vips: Vec<std::net::IpAddr> = config.services.iter().map(|s| *s.vip.get_ref()).collect();
+    host_addrs.extend(vips.iter().copied());
+    firewall::apply(&mut dataplane, &rules, &host_addrs, &vips)?;
+    info!(
+        "firewall: {} rules, {} prefixes, {} scoped sources; host policy {}",
+        rules.rules.len(),
+        rules.prefixes.len(),
+        rules.scoped.len(),
+        if rules.settings.flags & lb_common::maps::FW_HOST_POLICY != 0 { "restrict" } else { "open" }
+    );
     let mode = match config.agent.xdp_mode {
         XdpModeConfig::Auto => XdpMode::Default,
         XdpModeConfig::Native => XdpMode::Driver,

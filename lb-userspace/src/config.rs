@@ -19,8 +19,175 @@ pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/lb";
 pub struct Config {
     #[serde(default)]
     pub agent: AgentConfig,
+    #[serde(default)]
+    pub firewall: FirewallConfig,
     #[serde(default, rename = "service")]
     pub services: Vec<ServiceConfig>,
+}
+
+/// The firewall: CIDR rules on sources, packet sanity checks, and the policy for traffic to
+/// the load balancer itself.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FirewallConfig {
+    /// Drop IPv4 fragments addressed to a VIP (they cannot be balanced).
+    #[serde(default = "yes")]
+    pub drop_fragments: bool,
+    /// Drop TCP packets with impossible flags (SYN+FIN, SYN+RST, none, FIN+PSH+URG).
+    #[serde(default = "yes")]
+    pub tcp_flag_checks: bool,
+    /// Source prefixes that cannot be genuine on this interface; dropped as spoofed.
+    #[serde(default)]
+    pub bogons: Vec<Spanned<Cidr>>,
+    #[serde(default)]
+    pub host: HostPolicyConfig,
+    #[serde(default, rename = "rule")]
+    pub rules: Vec<RuleConfig>,
+}
+
+impl Default for FirewallConfig {
+    fn default() -> Self {
+        Self { drop_fragments: true, tcp_flag_checks: true, bogons: Vec::new(), host: HostPolicyConfig::default(), rules: Vec::new() }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Traffic to the load balancer's own addresses (not to a service).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostPolicyConfig {
+    /// "restrict": only open ports, replies to the host's own connections and ICMP (echo rate
+    /// limited) reach the host; "open": no host policy.
+    #[serde(default)]
+    pub policy: HostPolicy,
+    /// Ports open on the host, e.g. SSH and the status API, optionally only for some sources.
+    #[serde(default = "default_open_ports")]
+    pub open_ports: Vec<OpenPortConfig>,
+    /// ICMP echo requests per second per source (0: unlimited), and the burst.
+    #[serde(default = "default_icmp_rate")]
+    pub icmp_echo_rate: u32,
+    #[serde(default = "default_icmp_burst")]
+    pub icmp_echo_burst: u32,
+    /// New connections per second per source to the open ports (0: unlimited).
+    #[serde(default)]
+    pub syn_rate: u32,
+    #[serde(default)]
+    pub syn_burst: u32,
+}
+
+impl Default for HostPolicyConfig {
+    fn default() -> Self {
+        Self {
+            policy: HostPolicy::default(),
+            open_ports: default_open_ports(),
+            icmp_echo_rate: default_icmp_rate(),
+            icmp_echo_burst: default_icmp_burst(),
+            syn_rate: 0,
+            syn_burst: 0,
+        }
+    }
+}
+
+fn default_open_ports() -> Vec<OpenPortConfig> {
+    vec![OpenPortConfig { port: Spanned::new(0..0, 22), protocol: Protocol::Tcp, sources: Vec::new() }]
+}
+fn default_icmp_rate() -> u32 {
+    10
+}
+fn default_icmp_burst() -> u32 {
+    20
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum HostPolicy {
+    #[default]
+    Restrict,
+    Open,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpenPortConfig {
+    pub port: Spanned<u16>,
+    #[serde(default = "default_protocol")]
+    pub protocol: Protocol,
+    /// Only these sources may connect (empty: any).
+    #[serde(default)]
+    pub sources: Vec<Spanned<Cidr>>,
+}
+
+/// A named rule on source prefixes, longest prefix wins across all rules.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    pub name: Spanned<String>,
+    pub sources: Vec<Spanned<Cidr>>,
+    pub action: Action,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Allow,
+    Drop,
+    /// Dry run: counted and reported, not dropped.
+    Log,
+}
+
+/// An IPv4 or IPv6 prefix, "10.0.0.0/8" or "2001:db8::/32"; a bare address is a /32 or /128.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Cidr {
+    pub addr: IpAddr,
+    pub len: u8,
+}
+
+impl std::str::FromStr for Cidr {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let (addr, len) = match text.split_once('/') {
+            Some((addr, len)) => (addr, Some(len)),
+            None => (text, None),
+        };
+        let addr: IpAddr = addr.trim().parse().map_err(|_| format!("`{text}` is not an IP address or prefix"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let len = match len {
+            Some(len) => len.trim().parse::<u8>().ok().filter(|l| *l <= max).ok_or_else(|| format!("`{text}`: the prefix length must be 0..={max}"))?,
+            None => max,
+        };
+        Ok(Cidr { addr: mask(addr, len), len })
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
+/// The address with the host bits cleared.
+fn mask(addr: IpAddr, len: u8) -> IpAddr {
+    match addr {
+        IpAddr::V4(v4) => {
+            let bits = u32::from(v4) & if len == 0 { 0 } else { u32::MAX << (32 - len) };
+            IpAddr::V4(bits.into())
+        }
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6) & if len == 0 { 0 } else { u128::MAX << (128 - len) };
+            IpAddr::V6(bits.into())
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Cidr {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -118,6 +285,27 @@ pub struct ServiceConfig {
     pub snat_address: Option<Spanned<IpAddr>>,
     #[serde(default, rename = "backend")]
     pub backends: Vec<BackendConfig>,
+    /// Only these sources may use the service (empty: everyone the global rules let through).
+    #[serde(default)]
+    pub allow_sources: Vec<Spanned<Cidr>>,
+    /// Sources refused even inside `allow_sources` (longest prefix wins).
+    #[serde(default)]
+    pub deny_sources: Vec<Spanned<Cidr>>,
+    /// New connections (TCP SYN) per second per source address (/32, /64), and the burst.
+    #[serde(default)]
+    pub syn_rate: u32,
+    #[serde(default)]
+    pub syn_burst: u32,
+    /// Packets per second per source address, and the burst.
+    #[serde(default)]
+    pub packet_rate: u32,
+    #[serde(default)]
+    pub packet_burst: u32,
+    /// New connections per second from all sources together (floods from many addresses).
+    #[serde(default)]
+    pub syn_budget: u32,
+    #[serde(default)]
+    pub syn_budget_burst: u32,
 }
 
 fn default_protocol() -> Protocol {
@@ -367,6 +555,7 @@ fn validate(config: &Config, at: &Locator<'_>) -> Vec<ConfigError> {
             }
         }
     }
+    validate_firewall(config, at, &mut errors);
     if backend_total > (lb_common::MAX_BACKENDS / 2) as usize {
         errors.push(at.error(
             0..0,
@@ -375,6 +564,70 @@ fn validate(config: &Config, at: &Locator<'_>) -> Vec<ConfigError> {
         ));
     }
     errors
+}
+
+fn validate_firewall(config: &Config, at: &Locator<'_>, errors: &mut Vec<ConfigError>) {
+    let fw = &config.firewall;
+    let mut names = HashSet::new();
+    let mut prefixes = 0usize;
+    for rule in &fw.rules {
+        let name = rule.name.get_ref();
+        if !names.insert(name.clone()) {
+            errors.push(at.error(rule.name.span(), format!("firewall rule `{name}` is defined twice"), "give each rule its own name"));
+        }
+        if rule.sources.is_empty() {
+            errors.push(at.error(rule.name.span(), format!("firewall rule `{name}` has no sources"), "add sources = [\"203.0.113.0/24\", ...]"));
+        }
+        prefixes += rule.sources.len();
+    }
+    let mut seen = std::collections::HashMap::new();
+    for (rule, cidr) in fw.rules.iter().flat_map(|r| r.sources.iter().map(move |c| (r, c))) {
+        if let Some(other) = seen.insert(*cidr.get_ref(), rule.name.get_ref().clone()) {
+            errors.push(at.error(
+                cidr.span(),
+                format!("{} is in firewall rules `{other}` and `{}`", cidr.get_ref(), rule.name.get_ref()),
+                "a prefix can belong to one rule only; remove one of them",
+            ));
+        }
+    }
+    for bogon in &fw.bogons {
+        if seen.contains_key(bogon.get_ref()) {
+            errors.push(at.error(bogon.span(), format!("{} is both a bogon and in a rule", bogon.get_ref()), "remove it from one of them"));
+        }
+    }
+    prefixes += fw.bogons.len();
+    for service in &config.services {
+        prefixes += service.allow_sources.len() + service.deny_sources.len();
+        let vip = service.vip.get_ref();
+        for cidr in service.allow_sources.iter().chain(&service.deny_sources) {
+            if cidr.get_ref().addr.is_ipv4() != vip.is_ipv4() {
+                errors.push(at.error(
+                    cidr.span(),
+                    format!("service `{}`: source {} is not of the VIP's address family", service.name.get_ref(), cidr.get_ref()),
+                    "list sources of the VIP's family only",
+                ));
+            }
+        }
+        if !service.deny_sources.is_empty() && service.allow_sources.is_empty() {
+            errors.push(at.error(
+                service.deny_sources[0].span(),
+                format!("service `{}` has deny_sources but no allow_sources", service.name.get_ref()),
+                "deny_sources carve holes in allow_sources; to block sources for everyone use a [[firewall.rule]] with action = \"drop\"",
+            ));
+        }
+    }
+    for port in &fw.host.open_ports {
+        if *port.port.get_ref() == 0 {
+            errors.push(at.error(port.port.span(), "open port 0", "use the port of the service on the host, e.g. 22"));
+        }
+        prefixes += port.sources.len();
+    }
+    if prefixes > (lb_common::MAX_PREFIXES / 2) as usize {
+        errors.push(at.error(0..0, format!("{prefixes} prefixes configured, at most {} fit", lb_common::MAX_PREFIXES / 2), "merge prefixes"));
+    }
+    if fw.rules.len() + config.services.len() + fw.host.open_ports.len() + 2 > lb_common::MAX_RULES as usize {
+        errors.push(at.error(0..0, "too many firewall rules", "merge rules: one rule may hold many prefixes"));
+    }
 }
 
 #[cfg(test)]

@@ -7,7 +7,10 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 use aya::{
-    maps::{Array, HashMap, MapData, PerCpuArray},
+    maps::{
+        lpm_trie::{Key as LpmKey, LpmTrie},
+        Array, HashMap, MapData, PerCpuArray,
+    },
     programs::{
         links::{FdLink, PinnedLink},
         xdp::XdpLink,
@@ -16,9 +19,14 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use lb_common::{
-    maps::{Backend, Counters, Service, ServiceKey, Settings, Verdict},
+    maps::{
+        AddrKey, Backend, CidrV4, CidrV6, Counters, Firewall, FwRule, HostPort, RuleCounters, Service,
+        ServiceCidr, ServiceKey, Settings, Verdict, CIDR_GENERATION_BITS, SERVICE_CIDR_PREFIX_BITS,
+    },
     names,
 };
+
+use crate::config::Cidr;
 use log::{info, warn};
 
 /// The XDP object built by build.rs from lb-ebpf.
@@ -260,6 +268,116 @@ impl Dataplane {
         Ok(total)
     }
 
+    pub fn firewall(&self) -> Result<Firewall> {
+        let map: Array<&MapData, Firewall> = Array::try_from(self.map(names::FIREWALL)?)?;
+        Ok(map.get(&0, 0).context("reading FIREWALL")?)
+    }
+
+    /// Switches the firewall settings (and the live rule generation) in one write.
+    pub fn set_firewall(&mut self, firewall: &Firewall) -> Result<()> {
+        let mut map: Array<&mut MapData, Firewall> = Array::try_from(self.map_mut(names::FIREWALL)?)?;
+        map.set(0, firewall, 0).context("writing FIREWALL")?;
+        Ok(())
+    }
+
+    pub fn put_prefix(&mut self, generation: u32, cidr: &Cidr, rule: &FwRule) -> Result<()> {
+        let bits = CIDR_GENERATION_BITS + cidr.len as u32;
+        match cidr.addr {
+            std::net::IpAddr::V4(v4) => {
+                let mut map: LpmTrie<&mut MapData, CidrV4, FwRule> = LpmTrie::try_from(self.map_mut(names::FW_V4)?)?;
+                let key = LpmKey::new(bits, CidrV4 { generation: generation as u8, addr: v4.octets() });
+                map.insert(&key, rule, 0).with_context(|| format!("writing {cidr} to FW_V4"))?;
+            }
+            std::net::IpAddr::V6(v6) => {
+                let mut map: LpmTrie<&mut MapData, CidrV6, FwRule> = LpmTrie::try_from(self.map_mut(names::FW_V6)?)?;
+                let key = LpmKey::new(bits, CidrV6 { generation: generation as u8, addr: v6.octets() });
+                map.insert(&key, rule, 0).with_context(|| format!("writing {cidr} to FW_V6"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A source rule of a scope (service or host port); `None` is the scope's catch-all.
+    pub fn put_scoped_prefix(&mut self, generation: u32, scope: u32, cidr: Option<&Cidr>, rule: &FwRule) -> Result<()> {
+        let (bits, addr) = match cidr {
+            None => (0, [0u8; 16]),
+            Some(cidr) => {
+                let mut addr = [0u8; 16];
+                match cidr.addr {
+                    std::net::IpAddr::V4(v4) => addr[..4].copy_from_slice(&v4.octets()),
+                    std::net::IpAddr::V6(v6) => addr = v6.octets(),
+                }
+                (cidr.len as u32, addr)
+            }
+        };
+        let mut map: LpmTrie<&mut MapData, ServiceCidr, FwRule> = LpmTrie::try_from(self.map_mut(names::SERVICE_SOURCES)?)?;
+        let key = LpmKey::new(SERVICE_CIDR_PREFIX_BITS + bits, ServiceCidr { generation: generation as u8, service: scope.to_be_bytes(), addr });
+        map.insert(&key, rule, 0).context("writing SERVICE_SOURCES")?;
+        Ok(())
+    }
+
+    /// Removes every prefix of one rule generation from the three tries.
+    pub fn clear_rule_generation(&mut self, generation: u32) -> Result<()> {
+        let generation = generation as u8;
+        {
+            let mut map: LpmTrie<&mut MapData, CidrV4, FwRule> = LpmTrie::try_from(self.map_mut(names::FW_V4)?)?;
+            let keys: Vec<_> = map.keys().filter_map(|k| k.ok()).filter(|k| k.data().generation == generation).collect();
+            for key in keys {
+                map.remove(&key).context("removing from FW_V4")?;
+            }
+        }
+        {
+            let mut map: LpmTrie<&mut MapData, CidrV6, FwRule> = LpmTrie::try_from(self.map_mut(names::FW_V6)?)?;
+            let keys: Vec<_> = map.keys().filter_map(|k| k.ok()).filter(|k| k.data().generation == generation).collect();
+            for key in keys {
+                map.remove(&key).context("removing from FW_V6")?;
+            }
+        }
+        let mut map: LpmTrie<&mut MapData, ServiceCidr, FwRule> = LpmTrie::try_from(self.map_mut(names::SERVICE_SOURCES)?)?;
+        let keys: Vec<_> = map.keys().filter_map(|k| k.ok()).filter(|k| k.data().generation == generation).collect();
+        for key in keys {
+            map.remove(&key).context("removing from SERVICE_SOURCES")?;
+        }
+        Ok(())
+    }
+
+    /// Adds host addresses, VIPs and open host ports (before a rule switch).
+    pub fn add_host_state(&mut self, hosts: &[AddrKey], vips: &[AddrKey], ports: &[(HostPort, u32)]) -> Result<()> {
+        for (name, keys) in [(names::HOST_ADDRS, hosts), (names::VIPS, vips)] {
+            let mut map: HashMap<&mut MapData, AddrKey, u8> = HashMap::try_from(self.map_mut(name)?)?;
+            for key in keys {
+                map.insert(key, 1, 0).with_context(|| format!("writing {name}"))?;
+            }
+        }
+        let mut map: HashMap<&mut MapData, HostPort, u32> = HashMap::try_from(self.map_mut(names::HOST_PORTS)?)?;
+        for (port, scope) in ports {
+            map.insert(port, scope, 0).context("writing HOST_PORTS")?;
+        }
+        Ok(())
+    }
+
+    /// Removes host addresses, VIPs and ports not in these lists (after a rule switch).
+    pub fn retain_host_state(&mut self, hosts: &[AddrKey], vips: &[AddrKey], ports: &[(HostPort, u32)]) -> Result<()> {
+        for (name, keep) in [(names::HOST_ADDRS, hosts), (names::VIPS, vips)] {
+            let mut map: HashMap<&mut MapData, AddrKey, u8> = HashMap::try_from(self.map_mut(name)?)?;
+            let stale: Vec<AddrKey> = map.keys().filter_map(|k| k.ok()).filter(|k| !keep.contains(k)).collect();
+            for key in stale {
+                map.remove(&key).with_context(|| format!("removing from {name}"))?;
+            }
+        }
+        let mut map: HashMap<&mut MapData, HostPort, u32> = HashMap::try_from(self.map_mut(names::HOST_PORTS)?)?;
+        let stale: Vec<HostPort> = map.keys().filter_map(|k| k.ok()).filter(|k| !ports.iter().any(|(p, _)| p == k)).collect();
+        for key in stale {
+            map.remove(&key).context("removing from HOST_PORTS")?;
+        }
+        Ok(())
+    }
+
+    /// A rule's counters summed over the CPUs; `last_hit_ns` is the latest (coarse monotonic).
+    pub fn rule_counters(&self, id: u32) -> Result<RuleCounters> {
+        rule_counters(self.map(names::RULE_STATS)?, id)
+    }
+
     fn map(&self, name: &str) -> Result<&aya::maps::Map> {
         self.ebpf.map(name).with_context(|| format!("map `{name}` missing from the object"))
     }
@@ -304,7 +422,9 @@ impl PinnedMaps {
     fn map(&self, name: &str) -> Result<aya::maps::Map> {
         let data = MapData::from_pin(self.dir.join(name)).with_context(|| format!("opening pinned map {name}"))?;
         Ok(match name {
-            names::SERVICE_STATS | names::BACKEND_STATS | names::VERDICT_STATS => aya::maps::Map::PerCpuArray(data),
+            names::SERVICE_STATS | names::BACKEND_STATS | names::VERDICT_STATS | names::RULE_STATS => {
+                aya::maps::Map::PerCpuArray(data)
+            }
             names::SERVICES => aya::maps::Map::HashMap(data),
             _ => aya::maps::Map::Array(data),
         })
@@ -328,6 +448,10 @@ impl PinnedMaps {
         Verdict::ALL.iter().map(|&v| Ok((v, self.counters(names::VERDICT_STATS, v as u32)?))).collect()
     }
 
+    pub fn rule_counters(&self, id: u32) -> Result<RuleCounters> {
+        rule_counters(&self.map(names::RULE_STATS)?, id)
+    }
+
     fn counters(&self, name: &str, index: u32) -> Result<Counters> {
         let map = self.map(name)?;
         let array: PerCpuArray<&MapData, Counters> = PerCpuArray::try_from(&map)?;
@@ -337,4 +461,15 @@ impl PinnedMaps {
         }
         Ok(total)
     }
+}
+
+fn rule_counters(map: &aya::maps::Map, id: u32) -> Result<RuleCounters> {
+    let array: PerCpuArray<&MapData, RuleCounters> = PerCpuArray::try_from(map)?;
+    let mut total = RuleCounters::default();
+    for counters in array.get(&id, 0).with_context(|| format!("reading RULE_STATS[{id}]"))?.iter() {
+        total.packets += counters.packets;
+        total.bytes += counters.bytes;
+        total.last_hit_ns = total.last_hit_ns.max(counters.last_hit_ns);
+    }
+    Ok(total)
 }

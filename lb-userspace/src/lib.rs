@@ -2,5 +2,6 @@
 pub mod agent;
 pub mod config;
 pub mod dataplane;
+pub mod firewall;
 pub mod neighbor;
 pub mod services;

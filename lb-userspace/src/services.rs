@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use anyhow::{bail, Context as _, Result};
 use lb_common::{
     maps::{
-        Backend, Service, ServiceKey, ALGORITHM_ROUND_ROBIN, BACKEND_ACTIVE, BACKEND_DOWN,
+        Backend, Rate, Service, ServiceKey, ALGORITHM_ROUND_ROBIN, BACKEND_ACTIVE, BACKEND_DOWN,
         BACKEND_DRAINING, BACKEND_UNUSED, FAMILY_V4, FAMILY_V6, MODE_DSR, MODE_NAT, PROTO_TCP,
         PROTO_UDP,
     },
@@ -62,6 +62,18 @@ pub struct ServiceEntry {
     /// Which of the service's two selection tables the data path reads.
     pub active_table: u32,
     pub backends: Vec<BackendEntry>,
+    pub limits: Limits,
+}
+
+/// A service's rate limits (all unlimited by default).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// New connections per source address.
+    pub syn_rate: Rate,
+    /// Packets per source address.
+    pub packet_rate: Rate,
+    /// New connections from all sources together.
+    pub syn_budget: Rate,
 }
 
 impl ServiceEntry {
@@ -240,6 +252,11 @@ impl ServiceTable {
                 snat: service.snat_address.as_ref().map(|a| *a.get_ref()),
                 active_table,
                 backends,
+                limits: Limits {
+                    syn_rate: Rate::per_second(service.syn_rate, service.syn_burst),
+                    packet_rate: Rate::per_second(service.packet_rate, service.packet_burst),
+                    syn_budget: Rate::per_second(service.syn_budget, service.syn_budget_burst),
+                },
             });
         }
         table.generations = generations;
@@ -290,6 +307,9 @@ pub fn program_service(dataplane: &mut Dataplane, service: &mut ServiceEntry) ->
             ring_offset: offset,
             ring_len: slots.len() as u32,
             snat_addr,
+            syn_rate: service.limits.syn_rate,
+            packet_rate: service.limits.packet_rate,
+            syn_budget: service.limits.syn_budget,
         },
     )?;
     service.active_table = table;

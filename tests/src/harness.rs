@@ -7,7 +7,7 @@ use lb_common::maps::{Counters, Settings, Verdict};
 use lb_userspace::{
     config::{Mode, Protocol},
     dataplane::{Dataplane, LoadOptions},
-    services::{self, BackendEntry, BackendState, ServiceEntry},
+    services::{self, BackendEntry, BackendState, Limits, ServiceEntry},
 };
 
 pub const XDP_ABORTED: u32 = 0;
@@ -86,6 +86,7 @@ impl Harness {
             snat,
             active_table: 0,
             backends,
+            limits: Limits::default(),
         };
         services::program_service(&mut self.dataplane, &mut service).unwrap_or_else(|e| panic!("{e:#}"));
         self.services.push(service);

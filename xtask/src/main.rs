@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use xtask::{lab, setup, util};
 
+mod bench;
 mod run;
 mod test;
 
@@ -30,6 +31,8 @@ enum Cmd {
     Test(test::TestArgs),
     /// Bring the network-namespace lab up or down by hand.
     Lab(lab::LabArgs),
+    /// Benchmarks (needs root) into target/bench/results.json; --quick for a short run.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -48,6 +51,7 @@ fn main() -> ExitCode {
         Cmd::Run(args) => run::run(args),
         Cmd::Test(args) => test::run(args),
         Cmd::Lab(args) => lab::cli(args),
+        Cmd::Bench(args) => bench::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

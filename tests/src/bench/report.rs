@@ -37,6 +37,7 @@ pub fn per_packet_sections(result: &PerPacket, machine: Value, bpf_stats: Value,
     run["bpf_stats_enabled"] = bpf_stats;
     run["timestamp"] = json!(timestamp);
     run["quick"] = json!(quick);
+    run["source"] = super::system::source_version();
     detail.insert("run".into(), run);
 
     let mut sections = Map::new();

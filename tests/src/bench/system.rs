@@ -94,8 +94,10 @@ pub fn cpu_model() -> String {
         .unwrap_or_default()
 }
 
-pub fn nproc() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
+/// Online CPUs (not this thread's affinity, which the bench narrows to one).
+pub fn nproc() -> i64 {
+    // SAFETY: sysconf has no preconditions.
+    (unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }) as i64
 }
 
 /// The 1-minute load average.
@@ -131,4 +133,22 @@ pub fn timestamp_utc() -> String {
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
     format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+/// The commit the measured program was built from, and whether its sources differed from it.
+pub fn source_version() -> Value {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(|p| p.to_path_buf()).unwrap_or_default();
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .arg("-C")
+            .arg(&root)
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let changed = git(&["status", "--porcelain", "--", "lb-ebpf", "lb-common", "lb-userspace"])
+        .map(|s| s.lines().map(|l| l.get(3..).unwrap_or(l).to_string()).collect::<Vec<_>>());
+    json!({ "commit": git(&["rev-parse", "--short", "HEAD"]), "uncommitted_changes_in_program_sources": changed })
 }

@@ -1,0 +1,251 @@
+//! The firewall, in the same pass and before any balancing: sanity checks every packet gets,
+//! CIDR rules on the source (longest prefix wins), per-service source rules and rate limits,
+//! and the policy for traffic to the load balancer itself.
+use aya_ebpf::helpers::generated::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns};
+use lb_common::{
+    maps::{
+        AddrKey, CidrV4, CidrV6, Firewall, FwRule, HostPort, Rate, RateKey, Service, ServiceCidr,
+        Verdict, ACTION_DROP, FAMILY_V4, FW_DROP_FRAGMENTS, FW_HOST_POLICY,
+        FW_TCP_FLAG_CHECKS, FW_V4_RULES, FW_V6_RULES, PROTO_TCP, PROTO_UDP, RATE_ICMP_ECHO,
+        RATE_PACKETS, RATE_SYN, RATE_SYN_BUDGET, REASON_SPOOF, SCOPE_HOST, SERVICE_CIDR_PREFIX_BITS,
+        CIDR_GENERATION_BITS, FW_SCOPED_SOURCES,
+    },
+};
+
+use crate::{
+    maps::{FIREWALL, FW_V4, FW_V6, HOST_ADDRS, HOST_PORTS, RATE_BUCKETS, RULE_STATS, SERVICE_SOURCES, VIPS},
+    parse::{Packet, PROTO_ICMP, PROTO_ICMPV6},
+};
+
+const TCP_FIN: u8 = 0x01;
+const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
+const TCP_PSH: u8 = 0x08;
+const TCP_ACK: u8 = 0x10;
+const TCP_URG: u8 = 0x20;
+const ICMP_ECHO_REQUEST: u8 = 8;
+const ICMPV6_ECHO_REQUEST: u8 = 128;
+
+/// The firewall switches; all off when the agent has not written them.
+#[inline(always)]
+pub fn settings() -> Firewall {
+    FIREWALL.get(0).copied().unwrap_or_default()
+}
+
+/// Checks every IP packet gets, wherever it goes: impossible TCP flags, source equal to
+/// destination, fragments to a VIP, then the CIDR rules on the source.
+#[inline(always)]
+pub fn screen(packet: &Packet, fw: &Firewall) -> Result<(), Verdict> {
+    let key = &packet.key;
+    if fw.flags & FW_TCP_FLAG_CHECKS != 0 && key.proto == PROTO_TCP && !packet.fragment && bad_tcp_flags(packet.tcp_flags) {
+        return Err(Verdict::DropTcpFlags);
+    }
+    if key.src == key.dst {
+        return Err(Verdict::DropSpoofed);
+    }
+    if packet.fragment && fw.flags & FW_DROP_FRAGMENTS != 0 {
+        let vip = AddrKey { addr: key.dst, family: key.family, _pad: [0; 3] };
+        // SAFETY: read-only look-up of a value the agent replaces whole.
+        if unsafe { VIPS.get(&vip) }.is_some() {
+            return Err(Verdict::DropFragment);
+        }
+    }
+    let rule = if key.family == FAMILY_V4 {
+        if fw.flags & FW_V4_RULES == 0 {
+            return Ok(());
+        }
+        let cidr = CidrV4 { generation: fw.generation as u8, addr: key.src[0].to_ne_bytes() };
+        FW_V4.get(&lpm_key(CIDR_GENERATION_BITS + 32, cidr))
+    } else {
+        if fw.flags & FW_V6_RULES == 0 {
+            return Ok(());
+        }
+        let cidr = CidrV6 { generation: fw.generation as u8, addr: addr_bytes(&key.src) };
+        FW_V6.get(&lpm_key(CIDR_GENERATION_BITS + 128, cidr))
+    };
+    match rule {
+        Some(rule) => apply(rule, packet, if rule.reason == REASON_SPOOF { Verdict::DropSpoofed } else { Verdict::DropDenied }),
+        None => Ok(()),
+    }
+}
+
+/// Admission to a service: its source rules, then its rate limits (per source, and the budget
+/// of new connections from all sources).
+#[inline(always)]
+pub fn admit(packet: &Packet, service: &Service, fw: &Firewall) -> Result<(), Verdict> {
+    if fw.flags & FW_SCOPED_SOURCES != 0 {
+        check_sources(packet, service.id, fw)?;
+    }
+    let limited = service.packet_rate.is_limited() || service.syn_rate.is_limited() || service.syn_budget.is_limited();
+    if !limited {
+        return Ok(());
+    }
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if service.packet_rate.is_limited() && !take(&source_bucket(packet, service.id, RATE_PACKETS), &service.packet_rate, now) {
+        return Err(Verdict::DropRateLimited);
+    }
+    if is_new_connection(packet) {
+        if service.syn_rate.is_limited() && !take(&source_bucket(packet, service.id, RATE_SYN), &service.syn_rate, now) {
+            return Err(Verdict::DropRateLimited);
+        }
+        let budget = RateKey { addr: [0; 4], scope: service.id, kind: RATE_SYN_BUDGET, family: 0, _pad: [0; 2] };
+        if service.syn_budget.is_limited() && !take(&budget, &service.syn_budget, now) {
+            return Err(Verdict::DropSynBudget);
+        }
+    }
+    Ok(())
+}
+
+/// Traffic that is neither for a service nor a NAT reply. To the host's own addresses, under
+/// the host policy: open ports (with their source rules), replies to the host's own
+/// connections, ICMP (echo requests rate limited); anything else is dropped. Other traffic is
+/// none of the firewall's business beyond `screen`.
+#[inline(always)]
+pub fn host_policy(packet: &Packet, fw: &Firewall) -> Verdict {
+    let key = &packet.key;
+    if fw.flags & FW_HOST_POLICY == 0 {
+        return Verdict::PassNoService;
+    }
+    let host = AddrKey { addr: key.dst, family: key.family, _pad: [0; 3] };
+    // SAFETY: read-only look-up of a value the agent replaces whole.
+    if unsafe { HOST_ADDRS.get(&host) }.is_none() {
+        return Verdict::PassNoService;
+    }
+    match key.proto {
+        PROTO_TCP | PROTO_UDP => {
+            let port = HostPort { port: key.dst_port, proto: key.proto, _pad: 0 };
+            // SAFETY: as above.
+            if let Some(&scope) = unsafe { HOST_PORTS.get(&port) } {
+                if scope != 0 && fw.flags & FW_SCOPED_SOURCES != 0 {
+                    if let Err(verdict) = check_sources(packet, scope, fw) {
+                        return verdict;
+                    }
+                }
+                if is_new_connection(packet) && fw.host_syn_rate.is_limited() {
+                    // SAFETY: a helper without arguments.
+                    let now = unsafe { bpf_ktime_get_ns() };
+                    if !take(&source_bucket(packet, SCOPE_HOST, RATE_SYN), &fw.host_syn_rate, now) {
+                        return Verdict::DropRateLimited;
+                    }
+                }
+                return Verdict::PassHost;
+            }
+            // Replies to connections the host opened arrive on its ephemeral ports; a bare SYN
+            // there is someone else's new connection.
+            let port = u16::from_be(key.dst_port);
+            let reply = port >= fw.ephemeral_min && port <= fw.ephemeral_max && !is_new_connection(packet);
+            if reply || (key.proto == PROTO_UDP && port >= fw.ephemeral_min && port <= fw.ephemeral_max) {
+                Verdict::PassHost
+            } else {
+                Verdict::DropHostPolicy
+            }
+        }
+        PROTO_ICMP | PROTO_ICMPV6 => {
+            let echo = if key.proto == PROTO_ICMP { ICMP_ECHO_REQUEST } else { ICMPV6_ECHO_REQUEST };
+            if packet.icmp_type == echo && fw.host_icmp_echo.is_limited() {
+                // SAFETY: a helper without arguments.
+                let now = unsafe { bpf_ktime_get_ns() };
+                if !take(&source_bucket(packet, SCOPE_HOST, RATE_ICMP_ECHO), &fw.host_icmp_echo, now) {
+                    return Verdict::DropRateLimited;
+                }
+            }
+            // Errors, neighbour discovery and rate-allowed echoes go to the kernel.
+            Verdict::PassHost
+        }
+        _ => Verdict::DropHostPolicy,
+    }
+}
+
+/// The most specific rule of `scope` in `SERVICE_SOURCES` decides; a scope with rules ends in a
+/// catch-all drop, a scope without any admits everyone.
+#[inline(always)]
+fn check_sources(packet: &Packet, scope: u32, fw: &Firewall) -> Result<(), Verdict> {
+    let key = &packet.key;
+    let bits = if key.family == FAMILY_V4 { 32 } else { 128 };
+    let cidr = ServiceCidr { generation: fw.generation as u8, service: scope.to_be_bytes(), addr: addr_bytes(&key.src) };
+    match SERVICE_SOURCES.get(&lpm_key(SERVICE_CIDR_PREFIX_BITS + bits, cidr)) {
+        Some(rule) => apply(rule, packet, Verdict::DropServiceSource),
+        None => Ok(()),
+    }
+}
+
+/// Counts the rule's hit and applies its action; a `log` rule only counts.
+#[inline(always)]
+fn apply(rule: &FwRule, packet: &Packet, drop: Verdict) -> Result<(), Verdict> {
+    if let Some(counters) = RULE_STATS.get_ptr_mut(rule.id) {
+        // SAFETY: a per-CPU slot; coarse time is enough for "last hit" and far cheaper.
+        unsafe {
+            (*counters).packets += 1;
+            (*counters).bytes += packet.len as u64;
+            (*counters).last_hit_ns = bpf_ktime_get_coarse_ns();
+        }
+    }
+    // `allow` and `log` (a dry run) both let the packet go on.
+    if rule.action == ACTION_DROP {
+        Err(drop)
+    } else {
+        Ok(())
+    }
+}
+
+/// GCRA: the packet conforms if the bucket's theoretical arrival time is at most `tolerance`
+/// ahead of now. Concurrent CPUs may both pass on the same token: limits are approximate by a
+/// packet or two, never by more.
+#[inline(always)]
+fn take(key: &RateKey, rate: &Rate, now: u64) -> bool {
+    match RATE_BUCKETS.get_ptr_mut(key) {
+        Some(tat) => {
+            // SAFETY: a u64 in an LRU map value, valid while the program runs.
+            let theoretical = unsafe { *tat }.max(now);
+            if theoretical - now > rate.tolerance_ns {
+                return false;
+            }
+            unsafe { *tat = theoretical + rate.interval_ns };
+            true
+        }
+        None => {
+            // A failed insert (never expected in an LRU map) admits the packet: a rate limit is
+            // no reason to cut legitimate traffic.
+            let _ = RATE_BUCKETS.insert(key, &(now + rate.interval_ns), 0);
+            true
+        }
+    }
+}
+
+/// The bucket of a source: its /32, or its /64 for IPv6 (one host's whole subnet).
+#[inline(always)]
+fn source_bucket(packet: &Packet, scope: u32, kind: u8) -> RateKey {
+    let src = &packet.key.src;
+    let addr = if packet.key.family == FAMILY_V4 { [src[0], 0, 0, 0] } else { [src[0], src[1], 0, 0] };
+    RateKey { addr, scope, kind, family: packet.key.family, _pad: [0; 2] }
+}
+
+#[inline(always)]
+fn is_new_connection(packet: &Packet) -> bool {
+    packet.key.proto == PROTO_TCP && packet.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+}
+
+/// SYN+FIN, SYN+RST, no flag at all, or FIN+PSH+URG ("Xmas"): no real TCP stack sends these.
+#[inline(always)]
+fn bad_tcp_flags(flags: u8) -> bool {
+    flags & (TCP_SYN | TCP_FIN) == TCP_SYN | TCP_FIN
+        || flags & (TCP_SYN | TCP_RST) == TCP_SYN | TCP_RST
+        || flags == 0
+        || flags & (TCP_FIN | TCP_PSH | TCP_URG) == TCP_FIN | TCP_PSH | TCP_URG
+}
+
+#[inline(always)]
+fn lpm_key<K>(prefix_len: u32, data: K) -> aya_ebpf::maps::lpm_trie::Key<K> {
+    aya_ebpf::maps::lpm_trie::Key::new(prefix_len, data)
+}
+
+#[inline(always)]
+fn addr_bytes(addr: &[u32; 4]) -> [u8; 16] {
+    let mut bytes = [0u8; 16];
+    bytes[0..4].copy_from_slice(&addr[0].to_ne_bytes());
+    bytes[4..8].copy_from_slice(&addr[1].to_ne_bytes());
+    bytes[8..12].copy_from_slice(&addr[2].to_ne_bytes());
+    bytes[12..16].copy_from_slice(&addr[3].to_ne_bytes());
+    bytes
+}

@@ -1,0 +1,87 @@
+//! `cargo xtask bench [--quick]`: the benchmarks, written into `target/bench/results.json`.
+//!
+//! root check -> setup (unless --no-setup) -> `cargo build --release` -> each part in turn.
+//! Each part owns some top-level keys of the results file (DESIGN.md "Result files") and keeps
+//! the others, so parts can be run and rerun independently. Parts today:
+//! - per-packet: `lb-bench` (tests/src/bin/lb-bench.rs), BPF_PROG_TEST_RUN -> `per_packet_ns`.
+//!
+//! Later parts (`http`, `flood`) are more entries in [`PARTS`].
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context as _, Result};
+use xtask::{setup, util};
+
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// Shorter runs (about a minute in all), for a first look and CI.
+    #[arg(long)]
+    pub quick: bool,
+    /// Skip `cargo xtask setup` (packages, toolchain, bpffs).
+    #[arg(long)]
+    pub no_setup: bool,
+}
+
+/// What every part gets.
+struct Ctx {
+    quick: bool,
+    /// The results file shared by all parts.
+    results: PathBuf,
+}
+
+struct Part {
+    name: &'static str,
+    run: fn(&Ctx) -> Result<()>,
+}
+
+const PARTS: &[Part] = &[Part { name: "per-packet (BPF_PROG_TEST_RUN)", run: per_packet }];
+
+fn cargo() -> Command {
+    // The rustup proxy from PATH (~/.cargo/bin is put first by main).
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(util::workspace_root());
+    cmd
+}
+
+pub fn run(args: BenchArgs) -> Result<()> {
+    if !util::is_root() {
+        bail!(
+            "cargo xtask bench needs root (it loads XDP programs and runs them with BPF_PROG_TEST_RUN, and \
+             keeps kernel.bpf_stats_enabled at 0): run `sudo -E env PATH=\"$PATH\" cargo xtask bench`"
+        );
+    }
+    if !args.no_setup {
+        setup::run()?;
+    }
+    util::run(cargo().args(["build", "--release"]))?;
+
+    let results = util::target_dir().join("bench").join("results.json");
+    std::fs::create_dir_all(results.parent().unwrap_or(Path::new(".")))
+        .with_context(|| format!("creating the directory of {}", results.display()))?;
+    let ctx = Ctx { quick: args.quick, results };
+
+    let mut failed = Vec::new();
+    for part in PARTS {
+        println!("xtask bench: == {} ==", part.name);
+        if let Err(e) = (part.run)(&ctx) {
+            eprintln!("xtask bench: {} FAILED: {e:#}", part.name);
+            failed.push(part.name);
+        }
+    }
+    println!("xtask bench: results in {}", ctx.results.display());
+    if !failed.is_empty() {
+        bail!("benchmark part(s) failed: {}", failed.join(", "));
+    }
+    Ok(())
+}
+
+fn per_packet(ctx: &Ctx) -> Result<()> {
+    let mut cmd = cargo();
+    cmd.args(["run", "--release", "-p", "lb-tests", "--bin", "lb-bench", "--"]);
+    if ctx.quick {
+        cmd.arg("--quick");
+    }
+    cmd.arg("--out").arg(&ctx.results);
+    util::run(&mut cmd)
+}
