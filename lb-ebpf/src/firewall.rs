@@ -74,7 +74,7 @@ pub fn screen(packet: &Packet, fw: &Firewall) -> Result<(), Verdict> {
 #[inline(always)]
 pub fn admit(packet: &Packet, service: &Service, fw: &Firewall) -> Result<(), Verdict> {
     if fw.flags & FW_SCOPED_SOURCES != 0 {
-        check_sources(packet, service.id, fw)?;
+        check_sources(packet, service.id, fw, Verdict::DropServiceSource)?;
     }
     let limited = service.packet_rate.is_limited() || service.syn_rate.is_limited() || service.syn_budget.is_limited();
     if !limited {
@@ -118,7 +118,7 @@ pub fn host_policy(packet: &Packet, fw: &Firewall) -> Verdict {
             // SAFETY: as above.
             if let Some(&scope) = unsafe { HOST_PORTS.get(&port) } {
                 if scope != 0 && fw.flags & FW_SCOPED_SOURCES != 0 {
-                    if let Err(verdict) = check_sources(packet, scope, fw) {
+                    if let Err(verdict) = check_sources(packet, scope, fw, Verdict::DropHostPolicy) {
                         return verdict;
                     }
                 }
@@ -160,12 +160,12 @@ pub fn host_policy(packet: &Packet, fw: &Firewall) -> Verdict {
 /// The most specific rule of `scope` in `SERVICE_SOURCES` decides; a scope with rules ends in a
 /// catch-all drop, a scope without any admits everyone.
 #[inline(always)]
-fn check_sources(packet: &Packet, scope: u32, fw: &Firewall) -> Result<(), Verdict> {
+fn check_sources(packet: &Packet, scope: u32, fw: &Firewall, drop: Verdict) -> Result<(), Verdict> {
     let key = &packet.key;
     let bits = if key.family == FAMILY_V4 { 32 } else { 128 };
     let cidr = ServiceCidr { generation: fw.generation as u8, service: scope.to_be_bytes(), addr: addr_bytes(&key.src) };
     match SERVICE_SOURCES.get(&lpm_key(SERVICE_CIDR_PREFIX_BITS + bits, cidr)) {
-        Some(rule) => apply(rule, packet, Verdict::DropServiceSource),
+        Some(rule) => apply(rule, packet, drop),
         None => Ok(()),
     }
 }

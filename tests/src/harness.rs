@@ -134,3 +134,48 @@ impl Default for Harness {
         Self::new()
     }
 }
+
+/// A harness programmed from a whole agent config (services, firewall), the way `lb run` does,
+/// with backend MACs given instead of resolved.
+pub struct ConfigHarness {
+    pub harness: Harness,
+    pub table: lb_userspace::services::ServiceTable,
+    pub rules: lb_userspace::firewall::RuleSet,
+}
+
+impl ConfigHarness {
+    /// `host_addrs`: the load balancer's own addresses (the VIPs are added, as the agent does).
+    #[track_caller]
+    pub fn new(toml: &str, macs: &[(IpAddr, [u8; 6])], host_addrs: &[IpAddr]) -> Self {
+        let config = lb_userspace::config::parse(std::path::Path::new("test.toml"), toml).unwrap_or_else(|e| panic!("{e}"));
+        let mut harness = Harness::new();
+        let mut table = lb_userspace::services::ServiceTable::from_config(&config, &[], &[]).unwrap_or_else(|e| panic!("{e:#}"));
+        for service in &mut table.services {
+            for backend in &mut service.backends {
+                backend.mac = macs.iter().find(|(a, _)| *a == backend.addr).map(|(_, m)| *m);
+            }
+            services::program_service(&mut harness.dataplane, service).unwrap_or_else(|e| panic!("{e:#}"));
+        }
+        let rules = lb_userspace::firewall::RuleSet::from_config(&config, &table, (32768, 60999));
+        let vips: Vec<IpAddr> = config.services.iter().map(|s| *s.vip.get_ref()).collect();
+        let mut hosts = host_addrs.to_vec();
+        hosts.extend(&vips);
+        lb_userspace::firewall::apply(&mut harness.dataplane, &rules, &hosts, &vips).unwrap_or_else(|e| panic!("{e:#}"));
+        ConfigHarness { harness, table, rules }
+    }
+
+    /// Counters of the rule named `name`.
+    #[track_caller]
+    pub fn rule(&self, name: &str) -> lb_common::maps::RuleCounters {
+        let rule = self.rules.rules.iter().find(|r| r.name == name).unwrap_or_else(|| panic!("no rule {name}"));
+        self.harness.dataplane.rule_counters(rule.id).unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
+    pub fn run(&self, frame: &[u8]) -> (u32, Vec<u8>) {
+        self.harness.run(frame)
+    }
+
+    pub fn verdict_count(&self, verdict: Verdict) -> u64 {
+        self.harness.verdict_count(verdict)
+    }
+}

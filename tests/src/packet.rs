@@ -10,6 +10,8 @@ pub enum L4 {
     Tcp { src_port: u16, dst_port: u16, seq: u32, ack: u32, flags: u8 },
     /// `checksum: false` sends an IPv4 UDP datagram without checksum (field 0).
     Udp { src_port: u16, dst_port: u16, checksum: bool },
+    /// ICMP (IPv4) or ICMPv6 (IPv6) with this type, code 0, an echo-style body.
+    Icmp { icmp_type: u8 },
 }
 
 pub const TCP_SYN: u8 = 0x02;
@@ -31,6 +33,10 @@ pub struct Frame {
 impl Frame {
     pub fn tcp(src: (IpAddr, u16), dst: (IpAddr, u16)) -> Self {
         Self::new(src.0, dst.0, L4::Tcp { src_port: src.1, dst_port: dst.1, seq: 1000, ack: 0, flags: TCP_SYN })
+    }
+
+    pub fn icmp(src: IpAddr, dst: IpAddr, icmp_type: u8) -> Self {
+        Self::new(src, dst, L4::Icmp { icmp_type })
     }
 
     pub fn udp(src: (IpAddr, u16), dst: (IpAddr, u16)) -> Self {
@@ -59,6 +65,7 @@ impl Frame {
     pub fn ports(&self) -> (u16, u16) {
         match self.l4 {
             L4::Tcp { src_port, dst_port, .. } | L4::Udp { src_port, dst_port, .. } => (src_port, dst_port),
+            L4::Icmp { .. } => (0, 0),
         }
     }
 
@@ -68,7 +75,17 @@ impl Frame {
                 *src_port = src;
                 *dst_port = dst;
             }
+            L4::Icmp { .. } => panic!("ICMP has no ports"),
         }
+    }
+
+    /// Sets the TCP flags (panics for other protocols).
+    pub fn tcp_flags(mut self, value: u8) -> Self {
+        match &mut self.l4 {
+            L4::Tcp { flags, .. } => *flags = value,
+            _ => panic!("not TCP"),
+        }
+        self
     }
 
     /// The frame with source and destination (addresses and ports) replaced.
@@ -102,21 +119,30 @@ impl Frame {
                 h.extend([0, 0]);
                 h
             }
+            // type, code, checksum, identifier, sequence number
+            L4::Icmp { icmp_type } => vec![icmp_type, 0, 0, 0, 0x12, 0x34, 0, 1],
         };
         l4.extend(&self.payload);
         let proto = match self.l4 {
             L4::Tcp { .. } => 6u8,
             L4::Udp { .. } => 17u8,
+            L4::Icmp { .. } if self.src.is_ipv4() => 1u8,
+            L4::Icmp { .. } => 58u8,
         };
         let wants_checksum = !matches!(self.l4, L4::Udp { checksum: false, .. }) || self.src.is_ipv6();
         if wants_checksum {
-            let mut sum = pseudo_header_sum(self.src, self.dst, proto, l4.len());
+            // ICMP for IPv4 has no pseudo-header; TCP, UDP and ICMPv6 do.
+            let mut sum = if proto == 1 { 0 } else { pseudo_header_sum(self.src, self.dst, proto, l4.len()) };
             sum += ones_sum(&l4);
             let mut check = !fold(sum);
             if proto == 17 && check == 0 {
                 check = 0xFFFF;
             }
-            let at = if proto == 6 { 16 } else { 6 };
+            let at = match proto {
+                6 => 16,
+                17 => 6,
+                _ => 2,
+            };
             l4[at..at + 2].copy_from_slice(&check.to_be_bytes());
         }
 

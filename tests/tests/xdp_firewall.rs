@@ -1,0 +1,284 @@
+//! The firewall of the real XDP program in the real kernel (BPF_PROG_TEST_RUN), programmed from
+//! agent configs exactly as `lb run` programs it.
+use std::{net::IpAddr, thread::sleep, time::Duration};
+
+use lb_common::maps::Verdict;
+use lb_tests::{
+    harness::{ConfigHarness, XDP_DROP, XDP_PASS, XDP_TX},
+    packet::{Frame, TCP_ACK, TCP_SYN},
+    require_root,
+};
+
+const LB_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x10];
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
+}
+
+/// Services on 10.0.0.100:80 (web) and [fd00::100]:80 (web6), backends .11/.12 and ::11/::12,
+/// plus whatever `extra` adds (more [[service]] keys go after `extra_service_keys`).
+fn config(firewall: &str, extra_service_keys: &str) -> String {
+    format!(
+        r#"
+{firewall}
+
+[[service]]
+name = "web"
+vip = "10.0.0.100"
+port = 80
+mode = "dsr"
+{extra_service_keys}
+
+[[service.backend]]
+name = "web1"
+address = "10.0.0.11"
+
+[[service.backend]]
+name = "web2"
+address = "10.0.0.12"
+
+[[service]]
+name = "web6"
+vip = "fd00::100"
+port = 80
+mode = "dsr"
+
+[[service.backend]]
+name = "web1"
+address = "fd00::11"
+"#
+    )
+}
+
+fn harness(firewall: &str, extra_service_keys: &str) -> ConfigHarness {
+    let macs = [
+        (ip("10.0.0.11"), [2, 0, 0, 0, 0, 0x11]),
+        (ip("10.0.0.12"), [2, 0, 0, 0, 0, 0x12]),
+        (ip("fd00::11"), [2, 0, 0, 0, 0, 0x11]),
+    ];
+    ConfigHarness::new(&config(firewall, extra_service_keys), &macs, &[ip("10.0.0.2"), ip("fd00::2")])
+}
+
+fn syn(src: &str, sport: u16, dst: &str, dport: u16) -> Vec<u8> {
+    Frame::tcp((ip(src), sport), (ip(dst), dport)).macs(CLIENT_MAC, LB_MAC).build()
+}
+
+#[track_caller]
+fn assert_action(h: &ConfigHarness, frame: &[u8], action: u32, what: &str) {
+    let (got, _) = h.run(frame);
+    assert_eq!(got, action, "{what}: expected action {action}, got {got}");
+}
+
+const DENY_RULES: &str = r#"
+[firewall.host]
+policy = "open"
+
+[[firewall.rule]]
+name = "bad-net"
+sources = ["192.0.2.0/24", "2001:db8:bad::/48"]
+action = "drop"
+
+[[firewall.rule]]
+name = "partner"
+sources = ["192.0.2.7/32", "2001:db8:bad:1::/64"]
+action = "allow"
+
+[[firewall.rule]]
+name = "trial"
+sources = ["198.51.100.0/24"]
+action = "log"
+"#;
+
+#[test]
+fn cidr_rules_drop_allow_and_log_with_longest_prefix_precedence() {
+    if !require_root("cidr_rules_drop_allow_and_log_with_longest_prefix_precedence") {
+        return;
+    }
+    let h = harness(DENY_RULES, "");
+    // Denied /24 and /48: dropped to the service and to anything else.
+    assert_action(&h, &syn("192.0.2.1", 1000, "10.0.0.100", 80), XDP_DROP, "denied v4 source to the VIP");
+    assert_action(&h, &syn("192.0.2.200", 1000, "10.0.0.55", 22), XDP_DROP, "denied v4 source elsewhere");
+    assert_action(&h, &syn("2001:db8:bad:ffff::1", 1000, "fd00::100", 80), XDP_DROP, "denied v6 source");
+    // The /32 and /64 allowed inside them win.
+    assert_action(&h, &syn("192.0.2.7", 1000, "10.0.0.100", 80), XDP_TX, "allowed /32 inside the denied /24");
+    assert_action(&h, &syn("2001:db8:bad:1::9", 1000, "fd00::100", 80), XDP_TX, "allowed /64 inside the denied /48");
+    // A log rule counts but does not drop.
+    assert_action(&h, &syn("198.51.100.3", 1000, "10.0.0.100", 80), XDP_TX, "logged source");
+    // Unlisted sources are untouched.
+    assert_action(&h, &syn("203.0.113.9", 1000, "10.0.0.100", 80), XDP_TX, "unlisted source");
+
+    assert_eq!(h.rule("bad-net").packets, 3);
+    assert_eq!(h.rule("partner").packets, 2);
+    assert_eq!(h.rule("trial").packets, 1);
+    assert!(h.rule("bad-net").last_hit_ns > 0, "last hit recorded");
+    assert!(h.rule("bad-net").bytes > 3 * 60);
+    assert_eq!(h.verdict_count(Verdict::DropDenied), 3);
+}
+
+#[test]
+fn service_source_rules_admit_only_their_sources() {
+    if !require_root("service_source_rules_admit_only_their_sources") {
+        return;
+    }
+    let h = harness(
+        "[firewall.host]\npolicy = \"open\"",
+        r#"allow_sources = ["10.0.1.0/24"]
+deny_sources = ["10.0.1.66/32"]"#,
+    );
+    assert_action(&h, &syn("10.0.1.5", 1000, "10.0.0.100", 80), XDP_TX, "app subnet");
+    assert_action(&h, &syn("10.0.9.5", 1000, "10.0.0.100", 80), XDP_DROP, "outside the allowed subnet");
+    assert_action(&h, &syn("10.0.1.66", 1000, "10.0.0.100", 80), XDP_DROP, "denied inside the allowed subnet");
+    // Another service without rules admits everyone.
+    assert_action(&h, &syn("2001:db8::5", 1000, "fd00::100", 80), XDP_TX, "service without source rules");
+    assert_eq!(h.verdict_count(Verdict::DropServiceSource), 2);
+    assert_eq!(h.rule("web/others").packets, 1);
+    assert_eq!(h.rule("web/deny_sources").packets, 1);
+    assert_eq!(h.rule("web/allow_sources").packets, 1);
+}
+
+const HOST_POLICY: &str = r#"
+[firewall.host]
+policy = "restrict"
+icmp_echo_rate = 100
+icmp_echo_burst = 3
+
+[[firewall.host.open_ports]]
+port = 22
+sources = ["10.9.0.0/16", "fd09::/32"]
+
+[[firewall.host.open_ports]]
+port = 9876
+"#;
+
+#[test]
+fn the_host_only_takes_open_ports_replies_and_limited_echo() {
+    if !require_root("the_host_only_takes_open_ports_replies_and_limited_echo") {
+        return;
+    }
+    let h = harness(HOST_POLICY, "");
+    assert_action(&h, &syn("10.9.1.1", 1000, "10.0.0.2", 22), XDP_PASS, "SSH from the admin prefix");
+    assert_action(&h, &syn("fd09::1", 1000, "fd00::2", 22), XDP_PASS, "SSH from the admin prefix (v6)");
+    assert_action(&h, &syn("10.8.1.1", 1000, "10.0.0.2", 22), XDP_DROP, "SSH from elsewhere");
+    assert_action(&h, &syn("10.8.1.1", 1000, "10.0.0.2", 9876), XDP_PASS, "a port open to all");
+    assert_action(&h, &syn("10.8.1.1", 1000, "10.0.0.2", 23), XDP_DROP, "a closed port");
+    assert_action(&h, &syn("10.8.1.1", 1000, "10.0.0.100", 443), XDP_DROP, "a VIP port that is no service");
+    // Replies to the host's own connections (ephemeral port, ACK set) pass; a bare SYN does not.
+    let reply = Frame::tcp((ip("10.0.0.11"), 80), (ip("10.0.0.2"), 40000)).tcp_flags(TCP_SYN | TCP_ACK).build();
+    assert_action(&h, &reply, XDP_PASS, "SYN-ACK to an ephemeral port");
+    assert_action(&h, &syn("10.8.1.1", 1000, "10.0.0.2", 40000), XDP_DROP, "bare SYN to an ephemeral port");
+    // Echo: the burst of 3 passes, the 4th is over the rate; other ICMP types pass.
+    let echo = Frame::icmp(ip("10.8.1.1"), ip("10.0.0.2"), 8).build();
+    for i in 0..3 {
+        assert_action(&h, &echo, XDP_PASS, &format!("echo {i}"));
+    }
+    assert_action(&h, &echo, XDP_DROP, "echo over the rate");
+    assert_action(&h, &Frame::icmp(ip("10.8.1.1"), ip("10.0.0.2"), 3).build(), XDP_PASS, "ICMP unreachable");
+    let echo6 = Frame::icmp(ip("fd08::1"), ip("fd00::2"), 128).build();
+    assert_action(&h, &echo6, XDP_PASS, "ICMPv6 echo from another source has its own bucket");
+    // Traffic to other hosts is not the host policy's business.
+    assert_action(&h, &syn("10.8.1.1", 1000, "10.0.0.77", 23), XDP_PASS, "to another address");
+    assert_eq!(h.verdict_count(Verdict::DropHostPolicy), 4);
+    assert_eq!(h.rule("host/tcp/22/others").packets, 1);
+    assert_eq!(h.verdict_count(Verdict::DropRateLimited), 1);
+    // After 10 ms at 100/s one more echo conforms.
+    sleep(Duration::from_millis(15));
+    assert_action(&h, &echo, XDP_PASS, "echo after the bucket refilled");
+}
+
+#[test]
+fn the_syn_rate_limits_each_source_and_refills() {
+    if !require_root("the_syn_rate_limits_each_source_and_refills") {
+        return;
+    }
+    let h = harness("[firewall.host]\npolicy = \"open\"", "syn_rate = 20\nsyn_burst = 3");
+    for port in 0..3 {
+        assert_action(&h, &syn("10.5.0.1", 2000 + port, "10.0.0.100", 80), XDP_TX, "within the burst");
+    }
+    assert_action(&h, &syn("10.5.0.1", 2100, "10.0.0.100", 80), XDP_DROP, "over the rate");
+    // Packets of an admitted connection are not new connections.
+    let ack = Frame::tcp((ip("10.5.0.1"), 2000), (ip("10.0.0.100"), 80)).tcp_flags(TCP_ACK).macs(CLIENT_MAC, LB_MAC).build();
+    assert_action(&h, &ack, XDP_TX, "an ACK of an admitted connection");
+    // Other sources have their own bucket.
+    assert_action(&h, &syn("10.5.0.2", 2000, "10.0.0.100", 80), XDP_TX, "another source");
+    assert_eq!(h.verdict_count(Verdict::DropRateLimited), 1);
+    sleep(Duration::from_millis(60)); // 20/s: one token per 50 ms
+    assert_action(&h, &syn("10.5.0.1", 2200, "10.0.0.100", 80), XDP_TX, "after the refill");
+    assert_action(&h, &syn("10.5.0.1", 2201, "10.0.0.100", 80), XDP_DROP, "only one token came back");
+}
+
+#[test]
+fn the_packet_rate_and_the_syn_budget() {
+    if !require_root("the_packet_rate_and_the_syn_budget") {
+        return;
+    }
+    let h = harness("[firewall.host]\npolicy = \"open\"", "packet_rate = 10\npacket_burst = 4");
+    let ack = Frame::tcp((ip("10.5.0.1"), 2000), (ip("10.0.0.100"), 80)).tcp_flags(TCP_ACK).macs(CLIENT_MAC, LB_MAC).build();
+    for _ in 0..4 {
+        assert_action(&h, &ack, XDP_TX, "within the packet burst");
+    }
+    assert_action(&h, &ack, XDP_DROP, "over the packet rate");
+
+    let h = harness("[firewall.host]\npolicy = \"open\"", "syn_budget = 10\nsyn_budget_burst = 5");
+    for i in 0..5 {
+        assert_action(&h, &syn(&format!("10.6.0.{}", i + 1), 3000, "10.0.0.100", 80), XDP_TX, "within the budget");
+    }
+    assert_action(&h, &syn("10.6.0.99", 3000, "10.0.0.100", 80), XDP_DROP, "a sixth source over the budget");
+    assert_eq!(h.verdict_count(Verdict::DropSynBudget), 1);
+}
+
+#[test]
+fn malformed_and_abusive_packets_are_dropped_with_a_reason() {
+    if !require_root("malformed_and_abusive_packets_are_dropped_with_a_reason") {
+        return;
+    }
+    let h = harness(
+        r#"[firewall]
+bogons = ["0.0.0.0/8", "240.0.0.0/4"]
+[firewall.host]
+policy = "open""#,
+        "",
+    );
+    let tcp = |flags: u8| Frame::tcp((ip("10.5.0.1"), 2000), (ip("10.0.0.100"), 80)).tcp_flags(flags).macs(CLIENT_MAC, LB_MAC).build();
+    for (flags, what) in [(0x03, "SYN+FIN"), (0x06, "SYN+RST"), (0x00, "no flags"), (0x29, "FIN+PSH+URG")] {
+        assert_action(&h, &tcp(flags), XDP_DROP, what);
+    }
+    assert_eq!(h.verdict_count(Verdict::DropTcpFlags), 4);
+
+    assert_action(&h, &syn("10.0.0.100", 80, "10.0.0.100", 80), XDP_DROP, "source equals destination");
+    assert_action(&h, &syn("240.1.2.3", 1000, "10.0.0.100", 80), XDP_DROP, "bogon source");
+    assert_eq!(h.verdict_count(Verdict::DropSpoofed), 2);
+    assert_eq!(h.rule("bogons").packets, 1);
+
+    // Fragments: to a VIP dropped by policy; to another address left to the kernel.
+    let mut fragment = syn("10.5.0.1", 2000, "10.0.0.100", 80);
+    fragment[20..22].copy_from_slice(&0x2000u16.to_be_bytes());
+    assert_action(&h, &fragment, XDP_DROP, "fragment to a VIP");
+    let mut elsewhere = syn("10.5.0.1", 2000, "10.0.0.77", 80);
+    elsewhere[20..22].copy_from_slice(&0x00B9u16.to_be_bytes()); // a later fragment: offset only
+    assert_action(&h, &elsewhere, XDP_PASS, "fragment elsewhere");
+    assert_eq!(h.verdict_count(Verdict::DropFragment), 1);
+}
+
+#[test]
+fn a_new_rule_set_replaces_the_old_one_whole() {
+    if !require_root("a_new_rule_set_replaces_the_old_one_whole") {
+        return;
+    }
+    let mut h = harness(DENY_RULES, "");
+    let denied = syn("192.0.2.1", 1000, "10.0.0.100", 80);
+    let other = syn("203.0.113.9", 1000, "10.0.0.100", 80);
+    assert_action(&h, &denied, XDP_DROP, "denied before");
+    // Swap between two rule sets many times; every state seen is one of the two, whole.
+    let other_rules = DENY_RULES.replace("192.0.2.0/24", "203.0.113.0/24");
+    for round in 0..20 {
+        let text = config(if round % 2 == 0 { &other_rules } else { DENY_RULES }, "");
+        let parsed = lb_userspace::config::parse(std::path::Path::new("t.toml"), &text).unwrap_or_else(|e| panic!("{e}"));
+        let rules = lb_userspace::firewall::RuleSet::from_config(&parsed, &h.table, (32768, 60999));
+        let vips = [ip("10.0.0.100"), ip("fd00::100")];
+        lb_userspace::firewall::apply(&mut h.harness.dataplane, &rules, &[ip("10.0.0.2")], &vips).unwrap_or_else(|e| panic!("{e:#}"));
+        let (first, second) = if round % 2 == 0 { (XDP_TX, XDP_DROP) } else { (XDP_DROP, XDP_TX) };
+        assert_action(&h, &denied, first, &format!("round {round}: 192.0.2.1"));
+        assert_action(&h, &other, second, &format!("round {round}: 203.0.113.9"));
+    }
+}
