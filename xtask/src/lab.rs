@@ -88,13 +88,13 @@ pub mod addr {
     /// Database reader VIP (the replicas).
     pub const VIP_DB_READ: &str = "10.99.0.102";
 
-    /// The VIPs every DSR backend carries on `lo`.
-    pub const BACKEND_LOOPBACK: [&str; 4] = [
-        "10.99.0.100/32",
-        "10.99.0.101/32",
-        "10.99.0.102/32",
-        "fd99::100/128",
-    ];
+    /// The VIPs the web servers carry on `lo` (DSR backends of the web service).
+    pub const WEB_LOOPBACK: [&str; 2] = ["10.99.0.100/32", "fd99::100/128"];
+    /// The VIPs the database servers carry on `lo` (DSR backends of the database services).
+    /// Only there: a web server with a database VIP on its own loopback would talk to itself.
+    pub const DB_LOOPBACK: [&str; 2] = ["10.99.0.101/32", "10.99.0.102/32"];
+    /// Every VIP: the load balancer holds them all, so it answers ARP/NDP for them.
+    pub const ALL_VIPS: [&str; 4] = ["10.99.0.100/32", "fd99::100/128", "10.99.0.101/32", "10.99.0.102/32"];
 }
 
 /// One host of the lab: a namespace with `eth0` on the switch.
@@ -150,11 +150,8 @@ impl LabSpec {
             tx_checksum_off: tx_off,
             dsr_backend: false,
         };
-        let backend = |name: &str, v4: &str, v6: &str| HostSpec {
-            loopback_addrs: addr::BACKEND_LOOPBACK
-                .iter()
-                .map(|s| s.to_string())
-                .collect(),
+        let backend = |name: &str, v4: &str, v6: &str, vips: &[&str]| HostSpec {
+            loopback_addrs: vips.iter().map(|s| s.to_string()).collect(),
             dsr_backend: true,
             ..plain(name, &[v4], &[v6], true)
         };
@@ -167,7 +164,7 @@ impl LabSpec {
                 // The VIPs are local to the lb too, so it answers ARP/NDP for them and clients
                 // send VIP traffic to its NIC, where the XDP program takes it.
                 HostSpec {
-                    loopback_addrs: addr::BACKEND_LOOPBACK.iter().map(|s| s.to_string()).collect(),
+                    loopback_addrs: addr::ALL_VIPS.iter().map(|s| s.to_string()).collect(),
                     ..plain(
                         host::LB,
                         &["10.99.0.2/24", "10.99.0.3/24"],
@@ -175,10 +172,10 @@ impl LabSpec {
                         false,
                     )
                 },
-                backend(host::WEB1, "10.99.0.11/24", "fd99::11/64"),
-                backend(host::WEB2, "10.99.0.12/24", "fd99::12/64"),
-                backend(host::DB1, "10.99.0.21/24", "fd99::21/64"),
-                backend(host::DB2, "10.99.0.22/24", "fd99::22/64"),
+                backend(host::WEB1, "10.99.0.11/24", "fd99::11/64", &addr::WEB_LOOPBACK),
+                backend(host::WEB2, "10.99.0.12/24", "fd99::12/64", &addr::WEB_LOOPBACK),
+                backend(host::DB1, "10.99.0.21/24", "fd99::21/64", &addr::DB_LOOPBACK),
+                backend(host::DB2, "10.99.0.22/24", "fd99::22/64", &addr::DB_LOOPBACK),
             ],
         }
     }

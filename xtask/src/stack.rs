@@ -144,3 +144,31 @@ pub fn start(lab: &Lab) -> Result<u32> {
     let config = write_agent_config(lab)?;
     start_agent(lab, &lb, &config)
 }
+
+/// A MariaDB server on `host` (datadir under the lab's directory), listening on all its
+/// addresses (the VIPs on its loopback included). Grant tables are skipped: the lab's database
+/// has no secrets, and tests only need the real server and protocol. Returns its pid.
+pub fn start_mariadb(lab: &Lab, host: &str) -> Result<u32> {
+    let dir = lab.dir().join(format!("mariadb-{host}"));
+    let data = dir.join("data");
+    std::fs::create_dir_all(&dir)?;
+    let datadir = format!("--datadir={}", data.display());
+    if !data.join("mysql").exists() {
+        let mut install = Command::new("mariadb-install-db");
+        install.args(["--user=root", "--auth-root-authentication-method=normal", "--skip-test-db", &datadir]);
+        util::output(&mut install).context("mariadb-install-db")?;
+    }
+    let socket = format!("--socket={}", dir.join("mysqld.sock").display());
+    let pid_file = format!("--pid-file={}", dir.join("mysqld.pid").display());
+    let pid = lab.spawn(
+        host,
+        &["mariadbd", "--no-defaults", "--user=root", &datadir, &socket, &pid_file, "--port=3306", "--bind-address=*", "--skip-grant-tables", "--skip-name-resolve"],
+        &format!("mariadb-{host}"),
+    )?;
+    let sock = dir.join("mysqld.sock");
+    let ready = util::wait_until(Duration::from_secs(30), Duration::from_millis(100), || sock.exists());
+    if !ready {
+        bail!("MariaDB on {host} did not start:\n{}", lab.read_log(&format!("mariadb-{host}")));
+    }
+    Ok(pid)
+}

@@ -175,6 +175,11 @@ fn test_run(program: &Xdp, frame: &[u8], out: &mut [u8], repeat: u32) -> Result<
     Ok(Run { ns: result.duration.as_nanos() as f64, ret: result.return_value })
 }
 
+/// A call whose kernel-timed run took longer than this was interrupted (an IRQ, the host
+/// preempting this vCPU): no path of these programs takes that long. Such a pair is left out
+/// of the means and counted.
+const INTERRUPTED_NS: f64 = 50_000.0;
+
 /// One per-call round: `calls` pairs (xdp_pass, program) with repeat=1 on fresh frames.
 /// `Ok(Err(action))`: a call returned `action` instead of the expected one.
 #[allow(clippy::too_many_arguments)]
@@ -188,7 +193,7 @@ fn per_call_round(
     out: &mut [u8],
     runs: &mut u64,
 ) -> Result<std::result::Result<Round, u32>> {
-    let (mut program_sum, mut pass_sum) = (0.0, 0.0);
+    let (mut program_sum, mut pass_sum, mut kept, mut dropped) = (0.0, 0.0, 0u32, 0u32);
     for _ in 0..calls {
         let frame = frames.get(*next);
         *next += 1;
@@ -201,11 +206,16 @@ fn per_call_round(
         if r.ret != expect {
             return Ok(Err(r.ret));
         }
+        if p.ns > INTERRUPTED_NS || r.ns > INTERRUPTED_NS {
+            dropped += 1;
+            continue;
+        }
+        kept += 1;
         pass_sum += p.ns;
         program_sum += r.ns;
     }
-    let n = f64::from(calls);
-    Ok(Ok(Round::PerCall { program_mean: program_sum / n, pass_mean: pass_sum / n }))
+    let n = f64::from(kept.max(1));
+    Ok(Ok(Round::PerCall { program_mean: program_sum / n, pass_mean: pass_sum / n, dropped }))
 }
 
 enum Frames {
@@ -233,7 +243,7 @@ enum Method<'a> {
 /// What one round measured.
 enum Round {
     Repeat { ns: f64 },
-    PerCall { program_mean: f64, pass_mean: f64 },
+    PerCall { program_mean: f64, pass_mean: f64, dropped: u32 },
 }
 
 /// Which harness's verdict counter must count this case's runs.
@@ -280,7 +290,7 @@ impl<'a> Case<'a> {
             Method::PerCall { calls, .. } => format!(
                 "per call: {ROUNDS} rounds of {calls} BPF_PROG_TEST_RUN calls with repeat=1, each paired with a \
                  repeat=1 call of xdp_pass on the same frame; round = mean(program) - mean(xdp_pass) + floor of the \
-                 round; median of the rounds"
+                 round (pairs with a call over 50 us, i.e. interrupted, left out and counted); median of the rounds"
             ),
             Method::None => "not measured".to_string(),
         };
@@ -335,7 +345,9 @@ impl<'a> Case<'a> {
             .enumerate()
             .map(|(i, round)| match round {
                 Round::Repeat { ns } => *ns,
-                Round::PerCall { program_mean, pass_mean } => program_mean - pass_mean + floor.get(i).copied().unwrap_or(0.0),
+                Round::PerCall { program_mean, pass_mean, .. } => {
+                    program_mean - pass_mean + floor.get(i).copied().unwrap_or(0.0)
+                }
             })
             .collect()
     }
@@ -358,8 +370,13 @@ impl<'a> Case<'a> {
             detail["rounds"] = json!(rounds.iter().map(|v| round1(*v)).collect::<Vec<_>>());
             if complete {
                 detail["median"] = json!(round1(median(&rounds)));
-                detail["min"] = json!(round1(rounds.iter().copied().fold(f64::INFINITY, f64::min)));
-                detail["max"] = json!(round1(rounds.iter().copied().fold(f64::NEG_INFINITY, f64::max)));
+                let (min, max) = (
+                    rounds.iter().copied().fold(f64::INFINITY, f64::min),
+                    rounds.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+                );
+                detail["min"] = json!(round1(min));
+                detail["max"] = json!(round1(max));
+                detail["spread_percent"] = json!(round1(100.0 * (max - min) / median(&rounds)));
             }
         }
         match &self.method {
@@ -370,14 +387,16 @@ impl<'a> Case<'a> {
             Method::PerCall { calls, .. } => {
                 detail["calls_per_round"] = json!(calls);
                 detail["calls_total"] = json!(u64::from(*calls) * u64::from(ROUNDS));
-                let per_call: Vec<(f64, f64)> = self
+                let per_call: Vec<(f64, f64, u32)> = self
                     .rounds
                     .iter()
                     .filter_map(|r| match r {
-                        Round::PerCall { program_mean, pass_mean } => Some((*program_mean, *pass_mean)),
+                        Round::PerCall { program_mean, pass_mean, dropped } => Some((*program_mean, *pass_mean, *dropped)),
                         Round::Repeat { .. } => None,
                     })
                     .collect();
+                detail["interrupted_pairs_left_out"] = json!(per_call.iter().map(|p| p.2).collect::<Vec<_>>());
+                detail["interrupted_threshold_ns"] = json!(INTERRUPTED_NS);
                 detail["program_repeat1_mean_ns"] = json!(per_call.iter().map(|p| round1(p.0)).collect::<Vec<_>>());
                 detail["xdp_pass_repeat1_mean_ns"] = json!(per_call.iter().map(|p| round1(p.1)).collect::<Vec<_>>());
                 detail["floor_ns_of_round"] = json!(floor.iter().map(|v| round1(*v)).collect::<Vec<_>>());

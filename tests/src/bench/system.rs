@@ -105,13 +105,31 @@ pub fn load_average() -> Option<f64> {
     fs::read_to_string("/proc/loadavg").ok()?.split_whitespace().next()?.parse().ok()
 }
 
-pub fn machine(cpu: usize) -> Value {
+/// Share of all CPUs' time spent busy (not idle nor iowait) over `window`, from /proc/stat:
+/// unlike the load average, it does not remember the build that ran a minute ago.
+pub fn cpu_busy_percent(window: std::time::Duration) -> Option<f64> {
+    let sample = || -> Option<(u64, u64)> {
+        let stat = fs::read_to_string("/proc/stat").ok()?;
+        let fields: Vec<u64> = stat.lines().next()?.split_whitespace().skip(1).filter_map(|f| f.parse().ok()).collect();
+        let idle = fields.get(3)? + fields.get(4).copied().unwrap_or(0);
+        // user nice system idle iowait irq softirq steal (guest time is inside user).
+        Some((fields.iter().take(8).sum(), idle))
+    };
+    let (total0, idle0) = sample()?;
+    std::thread::sleep(window);
+    let (total1, idle1) = sample()?;
+    let total = total1.checked_sub(total0).filter(|t| *t > 0)?;
+    Some(100.0 * (1.0 - idle1.saturating_sub(idle0) as f64 / total as f64))
+}
+
+pub fn machine(cpu: usize, busy_percent: Option<f64>) -> Value {
     json!({
         "kernel": kernel_release(),
         "nproc": nproc(),
         "cpu_model": cpu_model(),
         "bench_cpu": cpu,
         "loadavg_1min_at_start": load_average(),
+        "cpu_busy_percent_1s_before_start": busy_percent.map(|b| (b * 10.0).round() / 10.0),
     })
 }
 

@@ -60,12 +60,11 @@ fn main() -> Result<()> {
     }
 
     let cpu = system::pin_to_cpu(args.cpu)?;
-    let machine = system::machine(cpu);
-    if let Some(load) = system::load_average() {
-        if load > 0.5 {
-            eprintln!("lb-bench: WARNING: 1-minute load average is {load:.2}: figures are noisier on a busy machine");
-        }
+    let busy = system::cpu_busy_percent(std::time::Duration::from_secs(1));
+    if let Some(busy) = busy.filter(|b| *b > 10.0) {
+        eprintln!("lb-bench: WARNING: the CPUs were {busy:.0}% busy in the second before the run: figures are noisier");
     }
+    let machine = system::machine(cpu, busy);
     let stats = system::BpfStatsOff::ensure()?;
     let timestamp = system::timestamp_utc();
     eprintln!(

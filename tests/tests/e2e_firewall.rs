@@ -1,0 +1,214 @@
+//! The firewall end to end over namespaces: a denied client cannot connect while an allowed one
+//! can; the database VIP takes the app servers and refuses the client; a flood from a denied
+//! source never reaches a server while the rules are reloaded 100 times, and a legit client
+//! sees no failed request meanwhile.
+use std::{
+    path::PathBuf,
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
+
+use lb_common::maps::Verdict;
+
+use lb_tests::require_root;
+use lb_userspace::{
+    config,
+    dataplane::{Dataplane, LoadOptions},
+    firewall::{self, RuleSet},
+    services::ServiceTable,
+};
+use xtask::{
+    lab::{addr, host, Lab, LabSpec},
+    stack,
+};
+
+/// A second address of the client namespace, listed in a drop rule.
+const DENIED: &str = "10.99.0.66";
+const FLOOD_PORT: u16 = 5353;
+// Bounded in count and in time (6 s): it must overlap the 100 reloads (~5 s).
+const FLOOD_PACKETS: u32 = 2_000_000;
+
+fn agent_config(lab: &Lab, denied: &str) -> String {
+    format!(
+        r#"[agent]
+interface = "eth0"
+pin_path = "{pins}"
+
+[[firewall.rule]]
+name = "denied-client"
+sources = ["{denied}/32"]
+action = "drop"
+
+[[service]]
+name = "web"
+vip = "{vip}"
+port = 80
+mode = "dsr"
+
+[[service.backend]]
+name = "web1"
+address = "{web1}"
+
+[[service.backend]]
+name = "web2"
+address = "{web2}"
+
+[[service]]
+name = "flood-target"
+vip = "{vip}"
+port = {flood_port}
+protocol = "udp"
+mode = "dsr"
+
+[[service.backend]]
+name = "web1"
+address = "{web1}"
+
+[[service]]
+name = "db-write"
+vip = "{db_vip}"
+port = 3306
+mode = "dsr"
+allow_sources = ["{web1}/32", "{web2}/32"]
+
+[[service.backend]]
+name = "db1"
+address = "{db1}"
+"#,
+        pins = stack::pin_dir(lab).display(),
+        vip = addr::VIP_HTTP,
+        web1 = addr::WEB1,
+        web2 = addr::WEB2,
+        db1 = addr::DB1,
+        db_vip = addr::VIP_DB_WRITE,
+        flood_port = FLOOD_PORT,
+    )
+}
+
+#[track_caller]
+fn ok<T>(result: anyhow::Result<T>) -> T {
+    result.unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+/// Packets from `source` counted by an nftables rule on `host` (what reached the server).
+fn install_counter(lab: &Lab, host: &str, source: &str) {
+    ok(lab.exec(host, &["nft", "add table inet seen"]));
+    ok(lab.exec(host, &["nft", "add chain inet seen input { type filter hook input priority -300; }"]));
+    ok(lab.exec(host, &["nft", &format!("add rule inet seen input ip saddr {source} counter")]));
+}
+
+fn counted(lab: &Lab, host: &str) -> u64 {
+    let out = ok(lab.exec_stdout(host, &["nft", "list chain inet seen input"]));
+    out.split("packets ").nth(1).and_then(|rest| rest.split_whitespace().next()).and_then(|n| n.parse().ok()).unwrap_or(u64::MAX)
+}
+
+fn curl_ok(lab: &Lab, from: &str, source: Option<&str>, url: &str) -> bool {
+    let mut args = vec!["curl", "-s", "-o", "/dev/null", "-m", "2", "-w", "%{http_code}"];
+    if let Some(source) = source {
+        args.extend(["--interface", source]);
+    }
+    args.push(url);
+    lab.exec_stdout(from, &args).map(|code| code.trim() == "200").unwrap_or(false)
+}
+
+#[test]
+fn the_firewall_blocks_denied_sources_and_guards_the_database_vip() {
+    if !require_root("the_firewall_blocks_denied_sources_and_guards_the_database_vip") {
+        return;
+    }
+    let lab = ok(Lab::up(LabSpec::standard("lbt-fw-")));
+    ok(lab.exec(host::CLIENT, &["ip", "addr", "add", &format!("{DENIED}/24"), "dev", "eth0"]));
+    let lb = ok(stack::release_binary("lb"));
+    ok(stack::start_web_servers(&lab));
+    ok(stack::start_mariadb(&lab, host::DB1));
+    ok(stack::attach_peer_pass(&lab, &lb));
+    let config_path = lab.dir().join("lb.toml");
+    ok(std::fs::write(&config_path, agent_config(&lab, DENIED)).map_err(Into::into));
+    let _agent = ok(stack::start_agent(&lab, &lb, &config_path));
+
+    let web = format!("http://{}/", addr::VIP_HTTP);
+    assert!(curl_ok(&lab, host::CLIENT, None, &web), "the allowed client is refused");
+    assert!(!curl_ok(&lab, host::CLIENT, Some(DENIED), &web), "the denied client got through");
+
+    // The database VIP: real MariaDB behind it, reachable from the app servers only.
+    let query = |from: &str| {
+        lab.exec(from, &["mariadb", "-h", addr::VIP_DB_WRITE, "-P", "3306", "-u", "root", "--connect-timeout=2", "-N", "-e", "SELECT 1"])
+            .map(|out| String::from_utf8_lossy(&out.stdout).trim() == "1")
+            .unwrap_or(false)
+    };
+    assert!(query(host::WEB1), "web1 cannot reach the database VIP");
+    assert!(query(host::WEB2), "web2 cannot reach the database VIP");
+    assert!(!query(host::CLIENT), "the client reached the database VIP");
+
+    // A bounded flood from the denied source while the rules are reloaded 100 times.
+    install_counter(&lab, host::WEB1, DENIED);
+    install_counter(&lab, host::WEB2, DENIED);
+    let flood = format!(
+        "import socket,time\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.bind(('{DENIED}',0))\n\
+         end=time.time()+6\nfor i in range({FLOOD_PACKETS}):\n  s.sendto(b'x'*64,('{}',{FLOOD_PORT}))\n  \
+         if i%1000==0 and time.time()>end: break\n",
+        addr::VIP_HTTP
+    );
+    let flood_pid = ok(lab.spawn(host::CLIENT, &["python3", "-c", &flood], "flood"));
+    let denied_drops = |dataplane: &Dataplane| {
+        ok(dataplane.verdict_counters()).iter().find(|(v, _)| *v == Verdict::DropDenied).map_or(0, |(_, c)| c.packets)
+    };
+
+    let pins: PathBuf = stack::pin_dir(&lab);
+    let text = agent_config(&lab, DENIED);
+    let parsed = ok(config::parse(&config_path, &text).map_err(|e| anyhow::anyhow!("{e}")));
+    // The same rules in another order: a real new rule set (new ids), same meaning.
+    let reordered_text = text.replacen("name = \"denied-client\"", "name = \"denied-client-again\"", 1);
+    let reordered = ok(config::parse(&config_path, &reordered_text).map_err(|e| anyhow::anyhow!("{e}")));
+    let mut dataplane = ok(Dataplane::load(&LoadOptions { pin_dir: Some(pins), ..LoadOptions::default() }));
+    assert!(dataplane.adopted(), "the test must share the running agent's maps");
+    let flooding = xtask::util::wait_until(Duration::from_secs(10), Duration::from_millis(20), || denied_drops(&dataplane) > 100);
+    assert!(flooding, "the flood did not start:\n{}", lab.read_log("flood"));
+    let table = ok(ServiceTable::from_config(&parsed, &ok(dataplane.services()), &ok(dataplane.backends())));
+    let mut hosts = ok(lab.exec_stdout(host::LB, &["ip", "-o", "addr", "show", "dev", "eth0"]))
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(3)?.split('/').next()?.parse().ok())
+        .collect::<Vec<std::net::IpAddr>>();
+    let vips: Vec<std::net::IpAddr> = parsed.services.iter().map(|s| *s.vip.get_ref()).collect();
+    hosts.extend(&vips);
+
+    let reloading = AtomicBool::new(true);
+    let failed_requests = std::thread::scope(|scope| {
+        let legit = scope.spawn(|| {
+            let mut failed = 0;
+            let mut done = 0;
+            while reloading.load(Ordering::SeqCst) || done < 50 {
+                if !curl_ok(&lab, host::CLIENT, None, &web) {
+                    failed += 1;
+                }
+                done += 1;
+            }
+            (failed, done)
+        });
+        // Reloads spread over ~5 s, so they overlap the flood and the legit requests.
+        let mut reload_time = Duration::ZERO;
+        for round in 0..100 {
+            let config = if round % 2 == 0 { &reordered } else { &parsed };
+            let rules = RuleSet::from_config(config, &table, firewall::ephemeral_ports());
+            let started = Instant::now();
+            ok(firewall::apply(&mut dataplane, &rules, &hosts, &vips));
+            reload_time += started.elapsed();
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        reloading.store(false, Ordering::SeqCst);
+        eprintln!("100 rule reloads took {reload_time:?}");
+        legit.join().unwrap_or((u32::MAX, 0))
+    });
+    let _ = lab.stop(flood_pid);
+    let flood_log = lab.read_log("flood");
+    assert!(!flood_log.contains("Traceback"), "the flood failed to run:\n{flood_log}");
+
+    let reached = counted(&lab, host::WEB1) + counted(&lab, host::WEB2);
+    assert_eq!(reached, 0, "packets from the denied source reached a server");
+    let (failed, done) = failed_requests;
+    assert_eq!(failed, 0, "{failed} of {done} legit requests failed during the reloads");
+    let dropped = denied_drops(&dataplane);
+    assert!(dropped > 1000, "the flood barely ran: {dropped} packets dropped");
+    eprintln!("flood: {dropped} packets dropped by the firewall, 0 reached a server; {done} legit requests, 0 failed");
+    ok(lab.down());
+}
