@@ -701,6 +701,39 @@ weight = 2
     }
 
     #[test]
+    fn cidrs_parse_and_mask() {
+        let c: Cidr = "10.1.2.3/16".parse().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.to_string(), "10.1.0.0/16");
+        let c: Cidr = "2001:db8::1".parse().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.to_string(), "2001:db8::1/128");
+        assert!("10.0.0.0/33".parse::<Cidr>().is_err());
+        assert!("10.0.0.0/".parse::<Cidr>().is_err());
+        assert!("nonsense/8".parse::<Cidr>().is_err());
+    }
+
+    #[test]
+    fn firewall_errors_are_located() {
+        let with_fw = |fw: &str| format!("{fw}\n{GOOD}");
+        for (fw, needle, line) in [
+            ("[[firewall.rule]]\nname = \"x\"\nsources = [\"10.0.0.0/33\"]\naction = \"drop\"", "prefix length", 3),
+            ("[[firewall.rule]]\nname = \"x\"\nsources = [\"10.0.0.0/8\"]\naction = \"reject\"", "unknown variant", 4),
+            (
+                "[[firewall.rule]]\nname = \"x\"\nsources = [\"10.0.0.0/8\"]\naction = \"drop\"\n[[firewall.rule]]\nname = \"y\"\nsources = [\"10.0.0.0/8\"]\naction = \"allow\"",
+                "rules `x` and `y`",
+                7,
+            ),
+            ("[firewall.host]\npolicy = \"closed\"", "unknown variant", 2),
+        ] {
+            let errors = errors_of(&with_fw(fw));
+            let error = errors.iter().find(|e| e.to_string().contains(needle)).unwrap_or_else(|| panic!("{needle}: {errors:?}"));
+            assert_eq!(error.line, line, "{error}");
+        }
+        let text = GOOD.replace("mode = \"dsr\"", "mode = \"dsr\"\nallow_sources = [\"fd00::/8\"]");
+        let errors = errors_of(&text);
+        assert!(errors[0].message.contains("address family"), "{errors:?}");
+    }
+
+    #[test]
     fn bad_values_are_rejected() {
         for (from, to, needle) in [
             ("vip = \"10.0.0.100\"", "vip = \"10.0.0.300\"", "invalid IP address"),

@@ -122,6 +122,32 @@ pub fn cpu_busy_percent(window: std::time::Duration) -> Option<f64> {
     Some(100.0 * (1.0 - idle1.saturating_sub(idle0) as f64 / total as f64))
 }
 
+/// Busy and total jiffies of every CPU but `except`, to tell whether something else ran during
+/// the benchmark: pass two of them to [`busy_between`].
+pub fn other_cpus_jiffies(except: usize) -> Option<(u64, u64)> {
+    let stat = fs::read_to_string("/proc/stat").ok()?;
+    let (mut busy, mut total) = (0, 0);
+    for line in stat.lines().filter(|l| l.starts_with("cpu") && !l.starts_with("cpu ")) {
+        let mut f = line.split_whitespace();
+        let cpu: usize = f.next()?.trim_start_matches("cpu").parse().ok()?;
+        if cpu == except {
+            continue;
+        }
+        let v: Vec<u64> = f.take(8).filter_map(|x| x.parse().ok()).collect();
+        let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+        let sum: u64 = v.iter().sum();
+        busy += sum - idle;
+        total += sum;
+    }
+    Some((busy, total))
+}
+
+pub fn busy_between(a: Option<(u64, u64)>, b: Option<(u64, u64)>) -> Option<f64> {
+    let ((b0, t0), (b1, t1)) = (a?, b?);
+    let total = t1.checked_sub(t0).filter(|t| *t > 0)?;
+    Some((1000.0 * b1.saturating_sub(b0) as f64 / total as f64).round() / 10.0)
+}
+
 pub fn machine(cpu: usize, busy_percent: Option<f64>) -> Value {
     json!({
         "kernel": kernel_release(),

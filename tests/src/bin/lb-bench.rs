@@ -74,10 +74,17 @@ fn main() -> Result<()> {
         cfg.new_flows,
         if cfg.quick { " (quick)" } else { "" }
     );
+    let others_before = system::other_cpus_jiffies(cpu);
     let result = per_packet::run(&cfg)?;
+    let others_busy = system::busy_between(others_before, system::other_cpus_jiffies(cpu));
+    if let Some(busy) = others_busy.filter(|b| *b > 10.0) {
+        eprintln!("lb-bench: WARNING: the other CPUs were {busy:.0}% busy during the run: something else ran");
+    }
     let bpf_stats = stats.describe();
     drop(stats);
 
+    let mut machine = machine;
+    machine["other_cpus_busy_percent_during_run"] = serde_json::json!(others_busy);
     let sections = report::per_packet_sections(&result, machine, bpf_stats, cfg.quick, &timestamp);
     report::merge_into(&args.out, sections)?;
     print!("{}", report::table(&result));
