@@ -91,8 +91,13 @@ impl Default for HostPolicyConfig {
     }
 }
 
+/// SSH, and DHCP client renewals (unicast replies to port 68), so a host with the default
+/// policy stays reachable and keeps its lease.
 fn default_open_ports() -> Vec<OpenPortConfig> {
-    vec![OpenPortConfig { port: Spanned::new(0..0, 22), protocol: Protocol::Tcp, sources: Vec::new() }]
+    vec![
+        OpenPortConfig { port: Spanned::new(0..0, 22), protocol: Protocol::Tcp, sources: Vec::new() },
+        OpenPortConfig { port: Spanned::new(0..0, 68), protocol: Protocol::Udp, sources: Vec::new() },
+    ]
 }
 fn default_icmp_rate() -> u32 {
     10
