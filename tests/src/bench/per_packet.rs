@@ -62,7 +62,12 @@ const CROSS_CHECKS: [(&str, &str); 3] = [
     ("nat_reply_per_call", "nat_reply"),
 ];
 
-const FIREWALL_MISSING: &str = "firewall not implemented yet (issue 3)";
+/// The lb cases run with the firewall switched off, as the harness loads the program.
+const FIREWALL_OFF: &str = "the program's firewall is switched off here (no firewall settings or rules written): \
+                            its cost in this figure is reading the switches; the same holds for every lb case";
+/// The firewall landed in the program (issue 3) after this case list was written; its cases
+/// are still to be added here.
+const FIREWALL_MISSING: &str = "firewall cases not written in the bench yet (issue 3)";
 
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -194,6 +199,7 @@ fn per_call_round(
     runs: &mut u64,
 ) -> Result<std::result::Result<Round, u32>> {
     let (mut program_sum, mut pass_sum, mut kept, mut dropped) = (0.0, 0.0, 0u32, 0u32);
+    let (mut program_all, mut pass_all) = (0.0, 0.0);
     for _ in 0..calls {
         let frame = frames.get(*next);
         *next += 1;
@@ -206,6 +212,8 @@ fn per_call_round(
         if r.ret != expect {
             return Ok(Err(r.ret));
         }
+        program_all += r.ns;
+        pass_all += p.ns;
         if p.ns > INTERRUPTED_NS || r.ns > INTERRUPTED_NS {
             dropped += 1;
             continue;
@@ -215,7 +223,13 @@ fn per_call_round(
         program_sum += r.ns;
     }
     let n = f64::from(kept.max(1));
-    Ok(Ok(Round::PerCall { program_mean: program_sum / n, pass_mean: pass_sum / n, dropped }))
+    let all = f64::from(calls.max(1));
+    Ok(Ok(Round::PerCall {
+        program_mean: program_sum / n,
+        pass_mean: pass_sum / n,
+        dropped,
+        all_calls_estimate_offset: (program_all - pass_all) / all - (program_sum - pass_sum) / n,
+    }))
 }
 
 enum Frames {
@@ -243,7 +257,9 @@ enum Method<'a> {
 /// What one round measured.
 enum Round {
     Repeat { ns: f64 },
-    PerCall { program_mean: f64, pass_mean: f64, dropped: u32 },
+    /// `all_calls_estimate_offset`: how much the round's figure would grow if the pairs left
+    /// out as interrupted were kept.
+    PerCall { program_mean: f64, pass_mean: f64, dropped: u32, all_calls_estimate_offset: f64 },
 }
 
 /// Which harness's verdict counter must count this case's runs.
@@ -387,15 +403,22 @@ impl<'a> Case<'a> {
             Method::PerCall { calls, .. } => {
                 detail["calls_per_round"] = json!(calls);
                 detail["calls_total"] = json!(u64::from(*calls) * u64::from(ROUNDS));
-                let per_call: Vec<(f64, f64, u32)> = self
+                let per_call: Vec<(f64, f64, u32, f64)> = self
                     .rounds
                     .iter()
                     .filter_map(|r| match r {
-                        Round::PerCall { program_mean, pass_mean, dropped } => Some((*program_mean, *pass_mean, *dropped)),
+                        Round::PerCall { program_mean, pass_mean, dropped, all_calls_estimate_offset } => {
+                            Some((*program_mean, *pass_mean, *dropped, *all_calls_estimate_offset))
+                        }
                         Round::Repeat { .. } => None,
                     })
                     .collect();
                 detail["interrupted_pairs_left_out"] = json!(per_call.iter().map(|p| p.2).collect::<Vec<_>>());
+                let with_all: Vec<f64> = rounds.iter().zip(&per_call).map(|(r, p)| r + p.3).collect();
+                detail["rounds_keeping_interrupted_pairs"] = json!(with_all.iter().map(|v| round1(*v)).collect::<Vec<_>>());
+                if with_all.len() == ROUNDS as usize {
+                    detail["median_keeping_interrupted_pairs"] = json!(round1(median(&with_all)));
+                }
                 detail["interrupted_threshold_ns"] = json!(INTERRUPTED_NS);
                 detail["program_repeat1_mean_ns"] = json!(per_call.iter().map(|p| round1(p.0)).collect::<Vec<_>>());
                 detail["xdp_pass_repeat1_mean_ns"] = json!(per_call.iter().map(|p| round1(p.1)).collect::<Vec<_>>());
@@ -581,6 +604,7 @@ pub fn run(cfg: &Config) -> Result<PerPacket> {
             XDP_TX,
             Some((Scene::Main, Verdict::ForwardDsr)),
         )
+        .note(FIREWALL_OFF)
         .note(
             "DSR service, two backends, the flow already in the flow table: service lookup, flow lookup, MAC rewrite, \
              counters, XDP_TX. Repeats after the first see the frame with its MACs rewritten; the program does not \
