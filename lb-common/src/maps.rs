@@ -93,18 +93,28 @@ pub struct FlowKey {
     pub _pad: [u8; 2],
 }
 
-/// `FLOWS` value: where a client flow to a service goes.
+/// `FLOWS` value: where a client flow to a service goes, with everything its later packets
+/// need, so an established packet costs one hash lookup.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Flow {
     pub backend_id: u32,
     pub backend_generation: u32,
     pub service_id: u32,
-    /// NAT mode: the source port the flow uses towards the backend (network order).
+    /// Firewall rule generation the flow was admitted under; another one re-checks it.
+    pub fw_generation: u32,
+    /// NAT mode: the source address towards the backend.
+    pub snat_addr: [u32; 4],
+    /// NAT mode: the source port towards the backend (network order).
     pub nat_port: u16,
-    /// NAT mode: where replies go at layer 2 (the client or its router).
-    pub client_mac: [u8; 6],
+    /// `MODE_DSR` or `MODE_NAT`, as the service was when the flow began.
+    pub mode: u8,
+    /// `FLOW_*` flags.
+    pub flags: u8,
 }
+
+/// The service limits packets per source: every packet of the flow is counted.
+pub const FLOW_PACKET_RATE: u8 = 1;
 
 /// `NAT_REVERSE` value, keyed by the reply's [`FlowKey`] (backend -> SNAT address:NAT port).
 #[repr(C)]
@@ -161,7 +171,7 @@ const _: () = assert!(core::mem::size_of::<ServiceKey>() == 20);
 const _: () = assert!(core::mem::size_of::<Service>() == 80);
 const _: () = assert!(core::mem::size_of::<Backend>() == 36);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
-const _: () = assert!(core::mem::size_of::<Flow>() == 20);
+const _: () = assert!(core::mem::size_of::<Flow>() == 36);
 const _: () = assert!(core::mem::size_of::<NatReverse>() == 52);
 const _: () = assert!(core::mem::size_of::<Settings>() == 8);
 const _: () = assert!(core::mem::size_of::<Counters>() == 24);

@@ -1,5 +1,6 @@
-//! Service lookup and backend choice: the flow table first, so a flow sticks to its backend;
-//! for a new flow, the next slot of the service's selection table by an atomic cursor.
+//! Where a packet goes. The flow table first: a known flow whose backend may still serve it is
+//! decided by that one lookup. Otherwise the service: a new flow takes the next slot of the
+//! service's selection table through an atomic cursor. Otherwise a NAT reply, or the kernel.
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
 use aya_ebpf::{bindings::BPF_NOEXIST, programs::XdpContext};
@@ -8,7 +9,7 @@ use network_types::eth::EthHdr;
 use lb_common::{
     maps::{
         Backend, Flow, FlowKey, NatReverse, Service, ServiceKey, Verdict, BACKEND_ACTIVE,
-        BACKEND_DRAINING, MODE_NAT,
+        BACKEND_DRAINING, FLOW_PACKET_RATE, MODE_NAT,
     },
     NAT_PORT_TRIES,
 };
@@ -20,28 +21,75 @@ use crate::{
 
 /// Where a parsed packet belongs.
 pub enum Target {
+    /// A known flow whose backend may still serve it.
+    Established(Established),
+    /// A new flow of this service, or one whose backend is gone.
     Service(&'static Service),
     NatReply(&'static NatReverse),
     Kernel,
 }
 
-/// The backend a packet goes to.
-pub struct Chosen {
+/// A flow-table entry and its (still usable) backend.
+pub struct Established {
+    flow: *mut Flow,
+    pub backend: &'static Backend,
+}
+
+impl Established {
+    #[inline(always)]
+    pub fn flow(&self) -> &Flow {
+        // SAFETY: a value of the LRU flow map, valid while the program runs.
+        unsafe { &*self.flow }
+    }
+
+    /// Records that the flow passed the firewall's current rules.
+    #[inline(always)]
+    pub fn set_fw_generation(&self, generation: u32) {
+        // SAFETY: as above; one aligned u32 store, a racing CPU writes the same value.
+        unsafe { (*self.flow).fw_generation = generation };
+    }
+
+    #[inline(always)]
+    pub fn route(&self) -> Route {
+        let flow = self.flow();
+        Route {
+            service_id: flow.service_id,
+            backend_id: flow.backend_id,
+            backend: self.backend,
+            mode: flow.mode,
+            snat_addr: flow.snat_addr,
+            nat_port: flow.nat_port,
+            new_flow: false,
+        }
+    }
+}
+
+/// How a packet of a service leaves.
+pub struct Route {
+    pub service_id: u32,
     pub backend_id: u32,
     pub backend: &'static Backend,
-    /// NAT mode: the source port towards the backend (network order).
+    pub mode: u8,
+    /// NAT mode: the source address and port towards the backend (port in network order).
+    pub snat_addr: [u32; 4],
     pub nat_port: u16,
     pub new_flow: bool,
 }
 
 #[inline(always)]
 pub fn lookup(packet: &Packet) -> Target {
-    let key = ServiceKey {
-        addr: packet.key.dst,
-        port: packet.key.dst_port,
-        proto: packet.key.proto,
-        family: packet.key.family,
-    };
+    if let Some(flow) = FLOWS.get_ptr_mut(&packet.key) {
+        // SAFETY: a value of the LRU flow map, valid while the program runs.
+        let entry = unsafe { &*flow };
+        if let Some(backend) = BACKENDS.get(entry.backend_id) {
+            let usable = backend.state == BACKEND_ACTIVE || backend.state == BACKEND_DRAINING;
+            if usable && backend.generation == entry.backend_generation {
+                return Target::Established(Established { flow, backend });
+            }
+        }
+        // The backend is down or gone: the service re-balances this flow below.
+    }
+    let key = service_key(packet);
     // SAFETY: values are only replaced whole by the agent (hash-map update), never mutated.
     if let Some(service) = unsafe { SERVICES.get(&key) } {
         return Target::Service(service);
@@ -53,33 +101,15 @@ pub fn lookup(packet: &Packet) -> Target {
     Target::Kernel
 }
 
-/// Backend of an existing flow if it may still serve it, else a new one from the table.
 #[inline(always)]
-pub fn choose_backend(
-    ctx: &XdpContext,
-    packet: &Packet,
-    service: &Service,
-) -> Result<Chosen, Verdict> {
-    // SAFETY: flow values are replaced whole, never partly written.
-    if let Some(flow) = unsafe { FLOWS.get(&packet.key) } {
-        if let Some(backend) = BACKENDS.get(flow.backend_id) {
-            let usable = backend.state == BACKEND_ACTIVE || backend.state == BACKEND_DRAINING;
-            if usable && backend.generation == flow.backend_generation {
-                return Ok(Chosen {
-                    backend_id: flow.backend_id,
-                    backend,
-                    nat_port: flow.nat_port,
-                    new_flow: false,
-                });
-            }
-        }
-        // The backend is down or gone: fall through and re-balance this flow.
-    }
-    new_flow(ctx, packet, service)
+pub fn service_key(packet: &Packet) -> ServiceKey {
+    ServiceKey { addr: packet.key.dst, port: packet.key.dst_port, proto: packet.key.proto, family: packet.key.family }
 }
 
+/// A new flow: the next backend in the service's selection table, recorded in the flow table
+/// (any entry of a re-balanced flow is replaced).
 #[inline(always)]
-fn new_flow(ctx: &XdpContext, packet: &Packet, service: &Service) -> Result<Chosen, Verdict> {
+pub fn new_flow(ctx: &XdpContext, packet: &Packet, service: &'static Service, fw_generation: u32) -> Result<Route, Verdict> {
     if service.ring_len == 0 {
         return Err(Verdict::DropNoBackend);
     }
@@ -101,18 +131,29 @@ fn new_flow(ctx: &XdpContext, packet: &Packet, service: &Service) -> Result<Chos
         backend_id,
         backend_generation: backend.generation,
         service_id: service.id,
+        fw_generation,
+        snat_addr: [0; 4],
         nat_port: 0,
-        client_mac: [0; 6],
+        mode: service.mode,
+        flags: if service.packet_rate.is_limited() { FLOW_PACKET_RATE } else { 0 },
     };
     if service.mode == MODE_NAT {
         let eth: *const EthHdr = ptr_at(ctx, 0).ok_or(Verdict::DropMalformed)?;
         // SAFETY: bounds checked by `ptr_at`.
-        flow.client_mac = unsafe { (*eth).src_addr };
-        flow.nat_port = reserve_nat_port(packet, service, backend_id, backend, flow.client_mac)?;
+        let client_mac = unsafe { (*eth).src_addr };
+        flow.snat_addr = service.snat_addr;
+        flow.nat_port = reserve_nat_port(packet, service, backend_id, backend, client_mac)?;
     }
-    // Any existing entry (a re-balanced flow) is replaced.
     FLOWS.insert(&packet.key, &flow, 0).map_err(|_| Verdict::DropInternal)?;
-    Ok(Chosen { backend_id, backend, nat_port: flow.nat_port, new_flow: true })
+    Ok(Route {
+        service_id: service.id,
+        backend_id,
+        backend,
+        mode: flow.mode,
+        snat_addr: flow.snat_addr,
+        nat_port: flow.nat_port,
+        new_flow: true,
+    })
 }
 
 /// Claims a source port towards `backend` for this client flow by inserting the reverse entry

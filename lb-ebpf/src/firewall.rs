@@ -8,12 +8,13 @@ use lb_common::{
         Verdict, ACTION_DROP, FAMILY_V4, FW_DROP_FRAGMENTS, FW_HOST_POLICY,
         FW_TCP_FLAG_CHECKS, FW_V4_RULES, FW_V6_RULES, PROTO_TCP, PROTO_UDP, RATE_ICMP_ECHO,
         RATE_PACKETS, RATE_SYN, RATE_SYN_BUDGET, REASON_SPOOF, SCOPE_HOST, SERVICE_CIDR_PREFIX_BITS,
-        CIDR_GENERATION_BITS, FW_SCOPED_SOURCES,
+        CIDR_GENERATION_BITS, FLOW_PACKET_RATE, FW_SCOPED_SOURCES,
     },
 };
 
 use crate::{
-    maps::{FIREWALL, FW_V4, FW_V6, HOST_ADDRS, HOST_PORTS, RATE_BUCKETS, RULE_STATS, SERVICE_SOURCES, VIPS},
+    balance::{service_key, Established},
+    maps::{FIREWALL, FW_V4, FW_V6, HOST_ADDRS, HOST_PORTS, RATE_BUCKETS, RULE_STATS, SERVICES, SERVICE_SOURCES, VIPS},
     parse::{Packet, PROTO_ICMP, PROTO_ICMPV6},
 };
 
@@ -92,6 +93,33 @@ pub fn admit(packet: &Packet, service: &Service, fw: &Firewall) -> Result<(), Ve
         let budget = RateKey { addr: [0; 4], scope: service.id, kind: RATE_SYN_BUDGET, family: 0, _pad: [0; 2] };
         if service.syn_budget.is_limited() && !take(&budget, &service.syn_budget, now) {
             return Err(Verdict::DropSynBudget);
+        }
+    }
+    Ok(())
+}
+
+/// A packet of an established flow: re-checked against the service's source rules only when
+/// the rule set changed since the flow was admitted, and counted against the service's packet
+/// rate only when it has one. Everything else was decided when the flow began.
+#[inline(always)]
+pub fn recheck(packet: &Packet, flow: &Established, fw: &Firewall) -> Result<(), Verdict> {
+    let entry = flow.flow();
+    if entry.fw_generation != fw.generation {
+        if fw.flags & FW_SCOPED_SOURCES != 0 {
+            check_sources(packet, entry.service_id, fw, Verdict::DropServiceSource)?;
+        }
+        flow.set_fw_generation(fw.generation);
+    }
+    if entry.flags & FLOW_PACKET_RATE != 0 {
+        // SAFETY: read-only look-up of a value the agent replaces whole.
+        if let Some(service) = unsafe { SERVICES.get(&service_key(packet)) } {
+            if service.packet_rate.is_limited() {
+                // SAFETY: a helper without arguments.
+                let now = unsafe { bpf_ktime_get_ns() };
+                if !take(&source_bucket(packet, service.id, RATE_PACKETS), &service.packet_rate, now) {
+                    return Err(Verdict::DropRateLimited);
+                }
+            }
         }
     }
     Ok(())

@@ -3,7 +3,7 @@
 use core::mem::offset_of;
 
 use aya_ebpf::programs::XdpContext;
-use lb_common::maps::{NatReverse, Service, Verdict, FAMILY_V4, PROTO_TCP};
+use lb_common::maps::{NatReverse, Verdict, FAMILY_V4, PROTO_TCP};
 use network_types::{
     eth::EthHdr,
     ip::{Ipv4Hdr, Ipv6Hdr},
@@ -12,7 +12,7 @@ use network_types::{
 };
 
 use crate::{
-    balance::Chosen,
+    balance::Route,
     checksum::Delta,
     parse::{bytes_at, load16, store16, store32, Packet, TCP_NEEDED, UDP_NEEDED},
 };
@@ -30,22 +30,22 @@ fn rewrite_eth(ctx: &XdpContext, next_hop: &[u8; 6]) -> Result<(), Verdict> {
 }
 
 #[inline(always)]
-pub fn dsr_to_backend(ctx: &XdpContext, chosen: &Chosen) -> Verdict {
-    match rewrite_eth(ctx, &chosen.backend.mac) {
+pub fn dsr_to_backend(ctx: &XdpContext, route: &Route) -> Verdict {
+    match rewrite_eth(ctx, &route.backend.mac) {
         Ok(()) => Verdict::ForwardDsr,
         Err(verdict) => verdict,
     }
 }
 
 #[inline(always)]
-pub fn nat_to_backend(ctx: &XdpContext, packet: &Packet, service: &Service, chosen: &Chosen) -> Verdict {
+pub fn nat_to_backend(ctx: &XdpContext, packet: &Packet, route: &Route) -> Verdict {
     let new = Endpoints {
-        src: &service.snat_addr,
-        dst: &chosen.backend.addr,
-        src_port: chosen.nat_port,
-        dst_port: chosen.backend.port,
+        src: &route.snat_addr,
+        dst: &route.backend.addr,
+        src_port: route.nat_port,
+        dst_port: route.backend.port,
     };
-    match rewrite_eth(ctx, &chosen.backend.mac).and_then(|()| rewrite_l3_l4(ctx, packet, &new)) {
+    match rewrite_eth(ctx, &route.backend.mac).and_then(|()| rewrite_l3_l4(ctx, packet, &new)) {
         Ok(()) => Verdict::ForwardNat,
         Err(verdict) => verdict,
     }

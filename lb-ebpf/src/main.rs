@@ -56,31 +56,36 @@ fn process(ctx: &XdpContext) -> Verdict {
         return Verdict::PassFragment;
     }
 
-    match balance::lookup(&packet) {
+    let route = match balance::lookup(&packet) {
+        Target::Established(flow) => {
+            if let Err(verdict) = firewall::recheck(&packet, &flow, &fw) {
+                return verdict;
+            }
+            flow.route()
+        }
         Target::Service(service) => {
             if let Err(verdict) = firewall::admit(&packet, service, &fw) {
                 return verdict;
             }
-            let chosen = match balance::choose_backend(ctx, &packet, service) {
-                Ok(chosen) => chosen,
+            match balance::new_flow(ctx, &packet, service, fw.generation) {
+                Ok(route) => route,
                 Err(verdict) => return verdict,
-            };
-            let bytes = packet.len as u64;
-            stats::count_service(service.id, bytes, chosen.new_flow);
-            stats::count_backend(chosen.backend_id, bytes, chosen.new_flow);
-            if service.mode == MODE_NAT {
-                forward::nat_to_backend(ctx, &packet, service, &chosen)
-            } else {
-                forward::dsr_to_backend(ctx, &chosen)
             }
         }
         Target::NatReply(reverse) => {
-            let bytes = packet.len as u64;
-            stats::count_service(reverse.service_id, bytes, false);
-            stats::count_backend(reverse.backend_id, bytes, false);
-            forward::nat_to_client(ctx, &packet, reverse)
+            stats::count_service(reverse.service_id, packet.len as u64, false);
+            stats::count_backend(reverse.backend_id, packet.len as u64, false);
+            return forward::nat_to_client(ctx, &packet, reverse);
         }
-        Target::Kernel => firewall::host_policy(&packet, &fw),
+        Target::Kernel => return firewall::host_policy(&packet, &fw),
+    };
+
+    stats::count_service(route.service_id, packet.len as u64, route.new_flow);
+    stats::count_backend(route.backend_id, packet.len as u64, route.new_flow);
+    if route.mode == MODE_NAT {
+        forward::nat_to_backend(ctx, &packet, &route)
+    } else {
+        forward::dsr_to_backend(ctx, &route)
     }
 }
 
