@@ -13,7 +13,7 @@ pub const MAX_BACKENDS: u32 = 4096;
 pub const RING_SLOTS: u32 = 1024;
 /// Each service owns two selection tables: the agent fills the idle one, then flips.
 pub const RING_TABLES_PER_SERVICE: u32 = 2;
-/// Default size of the flow table (LRU); the agent may set another at load time.
+/// Default size of each flow table (IPv4, IPv6; LRU); the agent may set another at load time.
 pub const DEFAULT_FLOW_CAPACITY: u32 = 1 << 20;
 /// Default size of each NAT table (LRU); the agent may set another at load time.
 pub const DEFAULT_NAT_CAPACITY: u32 = 1 << 20;
@@ -30,11 +30,13 @@ pub const NAT_PORT_TRIES: u32 = 8;
 pub mod names {
     pub const PROGRAM_LB: &str = "lb";
     pub const PROGRAM_PASS: &str = "xdp_pass";
+    pub const PROGRAM_TX: &str = "xdp_tx";
     pub const SERVICES: &str = "SERVICES";
     pub const BACKENDS: &str = "BACKENDS";
     pub const RINGS: &str = "RINGS";
     pub const RR_CURSORS: &str = "RR_CURSORS";
-    pub const FLOWS: &str = "FLOWS";
+    pub const FLOWS_V4: &str = "FLOWS_V4";
+    pub const FLOWS_V6: &str = "FLOWS_V6";
     pub const NAT_REVERSE: &str = "NAT_REVERSE";
     pub const SETTINGS: &str = "SETTINGS";
     pub const SERVICE_STATS: &str = "SERVICE_STATS";
@@ -50,12 +52,13 @@ pub mod names {
     pub const HOST_PORTS: &str = "HOST_PORTS";
     pub const VIPS: &str = "VIPS";
     /// Every map the agent pins and adopts across restarts.
-    pub const PINNED_MAPS: [&str; 19] = [
+    pub const PINNED_MAPS: [&str; 20] = [
         SERVICES,
         BACKENDS,
         RINGS,
         RR_CURSORS,
-        FLOWS,
+        FLOWS_V4,
+        FLOWS_V6,
         NAT_REVERSE,
         SETTINGS,
         SERVICE_STATS,

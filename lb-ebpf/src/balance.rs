@@ -8,14 +8,14 @@ use network_types::eth::EthHdr;
 
 use lb_common::{
     maps::{
-        Backend, Flow, FlowKey, NatReverse, Service, ServiceKey, Verdict, BACKEND_ACTIVE,
-        BACKEND_DRAINING, FLOW_PACKET_RATE, MODE_NAT,
+        Backend, Flow, FlowKey, FlowKeyV4, NatReverse, Service, ServiceKey, Verdict, BACKEND_ACTIVE,
+        BACKEND_DRAINING, FAMILY_V4, FLOW_PACKET_RATE, MODE_NAT,
     },
     NAT_PORT_TRIES,
 };
 
 use crate::{
-    maps::{BACKENDS, FLOWS, NAT_REVERSE, RINGS, RR_CURSORS, SERVICES, SETTINGS},
+    maps::{BACKENDS, FLOWS_V4, FLOWS_V6, NAT_REVERSE, RINGS, RR_CURSORS, SERVICES, SETTINGS},
     parse::{ptr_at, Packet},
 };
 
@@ -78,7 +78,7 @@ pub struct Route {
 
 #[inline(always)]
 pub fn lookup(packet: &Packet) -> Target {
-    if let Some(flow) = FLOWS.get_ptr_mut(&packet.key) {
+    if let Some(flow) = flow_entry(packet) {
         // SAFETY: a value of the LRU flow map, valid while the program runs.
         let entry = unsafe { &*flow };
         if let Some(backend) = BACKENDS.get(entry.backend_id) {
@@ -99,6 +99,15 @@ pub fn lookup(packet: &Packet) -> Target {
         return Target::NatReply(reverse);
     }
     Target::Kernel
+}
+
+#[inline(always)]
+fn flow_entry(packet: &Packet) -> Option<*mut Flow> {
+    if packet.key.family == FAMILY_V4 {
+        FLOWS_V4.get_ptr_mut(&FlowKeyV4::from_flow(&packet.key))
+    } else {
+        FLOWS_V6.get_ptr_mut(&packet.key)
+    }
 }
 
 #[inline(always)]
@@ -144,7 +153,12 @@ pub fn new_flow(ctx: &XdpContext, packet: &Packet, service: &'static Service, fw
         flow.snat_addr = service.snat_addr;
         flow.nat_port = reserve_nat_port(packet, service, backend_id, backend, client_mac)?;
     }
-    FLOWS.insert(&packet.key, &flow, 0).map_err(|_| Verdict::DropInternal)?;
+    let inserted = if packet.key.family == FAMILY_V4 {
+        FLOWS_V4.insert(&FlowKeyV4::from_flow(&packet.key), &flow, 0)
+    } else {
+        FLOWS_V6.insert(&packet.key, &flow, 0)
+    };
+    inserted.map_err(|_| Verdict::DropInternal)?;
     Ok(Route {
         service_id: service.id,
         backend_id,

@@ -27,10 +27,11 @@ const TCP_URG: u8 = 0x20;
 const ICMP_ECHO_REQUEST: u8 = 8;
 const ICMPV6_ECHO_REQUEST: u8 = 128;
 
-/// The firewall switches; all off when the agent has not written them.
+/// The firewall switches (all off until the agent writes them). A one-element array: the
+/// look-up cannot miss, and the verifier turns it into a plain address.
 #[inline(always)]
-pub fn settings() -> Firewall {
-    FIREWALL.get(0).copied().unwrap_or_default()
+pub fn settings() -> Result<&'static Firewall, Verdict> {
+    FIREWALL.get(0).ok_or(Verdict::DropInternal)
 }
 
 /// Checks every IP packet gets, wherever it goes: impossible TCP flags, source equal to

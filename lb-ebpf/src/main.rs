@@ -41,6 +41,12 @@ pub fn xdp_pass(_ctx: XdpContext) -> u32 {
     XDP_PASS
 }
 
+/// Sends every frame back out of its interface: the flood generator of `lb-bench` runs it through BPF_PROG_TEST_RUN in live-frames mode.
+#[xdp]
+pub fn xdp_tx(_ctx: XdpContext) -> u32 {
+    XDP_TX
+}
+
 #[inline(always)]
 fn process(ctx: &XdpContext) -> Verdict {
     let packet = match parse::parse(ctx) {
@@ -48,8 +54,11 @@ fn process(ctx: &XdpContext) -> Verdict {
         Err(verdict) => return verdict,
     };
 
-    let fw = firewall::settings();
-    if let Err(verdict) = firewall::screen(&packet, &fw) {
+    let fw = match firewall::settings() {
+        Ok(fw) => fw,
+        Err(verdict) => return verdict,
+    };
+    if let Err(verdict) = firewall::screen(&packet, fw) {
         return verdict;
     }
     if packet.fragment {
@@ -58,13 +67,13 @@ fn process(ctx: &XdpContext) -> Verdict {
 
     let route = match balance::lookup(&packet) {
         Target::Established(flow) => {
-            if let Err(verdict) = firewall::recheck(&packet, &flow, &fw) {
+            if let Err(verdict) = firewall::recheck(&packet, &flow, fw) {
                 return verdict;
             }
             flow.route()
         }
         Target::Service(service) => {
-            if let Err(verdict) = firewall::admit(&packet, service, &fw) {
+            if let Err(verdict) = firewall::admit(&packet, service, fw) {
                 return verdict;
             }
             match balance::new_flow(ctx, &packet, service, fw.generation) {
@@ -77,7 +86,7 @@ fn process(ctx: &XdpContext) -> Verdict {
             stats::count_backend(reverse.backend_id, packet.len as u64, false);
             return forward::nat_to_client(ctx, &packet, reverse);
         }
-        Target::Kernel => return firewall::host_policy(&packet, &fw),
+        Target::Kernel => return firewall::host_policy(&packet, fw),
     };
 
     stats::count_service(route.service_id, packet.len as u64, route.new_flow);

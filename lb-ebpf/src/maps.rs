@@ -6,7 +6,7 @@ use aya_ebpf::{
 };
 use lb_common::{
     maps::{
-        AddrKey, Backend, CidrV4, CidrV6, Counters, Firewall, Flow, FlowKey, FwRule, HostPort,
+        AddrKey, Backend, CidrV4, CidrV6, Counters, Firewall, Flow, FlowKey, FlowKeyV4, FwRule, HostPort,
         NatReverse, RateKey, RuleCounters, Service, ServiceCidr, ServiceKey, Settings, Verdict,
     },
     DEFAULT_FLOW_CAPACITY, DEFAULT_NAT_CAPACITY, MAX_BACKENDS, MAX_PREFIXES, MAX_RULES,
@@ -28,8 +28,12 @@ pub static RINGS: Array<u32> =
 #[map]
 pub static RR_CURSORS: Array<u64> = Array::with_max_entries(MAX_SERVICES, 0);
 
+/// Flow tables, one per family: IPv4 keys are 16 bytes, IPv6 ones 40.
 #[map]
-pub static FLOWS: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(DEFAULT_FLOW_CAPACITY, 0);
+pub static FLOWS_V4: LruHashMap<FlowKeyV4, Flow> = LruHashMap::with_max_entries(DEFAULT_FLOW_CAPACITY, 0);
+
+#[map]
+pub static FLOWS_V6: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(DEFAULT_FLOW_CAPACITY, 0);
 
 #[map]
 pub static NAT_REVERSE: LruHashMap<FlowKey, NatReverse> =

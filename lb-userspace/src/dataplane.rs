@@ -78,18 +78,19 @@ pub struct Dataplane {
 impl Dataplane {
     pub fn load(options: &LoadOptions) -> Result<Self> {
         let mut loader = EbpfLoader::new();
-        loader.map_max_entries(names::FLOWS, options.flow_capacity);
+        loader.map_max_entries(names::FLOWS_V4, options.flow_capacity);
+        loader.map_max_entries(names::FLOWS_V6, options.flow_capacity);
         loader.map_max_entries(names::NAT_REVERSE, options.nat_capacity);
         let mut adopted = false;
         if let Some(dir) = &options.pin_dir {
             prepare_pin_dir(dir)?;
-            adopted = dir.join(names::FLOWS).exists();
+            adopted = dir.join(names::FLOWS_V4).exists();
             for name in names::PINNED_MAPS {
                 loader.map_pin_path(name, dir.join(name));
             }
         }
         let mut ebpf = loader.load(OBJECT).context("loading the XDP object (maps) into the kernel")?;
-        for name in [names::PROGRAM_LB, names::PROGRAM_PASS] {
+        for name in [names::PROGRAM_LB, names::PROGRAM_PASS, names::PROGRAM_TX] {
             let program: &mut Xdp = ebpf
                 .program_mut(name)
                 .with_context(|| format!("program `{name}` missing from the object"))?

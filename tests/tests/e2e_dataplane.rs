@@ -74,6 +74,6 @@ fn http_through_the_vip_is_split_evenly_in_dsr_and_nat_mode() {
     lab.stop(agent).unwrap_or_else(|e| panic!("{e:#}"));
     let xdp = lab.exec_stdout(host::LB, &["ip", "link", "show", "eth0"]).unwrap_or_else(|e| panic!("{e:#}"));
     assert!(!xdp.contains("prog/xdp"), "XDP still attached after SIGTERM:\n{xdp}");
-    assert!(!pins.join("FLOWS").exists(), "pins left behind");
+    assert!(!pins.join("FLOWS_V4").exists(), "pins left behind");
     lab.down().unwrap_or_else(|e| panic!("{e:#}"));
 }
