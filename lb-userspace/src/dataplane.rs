@@ -271,7 +271,7 @@ impl Dataplane {
 
     pub fn firewall(&self) -> Result<Firewall> {
         let map: Array<&MapData, Firewall> = Array::try_from(self.map(names::FIREWALL)?)?;
-        Ok(map.get(&0, 0).context("reading FIREWALL")?)
+        map.get(&0, 0).context("reading FIREWALL")
     }
 
     /// Switches the firewall settings (and the live rule generation) in one write.

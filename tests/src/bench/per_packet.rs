@@ -22,18 +22,23 @@
 //! the figure is the median of the rounds. After the rounds, the program's verdict counters
 //! (VERDICT_STATS) must have grown by exactly the number of timed runs of each path: proof that
 //! every repeat took the path its case names.
-use std::net::{IpAddr, Ipv4Addr};
+use std::{
+    collections::HashSet,
+    net::{IpAddr, Ipv4Addr},
+    time::Instant,
+};
 
 use anyhow::{bail, Context as _, Result};
 use aya::programs::{TestRun, TestRunOptions, Xdp};
 use lb_common::maps::Verdict;
 use lb_tests::{
-    harness::{BackendSpec, Harness, XDP_PASS, XDP_TX},
+    harness::{BackendSpec, ConfigHarness, Harness, XDP_DROP, XDP_PASS, XDP_TX},
     packet::{l4_ports, Frame, L4, TCP_ACK, TCP_SYN},
 };
 use lb_userspace::{
     config::{Mode, Protocol},
     dataplane::LoadOptions,
+    firewall,
 };
 use serde_json::{json, Value};
 
@@ -65,9 +70,10 @@ const CROSS_CHECKS: [(&str, &str); 3] = [
 /// The lb cases run with the firewall switched off, as the harness loads the program.
 const FIREWALL_OFF: &str = "the program's firewall is switched off here (no firewall settings or rules written): \
                             its cost in this figure is reading the switches; the same holds for every lb case";
-/// The firewall landed in the program (issue 3) after this case list was written; its cases
-/// are still to be added here.
-const FIREWALL_MISSING: &str = "firewall cases not written in the bench yet (issue 3)";
+
+/// Scale points, reported in `per_packet_detail.scale` (issue 6 item 4), measured in the same
+/// interleaved rounds as the cases.
+const SCALE_CASES: [&str; 2] = ["lb_established_100k_prefixes", "lb_established_1m_flows"];
 
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -80,6 +86,12 @@ pub struct Config {
     pub new_flows: u32,
     /// Flow table size of the program measured for `lb_new_flow`.
     pub flow_capacity: u32,
+    /// Drop-rule prefixes loaded for `fw_drop` and `fw_pass_10k_prefixes`.
+    pub fw_prefixes: u32,
+    /// Prefixes loaded for the scale point `lb_established_100k_prefixes` (0: skip it).
+    pub fw_prefixes_scale: u32,
+    /// Flows put in the flow table before `lb_established_1m_flows` is measured (0: skip it).
+    pub prefill_flows: u32,
 }
 
 impl Config {
@@ -90,6 +102,9 @@ impl Config {
             calls: if quick { 200_000 } else { 1_000_000 },
             new_flows: if quick { 200_000 } else { 1_000_000 },
             flow_capacity: lb_common::DEFAULT_FLOW_CAPACITY,
+            fw_prefixes: 10_000,
+            fw_prefixes_scale: 100_000,
+            prefill_flows: 1_000_000,
         }
     }
 }
@@ -106,6 +121,8 @@ pub struct PerPacket {
     pub outcomes: Vec<Outcome>,
     pub frame_len: usize,
     pub settings: Value,
+    /// Scale points (`per_packet_detail.scale`): keyed by case, each a case detail.
+    pub scale: Value,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -158,6 +175,115 @@ fn new_flow_frame(i: u64) -> Vec<u8> {
     let src = Ipv4Addr::from(u32::from(NEW_FLOW_BASE) + i / PORTS_PER_ADDR);
     let port = 10_000 + (i % PORTS_PER_ADDR) as u16;
     tcp((src, port), (DSR_VIP, 80), TCP_SYN).build()
+}
+
+// ---------------------------------------------------------------------------------------
+// The firewall scenes: the DSR service above, programmed from an agent config whose firewall
+// has one drop rule with N random prefixes, the way `lb run` programs it (ConfigHarness).
+
+/// The load balancer's own address in the firewall scenes (the host policy needs one).
+const LB_ADDR: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+const FW_RULE: &str = "deny-random";
+const FW_SEED: u64 = 0x9e37_79b9_7f4a_7c15;
+
+/// `n` distinct random IPv4 prefixes, /16 to /32, from a fixed seed (the same set every run).
+/// None lies in 10.0.0.0/8 (the scene's own addresses, so the client matches none), 0/8,
+/// 127/8 or 224/3.
+fn random_prefixes(n: u32, seed: u64) -> Vec<(Ipv4Addr, u8)> {
+    let mut state = seed;
+    let mut seen = HashSet::new();
+    let mut out = Vec::with_capacity(n as usize);
+    while out.len() < n as usize {
+        // xorshift64
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let len = 16 + (state % 17) as u8;
+        let addr = (state >> 32) as u32 & (u32::MAX << (32 - u32::from(len)));
+        if matches!(addr >> 24, 0 | 10 | 127) || addr >> 24 >= 224 {
+            continue;
+        }
+        if seen.insert((addr, len)) {
+            out.push((Ipv4Addr::from(addr), len));
+        }
+    }
+    out
+}
+
+/// An address inside the prefix (host bits from a fixed pattern).
+fn inside(prefix: (Ipv4Addr, u8)) -> Ipv4Addr {
+    let host = if prefix.1 == 32 { 0 } else { 0x5a5a_5a5a & (u32::MAX >> prefix.1) };
+    Ipv4Addr::from(u32::from(prefix.0) | host)
+}
+
+struct FwScene {
+    h: ConfigHarness,
+    /// An address inside one of the prefixes (the denied source).
+    denied: Ipv4Addr,
+    prefixes: usize,
+    /// Time to parse the config text and program it (services, then the rule set) from scratch.
+    build_ms: f64,
+    /// Time of one more `firewall::apply` of the same rule set (write the idle generation,
+    /// switch, clear the old one): what a rule change costs at this size.
+    apply_ms: f64,
+}
+
+fn fw_scene(n: u32) -> Result<FwScene> {
+    let prefixes = random_prefixes(n, FW_SEED);
+    let mut sources = String::with_capacity(prefixes.len() * 22);
+    for (i, (addr, len)) in prefixes.iter().enumerate() {
+        if i > 0 {
+            sources.push_str(", ");
+        }
+        sources.push_str(&format!("\"{addr}/{len}\""));
+    }
+    let toml = format!(
+        r#"
+[[firewall.rule]]
+name = "{FW_RULE}"
+sources = [{sources}]
+action = "drop"
+
+[[service]]
+name = "dsr"
+vip = "{DSR_VIP}"
+port = 80
+mode = "dsr"
+
+[[service.backend]]
+name = "web1"
+address = "{WEB1}"
+
+[[service.backend]]
+name = "web2"
+address = "{WEB2}"
+"#
+    );
+    let macs = [(IpAddr::V4(WEB1), WEB1_MAC), (IpAddr::V4(WEB2), WEB2_MAC)];
+    let started = Instant::now();
+    let mut h = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        ConfigHarness::new(&toml, &macs, &[IpAddr::V4(LB_ADDR)])
+    }))
+    .map_err(|_| anyhow::anyhow!("programming the firewall scene with {n} prefixes failed (see the panic above)"))?;
+    let build_ms = started.elapsed().as_secs_f64() * 1e3;
+    let vips = [IpAddr::V4(DSR_VIP)];
+    let hosts = [IpAddr::V4(LB_ADDR), IpAddr::V4(DSR_VIP)];
+    let started = Instant::now();
+    firewall::apply(&mut h.harness.dataplane, &h.rules, &hosts, &vips).context("re-applying the rule set")?;
+    let apply_ms = started.elapsed().as_secs_f64() * 1e3;
+    let denied = inside(prefixes[prefixes.len() / 2]);
+    Ok(FwScene { h, denied, prefixes: prefixes.len(), build_ms, apply_ms })
+}
+
+fn fw_note(scene: &FwScene) -> String {
+    format!(
+        "firewall on, programmed from an agent config by ConfigHarness as `lb run` does: one drop rule `{FW_RULE}` \
+         with {} distinct random IPv4 prefixes /16../32 (fixed seed; none in 10.0.0.0/8), host policy `restrict` \
+         (the default; host address {LB_ADDR}), fragment and TCP-flag checks on (defaults); same DSR service and \
+         frame size as lb_established. Programming the config took {:.0} ms; one more firewall::apply of the \
+         same rule set took {:.0} ms",
+        scene.prefixes, scene.build_ms, scene.apply_ms
+    )
 }
 
 // ---------------------------------------------------------------------------------------
@@ -268,6 +394,12 @@ enum Scene {
     Main,
     NewFlows,
     NatLoop,
+    /// The DSR service with the firewall on and `fw_prefixes` drop prefixes.
+    Fw,
+    /// The same with `fw_prefixes_scale` prefixes.
+    FwScale,
+    /// The DSR service with the flow table pre-filled.
+    Prefilled,
 }
 
 /// Expected verdict counter values: (scene, verdict) -> runs.
@@ -544,9 +676,55 @@ pub fn run(cfg: &Config) -> Result<PerPacket> {
     )?;
     expected_counts.add((Scene::NatLoop, Verdict::NatReply), 1);
 
+    // The firewall scenes, and the flow table filled before an established flow is measured.
+    eprintln!("lb-bench: programming the firewall scene ({} prefixes)", cfg.fw_prefixes);
+    let fw = fw_scene(cfg.fw_prefixes)?;
+    let fw_drop_frame = tcp((fw.denied, 40_000), (DSR_VIP, 80), TCP_ACK).build();
+    setup_run(&fw.h.harness, &fw_drop_frame, XDP_DROP, None, "firewall drop setup packet")?;
+    expected_counts.add((Scene::Fw, Verdict::DropDenied), 1);
+    setup_run(&fw.h.harness, &dsr_frame, XDP_TX, None, "firewall pass setup packet")?;
+    expected_counts.add((Scene::Fw, Verdict::ForwardDsr), 1);
+    let fw_scale = if cfg.fw_prefixes_scale > 0 {
+        eprintln!("lb-bench: programming the firewall scale scene ({} prefixes)", cfg.fw_prefixes_scale);
+        let scene = fw_scene(cfg.fw_prefixes_scale)?;
+        setup_run(&scene.h.harness, &dsr_frame, XDP_TX, None, "firewall scale setup packet")?;
+        expected_counts.add((Scene::FwScale, Verdict::ForwardDsr), 1);
+        Some(scene)
+    } else {
+        None
+    };
+    let prefilled = if cfg.prefill_flows > 0 {
+        if cfg.prefill_flows >= cfg.flow_capacity {
+            bail!("{} pre-filled flows do not fit a flow table of {}", cfg.prefill_flows, cfg.flow_capacity);
+        }
+        let mut h = Harness::with_options(&LoadOptions { flow_capacity: cfg.flow_capacity, ..LoadOptions::default() });
+        h.add_service("dsr", (IpAddr::V4(DSR_VIP), 80), Protocol::Tcp, Mode::Dsr, None, &two_backends(80));
+        let started = Instant::now();
+        {
+            let program = h.dataplane.program()?;
+            let mut out = vec![0u8; 512];
+            for i in 0..u64::from(cfg.prefill_flows) {
+                let r = test_run(program, &new_flow_frame(i), &mut out, 1)?;
+                if r.ret != XDP_TX {
+                    bail!("pre-filling the flow table: flow {i} returned {}", action_name(r.ret));
+                }
+            }
+        }
+        let fill_s = started.elapsed().as_secs_f64();
+        eprintln!("lb-bench: flow table pre-filled with {} flows in {fill_s:.1} s", cfg.prefill_flows);
+        expected_counts.add((Scene::Prefilled, Verdict::ForwardDsr), u64::from(cfg.prefill_flows));
+        // The measured flow is inserted last: the most recent entry of the LRU.
+        setup_run(&h, &dsr_frame, XDP_TX, Some(&dsr.clone().macs(LB_MAC, WEB1_MAC).build()), "pre-filled setup packet")
+            .or_else(|_| setup_run(&h, &dsr_frame, XDP_TX, None, "pre-filled setup packet"))?;
+        expected_counts.add((Scene::Prefilled, Verdict::ForwardDsr), 1);
+        Some((h, fill_s))
+    } else {
+        None
+    };
+
     let elsewhere_frame = tcp((CLIENT, 40_000), (ELSEWHERE, 80), TCP_ACK).build();
     let frame_len = dsr_frame.len();
-    for frame in [&nat_frame, &reply_frame, &loop_forward_frame, &loop_reply_frame, &elsewhere_frame, &new_flow_frame(0)] {
+    for frame in [&nat_frame, &reply_frame, &loop_forward_frame, &loop_reply_frame, &elsewhere_frame, &new_flow_frame(0), &fw_drop_frame] {
         if frame.len() != frame_len {
             bail!("a frame of {} bytes, not {frame_len}", frame.len());
         }
@@ -556,6 +734,7 @@ pub fn run(cfg: &Config) -> Result<PerPacket> {
     let pass = main.dataplane.pass_program()?;
     let lb_new = newflows.dataplane.program()?;
     let lb_loop = natloop.dataplane.program()?;
+    let lb_fw = fw.h.harness.dataplane.program()?;
 
     let filter = XdpFilter::load();
     let mut filter_detail = json!({});
@@ -648,8 +827,54 @@ pub fn run(cfg: &Config) -> Result<PerPacket> {
             Some((Scene::Main, Verdict::PassNoService)),
         )
         .note("TCP to an address that is no service: parse, service miss, NAT reverse miss, counters, XDP_PASS"),
-        Case::unavailable("fw_drop", FIREWALL_MISSING),
-        Case::unavailable("fw_pass_10k_prefixes", FIREWALL_MISSING),
+        Case::new(
+            "fw_drop",
+            Method::Repeat { program: lb_fw, frame: fw_drop_frame.clone(), repeat: repeats },
+            XDP_DROP,
+            Some((Scene::Fw, Verdict::DropDenied)),
+        )
+        .note(fw_note(&fw))
+        .note(format!(
+            "TCP from {} (inside one of the {} prefixes, all with action drop) to the DSR VIP: parse, sanity checks, \
+             LPM lookup hits the drop rule, rule and reason counters, XDP_DROP",
+            fw.denied, fw.prefixes
+        )),
+        Case::new(
+            "fw_pass_10k_prefixes",
+            Method::Repeat { program: lb_fw, frame: dsr_frame.clone(), repeat: repeats },
+            XDP_TX,
+            Some((Scene::Fw, Verdict::ForwardDsr)),
+        )
+        .note(fw_note(&fw))
+        .note(format!(
+            "the established DSR flow of lb_established from {CLIENT}, which matches none of the prefixes (no allow \
+             rule involved): sanity checks, LPM lookup misses, then the established forward, XDP_TX"
+        )),
+        match &fw_scale {
+            Some(scene) => Case::new(
+                "lb_established_100k_prefixes",
+                Method::Repeat { program: scene.h.harness.dataplane.program()?, frame: dsr_frame.clone(), repeat: repeats },
+                XDP_TX,
+                Some((Scene::FwScale, Verdict::ForwardDsr)),
+            )
+            .note(fw_note(scene))
+            .note("the path of fw_pass_10k_prefixes with 10x the prefixes: how the lookup cost grows"),
+            None => Case::unavailable("lb_established_100k_prefixes", "skipped (--fw-prefixes-scale 0)"),
+        },
+        match &prefilled {
+            Some((h, fill_s)) => Case::new(
+                "lb_established_1m_flows",
+                Method::Repeat { program: h.dataplane.program()?, frame: dsr_frame.clone(), repeat: repeats },
+                XDP_TX,
+                Some((Scene::Prefilled, Verdict::ForwardDsr)),
+            )
+            .note(format!(
+                "lb_established (firewall off) with the flow table ({} entries) pre-filled with {} other flows (one \
+                 BPF_PROG_TEST_RUN per new flow, {fill_s:.1} s) before the measured flow was inserted",
+                cfg.flow_capacity, cfg.prefill_flows
+            )),
+            None => Case::unavailable("lb_established_1m_flows", "skipped (--prefill-flows 0)"),
+        },
         Case::new(
             "lb_established_per_call",
             Method::PerCall { program: lb, pass, frames: Frames::Fixed(dsr_frame.clone()), calls, next: 0 },
@@ -692,6 +917,15 @@ pub fn run(cfg: &Config) -> Result<PerPacket> {
             Scene::Main => &main,
             Scene::NewFlows => &newflows,
             Scene::NatLoop => &natloop,
+            Scene::Fw => &fw.h.harness,
+            Scene::FwScale => match &fw_scale {
+                Some(s) => &s.h.harness,
+                None => continue,
+            },
+            Scene::Prefilled => match &prefilled {
+                Some((h, _)) => h,
+                None => continue,
+            },
         };
         let got = h.verdict_count(verdict);
         for case in cases.iter_mut().filter(|c| c.counted_as == Some((scene, verdict))) {
@@ -705,12 +939,32 @@ pub fn run(cfg: &Config) -> Result<PerPacket> {
             }
         }
     }
-    let new_flows = [
+    // The drop rule counted every dropped packet.
+    let drop_rule = fw.h.rule(FW_RULE).packets;
+    let want = case_runs(&cases, "fw_drop") + 1;
+    if let Some(case) = cases.iter_mut().find(|c| c.key == "fw_drop") {
+        if drop_rule == want {
+            case.notes.push(format!("checked: the counter of rule `{FW_RULE}` grew by exactly the number of runs ({want})"));
+        } else {
+            case.fail(format!("rule `{FW_RULE}` counted {drop_rule} packets, expected {want}"));
+        }
+    }
+    let fw_service = |h: &ConfigHarness| h.harness.dataplane.service_counters(h.table.services[0].id).map(|c| c.new_flows);
+    let mut new_flows = vec![
+        ("fw_pass_10k_prefixes", fw_service(&fw.h)?, 1),
+    ];
+    if let Some(scene) = &fw_scale {
+        new_flows.push(("lb_established_100k_prefixes", fw_service(&scene.h)?, 1));
+    }
+    if let Some((h, _)) = &prefilled {
+        new_flows.push(("lb_established_1m_flows", h.service_counters(0).new_flows, u64::from(cfg.prefill_flows) + 1));
+    }
+    new_flows.extend([
         ("lb_established", main.service_counters(0).new_flows, 1),
         ("nat_forward_per_call", main.service_counters(1).new_flows, 1),
         ("nat_forward", natloop.service_counters(0).new_flows, 1),
         ("lb_new_flow", newflows.service_counters(0).new_flows, case_runs(&cases, "lb_new_flow")),
-    ];
+    ]);
     for (key, got, want) in new_flows {
         if let Some(case) = cases.iter_mut().find(|c| c.key == key) {
             if got == want {
@@ -727,9 +981,23 @@ pub fn run(cfg: &Config) -> Result<PerPacket> {
     }
     let mut outcomes: Vec<Outcome> = cases
         .iter()
-        .filter(|c| !CROSS_CHECKS.iter().any(|(k, _)| *k == c.key))
+        .filter(|c| !CROSS_CHECKS.iter().any(|(k, _)| *k == c.key) && !SCALE_CASES.contains(&c.key))
         .map(|c| c.outcome(&floor, frame_len))
         .collect();
+    let mut scale = serde_json::Map::new();
+    for key in SCALE_CASES {
+        if let Some(case) = cases.iter().find(|c| c.key == key) {
+            scale.insert(key.to_string(), case.outcome(&floor, frame_len).detail);
+        }
+    }
+    scale.insert(
+        "rule_apply_ms".into(),
+        json!({
+            "note": "one firewall::apply of an unchanged rule set (write the idle generation, switch, clear the old one), from user space through map syscalls",
+            "prefixes_10k": round1(fw.apply_ms),
+            "prefixes_100k": fw_scale.as_ref().map(|s| round1(s.apply_ms)),
+        }),
+    );
     let mut cross_checks = serde_json::Map::new();
     for (check_key, case_key) in CROSS_CHECKS {
         let Some(check) = cases.iter().find(|c| c.key == check_key).map(|c| c.outcome(&floor, frame_len)) else {
@@ -773,6 +1041,9 @@ pub fn run(cfg: &Config) -> Result<PerPacket> {
         "calls_per_cross_check": cfg.calls,
         "new_flows": cfg.new_flows,
         "flow_capacity_for_new_flows": cfg.flow_capacity,
+        "fw_prefixes": cfg.fw_prefixes,
+        "fw_prefixes_scale": cfg.fw_prefixes_scale,
+        "prefill_flows": cfg.prefill_flows,
         "frame": format!(
             "{frame_len}-byte Ethernet + IPv4 + TCP frame with a 20-byte payload (no FCS), the same size for every case"
         ),
@@ -788,7 +1059,7 @@ pub fn run(cfg: &Config) -> Result<PerPacket> {
         },
         "per_call_cross_checks_ns": cross_checks,
     });
-    Ok(PerPacket { outcomes, frame_len, settings })
+    Ok(PerPacket { outcomes, frame_len, settings, scale: Value::Object(scale) })
 }
 
 fn case_runs(cases: &[Case<'_>], key: &str) -> u64 {

@@ -46,7 +46,14 @@ pub fn per_packet_sections(result: &PerPacket, machine: Value, bpf_stats: Value,
         let m = if r.len() % 2 == 1 { r[r.len() / 2] } else { (r[r.len() / 2 - 1] + r[r.len() / 2]) / 2.0 };
         json!((m * 100.0).round() / 100.0)
     };
-    let pairs = [("lb_established", "xdp_filter"), ("nat_forward", "xdp_filter"), ("passthrough", "xdp_filter")];
+    let pairs = [
+        ("lb_established", "xdp_filter"),
+        ("nat_forward", "xdp_filter"),
+        ("passthrough", "xdp_filter"),
+        ("fw_drop", "xdp_filter"),
+        ("fw_pass_10k_prefixes", "xdp_filter"),
+        ("fw_pass_10k_prefixes", "lb_established"),
+    ];
     let mut ratios = Map::new();
     let mut by_round = Map::new();
     for (a, b) in pairs {
@@ -61,6 +68,17 @@ pub fn per_packet_sections(result: &PerPacket, machine: Value, bpf_stats: Value,
         }),
     );
     detail.insert("ratios".into(), Value::Object(ratios));
+    let mut scale = result.scale.clone();
+    for (key, base) in [("lb_established_100k_prefixes", "fw_pass_10k_prefixes"), ("lb_established_1m_flows", "lb_established")] {
+        let ns = scale[key]["ns"].as_f64();
+        if let (Some(ns), Some(b)) = (ns, value(base)) {
+            scale[key][format!("x_{base}")] = json!((ns / b * 100.0).round() / 100.0);
+        }
+        if let (Some(ns), Some(f)) = (ns, value("xdp_filter")) {
+            scale[key]["x_xdp_filter"] = json!((ns / f * 100.0).round() / 100.0);
+        }
+    }
+    detail.insert("scale".into(), scale);
     let mut run = result.settings.clone();
     run["bpf_stats_enabled"] = bpf_stats;
     run["timestamp"] = json!(timestamp);
@@ -127,5 +145,17 @@ pub fn table(result: &PerPacket) -> String {
         };
         s += &format!("{:<22} {:>10} {:>9} {:>13}  {}\n", key, ns, times(o.ns, floor), times(o.ns, filter), verdict);
     }
+    let scale_ns = |k: &str| result.scale[k]["ns"].as_f64();
+    let shown = |v: Option<f64>| v.map_or("null".to_string(), |v| format!("{v:.1}"));
+    s += &format!(
+        "scale: lb_established with 100k prefixes {} ns (x{} fw_pass_10k_prefixes); lb_established with the flow table \
+         pre-filled (1M flows) {} ns (x{} lb_established); rule set apply 10k {} ms, 100k {} ms\n",
+        shown(scale_ns("lb_established_100k_prefixes")),
+        times(scale_ns("lb_established_100k_prefixes"), get("fw_pass_10k_prefixes")),
+        shown(scale_ns("lb_established_1m_flows")),
+        times(scale_ns("lb_established_1m_flows"), get("lb_established")),
+        shown(result.scale["rule_apply_ms"]["prefixes_10k"].as_f64()),
+        shown(result.scale["rule_apply_ms"]["prefixes_100k"].as_f64()),
+    );
     s
 }
