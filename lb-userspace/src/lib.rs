@@ -4,3 +4,5 @@ pub mod config;
 pub mod dataplane;
 pub mod neighbor;
 pub mod services;
+pub mod health;
+pub mod http_client;
