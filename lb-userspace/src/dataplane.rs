@@ -7,7 +7,7 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 use aya::{
-    maps::{Array, HashMap, MapData, PerCpuArray},
+    maps::{Array, HashMap, IterableMap as _, MapData, PerCpuArray},
     programs::{
         links::{FdLink, PinnedLink},
         xdp::XdpLink,
@@ -16,10 +16,11 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use lb_common::{
-    maps::{Backend, Counters, Service, ServiceKey, Settings, Verdict},
+    maps::{Backend, Counters, Flow, FlowKey, Service, ServiceKey, Settings, Verdict},
     names,
 };
 use log::{info, warn};
+use std::os::fd::{AsFd as _, AsRawFd as _, BorrowedFd};
 
 /// The XDP object built by build.rs from lb-ebpf.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb"));
@@ -249,6 +250,28 @@ impl Dataplane {
         Verdict::ALL.iter().map(|&v| Ok((v, self.counters(names::VERDICT_STATS, v as u32)?))).collect()
     }
 
+    /// Up to `limit` entries of the flow table, in the kernel's hash order, starting after
+    /// `after` (or at the beginning). Returns them and the key to continue from, `None` at the
+    /// end. The table changes while it is read: a flow may be missed or seen twice, and a
+    /// cursor whose flow expired meanwhile starts over from the beginning (the kernel's rule).
+    pub fn flows(&self, after: Option<&FlowKey>, limit: usize) -> Result<(Vec<(FlowKey, Flow)>, Option<FlowKey>)> {
+        let map: HashMap<&MapData, FlowKey, Flow> = HashMap::try_from(self.map(names::FLOWS)?)?;
+        let fd = map.map().fd().as_fd();
+        let mut flows = Vec::with_capacity(limit.min(4096));
+        let mut cursor = after.copied();
+        while flows.len() < limit {
+            let Some(key) = map_next_key(fd, cursor.as_ref()).context("walking FLOWS")? else {
+                return Ok((flows, None));
+            };
+            // A flow evicted since its key was read is simply skipped.
+            if let Ok(flow) = map.get(&key, 0) {
+                flows.push((key, flow));
+            }
+            cursor = Some(key);
+        }
+        Ok((flows, cursor))
+    }
+
     /// A per-CPU counter summed over the CPUs.
     fn counters(&self, map: &str, index: u32) -> Result<Counters> {
         let map: PerCpuArray<&MapData, Counters> = PerCpuArray::try_from(self.map(map)?)?;
@@ -266,6 +289,44 @@ impl Dataplane {
 
     fn map_mut(&mut self, name: &str) -> Result<&mut aya::maps::Map> {
         self.ebpf.map_mut(name).with_context(|| format!("map `{name}` missing from the object"))
+    }
+}
+
+/// `bpf(BPF_MAP_GET_NEXT_KEY)`: the key after `key` (the first one for `None`), `None` past the
+/// last. aya only iterates from the beginning, and paging needs to resume from a cursor.
+fn map_next_key<K: Copy>(fd: BorrowedFd<'_>, key: Option<&K>) -> std::io::Result<Option<K>> {
+    /// The map-element part of `union bpf_attr`.
+    #[repr(C)]
+    struct MapElemAttr {
+        map_fd: u32,
+        _pad: u32,
+        key: u64,
+        next_key: u64,
+        flags: u64,
+    }
+    const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
+    let mut next = std::mem::MaybeUninit::<K>::uninit();
+    let attr = MapElemAttr {
+        map_fd: fd.as_raw_fd() as u32,
+        _pad: 0,
+        key: key.map_or(0, |k| std::ptr::from_ref(k) as u64),
+        next_key: next.as_mut_ptr() as u64,
+        flags: 0,
+    };
+    // SAFETY: `attr` is a valid bpf_attr prefix for this command; the kernel writes exactly one
+    // key of the map's key size (= size_of::<K>(), checked by aya when the map was typed) into `next`.
+    let ret = unsafe {
+        libc::syscall(libc::SYS_bpf, BPF_MAP_GET_NEXT_KEY, std::ptr::from_ref(&attr), std::mem::size_of::<MapElemAttr>())
+    };
+    if ret == 0 {
+        // SAFETY: the kernel filled it (see above).
+        return Ok(Some(unsafe { next.assume_init() }));
+    }
+    let error = std::io::Error::last_os_error();
+    if error.raw_os_error() == Some(libc::ENOENT) {
+        Ok(None)
+    } else {
+        Err(error)
     }
 }
 
