@@ -535,9 +535,11 @@ fn validate_health(service: &str, protocol: Protocol, health: &HealthConfig, at:
         ));
     }
     let timeout = *health.timeout_ms.get_ref();
-    if timeout < 10 || timeout > interval.max(10) {
+    // A default timeout has no position of its own: point at the interval that is too short.
+    let timeout_span = if health.timeout_ms.span().is_empty() { health.interval_ms.span() } else { health.timeout_ms.span() };
+    if (10..=60_000).contains(&interval) && (timeout < 10 || timeout > interval) {
         errors.push(at.error(
-            health.timeout_ms.span(),
+            timeout_span,
             format!("service `{service}`: health timeout_ms {timeout} must be between 10 and interval_ms ({interval})"),
             format!("a check must finish before the next one starts; e.g. timeout_ms = {}", interval.clamp(10, DEFAULT_CHECK_TIMEOUT_MS.max(10))),
         ));

@@ -48,6 +48,12 @@ impl Default for LoadOptions {
     }
 }
 
+/// A page of the flow table: the entries and the key to continue after (`None` at the end).
+pub struct FlowsPage {
+    pub flows: Vec<(FlowKey, Flow)>,
+    pub next: Option<FlowKey>,
+}
+
 /// How the program ended up attached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Attached {
@@ -254,14 +260,14 @@ impl Dataplane {
     /// `after` (or at the beginning). Returns them and the key to continue from, `None` at the
     /// end. The table changes while it is read: a flow may be missed or seen twice, and a
     /// cursor whose flow expired meanwhile starts over from the beginning (the kernel's rule).
-    pub fn flows(&self, after: Option<&FlowKey>, limit: usize) -> Result<(Vec<(FlowKey, Flow)>, Option<FlowKey>)> {
+    pub fn flows(&self, after: Option<&FlowKey>, limit: usize) -> Result<FlowsPage> {
         let map: HashMap<&MapData, FlowKey, Flow> = HashMap::try_from(self.map(names::FLOWS)?)?;
         let fd = map.map().fd().as_fd();
         let mut flows = Vec::with_capacity(limit.min(4096));
         let mut cursor = after.copied();
         while flows.len() < limit {
             let Some(key) = map_next_key(fd, cursor.as_ref()).context("walking FLOWS")? else {
-                return Ok((flows, None));
+                return Ok(FlowsPage { flows, next: None });
             };
             // A flow evicted since its key was read is simply skipped.
             if let Ok(flow) = map.get(&key, 0) {
@@ -269,7 +275,7 @@ impl Dataplane {
             }
             cursor = Some(key);
         }
-        Ok((flows, cursor))
+        Ok(FlowsPage { flows, next: cursor })
     }
 
     /// A per-CPU counter summed over the CPUs.

@@ -35,6 +35,9 @@ pub struct Check {
     pub target: SocketAddr,
     pub interval: Duration,
     pub timeout: Duration,
+    /// Consecutive successes that bring a down backend back, failures that take it out.
+    pub rise: u32,
+    pub fall: u32,
     pub probe: Probe,
 }
 
@@ -107,7 +110,19 @@ impl Check {
                 })
             }
         };
-        Ok(Check { target, interval: health.interval(), timeout: health.timeout(), probe })
+        Ok(Check {
+            target,
+            interval: health.interval(),
+            timeout: health.timeout(),
+            rise: *health.rise.get_ref(),
+            fall: *health.fall.get_ref(),
+            probe,
+        })
+    }
+
+    /// A tracker for this check, starting up or down.
+    pub fn tracker(&self, up: bool) -> Tracker {
+        Tracker::new(self.rise, self.fall, up)
     }
 
     pub fn kind(&self) -> &'static str {
@@ -198,7 +213,8 @@ impl MysqlProbe {
         }
         let read_only: Option<i64> = conn.query_first("SELECT @@global.read_only").await.context("SELECT @@read_only")?;
         let read_only = read_only.unwrap_or(0) != 0;
-        let replica = replica_status(conn).await?;
+        // A primary is judged by read_only alone, so its check account needs no replication grant.
+        let replica = if self.role == MysqlRole::Replica { replica_status(conn).await? } else { None };
         let role = ServerRole { read_only, replica };
         role.check(self.role, self.max_lag_s).map_err(|e| anyhow!(e))
     }
@@ -434,6 +450,8 @@ mod tests {
             target,
             interval: Duration::from_millis(200),
             timeout: Duration::from_millis(500),
+            rise: 2,
+            fall: 3,
             probe: Probe::Http(HttpProbe {
                 path: path.into(),
                 host: "x".into(),

@@ -27,8 +27,8 @@ fn flows_are_paged_with_a_cursor() {
         BackendSpec { name: "web2", addr: ip("10.0.0.12"), port: 80, mac: [2, 0, 0, 0, 0, 0x12], weight: 1 },
     ];
     h.add_service("web", (ip("10.0.0.100"), 80), Protocol::Tcp, Mode::Dsr, None, &backends);
-    let (empty, end) = h.dataplane.flows(None, 10).unwrap_or_else(|e| panic!("{e:#}"));
-    assert!(empty.is_empty() && end.is_none(), "a fresh table is empty");
+    let empty = h.dataplane.flows(None, 10).unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(empty.flows.is_empty() && empty.next.is_none(), "a fresh table is empty");
 
     const FLOWS: u16 = 7;
     for port in 0..FLOWS {
@@ -39,15 +39,15 @@ fn flows_are_paged_with_a_cursor() {
     let mut cursor = None;
     let mut pages = 0;
     loop {
-        let (page, next) = h.dataplane.flows(cursor.as_ref(), 3).unwrap_or_else(|e| panic!("{e:#}"));
-        assert!(page.len() <= 3);
+        let page = h.dataplane.flows(cursor.as_ref(), 3).unwrap_or_else(|e| panic!("{e:#}"));
+        assert!(page.flows.len() <= 3);
         pages += 1;
-        for (key, flow) in page {
+        for (key, flow) in page.flows {
             assert_eq!(key.dst_port, 80u16.to_be());
             assert!(seen.insert(u16::from_be(key.src_port)), "flow seen twice");
             assert!(flow.backend_id == 1 || flow.backend_id == 2, "{flow:?}");
         }
-        match next {
+        match page.next {
             Some(key) => cursor = Some(key),
             None => break,
         }
