@@ -117,6 +117,18 @@ impl FlowKeyV4 {
             _pad: [0; 3],
         }
     }
+
+    pub const fn to_flow(&self) -> FlowKey {
+        FlowKey {
+            src: [self.src, 0, 0, 0],
+            dst: [self.dst, 0, 0, 0],
+            src_port: self.src_port,
+            dst_port: self.dst_port,
+            proto: self.proto,
+            family: FAMILY_V4,
+            _pad: [0; 2],
+        }
+    }
 }
 
 /// `FLOWS_V4` / `FLOWS_V6` value: where a client flow to a service goes, with everything its later packets

@@ -3,9 +3,10 @@
 use std::{
     collections::HashSet,
     fmt,
-    net::IpAddr,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     ops::Range,
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use serde::Deserialize;
@@ -21,6 +22,7 @@ pub struct Config {
     pub agent: AgentConfig,
     #[serde(default)]
     pub firewall: FirewallConfig,
+    pub api: ApiConfig,
     #[serde(default, rename = "service")]
     pub services: Vec<ServiceConfig>,
 }
@@ -241,6 +243,30 @@ fn default_nat_port_max() -> Spanned<u16> {
     Spanned::new(0..0, lb_common::maps::Settings::default().nat_port_max)
 }
 
+/// Default address of the status API: loopback only, so reads are not exposed by accident.
+pub const DEFAULT_API_BIND: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9876);
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Address the status API listens on.
+    #[serde(default = "default_api_bind")]
+    pub bind: Spanned<SocketAddr>,
+    /// File holding the bearer token that write requests must present; without it, writes are
+    /// refused.
+    pub token_file: Option<Spanned<PathBuf>>,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self { bind: default_api_bind(), token_file: None }
+    }
+}
+
+fn default_api_bind() -> Spanned<SocketAddr> {
+    Spanned::new(0..0, DEFAULT_API_BIND)
+}
+
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum XdpModeConfig {
@@ -288,6 +314,8 @@ pub struct ServiceConfig {
     pub algorithm: Algorithm,
     /// NAT mode: the load balancer's address backends reply to (same family as the VIP).
     pub snat_address: Option<Spanned<IpAddr>>,
+    /// Health check of every backend; none means backends are always considered up.
+    pub health: Option<HealthConfig>,
     #[serde(default, rename = "backend")]
     pub backends: Vec<BackendConfig>,
     /// Only these sources may use the service (empty: everyone the global rules let through).
@@ -335,6 +363,114 @@ fn default_weight() -> Spanned<u32> {
 impl BackendConfig {
     pub fn port_or(&self, service_port: u16) -> u16 {
         self.port.as_ref().map_or(service_port, |p| *p.get_ref())
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthKind {
+    /// A TCP connection is accepted.
+    Tcp,
+    /// `GET path` answers the expected status (and body text).
+    Http,
+    /// The same over TLS.
+    Https,
+    /// MySQL/MariaDB handshake, login, `SELECT 1`, and the expected role.
+    Mysql,
+}
+
+/// Which MySQL role a backend must have to stay in rotation.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum MysqlRole {
+    /// Any server that answers `SELECT 1`.
+    #[default]
+    Any,
+    /// Writable (`@@read_only = 0`).
+    Primary,
+    /// Replication running, lag at most `max_lag_s`.
+    Replica,
+}
+
+/// Defaults detect a dead backend within interval x fall = 600 ms (HAProxy's take 6 s).
+pub const DEFAULT_CHECK_INTERVAL_MS: u64 = 200;
+pub const DEFAULT_CHECK_TIMEOUT_MS: u64 = 200;
+pub const DEFAULT_RISE: u32 = 2;
+pub const DEFAULT_FALL: u32 = 3;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthConfig {
+    pub kind: Spanned<HealthKind>,
+    #[serde(default = "default_interval_ms")]
+    pub interval_ms: Spanned<u64>,
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: Spanned<u64>,
+    /// Consecutive successes that bring a down backend back.
+    #[serde(default = "default_rise")]
+    pub rise: Spanned<u32>,
+    /// Consecutive failures that take a backend out.
+    #[serde(default = "default_fall")]
+    pub fall: Spanned<u32>,
+    /// Port to check; defaults to the backend's port.
+    pub port: Option<Spanned<u16>>,
+    /// HTTP(S): the path to GET.
+    pub path: Option<Spanned<String>>,
+    /// HTTP(S): the `Host` header; defaults to the backend address.
+    pub host: Option<Spanned<String>>,
+    /// HTTP(S): the status that means healthy (default 200).
+    pub expect_status: Option<Spanned<u16>>,
+    /// HTTP(S): text the body must contain.
+    pub expect_body: Option<Spanned<String>>,
+    /// HTTPS: verify the certificate against the web PKI roots (default true).
+    pub tls_verify: Option<Spanned<bool>>,
+    /// MySQL: the account the check logs in with.
+    pub user: Option<Spanned<String>>,
+    pub password: Option<Spanned<String>>,
+    /// MySQL: a file holding the password (first line), instead of `password`.
+    pub password_file: Option<Spanned<PathBuf>>,
+    pub role: Option<Spanned<MysqlRole>>,
+    /// MySQL replica: largest replication lag (seconds) still healthy.
+    pub max_lag_s: Option<Spanned<u64>>,
+}
+
+fn default_interval_ms() -> Spanned<u64> {
+    Spanned::new(0..0, DEFAULT_CHECK_INTERVAL_MS)
+}
+fn default_timeout_ms() -> Spanned<u64> {
+    Spanned::new(0..0, DEFAULT_CHECK_TIMEOUT_MS)
+}
+fn default_rise() -> Spanned<u32> {
+    Spanned::new(0..0, DEFAULT_RISE)
+}
+fn default_fall() -> Spanned<u32> {
+    Spanned::new(0..0, DEFAULT_FALL)
+}
+
+/// Default largest replication lag of a healthy replica.
+pub const DEFAULT_MAX_LAG_S: u64 = 10;
+
+impl HealthConfig {
+    pub fn interval(&self) -> Duration {
+        Duration::from_millis(*self.interval_ms.get_ref())
+    }
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(*self.timeout_ms.get_ref())
+    }
+    pub fn path(&self) -> &str {
+        self.path.as_ref().map_or("/", |p| p.get_ref().as_str())
+    }
+    pub fn expect_status(&self) -> u16 {
+        self.expect_status.as_ref().map_or(200, |s| *s.get_ref())
+    }
+    pub fn tls_verify(&self) -> bool {
+        self.tls_verify.as_ref().is_none_or(|v| *v.get_ref())
+    }
+    pub fn role(&self) -> MysqlRole {
+        self.role.as_ref().map_or(MysqlRole::Any, |r| *r.get_ref())
+    }
+    pub fn max_lag_s(&self) -> u64 {
+        self.max_lag_s.as_ref().map_or(DEFAULT_MAX_LAG_S, |l| *l.get_ref())
     }
 }
 
@@ -518,6 +654,9 @@ fn validate(config: &Config, at: &Locator<'_>) -> Vec<ConfigError> {
             )),
             _ => {}
         }
+        if let Some(health) = &service.health {
+            validate_health(name, service.protocol, health, at, &mut errors);
+        }
         if service.backends.is_empty() {
             errors.push(at.error(service.name.span(), format!("service `{name}` has no backend"), "add at least one [[service.backend]]"));
         }
@@ -632,6 +771,94 @@ fn validate_firewall(config: &Config, at: &Locator<'_>, errors: &mut Vec<ConfigE
     }
     if fw.rules.len() + config.services.len() + fw.host.open_ports.len() + 2 > lb_common::MAX_RULES as usize {
         errors.push(at.error(0..0, "too many firewall rules", "merge rules: one rule may hold many prefixes"));
+    }
+}
+
+fn validate_health(service: &str, protocol: Protocol, health: &HealthConfig, at: &Locator<'_>, errors: &mut Vec<ConfigError>) {
+    let kind = *health.kind.get_ref();
+    if protocol == Protocol::Udp {
+        errors.push(at.error(
+            health.kind.span(),
+            format!("service `{service}` is UDP; its health check ({kind:?}) would connect over TCP"),
+            "check a TCP port of the backends with `port = ...`, or remove [service.health]",
+        ));
+    }
+    let interval = *health.interval_ms.get_ref();
+    if !(10..=60_000).contains(&interval) {
+        errors.push(at.error(
+            health.interval_ms.span(),
+            format!("service `{service}`: health interval_ms {interval} is out of range"),
+            format!("use 10 to 60000 ms (default {DEFAULT_CHECK_INTERVAL_MS})"),
+        ));
+    }
+    let timeout = *health.timeout_ms.get_ref();
+    // A default timeout has no position of its own: point at the interval that is too short.
+    let timeout_span = if health.timeout_ms.span().is_empty() { health.interval_ms.span() } else { health.timeout_ms.span() };
+    if (10..=60_000).contains(&interval) && (timeout < 10 || timeout > interval) {
+        errors.push(at.error(
+            timeout_span,
+            format!("service `{service}`: health timeout_ms {timeout} must be between 10 and interval_ms ({interval})"),
+            format!("a check must finish before the next one starts; e.g. timeout_ms = {}", interval.clamp(10, DEFAULT_CHECK_TIMEOUT_MS.max(10))),
+        ));
+    }
+    for (count, what) in [(&health.rise, "rise"), (&health.fall, "fall")] {
+        if !(1..=100).contains(count.get_ref()) {
+            errors.push(at.error(
+                count.span(),
+                format!("service `{service}`: health {what} = {} is out of range", count.get_ref()),
+                format!("use 1 to 100 consecutive checks (default rise {DEFAULT_RISE}, fall {DEFAULT_FALL})"),
+            ));
+        }
+    }
+    if let Some(port) = health.port.as_ref().filter(|p| *p.get_ref() == 0) {
+        errors.push(at.error(port.span(), format!("service `{service}`: health port 0"), "remove `port` to check the backend's own port"));
+    }
+    let is_http = matches!(kind, HealthKind::Http | HealthKind::Https);
+    let http_only = [
+        health.path.as_ref().map(|p| (p.span(), "path")),
+        health.host.as_ref().map(|h| (h.span(), "host")),
+        health.expect_status.as_ref().map(|s| (s.span(), "expect_status")),
+        health.expect_body.as_ref().map(|b| (b.span(), "expect_body")),
+    ];
+    let mysql_only = [
+        health.user.as_ref().map(|u| (u.span(), "user")),
+        health.password.as_ref().map(|p| (p.span(), "password")),
+        health.password_file.as_ref().map(|p| (p.span(), "password_file")),
+        health.role.as_ref().map(|r| (r.span(), "role")),
+        health.max_lag_s.as_ref().map(|l| (l.span(), "max_lag_s")),
+    ];
+    let misplaced = http_only
+        .into_iter()
+        .flatten()
+        .filter(|_| !is_http)
+        .map(|(span, key)| (span, key, "http or https"))
+        .chain(mysql_only.into_iter().flatten().filter(|_| kind != HealthKind::Mysql).map(|(span, key)| (span, key, "mysql")))
+        .chain(health.tls_verify.as_ref().filter(|_| kind != HealthKind::Https).map(|v| (v.span(), "tls_verify", "https")));
+    for (span, key, kinds) in misplaced {
+        errors.push(at.error(
+            span,
+            format!("service `{service}`: health `{key}` only applies to kind = {kinds}, not {kind:?}"),
+            format!("remove `{key}`, or change `kind`"),
+        ));
+    }
+    if let Some(path) = health.path.as_ref().filter(|p| !p.get_ref().starts_with('/') || p.get_ref().contains(char::is_whitespace)) {
+        errors.push(at.error(path.span(), format!("service `{service}`: health path `{}` is not a request path", path.get_ref()), "start it with '/', no spaces, e.g. \"/healthz\""));
+    }
+    if let Some(status) = health.expect_status.as_ref().filter(|s| !(100..=599).contains(s.get_ref())) {
+        errors.push(at.error(status.span(), format!("service `{service}`: expect_status {} is not an HTTP status", status.get_ref()), "use 100 to 599, e.g. 200"));
+    }
+    if kind == HealthKind::Mysql {
+        if health.user.is_none() {
+            errors.push(at.error(health.kind.span(), format!("service `{service}`: a mysql health check needs `user`"), "add user = \"lbcheck\" (an account allowed to log in from the load balancer)"));
+        }
+        if let (Some(_), Some(file)) = (&health.password, &health.password_file) {
+            errors.push(at.error(file.span(), format!("service `{service}`: both password and password_file are set"), "keep one of them (password_file keeps secrets out of the config)"));
+        }
+        if let (Some(lag), Some(role)) = (&health.max_lag_s, &health.role) {
+            if *role.get_ref() != MysqlRole::Replica {
+                errors.push(at.error(lag.span(), format!("service `{service}`: max_lag_s only applies to role = \"replica\""), "remove max_lag_s, or set role = \"replica\""));
+            }
+        }
     }
 }
 
@@ -751,5 +978,73 @@ weight = 2
             let errors = errors_of(&GOOD.replace(from, to));
             assert!(errors.iter().any(|e| e.to_string().contains(needle)), "{to}: {errors:?}");
         }
+    }
+
+    const HEALTH: &str = r#"
+[service.health]
+kind = "http"
+path = "/healthz"
+expect_body = "ok"
+"#;
+
+    /// GOOD with `extra` inserted before the first backend (inside the service table).
+    fn good_with(extra: &str) -> String {
+        GOOD.replacen("\n[[service.backend]]", &format!("{extra}\n[[service.backend]]"), 1)
+    }
+
+    #[test]
+    fn api_and_health_parse_with_defaults() {
+        let text = format!("[api]\nbind = \"0.0.0.0:9000\"\ntoken_file = \"/etc/lb/token\"\n{}", good_with(HEALTH));
+        let config = parse(Path::new("lb.toml"), &text).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.api.bind.get_ref().port(), 9000);
+        let health = config.services[0].health.as_ref().unwrap_or_else(|| panic!("no health section"));
+        assert_eq!(*health.kind.get_ref(), HealthKind::Http);
+        assert_eq!((health.interval(), health.timeout()), (Duration::from_millis(200), Duration::from_millis(200)));
+        assert_eq!((*health.rise.get_ref(), *health.fall.get_ref()), (2, 3));
+        assert_eq!((health.path(), health.expect_status()), ("/healthz", 200));
+        assert!(health.tls_verify());
+    }
+
+    #[test]
+    fn api_defaults_to_loopback() {
+        let config = parse(Path::new("lb.toml"), GOOD).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(*config.api.bind.get_ref(), DEFAULT_API_BIND);
+        assert!(config.api.bind.get_ref().ip().is_loopback());
+        assert!(config.api.token_file.is_none());
+    }
+
+    #[test]
+    fn health_errors_are_located_and_explained() {
+        for (health, needle, line) in [
+            ("[service.health]\nkind = \"tcp\"\npath = \"/\"\n", "`path` only applies to kind = http or https", 12),
+            ("[service.health]\nkind = \"http\"\ninterval_ms = 5\n", "interval_ms 5 is out of range", 12),
+            ("[service.health]\nkind = \"http\"\ntimeout_ms = 900\n", "must be between 10 and interval_ms", 12),
+            ("[service.health]\nkind = \"http\"\nfall = 0\n", "fall = 0 is out of range", 12),
+            ("[service.health]\nkind = \"mysql\"\n", "needs `user`", 11),
+            ("[service.health]\nkind = \"mysql\"\nuser = \"u\"\npassword = \"p\"\npassword_file = \"/f\"\n", "both password and password_file", 14),
+            ("[service.health]\nkind = \"mysql\"\nuser = \"u\"\nmax_lag_s = 3\nrole = \"primary\"\n", "max_lag_s only applies", 13),
+            ("[service.health]\nkind = \"https\"\npath = \"healthz\"\n", "is not a request path", 12),
+            ("[service.health]\nkind = \"http\"\nexpect_status = 42\n", "not an HTTP status", 12),
+            ("[service.health]\nkind = \"ping\"\n", "unknown variant", 11),
+            ("[service.health]\nkind = \"tcp\"\nintervall_ms = 100\n", "unknown field", 12),
+        ] {
+            let errors = errors_of(&good_with(health));
+            let error = errors.iter().find(|e| e.message.contains(needle)).unwrap_or_else(|| panic!("{needle}: {errors:?}"));
+            assert_eq!(error.line, line, "{error}");
+            assert!(!error.fix.is_empty() || error.message.contains("unknown"), "{error}");
+        }
+    }
+
+    #[test]
+    fn udp_services_cannot_have_tcp_health_checks() {
+        let text = good_with("[service.health]\nkind = \"tcp\"\n").replace("port = 80", "port = 53\nprotocol = \"udp\"");
+        let errors = errors_of(&text);
+        assert!(errors.iter().any(|e| e.message.contains("is UDP")), "{errors:?}");
+    }
+
+    #[test]
+    fn bad_api_bind_is_rejected() {
+        let errors = errors_of(&format!("[api]\nbind = \"localhost\"\n{GOOD}"));
+        assert_eq!(errors[0].line, 2, "{}", errors[0]);
     }
 }

@@ -9,7 +9,7 @@ use anyhow::{bail, Context as _, Result};
 use aya::{
     maps::{
         lpm_trie::{Key as LpmKey, LpmTrie},
-        Array, HashMap, MapData, PerCpuArray,
+        Array, HashMap, IterableMap as _, MapData, PerCpuArray,
     },
     programs::{
         links::{FdLink, PinnedLink},
@@ -20,14 +20,16 @@ use aya::{
 };
 use lb_common::{
     maps::{
-        AddrKey, Backend, CidrV4, CidrV6, Counters, Firewall, FwRule, HostPort, RuleCounters, Service,
-        ServiceCidr, ServiceKey, Settings, Verdict, CIDR_GENERATION_BITS, SERVICE_CIDR_PREFIX_BITS,
+        AddrKey, Backend, CidrV4, CidrV6, Counters, Firewall, Flow, FlowKey, FlowKeyV4, FwRule, HostPort,
+        RuleCounters, Service, ServiceCidr, ServiceKey, Settings, Verdict, CIDR_GENERATION_BITS,
+        SERVICE_CIDR_PREFIX_BITS,
     },
     names,
 };
 
 use crate::config::Cidr;
 use log::{info, warn};
+use std::os::fd::{AsFd as _, AsRawFd as _, BorrowedFd};
 
 /// The XDP object built by build.rs from lb-ebpf.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb"));
@@ -53,6 +55,12 @@ impl Default for LoadOptions {
             nat_capacity: lb_common::DEFAULT_NAT_CAPACITY,
         }
     }
+}
+
+/// A page of the flow table: the entries and the key to continue after (`None` at the end).
+pub struct FlowsPage {
+    pub flows: Vec<(FlowKey, Flow)>,
+    pub next: Option<FlowKey>,
 }
 
 /// How the program ended up attached.
@@ -258,6 +266,29 @@ impl Dataplane {
         Verdict::ALL.iter().map(|&v| Ok((v, self.counters(names::VERDICT_STATS, v as u32)?))).collect()
     }
 
+    /// Up to `limit` entries of the flow table, in the kernel's hash order, starting after
+    /// `after` (or at the beginning). Returns them and the key to continue from, `None` at the
+    /// end. The table changes while it is read: a flow may be missed or seen twice, and a
+    /// cursor whose flow expired meanwhile starts over from the beginning (the kernel's rule).
+    pub fn flows(&self, after: Option<&FlowKey>, limit: usize) -> Result<FlowsPage> {
+        // The IPv4 table first, then the IPv6 one; the cursor's family says where it points.
+        let mut flows = Vec::with_capacity(limit.min(4096));
+        let in_v6 = after.is_some_and(|k| k.family == lb_common::maps::FAMILY_V6);
+        if !in_v6 {
+            let map: HashMap<&MapData, FlowKeyV4, Flow> = HashMap::try_from(self.map(names::FLOWS_V4)?)?;
+            let cursor = after.map(FlowKeyV4::from_flow);
+            let next = walk_flows(&map, cursor, limit, &mut flows, |k| k.to_flow())?;
+            if next.is_some() {
+                return Ok(FlowsPage { flows, next });
+            }
+        }
+        let map: HashMap<&MapData, FlowKey, Flow> = HashMap::try_from(self.map(names::FLOWS_V6)?)?;
+        let cursor = after.copied().filter(|_| in_v6);
+        let remaining = limit - flows.len();
+        let next = walk_flows(&map, cursor, remaining, &mut flows, |k| *k)?;
+        Ok(FlowsPage { flows, next })
+    }
+
     /// A per-CPU counter summed over the CPUs.
     fn counters(&self, map: &str, index: u32) -> Result<Counters> {
         let map: PerCpuArray<&MapData, Counters> = PerCpuArray::try_from(self.map(map)?)?;
@@ -385,6 +416,68 @@ impl Dataplane {
 
     fn map_mut(&mut self, name: &str) -> Result<&mut aya::maps::Map> {
         self.ebpf.map_mut(name).with_context(|| format!("map `{name}` missing from the object"))
+    }
+}
+
+/// `bpf(BPF_MAP_GET_NEXT_KEY)`: the key after `key` (the first one for `None`), `None` past the
+/// last. aya only iterates from the beginning, and paging needs to resume from a cursor.
+/// Appends up to `limit` entries of one flow table after `cursor`; returns where to continue
+/// (`None`: the table is done).
+fn walk_flows<K: aya::Pod + Copy>(
+    map: &HashMap<&MapData, K, Flow>,
+    mut cursor: Option<K>,
+    limit: usize,
+    flows: &mut Vec<(FlowKey, Flow)>,
+    to_key: impl Fn(&K) -> FlowKey,
+) -> Result<Option<FlowKey>> {
+    let fd = map.map().fd().as_fd();
+    let start = flows.len();
+    while flows.len() - start < limit {
+        let Some(key) = map_next_key(fd, cursor.as_ref()).context("walking the flow table")? else {
+            return Ok(None);
+        };
+        // A flow evicted since its key was read is simply skipped.
+        if let Ok(flow) = map.get(&key, 0) {
+            flows.push((to_key(&key), flow));
+        }
+        cursor = Some(key);
+    }
+    Ok(cursor.map(|k| to_key(&k)))
+}
+
+fn map_next_key<K: Copy>(fd: BorrowedFd<'_>, key: Option<&K>) -> std::io::Result<Option<K>> {
+    /// The map-element part of `union bpf_attr`.
+    #[repr(C)]
+    struct MapElemAttr {
+        map_fd: u32,
+        _pad: u32,
+        key: u64,
+        next_key: u64,
+        flags: u64,
+    }
+    const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
+    let mut next = std::mem::MaybeUninit::<K>::uninit();
+    let attr = MapElemAttr {
+        map_fd: fd.as_raw_fd() as u32,
+        _pad: 0,
+        key: key.map_or(0, |k| std::ptr::from_ref(k) as u64),
+        next_key: next.as_mut_ptr() as u64,
+        flags: 0,
+    };
+    // SAFETY: `attr` is a valid bpf_attr prefix for this command; the kernel writes exactly one
+    // key of the map's key size (= size_of::<K>(), checked by aya when the map was typed) into `next`.
+    let ret = unsafe {
+        libc::syscall(libc::SYS_bpf, BPF_MAP_GET_NEXT_KEY, std::ptr::from_ref(&attr), std::mem::size_of::<MapElemAttr>())
+    };
+    if ret == 0 {
+        // SAFETY: the kernel filled it (see above).
+        return Ok(Some(unsafe { next.assume_init() }));
+    }
+    let error = std::io::Error::last_os_error();
+    if error.raw_os_error() == Some(libc::ENOENT) {
+        Ok(None)
+    } else {
+        Err(error)
     }
 }
 

@@ -55,6 +55,7 @@ pub struct ScopedEntry {
 }
 
 /// Everything the data path needs of the firewall.
+#[derive(Default)]
 pub struct RuleSet {
     pub rules: Vec<RuleInfo>,
     pub prefixes: Vec<(Cidr, FwRule)>,

@@ -2,13 +2,15 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
-use lb_userspace::{agent, config, dataplane};
+use lb_userspace::{agent, cli, config, dataplane};
 
 #[derive(Parser)]
 #[command(name = "lb", version, about = "XDP load balancer and firewall agent")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    api: cli::ApiArgs,
 }
 
 #[derive(Subcommand)]
@@ -34,6 +36,8 @@ enum Command {
         #[arg(long)]
         pin: PathBuf,
     },
+    #[command(flatten)]
+    Client(cli::ClientCommand),
 }
 
 #[tokio::main]
@@ -62,6 +66,7 @@ async fn main() -> ExitCode {
             ..Default::default()
         })
         .and_then(|mut dp| dp.attach_pass(&iface, &pin)),
+        Command::Client(command) => cli::run(command, cli.api).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -30,6 +30,15 @@ pub enum BackendState {
 }
 
 impl BackendState {
+    /// Lower-case name, as the API and metrics show it.
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendState::Active => "active",
+            BackendState::Draining => "draining",
+            BackendState::Down => "down",
+        }
+    }
+
     fn to_map(self) -> u8 {
         match self {
             BackendState::Active => BACKEND_ACTIVE,
@@ -150,6 +159,19 @@ pub fn addr_words(addr: IpAddr) -> ([u32; 4], u8) {
     }
 }
 
+/// The address `addr_words` made, back from its words.
+pub fn words_addr(words: [u32; 4], family: u8) -> IpAddr {
+    if family == FAMILY_V6 {
+        let mut octets = [0u8; 16];
+        for (i, word) in words.iter().enumerate() {
+            octets[i * 4..i * 4 + 4].copy_from_slice(&word.to_ne_bytes());
+        }
+        IpAddr::from(octets)
+    } else {
+        IpAddr::from(words[0].to_ne_bytes())
+    }
+}
+
 pub fn service_key(vip: IpAddr, port: u16, protocol: Protocol) -> ServiceKey {
     let (addr, family) = addr_words(vip);
     let proto = match protocol {
@@ -266,6 +288,24 @@ impl ServiceTable {
     pub fn service_mut(&mut self, name: &str) -> Option<&mut ServiceEntry> {
         self.services.iter_mut().find(|s| s.name == name)
     }
+
+    /// A backend id no service uses, with a generation its earlier flows do not carry.
+    pub fn allocate_backend_id(&mut self) -> Result<(u32, u32)> {
+        let used: std::collections::HashSet<u32> = self.services.iter().flat_map(|s| &s.backends).map(|b| b.id).collect();
+        let id = (0..MAX_BACKENDS).find(|id| !used.contains(id)).context("all backend ids are in use")?;
+        if self.generations.len() < MAX_BACKENDS as usize {
+            self.generations.resize(MAX_BACKENDS as usize, 0);
+        }
+        let generation = &mut self.generations[id as usize];
+        *generation = generation.wrapping_add(1);
+        Ok((id, *generation))
+    }
+}
+
+/// Marks a backend id unused after its backend was removed: the flows still pinned to it are
+/// re-balanced by the data path.
+pub fn retire_backend(dataplane: &mut Dataplane, id: u32, generation: u32) -> Result<()> {
+    dataplane.put_backend(id, &Backend { state: BACKEND_UNUSED, generation, ..Backend::default() })
 }
 
 /// Writes one service to the data path: backends first, then its selection table into the idle
@@ -363,6 +403,15 @@ mod tests {
         assert!(slots.len() <= 64);
         for i in 0..20 {
             assert!(slots.contains(&i), "backend {i} lost its slot");
+        }
+    }
+
+    #[test]
+    fn addresses_round_trip_through_words() {
+        for text in ["10.1.2.3", "fd99::100", "::1", "255.255.255.255"] {
+            let addr: IpAddr = text.parse().unwrap_or_else(|e| panic!("{e}"));
+            let (words, family) = addr_words(addr);
+            assert_eq!(words_addr(words, family), addr);
         }
     }
 

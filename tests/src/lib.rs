@@ -1,6 +1,8 @@
 //! Shared pieces of the test suite: a packet builder whose checksums are computed from scratch
 //! (never by the code under test), and a harness around the real XDP program.
+pub mod agent_lab;
 pub mod harness;
+pub mod netns;
 pub mod packet;
 
 /// True when running as root. Otherwise prints a loud skip line; under CI with

@@ -1,9 +1,15 @@
 //! `lb-bench`: the benchmarks behind `cargo xtask bench`. One module per part; each part
 //! writes its own top-level keys of `target/bench/results.json` (DESIGN.md "Result files").
 //!
-//! - [`per_packet`]: cost per packet through BPF_PROG_TEST_RUN (`per_packet_ns`).
-//! - later: `http` (requests through the lab), `flood`.
+//! - [`per_packet`]: cost per packet through BPF_PROG_TEST_RUN (`per_packet_ns`);
+//! - [`http`]: requests through HAProxy, nginx and our load balancer in a lab (`http`);
+//! - [`flood`]: legit requests under a bounded flood, and its generator (`flood`);
+//! - [`summary`]: all tables, the target ratios and the chart.
+pub mod flood;
+pub mod http;
+pub mod labkit;
 pub mod per_packet;
 pub mod report;
+pub mod summary;
 pub mod system;
 pub mod xdp_filter;

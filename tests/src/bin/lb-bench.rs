@@ -1,6 +1,10 @@
-//! `lb-bench`: per-packet benchmarks of the XDP program (needs root), normally run by
-//! `cargo xtask bench`. Writes `per_packet_ns` (and its detail) into the results file, keeping
-//! the file's other top-level keys, and prints a table.
+//! `lb-bench`: the benchmarks behind `cargo xtask bench` (needs root). Each subcommand writes
+//! its own top-level keys of the results file, keeping the others, and prints a table:
+//! - `per-packet` (the default): `per_packet_ns`, BPF_PROG_TEST_RUN;
+//! - `http`: `http`, wrk through HAProxy, nginx and our load balancer in a lab (`lbb-ht-`);
+//! - `flood`: `flood`, legit req/s under a bounded flood (`lbb-fl-`);
+//! - `summary`: every part's table, the target ratios, and the chart `results.svg`;
+//! - `flood-gen`: the flood generator itself, run by `flood` inside the client namespace.
 //!
 //! The bench code lives in `tests/src/bench/`, compiled into this binary only.
 #[path = "../bench/mod.rs"]
@@ -11,10 +15,71 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 use clap::Parser;
 
-use bench::{per_packet, report, system};
+use bench::{flood, http, per_packet, report, summary, system};
+use serde_json::{json, Map, Value};
 
 #[derive(Parser, Debug)]
-#[command(name = "lb-bench", about = "Per-packet cost of the XDP load balancer through BPF_PROG_TEST_RUN")]
+#[command(name = "lb-bench", about = "Benchmarks of the XDP load balancer (run by `cargo xtask bench`)", args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+    #[command(flatten)]
+    per_packet: Args,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Cmd {
+    /// Per-packet cost through BPF_PROG_TEST_RUN (the default).
+    PerPacket(Args),
+    /// HTTP through web1 directly, HAProxy, nginx, XDP DSR and XDP NAT (a lab `lbb-ht-`).
+    Http(LabArgs),
+    /// Legit HTTP under a bounded flood: none, nftables, our XDP rule (a lab `lbb-fl-`).
+    Flood(LabArgs),
+    /// Print every part's table and the target ratios; write the chart (results.svg).
+    Summary {
+        #[arg(long, default_value = "target/bench/results.json")]
+        out: PathBuf,
+    },
+    /// The flood generator: xdp_tx through BPF_PROG_TEST_RUN in live-frames mode on IFACE.
+    FloodGen {
+        #[arg(long)]
+        iface: String,
+        #[arg(long)]
+        dst_mac: String,
+        #[arg(long)]
+        src: std::net::Ipv4Addr,
+        #[arg(long)]
+        dst: std::net::Ipv4Addr,
+        #[arg(long, default_value_t = 9)]
+        dport: u16,
+        /// At most this many packets.
+        #[arg(long)]
+        packets: u64,
+        /// At most this many seconds.
+        #[arg(long)]
+        seconds: f64,
+        /// Frames per live-frames batch (at most 256).
+        #[arg(long, default_value_t = 64)]
+        batch: u32,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct LabArgs {
+    /// Shorter runs (5-second wrk runs, fewer repetitions).
+    #[arg(long)]
+    quick: bool,
+    #[arg(long, default_value = "target/bench/results.json")]
+    out: PathBuf,
+    /// Repetitions (default: http 3 quick / 5; flood 2 quick / 3).
+    #[arg(long)]
+    repetitions: Option<u32>,
+    /// Seconds of each wrk run (default 5 quick / 10).
+    #[arg(long)]
+    seconds: Option<u32>,
+}
+
+#[derive(clap::Args, Debug)]
 struct Args {
     /// Fewer repeats (1M per case, 200k new flows) for a run of well under a minute.
     #[arg(long)]
@@ -37,14 +102,101 @@ struct Args {
     /// CPU to pin the benchmark thread to (default: the last one allowed).
     #[arg(long)]
     cpu: Option<usize>,
+    /// Random drop prefixes loaded for fw_drop and fw_pass_10k_prefixes.
+    #[arg(long)]
+    fw_prefixes: Option<u32>,
+    /// Prefixes for the scale point lb_established_100k_prefixes (0: skip).
+    #[arg(long)]
+    fw_prefixes_scale: Option<u32>,
+    /// Flows put in the flow table before lb_established_1m_flows (0: skip).
+    #[arg(long)]
+    prefill_flows: Option<u32>,
 }
 
 fn main() -> Result<()> {
-    let args = Args::parse();
+    let cli = Cli::parse();
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        bail!("lb-bench needs root (BPF_PROG_TEST_RUN, loading XDP programs): run it through `sudo -E cargo xtask bench`");
+        bail!("lb-bench needs root (BPF_PROG_TEST_RUN, loading XDP programs, namespaces): run it through `sudo -E cargo xtask bench`");
     }
+    match cli.cmd {
+        None => per_packet_main(cli.per_packet),
+        Some(Cmd::PerPacket(args)) => per_packet_main(args),
+        Some(Cmd::Http(args)) => http_main(args),
+        Some(Cmd::Flood(args)) => flood_main(args),
+        Some(Cmd::Summary { out }) => summary::run(&out),
+        Some(Cmd::FloodGen { iface, dst_mac, src, dst, dport, packets, seconds, batch }) => {
+            let a = flood::GenArgs { iface, dst_mac: flood::parse_mac(&dst_mac)?, src, dst, dport, packets, seconds, batch };
+            let result = flood::generate(&a)?;
+            println!("{result}");
+            Ok(())
+        }
+    }
+}
+
+/// A lab part's top-level keys: its figures and detail, or nulls and the reason.
+fn lab_sections(name: &str, keys: &[&str], outcome: Result<(Value, Value)>, quick: bool) -> Map<String, Value> {
+    let mut sections = Map::new();
+    match outcome {
+        Ok((figures, detail)) => {
+            sections.insert(name.into(), figures);
+            let mut detail = detail;
+            detail["timestamp"] = json!(system::timestamp_utc());
+            detail["source"] = system::source_version();
+            sections.insert(format!("{name}_detail"), detail);
+        }
+        Err(e) => {
+            eprintln!("lb-bench: {name} FAILED: {e:#}");
+            let nulls: Map<String, Value> = keys.iter().map(|k| (k.to_string(), Value::Null)).collect();
+            sections.insert(name.into(), Value::Object(nulls));
+            sections.insert(
+                format!("{name}_detail"),
+                json!({ "reason": format!("{e:#}"), "timestamp": system::timestamp_utc(), "quick": quick }),
+            );
+        }
+    }
+    sections
+}
+
+fn http_main(args: LabArgs) -> Result<()> {
+    let mut cfg = http::Config::new(args.quick);
+    if let Some(n) = args.repetitions {
+        cfg.repetitions = n;
+    }
+    if let Some(n) = args.seconds {
+        cfg.wrk.seconds = n;
+    }
+    let outcome = http::run(&cfg).map(|r| (r.http, r.detail));
+    let failed = outcome.is_err();
+    let sections = lab_sections("http", &http::KEYS, outcome, cfg.quick);
+    print!("{}", http::table(&sections["http"]));
+    report::merge_into(&args.out, sections)?;
+    if failed {
+        bail!("the http part failed (null + reason written)");
+    }
+    Ok(())
+}
+
+fn flood_main(args: LabArgs) -> Result<()> {
+    let mut cfg = flood::Config::new(args.quick);
+    if let Some(n) = args.repetitions {
+        cfg.repetitions = n;
+    }
+    if let Some(n) = args.seconds {
+        cfg.wrk.seconds = n;
+    }
+    let outcome = flood::run(&cfg).map(|r| (r.flood, r.detail));
+    let failed = outcome.is_err();
+    let sections = lab_sections("flood", &flood::KEYS, outcome, cfg.quick);
+    print!("{}", flood::table(&sections["flood"]));
+    report::merge_into(&args.out, sections)?;
+    if failed {
+        bail!("the flood part failed (null + reason written)");
+    }
+    Ok(())
+}
+
+fn per_packet_main(args: Args) -> Result<()> {
     let mut cfg = per_packet::Config::new(args.quick);
     if let Some(n) = args.repeat {
         cfg.repeats = n;
@@ -57,6 +209,15 @@ fn main() -> Result<()> {
     }
     if let Some(n) = args.flow_capacity {
         cfg.flow_capacity = n;
+    }
+    if let Some(n) = args.fw_prefixes {
+        cfg.fw_prefixes = n;
+    }
+    if let Some(n) = args.fw_prefixes_scale {
+        cfg.fw_prefixes_scale = n;
+    }
+    if let Some(n) = args.prefill_flows {
+        cfg.prefill_flows = n;
     }
 
     let cpu = system::pin_to_cpu(args.cpu)?;

@@ -1,0 +1,479 @@
+//! The status API (axum): reads of the agent's state and the data path's counters, and the
+//! writes that change backends at runtime (bearer token, compared in constant time). Every
+//! error is JSON `{"error": {"code", "message"}}` with a stable code.
+mod openapi;
+pub mod types;
+
+use std::{collections::HashMap, net::IpAddr};
+
+use axum::{
+    body::Bytes,
+    extract::{rejection::BytesRejection, FromRequestParts, Path, Query, State},
+    http::{header, request::Parts, StatusCode},
+    response::{IntoResponse, Response},
+    routing::{delete, get, post, put},
+    Json, Router,
+};
+use lb_common::maps::{FlowKey, Verdict, FAMILY_V4, PROTO_TCP};
+use serde::de::DeserializeOwned;
+use subtle::ConstantTimeEq as _;
+use tokio::net::TcpListener;
+
+use self::types::*;
+use crate::{
+    agent::{self, AdminState, AgentState, ChangeError, NewBackend, SharedState},
+    config::Mode,
+    dataplane::Attached,
+    metrics, neighbor,
+    services::{words_addr, BackendState, ServiceEntry},
+};
+
+/// Default and largest page of `GET /api/v1/flows`.
+const FLOWS_DEFAULT_LIMIT: usize = 100;
+const FLOWS_MAX_LIMIT: usize = 1000;
+
+/// Serves the API on `listener` until the task is aborted.
+pub async fn serve(listener: TcpListener, state: SharedState) {
+    if let Err(e) = axum::serve(listener, router(state)).await {
+        log::error!("status API stopped: {e}");
+    }
+}
+
+pub fn router(state: SharedState) -> Router {
+    // Every write (POST, PUT, DELETE) handler takes `Authorized`, so none can skip the token.
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics_text))
+        .route("/api/v1/openapi.json", get(openapi_document))
+        .route("/api/v1/status", get(status))
+        .route("/api/v1/services", get(services))
+        .route("/api/v1/services/{service}", get(service))
+        .route("/api/v1/services/{service}/backends", get(backends).post(add_backend))
+        .route("/api/v1/services/{service}/backends/{backend}", delete(remove_backend))
+        .route("/api/v1/services/{service}/backends/{backend}/drain", post(drain))
+        .route("/api/v1/services/{service}/backends/{backend}/enable", post(enable))
+        .route("/api/v1/services/{service}/backends/{backend}/weight", put(set_weight))
+        .route("/api/v1/flows", get(flows))
+        .route("/api/v1/reload", post(reload))
+        // The firewall's routes (`/api/v1/firewall/rules`, issue 3) are added here.
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+}
+
+/// An error answer: HTTP status, stable code, message for people.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self { status, code, message: message.into() }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody { error: ErrorDetail { code: self.code.to_string(), message: self.message } };
+        let mut response = (self.status, Json(body)).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+impl From<ChangeError> for ApiError {
+    fn from(error: ChangeError) -> Self {
+        let message = error.to_string();
+        match error {
+            ChangeError::ServiceNotFound(_) => ApiError::new(StatusCode::NOT_FOUND, "service_not_found", message),
+            ChangeError::BackendNotFound { .. } => ApiError::new(StatusCode::NOT_FOUND, "backend_not_found", message),
+            ChangeError::Conflict(_) => ApiError::new(StatusCode::CONFLICT, "conflict", message),
+            ChangeError::Invalid(_) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_value", message),
+            ChangeError::InvalidConfig(_) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_config", message),
+            ChangeError::Internal(_) => internal(message),
+        }
+    }
+}
+
+fn internal(message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+}
+
+fn from_anyhow(error: anyhow::Error) -> ApiError {
+    internal(format!("{error:#}"))
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint; see /api/v1/openapi.json")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this endpoint does not accept that method; see /api/v1/openapi.json")
+}
+
+/// Proof that the request carried the configured bearer token.
+pub struct Authorized;
+
+impl FromRequestParts<SharedState> for Authorized {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &SharedState) -> Result<Self, Self::Rejection> {
+        let Some(expected) = agent::lock(state).token.clone() else {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "writes_disabled",
+                "writes are disabled: set api.token_file in the agent's config",
+            ));
+        };
+        let presented = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        match presented {
+            None => Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "this write needs `Authorization: Bearer <token>` (the token in api.token_file)",
+            )),
+            Some(token) if bool::from(token.as_bytes().ct_eq(expected.as_bytes())) => Ok(Authorized),
+            Some(_) => Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "wrong token")),
+        }
+    }
+}
+
+/// Parses a JSON body with an error that says what is wrong in it.
+fn json_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
+    let body = body.map_err(|e| ApiError::new(e.status(), "invalid_body", e.body_text()))?;
+    serde_json::from_slice(&body).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", format!("invalid JSON body: {e}")))
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+async fn openapi_document() -> Json<serde_json::Value> {
+    Json(openapi::document())
+}
+
+async fn metrics_text(State(state): State<SharedState>) -> Result<Response, ApiError> {
+    let text = metrics::render(&agent::lock(&state)).map_err(from_anyhow)?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response())
+}
+
+async fn status(State(state): State<SharedState>) -> Result<Json<Status>, ApiError> {
+    let agent = agent::lock(&state);
+    let mut backends = BackendCounts::default();
+    for backend in agent.services().iter().flat_map(|s| &s.backends) {
+        backends.total += 1;
+        match data_path_state(backend.state, backend.mac.is_some()) {
+            BackendState::Active => backends.active += 1,
+            BackendState::Draining => backends.draining += 1,
+            BackendState::Down => backends.down += 1,
+        }
+    }
+    let mut traffic = Traffic::default();
+    let mut verdicts = Vec::new();
+    for (verdict, counters) in agent.dataplane().verdict_counters().map_err(from_anyhow)? {
+        traffic.packets += counters.packets;
+        traffic.bytes += counters.bytes;
+        if matches!(verdict, Verdict::DropMalformed | Verdict::DropNoBackend | Verdict::DropNatPortsExhausted | Verdict::DropInternal) {
+            traffic.dropped_packets += counters.packets;
+        }
+        verdicts.push(VerdictCount { verdict: verdict.name().to_string(), packets: counters.packets, bytes: counters.bytes });
+    }
+    for service in agent.services() {
+        traffic.new_flows += agent.dataplane().service_counters(service.id).map_err(from_anyhow)?.new_flows;
+    }
+    Ok(Json(Status {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        pid: std::process::id(),
+        uptime_s: agent.uptime().as_secs(),
+        started_at: agent::unix_seconds(agent.started),
+        interface: agent.iface.clone(),
+        attach: match agent.attached {
+            Some(Attached::Native) => "native",
+            Some(Attached::Generic) => "generic",
+            Some(Attached::GenericFallback) => "generic_fallback",
+            Some(Attached::ReplacedPinned) => "replaced_pinned",
+            None => "detached",
+        }
+        .to_string(),
+        pin_path: agent.pin_dir.display().to_string(),
+        adopted: agent.adopted,
+        config_path: agent.config_path.display().to_string(),
+        api_bind: agent.api_bind.to_string(),
+        writes_enabled: agent.token.is_some(),
+        reloads: agent.reloads,
+        last_reload: agent.last_reload.as_ref().map(|r| ReloadInfo {
+            at: agent::unix_seconds(r.at),
+            ok: r.ok,
+            message: r.message.clone(),
+        }),
+        services: agent.services().len(),
+        backends,
+        traffic,
+        verdicts,
+    }))
+}
+
+/// A backend without a MAC is written as down whatever its state (see `program_service`).
+fn data_path_state(state: BackendState, has_mac: bool) -> BackendState {
+    if has_mac {
+        state
+    } else {
+        BackendState::Down
+    }
+}
+
+fn service_info(agent: &AgentState, service: &ServiceEntry) -> Result<ServiceInfo, ApiError> {
+    let counters = agent.dataplane().service_counters(service.id).map_err(from_anyhow)?;
+    let config = agent.config().services.iter().find(|c| *c.name.get_ref() == service.name);
+    let in_rotation = service
+        .backends
+        .iter()
+        .filter(|b| data_path_state(b.state, b.mac.is_some()) == BackendState::Active)
+        .count();
+    Ok(ServiceInfo {
+        name: service.name.clone(),
+        vip: words_addr(service.key.addr, service.key.family).to_string(),
+        port: u16::from_be(service.key.port),
+        protocol: if service.key.proto == PROTO_TCP { "tcp" } else { "udp" }.to_string(),
+        mode: match service.mode {
+            Mode::Dsr => "dsr",
+            Mode::Nat => "nat",
+        }
+        .to_string(),
+        algorithm: "round_robin".to_string(),
+        health_check: config.and_then(|c| c.health.as_ref()).map(|h| format!("{:?}", h.kind.get_ref()).to_lowercase()),
+        backends: service.backends.len(),
+        in_rotation,
+        packets: counters.packets,
+        bytes: counters.bytes,
+        new_flows: counters.new_flows,
+    })
+}
+
+async fn services(State(state): State<SharedState>) -> Result<Json<Vec<ServiceInfo>>, ApiError> {
+    let agent = agent::lock(&state);
+    agent.services().iter().map(|s| service_info(&agent, s)).collect::<Result<_, _>>().map(Json)
+}
+
+fn find_service<'a>(agent: &'a AgentState, name: &str) -> Result<&'a ServiceEntry, ApiError> {
+    agent.service(name).ok_or_else(|| ChangeError::ServiceNotFound(name.to_string()).into())
+}
+
+async fn service(State(state): State<SharedState>, Path(name): Path<String>) -> Result<Json<ServiceInfo>, ApiError> {
+    let agent = agent::lock(&state);
+    let service = find_service(&agent, &name)?;
+    service_info(&agent, service).map(Json)
+}
+
+async fn backends(State(state): State<SharedState>, Path(name): Path<String>) -> Result<Json<BackendList>, ApiError> {
+    let agent = agent::lock(&state);
+    let service = find_service(&agent, &name)?;
+    let mut backends = Vec::new();
+    for backend in &service.backends {
+        let counters = agent.dataplane().backend_counters(backend.id).map_err(from_anyhow)?;
+        let runtime = agent.runtime(backend.id);
+        backends.push(BackendInfo {
+            name: backend.name.clone(),
+            id: backend.id,
+            address: backend.addr.to_string(),
+            port: backend.port,
+            weight: backend.weight,
+            state: data_path_state(backend.state, backend.mac.is_some()).name().to_string(),
+            admin: match runtime.map(|r| r.admin) {
+                Some(AdminState::Draining) => "draining",
+                _ => "enabled",
+            }
+            .to_string(),
+            mac: backend.mac.as_ref().map(neighbor::format_mac),
+            health: runtime.and_then(|r| r.health.as_ref()).map(|h| HealthInfo {
+                kind: h.kind.to_string(),
+                up: h.tracker.up,
+                checks: h.checks,
+                failures: h.failures,
+                last_ok: h.last.as_ref().map(Result::is_ok),
+                last_detail: h.last.as_ref().map(|r| match r {
+                    Ok(seen) => seen.clone(),
+                    Err(why) => why.clone(),
+                }),
+                last_latency_ms: h.last_latency.map(|d| d.as_secs_f64() * 1000.0),
+                since: agent::unix_seconds(h.since),
+            }),
+            packets: counters.packets,
+            bytes: counters.bytes,
+            new_flows: counters.new_flows,
+        });
+    }
+    Ok(Json(BackendList { service: service.name.clone(), backends }))
+}
+
+async fn flows(State(state): State<SharedState>, Query(query): Query<HashMap<String, String>>) -> Result<Json<FlowPage>, ApiError> {
+    let bad_query = |message: String| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", message);
+    if let Some(unknown) = query.keys().find(|k| !matches!(k.as_str(), "limit" | "cursor")) {
+        return Err(bad_query(format!("unknown query parameter `{unknown}`; use limit and cursor")));
+    }
+    let limit = match query.get("limit") {
+        None => FLOWS_DEFAULT_LIMIT,
+        Some(text) => match text.parse::<usize>() {
+            Ok(n) if (1..=FLOWS_MAX_LIMIT).contains(&n) => n,
+            _ => return Err(bad_query(format!("limit `{text}` must be a number from 1 to {FLOWS_MAX_LIMIT}"))),
+        },
+    };
+    let cursor = match query.get("cursor") {
+        None => None,
+        Some(text) => Some(decode_cursor(text).ok_or_else(|| bad_query("cursor is not one this API returned".into()))?),
+    };
+    let agent = agent::lock(&state);
+    let page = agent.dataplane().flows(cursor.as_ref(), limit).map_err(from_anyhow)?;
+    let flows = page
+        .flows
+        .iter()
+        .map(|(key, flow)| {
+            let service = agent.services().iter().find(|s| s.id == flow.service_id);
+            let backend = service
+                .and_then(|s| s.backends.iter().find(|b| b.id == flow.backend_id && b.generation == flow.backend_generation));
+            FlowInfo {
+                client: endpoint(words_addr(key.src, key.family), u16::from_be(key.src_port)),
+                vip: endpoint(words_addr(key.dst, key.family), u16::from_be(key.dst_port)),
+                protocol: if key.proto == PROTO_TCP { "tcp" } else { "udp" }.to_string(),
+                service: service.map(|s| s.name.clone()),
+                backend: backend.map(|b| b.name.clone()),
+                nat_port: (flow.nat_port != 0).then(|| u16::from_be(flow.nat_port)),
+            }
+        })
+        .collect();
+    Ok(Json(FlowPage { flows, next_cursor: page.next.as_ref().map(encode_cursor) }))
+}
+
+fn endpoint(addr: IpAddr, port: u16) -> String {
+    std::net::SocketAddr::new(addr, port).to_string()
+}
+
+/// A flow key as hex: opaque to clients, exact for the kernel's get-next-key.
+fn encode_cursor(key: &FlowKey) -> String {
+    let mut bytes = Vec::with_capacity(40);
+    for word in key.src.iter().chain(&key.dst) {
+        bytes.extend_from_slice(&word.to_ne_bytes());
+    }
+    bytes.extend_from_slice(&key.src_port.to_ne_bytes());
+    bytes.extend_from_slice(&key.dst_port.to_ne_bytes());
+    bytes.extend_from_slice(&[key.proto, key.family]);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn decode_cursor(text: &str) -> Option<FlowKey> {
+    if text.len() != 76 || !text.is_ascii() {
+        return None;
+    }
+    let bytes: Vec<u8> = (0..text.len()).step_by(2).map(|i| u8::from_str_radix(&text[i..i + 2], 16).ok()).collect::<Option<_>>()?;
+    let word = |i: usize| u32::from_ne_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
+    let key = FlowKey {
+        src: [word(0), word(4), word(8), word(12)],
+        dst: [word(16), word(20), word(24), word(28)],
+        src_port: u16::from_ne_bytes([bytes[32], bytes[33]]),
+        dst_port: u16::from_ne_bytes([bytes[34], bytes[35]]),
+        proto: bytes[36],
+        family: bytes[37],
+        _pad: [0; 2],
+    };
+    (key.family == FAMILY_V4 || key.family == lb_common::maps::FAMILY_V6).then_some(key)
+}
+
+fn done(message: String) -> Json<ChangeResult> {
+    Json(ChangeResult { ok: true, message })
+}
+
+async fn drain(
+    _: Authorized,
+    State(state): State<SharedState>,
+    Path((service, backend)): Path<(String, String)>,
+) -> Result<Json<ChangeResult>, ApiError> {
+    agent::lock(&state).drain(&service, &backend)?;
+    Ok(done(format!("service {service} backend {backend}: draining (no new flows; existing ones finish)")))
+}
+
+async fn enable(
+    _: Authorized,
+    State(state): State<SharedState>,
+    Path((service, backend)): Path<(String, String)>,
+) -> Result<Json<ChangeResult>, ApiError> {
+    agent::lock(&state).enable(&service, &backend)?;
+    Ok(done(format!("service {service} backend {backend}: enabled")))
+}
+
+async fn set_weight(
+    _: Authorized,
+    State(state): State<SharedState>,
+    Path((service, backend)): Path<(String, String)>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<ChangeResult>, ApiError> {
+    let request: WeightRequest = json_body(body)?;
+    agent::lock(&state).set_weight(&service, &backend, request.weight)?;
+    Ok(done(format!("service {service} backend {backend}: weight {}", request.weight)))
+}
+
+async fn add_backend(
+    _: Authorized,
+    State(state): State<SharedState>,
+    Path(service): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<ChangeResult>), ApiError> {
+    let request: AddBackendRequest = json_body(body)?;
+    let address: IpAddr = request.address.parse().map_err(|_| {
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_value", format!("`{}` is not an IP address", request.address))
+    })?;
+    let name = request.name.clone();
+    agent::lock(&state).add_backend(
+        &service,
+        NewBackend { name: request.name, address, port: request.port, weight: request.weight.unwrap_or(1) },
+    )?;
+    Ok((
+        StatusCode::CREATED,
+        done(format!("service {service} backend {name}: added; it takes flows once its address resolves and its health check passes")),
+    ))
+}
+
+async fn remove_backend(
+    _: Authorized,
+    State(state): State<SharedState>,
+    Path((service, backend)): Path<(String, String)>,
+) -> Result<Json<ChangeResult>, ApiError> {
+    agent::lock(&state).remove_backend(&service, &backend)?;
+    Ok(done(format!("service {service} backend {backend}: removed")))
+}
+
+async fn reload(_: Authorized, State(state): State<SharedState>) -> Result<Json<ChangeResult>, ApiError> {
+    let summary = agent::lock(&state).reload()?;
+    Ok(done(format!("reloaded: {summary}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_garbage_is_refused() {
+        let key = FlowKey {
+            src: [1, 2, 3, 4],
+            dst: [5, 6, 7, 8],
+            src_port: 40000u16.to_be(),
+            dst_port: 80u16.to_be(),
+            proto: PROTO_TCP,
+            family: lb_common::maps::FAMILY_V6,
+            _pad: [0; 2],
+        };
+        assert_eq!(decode_cursor(&encode_cursor(&key)), Some(key));
+        for bad in ["", "zz", &"0".repeat(76), &"é".repeat(38), &"0".repeat(80)] {
+            assert_eq!(decode_cursor(bad), None, "{bad}");
+        }
+    }
+}

@@ -1,0 +1,177 @@
+//! The OpenAPI 3 document of the status API, written by hand next to the routes it describes.
+use serde_json::{json, Value};
+
+fn error_responses(codes: &[(&str, &str)]) -> Value {
+    let mut responses = serde_json::Map::new();
+    for (status, description) in codes {
+        responses.insert(
+            status.to_string(),
+            json!({ "description": description, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } }),
+        );
+    }
+    Value::Object(responses)
+}
+
+fn ok_json(description: &str, schema: Value) -> Value {
+    json!({ "description": description, "content": { "application/json": { "schema": schema } } })
+}
+
+fn merge(mut base: Value, extra: Value) -> Value {
+    if let (Some(base), Value::Object(extra)) = (base.as_object_mut(), extra) {
+        base.extend(extra);
+    }
+    base
+}
+
+fn schema_ref(name: &str) -> Value {
+    json!({ "$ref": format!("#/components/schemas/{name}") })
+}
+
+/// A write operation on a backend: bearer token, path parameters, the usual errors.
+fn backend_write(summary: &str, body: Option<Value>) -> Value {
+    let mut operation = json!({
+        "summary": summary,
+        "security": [{ "bearer": [] }],
+        "parameters": [{ "$ref": "#/components/parameters/service" }, { "$ref": "#/components/parameters/backend" }],
+        "responses": merge(
+            json!({ "200": ok_json("done", schema_ref("ChangeResult")) }),
+            error_responses(&[
+                ("400", "invalid_body"),
+                ("401", "unauthorized: missing or wrong token"),
+                ("403", "writes_disabled: no api.token_file configured"),
+                ("404", "service_not_found / backend_not_found"),
+                ("409", "conflict"),
+                ("422", "invalid_value"),
+            ]),
+        ),
+    });
+    if let (Some(body), Some(op)) = (body, operation.as_object_mut()) {
+        op.insert("requestBody".into(), json!({ "required": true, "content": { "application/json": { "schema": body } } }));
+    }
+    operation
+}
+
+pub fn document() -> Value {
+    let not_found = error_responses(&[("404", "service_not_found")]);
+    json!({
+        "openapi": "3.0.3",
+        "info": {
+            "title": "lb status API",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "State and counters of the XDP load balancer agent, and runtime backend changes. \
+                Errors are {\"error\": {\"code\", \"message\"}}; codes are stable: not_found, method_not_allowed, \
+                invalid_body, invalid_query, unauthorized, writes_disabled, service_not_found, backend_not_found, \
+                conflict, invalid_value, invalid_config, internal."
+        },
+        "paths": {
+            "/healthz": { "get": { "summary": "Liveness of the agent", "responses": { "200": ok_json("alive", json!({ "type": "object", "properties": { "status": { "type": "string" } } })) } } },
+            "/metrics": { "get": { "summary": "Prometheus text exposition", "responses": { "200": { "description": "metrics", "content": { "text/plain": { "schema": { "type": "string" } } } } } } },
+            "/api/v1/openapi.json": { "get": { "summary": "This document", "responses": { "200": ok_json("OpenAPI 3 document", json!({ "type": "object" })) } } },
+            "/api/v1/status": { "get": { "summary": "Agent, data path and traffic totals", "responses": { "200": ok_json("status", schema_ref("Status")) } } },
+            "/api/v1/services": { "get": { "summary": "Every service with its counters", "responses": { "200": ok_json("services", json!({ "type": "array", "items": schema_ref("Service") })) } } },
+            "/api/v1/services/{service}": { "get": {
+                "summary": "One service",
+                "parameters": [{ "$ref": "#/components/parameters/service" }],
+                "responses": merge(json!({ "200": ok_json("service", schema_ref("Service")) }), not_found.clone())
+            } },
+            "/api/v1/services/{service}/backends": {
+                "get": {
+                    "summary": "Backends of a service: state, health, counters",
+                    "parameters": [{ "$ref": "#/components/parameters/service" }],
+                    "responses": merge(json!({ "200": ok_json("backends", schema_ref("BackendList")) }), not_found)
+                },
+                "post": {
+                    "summary": "Add a backend (it enters the rotation after its health check passes)",
+                    "security": [{ "bearer": [] }],
+                    "parameters": [{ "$ref": "#/components/parameters/service" }],
+                    "requestBody": { "required": true, "content": { "application/json": { "schema": schema_ref("AddBackend") } } },
+                    "responses": merge(
+                        json!({ "201": ok_json("added", schema_ref("ChangeResult")) }),
+                        error_responses(&[("400", "invalid_body"), ("401", "unauthorized"), ("403", "writes_disabled"), ("404", "service_not_found"), ("409", "conflict"), ("422", "invalid_value")]),
+                    )
+                }
+            },
+            "/api/v1/services/{service}/backends/{backend}": { "delete": backend_write("Remove a backend now (its flows are re-balanced; drain first to let them finish)", None) },
+            "/api/v1/services/{service}/backends/{backend}/drain": { "post": backend_write("Drain: no new flows, existing ones finish", None) },
+            "/api/v1/services/{service}/backends/{backend}/enable": { "post": backend_write("Undo a drain", None) },
+            "/api/v1/services/{service}/backends/{backend}/weight": { "put": backend_write("Change the weight (1..100)", Some(schema_ref("Weight"))) },
+            "/api/v1/flows": { "get": {
+                "summary": "Live flows, paged in the flow table's order",
+                "parameters": [
+                    { "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 1, "maximum": 1000, "default": 100 } },
+                    { "name": "cursor", "in": "query", "description": "next_cursor of the previous page", "schema": { "type": "string" } }
+                ],
+                "responses": merge(json!({ "200": ok_json("a page of flows", schema_ref("FlowPage")) }), error_responses(&[("400", "invalid_query")]))
+            } },
+            "/api/v1/reload": { "post": {
+                "summary": "Re-read the config file and apply the difference (flows kept); an invalid file is refused",
+                "security": [{ "bearer": [] }],
+                "responses": merge(
+                    json!({ "200": ok_json("reloaded", schema_ref("ChangeResult")) }),
+                    error_responses(&[("401", "unauthorized"), ("403", "writes_disabled"), ("422", "invalid_config")]),
+                )
+            } }
+        },
+        "components": {
+            "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer", "description": "the first line of api.token_file" } },
+            "parameters": {
+                "service": { "name": "service", "in": "path", "required": true, "schema": { "type": "string" } },
+                "backend": { "name": "backend", "in": "path", "required": true, "schema": { "type": "string" } }
+            },
+            "schemas": {
+                "Error": { "type": "object", "required": ["error"], "properties": { "error": { "type": "object", "required": ["code", "message"], "properties": { "code": { "type": "string" }, "message": { "type": "string" } } } } },
+                "ChangeResult": { "type": "object", "properties": { "ok": { "type": "boolean" }, "message": { "type": "string" } } },
+                "Weight": { "type": "object", "required": ["weight"], "additionalProperties": false, "properties": { "weight": { "type": "integer", "minimum": 1, "maximum": 100 } } },
+                "AddBackend": { "type": "object", "required": ["name", "address"], "additionalProperties": false, "properties": {
+                    "name": { "type": "string" }, "address": { "type": "string", "description": "IPv4 or IPv6, the VIP's family" },
+                    "port": { "type": "integer", "description": "default: the service port" }, "weight": { "type": "integer", "minimum": 1, "maximum": 100, "default": 1 } } },
+                "Status": { "type": "object", "properties": {
+                    "version": { "type": "string" }, "pid": { "type": "integer" }, "uptime_s": { "type": "integer" }, "started_at": { "type": "integer" },
+                    "interface": { "type": "string" }, "attach": { "type": "string", "enum": ["native", "generic", "generic_fallback", "replaced_pinned", "detached"] },
+                    "pin_path": { "type": "string" }, "adopted": { "type": "boolean" }, "config_path": { "type": "string" }, "api_bind": { "type": "string" },
+                    "writes_enabled": { "type": "boolean" }, "reloads": { "type": "integer" },
+                    "last_reload": { "type": "object", "nullable": true, "properties": { "at": { "type": "integer" }, "ok": { "type": "boolean" }, "message": { "type": "string" } } },
+                    "services": { "type": "integer" },
+                    "backends": { "type": "object", "properties": { "total": { "type": "integer" }, "active": { "type": "integer" }, "draining": { "type": "integer" }, "down": { "type": "integer" } } },
+                    "traffic": { "type": "object", "properties": { "packets": { "type": "integer" }, "bytes": { "type": "integer" }, "new_flows": { "type": "integer" }, "dropped_packets": { "type": "integer" } } },
+                    "verdicts": { "type": "array", "items": { "type": "object", "properties": { "verdict": { "type": "string" }, "packets": { "type": "integer" }, "bytes": { "type": "integer" } } } } } },
+                "Service": { "type": "object", "properties": {
+                    "name": { "type": "string" }, "vip": { "type": "string" }, "port": { "type": "integer" }, "protocol": { "type": "string", "enum": ["tcp", "udp"] },
+                    "mode": { "type": "string", "enum": ["dsr", "nat"] }, "algorithm": { "type": "string" }, "health_check": { "type": "string", "nullable": true },
+                    "backends": { "type": "integer" }, "in_rotation": { "type": "integer" },
+                    "packets": { "type": "integer" }, "bytes": { "type": "integer" }, "new_flows": { "type": "integer" } } },
+                "BackendList": { "type": "object", "properties": { "service": { "type": "string" }, "backends": { "type": "array", "items": schema_ref("Backend") } } },
+                "Backend": { "type": "object", "properties": {
+                    "name": { "type": "string" }, "id": { "type": "integer" }, "address": { "type": "string" }, "port": { "type": "integer" }, "weight": { "type": "integer" },
+                    "state": { "type": "string", "enum": ["active", "draining", "down"] }, "admin": { "type": "string", "enum": ["enabled", "draining"] },
+                    "mac": { "type": "string", "nullable": true },
+                    "health": { "type": "object", "nullable": true, "properties": {
+                        "kind": { "type": "string" }, "up": { "type": "boolean" }, "checks": { "type": "integer" }, "failures": { "type": "integer" },
+                        "last_ok": { "type": "boolean", "nullable": true }, "last_detail": { "type": "string", "nullable": true },
+                        "last_latency_ms": { "type": "number", "nullable": true }, "since": { "type": "integer" } } },
+                    "packets": { "type": "integer" }, "bytes": { "type": "integer" }, "new_flows": { "type": "integer" } } },
+                "FlowPage": { "type": "object", "properties": { "next_cursor": { "type": "string", "nullable": true }, "flows": { "type": "array", "items": { "type": "object", "properties": {
+                    "client": { "type": "string" }, "vip": { "type": "string" }, "protocol": { "type": "string" },
+                    "service": { "type": "string", "nullable": true }, "backend": { "type": "string", "nullable": true }, "nat_port": { "type": "integer", "nullable": true } } } } } }
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_reference_resolves() {
+        let document = super::document();
+        let text = document.to_string();
+        for reference in text.split("\"$ref\":\"").skip(1) {
+            let target = reference.split('"').next().unwrap_or_default();
+            let path: Vec<&str> = target.trim_start_matches("#/").split('/').collect();
+            let mut node = &document;
+            for part in &path {
+                node = node.get(part).unwrap_or_else(|| panic!("unresolved $ref {target}"));
+            }
+        }
+        assert_eq!(document["openapi"], "3.0.3");
+    }
+}

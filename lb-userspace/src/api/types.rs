@@ -1,0 +1,182 @@
+//! What the status API sends and accepts, shared with the CLI (which decodes the same types).
+use serde::{Deserialize, Serialize};
+
+/// `GET /api/v1/status`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    pub version: String,
+    pub pid: u32,
+    pub uptime_s: u64,
+    /// Unix seconds.
+    pub started_at: u64,
+    pub interface: String,
+    /// How the program is attached: `native`, `generic`, `generic_fallback` (native refused),
+    /// or `replaced_pinned` (an earlier agent's link now runs this agent's program).
+    pub attach: String,
+    pub pin_path: String,
+    /// The maps (and the live flows) were adopted from an earlier agent.
+    pub adopted: bool,
+    pub config_path: String,
+    pub api_bind: String,
+    /// False when no `api.token_file` is configured: every write is refused.
+    pub writes_enabled: bool,
+    pub reloads: u64,
+    pub last_reload: Option<ReloadInfo>,
+    pub services: usize,
+    pub backends: BackendCounts,
+    pub traffic: Traffic,
+    pub verdicts: Vec<VerdictCount>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReloadInfo {
+    pub at: u64,
+    pub ok: bool,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct BackendCounts {
+    pub total: usize,
+    pub active: usize,
+    pub draining: usize,
+    pub down: usize,
+}
+
+/// Totals over every verdict.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Traffic {
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+    pub dropped_packets: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VerdictCount {
+    pub verdict: String,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// One entry of `GET /api/v1/services`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServiceInfo {
+    pub name: String,
+    pub vip: String,
+    pub port: u16,
+    pub protocol: String,
+    pub mode: String,
+    pub algorithm: String,
+    /// Health check kind (`tcp`, `http`, `https`, `mysql`), if any.
+    pub health_check: Option<String>,
+    pub backends: usize,
+    /// Backends that take new flows now.
+    pub in_rotation: usize,
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+}
+
+/// `GET /api/v1/services/{name}/backends`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BackendList {
+    pub service: String,
+    pub backends: Vec<BackendInfo>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BackendInfo {
+    pub name: String,
+    pub id: u32,
+    pub address: String,
+    pub port: u16,
+    pub weight: u32,
+    /// What the data path does with it: `active`, `draining` or `down`.
+    pub state: String,
+    /// The operator's choice: `enabled` or `draining`.
+    pub admin: String,
+    /// `None` until ARP/NDP answered; such a backend is kept out of rotation.
+    pub mac: Option<String>,
+    pub health: Option<HealthInfo>,
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HealthInfo {
+    pub kind: String,
+    pub up: bool,
+    pub checks: u64,
+    pub failures: u64,
+    pub last_ok: Option<bool>,
+    /// What the last check saw, or why it failed.
+    pub last_detail: Option<String>,
+    pub last_latency_ms: Option<f64>,
+    /// Unix seconds of the last up/down change (or of the start).
+    pub since: u64,
+}
+
+/// `GET /api/v1/flows`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FlowPage {
+    pub flows: Vec<FlowInfo>,
+    /// Pass as `cursor` for the next page; absent at the end.
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FlowInfo {
+    /// Client `address:port` (IPv6 in brackets).
+    pub client: String,
+    /// Service `vip:port`.
+    pub vip: String,
+    pub protocol: String,
+    pub service: Option<String>,
+    pub backend: Option<String>,
+    /// NAT mode: the source port used towards the backend.
+    pub nat_port: Option<u16>,
+}
+
+/// `PUT .../weight`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WeightRequest {
+    pub weight: u32,
+}
+
+/// `POST /api/v1/services/{name}/backends`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddBackendRequest {
+    pub name: String,
+    pub address: String,
+    /// Defaults to the service port (DSR cannot change it).
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// 1..100, default 1.
+    #[serde(default)]
+    pub weight: Option<u32>,
+}
+
+/// The answer to a successful write.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChangeResult {
+    pub ok: bool,
+    pub message: String,
+}
+
+/// Every error: `{"error": {"code": "...", "message": "..."}}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    /// Stable, for scripts: see the OpenAPI document.
+    pub code: String,
+    /// For people.
+    pub message: String,
+}

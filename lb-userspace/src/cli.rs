@@ -1,0 +1,420 @@
+//! The `lb` commands that talk to a running agent over its status API: aligned tables for
+//! people, `--json` for scripts, and errors that say what to do.
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Args, Subcommand};
+use serde::de::DeserializeOwned;
+use tokio::net::TcpStream;
+
+use crate::{
+    api::types::*,
+    config::{self, DEFAULT_API_BIND},
+    http_client,
+};
+
+/// How long the CLI waits for the agent.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest answer the CLI reads (a page of 1000 flows is far below).
+const MAX_RESPONSE: usize = 32 * 1024 * 1024;
+
+#[derive(Args, Debug, Clone)]
+pub struct ApiArgs {
+    /// The agent's API (its api.bind).
+    #[arg(long, global = true, value_name = "URL")]
+    pub api: Option<String>,
+    /// File holding the API token (the agent's api.token_file); needed for changes.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Take the API address and token file from the agent's config file.
+    #[arg(long = "agent-config", global = true, value_name = "FILE")]
+    pub agent_config: Option<PathBuf>,
+    /// Print the API's JSON instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum ClientCommand {
+    /// The agent: interface, attach mode, uptime, backends by state, traffic totals.
+    Status,
+    /// Services with their backends in rotation and counters.
+    Services,
+    /// Backends of one service (or of all) with state, health and counters.
+    Backends { service: Option<String> },
+    /// Live flows from the flow table, a page at a time.
+    Flows {
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Continue after a previous page (its `next` cursor).
+        #[arg(long)]
+        cursor: Option<String>,
+    },
+    /// Stop new flows to a backend; its existing flows finish.
+    Drain { service: String, backend: String },
+    /// Let a drained backend take new flows again.
+    Enable { service: String, backend: String },
+    /// Change a backend's weight (1..100).
+    Weight { service: String, backend: String, weight: u32 },
+    /// Add a backend at runtime (not written to the config file).
+    AddBackend {
+        service: String,
+        backend: String,
+        address: String,
+        #[arg(long)]
+        port: Option<u16>,
+        #[arg(long)]
+        weight: Option<u32>,
+    },
+    /// Remove a backend now (drain it first to let its flows finish).
+    RemoveBackend { service: String, backend: String },
+    /// Make the agent re-read its config file and apply the difference.
+    Reload,
+}
+
+/// Where the agent listens and how to authenticate.
+struct Endpoint {
+    addr: SocketAddr,
+    token: Option<String>,
+}
+
+impl Endpoint {
+    fn from_args(args: &ApiArgs) -> Result<Self> {
+        let mut addr = DEFAULT_API_BIND;
+        let mut token_file = None;
+        if let Some(path) = &args.agent_config {
+            let config = config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
+            addr = *config.api.bind.get_ref();
+            if addr.ip().is_unspecified() {
+                // Listening on every address includes loopback.
+                addr.set_ip(if addr.is_ipv4() { std::net::Ipv4Addr::LOCALHOST.into() } else { std::net::Ipv6Addr::LOCALHOST.into() });
+            }
+            token_file = config.api.token_file.map(|f| f.into_inner());
+        }
+        if let Some(url) = &args.api {
+            addr = parse_api_url(url)?;
+        }
+        if let Some(file) = &args.token_file {
+            token_file = Some(file.clone());
+        }
+        let token = token_file.as_deref().map(read_token).transpose()?;
+        Ok(Self { addr, token })
+    }
+
+    async fn request<T: DeserializeOwned>(&self, method: &str, path: &str, body: Option<serde_json::Value>) -> Result<(T, String)> {
+        let stream = match tokio::time::timeout(REQUEST_TIMEOUT, TcpStream::connect(self.addr)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => bail!(
+                "cannot reach the agent at http://{}: connection refused; is `lb run` running? it listens on its \
+                 api.bind (default {DEFAULT_API_BIND}): pass --api URL or --agent-config FILE if it is elsewhere, \
+                 and run this in the agent's network namespace",
+                self.addr
+            ),
+            Ok(Err(e)) => bail!("cannot reach the agent at http://{}: {e}", self.addr),
+            Err(_) => bail!("the agent at http://{} did not accept a connection within {REQUEST_TIMEOUT:?}", self.addr),
+        };
+        let body_bytes = body.as_ref().map(serde_json::to_vec).transpose()?;
+        let mut headers = vec![("Accept", "application/json".to_string())];
+        if body_bytes.is_some() {
+            headers.push(("Content-Type", "application/json".to_string()));
+        }
+        if let Some(token) = &self.token {
+            headers.push(("Authorization", format!("Bearer {token}")));
+        }
+        let host = self.addr.to_string();
+        let request = http_client::Request {
+            method,
+            host: &host,
+            path,
+            headers: &headers,
+            body: body_bytes.as_deref(),
+            max_response: MAX_RESPONSE,
+        };
+        let mut stream = stream;
+        let response = tokio::time::timeout(REQUEST_TIMEOUT, http_client::send(&mut stream, &request))
+            .await
+            .with_context(|| format!("the agent did not answer {method} {path} within {REQUEST_TIMEOUT:?}"))??;
+        let text = String::from_utf8_lossy(&response.body).into_owned();
+        if !(200..300).contains(&response.status) {
+            let detail = match serde_json::from_str::<ErrorBody>(&text) {
+                Ok(error) => format!("{} ({})", error.error.message, error.error.code),
+                Err(_) => format!("HTTP {}: {}", response.status, text.trim()),
+            };
+            let hint = match response.status {
+                401 if self.token.is_none() => "\n  hint: pass --token-file FILE (the agent's api.token_file) or --agent-config FILE",
+                401 => "\n  hint: the token does not match the agent's api.token_file",
+                _ => "",
+            };
+            bail!("{detail}{hint}");
+        }
+        let value = serde_json::from_str(&text).with_context(|| format!("the agent's answer to {path} is not what this CLI expects"))?;
+        Ok((value, text))
+    }
+}
+
+fn parse_api_url(url: &str) -> Result<SocketAddr> {
+    if let Some(rest) = url.strip_prefix("https://") {
+        bail!("the status API speaks plain HTTP (keep it on loopback or behind a TLS proxy): use http://{rest}");
+    }
+    let rest = url.strip_prefix("http://").unwrap_or(url);
+    let authority = rest.split('/').next().unwrap_or_default();
+    authority
+        .parse()
+        .with_context(|| format!("--api `{url}` must be http://ADDRESS:PORT, e.g. http://{DEFAULT_API_BIND}"))
+}
+
+fn read_token(path: &Path) -> Result<String> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading the token file {}", path.display()))?;
+    let token = text.lines().next().unwrap_or_default().trim().to_string();
+    if token.is_empty() {
+        bail!("the token file {} is empty", path.display());
+    }
+    Ok(token)
+}
+
+pub async fn run(command: ClientCommand, args: ApiArgs) -> Result<()> {
+    let endpoint = Endpoint::from_args(&args)?;
+    match command {
+        ClientCommand::Status => {
+            let (status, raw) = endpoint.request::<Status>("GET", "/api/v1/status", None).await?;
+            print_or(args.json, &raw, || print_status(&status));
+        }
+        ClientCommand::Services => {
+            let (services, raw) = endpoint.request::<Vec<ServiceInfo>>("GET", "/api/v1/services", None).await?;
+            print_or(args.json, &raw, || print_services(&services));
+        }
+        ClientCommand::Backends { service } => {
+            let names = match service {
+                Some(name) => vec![name],
+                None => endpoint.request::<Vec<ServiceInfo>>("GET", "/api/v1/services", None).await?.0.into_iter().map(|s| s.name).collect(),
+            };
+            let mut lists = Vec::new();
+            for name in names {
+                lists.push(endpoint.request::<BackendList>("GET", &format!("/api/v1/services/{}/backends", path_segment(&name)), None).await?.0);
+            }
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&lists)?);
+            } else {
+                print_backends(&lists);
+            }
+        }
+        ClientCommand::Flows { limit, cursor } => {
+            let mut path = format!("/api/v1/flows?limit={limit}");
+            if let Some(cursor) = cursor {
+                path.push_str(&format!("&cursor={}", path_segment(&cursor)));
+            }
+            let (page, raw) = endpoint.request::<FlowPage>("GET", &path, None).await?;
+            print_or(args.json, &raw, || print_flows(&page, limit));
+        }
+        ClientCommand::Drain { service, backend } => {
+            let path = backend_path(&service, &backend, "/drain");
+            change(&endpoint, args.json, "POST", &path, None).await?;
+        }
+        ClientCommand::Enable { service, backend } => {
+            let path = backend_path(&service, &backend, "/enable");
+            change(&endpoint, args.json, "POST", &path, None).await?;
+        }
+        ClientCommand::Weight { service, backend, weight } => {
+            let path = backend_path(&service, &backend, "/weight");
+            change(&endpoint, args.json, "PUT", &path, Some(serde_json::json!({ "weight": weight }))).await?;
+        }
+        ClientCommand::AddBackend { service, backend, address, port, weight } => {
+            let path = format!("/api/v1/services/{}/backends", path_segment(&service));
+            let body = serde_json::to_value(AddBackendRequest { name: backend, address, port, weight })?;
+            change(&endpoint, args.json, "POST", &path, Some(body)).await?;
+        }
+        ClientCommand::RemoveBackend { service, backend } => {
+            let path = backend_path(&service, &backend, "");
+            change(&endpoint, args.json, "DELETE", &path, None).await?;
+        }
+        ClientCommand::Reload => change(&endpoint, args.json, "POST", "/api/v1/reload", None).await?,
+    }
+    Ok(())
+}
+
+async fn change(endpoint: &Endpoint, json: bool, method: &str, path: &str, body: Option<serde_json::Value>) -> Result<()> {
+    let (result, raw) = endpoint.request::<ChangeResult>(method, path, body).await?;
+    print_or(json, &raw, || println!("{}", result.message));
+    Ok(())
+}
+
+fn backend_path(service: &str, backend: &str, action: &str) -> String {
+    format!("/api/v1/services/{}/backends/{}{action}", path_segment(service), path_segment(backend))
+}
+
+/// Percent-encodes everything but unreserved characters.
+fn path_segment(text: &str) -> String {
+    text.bytes()
+        .map(|b| if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+        .collect()
+}
+
+fn print_or(json: bool, raw: &str, table: impl FnOnce()) {
+    if json {
+        match serde_json::from_str::<serde_json::Value>(raw).and_then(|v| serde_json::to_string_pretty(&v)) {
+            Ok(pretty) => println!("{pretty}"),
+            Err(_) => println!("{raw}"),
+        }
+    } else {
+        table();
+    }
+}
+
+/// Prints rows under a header, each column as wide as its widest cell.
+fn print_table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            if let Some(w) = widths.get_mut(i) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let mut out = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                out.push_str(cell);
+            } else {
+                out.push_str(&format!("{cell:<width$}  ", width = widths[i]));
+            }
+        }
+        println!("{}", out.trim_end());
+    };
+    line(header.iter().map(|h| h.to_string()).collect());
+    for row in rows {
+        line(row.clone());
+    }
+}
+
+fn duration(seconds: u64) -> String {
+    match seconds {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m {}s", s / 60, s % 60),
+        s if s < 86400 => format!("{}h {}m", s / 3600, (s % 3600) / 60),
+        s => format!("{}d {}h", s / 86400, (s % 86400) / 3600),
+    }
+}
+
+fn print_status(status: &Status) {
+    let attach = match status.attach.as_str() {
+        "native" => "native XDP",
+        "generic" => "generic XDP",
+        "generic_fallback" => "generic XDP (native refused by the driver)",
+        "replaced_pinned" => "XDP, program swapped into the pinned link",
+        other => other,
+    };
+    println!("lb {} running on {} ({attach}), pid {}, up {}", status.version, status.interface, status.pid, duration(status.uptime_s));
+    println!("pins      {}{}", status.pin_path, if status.adopted { " (maps and flows adopted from the previous agent)" } else { "" });
+    let reload = match &status.last_reload {
+        None => String::new(),
+        Some(r) if r.ok => format!(", last: ok: {}", r.message),
+        Some(r) => format!(", last: REFUSED: {}", r.message.lines().next().unwrap_or_default()),
+    };
+    println!("config    {} (reloads {}{reload})", status.config_path, status.reloads);
+    println!("api       http://{} (writes {})", status.api_bind, if status.writes_enabled { "need the token" } else { "disabled: no api.token_file" });
+    let b = &status.backends;
+    println!("services  {}; backends {}: {} active, {} draining, {} down", status.services, b.total, b.active, b.draining, b.down);
+    let t = &status.traffic;
+    println!("traffic   {} packets, {} bytes, {} new flows, {} dropped", t.packets, t.bytes, t.new_flows, t.dropped_packets);
+    let seen: Vec<String> = status.verdicts.iter().filter(|v| v.packets > 0).map(|v| format!("{} {}", v.verdict, v.packets)).collect();
+    if !seen.is_empty() {
+        println!("verdicts  {}", seen.join(", "));
+    }
+}
+
+fn print_services(services: &[ServiceInfo]) {
+    let rows: Vec<Vec<String>> = services
+        .iter()
+        .map(|s| {
+            vec![
+                s.name.clone(),
+                s.vip.parse().map_or_else(|_| format!("{}:{}", s.vip, s.port), |ip| SocketAddr::new(ip, s.port).to_string()),
+                s.protocol.clone(),
+                s.mode.clone(),
+                s.health_check.clone().unwrap_or_else(|| "-".into()),
+                format!("{}/{}", s.in_rotation, s.backends),
+                s.packets.to_string(),
+                s.bytes.to_string(),
+                s.new_flows.to_string(),
+            ]
+        })
+        .collect();
+    print_table(&["SERVICE", "VIP", "PROTO", "MODE", "CHECK", "IN ROTATION", "PACKETS", "BYTES", "FLOWS"], &rows);
+}
+
+fn print_backends(lists: &[BackendList]) {
+    let mut rows = Vec::new();
+    for list in lists {
+        for b in &list.backends {
+            let health = match &b.health {
+                None => "-".to_string(),
+                Some(h) => {
+                    let verdict = if h.up { "up" } else { "DOWN" };
+                    let latency = h.last_latency_ms.map(|ms| format!(", {ms:.1} ms")).unwrap_or_default();
+                    format!("{verdict} ({}: {}{latency})", h.kind, h.last_detail.clone().unwrap_or_else(|| "not checked yet".into()))
+                }
+            };
+            rows.push(vec![
+                list.service.clone(),
+                b.name.clone(),
+                b.address.clone(),
+                b.port.to_string(),
+                b.weight.to_string(),
+                b.state.clone(),
+                b.admin.clone(),
+                b.packets.to_string(),
+                b.new_flows.to_string(),
+                health,
+            ]);
+        }
+    }
+    print_table(&["SERVICE", "BACKEND", "ADDRESS", "PORT", "WEIGHT", "STATE", "ADMIN", "PACKETS", "FLOWS", "HEALTH"], &rows);
+}
+
+fn print_flows(page: &FlowPage, limit: usize) {
+    let rows: Vec<Vec<String>> = page
+        .flows
+        .iter()
+        .map(|f| {
+            vec![
+                f.client.clone(),
+                f.vip.clone(),
+                f.protocol.clone(),
+                f.service.clone().unwrap_or_else(|| "?".into()),
+                f.backend.clone().unwrap_or_else(|| "(gone)".into()),
+                f.nat_port.map_or_else(|| "-".into(), |p| p.to_string()),
+            ]
+        })
+        .collect();
+    print_table(&["CLIENT", "VIP", "PROTO", "SERVICE", "BACKEND", "NAT PORT"], &rows);
+    match &page.next_cursor {
+        Some(cursor) => println!("(more: lb flows --limit {limit} --cursor {cursor})"),
+        None => println!("({} flows, end of table)", page.flows.len()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_urls() {
+        assert_eq!(parse_api_url("http://127.0.0.1:9876").ok(), Some(DEFAULT_API_BIND));
+        assert_eq!(parse_api_url("127.0.0.1:9876/").ok(), Some(DEFAULT_API_BIND));
+        assert!(parse_api_url("http://[::1]:9000").is_ok());
+        let error = parse_api_url("https://10.0.0.1:9876").err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(error.contains("plain HTTP"), "{error}");
+        assert!(parse_api_url("http://localhost").is_err());
+    }
+
+    #[test]
+    fn path_segments_are_encoded() {
+        assert_eq!(path_segment("web-1_a.b"), "web-1_a.b");
+        assert_eq!(path_segment("a/b c"), "a%2Fb%20c");
+    }
+}

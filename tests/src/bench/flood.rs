@@ -1,0 +1,446 @@
+//! Legit HTTP under a flood (`flood` keys). In a lab of its own (`lbb-fl-`), the stack as
+//! `xtask::stack` starts it; wrk from the client to the VIP (DSR) measures legit req/s:
+//! 1. `baseline_rps`: no flood;
+//! 2. `none_rps`: flood from a source no rule names (our firewall lets it pass to the kernel);
+//! 3. `nftables_rps`: the same flood, dropped by an nftables rule in the lb namespace;
+//! 4. `xdp_rps`: a flood from a source our drop rule names, dropped by our XDP program.
+//!
+//! The flood is made the way xdp-trafficgen makes it: an XDP program that returns XDP_TX is run
+//! by BPF_PROG_TEST_RUN in live-frames mode on the client's eth0 (`lb-bench flood-gen`, run in
+//! the client namespace), so the kernel sends each frame out of the interface without any
+//! socket. Bounded in packets and in seconds.
+use std::{
+    net::Ipv4Addr,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+use aya::{
+    programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp},
+    EbpfLoader,
+};
+use lb_common::maps::Verdict;
+use lb_tests::packet::Frame;
+use lb_userspace::dataplane::{Dataplane, LoadOptions};
+use serde_json::{json, Map, Value};
+use xtask::{
+    lab::{addr, host, Lab},
+    stack,
+};
+
+use super::labkit::{self, median, round, Wrk};
+
+pub const PREFIX: &str = "lbb-fl-";
+pub const KEYS: [&str; 5] = ["flood_pps", "baseline_rps", "none_rps", "nftables_rps", "xdp_rps"];
+/// Second address of the client, named by our drop rule (the `xdp` case floods from it).
+const DENIED: &str = "10.99.0.66";
+/// Third address of the client, named by no rule of ours (the `none` and `nftables` cases).
+const UNLISTED: &str = "10.99.0.67";
+/// The flood: UDP to this port of the VIP. Not a service, so the load balancer's kernel gets
+/// whatever the XDP program passes; opened in the host policy so that the policy itself does
+/// not drop it (then only the rule under test does).
+const FLOOD_PORT: u16 = 9;
+
+const FIREWALL: &str = r#"
+[[firewall.rule]]
+name = "flood-source"
+sources = ["10.99.0.66/32"]
+action = "drop"
+
+[[firewall.host.open_ports]]
+port = 22
+
+[[firewall.host.open_ports]]
+port = 68
+protocol = "udp"
+
+[[firewall.host.open_ports]]
+port = 9
+protocol = "udp"
+"#;
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub quick: bool,
+    pub wrk: Wrk,
+    pub repetitions: u32,
+    /// Upper bound of flood packets per run.
+    pub max_packets: u64,
+    /// Frames per BPF_PROG_TEST_RUN batch (live frames; the kernel allows up to 256).
+    pub batch: u32,
+}
+
+impl Config {
+    pub fn new(quick: bool) -> Self {
+        Config {
+            quick,
+            wrk: Wrk { threads: 2, connections: 64, seconds: if quick { 5 } else { 10 } },
+            repetitions: if quick { 2 } else { 3 },
+            max_packets: 200_000_000,
+            batch: 64,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The generator (`lb-bench flood-gen`, run inside the client namespace).
+
+#[derive(Clone, Debug)]
+pub struct GenArgs {
+    pub iface: String,
+    pub dst_mac: [u8; 6],
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    pub dport: u16,
+    pub packets: u64,
+    pub seconds: f64,
+    pub batch: u32,
+}
+
+pub fn parse_mac(text: &str) -> Result<[u8; 6]> {
+    let parts: Vec<u8> =
+        text.trim().split(':').map(|p| u8::from_str_radix(p, 16)).collect::<Result<_, _>>().with_context(|| format!("MAC {text:?}"))?;
+    parts.try_into().map_err(|_| anyhow::anyhow!("MAC {text:?} has not 6 bytes"))
+}
+
+/// Sends at most `packets` frames in at most `seconds`, as fast as the kernel takes them.
+/// Prints one JSON line: packets sent, seconds, pps.
+pub fn generate(a: &GenArgs) -> Result<Value> {
+    let mac_text = std::fs::read_to_string(format!("/sys/class/net/{}/address", a.iface))
+        .with_context(|| format!("no interface {} here", a.iface))?;
+    let src_mac = parse_mac(&mac_text)?;
+    let ifindex = std::fs::read_to_string(format!("/sys/class/net/{}/ifindex", a.iface))?.trim().parse::<u32>()?;
+    let frame = Frame::udp((a.src.into(), 40_000), (a.dst.into(), a.dport)).macs(src_mac, a.dst_mac).build();
+
+    // Only the xdp_tx program of the object is loaded; the maps it creates are unused, so the
+    // big LRU tables are made small.
+    let mut loader = EbpfLoader::new();
+    for name in ["FLOWS", "FLOWS_V4", "FLOWS_V6", "NAT_REVERSE", "NAT_REVERSE_V4", "NAT_REVERSE_V6", "RATE_BUCKETS"] {
+        loader.map_max_entries(name, 1024);
+    }
+    let mut ebpf = loader.load(lb_userspace::dataplane::OBJECT).context("loading the XDP object")?;
+    let program: &mut Xdp =
+        ebpf.program_mut(lb_common::names::PROGRAM_TX).context("no xdp_tx program in the object")?.try_into()?;
+    program.load().context("loading xdp_tx")?;
+
+    // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex.
+    let mut ctx = [0u8; 24];
+    ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
+    ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
+
+    let chunk: u64 = 1 << 16;
+    let started = Instant::now();
+    let limit = Duration::from_secs_f64(a.seconds);
+    let mut sent = 0u64;
+    let mut calls = 0u64;
+    while sent < a.packets && started.elapsed() < limit {
+        let repeat = chunk.min(a.packets - sent) as u32;
+        program
+            .test_run(TestRunOptions {
+                data_in: Some(&frame),
+                ctx_in: Some(&ctx),
+                repeat,
+                attrs: TestRunAttrs::new().xdp_live_frames(a.batch),
+                ..TestRunOptions::new()
+            })
+            .context("BPF_PROG_TEST_RUN (live frames)")?;
+        sent += u64::from(repeat);
+        calls += 1;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    Ok(json!({
+        "packets": sent,
+        "seconds": round(seconds, 3),
+        "pps": round(sent as f64 / seconds.max(1e-9), 0),
+        "calls": calls,
+        "frame_len": frame.len(),
+        "batch": a.batch,
+    }))
+}
+
+// ---------------------------------------------------------------------------------------
+// The part.
+
+pub struct FloodResult {
+    pub flood: Value,
+    pub detail: Value,
+}
+
+/// Verdict counters of the running agent (its pinned maps), summed over the verdicts a flood
+/// packet can get at the lb.
+fn flood_verdicts(dp: &Dataplane) -> Result<(u64, u64)> {
+    let all = dp.verdict_counters()?;
+    let get = |v: Verdict| all.iter().find(|(x, _)| *x == v).map_or(0, |(_, c)| c.packets);
+    let denied = get(Verdict::DropDenied);
+    let passed = get(Verdict::PassNoService) + get(Verdict::PassHost) + get(Verdict::DropHostPolicy);
+    Ok((denied, passed))
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Case {
+    Baseline,
+    None,
+    Nftables,
+    Xdp,
+}
+
+impl Case {
+    fn key(self) -> &'static str {
+        match self {
+            Case::Baseline => "baseline_rps",
+            Case::None => "none_rps",
+            Case::Nftables => "nftables_rps",
+            Case::Xdp => "xdp_rps",
+        }
+    }
+    fn source(self) -> Option<&'static str> {
+        match self {
+            Case::Baseline => None,
+            Case::None | Case::Nftables => Some(UNLISTED),
+            Case::Xdp => Some(DENIED),
+        }
+    }
+}
+
+const NFT_TABLE: &str = "lbbench";
+
+fn nft_rule(lab: &Lab, on: bool) -> Result<()> {
+    if on {
+        lab.exec(host::LB, &["nft", &format!("add table netdev {NFT_TABLE}")])?;
+        lab.exec(
+            host::LB,
+            &["nft", &format!("add chain netdev {NFT_TABLE} ingress {{ type filter hook ingress device eth0 priority -500; }}")],
+        )?;
+        lab.exec(host::LB, &["nft", &format!("add rule netdev {NFT_TABLE} ingress ip saddr {UNLISTED} counter drop")])?;
+    } else {
+        let _ = lab.exec_unchecked(host::LB, &["nft", &format!("delete table netdev {NFT_TABLE}")]);
+    }
+    Ok(())
+}
+
+fn nft_dropped(lab: &Lab) -> Option<u64> {
+    let out = lab.exec_stdout(host::LB, &["nft", &format!("list table netdev {NFT_TABLE}")]).ok()?;
+    out.split("packets ").nth(1)?.split_whitespace().next()?.parse().ok()
+}
+
+fn run_case(lab: &Lab, dp: &Dataplane, cfg: &Config, case: Case, lb_mac: &str) -> Result<Value> {
+    let url = format!("http://{}/", addr::VIP_HTTP);
+    if case == Case::Nftables {
+        nft_rule(lab, true)?;
+    }
+    let mut gen_pid = None;
+    let log = format!("flood-gen-{}", case.key());
+    let flood_seconds = f64::from(cfg.wrk.seconds) + 2.0;
+    let before = flood_verdicts(dp)?;
+    if let Some(src) = case.source() {
+        let exe = labkit::self_exe()?;
+        let args = [
+            exe.display().to_string(),
+            "flood-gen".into(),
+            "--iface".into(),
+            "eth0".into(),
+            "--dst-mac".into(),
+            lb_mac.to_string(),
+            "--src".into(),
+            src.into(),
+            "--dst".into(),
+            addr::VIP_HTTP.into(),
+            "--dport".into(),
+            FLOOD_PORT.to_string(),
+            "--packets".into(),
+            cfg.max_packets.to_string(),
+            "--seconds".into(),
+            flood_seconds.to_string(),
+            "--batch".into(),
+            cfg.batch.to_string(),
+        ];
+        gen_pid = Some(lab.spawn(host::CLIENT, &args, &log)?);
+        // The flood is under way before wrk starts.
+        let started = xtask::util::wait_until(Duration::from_secs(5), Duration::from_millis(20), || {
+            flood_verdicts(dp).map(|now| now.0 + now.1 > before.0 + before.1 + 10_000).unwrap_or(false)
+        });
+        if !started {
+            bail!("the flood did not reach the lb:\n{}", lab.read_log(&log));
+        }
+    }
+    let t0 = Instant::now();
+    let v0 = flood_verdicts(dp)?;
+    let wrk = labkit::wrk(lab, &cfg.wrk, &url);
+    let window = t0.elapsed().as_secs_f64();
+    let v1 = flood_verdicts(dp)?;
+    let nft = if case == Case::Nftables { nft_dropped(lab) } else { None };
+    let mut gen = Value::Null;
+    if let Some(pid) = gen_pid {
+        // Bounded by its own --seconds; wait for it to print its count.
+        let done = xtask::util::wait_until(Duration::from_secs(10), Duration::from_millis(50), || !lab.is_running(pid));
+        if !done {
+            let _ = lab.stop(pid);
+        }
+        let text = lab.read_log(&log);
+        gen = text.lines().rev().find_map(|l| serde_json::from_str::<Value>(l).ok()).unwrap_or_else(|| {
+            json!({ "error": format!("no result line from the generator: {}", text.lines().rev().take(5).collect::<Vec<_>>().join(" | ")) })
+        });
+    }
+    if case == Case::Nftables {
+        nft_rule(lab, false)?;
+    }
+    let wrk = wrk?;
+    let (denied, passed) = (v1.0 - v0.0, v1.1 - v0.1);
+    Ok(json!({
+        "rps": round(wrk.rps, 1),
+        "p50_ms": wrk.p50_ms.map(|v| round(v, 3)),
+        "p99_ms": wrk.p99_ms.map(|v| round(v, 3)),
+        "requests": wrk.requests,
+        "errors": wrk.errors,
+        "flood_source": case.source(),
+        "generator": gen,
+        "lb_xdp_during_wrk": {
+            "seconds": round(window, 2),
+            "drop_denied_pps": round(denied as f64 / window, 0),
+            "passed_to_kernel_pps": round(passed as f64 / window, 0),
+        },
+        "nftables_dropped_packets": nft,
+    }))
+}
+
+fn run_in(lab: &Lab, cfg: &Config) -> Result<FloodResult> {
+    // The client's second and third addresses, and xdp_pass on its switch port: XDP_TX of the
+    // generator leaves the client's eth0 only when the peer runs an XDP program.
+    for a in [DENIED, UNLISTED] {
+        lab.exec(host::CLIENT, &["ip", "addr", "add", &format!("{a}/24"), "dev", "eth0"])?;
+    }
+    let lb = stack::release_binary("lb")?;
+    let (sw, port) = lab.switch_port(host::CLIENT);
+    let pin = lab.bpffs().join(format!("pass-{port}"));
+    lab.exec(xtask::lab::SWITCH, &[lb.display().to_string(), "attach-pass".into(), "--iface".into(), port.clone(), "--pin".into(), pin.display().to_string()])
+        .with_context(|| format!("attaching xdp_pass to {sw}/{port}"))?;
+    let lb_mac = lab.mac(host::LB)?;
+    let dp = Dataplane::load(&LoadOptions { pin_dir: Some(stack::pin_dir(lab)), ..LoadOptions::default() })
+        .context("opening the agent's pinned maps")?;
+    if !dp.adopted() {
+        bail!("the agent's maps are not pinned where expected");
+    }
+    // Warm-up.
+    labkit::wrk(lab, &Wrk { seconds: 1, ..cfg.wrk.clone() }, &format!("http://{}/", addr::VIP_HTTP))?;
+
+    let cases = [Case::Baseline, Case::None, Case::Nftables, Case::Xdp];
+    let mut runs: Map<String, Value> = Map::new();
+    let mut orders = Vec::new();
+    for rep in 0..cfg.repetitions {
+        let order: Vec<Case> = if rep % 2 == 0 { cases.to_vec() } else { cases.iter().rev().copied().collect() };
+        orders.push(order.iter().map(|c| c.key()).collect::<Vec<_>>());
+        for case in order {
+            let entry = run_case(lab, &dp, cfg, case, &lb_mac).unwrap_or_else(|e| {
+                let _ = nft_rule(lab, false);
+                json!({ "error": format!("{e:#}") })
+            });
+            eprintln!("lb-bench: flood {} rep {}: {}", case.key(), rep + 1, entry);
+            runs.entry(case.key()).or_insert_with(|| json!([])).as_array_mut().context("runs")?.push(entry);
+        }
+    }
+
+    let mut flood = Map::new();
+    let mut detail = Map::new();
+    let mut gen_pps = Vec::new();
+    for case in cases {
+        let list = runs.get(case.key()).and_then(Value::as_array).cloned().unwrap_or_default();
+        let complete = !list.is_empty() && list.iter().all(|r| r.get("error").is_none());
+        let rps: Vec<f64> = list.iter().filter_map(|r| r["rps"].as_f64()).collect();
+        let value = if complete { median(&rps).map(|v| round(v, 0)) } else { None };
+        flood.insert(case.key().into(), json!(value));
+        let pps: Vec<f64> = list.iter().filter_map(|r| r["generator"]["pps"].as_f64()).collect();
+        gen_pps.extend(&pps);
+        let lb_pps: Vec<f64> = list
+            .iter()
+            .filter_map(|r| {
+                let x = &r["lb_xdp_during_wrk"];
+                Some(x["drop_denied_pps"].as_f64()? + x["passed_to_kernel_pps"].as_f64()?)
+            })
+            .collect();
+        let mut d = json!({
+            "runs": list,
+            "p99_ms_median": median(&list.iter().filter_map(|r| r["p99_ms"].as_f64()).collect::<Vec<_>>()),
+        });
+        if case != Case::Baseline {
+            d["generator_pps_median"] = json!(median(&pps).map(|v| round(v, 0)));
+            d["lb_seen_pps_median"] = json!(median(&lb_pps).map(|v| round(v, 0)));
+        }
+        if !complete {
+            d["reason"] = json!("a run failed (see runs)");
+        }
+        detail.insert(case.key().into(), d);
+    }
+    flood.insert("flood_pps".into(), json!(median(&gen_pps).map(|v| round(v, 0))));
+    let get = |k: &str| flood.get(k).and_then(Value::as_f64);
+    let ratio = |a: &str, b: &str| match (get(a), get(b)) {
+        (Some(a), Some(b)) if b > 0.0 => json!(round(a / b, 2)),
+        _ => Value::Null,
+    };
+    detail.insert(
+        "ratios".into(),
+        json!({
+            "xdp_rps / nftables_rps": ratio("xdp_rps", "nftables_rps"),
+            "xdp_rps / baseline_rps": ratio("xdp_rps", "baseline_rps"),
+            "nftables_rps / baseline_rps": ratio("nftables_rps", "baseline_rps"),
+            "none_rps / baseline_rps": ratio("none_rps", "baseline_rps"),
+        }),
+    );
+    detail.insert(
+        "run".into(),
+        json!({
+            "wrk": cfg.wrk.describe(),
+            "target": format!("http://{}/ (service web-dsr, DSR, web1 + web2)", addr::VIP_HTTP),
+            "repetitions": cfg.repetitions,
+            "orders": orders,
+            "figure": "median over the repetitions",
+            "flood": format!(
+                "UDP {}-byte frames to {}:{FLOOD_PORT} (not a service; opened in the agent's host policy so only the \
+                 rule under test drops it), made by `lb-bench flood-gen` in the client namespace: the xdp_tx program \
+                 (returns XDP_TX) run by BPF_PROG_TEST_RUN in live-frames mode (batch {}) with ingress_ifindex = the \
+                 client's eth0, so each frame leaves the client's eth0 with no socket involved (xdp_pass is attached \
+                 to the client's switch port, as XDP_TX out of a veth needs). As fast as the kernel takes them, at \
+                 most {} packets and {} s per run (the wrk run plus 2 s; it starts before wrk)",
+                Frame::udp((Ipv4Addr::UNSPECIFIED.into(), 0), (Ipv4Addr::UNSPECIFIED.into(), 0)).build().len(),
+                addr::VIP_HTTP,
+                cfg.batch,
+                cfg.max_packets,
+                cfg.wrk.seconds + 2
+            ),
+            "cases": {
+                "baseline_rps": "no flood",
+                "none_rps": format!("flood from {UNLISTED}, which no rule names: our XDP program passes it to the lb's kernel (UDP, no socket: dropped there, ICMP port unreachable rate-limited)"),
+                "nftables_rps": format!("flood from {UNLISTED}, dropped by an nftables rule in the lb namespace: table netdev {NFT_TABLE}, chain on the ingress hook of eth0 (the earliest nftables hook), `ip saddr {UNLISTED} counter drop`; our XDP program passes it up first, as it would in a deployment of both"),
+                "xdp_rps": format!("flood from {DENIED}, dropped by our XDP program: rule `flood-source` ({DENIED}/32, action drop) in the agent's config"),
+            },
+            "flood_pps": "the generator's packets / seconds (median over the flooded runs); each run's own rate, and what the lb's XDP program saw during the wrk run (verdict counters of the agent's pinned maps: DropDenied, or passed to the kernel), are in the cases' runs",
+            "machine_note": "everything shares the 2 CPUs: the generator, the bridge and the lb's receive path run in softirq on the CPU the generator runs on, wrk and the web servers on whatever is left",
+            "quick": cfg.quick,
+        }),
+    );
+    Ok(FloodResult { flood: Value::Object(flood), detail: Value::Object(detail) })
+}
+
+pub fn run(cfg: &Config) -> Result<FloodResult> {
+    let (lab, _agent) = labkit::stack_lab(PREFIX, FIREWALL)?;
+    let result = run_in(&lab, cfg);
+    let down = lab.down();
+    let result = result?;
+    down?;
+    Ok(result)
+}
+
+pub fn table(flood: &Value) -> String {
+    let base = flood["baseline_rps"].as_f64();
+    let nft = flood["nftables_rps"].as_f64();
+    let mut s = format!("flood_pps (generator): {}\n", flood["flood_pps"].as_f64().map_or("null".into(), |v| format!("{v:.0}")));
+    s += &format!("{:<14} {:>10} {:>12} {:>12}\n", "case", "req/s", "x baseline", "x nftables");
+    for k in ["baseline_rps", "none_rps", "nftables_rps", "xdp_rps"] {
+        let v = flood[k].as_f64();
+        let x = |b: Option<f64>| match (v, b) {
+            (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
+            _ => "-".into(),
+        };
+        s += &format!("{k:<14} {:>10} {:>12} {:>12}\n", v.map_or("null".into(), |v| format!("{v:.0}")), x(base), x(nft));
+    }
+    s
+}
