@@ -22,6 +22,7 @@ pub struct Config {
     pub agent: AgentConfig,
     #[serde(default)]
     pub firewall: FirewallConfig,
+    #[serde(default)]
     pub api: ApiConfig,
     #[serde(default, rename = "service")]
     pub services: Vec<ServiceConfig>,

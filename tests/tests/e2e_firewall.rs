@@ -132,7 +132,9 @@ fn the_firewall_blocks_denied_sources_and_guards_the_database_vip() {
 
     // The database VIP: real MariaDB behind it, reachable from the app servers only.
     let query = |from: &str| {
-        lab.exec(from, &["mariadb", "-h", addr::VIP_DB_WRITE, "-P", "3306", "-u", "root", "--connect-timeout=2", "-N", "-e", "SELECT 1"])
+        let password = format!("-p{}", stack::MYSQL_CHECK_PASSWORD);
+        let args = ["mariadb", "--no-defaults", "-h", addr::VIP_DB_WRITE, "-P", "3306", "-u", stack::MYSQL_CHECK_USER, &password];
+        lab.exec(from, &[&args[..], &["--connect-timeout=2", "-N", "-e", "SELECT 1"]].concat())
             .map(|out| String::from_utf8_lossy(&out.stdout).trim() == "1")
             .unwrap_or(false)
     };

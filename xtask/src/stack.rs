@@ -162,20 +162,13 @@ port = 80
     Ok(path)
 }
 
-/// MariaDB on a db host, listening on its address, port 3306. The first start creates the
+/// MariaDB on a db host, listening on all its addresses, port 3306. The first start creates the
 /// data directory and the health-check account; later starts (after a stop) reuse it.
 /// Returns the server's pid once it answers.
 pub fn start_mariadb(lab: &Lab, db: &str) -> Result<u32> {
     let dir = lab.dir().join(format!("mariadb-{db}"));
     let data = dir.join("data");
     let socket = dir.join("mysqld.sock");
-    let address = lab
-        .spec()
-        .host(db)
-        .and_then(|h| h.ipv4.first())
-        .and_then(|a| a.split('/').next())
-        .with_context(|| format!("lab host {db} has no IPv4 address"))?
-        .to_string();
     let fresh = !data.exists();
     if fresh {
         std::fs::create_dir_all(&data)?;
@@ -190,7 +183,8 @@ pub fn start_mariadb(lab: &Lab, db: &str) -> Result<u32> {
         "--user=root".into(),
         format!("--socket={}", socket.display()),
         format!("--pid-file={}", dir.join("mysqld.pid").display()),
-        format!("--bind-address={address}"),
+        // All addresses: the database VIPs on the host's loopback too (DSR delivers to them).
+        "--bind-address=*".into(),
         "--port=3306".into(),
         "--skip-log-bin".into(),
         "--innodb-buffer-pool-size=16M".into(),
@@ -259,32 +253,4 @@ pub fn start_with(lab: &Lab, options: &AgentOptions) -> Result<u32> {
     attach_peer_pass(lab, &lb)?;
     let config = write_agent_config_with(lab, options)?;
     start_agent(lab, &lb, &config)
-}
-
-/// A MariaDB server on `host` (datadir under the lab's directory), listening on all its
-/// addresses (the VIPs on its loopback included). Grant tables are skipped: the lab's database
-/// has no secrets, and tests only need the real server and protocol. Returns its pid.
-pub fn start_mariadb(lab: &Lab, host: &str) -> Result<u32> {
-    let dir = lab.dir().join(format!("mariadb-{host}"));
-    let data = dir.join("data");
-    std::fs::create_dir_all(&dir)?;
-    let datadir = format!("--datadir={}", data.display());
-    if !data.join("mysql").exists() {
-        let mut install = Command::new("mariadb-install-db");
-        install.args(["--user=root", "--auth-root-authentication-method=normal", "--skip-test-db", &datadir]);
-        util::output(&mut install).context("mariadb-install-db")?;
-    }
-    let socket = format!("--socket={}", dir.join("mysqld.sock").display());
-    let pid_file = format!("--pid-file={}", dir.join("mysqld.pid").display());
-    let pid = lab.spawn(
-        host,
-        &["mariadbd", "--no-defaults", "--user=root", &datadir, &socket, &pid_file, "--port=3306", "--bind-address=*", "--skip-grant-tables", "--skip-name-resolve"],
-        &format!("mariadb-{host}"),
-    )?;
-    let sock = dir.join("mysqld.sock");
-    let ready = util::wait_until(Duration::from_secs(30), Duration::from_millis(100), || sock.exists());
-    if !ready {
-        bail!("MariaDB on {host} did not start:\n{}", lab.read_log(&format!("mariadb-{host}")));
-    }
-    Ok(pid)
 }

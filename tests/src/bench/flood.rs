@@ -41,6 +41,11 @@ const UNLISTED: &str = "10.99.0.67";
 /// not drop it (then only the rule under test does).
 const FLOOD_PORT: u16 = 9;
 
+/// The flood's fixed rate. An attacker's rate does not depend on how the victim filters: every
+/// flooded case gets the same rate, below what the lab's path delivers in every case (see the
+/// probe in the detail), so what differs is only what the lb pays per flood packet.
+pub const DEFAULT_PPS: u64 = 150_000;
+
 const FIREWALL: &str = r#"
 [[firewall.rule]]
 name = "flood-source"
@@ -68,6 +73,10 @@ pub struct Config {
     pub max_packets: u64,
     /// Frames per BPF_PROG_TEST_RUN batch (live frames; the kernel allows up to 256).
     pub batch: u32,
+    /// The flood's rate, the same in every flooded case (0: as fast as the kernel takes them).
+    pub pps: u64,
+    /// Seconds of the unpaced probe of the highest rate (0: no probe).
+    pub probe_seconds: f64,
 }
 
 impl Config {
@@ -78,6 +87,8 @@ impl Config {
             repetitions: if quick { 2 } else { 3 },
             max_packets: 200_000_000,
             batch: 64,
+            pps: DEFAULT_PPS,
+            probe_seconds: 2.0,
         }
     }
 }
@@ -95,6 +106,8 @@ pub struct GenArgs {
     pub packets: u64,
     pub seconds: f64,
     pub batch: u32,
+    /// Target packets per second (0: as fast as the kernel takes them).
+    pub pps: u64,
 }
 
 pub fn parse_mac(text: &str) -> Result<[u8; 6]> {
@@ -128,12 +141,21 @@ pub fn generate(a: &GenArgs) -> Result<Value> {
     ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
     ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
 
-    let chunk: u64 = 1 << 16;
+    // Unpaced: big calls. Paced: a tenth of a second's worth per call (each live-frames call
+    // has a fixed set-up cost of tens of ms here: page pool, teardown), and a sleep whenever
+    // the count is ahead of the target rate.
+    let chunk: u64 = if a.pps == 0 { 1 << 16 } else { (a.pps / 10).max(u64::from(a.batch)) };
     let started = Instant::now();
     let limit = Duration::from_secs_f64(a.seconds);
     let mut sent = 0u64;
     let mut calls = 0u64;
     while sent < a.packets && started.elapsed() < limit {
+        if a.pps > 0 {
+            let due = Duration::from_secs_f64(sent as f64 / a.pps as f64);
+            if let Some(ahead) = due.checked_sub(started.elapsed()) {
+                std::thread::sleep(ahead);
+            }
+        }
         let repeat = chunk.min(a.packets - sent) as u32;
         program
             .test_run(TestRunOptions {
@@ -155,6 +177,7 @@ pub fn generate(a: &GenArgs) -> Result<Value> {
         "calls": calls,
         "frame_len": frame.len(),
         "batch": a.batch,
+        "target_pps": a.pps,
     }))
 }
 
@@ -223,41 +246,77 @@ fn nft_dropped(lab: &Lab) -> Option<u64> {
     out.split("packets ").nth(1)?.split_whitespace().next()?.parse().ok()
 }
 
+/// Starts the generator in the client namespace (bounded by `seconds` and `cfg.max_packets`).
+fn spawn_gen(lab: &Lab, cfg: &Config, src: &str, pps: u64, seconds: f64, lb_mac: &str, log: &str) -> Result<u32> {
+    let exe = labkit::self_exe()?;
+    let args = [
+        exe.display().to_string(),
+        "flood-gen".into(),
+        "--iface".into(),
+        "eth0".into(),
+        "--dst-mac".into(),
+        lb_mac.to_string(),
+        "--src".into(),
+        src.into(),
+        "--dst".into(),
+        addr::VIP_HTTP.into(),
+        "--dport".into(),
+        FLOOD_PORT.to_string(),
+        "--packets".into(),
+        cfg.max_packets.to_string(),
+        "--seconds".into(),
+        seconds.to_string(),
+        "--batch".into(),
+        cfg.batch.to_string(),
+        "--pps".into(),
+        pps.to_string(),
+    ];
+    lab.spawn(host::CLIENT, &args, log)
+}
+
+/// Waits for the generator to end (it is bounded by its own --seconds) and reads its result.
+fn gen_result(lab: &Lab, pid: u32, log: &str) -> Value {
+    let done = xtask::util::wait_until(Duration::from_secs(10), Duration::from_millis(20), || !lab.is_running(pid));
+    if !done {
+        let _ = lab.stop(pid);
+    }
+    let text = lab.read_log(log);
+    text.lines().rev().find_map(|l| serde_json::from_str::<Value>(l).ok()).unwrap_or_else(|| {
+        json!({ "error": format!("no result line from the generator: {}", text.lines().rev().take(5).collect::<Vec<_>>().join(" | ")) })
+    })
+}
+
+/// The highest rate: the generator unpaced for a few seconds, no wrk, from the denied source
+/// (dropped by our XDP program at the lb). What the generator sent and what reached the lb.
+fn probe(lab: &Lab, dp: &Dataplane, cfg: &Config, lb_mac: &str) -> Result<Value> {
+    let before = flood_verdicts(dp)?;
+    let pid = spawn_gen(lab, cfg, DENIED, 0, cfg.probe_seconds, lb_mac, "flood-gen-probe")?;
+    let gen = gen_result(lab, pid, "flood-gen-probe");
+    let after = flood_verdicts(dp)?;
+    let arrived = (after.0 - before.0) + (after.1 - before.1);
+    let seconds = gen["seconds"].as_f64().unwrap_or(f64::NAN);
+    Ok(json!({
+        "what": "the generator unpaced (as fast as the kernel takes frames) for a few seconds, no wrk, from the denied source",
+        "generator": gen,
+        "arrived_at_lb_xdp": arrived,
+        "arrived_pps": round(arrived as f64 / seconds, 0),
+    }))
+}
+
 fn run_case(lab: &Lab, dp: &Dataplane, cfg: &Config, case: Case, lb_mac: &str) -> Result<Value> {
     let url = format!("http://{}/", addr::VIP_HTTP);
     if case == Case::Nftables {
         nft_rule(lab, true)?;
     }
-    let mut gen_pid = None;
     let log = format!("flood-gen-{}", case.key());
     let flood_seconds = f64::from(cfg.wrk.seconds) + 2.0;
     let before = flood_verdicts(dp)?;
+    let mut gen_pid = None;
     if let Some(src) = case.source() {
-        let exe = labkit::self_exe()?;
-        let args = [
-            exe.display().to_string(),
-            "flood-gen".into(),
-            "--iface".into(),
-            "eth0".into(),
-            "--dst-mac".into(),
-            lb_mac.to_string(),
-            "--src".into(),
-            src.into(),
-            "--dst".into(),
-            addr::VIP_HTTP.into(),
-            "--dport".into(),
-            FLOOD_PORT.to_string(),
-            "--packets".into(),
-            cfg.max_packets.to_string(),
-            "--seconds".into(),
-            flood_seconds.to_string(),
-            "--batch".into(),
-            cfg.batch.to_string(),
-        ];
-        gen_pid = Some(lab.spawn(host::CLIENT, &args, &log)?);
+        gen_pid = Some(spawn_gen(lab, cfg, src, cfg.pps, flood_seconds, lb_mac, &log)?);
         // The flood is under way before wrk starts.
         let started = xtask::util::wait_until(Duration::from_secs(5), Duration::from_millis(20), || {
-            flood_verdicts(dp).map(|now| now.0 + now.1 > before.0 + before.1 + 10_000).unwrap_or(false)
+            flood_verdicts(dp).map(|now| now.0 + now.1 > before.0 + before.1 + 5_000).unwrap_or(false)
         });
         if !started {
             bail!("the flood did not reach the lb:\n{}", lab.read_log(&log));
@@ -269,23 +328,13 @@ fn run_case(lab: &Lab, dp: &Dataplane, cfg: &Config, case: Case, lb_mac: &str) -
     let window = t0.elapsed().as_secs_f64();
     let v1 = flood_verdicts(dp)?;
     let nft = if case == Case::Nftables { nft_dropped(lab) } else { None };
-    let mut gen = Value::Null;
-    if let Some(pid) = gen_pid {
-        // Bounded by its own --seconds; wait for it to print its count.
-        let done = xtask::util::wait_until(Duration::from_secs(10), Duration::from_millis(50), || !lab.is_running(pid));
-        if !done {
-            let _ = lab.stop(pid);
-        }
-        let text = lab.read_log(&log);
-        gen = text.lines().rev().find_map(|l| serde_json::from_str::<Value>(l).ok()).unwrap_or_else(|| {
-            json!({ "error": format!("no result line from the generator: {}", text.lines().rev().take(5).collect::<Vec<_>>().join(" | ")) })
-        });
-    }
+    let gen = gen_pid.map_or(Value::Null, |pid| gen_result(lab, pid, &log));
     if case == Case::Nftables {
         nft_rule(lab, false)?;
     }
     let wrk = wrk?;
     let (denied, passed) = (v1.0 - v0.0, v1.1 - v0.1);
+    let seen = (denied + passed) as f64 / window;
     Ok(json!({
         "rps": round(wrk.rps, 1),
         "p50_ms": wrk.p50_ms.map(|v| round(v, 3)),
@@ -298,6 +347,7 @@ fn run_case(lab: &Lab, dp: &Dataplane, cfg: &Config, case: Case, lb_mac: &str) -
             "seconds": round(window, 2),
             "drop_denied_pps": round(denied as f64 / window, 0),
             "passed_to_kernel_pps": round(passed as f64 / window, 0),
+            "seen_pps": round(seen, 0),
         },
         "nftables_dropped_packets": nft,
     }))
@@ -320,8 +370,14 @@ fn run_in(lab: &Lab, cfg: &Config) -> Result<FloodResult> {
     if !dp.adopted() {
         bail!("the agent's maps are not pinned where expected");
     }
-    // Warm-up.
+    // Warm-up, then the probe of the highest rate.
     labkit::wrk(lab, &Wrk { seconds: 1, ..cfg.wrk.clone() }, &format!("http://{}/", addr::VIP_HTTP))?;
+    let probe = if cfg.probe_seconds > 0.0 {
+        probe(lab, &dp, cfg, &lb_mac).unwrap_or_else(|e| json!({ "error": format!("{e:#}") }))
+    } else {
+        Value::Null
+    };
+    eprintln!("lb-bench: flood probe (unpaced): {probe}");
 
     let cases = [Case::Baseline, Case::None, Case::Nftables, Case::Xdp];
     let mut runs: Map<String, Value> = Map::new();
@@ -342,6 +398,7 @@ fn run_in(lab: &Lab, cfg: &Config) -> Result<FloodResult> {
     let mut flood = Map::new();
     let mut detail = Map::new();
     let mut gen_pps = Vec::new();
+    let mut lb_seen = Vec::new();
     for case in cases {
         let list = runs.get(case.key()).and_then(Value::as_array).cloned().unwrap_or_default();
         let complete = !list.is_empty() && list.iter().all(|r| r.get("error").is_none());
@@ -350,13 +407,8 @@ fn run_in(lab: &Lab, cfg: &Config) -> Result<FloodResult> {
         flood.insert(case.key().into(), json!(value));
         let pps: Vec<f64> = list.iter().filter_map(|r| r["generator"]["pps"].as_f64()).collect();
         gen_pps.extend(&pps);
-        let lb_pps: Vec<f64> = list
-            .iter()
-            .filter_map(|r| {
-                let x = &r["lb_xdp_during_wrk"];
-                Some(x["drop_denied_pps"].as_f64()? + x["passed_to_kernel_pps"].as_f64()?)
-            })
-            .collect();
+        let lb_pps: Vec<f64> = list.iter().filter_map(|r| r["lb_xdp_during_wrk"]["seen_pps"].as_f64()).collect();
+        lb_seen.extend(&lb_pps);
         let mut d = json!({
             "runs": list,
             "p99_ms_median": median(&list.iter().filter_map(|r| r["p99_ms"].as_f64()).collect::<Vec<_>>()),
@@ -371,6 +423,15 @@ fn run_in(lab: &Lab, cfg: &Config) -> Result<FloodResult> {
         detail.insert(case.key().into(), d);
     }
     flood.insert("flood_pps".into(), json!(median(&gen_pps).map(|v| round(v, 0))));
+    detail.insert("probe_unpaced".into(), probe);
+    detail.insert(
+        "flood_pps_cross_check".into(),
+        json!({
+            "generator_pps_median": median(&gen_pps).map(|v| round(v, 0)),
+            "lb_seen_pps_median": median(&lb_seen).map(|v| round(v, 0)),
+            "note": "lb_seen: flood packets counted by the lb's XDP program (verdicts DropDenied, or passed to the kernel) per second of the wrk run; below the generator's rate when frames are lost on the way (veth rings)",
+        }),
+    );
     let get = |k: &str| flood.get(k).and_then(Value::as_f64);
     let ratio = |a: &str, b: &str| match (get(a), get(b)) {
         (Some(a), Some(b)) if b > 0.0 => json!(round(a / b, 2)),
@@ -398,11 +459,12 @@ fn run_in(lab: &Lab, cfg: &Config) -> Result<FloodResult> {
                  rule under test drops it), made by `lb-bench flood-gen` in the client namespace: the xdp_tx program \
                  (returns XDP_TX) run by BPF_PROG_TEST_RUN in live-frames mode (batch {}) with ingress_ifindex = the \
                  client's eth0, so each frame leaves the client's eth0 with no socket involved (xdp_pass is attached \
-                 to the client's switch port, as XDP_TX out of a veth needs). As fast as the kernel takes them, at \
-                 most {} packets and {} s per run (the wrk run plus 2 s; it starts before wrk)",
+                 to the client's switch port, as XDP_TX out of a veth needs). Paced to {} packets/s (0: unpaced) in \
+                 every flooded case, at most {} packets and {} s per run (the wrk run plus 2 s; it starts before wrk)",
                 Frame::udp((Ipv4Addr::UNSPECIFIED.into(), 0), (Ipv4Addr::UNSPECIFIED.into(), 0)).build().len(),
                 addr::VIP_HTTP,
                 cfg.batch,
+                cfg.pps,
                 cfg.max_packets,
                 cfg.wrk.seconds + 2
             ),
@@ -412,7 +474,8 @@ fn run_in(lab: &Lab, cfg: &Config) -> Result<FloodResult> {
                 "nftables_rps": format!("flood from {UNLISTED}, dropped by an nftables rule in the lb namespace: table netdev {NFT_TABLE}, chain on the ingress hook of eth0 (the earliest nftables hook), `ip saddr {UNLISTED} counter drop`; our XDP program passes it up first, as it would in a deployment of both"),
                 "xdp_rps": format!("flood from {DENIED}, dropped by our XDP program: rule `flood-source` ({DENIED}/32, action drop) in the agent's config"),
             },
-            "flood_pps": "the generator's packets / seconds (median over the flooded runs); each run's own rate, and what the lb's XDP program saw during the wrk run (verdict counters of the agent's pinned maps: DropDenied, or passed to the kernel), are in the cases' runs",
+            "flood_pps": "the generator's packets / seconds (median over the flooded runs), cross-checked in flood_pps_cross_check with what the lb's XDP program counted (verdict counters of the agent's pinned maps); each run's own figures are in the cases' runs; probe_unpaced gives the highest rate the lab's path takes",
+            "pps_target": cfg.pps,
             "machine_note": "everything shares the 2 CPUs: the generator, the bridge and the lb's receive path run in softirq on the CPU the generator runs on, wrk and the web servers on whatever is left",
             "quick": cfg.quick,
         }),

@@ -52,7 +52,7 @@ port = 8002
 fn haproxy_config(dir: &std::path::Path) -> String {
     format!(
         "# The seed's load balancer: HAProxy, round robin over the two web servers (lb-bench).\n\
-         global\n  maxconn 20000\n  pidfile {pid}\n\n\
+         global\n  maxconn 4096\n  pidfile {pid}\n\n\
          defaults\n  mode http\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n\n\
          frontend web\n  bind {lb}:{HAPROXY_PORT}\n  default_backend webs\n\n\
          backend webs\n  balance roundrobin\n  server web1 {web1}:80\n  server web2 {web2}:80\n",

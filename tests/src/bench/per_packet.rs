@@ -239,6 +239,8 @@ fn fw_scene(n: u32) -> Result<FwScene> {
     }
     let toml = format!(
         r#"
+[api]
+
 [[firewall.rule]]
 name = "{FW_RULE}"
 sources = [{sources}]

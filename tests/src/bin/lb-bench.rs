@@ -61,6 +61,9 @@ enum Cmd {
         /// Frames per live-frames batch (at most 256).
         #[arg(long, default_value_t = 64)]
         batch: u32,
+        /// Target packets per second (0: as fast as the kernel takes them).
+        #[arg(long, default_value_t = 0)]
+        pps: u64,
     },
 }
 
@@ -77,6 +80,9 @@ struct LabArgs {
     /// Seconds of each wrk run (default 5 quick / 10).
     #[arg(long)]
     seconds: Option<u32>,
+    /// flood only: the flood's rate in packets/s (0: as fast as the kernel takes them).
+    #[arg(long)]
+    pps: Option<u64>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -125,8 +131,8 @@ fn main() -> Result<()> {
         Some(Cmd::Http(args)) => http_main(args),
         Some(Cmd::Flood(args)) => flood_main(args),
         Some(Cmd::Summary { out }) => summary::run(&out),
-        Some(Cmd::FloodGen { iface, dst_mac, src, dst, dport, packets, seconds, batch }) => {
-            let a = flood::GenArgs { iface, dst_mac: flood::parse_mac(&dst_mac)?, src, dst, dport, packets, seconds, batch };
+        Some(Cmd::FloodGen { iface, dst_mac, src, dst, dport, packets, seconds, batch, pps }) => {
+            let a = flood::GenArgs { iface, dst_mac: flood::parse_mac(&dst_mac)?, src, dst, dport, packets, seconds, batch, pps };
             let result = flood::generate(&a)?;
             println!("{result}");
             Ok(())
@@ -184,6 +190,9 @@ fn flood_main(args: LabArgs) -> Result<()> {
     }
     if let Some(n) = args.seconds {
         cfg.wrk.seconds = n;
+    }
+    if let Some(n) = args.pps {
+        cfg.pps = n;
     }
     let outcome = flood::run(&cfg).map(|r| (r.flood, r.detail));
     let failed = outcome.is_err();
