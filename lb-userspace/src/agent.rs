@@ -99,6 +99,7 @@ struct Checker {
 pub enum ChangeError {
     ServiceNotFound(String),
     BackendNotFound { service: String, backend: String },
+    RuleNotFound(String),
     /// The change contradicts the current state (duplicate, last backend...).
     Conflict(String),
     /// A value is not acceptable (weight, address, port).
@@ -113,6 +114,7 @@ impl std::fmt::Display for ChangeError {
         match self {
             ChangeError::ServiceNotFound(service) => write!(f, "no service named `{service}`"),
             ChangeError::BackendNotFound { service, backend } => write!(f, "service `{service}` has no backend named `{backend}`"),
+            ChangeError::RuleNotFound(rule) => write!(f, "no firewall rule named `{rule}`"),
             ChangeError::Conflict(message) | ChangeError::Invalid(message) => write!(f, "{message}"),
             ChangeError::InvalidConfig(message) => write!(f, "the new config is invalid; the running one is kept:\n{message}"),
             ChangeError::Internal(error) => write!(f, "{error:#}"),
@@ -169,6 +171,8 @@ pub struct AgentState {
     pub last_reload: Option<ReloadRecord>,
     /// The firewall rules in force (ids index the data path's rule counters).
     pub rules: RuleSet,
+    /// Names of the rules added through the API (they last until the next reload or restart).
+    pub runtime_rules: Vec<String>,
 }
 
 pub async fn run(options: RunOptions) -> Result<()> {
@@ -237,6 +241,7 @@ pub async fn run(options: RunOptions) -> Result<()> {
             reloads: 0,
             last_reload: None,
             rules: RuleSet::default(),
+            runtime_rules: Vec::new(),
         })
     });
     {
@@ -735,6 +740,7 @@ impl AgentState {
         }
         services::remove_stale(&mut self.dataplane, &self.table, &existing_services, &existing_backends)?;
         self.apply_firewall()?;
+        self.runtime_rules.clear();
         let mut summary = format!(
             "{} services; backends: {kept} kept, {added} added, {removed} removed; firewall: {} rules",
             self.table.services.len(),
@@ -745,6 +751,53 @@ impl AgentState {
             summary.push_str(&note);
         }
         Ok(summary)
+    }
+
+    /// Adds a firewall rule (not written to the config file) and swaps the new rule set in.
+    pub fn add_rule(&mut self, name: &str, sources: &[String], action: config::Action) -> Result<(), ChangeError> {
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+            return Err(ChangeError::Invalid(format!("rule name `{name}`: use letters, digits, '-', '_' or '.'")));
+        }
+        if self.config.firewall.rules.iter().any(|r| r.name.get_ref() == name) {
+            return Err(ChangeError::Conflict(format!("a firewall rule named `{name}` exists already")));
+        }
+        if sources.is_empty() {
+            return Err(ChangeError::Invalid("a rule needs at least one source prefix".into()));
+        }
+        let mut cidrs = Vec::new();
+        for source in sources {
+            let cidr: config::Cidr = source.parse().map_err(ChangeError::Invalid)?;
+            let owner = self.config.firewall.rules.iter().find(|r| r.sources.iter().any(|c| *c.get_ref() == cidr));
+            if let Some(owner) = owner {
+                return Err(ChangeError::Conflict(format!("{cidr} belongs to rule `{}` already", owner.name.get_ref())));
+            }
+            cidrs.push(toml::Spanned::new(0..0, cidr));
+        }
+        let limit = (lb_common::MAX_PREFIXES / 2) as usize;
+        if self.rules.prefixes.len() + self.rules.scoped.len() + cidrs.len() > limit {
+            return Err(ChangeError::Conflict(format!("the firewall holds at most {limit} prefixes")));
+        }
+        self.config.firewall.rules.push(config::RuleConfig { name: toml::Spanned::new(0..0, name.to_string()), sources: cidrs, action });
+        if let Err(e) = self.apply_firewall() {
+            self.config.firewall.rules.pop();
+            return Err(ChangeError::Internal(e));
+        }
+        self.runtime_rules.push(name.to_string());
+        Ok(())
+    }
+
+    /// Removes a firewall rule (from the config file's rules too, until the next reload).
+    pub fn remove_rule(&mut self, name: &str) -> Result<(), ChangeError> {
+        let Some(index) = self.config.firewall.rules.iter().position(|r| r.name.get_ref() == name) else {
+            return Err(ChangeError::RuleNotFound(name.to_string()));
+        };
+        let removed = self.config.firewall.rules.remove(index);
+        if let Err(e) = self.apply_firewall() {
+            self.config.firewall.rules.insert(index, removed);
+            return Err(ChangeError::Internal(e));
+        }
+        self.runtime_rules.retain(|r| r != name);
+        Ok(())
     }
 
     /// Builds the rule set of the current config and swaps it into the data path whole.

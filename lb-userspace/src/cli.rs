@@ -74,6 +74,27 @@ pub enum ClientCommand {
     RemoveBackend { service: String, backend: String },
     /// Make the agent re-read its config file and apply the difference.
     Reload,
+    /// The firewall's rules and counters; add and remove rules at runtime.
+    #[command(subcommand)]
+    Fw(FwCommand),
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum FwCommand {
+    /// Every rule with its prefixes and counters, then the drops by reason.
+    List,
+    /// Add a rule on source prefixes (until the next reload); the rule set is swapped whole.
+    Add {
+        name: String,
+        /// A source prefix or address (repeat for more).
+        #[arg(long = "source", required = true)]
+        sources: Vec<String>,
+        /// allow, drop, or log (a dry run: counted, not dropped).
+        #[arg(long, default_value = "drop")]
+        action: String,
+    },
+    /// Remove a rule.
+    Del { name: String },
 }
 
 /// Where the agent listens and how to authenticate.
@@ -232,6 +253,18 @@ pub async fn run(command: ClientCommand, args: ApiArgs) -> Result<()> {
             change(&endpoint, args.json, "DELETE", &path, None).await?;
         }
         ClientCommand::Reload => change(&endpoint, args.json, "POST", "/api/v1/reload", None).await?,
+        ClientCommand::Fw(FwCommand::List) => {
+            let (rules, raw) = endpoint.request::<FirewallRules>("GET", "/api/v1/firewall/rules", None).await?;
+            print_or(args.json, &raw, || print_rules(&rules));
+        }
+        ClientCommand::Fw(FwCommand::Add { name, sources, action }) => {
+            let body = serde_json::to_value(AddRuleRequest { name, sources, action })?;
+            change(&endpoint, args.json, "POST", "/api/v1/firewall/rules", Some(body)).await?;
+        }
+        ClientCommand::Fw(FwCommand::Del { name }) => {
+            let path = format!("/api/v1/firewall/rules/{}", path_segment(&name));
+            change(&endpoint, args.json, "DELETE", &path, None).await?;
+        }
     }
     Ok(())
 }
@@ -262,6 +295,25 @@ fn print_or(json: bool, raw: &str, table: impl FnOnce()) {
     } else {
         table();
     }
+}
+
+fn print_rules(list: &FirewallRules) {
+    let rows: Vec<Vec<String>> = list
+        .rules
+        .iter()
+        .map(|r| {
+            let mut prefixes = r.prefixes.iter().take(3).cloned().collect::<Vec<_>>().join(",");
+            if r.prefixes.len() > 3 {
+                prefixes.push_str(&format!(",+{}", r.prefixes.len() - 3));
+            }
+            let last = r.last_hit_s_ago.map_or("never".to_string(), |s| format!("{s:.1}s ago"));
+            let name = if r.runtime { format!("{} (runtime)", r.name) } else { r.name.clone() };
+            vec![r.id.to_string(), name, r.action.clone(), prefixes, r.packets.to_string(), r.bytes.to_string(), last]
+        })
+        .collect();
+    print_table(&["ID", "RULE", "ACTION", "SOURCES", "PACKETS", "BYTES", "LAST HIT"], &rows);
+    let drops: Vec<String> = list.drops.iter().filter(|d| d.packets > 0).map(|d| format!("{} {}", d.verdict, d.packets)).collect();
+    println!("\ndrops: {}", if drops.is_empty() { "none".to_string() } else { drops.join(", ") });
 }
 
 /// Prints rows under a header, each column as wide as its widest cell.

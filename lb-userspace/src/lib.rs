@@ -1,5 +1,8 @@
 //! The `lb` agent: configuration, the XDP data path and the state it is programmed from, health
 //! checks, the status API and its command-line client.
+// The hand-written OpenAPI document is one large `json!` literal.
+#![recursion_limit = "512"]
+
 pub mod agent;
 pub mod api;
 pub mod cli;

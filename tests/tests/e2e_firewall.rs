@@ -10,7 +10,10 @@ use std::{
 
 use lb_common::maps::Verdict;
 
-use lb_tests::require_root;
+use lb_tests::{
+    agent_lab::{lb_err, lb_json, lb_ok},
+    require_root,
+};
 use lb_userspace::{
     config,
     dataplane::{Dataplane, LoadOptions},
@@ -28,11 +31,16 @@ const FLOOD_PORT: u16 = 5353;
 // Bounded in count and in time (6 s): it must overlap the 100 reloads (~5 s).
 const FLOOD_PACKETS: u32 = 2_000_000;
 
+const TOKEN: &str = "a-long-random-token-for-the-firewall-test";
+
 fn agent_config(lab: &Lab, denied: &str) -> String {
     format!(
         r#"[agent]
 interface = "eth0"
 pin_path = "{pins}"
+
+[api]
+token_file = "{token_file}"
 
 [[firewall.rule]]
 name = "denied-client"
@@ -76,6 +84,7 @@ name = "db1"
 address = "{db1}"
 "#,
         pins = stack::pin_dir(lab).display(),
+        token_file = lab.dir().join("token").display(),
         vip = addr::VIP_HTTP,
         web1 = addr::WEB1,
         web2 = addr::WEB2,
@@ -122,6 +131,7 @@ fn the_firewall_blocks_denied_sources_and_guards_the_database_vip() {
     ok(stack::start_web_servers(&lab));
     ok(stack::start_mariadb(&lab, host::DB1));
     ok(stack::attach_peer_pass(&lab, &lb));
+    ok(std::fs::write(lab.dir().join("token"), format!("{TOKEN}\n")).map_err(Into::into));
     let config_path = lab.dir().join("lb.toml");
     ok(std::fs::write(&config_path, agent_config(&lab, DENIED)).map_err(Into::into));
     let _agent = ok(stack::start_agent(&lab, &lb, &config_path));
@@ -141,6 +151,29 @@ fn the_firewall_blocks_denied_sources_and_guards_the_database_vip() {
     assert!(query(host::WEB1), "web1 cannot reach the database VIP");
     assert!(query(host::WEB2), "web2 cannot reach the database VIP");
     assert!(!query(host::CLIENT), "the client reached the database VIP");
+
+    // The rules through the CLI (and so the API): counters, a runtime rule added and removed.
+    let list = lb_json(&lab, &["fw", "list"]);
+    let rule = list["rules"].as_array().and_then(|r| r.iter().find(|r| r["name"] == "denied-client")).cloned();
+    let rule = rule.unwrap_or_else(|| panic!("denied-client not listed: {list}"));
+    assert!(rule["packets"].as_u64().unwrap_or(0) >= 1, "the denied curl was not counted: {rule}");
+    assert!(rule["last_hit_s_ago"].as_f64().is_some_and(|s| s < 60.0), "{rule}");
+    assert!(list["rules"].as_array().is_some_and(|r| r.iter().any(|r| r["name"] == "db-write/others" && r["packets"].as_u64() > Some(0))));
+    let table = lb_ok(&lab, &["fw", "list"]);
+    assert!(table.contains("denied-client") && table.contains("drop_denied"), "{table}");
+    let token = format!("--token-file={}", lab.dir().join("token").display());
+    let unauthorized = lb_err(&lab, &["fw", "add", "temp", "--source", "10.99.0.10/32"]);
+    assert!(unauthorized.contains("token"), "{unauthorized}");
+    lb_ok(&lab, &["fw", "add", "temp", "--source", "10.99.0.10/32", "--action", "drop", &token]);
+    assert!(!curl_ok(&lab, host::CLIENT, None, &web), "a runtime drop rule did not apply");
+    let duplicate = lb_err(&lab, &["fw", "add", "again", "--source", "10.99.0.10/32", &token]);
+    assert!(duplicate.contains("belongs to rule `temp`"), "{duplicate}");
+    let bad = lb_err(&lab, &["fw", "add", "bad", "--source", "10.0.0.0/40", &token]);
+    assert!(bad.contains("prefix length"), "{bad}");
+    lb_ok(&lab, &["fw", "del", "temp", &token]);
+    assert!(curl_ok(&lab, host::CLIENT, None, &web), "removing the runtime rule did not apply");
+    let missing = lb_err(&lab, &["fw", "del", "temp", &token]);
+    assert!(missing.contains("no firewall rule named `temp`"), "{missing}");
 
     // A bounded flood from the denied source while the rules are reloaded 100 times.
     install_counter(&lab, host::WEB1, DENIED);

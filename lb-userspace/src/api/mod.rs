@@ -14,7 +14,7 @@ use axum::{
     routing::{delete, get, post, put},
     Json, Router,
 };
-use lb_common::maps::{FlowKey, Verdict, FAMILY_V4, PROTO_TCP};
+use lb_common::maps::{FlowKey, FAMILY_V4, PROTO_TCP};
 use serde::de::DeserializeOwned;
 use subtle::ConstantTimeEq as _;
 use tokio::net::TcpListener;
@@ -55,7 +55,8 @@ pub fn router(state: SharedState) -> Router {
         .route("/api/v1/services/{service}/backends/{backend}/weight", put(set_weight))
         .route("/api/v1/flows", get(flows))
         .route("/api/v1/reload", post(reload))
-        // The firewall's routes (`/api/v1/firewall/rules`, issue 3) are added here.
+        .route("/api/v1/firewall/rules", get(firewall_rules).post(add_rule))
+        .route("/api/v1/firewall/rules/{rule}", delete(remove_rule))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
@@ -92,6 +93,7 @@ impl From<ChangeError> for ApiError {
         match error {
             ChangeError::ServiceNotFound(_) => ApiError::new(StatusCode::NOT_FOUND, "service_not_found", message),
             ChangeError::BackendNotFound { .. } => ApiError::new(StatusCode::NOT_FOUND, "backend_not_found", message),
+            ChangeError::RuleNotFound(_) => ApiError::new(StatusCode::NOT_FOUND, "rule_not_found", message),
             ChangeError::Conflict(_) => ApiError::new(StatusCode::CONFLICT, "conflict", message),
             ChangeError::Invalid(_) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_value", message),
             ChangeError::InvalidConfig(_) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_config", message),
@@ -183,7 +185,7 @@ async fn status(State(state): State<SharedState>) -> Result<Json<Status>, ApiErr
     for (verdict, counters) in agent.dataplane().verdict_counters().map_err(from_anyhow)? {
         traffic.packets += counters.packets;
         traffic.bytes += counters.bytes;
-        if matches!(verdict, Verdict::DropMalformed | Verdict::DropNoBackend | Verdict::DropNatPortsExhausted | Verdict::DropInternal) {
+        if verdict.is_drop() {
             traffic.dropped_packets += counters.packets;
         }
         verdicts.push(VerdictCount { verdict: verdict.name().to_string(), packets: counters.packets, bytes: counters.bytes });
@@ -390,6 +392,70 @@ fn decode_cursor(text: &str) -> Option<FlowKey> {
 
 fn done(message: String) -> Json<ChangeResult> {
     Json(ChangeResult { ok: true, message })
+}
+
+async fn firewall_rules(State(state): State<SharedState>) -> Result<Json<FirewallRules>, ApiError> {
+    let agent = agent::lock(&state);
+    let now = monotonic_coarse_ns();
+    let mut rules = Vec::new();
+    for rule in &agent.rules.rules {
+        let counters = agent.dataplane().rule_counters(rule.id).map_err(from_anyhow)?;
+        rules.push(FirewallRule {
+            id: rule.id,
+            name: rule.name.clone(),
+            kind: serde_json::to_value(&rule.kind).map_err(|e| internal(e.to_string()))?,
+            action: serde_json::to_value(rule.action).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(),
+            prefixes: rule.prefixes.clone(),
+            runtime: agent.runtime_rules.contains(&rule.name),
+            packets: counters.packets,
+            bytes: counters.bytes,
+            last_hit_s_ago: (counters.last_hit_ns > 0).then(|| now.saturating_sub(counters.last_hit_ns) as f64 / 1e9),
+        });
+    }
+    let drops = agent
+        .dataplane()
+        .verdict_counters()
+        .map_err(from_anyhow)?
+        .into_iter()
+        .filter(|(v, _)| v.is_drop())
+        .map(|(v, c)| VerdictCount { verdict: v.name().to_string(), packets: c.packets, bytes: c.bytes })
+        .collect();
+    Ok(Json(FirewallRules { rules, drops }))
+}
+
+/// The clock the data path stamps rule hits with (bpf_ktime_get_coarse_ns).
+fn monotonic_coarse_ns() -> u64 {
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime fills the struct.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut now) };
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+}
+
+async fn add_rule(
+    _: Authorized,
+    State(state): State<SharedState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<ChangeResult>, ApiError> {
+    let request: AddRuleRequest = json_body(body)?;
+    let action = match request.action.as_str() {
+        "allow" => crate::config::Action::Allow,
+        "drop" => crate::config::Action::Drop,
+        "log" => crate::config::Action::Log,
+        other => {
+            return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_value", format!("action `{other}`: use allow, drop or log")))
+        }
+    };
+    agent::lock(&state).add_rule(&request.name, &request.sources, action)?;
+    Ok(done(format!("firewall rule {} added ({} sources, {}); the rule set was swapped whole", request.name, request.sources.len(), request.action)))
+}
+
+async fn remove_rule(
+    _: Authorized,
+    State(state): State<SharedState>,
+    Path(rule): Path<String>,
+) -> Result<Json<ChangeResult>, ApiError> {
+    agent::lock(&state).remove_rule(&rule)?;
+    Ok(done(format!("firewall rule {rule} removed")))
 }
 
 async fn drain(

@@ -103,6 +103,30 @@ pub fn document() -> Value {
                 ],
                 "responses": merge(json!({ "200": ok_json("a page of flows", schema_ref("FlowPage")) }), error_responses(&[("400", "invalid_query")]))
             } },
+            "/api/v1/firewall/rules": {
+                "get": {
+                    "summary": "Firewall rules with their counters (packets, bytes, last hit), and drops by reason",
+                    "responses": { "200": ok_json("rules", schema_ref("FirewallRules")) }
+                },
+                "post": {
+                    "summary": "Add a rule on source prefixes (until the next reload); the rule set is swapped whole",
+                    "security": [{ "bearer": [] }],
+                    "requestBody": { "required": true, "content": { "application/json": { "schema": schema_ref("AddRule") } } },
+                    "responses": merge(
+                        json!({ "200": ok_json("added", schema_ref("ChangeResult")) }),
+                        error_responses(&[("400", "invalid_body"), ("401", "unauthorized"), ("403", "writes_disabled"), ("409", "conflict"), ("422", "invalid_value")]),
+                    )
+                }
+            },
+            "/api/v1/firewall/rules/{rule}": { "delete": {
+                "summary": "Remove a rule (a config-file rule comes back at the next reload)",
+                "security": [{ "bearer": [] }],
+                "parameters": [{ "name": "rule", "in": "path", "required": true, "schema": { "type": "string" } }],
+                "responses": merge(
+                    json!({ "200": ok_json("removed", schema_ref("ChangeResult")) }),
+                    error_responses(&[("401", "unauthorized"), ("403", "writes_disabled"), ("404", "rule_not_found")]),
+                )
+            } },
             "/api/v1/reload": { "post": {
                 "summary": "Re-read the config file and apply the difference (flows kept); an invalid file is refused",
                 "security": [{ "bearer": [] }],
@@ -121,6 +145,19 @@ pub fn document() -> Value {
             "schemas": {
                 "Error": { "type": "object", "required": ["error"], "properties": { "error": { "type": "object", "required": ["code", "message"], "properties": { "code": { "type": "string" }, "message": { "type": "string" } } } } },
                 "ChangeResult": { "type": "object", "properties": { "ok": { "type": "boolean" }, "message": { "type": "string" } } },
+                "FirewallRules": { "type": "object", "properties": {
+                    "rules": { "type": "array", "items": { "type": "object", "properties": {
+                        "id": { "type": "integer" }, "name": { "type": "string" }, "kind": { "type": "object" },
+                        "action": { "type": "string", "enum": ["allow", "drop", "log"] },
+                        "prefixes": { "type": "array", "items": { "type": "string" } }, "runtime": { "type": "boolean" },
+                        "packets": { "type": "integer" }, "bytes": { "type": "integer" },
+                        "last_hit_s_ago": { "type": "number", "nullable": true } } } },
+                    "drops": { "type": "array", "items": { "type": "object", "properties": {
+                        "verdict": { "type": "string" }, "packets": { "type": "integer" }, "bytes": { "type": "integer" } } } } } },
+                "AddRule": { "type": "object", "required": ["name", "sources", "action"], "additionalProperties": false, "properties": {
+                    "name": { "type": "string" },
+                    "sources": { "type": "array", "minItems": 1, "items": { "type": "string", "description": "CIDR prefix or address, v4 or v6" } },
+                    "action": { "type": "string", "enum": ["allow", "drop", "log"] } } },
                 "Weight": { "type": "object", "required": ["weight"], "additionalProperties": false, "properties": { "weight": { "type": "integer", "minimum": 1, "maximum": 100 } } },
                 "AddBackend": { "type": "object", "required": ["name", "address"], "additionalProperties": false, "properties": {
                     "name": { "type": "string" }, "address": { "type": "string", "description": "IPv4 or IPv6, the VIP's family" },

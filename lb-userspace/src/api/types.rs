@@ -180,3 +180,40 @@ pub struct ErrorDetail {
     /// For people.
     pub message: String,
 }
+
+/// `GET /api/v1/firewall/rules`: every rule with its counters, and the drops by reason.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FirewallRules {
+    pub rules: Vec<FirewallRule>,
+    /// Packets dropped by the firewall, by reason (`drop_denied`, `drop_rate_limited`, ...).
+    pub drops: Vec<VerdictCount>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FirewallRule {
+    pub id: u32,
+    pub name: String,
+    /// `global`, `bogons`, `service_allow`, `service_deny`, `service_default_drop`,
+    /// `host_port_allow`, `host_port_default_drop`; with `service` or `port`/`protocol`.
+    pub kind: serde_json::Value,
+    /// `allow`, `drop` or `log` (a dry run: counted, not dropped).
+    pub action: String,
+    pub prefixes: Vec<String>,
+    /// Added through the API (gone at the next reload or restart), not from the config file.
+    pub runtime: bool,
+    pub packets: u64,
+    pub bytes: u64,
+    /// Seconds since the rule last matched (coarse), `None` if it never did.
+    pub last_hit_s_ago: Option<f64>,
+}
+
+/// `POST /api/v1/firewall/rules`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddRuleRequest {
+    pub name: String,
+    /// CIDR prefixes (or addresses), IPv4 and IPv6.
+    pub sources: Vec<String>,
+    /// `allow`, `drop` or `log`.
+    pub action: String,
+}

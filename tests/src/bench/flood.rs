@@ -246,6 +246,42 @@ fn nft_dropped(lab: &Lab) -> Option<u64> {
     out.split("packets ").nth(1)?.split_whitespace().next()?.parse().ok()
 }
 
+/// Counters of the veth ends on the flood's way (`ethtool -S`): the client's eth0, its switch
+/// port, the lb's switch port, the lb's eth0.
+fn nic_counters(lab: &Lab) -> Vec<(String, u64)> {
+    let mut all = Vec::new();
+    let (sw_client, sw_lb) = (lab.switch_port(host::CLIENT).1, lab.switch_port(host::LB).1);
+    for (host, iface, label) in [
+        (host::CLIENT, "eth0", "client/eth0"),
+        (xtask::lab::SWITCH, sw_client.as_str(), "sw/client"),
+        (xtask::lab::SWITCH, sw_lb.as_str(), "sw/lb"),
+        (host::LB, "eth0", "lb/eth0"),
+    ] {
+        let Ok(text) = lab.exec_stdout(host, &["ethtool", "-S", iface]) else { continue };
+        for line in text.lines() {
+            if let Some((k, v)) = line.trim().split_once(':') {
+                if let Ok(v) = v.trim().parse::<u64>() {
+                    all.push((format!("{label} {}", k.trim()), v));
+                }
+            }
+        }
+    }
+    all
+}
+
+/// Non-zero differences of the drop, error and XDP counters between two [`nic_counters`].
+fn nic_delta(before: &[(String, u64)], after: &[(String, u64)]) -> Value {
+    let mut out = Map::new();
+    for (k, v) in after {
+        let b = before.iter().find(|(bk, _)| bk == k).map_or(0, |(_, bv)| *bv);
+        let interesting = ["drop", "err", "xdp", "full"].iter().any(|w| k.contains(w));
+        if interesting && *v > b {
+            out.insert(k.clone(), json!(v - b));
+        }
+    }
+    Value::Object(out)
+}
+
 /// Starts the generator in the client namespace (bounded by `seconds` and `cfg.max_packets`).
 fn spawn_gen(lab: &Lab, cfg: &Config, src: &str, pps: u64, seconds: f64, lb_mac: &str, log: &str) -> Result<u32> {
     let exe = labkit::self_exe()?;
@@ -311,6 +347,7 @@ fn run_case(lab: &Lab, dp: &Dataplane, cfg: &Config, case: Case, lb_mac: &str) -
     let log = format!("flood-gen-{}", case.key());
     let flood_seconds = f64::from(cfg.wrk.seconds) + 2.0;
     let before = flood_verdicts(dp)?;
+    let nics_before = nic_counters(lab);
     let mut gen_pid = None;
     if let Some(src) = case.source() {
         gen_pid = Some(spawn_gen(lab, cfg, src, cfg.pps, flood_seconds, lb_mac, &log)?);
@@ -329,6 +366,7 @@ fn run_case(lab: &Lab, dp: &Dataplane, cfg: &Config, case: Case, lb_mac: &str) -
     let v1 = flood_verdicts(dp)?;
     let nft = if case == Case::Nftables { nft_dropped(lab) } else { None };
     let gen = gen_pid.map_or(Value::Null, |pid| gen_result(lab, pid, &log));
+    let nics = nic_delta(&nics_before, &nic_counters(lab));
     if case == Case::Nftables {
         nft_rule(lab, false)?;
     }
@@ -350,6 +388,7 @@ fn run_case(lab: &Lab, dp: &Dataplane, cfg: &Config, case: Case, lb_mac: &str) -
             "seen_pps": round(seen, 0),
         },
         "nftables_dropped_packets": nft,
+        "veth_drop_err_xdp_counters_delta": nics,
     }))
 }
 
