@@ -61,8 +61,18 @@ pub fn run(args: RunArgs) -> Result<()> {
 
     let lab = Lab::up(LabSpec::standard(lab::DEFAULT_PREFIX))?;
     catch_signals();
-    let agent = stack::start(&lab)?;
-    print_guide(&lab);
+    stack::start_mariadb(&lab, host::DB1)?;
+    let options = stack::AgentOptions {
+        web_health: Some("kind = \"http\"\nexpect_status = 200".into()),
+        api_token: Some(random_token()?),
+        db_health: Some(format!(
+            "kind = \"mysql\"\nuser = \"{}\"\npassword = \"{}\"\nrole = \"primary\"",
+            stack::MYSQL_CHECK_USER,
+            stack::MYSQL_CHECK_PASSWORD
+        )),
+    };
+    let agent = stack::start_with(&lab, &options)?;
+    print_guide(&lab, &lb);
     while !STOP.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_millis(200));
         if !lab.is_running(agent) && !STOP.load(Ordering::SeqCst) {
@@ -94,34 +104,47 @@ fn ignore_signals() {
     }
 }
 
-fn print_guide(lab: &Lab) {
+/// A token for the lab's API writes, from the kernel's random source.
+fn random_token() -> Result<String> {
+    let mut bytes = [0u8; 24];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
+        .context("reading /dev/urandom")?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn print_guide(lab: &Lab, lb: &std::path::Path) {
     let client = lab.ns(host::CLIENT);
     let lbns = lab.ns(host::LB);
-    let pins = stack::pin_dir(lab);
-    let pins = pins.display();
+    let lb = lb.display();
     println!(
         "
-The seed's web stack is up, load balanced by XDP on {lbns}:eth0.
+The seed's stack is up, load balanced and filtered by XDP on {lbns}:eth0.
 
-  VIP {vip}:80    DSR mode, round robin over web1 ({web1}) and web2 ({web2})
-  VIP {vip}:{nat}  NAT mode, same backends (they see {snat} as the client)
+  VIP {vip}:80     web service, DSR, round robin over web1 ({web1}) and web2 ({web2})
+  VIP {vip}:{nat}   the same service through NAT (backends see {snat} as the client)
+  VIP {db_vip}:3306 MariaDB on db1, health-checked over the MySQL protocol
 
 Try:
-  ip netns exec {client} curl http://{vip}/            # alternates web1 / web2
+  ip netns exec {client} curl http://{vip}/          # web1, web2, web1, ...
   ip netns exec {client} curl http://{vip}:{nat}/
-  ip netns exec {lbns} ip -d link show eth0   # the XDP program
-  ls {pins}             # the pinned maps (bpftool map dump pinned {pins}/BACKENDS)
-  cat {log}             # the agent's log
+  ip netns exec {lbns} {lb} status               # the agent: attach mode, backends, traffic
+  ip netns exec {lbns} {lb} backends             # health and counters per backend
+  ip netns exec {lbns} {lb} fw list              # firewall rules and drops by reason
+  ip netns exec {lbns} {lb} drain web-dsr web1 --token-file {token}
+  ip netns exec {lbns} curl -s localhost:9876/metrics | head
 
-Not there yet: the status API and `lb status` (issue 4), HTTPS, the database tier and the
-dashboard (issue 5).
+Not there yet: the lb-web app tier with HTTPS, database replication and failover, the
+dashboard (issue 5). The web servers are nginx.
 
-Ctrl-C stops everything and removes the lab.",
+Ctrl-C stops everything and removes the lab. Logs: {logs}",
         vip = addr::VIP_HTTP,
+        db_vip = addr::VIP_DB_WRITE,
         web1 = addr::WEB1,
         web2 = addr::WEB2,
         snat = addr::LB_SNAT,
         nat = stack::NAT_PORT,
-        log = lab.log_path("agent").display(),
+        token = stack::api_token_file(lab).display(),
+        logs = lab.log_dir().display(),
     );
 }
