@@ -125,6 +125,10 @@ fn lb_web_static_files_https_and_notes_across_both_servers() {
     assert!(line.starts_with(&format!("{} - - [", addr::CLIENT)), "{line}");
     assert!(line.contains(" +0000] \"GET") && line.contains("\"-\" \"curl/"), "not the combined format: {line}");
     assert!(log.contains("\"GET /healthz HTTP/2.0\" 200 2 "), "{log}");
+    // Compressed answers are logged with the bytes sent, not the file's size.
+    let gzip = log.lines().find(|l| l.contains("\"GET /lorem.txt HTTP/1.1\" 200 ")).unwrap_or_else(|| panic!("{log}"));
+    let sent: usize = gzip.split(' ').nth(9).and_then(|b| b.parse().ok()).unwrap_or_else(|| panic!("no byte count: {gzip}"));
+    assert!(sent > 0 && sent < 2000, "{gzip}");
 
     // Database down: the API answers 503 with a JSON error, the server stays up.
     lab.stop(mariadb).unwrap_or_else(|e| panic!("{e:#}"));

@@ -4,18 +4,21 @@ use std::{
     fs::{File, OpenOptions},
     io::Write,
     net::SocketAddr,
+    pin::Pin,
     sync::{Arc, Mutex},
+    task::{Context, Poll},
     time::{SystemTime, UNIX_EPOCH},
 };
 
-use anyhow::{Context, Result};
+use anyhow::{Context as _, Result};
 use axum::{
-    body::HttpBody as _,
+    body::{Body, Bytes, HttpBody},
     extract::{Request, State},
     http::{header, HeaderMap, Version},
     middleware::Next,
     response::Response,
 };
+use hyper::body::{Frame, SizeHint};
 
 /// The client's address, put on each request by the connection loop.
 #[derive(Debug, Clone, Copy)]
@@ -61,7 +64,7 @@ impl AccessLog {
     }
 }
 
-/// Middleware: one line per request once the response head is ready.
+/// Middleware: one line per request, once its response body has been sent.
 pub async fn middleware(State(log): State<AccessLog>, request: Request, next: Next) -> Response {
     let client = request.extensions().get::<ClientAddr>().map_or_else(|| "-".to_string(), |c| c.0.ip().to_canonical().to_string());
     let target = request.uri().path_and_query().map_or_else(|| request.uri().path().to_string(), |pq| pq.to_string());
@@ -69,19 +72,50 @@ pub async fn middleware(State(log): State<AccessLog>, request: Request, next: Ne
     let referer = field(request.headers(), header::REFERER);
     let agent = field(request.headers(), header::USER_AGENT);
     let response = next.run(request).await;
-    // Bytes of the body: the header, else the body's exact size; "-" when streamed (compressed).
-    let bytes = match response.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()) {
-        Some(length) => length.to_string(),
-        None => response.body().size_hint().exact().map_or_else(|| "-".to_string(), |n| n.to_string()),
-    };
-    let line = format!(
-        "{client} - - [{}] \"{}\" {} {bytes} \"{referer}\" \"{agent}\"\n",
-        clf_time(SystemTime::now()),
-        escape(&request_line),
-        response.status().as_u16(),
-    );
-    log.write(&line);
-    response
+    let prefix = format!("{client} - - [{}] \"{}\" {}", clf_time(SystemTime::now()), escape(&request_line), response.status().as_u16());
+    let suffix = format!("\"{referer}\" \"{agent}\"");
+    // The line is written once the body is done (or dropped), with the bytes really sent.
+    response.map(|body| Body::new(CountedBody { inner: body, bytes: 0, line: Some((log, prefix, suffix)) }))
+}
+
+/// A response body that counts its bytes and writes the access log line when it is dropped.
+struct CountedBody {
+    inner: Body,
+    bytes: u64,
+    line: Option<(AccessLog, String, String)>,
+}
+
+impl HttpBody for CountedBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                self.bytes += data.len() as u64;
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for CountedBody {
+    fn drop(&mut self) {
+        if let Some((log, prefix, suffix)) = self.line.take() {
+            // As Apache's %b: "-" for no body.
+            let bytes = if self.bytes == 0 { "-".to_string() } else { self.bytes.to_string() };
+            log.write(&format!("{prefix} {bytes} {suffix}\n"));
+        }
+    }
 }
 
 fn version(v: Version) -> &'static str {
