@@ -14,3 +14,4 @@ pub mod http_client;
 pub mod metrics;
 pub mod neighbor;
 pub mod services;
+pub mod web;

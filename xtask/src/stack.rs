@@ -254,3 +254,141 @@ pub fn start_with(lab: &Lab, options: &AgentOptions) -> Result<u32> {
     let config = write_agent_config_with(lab, options)?;
     start_agent(lab, &lb, &config)
 }
+
+/// The database and account the lab creates for the app tier (`lb-web`'s notes).
+pub const APP_DB_NAME: &str = "notes";
+pub const APP_DB_USER: &str = "lbapp";
+pub const APP_DB_PASSWORD: &str = "lbapp-lab-password";
+
+/// Creates the app's database and account (all privileges on it, from anywhere) on a running
+/// MariaDB started by [`start_mariadb`], through its socket as root. Idempotent.
+pub fn create_app_database(lab: &Lab, db: &str) -> Result<()> {
+    let socket = lab.dir().join(format!("mariadb-{db}")).join("mysqld.sock");
+    let socket_arg = format!("--socket={}", socket.display());
+    let sql = format!(
+        "CREATE DATABASE IF NOT EXISTS {APP_DB_NAME}; \
+         CREATE USER IF NOT EXISTS '{APP_DB_USER}'@'%' IDENTIFIED BY '{APP_DB_PASSWORD}'; \
+         GRANT ALL PRIVILEGES ON {APP_DB_NAME}.* TO '{APP_DB_USER}'@'%';"
+    );
+    lab.exec(db, &["mariadb", "--no-defaults", &socket_arg, "-uroot", "-e", &sql])
+        .with_context(|| format!("creating the app database on {db}"))?;
+    Ok(())
+}
+
+/// HTTPS port of `lb-web` in the lab (HTTP is on 80).
+pub const APP_HTTPS_PORT: u16 = 443;
+
+/// How the lab runs `lb-web` on web1 and web2.
+#[derive(Debug, Clone)]
+pub struct AppOptions {
+    /// `host:port` the notes API writes to (the write VIP by default).
+    pub db_write: String,
+    /// `host:port` the notes API reads from (the read VIP by default).
+    pub db_read: String,
+    /// Plain HTTP answers with a redirect to HTTPS (except `/healthz`).
+    pub redirect_to_https: bool,
+}
+
+impl Default for AppOptions {
+    fn default() -> Self {
+        AppOptions {
+            db_write: format!("{}:3306", addr::VIP_DB_WRITE),
+            db_read: format!("{}:3306", addr::VIP_DB_READ),
+            redirect_to_https: false,
+        }
+    }
+}
+
+/// What [`start_app_servers`] made: where the CA, the shared static files and the logs are.
+#[derive(Debug, Clone)]
+pub struct AppServers {
+    /// `(host, pid)` of each `lb-web`.
+    pub pids: Vec<(String, u32)>,
+    /// The lab CA's certificate (`curl --cacert`).
+    pub ca: PathBuf,
+    /// The static files both servers serve.
+    pub static_dir: PathBuf,
+}
+
+/// The app tier's directory in the lab: certificates, static files, configs, access logs.
+pub fn app_dir(lab: &Lab) -> PathBuf {
+    lab.dir().join("app")
+}
+
+/// The access log (combined format) of `lb-web` on `web`.
+pub fn app_access_log(lab: &Lab, web: &str) -> PathBuf {
+    app_dir(lab).join(format!("{web}-access.log"))
+}
+
+/// `lb-web` on web1 and web2, the same binary and the same static files and certificate (the
+/// lab CA's, made once with `lb-web gen-certs` for the web hosts and the HTTP VIP), HTTP on 80
+/// and HTTPS on 443. Returns once both answer `/healthz` from the client.
+pub fn start_app_servers(lab: &Lab, options: &AppOptions) -> Result<AppServers> {
+    let bin = release_binary("lb-web")?;
+    let dir = app_dir(lab);
+    let certs = dir.join("certs");
+    if !certs.join("server.pem").exists() {
+        let mut cmd = Command::new(&bin);
+        cmd.arg("gen-certs").arg("--out").arg(&certs);
+        for ip in [addr::WEB1, addr::WEB2, addr::VIP_HTTP, addr::WEB1_V6, addr::WEB2_V6, addr::VIP_HTTP_V6] {
+            cmd.args(["--ip", ip]);
+        }
+        util::output(&mut cmd).context("making the lab's certificates")?;
+    }
+    let static_dir = dir.join("static");
+    std::fs::create_dir_all(&static_dir)?;
+    std::fs::write(
+        static_dir.join("index.html"),
+        "<!doctype html>\n<title>lb lab</title>\n<h1>The lb lab</h1>\n<p>Served by lb-web; the header X-Served-By names the server.</p>\n",
+    )?;
+    // Big and compressible: range and compression have something to work on.
+    std::fs::write(static_dir.join("lorem.txt"), "Lorem ipsum dolor sit amet, consectetur adipiscing elit.\n".repeat(200))?;
+    let mut pids = Vec::new();
+    for web in host::WEBS {
+        pids.push((web.to_string(), start_app_server(lab, web, options)?));
+    }
+    Ok(AppServers { pids, ca: certs.join("ca.pem"), static_dir })
+}
+
+/// `lb-web` on one web host (again, after a stop, possibly with other options); its pid once it
+/// answers `/healthz` from the client. [`start_app_servers`] must have run once before.
+pub fn start_app_server(lab: &Lab, web: &str, options: &AppOptions) -> Result<u32> {
+    let bin = release_binary("lb-web")?;
+    let dir = app_dir(lab);
+    let address = lab
+        .spec()
+        .host(web)
+        .and_then(|h| h.ipv4.first())
+        .and_then(|a| a.split('/').next())
+        .with_context(|| format!("lab host {web} has no IPv4 address"))?
+        .to_string();
+    let config = format!(
+        "# Written by the lab (xtask/src/stack.rs).\n\
+         server_name = \"{web}\"\n\
+         static_dir = \"{static_dir}\"\n\
+         access_log = \"{log}\"\n\n\
+         [http]\nlisten = [\"[::]:80\"]\nredirect_to_https = {redirect}\n\n\
+         [https]\nlisten = [\"[::]:{https}\"]\ncert = \"{certs}/server.pem\"\nkey = \"{certs}/server-key.pem\"\n\n\
+         [database]\nwrite = \"{write}\"\nread = \"{read}\"\nuser = \"{APP_DB_USER}\"\npassword = \"{APP_DB_PASSWORD}\"\n\
+         name = \"{APP_DB_NAME}\"\n# The lab's MariaDB server ids.\nnodes = {{ db1 = 1, db2 = 2 }}\n",
+        static_dir = dir.join("static").display(),
+        log = app_access_log(lab, web).display(),
+        redirect = options.redirect_to_https,
+        https = APP_HTTPS_PORT,
+        certs = dir.join("certs").display(),
+        write = options.db_write,
+        read = options.db_read,
+    );
+    let path = dir.join(format!("{web}.toml"));
+    std::fs::write(&path, config)?;
+    let log = format!("lb-web-{web}");
+    let pid = lab.spawn(web, &[bin.display().to_string(), "--config".into(), path.display().to_string()], &log)?;
+    let url = format!("http://{address}/healthz");
+    let up = util::wait_until(Duration::from_secs(10), Duration::from_millis(50), || {
+        !lab.is_running(pid) || lab.exec(host::CLIENT, &["curl", "-sf", "-m", "1", &url]).is_ok()
+    });
+    if !up || !lab.is_running(pid) {
+        bail!("lb-web did not answer on {web}:\n{}", lab.read_log(&log));
+    }
+    Ok(pid)
+}
