@@ -2,10 +2,14 @@
 //!
 //! root check -> setup (unless --no-setup) -> `cargo build --release` -> each part in turn.
 //! Each part owns some top-level keys of the results file (DESIGN.md "Result files") and keeps
-//! the others, so parts can be run and rerun independently. Parts today:
-//! - per-packet: `lb-bench` (tests/src/bin/lb-bench.rs), BPF_PROG_TEST_RUN -> `per_packet_ns`.
+//! the others, so parts can be run and rerun independently. All are `lb-bench` subcommands
+//! (tests/src/bin/lb-bench.rs):
+//! - per-packet: BPF_PROG_TEST_RUN -> `per_packet_ns`;
+//! - http: wrk through web1, HAProxy, nginx, XDP DSR, XDP NAT in a lab `lbb-ht-` -> `http`;
+//! - flood: legit req/s under a bounded flood in a lab `lbb-fl-` -> `flood`;
+//! - summary: every table, the target ratios, and the chart `target/bench/results.svg`.
 //!
-//! Later parts (`http`, `flood`) are more entries in [`PARTS`].
+//! A part that fails writes nulls and its reason, and the others still run.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -15,7 +19,7 @@ use xtask::{setup, util};
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
-    /// Shorter runs (about a minute in all), for a first look and CI.
+    /// Shorter runs (a few minutes in all), for a first look and CI.
     #[arg(long)]
     pub quick: bool,
     /// Skip `cargo xtask setup` (packages, toolchain, bpffs).
@@ -35,7 +39,12 @@ struct Part {
     run: fn(&Ctx) -> Result<()>,
 }
 
-const PARTS: &[Part] = &[Part { name: "per-packet (BPF_PROG_TEST_RUN)", run: per_packet }];
+const PARTS: &[Part] = &[
+    Part { name: "per-packet (BPF_PROG_TEST_RUN)", run: per_packet },
+    Part { name: "http (wrk: direct, HAProxy, nginx, XDP DSR, XDP NAT)", run: http },
+    Part { name: "flood (legit req/s under a bounded flood)", run: flood },
+    Part { name: "summary (targets, chart)", run: summary },
+];
 
 fn cargo() -> Command {
     // The rustup proxy from PATH (~/.cargo/bin is put first by main).
@@ -56,6 +65,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     util::run(cargo().args(["build", "--release"]))?;
 
+    // Labs of the bench (lbb-*) left by a killed run go first; each part removes its own lab.
+    xtask::lab::cleanup_stale("lbb-").context("removing stale bench labs (lbb-*)")?;
     let results = util::target_dir().join("bench").join("results.json");
     std::fs::create_dir_all(results.parent().unwrap_or(Path::new(".")))
         .with_context(|| format!("creating the directory of {}", results.display()))?;
@@ -84,4 +95,27 @@ fn per_packet(ctx: &Ctx) -> Result<()> {
     }
     cmd.arg("--out").arg(&ctx.results);
     util::run(&mut cmd)
+}
+
+/// `lb-bench SUBCOMMAND [--quick] --out RESULTS`.
+fn lb_bench(ctx: &Ctx, sub: &str, quick: bool) -> Result<()> {
+    let mut cmd = cargo();
+    cmd.args(["run", "--release", "-p", "lb-tests", "--bin", "lb-bench", "--", sub]);
+    if quick && ctx.quick {
+        cmd.arg("--quick");
+    }
+    cmd.arg("--out").arg(&ctx.results);
+    util::run(&mut cmd)
+}
+
+fn http(ctx: &Ctx) -> Result<()> {
+    lb_bench(ctx, "http", true)
+}
+
+fn flood(ctx: &Ctx) -> Result<()> {
+    lb_bench(ctx, "flood", true)
+}
+
+fn summary(ctx: &Ctx) -> Result<()> {
+    lb_bench(ctx, "summary", false)
 }
