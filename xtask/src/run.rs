@@ -63,7 +63,8 @@ pub fn run(args: RunArgs) -> Result<()> {
     catch_signals();
     stack::start_mariadb(&lab, host::DB1)?;
     let options = stack::AgentOptions {
-        web_health: Some("kind = \"http\"\nexpect_status = 200".into()),
+        web_health: Some("kind = \"http\"\npath = \"/healthz\"\nexpect_status = 200".into()),
+        app_tier: true,
         api_token: Some(random_token()?),
         db_health: Some(format!(
             "kind = \"mysql\"\nuser = \"{}\"\npassword = \"{}\"\nrole = \"primary\"",
@@ -121,25 +122,29 @@ fn print_guide(lab: &Lab, lb: &std::path::Path) {
         "
 The seed's stack is up, load balanced and filtered by XDP on {lbns}:eth0.
 
-  VIP {vip}:80     web service, DSR, round robin over web1 ({web1}) and web2 ({web2})
-  VIP {vip}:{nat}   the same service through NAT (backends see {snat} as the client)
-  VIP {db_vip}:3306 MariaDB on db1, health-checked over the MySQL protocol
+  VIP {vip}:80     the app tier (lb-web), DSR, round robin over web1 ({web1}) and web2 ({web2})
+  VIP {vip}:443    the same over HTTPS (the lab's own CA: {ca})
+  VIP {vip}:{nat}   port 80 again, through NAT (backends see {snat} as the client)
+  VIP {db_vip}:3306 MariaDB on db1 (writes), {read_vip}:3306 (reads), health-checked over MySQL
 
 Try:
-  ip netns exec {client} curl http://{vip}/          # web1, web2, web1, ...
-  ip netns exec {client} curl http://{vip}:{nat}/
+  ip netns exec {client} curl -si http://{vip}/api/notes | grep X-Served-By   # web1, web2, ...
+  ip netns exec {client} curl -s -X POST -H 'content-type: application/json' -d '{{\"text\":\"hello\"}}' http://{vip}/api/notes
+  ip netns exec {client} curl --cacert {ca} https://{vip}/api/notes
+  ip netns exec {client} curl http://{vip}:{nat}/healthz
   ip netns exec {lbns} {lb} status               # the agent: attach mode, backends, traffic
   ip netns exec {lbns} {lb} backends             # health and counters per backend
   ip netns exec {lbns} {lb} fw list              # firewall rules and drops by reason
   ip netns exec {lbns} {lb} drain web-dsr web1 --token-file {token}
   ip netns exec {lbns} curl -s localhost:9876/metrics | head
 
-Not there yet: the lb-web app tier with HTTPS, database replication and failover, the
-dashboard (issue 5). The web servers are nginx.
+Not there yet: database replication and failover (db2 idles), the dashboard (issue 5).
 
 Ctrl-C stops everything and removes the lab. Logs: {logs}",
         vip = addr::VIP_HTTP,
         db_vip = addr::VIP_DB_WRITE,
+        read_vip = addr::VIP_DB_READ,
+        ca = stack::app_dir(lab).join("certs").join("ca.pem").display(),
         web1 = addr::WEB1,
         web2 = addr::WEB2,
         snat = addr::LB_SNAT,

@@ -76,6 +76,10 @@ pub struct AgentOptions {
     /// Adds the service `db` (the writer VIP, port 3306, DSR) over db1, with this
     /// `[service.health]` body.
     pub db_health: Option<String>,
+    /// The seed's app tier: lb-web on web1 and web2 (HTTP and HTTPS) instead of nginx, the
+    /// service `web-https` on the VIP's port 443, and `db-read` on the read VIP (needs
+    /// `db_health` and MariaDB running on db1).
+    pub app_tier: bool,
 }
 
 /// The MariaDB account the lab creates for the agent's mysql health check.
@@ -114,6 +118,21 @@ pub fn write_agent_config_with(lab: &Lab, options: &AgentOptions) -> Result<Path
         ),
         None => String::new(),
     };
+    let app = match (&options.db_health, options.app_tier) {
+        (Some(health), true) => format!(
+            "\n[[service]]\nname = \"db-read\"\nvip = \"{read_vip}\"\nport = 3306\nmode = \"dsr\"\n\n[service.health]\n{health}\n\n\
+             [[service.backend]]\nname = \"db1\"\naddress = \"{db1}\"\n\n\
+             [[service]]\nname = \"web-https\"\nvip = \"{vip}\"\nport = 443\nmode = \"dsr\"\n\n[service.health]\nkind = \"tcp\"\n\n\
+             [[service.backend]]\nname = \"web1\"\naddress = \"{web1}\"\n\n[[service.backend]]\nname = \"web2\"\naddress = \"{web2}\"\n",
+            read_vip = addr::VIP_DB_READ,
+            vip = addr::VIP_HTTP,
+            db1 = addr::DB1,
+            web1 = addr::WEB1,
+            web2 = addr::WEB2,
+        ),
+        _ => String::new(),
+    };
+    let db = db + &app;
     let text = format!(
         r#"# Written by the lab (xtask/src/stack.rs).
 [agent]
@@ -249,7 +268,12 @@ pub fn start(lab: &Lab) -> Result<u32> {
 /// [`start`] with an agent config written by [`write_agent_config_with`].
 pub fn start_with(lab: &Lab, options: &AgentOptions) -> Result<u32> {
     let lb = release_binary("lb")?;
-    start_web_servers(lab)?;
+    if options.app_tier {
+        create_app_database(lab, host::DB1)?;
+        start_app_servers(lab, &AppOptions::default())?;
+    } else {
+        start_web_servers(lab)?;
+    }
     attach_peer_pass(lab, &lb)?;
     let config = write_agent_config_with(lab, options)?;
     start_agent(lab, &lb, &config)
