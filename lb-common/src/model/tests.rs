@@ -94,7 +94,7 @@ fn decisions() {
         ("new DSR flow", syn(CLIENT, VIP, 80), ForwardDsr, Action::Dsr { service: 0, backend: None }),
         ("established DSR flow", ack(CLIENT, 7777, VIP, 80), ForwardDsr, Action::Dsr { service: 0, backend: Some(1) }),
         ("new NAT flow", v4(CLIENT, NAT_VIP, 17, (5353, 53), 0), ForwardNat, Action::Nat { service: 1, flow: None }),
-        ("NAT reply", v4(BACKENDS[0].addr, SNAT, 17, (80, 20000), 0), Verdict::NatReply, Action::NatReply(Fixed.nat_reply(&FlowKey { src: CLIENT, dst: SNAT, src_port: 0, dst_port: 20000, proto: 17 }).unwrap())),
+        ("NAT reply", v4(BACKENDS[0].addr, SNAT, 17, (80, 20000), 0), Verdict::NatReply, Action::NatReply(Fixed.nat_reply(&FlowKey { src: CLIENT, dst: SNAT, src_port: 0, dst_port: 20000, proto: 17 }).expect("the fixed NAT entry"))),
         ("service source denied /32 inside allowed /16", syn(Addr::v4([10, 5, 9, 9]), VIP, 80), DropServiceSource, Action::None),
         ("service source outside the allowed /16", syn(Addr::v4([10, 6, 0, 1]), VIP, 80), DropServiceSource, Action::None),
         ("service without active backend", syn(CLIENT, VIP, 81), DropNoBackend, Action::None),
@@ -143,7 +143,7 @@ fn ipv6_parse_and_lengths() {
     f[38] = 0xfd;
     f[53] = 2;
     f[54 + 13] = 0x02;
-    let packet = parse(&f).unwrap();
+    let packet = parse(&f).expect("a valid IPv6 frame");
     assert!(packet.key.src.v6 && packet.key.proto == 6 && packet.l4 == 54 && packet.tcp_flags == 2);
     let mut long = f.clone();
     long[19] = 21;

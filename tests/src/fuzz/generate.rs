@@ -21,7 +21,7 @@ impl Rng {
         Rng(seed)
     }
 
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -31,12 +31,12 @@ impl Rng {
 
     /// Uniform in `0..n` (n > 0).
     pub fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
+        (self.next_u64() % n as u64) as usize
     }
 
     /// True with probability `percent` / 100.
     pub fn chance(&mut self, percent: u64) -> bool {
-        self.next() % 100 < percent
+        self.next_u64() % 100 < percent
     }
 
     pub fn pick<T: Copy>(&mut self, items: &[T]) -> T {
@@ -44,7 +44,7 @@ impl Rng {
     }
 
     pub fn byte(&mut self) -> u8 {
-        self.next() as u8
+        self.next_u64() as u8
     }
 
     pub fn bytes(&mut self, n: usize) -> Vec<u8> {
@@ -176,7 +176,7 @@ impl Generator {
 
     fn port(&self, rng: &mut Rng) -> u16 {
         match rng.below(8) {
-            0 => rng.next() as u16,
+            0 => rng.next_u64() as u16,
             1 => NAT_PORTS.0 + rng.below((NAT_PORTS.1 - NAT_PORTS.0 + 1) as usize) as u16,
             2 => scenario::EPHEMERAL.0 + rng.below(1000) as u16,
             _ => rng.pick(&PORTS),
@@ -242,14 +242,14 @@ impl Generator {
             spec.trailer = rng.bytes(n);
         }
         if rng.chance(15) {
-            spec.vlan = Some((rng.pick(&[0x8100, 0x88A8]), rng.next() as u16));
+            spec.vlan = Some((rng.pick(&[0x8100, 0x88A8]), rng.next_u64() as u16));
         }
         if !spec.src.v6 && rng.chance(15) {
             let words = 1 + rng.below(10);
             spec.ipv4_options = if rng.chance(50) { vec![1; 4 * words] } else { rng.bytes(4 * words) };
         }
         if !spec.src.v6 && rng.chance(8) {
-            let random = rng.next() as u16;
+            let random = rng.next_u64() as u16;
             spec.frags = rng.pick(&[0x2000, 0x00B9, 0x20B9, 0x8000, 0x4001, 0x0000, random]);
         }
         spec
@@ -342,7 +342,7 @@ fn mutate(rng: &mut Rng, frame: &mut Vec<u8>, spec: &Spec) {
             let value = match rng.below(3) {
                 0 => (frame.len() - l3) as u16 + rng.below(5) as u16,
                 1 => rng.below(60) as u16,
-                _ => rng.next() as u16,
+                _ => rng.next_u64() as u16,
             };
             frame[at..at + 2].copy_from_slice(&value.to_be_bytes());
         }
@@ -350,7 +350,7 @@ fn mutate(rng: &mut Rng, frame: &mut Vec<u8>, spec: &Spec) {
         5 if frame.len() >= 14 => {
             let at = l3 - 2;
             if frame.len() >= at + 2 {
-                let random = rng.next() as u16;
+                let random = rng.next_u64() as u16;
                 let ether_type = rng.pick(&[0x0800u16, 0x86DD, 0x8100, 0x88A8, 0x0806, random]);
                 frame[at..at + 2].copy_from_slice(&ether_type.to_be_bytes());
             }
