@@ -13,7 +13,7 @@ pub mod shrink;
 
 use std::{collections::BTreeMap, time::Instant};
 
-use lb_common::model::Config;
+use scenario::Scenario;
 
 use generate::{Generator, Rng};
 
@@ -28,13 +28,13 @@ pub struct Options {
     pub shrink_max: usize,
     /// Stop after this many disagreements.
     pub max_mismatches: u64,
-    /// The model's view of the configuration (a wrong one shows the checks bite).
-    pub model: &'static Config<'static>,
+    /// Configurations, one per chunk in turn (a wrong model shows the checks bite).
+    pub scenarios: &'static [Scenario],
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { packets: 100_000, seed: 1, chunk: 25_000, cross_family: false, shrink_max: 3, max_mismatches: u64::MAX, model: &scenario::MODEL }
+        Options { packets: 100_000, seed: 1, chunk: 25_000, cross_family: false, shrink_max: 3, max_mismatches: u64::MAX, scenarios: &scenario::ALL }
     }
 }
 
@@ -71,9 +71,11 @@ pub fn run(options: &Options) -> Report {
     let mut report = Report::default();
     let mut rng = Rng::new(options.seed);
     let generator = Generator { cross_family: options.cross_family };
-    let config = options.model;
+    let mut chunks = options.scenarios.iter().cycle();
     while report.packets < options.packets && report.model_mismatches < options.max_mismatches {
-        let h = scenario::harness();
+        let scenario = chunks.next().expect("at least one scenario");
+        let config = scenario.model;
+        let h = scenario::harness(scenario);
         let mut tracker = check::Tracker::default();
         let chunk = options.chunk.min(options.packets - report.packets);
         for _ in 0..chunk {
@@ -85,9 +87,9 @@ pub fn run(options: &Options) -> Report {
                     report.aborted += mismatch.aborted as u64;
                     report.model_mismatches += 1;
                     // Each kind of disagreement is shrunk once (shrinking reloads the program).
-                    let new_kind = !report.shrunk.iter().any(|(what, _)| what.starts_with(&mismatch.what));
+                    let new_kind = !report.shrunk.iter().any(|(what, _)| what.contains(&mismatch.what));
                     if new_kind && report.shrunk.len() < options.shrink_max {
-                        report.shrunk.push(explain(config, &frame, &mismatch.what));
+                        report.shrunk.push(explain(scenario, &frame, &format!("[{}] {}", scenario.name, mismatch.what)));
                     }
                     // The two states may have drifted apart: start afresh.
                     break;
@@ -100,14 +102,14 @@ pub fn run(options: &Options) -> Report {
 }
 
 /// The disagreement and its minimal frame (or the frame whole, when it needs the history).
-fn explain(config: &Config, frame: &[u8], what: &str) -> (String, String) {
-    if !shrink::reproduces(config, frame) {
+fn explain(scenario: &Scenario, frame: &[u8], what: &str) -> (String, String) {
+    if !shrink::reproduces(scenario, frame) {
         return (format!("{what} (needs the earlier packets of its chunk: not shrunk)"), shrink::rust_array(frame));
     }
-    let minimal = shrink::shrink(config, frame, 150);
-    let h = scenario::harness();
+    let minimal = shrink::shrink(scenario, frame, 150);
+    let h = scenario::harness(scenario);
     let mut tracker = check::Tracker::default();
-    let now = check::check(&h, config, &mut tracker, &minimal).err().map_or(String::new(), |m| m.what);
+    let now = check::check(&h, scenario.model, &mut tracker, &minimal).err().map_or(String::new(), |m| m.what);
     (format!("{what}\n  shrunk ({} -> {} bytes): {now}", frame.len(), minimal.len()), shrink::rust_array(&minimal))
 }
 

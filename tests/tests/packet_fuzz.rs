@@ -1,8 +1,9 @@
 //! 100k structured random and mutated frames through the real XDP program and the reference
-//! model (`lb_common::model`): no XDP_ABORTED, no disagreement. The full run is
+//! model (`lb_common::model`), in both scenarios (strict and relaxed firewall): no XDP_ABORTED,
+//! no disagreement. The full run is
 //! `cargo run --release -p lb-tests --bin lb-fuzz -- --packets 1000000`.
 use lb_tests::{
-    fuzz::{self, Options},
+    fuzz::{self, scenario::Scenario, Options},
     require_root,
 };
 
@@ -32,6 +33,8 @@ fn a_wrong_model_is_caught() {
         return;
     }
     static WRONG: lb_common::model::Config = lb_common::model::Config { tcp_flag_checks: false, ..fuzz::scenario::MODEL };
-    let report = fuzz::run(&Options { packets: 5_000, seed: 0x5EED, shrink_max: 0, max_mismatches: 1, model: &WRONG, ..Options::default() });
+    static SCENARIOS: [Scenario; 1] = [Scenario { model: &WRONG, ..fuzz::scenario::STRICT }];
+    let options = Options { packets: 5_000, seed: 0x5EED, shrink_max: 0, max_mismatches: 1, scenarios: &SCENARIOS, ..Options::default() };
+    let report = fuzz::run(&options);
     assert!(report.model_mismatches > 0, "a model without TCP flag checks went unnoticed\n{}", report.summary());
 }

@@ -1,5 +1,7 @@
-//! The configuration under fuzz: one agent config (TOML, programmed the way `lb run` does) and
-//! the same configuration written out by hand for the model. No rate limits anywhere (they
+//! The configurations under fuzz: agent configs (TOML, programmed the way `lb run` does) and
+//! the same configurations written out by hand for the model. `strict` has every firewall
+//! feature on; `relaxed` turns the switches off (no TCP flag checks, fragments to VIPs passed,
+//! host policy open, no CIDR rules) so the other side of each branch is compared too. No rate limits anywhere (they
 //! depend on time, which the model leaves out).
 use std::net::IpAddr;
 
@@ -13,7 +15,8 @@ pub const NAT_PORTS: (u16, u16) = (20000, 29999);
 pub const EPHEMERAL: (u16, u16) = (32768, 60999);
 pub const LB_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 
-pub const TOML: &str = r#"
+/// The firewall of the `strict` scenario.
+pub const STRICT_FIREWALL: &str = r#"
 [firewall]
 bogons = ["0.0.0.0/8", "240.0.0.0/4"]
 
@@ -47,6 +50,20 @@ name = "trial"
 sources = ["198.51.100.0/24"]
 action = "log"
 
+"#;
+
+/// The firewall of the `relaxed` scenario.
+pub const RELAXED_FIREWALL: &str = r#"
+[firewall]
+drop_fragments = false
+tcp_flag_checks = false
+
+[firewall.host]
+policy = "open"
+"#;
+
+/// The services of both scenarios.
+pub const SERVICES_TOML: &str = r#"
 [[service]]
 name = "web"
 vip = "10.0.0.100"
@@ -220,7 +237,7 @@ const HOST_PORTS: [HostPort; 3] = [
     HostPort { port: 68, proto: 17, sources: &[] },
 ];
 
-/// [`TOML`] as the model sees it.
+/// The `strict` scenario as the model sees it.
 pub const MODEL: Config = Config {
     tcp_flag_checks: true,
     drop_fragments: true,
@@ -232,9 +249,25 @@ pub const MODEL: Config = Config {
     host_ports: &HOST_PORTS,
 };
 
-/// The real program, loaded and programmed from [`TOML`].
+/// The `relaxed` scenario as the model sees it.
+pub const RELAXED_MODEL: Config =
+    Config { tcp_flag_checks: false, drop_fragments: false, host_policy: false, rules: &[], ..MODEL };
+
+/// An agent config and the model's view of it.
+#[derive(Clone, Copy)]
+pub struct Scenario {
+    pub name: &'static str,
+    pub firewall: &'static str,
+    pub model: &'static Config<'static>,
+}
+
+pub const STRICT: Scenario = Scenario { name: "strict", firewall: STRICT_FIREWALL, model: &MODEL };
+pub const RELAXED: Scenario = Scenario { name: "relaxed", firewall: RELAXED_FIREWALL, model: &RELAXED_MODEL };
+pub const ALL: [Scenario; 2] = [STRICT, RELAXED];
+
+/// The real program, loaded and programmed from `scenario`'s config.
 #[track_caller]
-pub fn harness() -> ConfigHarness {
+pub fn harness(scenario: &Scenario) -> ConfigHarness {
     let macs: Vec<(IpAddr, [u8; 6])> = MODEL
         .services
         .iter()
@@ -242,7 +275,8 @@ pub fn harness() -> ConfigHarness {
         .map(|b| (to_ip(&b.addr), b.mac))
         .collect();
     let hosts: Vec<IpAddr> = HOST_ADDRS.iter().map(|a| a.parse().unwrap_or_else(|e| panic!("{a}: {e}"))).collect();
-    let mut h = ConfigHarness::new(TOML, &macs, &hosts);
+    let toml = format!("{}\n{SERVICES_TOML}", scenario.firewall);
+    let mut h = ConfigHarness::new(&toml, &macs, &hosts);
     h.harness.set_nat_ports(NAT_PORTS.0, NAT_PORTS.1);
     for (service, backend, state) in STATES {
         let entry = h.table.services.iter_mut().find(|s| s.name == service).unwrap_or_else(|| panic!("no service {service}"));

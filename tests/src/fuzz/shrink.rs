@@ -1,27 +1,29 @@
 //! Shrinking a disagreement to a minimal frame: against a freshly loaded program and an empty
 //! model state, delete bytes from the end, zero bytes, then delete bytes from the middle, keeping each
 //! change while the program and the model still disagree.
-use lb_common::model::Config;
-
-use super::{check, generate::MIN_FRAME, scenario};
+use super::{
+    check,
+    generate::MIN_FRAME,
+    scenario::{self, Scenario},
+};
 
 /// Whether `frame` alone, on a fresh program, still makes the two disagree.
-pub fn reproduces(config: &Config, frame: &[u8]) -> bool {
+pub fn reproduces(scenario: &Scenario, frame: &[u8]) -> bool {
     if frame.len() < MIN_FRAME {
         return false;
     }
-    let h = scenario::harness();
+    let h = scenario::harness(scenario);
     let mut tracker = check::Tracker::default();
-    check::check(&h, config, &mut tracker, frame).is_err()
+    check::check(&h, scenario.model, &mut tracker, frame).is_err()
 }
 
 /// The smallest frame found that still disagrees (at most `budget` program loads).
-pub fn shrink(config: &Config, frame: &[u8], budget: usize) -> Vec<u8> {
+pub fn shrink(scenario: &Scenario, frame: &[u8], budget: usize) -> Vec<u8> {
     let mut best = frame.to_vec();
     let mut tries = 0;
     let mut attempt = |candidate: Vec<u8>, best: &mut Vec<u8>| -> bool {
         tries += 1;
-        if tries <= budget && reproduces(config, &candidate) {
+        if tries <= budget && reproduces(scenario, &candidate) {
             *best = candidate;
             return true;
         }
