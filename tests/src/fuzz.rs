@@ -106,7 +106,7 @@ fn explain(scenario: &Scenario, frame: &[u8], what: &str) -> (String, String) {
     if !shrink::reproduces(scenario, frame) {
         return (format!("{what} (needs the earlier packets of its chunk: not shrunk)"), shrink::rust_array(frame));
     }
-    let minimal = shrink::shrink(scenario, frame, 150);
+    let minimal = shrink::shrink(scenario, frame, 2000);
     let h = scenario::harness(scenario);
     let mut tracker = check::Tracker::default();
     let now = check::check(&h, scenario.model, &mut tracker, &minimal).err().map_or(String::new(), |m| m.what);

@@ -160,6 +160,15 @@ impl Tracker {
         backend
     }
 
+    /// No flows, and the verdict counts the program already has (a program reused for shrinking).
+    pub fn synced(h: &ConfigHarness) -> Self {
+        let mut tracker = Tracker::default();
+        for (verdict, counters) in h.harness.dataplane.verdict_counters().unwrap_or_else(|e| panic!("{e:#}")) {
+            tracker.verdicts.insert(verdict as u32, counters.packets);
+        }
+        tracker
+    }
+
     fn add_flow(&mut self, key: FlowKey, flow: Flow) {
         if self.flows.insert(key, flow).is_none() {
             self.client_flows.push(key);

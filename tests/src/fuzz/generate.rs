@@ -209,6 +209,11 @@ impl Generator {
             spec.src = self.address(rng, service.vip.v6);
             (spec.dst, spec.dst_port, spec.proto) = (service.vip, service.port, service.proto);
         }
+        // Asked for the known bug: now and then straight at the source-restricted SSH port.
+        if self.cross_family && rng.chance(1) {
+            (spec.src, spec.dst, spec.dst_port, spec.proto) =
+                (rng.pick(&CROSS_FAMILY6), v6([0xfd00, 0, 0, 0, 0, 0, 0, 2]), 22, 6);
+        }
         self.decorate(rng, spec)
     }
 
