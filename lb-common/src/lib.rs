@@ -4,6 +4,7 @@
 #![no_std]
 
 pub mod maps;
+pub mod model;
 
 /// Services the data path can hold (VIP, port, protocol).
 pub const MAX_SERVICES: u32 = 256;

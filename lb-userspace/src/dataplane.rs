@@ -266,6 +266,11 @@ impl Dataplane {
         Verdict::ALL.iter().map(|&v| Ok((v, self.counters(names::VERDICT_STATS, v as u32)?))).collect()
     }
 
+    /// The counters of one verdict (one map read, for per-packet checks).
+    pub fn verdict_counter(&self, verdict: Verdict) -> Result<Counters> {
+        self.counters(names::VERDICT_STATS, verdict as u32)
+    }
+
     /// Up to `limit` entries of the flow table, in the kernel's hash order, starting after
     /// `after` (or at the beginning). Returns them and the key to continue from, `None` at the
     /// end. The table changes while it is read: a flow may be missed or seen twice, and a
