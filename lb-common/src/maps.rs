@@ -304,19 +304,24 @@ pub struct CidrV6 {
     pub addr: [u8; 16],
 }
 
-/// LPM data of `SERVICE_SOURCES`: generation, service id (big endian: matched whole, first),
-/// then the source address (IPv4 in the first 4 bytes). Prefix length = 8 + 32 + the CIDR's.
+/// LPM data of `SERVICE_SOURCES`: generation, scope (a service id, big endian: matched whole,
+/// first), the address family (so an IPv4 prefix never matches the first bytes of an IPv6
+/// source), then the source address (IPv4 in the first 4 bytes). A scope's catch-all has
+/// prefix length `SERVICE_CIDR_PREFIX_BITS` (any family); a source prefix has
+/// `SERVICE_CIDR_PREFIX_BITS + SERVICE_CIDR_FAMILY_BITS` + the CIDR's.
 #[repr(C, packed)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ServiceCidr {
     pub generation: u8,
     pub service: [u8; 4],
+    pub family: u8,
     pub addr: [u8; 16],
 }
 
 /// Bits of the prefix before the address in the LPM keys above.
 pub const CIDR_GENERATION_BITS: u32 = 8;
 pub const SERVICE_CIDR_PREFIX_BITS: u32 = 8 + 32;
+pub const SERVICE_CIDR_FAMILY_BITS: u32 = 8;
 
 /// `HOST_ADDRS` and `VIPS` key: an address (of the load balancer itself, or a VIP).
 #[repr(C)]
@@ -384,7 +389,7 @@ const _: () = assert!(core::mem::size_of::<RateKey>() == 24);
 const _: () = assert!(core::mem::size_of::<FwRule>() == 8);
 const _: () = assert!(core::mem::size_of::<CidrV4>() == 5);
 const _: () = assert!(core::mem::size_of::<CidrV6>() == 17);
-const _: () = assert!(core::mem::size_of::<ServiceCidr>() == 21);
+const _: () = assert!(core::mem::size_of::<ServiceCidr>() == 22);
 const _: () = assert!(core::mem::size_of::<AddrKey>() == 20);
 const _: () = assert!(core::mem::size_of::<HostPort>() == 4);
 const _: () = assert!(core::mem::size_of::<Firewall>() == 48);

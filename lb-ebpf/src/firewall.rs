@@ -7,7 +7,7 @@ use lb_common::{
         AddrKey, CidrV4, CidrV6, Firewall, FwRule, HostPort, Rate, RateKey, Service, ServiceCidr,
         Verdict, ACTION_DROP, FAMILY_V4, FW_DROP_FRAGMENTS, FW_HOST_POLICY,
         FW_TCP_FLAG_CHECKS, FW_V4_RULES, FW_V6_RULES, PROTO_TCP, PROTO_UDP, RATE_ICMP_ECHO,
-        RATE_PACKETS, RATE_SYN, RATE_SYN_BUDGET, REASON_SPOOF, SCOPE_HOST, SERVICE_CIDR_PREFIX_BITS,
+        RATE_PACKETS, RATE_SYN, RATE_SYN_BUDGET, REASON_SPOOF, SCOPE_HOST, SERVICE_CIDR_FAMILY_BITS, SERVICE_CIDR_PREFIX_BITS,
         CIDR_GENERATION_BITS, FLOW_PACKET_RATE, FW_SCOPED_SOURCES,
     },
 };
@@ -192,8 +192,13 @@ pub fn host_policy(packet: &Packet, fw: &Firewall) -> Verdict {
 fn check_sources(packet: &Packet, scope: u32, fw: &Firewall, drop: Verdict) -> Result<(), Verdict> {
     let key = &packet.key;
     let bits = if key.family == FAMILY_V4 { 32 } else { 128 };
-    let cidr = ServiceCidr { generation: fw.generation as u8, service: scope.to_be_bytes(), addr: addr_bytes(&key.src) };
-    match SERVICE_SOURCES.get(&lpm_key(SERVICE_CIDR_PREFIX_BITS + bits, cidr)) {
+    let cidr = ServiceCidr {
+        generation: fw.generation as u8,
+        service: scope.to_be_bytes(),
+        family: key.family,
+        addr: addr_bytes(&key.src),
+    };
+    match SERVICE_SOURCES.get(&lpm_key(SERVICE_CIDR_PREFIX_BITS + SERVICE_CIDR_FAMILY_BITS + bits, cidr)) {
         Some(rule) => apply(rule, packet, drop),
         None => Ok(()),
     }

@@ -22,7 +22,7 @@ use lb_common::{
     maps::{
         AddrKey, Backend, CidrV4, CidrV6, Counters, Firewall, Flow, FlowKey, FlowKeyV4, FwRule, HostPort,
         RuleCounters, Service, ServiceCidr, ServiceKey, Settings, Verdict, CIDR_GENERATION_BITS,
-        SERVICE_CIDR_PREFIX_BITS,
+        FAMILY_V4, FAMILY_V6, SERVICE_CIDR_FAMILY_BITS, SERVICE_CIDR_PREFIX_BITS,
     },
     names,
 };
@@ -336,19 +336,26 @@ impl Dataplane {
 
     /// A source rule of a scope (service or host port); `None` is the scope's catch-all.
     pub fn put_scoped_prefix(&mut self, generation: u32, scope: u32, cidr: Option<&Cidr>, rule: &FwRule) -> Result<()> {
-        let (bits, addr) = match cidr {
-            None => (0, [0u8; 16]),
+        // The catch-all covers the scope in both families; a prefix also matches its family.
+        let (bits, family, addr) = match cidr {
+            None => (SERVICE_CIDR_PREFIX_BITS, 0, [0u8; 16]),
             Some(cidr) => {
                 let mut addr = [0u8; 16];
-                match cidr.addr {
-                    std::net::IpAddr::V4(v4) => addr[..4].copy_from_slice(&v4.octets()),
-                    std::net::IpAddr::V6(v6) => addr = v6.octets(),
-                }
-                (cidr.len as u32, addr)
+                let family = match cidr.addr {
+                    std::net::IpAddr::V4(v4) => {
+                        addr[..4].copy_from_slice(&v4.octets());
+                        FAMILY_V4
+                    }
+                    std::net::IpAddr::V6(v6) => {
+                        addr = v6.octets();
+                        FAMILY_V6
+                    }
+                };
+                (SERVICE_CIDR_PREFIX_BITS + SERVICE_CIDR_FAMILY_BITS + cidr.len as u32, family, addr)
             }
         };
         let mut map: LpmTrie<&mut MapData, ServiceCidr, FwRule> = LpmTrie::try_from(self.map_mut(names::SERVICE_SOURCES)?)?;
-        let key = LpmKey::new(SERVICE_CIDR_PREFIX_BITS + bits, ServiceCidr { generation: generation as u8, service: scope.to_be_bytes(), addr });
+        let key = LpmKey::new(bits, ServiceCidr { generation: generation as u8, service: scope.to_be_bytes(), family, addr });
         map.insert(&key, rule, 0).context("writing SERVICE_SOURCES")?;
         Ok(())
     }

@@ -290,7 +290,6 @@ fn a_new_rule_set_replaces_the_old_one_whole() {
 /// 10.9.0.0/16 and fd09::/32. (The reverse, an IPv4 source matching an IPv6 prefix's first 32
 /// bits, is the same flaw; bogons hide it for fd09::/32.)
 #[test]
-#[ignore = "bug: SERVICE_SOURCES keys carry no address family; IPv6 sources match IPv4 source prefixes"]
 fn an_ipv6_source_never_matches_an_ipv4_source_prefix() {
     if !require_root("an_ipv6_source_never_matches_an_ipv4_source_prefix") {
         return;

@@ -18,8 +18,9 @@ struct Args {
     /// Packets per freshly loaded program and state.
     #[arg(long, default_value_t = 25_000)]
     chunk: u64,
-    /// Also draw sources that expose the known cross-family source-rule bug.
-    #[arg(long)]
+    /// Draw IPv6 sources whose first bytes spell allowed IPv4 prefixes (and the reverse): they
+    /// once slipped through scoped source rules. `--cross-family false` leaves them out.
+    #[arg(long, action = clap::ArgAction::Set, default_value_t = true)]
     cross_family: bool,
     /// Results file (the `packet_fuzz` key is replaced, the rest kept).
     #[arg(long)]
