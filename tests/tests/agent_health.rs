@@ -42,6 +42,7 @@ fn dead_backends_leave_the_rotation_within_the_budget_and_come_back() {
         db_health: Some(format!(
             "kind = \"mysql\"\nuser = \"{MYSQL_CHECK_USER}\"\npassword = \"{MYSQL_CHECK_PASSWORD}\"\nrole = \"primary\"\ntimeout_ms = 200"
         )),
+        app_tier: false,
     };
     let config = stack::write_agent_config_with(&lab, &options).unwrap_or_else(|e| panic!("{e:#}"));
     let agent = stack::start_agent(&lab, &lb, &config).unwrap_or_else(|e| panic!("{e:#}"));

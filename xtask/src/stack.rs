@@ -122,7 +122,8 @@ pub fn write_agent_config_with(lab: &Lab, options: &AgentOptions) -> Result<Path
         (Some(health), true) => format!(
             "\n[[service]]\nname = \"db-read\"\nvip = \"{read_vip}\"\nport = 3306\nmode = \"dsr\"\n\n[service.health]\n{health}\n\n\
              [[service.backend]]\nname = \"db1\"\naddress = \"{db1}\"\n\n\
-             [[service]]\nname = \"web-https\"\nvip = \"{vip}\"\nport = 443\nmode = \"dsr\"\n\n[service.health]\nkind = \"tcp\"\n\n\
+             [[service]]\nname = \"web-https\"\nvip = \"{vip}\"\nport = 443\nmode = \"dsr\"\n\n\
+             [service.health]\nkind = \"https\"\npath = \"/healthz\"\nexpect_body = \"ok\"\ntls_verify = false\n\n\
              [[service.backend]]\nname = \"web1\"\naddress = \"{web1}\"\n\n[[service.backend]]\nname = \"web2\"\naddress = \"{web2}\"\n",
             read_vip = addr::VIP_DB_READ,
             vip = addr::VIP_HTTP,
