@@ -31,6 +31,7 @@ pub const PACKAGES: &[&str] = &[
     "netsniff-ng",
     "nftables",
     "procps",
+    "python3",
     "psmisc",
 ];
 
