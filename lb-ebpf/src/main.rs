@@ -3,7 +3,7 @@
 #![no_std]
 #![no_main]
 #![feature(core_intrinsics)]
-#![allow(internal_features, reason = "atomic_xadd: the BPF target has no AtomicU32")]
+#![allow(internal_features, reason = "atomic_xadd: the BPF target has no atomic type with fetch_add")]
 
 mod balance;
 mod checksum;
@@ -41,7 +41,8 @@ pub fn xdp_pass(_ctx: XdpContext) -> u32 {
     XDP_PASS
 }
 
-/// Sends every frame back out of its interface: the flood generator of `lb-bench` runs it through BPF_PROG_TEST_RUN in live-frames mode.
+/// Sends every frame back out of its interface: `lb-bench`'s flood generator runs it through
+/// BPF_PROG_TEST_RUN in live-frames mode.
 #[xdp]
 pub fn xdp_tx(_ctx: XdpContext) -> u32 {
     XDP_TX
