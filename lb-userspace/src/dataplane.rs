@@ -263,7 +263,7 @@ impl Dataplane {
     }
 
     pub fn verdict_counters(&self) -> Result<Vec<(Verdict, Counters)>> {
-        Verdict::ALL.iter().map(|&v| Ok((v, self.counters(names::VERDICT_STATS, v as u32)?))).collect()
+        Verdict::ALL.iter().map(|&v| Ok((v, self.verdict_counter(v)?))).collect()
     }
 
     /// The counters of one verdict (one map read, for per-packet checks).
@@ -294,15 +294,8 @@ impl Dataplane {
         Ok(FlowsPage { flows, next })
     }
 
-    /// A per-CPU counter summed over the CPUs.
     fn counters(&self, map: &str, index: u32) -> Result<Counters> {
-        let map: PerCpuArray<&MapData, Counters> = PerCpuArray::try_from(self.map(map)?)?;
-        let per_cpu = map.get(&index, 0).with_context(|| format!("reading counters [{index}]"))?;
-        let mut total = Counters::default();
-        for counters in per_cpu.iter() {
-            total.add(counters);
-        }
-        Ok(total)
+        sum_counters(self.map(map)?, index)
     }
 
     pub fn firewall(&self) -> Result<Firewall> {
@@ -559,14 +552,18 @@ impl PinnedMaps {
     }
 
     fn counters(&self, name: &str, index: u32) -> Result<Counters> {
-        let map = self.map(name)?;
-        let array: PerCpuArray<&MapData, Counters> = PerCpuArray::try_from(&map)?;
-        let mut total = Counters::default();
-        for counters in array.get(&index, 0)?.iter() {
-            total.add(counters);
-        }
-        Ok(total)
+        sum_counters(&self.map(name)?, index)
     }
+}
+
+/// A per-CPU counter summed over the CPUs.
+fn sum_counters(map: &aya::maps::Map, index: u32) -> Result<Counters> {
+    let array: PerCpuArray<&MapData, Counters> = PerCpuArray::try_from(map)?;
+    let mut total = Counters::default();
+    for counters in array.get(&index, 0).with_context(|| format!("reading counters [{index}]"))?.iter() {
+        total.add(counters);
+    }
+    Ok(total)
 }
 
 fn rule_counters(map: &aya::maps::Map, id: u32) -> Result<RuleCounters> {

@@ -11,7 +11,7 @@ use std::{
 use lb_common::maps::Verdict;
 
 use lb_tests::{
-    agent_lab::{lb_err, lb_json, lb_ok},
+    agent_lab::{curl, lb_err, lb_json, lb_ok},
     require_root,
 };
 use lb_userspace::{
@@ -111,13 +111,13 @@ fn counted(lab: &Lab, host: &str) -> u64 {
     out.split("packets ").nth(1).and_then(|rest| rest.split_whitespace().next()).and_then(|n| n.parse().ok()).unwrap_or(u64::MAX)
 }
 
+/// One request from `from` (from the address `source`, if given) answered with 200 within 2 s.
 fn curl_ok(lab: &Lab, from: &str, source: Option<&str>, url: &str) -> bool {
-    let mut args = vec!["curl", "-s", "-o", "/dev/null", "-m", "2", "-w", "%{http_code}"];
+    let mut extra = vec!["-m", "2"];
     if let Some(source) = source {
-        args.extend(["--interface", source]);
+        extra.extend(["--interface", source]);
     }
-    args.push(url);
-    lab.exec_stdout(from, &args).map(|code| code.trim() == "200").unwrap_or(false)
+    curl(lab, from, &extra, url).0 == 200
 }
 
 #[test]
