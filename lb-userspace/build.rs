@@ -5,7 +5,9 @@ use aya_build::{Package, Toolchain};
 
 fn main() -> anyhow::Result<()> {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?);
-    let workspace = manifest_dir.parent().ok_or_else(|| anyhow::anyhow!("no workspace root"))?;
+    let workspace = manifest_dir
+        .parent()
+        .ok_or_else(|| anyhow::anyhow!("no workspace root"))?;
     let ebpf_dir = workspace.join("lb-ebpf");
     let common_dir = workspace.join("lb-common");
     println!("cargo:rerun-if-changed={}", common_dir.display());
@@ -28,7 +30,13 @@ fn main() -> anyhow::Result<()> {
         }
     }
 
-    let ebpf_dir = ebpf_dir.to_str().ok_or_else(|| anyhow::anyhow!("non-UTF-8 path"))?;
-    let package = Package { name: "lb-ebpf", root_dir: ebpf_dir, ..Default::default() };
+    let ebpf_dir = ebpf_dir
+        .to_str()
+        .ok_or_else(|| anyhow::anyhow!("non-UTF-8 path"))?;
+    let package = Package {
+        name: "lb-ebpf",
+        root_dir: ebpf_dir,
+        ..Default::default()
+    };
     aya_build::build_ebpf([package], Toolchain::default())
 }

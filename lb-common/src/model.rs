@@ -106,7 +106,9 @@ pub struct SourceRule {
 pub enum Mode {
     Dsr,
     /// Source NAT towards the backends from `snat`.
-    Nat { snat: Addr },
+    Nat {
+        snat: Addr,
+    },
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -213,7 +215,10 @@ pub enum Action {
     None,
     /// To a backend of `service` by MAC: `backend` for an established flow, `None` for a new
     /// flow (the next backend in round robin).
-    Dsr { service: usize, backend: Option<usize> },
+    Dsr {
+        service: usize,
+        backend: Option<usize>,
+    },
     /// To a backend of `service` with addresses and ports rewritten: the established flow, or
     /// `None` for a new one (next backend, a free NAT port).
     Nat { service: usize, flow: Option<Flow> },
@@ -233,13 +238,23 @@ pub struct Decision {
 pub fn decide(frame: &[u8], config: &Config, state: &impl State) -> Decision {
     let packet = match parse(frame) {
         Ok(packet) => packet,
-        Err(verdict) => return Decision { verdict, action: Action::None, packet: None },
+        Err(verdict) => {
+            return Decision {
+                verdict,
+                action: Action::None,
+                packet: None,
+            }
+        }
     };
     let (verdict, action) = match route(&packet, config, state) {
         Ok(action) => (verdict_of(&action), action),
         Err(verdict) => (verdict, Action::None),
     };
-    Decision { verdict, action, packet: Some(packet) }
+    Decision {
+        verdict,
+        action,
+        packet: Some(packet),
+    }
 }
 
 fn verdict_of(action: &Action) -> Verdict {
@@ -283,7 +298,10 @@ fn route(packet: &Packet, config: &Config, state: &impl State) -> Result<Action,
 
 fn forward(service: usize, flow: Option<Flow>, config: &Config) -> Action {
     match config.services[service].mode {
-        Mode::Dsr => Action::Dsr { service, backend: flow.map(|f| f.backend) },
+        Mode::Dsr => Action::Dsr {
+            service,
+            backend: flow.map(|f| f.backend),
+        },
         Mode::Nat { .. } => Action::Nat { service, flow },
     }
 }
@@ -357,7 +375,14 @@ fn parse_ipv4(frame: &[u8], l3: usize) -> Result<Packet, Verdict> {
     };
     // More fragments, or an offset.
     let fragment = be16(ip, 6) & 0x3FFF != 0;
-    Ok(Packet { key, tcp_flags: 0, icmp_type: 0, fragment, l3, l4: l3 + header_len })
+    Ok(Packet {
+        key,
+        tcp_flags: 0,
+        icmp_type: 0,
+        fragment,
+        l3,
+        l4: l3 + header_len,
+    })
 }
 
 fn parse_ipv6(frame: &[u8], l3: usize) -> Result<Packet, Verdict> {
@@ -373,14 +398,31 @@ fn parse_ipv6(frame: &[u8], l3: usize) -> Result<Packet, Verdict> {
     src.copy_from_slice(&ip[8..24]);
     dst.copy_from_slice(&ip[24..40]);
     // Extension headers are not walked: the next-header value is the protocol.
-    let key = FlowKey { src: Addr::v6(src), dst: Addr::v6(dst), src_port: 0, dst_port: 0, proto: ip[6] };
-    Ok(Packet { key, tcp_flags: 0, icmp_type: 0, fragment: false, l3, l4: l3 + IPV6_LEN })
+    let key = FlowKey {
+        src: Addr::v6(src),
+        dst: Addr::v6(dst),
+        src_port: 0,
+        dst_port: 0,
+        proto: ip[6],
+    };
+    Ok(Packet {
+        key,
+        tcp_flags: 0,
+        icmp_type: 0,
+        fragment: false,
+        l3,
+        l4: l3 + IPV6_LEN,
+    })
 }
 
 /// Checks every parsed packet gets, wherever it goes.
 fn screen(packet: &Packet, config: &Config) -> Result<(), Verdict> {
     let key = &packet.key;
-    if config.tcp_flag_checks && key.proto == PROTO_TCP && !packet.fragment && impossible_flags(packet.tcp_flags) {
+    if config.tcp_flag_checks
+        && key.proto == PROTO_TCP
+        && !packet.fragment
+        && impossible_flags(packet.tcp_flags)
+    {
         return Err(Verdict::DropTcpFlags);
     }
     if key.src == key.dst {
@@ -396,9 +438,11 @@ fn screen(packet: &Packet, config: &Config) -> Result<(), Verdict> {
         .filter(|r| r.cidr.contains(&key.src))
         .max_by_key(|r| r.cidr.len);
     match rule {
-        Some(rule) if rule.action == RuleAction::Drop => {
-            Err(if rule.spoof { Verdict::DropSpoofed } else { Verdict::DropDenied })
-        }
+        Some(rule) if rule.action == RuleAction::Drop => Err(if rule.spoof {
+            Verdict::DropSpoofed
+        } else {
+            Verdict::DropDenied
+        }),
         _ => Ok(()),
     }
 }
@@ -435,8 +479,16 @@ fn host_policy(packet: &Packet, config: &Config) -> Verdict {
     }
     match key.proto {
         PROTO_TCP | PROTO_UDP => {
-            if let Some(open) = config.host_ports.iter().find(|p| p.port == key.dst_port && p.proto == key.proto) {
-                return if sources_admit(open.sources, &key.src) { Verdict::PassHost } else { Verdict::DropHostPolicy };
+            if let Some(open) = config
+                .host_ports
+                .iter()
+                .find(|p| p.port == key.dst_port && p.proto == key.proto)
+            {
+                return if sources_admit(open.sources, &key.src) {
+                    Verdict::PassHost
+                } else {
+                    Verdict::DropHostPolicy
+                };
             }
             let ephemeral = (config.ephemeral.0..=config.ephemeral.1).contains(&key.dst_port);
             // Replies to the host's own connections; a bare SYN is someone's new connection.

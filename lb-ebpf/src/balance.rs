@@ -8,8 +8,8 @@ use network_types::eth::EthHdr;
 
 use lb_common::{
     maps::{
-        Backend, Flow, FlowKey, FlowKeyV4, NatReverse, Service, ServiceKey, Verdict, BACKEND_ACTIVE,
-        BACKEND_DRAINING, FAMILY_V4, FLOW_PACKET_RATE, MODE_NAT,
+        Backend, Flow, FlowKey, FlowKeyV4, NatReverse, Service, ServiceKey, Verdict,
+        BACKEND_ACTIVE, BACKEND_DRAINING, FAMILY_V4, FLOW_PACKET_RATE, MODE_NAT,
     },
     NAT_PORT_TRIES,
 };
@@ -112,17 +112,29 @@ fn flow_entry(packet: &Packet) -> Option<*mut Flow> {
 
 #[inline(always)]
 pub fn service_key(packet: &Packet) -> ServiceKey {
-    ServiceKey { addr: packet.key.dst, port: packet.key.dst_port, proto: packet.key.proto, family: packet.key.family }
+    ServiceKey {
+        addr: packet.key.dst,
+        port: packet.key.dst_port,
+        proto: packet.key.proto,
+        family: packet.key.family,
+    }
 }
 
 /// A new flow: the next backend in the service's selection table, recorded in the flow table
 /// (any entry of a re-balanced flow is replaced).
 #[inline(always)]
-pub fn new_flow(ctx: &XdpContext, packet: &Packet, service: &'static Service, fw_generation: u32) -> Result<Route, Verdict> {
+pub fn new_flow(
+    ctx: &XdpContext,
+    packet: &Packet,
+    service: &'static Service,
+    fw_generation: u32,
+) -> Result<Route, Verdict> {
     if service.ring_len == 0 {
         return Err(Verdict::DropNoBackend);
     }
-    let cursor = RR_CURSORS.get_ptr_mut(service.id).ok_or(Verdict::DropInternal)?;
+    let cursor = RR_CURSORS
+        .get_ptr_mut(service.id)
+        .ok_or(Verdict::DropInternal)?;
     // SAFETY: a u64 inside an array map value, valid for the program's run. Shared across CPUs,
     // hence one atomic fetch-and-add (the BPF target has no atomic types with fetch_add, only the
     // intrinsic). SeqCst: LLVM 22 emits a relaxed one without the fetch, and the JIT emits the
@@ -144,7 +156,11 @@ pub fn new_flow(ctx: &XdpContext, packet: &Packet, service: &'static Service, fw
         snat_addr: [0; 4],
         nat_port: 0,
         mode: service.mode,
-        flags: if service.packet_rate.is_limited() { FLOW_PACKET_RATE } else { 0 },
+        flags: if service.packet_rate.is_limited() {
+            FLOW_PACKET_RATE
+        } else {
+            0
+        },
     };
     if service.mode == MODE_NAT {
         let eth: *const EthHdr = ptr_at(ctx, 0).ok_or(Verdict::DropMalformed)?;
@@ -207,7 +223,10 @@ fn reserve_nat_port(
     for attempt in 0..NAT_PORT_TRIES {
         let port = ((min + (hash.wrapping_add(attempt)) % range) as u16).to_be();
         reply_key.dst_port = port;
-        if NAT_REVERSE.insert(&reply_key, &reverse, BPF_NOEXIST as u64).is_ok() {
+        if NAT_REVERSE
+            .insert(&reply_key, &reverse, BPF_NOEXIST as u64)
+            .is_ok()
+        {
             return Ok(port);
         }
         // SAFETY: read-only look at an entry the data path never mutates.

@@ -23,8 +23,14 @@ fn rewrite_eth(ctx: &XdpContext, next_hop: &[u8; 6]) -> Result<(), Verdict> {
     let eth = bytes_at(ctx, 0, EthHdr::LEN).ok_or(Verdict::DropMalformed)?;
     let (dst, src) = (offset_of!(EthHdr, dst_addr), offset_of!(EthHdr, src_addr));
     for half in [0, 2, 4] {
-        store16(eth.wrapping_add(src + half), load16(eth.wrapping_add(dst + half)));
-        store16(eth.wrapping_add(dst + half), u16::from_ne_bytes([next_hop[half], next_hop[half + 1]]));
+        store16(
+            eth.wrapping_add(src + half),
+            load16(eth.wrapping_add(dst + half)),
+        );
+        store16(
+            eth.wrapping_add(dst + half),
+            u16::from_ne_bytes([next_hop[half], next_hop[half + 1]]),
+        );
     }
     Ok(())
 }

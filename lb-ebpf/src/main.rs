@@ -3,7 +3,10 @@
 #![no_std]
 #![no_main]
 #![feature(core_intrinsics)]
-#![allow(internal_features, reason = "atomic_xadd: the BPF target has no atomic type with fetch_add")]
+#![allow(
+    internal_features,
+    reason = "atomic_xadd: the BPF target has no atomic type with fetch_add"
+)]
 
 mod balance;
 mod checksum;

@@ -6,8 +6,9 @@ use aya_ebpf::{
 };
 use lb_common::{
     maps::{
-        AddrKey, Backend, CidrV4, CidrV6, Counters, Firewall, Flow, FlowKey, FlowKeyV4, FwRule, HostPort,
-        NatReverse, RateKey, RuleCounters, Service, ServiceCidr, ServiceKey, Settings, Verdict,
+        AddrKey, Backend, CidrV4, CidrV6, Counters, Firewall, Flow, FlowKey, FlowKeyV4, FwRule,
+        HostPort, NatReverse, RateKey, RuleCounters, Service, ServiceCidr, ServiceKey, Settings,
+        Verdict,
     },
     DEFAULT_FLOW_CAPACITY, DEFAULT_NAT_CAPACITY, MAX_BACKENDS, MAX_PREFIXES, MAX_RULES,
     MAX_SERVICES, RATE_BUCKETS as RATE_BUCKETS_CAPACITY, RING_SLOTS, RING_TABLES_PER_SERVICE,
@@ -30,10 +31,12 @@ pub static RR_CURSORS: Array<u64> = Array::with_max_entries(MAX_SERVICES, 0);
 
 /// Flow tables, one per family: IPv4 keys are 16 bytes, IPv6 ones 40.
 #[map]
-pub static FLOWS_V4: LruHashMap<FlowKeyV4, Flow> = LruHashMap::with_max_entries(DEFAULT_FLOW_CAPACITY, 0);
+pub static FLOWS_V4: LruHashMap<FlowKeyV4, Flow> =
+    LruHashMap::with_max_entries(DEFAULT_FLOW_CAPACITY, 0);
 
 #[map]
-pub static FLOWS_V6: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(DEFAULT_FLOW_CAPACITY, 0);
+pub static FLOWS_V6: LruHashMap<FlowKey, Flow> =
+    LruHashMap::with_max_entries(DEFAULT_FLOW_CAPACITY, 0);
 
 #[map]
 pub static NAT_REVERSE: LruHashMap<FlowKey, NatReverse> =
@@ -65,14 +68,16 @@ pub static FW_V6: LpmTrie<CidrV6, FwRule> = LpmTrie::with_max_entries(MAX_PREFIX
 
 /// Per-service (and per host port) source rules.
 #[map]
-pub static SERVICE_SOURCES: LpmTrie<ServiceCidr, FwRule> = LpmTrie::with_max_entries(MAX_PREFIXES, 0);
+pub static SERVICE_SOURCES: LpmTrie<ServiceCidr, FwRule> =
+    LpmTrie::with_max_entries(MAX_PREFIXES, 0);
 
 #[map]
 pub static RULE_STATS: PerCpuArray<RuleCounters> = PerCpuArray::with_max_entries(MAX_RULES, 0);
 
 /// GCRA state (theoretical arrival time, ns) per source and limit.
 #[map]
-pub static RATE_BUCKETS: LruHashMap<RateKey, u64> = LruHashMap::with_max_entries(RATE_BUCKETS_CAPACITY, 0);
+pub static RATE_BUCKETS: LruHashMap<RateKey, u64> =
+    LruHashMap::with_max_entries(RATE_BUCKETS_CAPACITY, 0);
 
 /// The load balancer's own addresses, for the host policy.
 #[map]

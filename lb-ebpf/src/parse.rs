@@ -90,7 +90,12 @@ pub fn store32(p: *mut u8, value: u32) {
 
 #[inline(always)]
 fn load_addr6(p: *const u8) -> [u32; 4] {
-    [load32(p), load32(p.wrapping_add(4)), load32(p.wrapping_add(8)), load32(p.wrapping_add(12))]
+    [
+        load32(p),
+        load32(p.wrapping_add(4)),
+        load32(p.wrapping_add(8)),
+        load32(p.wrapping_add(12)),
+    ]
 }
 
 /// Parses Ethernet (with at most one 802.1Q/802.1ad tag), IPv4 or IPv6, then the ports of TCP
@@ -116,14 +121,26 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, Verdict> {
         ETH_P_IPV6 => parse_ipv6(ctx, l3, len, &mut key)?,
         _ => return Err(Verdict::PassNotIp),
     };
-    let mut packet = Packet { key, l3, l4, len, tcp_flags: 0, icmp_type: 0, fragment };
+    let mut packet = Packet {
+        key,
+        l3,
+        l4,
+        len,
+        tcp_flags: 0,
+        icmp_type: 0,
+        fragment,
+    };
     if fragment {
         return Ok(packet);
     }
 
     match packet.key.proto {
         PROTO_TCP | PROTO_UDP => {
-            let needed = if packet.key.proto == PROTO_TCP { TCP_NEEDED } else { UDP_NEEDED };
+            let needed = if packet.key.proto == PROTO_TCP {
+                TCP_NEEDED
+            } else {
+                UDP_NEEDED
+            };
             // TCP and UDP both start with source and destination ports.
             let ports = bytes_at(ctx, l4, needed).ok_or(Verdict::DropMalformed)?;
             packet.key.src_port = load16(ports);
@@ -177,13 +194,19 @@ fn parse_ipv4(
 /// Fills the IPv6 part of `key` and returns the offset of the L4 header. Extension headers are
 /// not walked: such packets carry another next-header value and go to the kernel.
 #[inline(always)]
-fn parse_ipv6(ctx: &XdpContext, l3: usize, len: usize, key: &mut FlowKey) -> Result<usize, Verdict> {
+fn parse_ipv6(
+    ctx: &XdpContext,
+    l3: usize,
+    len: usize,
+    key: &mut FlowKey,
+) -> Result<usize, Verdict> {
     let ip = bytes_at(ctx, l3, Ipv6Hdr::LEN).ok_or(Verdict::DropMalformed)?;
     // SAFETY: bounds checked by `bytes_at`.
     if unsafe { *ip } >> 4 != 6 {
         return Err(Verdict::DropMalformed);
     }
-    let payload_len = u16::from_be(load16(ip.wrapping_add(offset_of!(Ipv6Hdr, payload_len)))) as usize;
+    let payload_len =
+        u16::from_be(load16(ip.wrapping_add(offset_of!(Ipv6Hdr, payload_len)))) as usize;
     if l3 + Ipv6Hdr::LEN + payload_len > len {
         return Err(Verdict::DropMalformed);
     }

@@ -23,6 +23,7 @@ use crate::{
     api,
     config::{self, ApiConfig, Config, Mode, XdpModeConfig, MAX_WEIGHT},
     dataplane::{Attached, Dataplane, LoadOptions},
+    db,
     firewall::{self, RuleSet},
     health::{self, Check, Tracker},
     metrics::Metrics,
@@ -48,7 +49,9 @@ pub type SharedState = Arc<Mutex<AgentState>>;
 /// Locks the state; a panic elsewhere while holding it leaves data that is still consistent
 /// enough to serve (every change is written to the maps before it is recorded).
 pub fn lock(state: &SharedState) -> MutexGuard<'_, AgentState> {
-    state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    state
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The operator's choice for a backend, independent of its health.
@@ -67,6 +70,9 @@ pub struct BackendRuntime {
     pub admin: AdminState,
     /// `None` when the service has no health check.
     pub health: Option<HealthStatus>,
+    /// Database services only: whether the node's role belongs behind this VIP (the primary
+    /// for writes, healthy replicas for reads); `None` for other services.
+    pub role_up: Option<bool>,
 }
 
 #[derive(Debug, Clone)]
@@ -83,7 +89,15 @@ pub struct HealthStatus {
 
 impl HealthStatus {
     fn new(kind: &'static str, tracker: Tracker) -> Self {
-        Self { kind, tracker, checks: 0, failures: 0, last: None, last_latency: None, since: SystemTime::now() }
+        Self {
+            kind,
+            tracker,
+            checks: 0,
+            failures: 0,
+            last: None,
+            last_latency: None,
+            since: SystemTime::now(),
+        }
     }
 }
 
@@ -98,7 +112,10 @@ struct Checker {
 #[derive(Debug)]
 pub enum ChangeError {
     ServiceNotFound(String),
-    BackendNotFound { service: String, backend: String },
+    BackendNotFound {
+        service: String,
+        backend: String,
+    },
     RuleNotFound(String),
     /// The change contradicts the current state (duplicate, last backend...).
     Conflict(String),
@@ -113,10 +130,17 @@ impl std::fmt::Display for ChangeError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ChangeError::ServiceNotFound(service) => write!(f, "no service named `{service}`"),
-            ChangeError::BackendNotFound { service, backend } => write!(f, "service `{service}` has no backend named `{backend}`"),
+            ChangeError::BackendNotFound { service, backend } => {
+                write!(f, "service `{service}` has no backend named `{backend}`")
+            }
             ChangeError::RuleNotFound(rule) => write!(f, "no firewall rule named `{rule}`"),
-            ChangeError::Conflict(message) | ChangeError::Invalid(message) => write!(f, "{message}"),
-            ChangeError::InvalidConfig(message) => write!(f, "the new config is invalid; the running one is kept:\n{message}"),
+            ChangeError::Conflict(message) | ChangeError::Invalid(message) => {
+                write!(f, "{message}")
+            }
+            ChangeError::InvalidConfig(message) => write!(
+                f,
+                "the new config is invalid; the running one is kept:\n{message}"
+            ),
             ChangeError::Internal(error) => write!(f, "{error:#}"),
         }
     }
@@ -173,6 +197,9 @@ pub struct AgentState {
     pub rules: RuleSet,
     /// Names of the rules added through the API (they last until the next reload or restart).
     pub runtime_rules: Vec<String>,
+    /// The database cluster as the last round saw it (`[database]` only).
+    pub database: Option<db::DatabaseStatus>,
+    database_watch: Option<Checker>,
 }
 
 pub async fn run(options: RunOptions) -> Result<()> {
@@ -183,7 +210,10 @@ pub async fn run(options: RunOptions) -> Result<()> {
         .or_else(|| config.agent.interface.as_ref().map(|i| i.get_ref().clone()))
         .context("no interface: set agent.interface in the config or pass --iface")?;
     let ifindex = neighbor::ifindex(&iface)?;
-    let pin_dir = options.pin_path.clone().unwrap_or_else(|| config.agent.pin_path.clone());
+    let pin_dir = options
+        .pin_path
+        .clone()
+        .unwrap_or_else(|| config.agent.pin_path.clone());
     let token = load_token(&config.api)?;
     let api_bind = *config.api.bind.get_ref();
     // Bound before anything is attached, so a taken port fails without touching the data path.
@@ -199,7 +229,10 @@ pub async fn run(options: RunOptions) -> Result<()> {
     })?;
     let adopted = dataplane.adopted();
     if adopted {
-        info!("adopted pinned maps under {}: existing flows are kept", pin_dir.display());
+        info!(
+            "adopted pinned maps under {}: existing flows are kept",
+            pin_dir.display()
+        );
     }
     set_nat_ports(&mut dataplane, &config)?;
 
@@ -211,11 +244,22 @@ pub async fn run(options: RunOptions) -> Result<()> {
         for backend in &mut service.backends {
             match neighbor::resolve(ifindex, backend.addr, RESOLVE_TIMEOUT) {
                 Ok(mac) => backend.mac = Some(mac),
-                Err(e) => warn!("service {} backend {}: {e:#}; kept out of rotation until it resolves", service.name, backend.name),
+                Err(e) => warn!(
+                    "service {} backend {}: {e:#}; kept out of rotation until it resolves",
+                    service.name, backend.name
+                ),
             }
-            let previous = existing_backends.get(backend.id as usize).filter(|b| adopted && b.generation == backend.generation);
+            let previous = existing_backends
+                .get(backend.id as usize)
+                .filter(|b| adopted && b.generation == backend.generation);
             let check = checks.get(&(service.name.clone(), backend.name.clone()));
-            runtimes.insert(backend.id, initial_runtime(backend, previous, check));
+            let mut runtime = initial_runtime(backend, previous, check);
+            if is_database_service(&config, &service.name) {
+                // Until the first database round decides, keep what the previous agent decided
+                // (its flows live on); a fresh start routes nothing to an unknown role.
+                runtime.role_up = Some(previous.is_some_and(|b| b.state != BACKEND_DOWN));
+            }
+            runtimes.insert(backend.id, runtime);
         }
     }
 
@@ -242,6 +286,8 @@ pub async fn run(options: RunOptions) -> Result<()> {
             last_reload: None,
             rules: RuleSet::default(),
             runtime_rules: Vec::new(),
+            database: None,
+            database_watch: None,
         })
     });
     {
@@ -250,7 +296,12 @@ pub async fn run(options: RunOptions) -> Result<()> {
         for index in 0..agent.table.services.len() {
             agent.program_service(index)?;
         }
-        services::remove_stale(&mut agent.dataplane, &agent.table, &existing_services, &existing_backends)?;
+        services::remove_stale(
+            &mut agent.dataplane,
+            &agent.table,
+            &existing_services,
+            &existing_backends,
+        )?;
         agent.apply_firewall()?;
         let mode = match agent.config.agent.xdp_mode {
             XdpModeConfig::Auto => XdpMode::Default,
@@ -259,15 +310,25 @@ pub async fn run(options: RunOptions) -> Result<()> {
         };
         let attached = agent.dataplane.attach(&iface, mode)?;
         match attached {
-            Attached::ReplacedPinned => info!("replaced the program of the pinned XDP link on {iface}: no traffic gap"),
+            Attached::ReplacedPinned => {
+                info!("replaced the program of the pinned XDP link on {iface}: no traffic gap")
+            }
             Attached::Native => info!("XDP attached to {iface} in native mode"),
-            Attached::GenericFallback | Attached::Generic => info!("XDP attached to {iface} in generic mode"),
+            Attached::GenericFallback | Attached::Generic => {
+                info!("XDP attached to {iface} in generic mode")
+            }
         }
         agent.attached = Some(attached);
         for service in &agent.table.services {
-            info!("service {}: {} backends, {} in rotation", service.name, service.backends.len(), in_rotation(service));
+            info!(
+                "service {}: {} backends, {} in rotation",
+                service.name,
+                service.backends.len(),
+                in_rotation(service)
+            );
         }
         agent.start_checkers(checks);
+        agent.start_database_watch()?;
     }
 
     let server = tokio::spawn(api::serve(listener, state.clone()));
@@ -296,6 +357,7 @@ pub async fn run(options: RunOptions) -> Result<()> {
     info!("stopping: detaching XDP from {iface} and removing pins");
     let mut agent = lock(&state);
     agent.stop_checkers();
+    agent.stop_database_watch();
     agent.dataplane.detach_and_unpin()?;
     Ok(())
 }
@@ -310,10 +372,17 @@ fn load_token(api: &ApiConfig) -> Result<Option<String>> {
         .with_context(|| format!("reading api.token_file {}: create it with a long random token (e.g. `openssl rand -hex 32 > {}`)", path.display(), path.display()))?;
     let token = text.lines().next().unwrap_or_default().trim().to_string();
     if token.is_empty() {
-        anyhow::bail!("api.token_file {} is empty: put a long random token on its first line", path.display());
+        anyhow::bail!(
+            "api.token_file {} is empty: put a long random token on its first line",
+            path.display()
+        );
     }
     if token.len() < 16 {
-        warn!("the API token in {} is short ({} characters); use at least 32 random characters", path.display(), token.len());
+        warn!(
+            "the API token in {} is short ({} characters); use at least 32 random characters",
+            path.display(),
+            token.len()
+        );
     }
     Ok(Some(token))
 }
@@ -331,11 +400,29 @@ fn set_nat_ports(dataplane: &mut Dataplane, config: &Config) -> Result<()> {
 fn build_checks(config: &Config) -> Result<HashMap<(String, String), Check>> {
     let mut checks = HashMap::new();
     for service in &config.services {
-        let Some(health) = &service.health else { continue };
+        let Some(health) = &service.health else {
+            continue;
+        };
         for backend in &service.backends {
-            let check = Check::from_config(health, *backend.address.get_ref(), backend.port_or(*service.port.get_ref()))
-                .with_context(|| format!("service {} backend {}: health check", service.name.get_ref(), backend.name.get_ref()))?;
-            checks.insert((service.name.get_ref().clone(), backend.name.get_ref().clone()), check);
+            let check = Check::from_config(
+                health,
+                *backend.address.get_ref(),
+                backend.port_or(*service.port.get_ref()),
+            )
+            .with_context(|| {
+                format!(
+                    "service {} backend {}: health check",
+                    service.name.get_ref(),
+                    backend.name.get_ref()
+                )
+            })?;
+            checks.insert(
+                (
+                    service.name.get_ref().clone(),
+                    backend.name.get_ref().clone(),
+                ),
+                check,
+            );
         }
     }
     Ok(checks)
@@ -343,15 +430,60 @@ fn build_checks(config: &Config) -> Result<HashMap<(String, String), Check>> {
 
 /// Starting state of a backend. Adopted from the previous agent's map entry when there is one
 /// (a draining backend stays draining, a down one must pass `rise` checks); otherwise up.
-fn initial_runtime(backend: &BackendEntry, previous: Option<&Backend>, check: Option<&Check>) -> BackendRuntime {
+fn initial_runtime(
+    backend: &BackendEntry,
+    previous: Option<&Backend>,
+    check: Option<&Check>,
+) -> BackendRuntime {
     let was = |state| previous.is_some_and(|b| b.state == state);
-    let admin = if was(BACKEND_DRAINING) { AdminState::Draining } else { AdminState::Enabled };
+    let admin = if was(BACKEND_DRAINING) {
+        AdminState::Draining
+    } else {
+        AdminState::Enabled
+    };
     let health = check.map(|c| HealthStatus::new(c.kind(), c.tracker(!was(BACKEND_DOWN))));
-    BackendRuntime { generation: backend.generation, admin, health }
+    BackendRuntime {
+        generation: backend.generation,
+        admin,
+        health,
+        role_up: None,
+    }
+}
+
+/// Whether `service` is the write or read service of the `[database]` section.
+fn is_database_service(config: &Config, service: &str) -> bool {
+    config.database.as_ref().is_some_and(|d| {
+        d.write_service.get_ref() == service
+            || d.read_service
+                .as_ref()
+                .is_some_and(|r| r.get_ref() == service)
+    })
+}
+
+/// Reads a secret given inline or as a file (first line).
+fn secret(
+    inline: Option<&toml::Spanned<String>>,
+    file: Option<&toml::Spanned<PathBuf>>,
+    what: &str,
+) -> Result<String> {
+    match (inline, file) {
+        (Some(value), _) => Ok(value.get_ref().clone()),
+        (None, Some(path)) => {
+            let path = path.get_ref();
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading the {what} file {}", path.display()))?;
+            Ok(text.lines().next().unwrap_or_default().to_string())
+        }
+        (None, None) => Ok(String::new()),
+    }
 }
 
 fn in_rotation(service: &ServiceEntry) -> usize {
-    service.selection_table().iter().collect::<std::collections::HashSet<_>>().len()
+    service
+        .selection_table()
+        .iter()
+        .collect::<std::collections::HashSet<_>>()
+        .len()
 }
 
 impl AgentState {
@@ -379,7 +511,10 @@ impl AgentState {
     /// a resolved MAC is written as down).
     pub fn effective_state(&self, backend_id: u32) -> BackendState {
         match self.backends.get(&backend_id) {
-            Some(runtime) if runtime.health.as_ref().is_some_and(|h| !h.tracker.up) => BackendState::Down,
+            Some(runtime) if runtime.health.as_ref().is_some_and(|h| !h.tracker.up) => {
+                BackendState::Down
+            }
+            Some(runtime) if runtime.role_up == Some(false) => BackendState::Down,
             Some(runtime) if runtime.admin == AdminState::Draining => BackendState::Draining,
             _ => BackendState::Active,
         }
@@ -387,8 +522,11 @@ impl AgentState {
 
     /// Writes service `index` with every backend's effective state.
     fn program_service(&mut self, index: usize) -> Result<()> {
-        let states: Vec<BackendState> =
-            self.table.services[index].backends.iter().map(|b| self.effective_state(b.id)).collect();
+        let states: Vec<BackendState> = self.table.services[index]
+            .backends
+            .iter()
+            .map(|b| self.effective_state(b.id))
+            .collect();
         let service = &mut self.table.services[index];
         for (backend, state) in service.backends.iter_mut().zip(states) {
             backend.state = state;
@@ -403,9 +541,14 @@ impl AgentState {
             .iter()
             .position(|s| s.name == service)
             .ok_or_else(|| ChangeError::ServiceNotFound(service.to_string()))?;
-        let b = self.table.services[s].backends.iter().position(|b| b.name == backend).ok_or_else(|| {
-            ChangeError::BackendNotFound { service: service.to_string(), backend: backend.to_string() }
-        })?;
+        let b = self.table.services[s]
+            .backends
+            .iter()
+            .position(|b| b.name == backend)
+            .ok_or_else(|| ChangeError::BackendNotFound {
+                service: service.to_string(),
+                backend: backend.to_string(),
+            })?;
         Ok((s, b))
     }
 
@@ -438,7 +581,9 @@ impl AgentState {
         if let Some(runtime) = self.backends.get_mut(&id) {
             // What is known (up or down) is kept; rise and fall come from the (new) check.
             let up = runtime.health.as_ref().is_none_or(|h| h.tracker.up);
-            let status = runtime.health.get_or_insert_with(|| HealthStatus::new(check.kind(), check.tracker(up)));
+            let status = runtime
+                .health
+                .get_or_insert_with(|| HealthStatus::new(check.kind(), check.tracker(up)));
             status.tracker = check.tracker(up);
             status.kind = check.kind();
         }
@@ -446,11 +591,19 @@ impl AgentState {
         let token = self.next_token;
         let me = self.me.clone();
         let task = tokio::spawn(health::run_checker(check, move |outcome| {
-            let Some(shared) = me.upgrade() else { return false };
+            let Some(shared) = me.upgrade() else {
+                return false;
+            };
             let mut agent = lock(&shared);
             agent.record_check(id, token, outcome)
         }));
-        self.checkers.insert(id, Checker { token, task: task.abort_handle() });
+        self.checkers.insert(
+            id,
+            Checker {
+                token,
+                task: task.abort_handle(),
+            },
+        );
     }
 
     fn stop_checker(&mut self, id: u32) {
@@ -470,12 +623,27 @@ impl AgentState {
         if self.checkers.get(&id).map(|c| c.token) != Some(token) {
             return false;
         }
-        let Some(index) = self.table.services.iter().position(|s| s.backends.iter().any(|b| b.id == id)) else {
+        let Some(index) = self
+            .table
+            .services
+            .iter()
+            .position(|s| s.backends.iter().any(|b| b.id == id))
+        else {
             return false;
         };
         let service_name = self.table.services[index].name.clone();
-        let backend_name = self.table.services[index].backends.iter().find(|b| b.id == id).map(|b| b.name.clone()).unwrap_or_default();
-        self.metrics.observe_check(&service_name, &backend_name, outcome.latency, outcome.result.is_ok());
+        let backend_name = self.table.services[index]
+            .backends
+            .iter()
+            .find(|b| b.id == id)
+            .map(|b| b.name.clone())
+            .unwrap_or_default();
+        self.metrics.observe_check(
+            &service_name,
+            &backend_name,
+            outcome.latency,
+            outcome.result.is_ok(),
+        );
         let Some(status) = self.backends.get_mut(&id).and_then(|r| r.health.as_mut()) else {
             return false;
         };
@@ -496,12 +664,158 @@ impl AgentState {
             None => String::new(),
         };
         if up {
-            info!("service {service_name} backend {backend_name}: up after {} good checks ({detail})", status.tracker.rise);
+            info!(
+                "service {service_name} backend {backend_name}: up after {} good checks ({detail})",
+                status.tracker.rise
+            );
         } else {
             warn!("service {service_name} backend {backend_name}: down after {} failed checks ({detail}); out of rotation", status.tracker.fall);
         }
         if let Err(e) = self.program_service(index) {
             warn!("service {service_name}: writing the new backend state failed: {e:#}");
+        }
+        true
+    }
+
+    /// Starts watching the `[database]` cluster (if configured) in its own task.
+    fn start_database_watch(&mut self) -> Result<()> {
+        self.stop_database_watch();
+        let Some(database) = self.config.database.clone() else {
+            self.database = None;
+            return Ok(());
+        };
+        let write = database.write_service.get_ref();
+        let service = self
+            .config
+            .services
+            .iter()
+            .find(|s| s.name.get_ref() == write)
+            .with_context(|| format!("database write_service `{write}` is not a service"))?;
+        let port = *service.port.get_ref();
+        let nodes: Vec<db::Node> = service
+            .backends
+            .iter()
+            .map(|b| db::Node {
+                name: b.name.get_ref().clone(),
+                addr: SocketAddr::new(*b.address.get_ref(), b.port_or(port)),
+            })
+            .collect();
+        let credentials = db::Credentials {
+            user: database.user.get_ref().clone(),
+            password: secret(
+                database.password.as_ref(),
+                database.password_file.as_ref(),
+                "database password",
+            )?,
+            replication_user: database.replication_user.get_ref().clone(),
+            replication_password: secret(
+                database.replication_password.as_ref(),
+                database.replication_password_file.as_ref(),
+                "database replication_password",
+            )?,
+        };
+        let settings = db::Settings {
+            interval: database.interval(),
+            timeout: database.timeout(),
+            fail_after: *database.fail_after.get_ref(),
+            max_lag_s: *database.max_lag_s.get_ref(),
+            failover: database.failover,
+        };
+        info!(
+            "database: watching {} nodes every {} ms",
+            nodes.len(),
+            settings.interval.as_millis()
+        );
+        self.next_token += 1;
+        let token = self.next_token;
+        let me = self.me.clone();
+        let task = tokio::spawn(db::run(
+            nodes,
+            credentials,
+            settings,
+            move |status, write, read| {
+                let Some(shared) = me.upgrade() else {
+                    return false;
+                };
+                let mut agent = lock(&shared);
+                agent.apply_database(token, status, write, read)
+            },
+        ));
+        self.database_watch = Some(Checker {
+            token,
+            task: task.abort_handle(),
+        });
+        Ok(())
+    }
+
+    fn stop_database_watch(&mut self) {
+        if let Some(watch) = self.database_watch.take() {
+            watch.task.abort();
+        }
+    }
+
+    /// Applies one database round: only the primary behind the write VIP, the chosen replicas
+    /// behind the read VIP. False tells a replaced watch task to stop.
+    fn apply_database(
+        &mut self,
+        token: u64,
+        status: &db::DatabaseStatus,
+        write: Option<&str>,
+        read: &[&str],
+    ) -> bool {
+        if self.database_watch.as_ref().map(|w| w.token) != Some(token) {
+            return false;
+        }
+        self.database = Some(status.clone());
+        let Some(database) = &self.config.database else {
+            return false;
+        };
+        let write_service = database.write_service.get_ref().clone();
+        let read_service = database.read_service.as_ref().map(|r| r.get_ref().clone());
+        for index in 0..self.table.services.len() {
+            let name = self.table.services[index].name.clone();
+            let wanted: Vec<(u32, bool)> = if name == write_service {
+                self.table.services[index]
+                    .backends
+                    .iter()
+                    .map(|b| (b.id, write == Some(b.name.as_str())))
+                    .collect()
+            } else if Some(&name) == read_service.as_ref() {
+                self.table.services[index]
+                    .backends
+                    .iter()
+                    .map(|b| (b.id, read.contains(&b.name.as_str())))
+                    .collect()
+            } else {
+                continue;
+            };
+            let mut changed = false;
+            for (id, up) in wanted {
+                if let Some(runtime) = self.backends.get_mut(&id) {
+                    if runtime.role_up != Some(up) {
+                        runtime.role_up = Some(up);
+                        changed = true;
+                    }
+                }
+            }
+            if changed {
+                let members: Vec<&str> = if name == write_service {
+                    write.into_iter().collect()
+                } else {
+                    read.to_vec()
+                };
+                info!(
+                    "service {name}: database role change, now behind the VIP: {}",
+                    if members.is_empty() {
+                        "nobody".to_string()
+                    } else {
+                        members.join(", ")
+                    }
+                );
+                if let Err(e) = self.program_service(index) {
+                    warn!("service {name}: writing the database roles failed: {e:#}");
+                }
+            }
         }
         true
     }
@@ -514,7 +828,12 @@ impl AgentState {
             let mut changed = false;
             for backend in service.backends.iter_mut().filter(|b| b.mac.is_none()) {
                 if let Ok(Some(mac)) = neighbor::lookup(ifindex, backend.addr) {
-                    info!("service {} backend {}: resolved to {}", service.name, backend.name, neighbor::format_mac(&mac));
+                    info!(
+                        "service {} backend {}: resolved to {}",
+                        service.name,
+                        backend.name,
+                        neighbor::format_mac(&mac)
+                    );
                     backend.mac = Some(mac);
                     changed = true;
                 } else {
@@ -539,19 +858,38 @@ impl AgentState {
         self.set_admin(service, backend, AdminState::Enabled)
     }
 
-    fn set_admin(&mut self, service: &str, backend: &str, admin: AdminState) -> Result<(), ChangeError> {
+    fn set_admin(
+        &mut self,
+        service: &str,
+        backend: &str,
+        admin: AdminState,
+    ) -> Result<(), ChangeError> {
         let (s, b) = self.locate(service, backend)?;
         let entry = &self.table.services[s].backends[b];
-        let runtime = self
-            .backends
-            .entry(entry.id)
-            .or_insert(BackendRuntime { generation: entry.generation, admin: AdminState::Enabled, health: None });
+        let runtime = self.backends.entry(entry.id).or_insert(BackendRuntime {
+            generation: entry.generation,
+            admin: AdminState::Enabled,
+            health: None,
+            role_up: None,
+        });
         runtime.admin = admin;
-        info!("service {service} backend {backend}: {}", if admin == AdminState::Draining { "draining" } else { "enabled" });
+        info!(
+            "service {service} backend {backend}: {}",
+            if admin == AdminState::Draining {
+                "draining"
+            } else {
+                "enabled"
+            }
+        );
         Ok(self.program_service(s)?)
     }
 
-    pub fn set_weight(&mut self, service: &str, backend: &str, weight: u32) -> Result<(), ChangeError> {
+    pub fn set_weight(
+        &mut self,
+        service: &str,
+        backend: &str,
+        weight: u32,
+    ) -> Result<(), ChangeError> {
         if weight == 0 || weight > MAX_WEIGHT {
             return Err(ChangeError::Invalid(format!(
                 "weight {weight} is out of range: use 1 to {MAX_WEIGHT} (drain a backend to stop new flows)"
@@ -572,21 +910,43 @@ impl AgentState {
             .iter()
             .position(|x| x.name == service)
             .ok_or_else(|| ChangeError::ServiceNotFound(service.to_string()))?;
+        if is_database_service(&self.config, service) {
+            return Err(ChangeError::Conflict(format!(
+                "service `{service}` holds the [database] nodes: add the node in the config and reload"
+            )));
+        }
         let entry = &self.table.services[s];
         let service_port = u16::from_be(entry.key.port);
         let port = new.port.unwrap_or(service_port);
-        if new.name.is_empty() || !new.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-            return Err(ChangeError::Invalid(format!("backend name `{}` must be non-empty letters, digits, '-' or '_'", new.name)));
+        if new.name.is_empty()
+            || !new
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(ChangeError::Invalid(format!(
+                "backend name `{}` must be non-empty letters, digits, '-' or '_'",
+                new.name
+            )));
         }
         if new.weight == 0 || new.weight > MAX_WEIGHT {
-            return Err(ChangeError::Invalid(format!("weight {} is out of range: use 1 to {MAX_WEIGHT}", new.weight)));
+            return Err(ChangeError::Invalid(format!(
+                "weight {} is out of range: use 1 to {MAX_WEIGHT}",
+                new.weight
+            )));
         }
         let vip_is_v4 = entry.key.family == lb_common::maps::FAMILY_V4;
         if new.address.is_ipv4() != vip_is_v4 {
-            return Err(ChangeError::Invalid(format!("{} is not of the VIP's address family", new.address)));
+            return Err(ChangeError::Invalid(format!(
+                "{} is not of the VIP's address family",
+                new.address
+            )));
         }
         if new.address.is_unspecified() || new.address.is_multicast() || port == 0 {
-            return Err(ChangeError::Invalid(format!("{}:{port} cannot be a backend", new.address)));
+            return Err(ChangeError::Invalid(format!(
+                "{}:{port} cannot be a backend",
+                new.address
+            )));
         }
         if entry.mode == Mode::Dsr && port != service_port {
             return Err(ChangeError::Invalid(format!(
@@ -594,10 +954,20 @@ impl AgentState {
             )));
         }
         if entry.backends.iter().any(|b| b.name == new.name) {
-            return Err(ChangeError::Conflict(format!("service `{service}` already has a backend named `{}`", new.name)));
+            return Err(ChangeError::Conflict(format!(
+                "service `{service}` already has a backend named `{}`",
+                new.name
+            )));
         }
-        if entry.backends.iter().any(|b| b.addr == new.address && b.port == port) {
-            return Err(ChangeError::Conflict(format!("service `{service}` already has {}:{port}", new.address)));
+        if entry
+            .backends
+            .iter()
+            .any(|b| b.addr == new.address && b.port == port)
+        {
+            return Err(ChangeError::Conflict(format!(
+                "service `{service}` already has {}:{port}",
+                new.address
+            )));
         }
         let (id, generation) = self.table.allocate_backend_id()?;
         let mac = neighbor::lookup(self.ifindex, new.address).ok().flatten();
@@ -615,14 +985,35 @@ impl AgentState {
             state: BackendState::Active,
             mac,
         };
-        let check = match self.config.services.iter().find(|c| *c.name.get_ref() == service).and_then(|c| c.health.as_ref()) {
-            Some(health) => Some(Check::from_config(health, new.address, port).map_err(ChangeError::Internal)?),
+        let check = match self
+            .config
+            .services
+            .iter()
+            .find(|c| *c.name.get_ref() == service)
+            .and_then(|c| c.health.as_ref())
+        {
+            Some(health) => {
+                Some(Check::from_config(health, new.address, port).map_err(ChangeError::Internal)?)
+            }
             None => None,
         };
-        let health = check.as_ref().map(|c| HealthStatus::new(c.kind(), c.tracker(false)));
-        self.backends.insert(id, BackendRuntime { generation, admin: AdminState::Enabled, health });
+        let health = check
+            .as_ref()
+            .map(|c| HealthStatus::new(c.kind(), c.tracker(false)));
+        self.backends.insert(
+            id,
+            BackendRuntime {
+                generation,
+                admin: AdminState::Enabled,
+                health,
+                role_up: None,
+            },
+        );
         self.table.services[s].backends.push(backend);
-        info!("service {service} backend {}: added ({}:{port}, weight {})", new.name, new.address, new.weight);
+        info!(
+            "service {service} backend {}: added ({}:{port}, weight {})",
+            new.name, new.address, new.weight
+        );
         self.program_service(s)?;
         if let Some(check) = check {
             self.start_checker(id, check);
@@ -634,6 +1025,11 @@ impl AgentState {
     /// them finish). The last backend of a service cannot be removed.
     pub fn remove_backend(&mut self, service: &str, backend: &str) -> Result<(), ChangeError> {
         let (s, b) = self.locate(service, backend)?;
+        if is_database_service(&self.config, service) {
+            return Err(ChangeError::Conflict(format!(
+                "service `{service}` holds the [database] nodes: remove the node from the config and reload"
+            )));
+        }
         if self.table.services[s].backends.len() == 1 {
             return Err(ChangeError::Conflict(format!(
                 "`{backend}` is the last backend of service `{service}`; drain it instead, or remove the service from the config"
@@ -670,13 +1066,17 @@ impl AgentState {
     }
 
     fn try_reload(&mut self) -> Result<String, ChangeError> {
-        let config = config::load(&self.config_path).map_err(|e| ChangeError::InvalidConfig(e.to_string()))?;
-        let checks = build_checks(&config).map_err(|e| ChangeError::InvalidConfig(format!("{e:#}")))?;
-        let token = load_token(&config.api).map_err(|e| ChangeError::InvalidConfig(format!("{e:#}")))?;
+        let config = config::load(&self.config_path)
+            .map_err(|e| ChangeError::InvalidConfig(e.to_string()))?;
+        let checks =
+            build_checks(&config).map_err(|e| ChangeError::InvalidConfig(format!("{e:#}")))?;
+        let token =
+            load_token(&config.api).map_err(|e| ChangeError::InvalidConfig(format!("{e:#}")))?;
         let mut notes = Vec::new();
         let old = &self.config.agent;
         let new = &config.agent;
-        if old.interface.as_ref().map(|i| i.get_ref()) != new.interface.as_ref().map(|i| i.get_ref())
+        if old.interface.as_ref().map(|i| i.get_ref())
+            != new.interface.as_ref().map(|i| i.get_ref())
             || old.pin_path != new.pin_path
             || old.xdp_mode != new.xdp_mode
             || old.flow_capacity.get_ref() != new.flow_capacity.get_ref()
@@ -703,7 +1103,14 @@ impl AgentState {
                         kept += 1;
                         backend.mac = previous.mac;
                         if let Some(runtime) = self.backends.get(&backend.id) {
-                            runtimes.insert(backend.id, runtime.clone());
+                            let mut runtime = runtime.clone();
+                            let managed = is_database_service(&config, &service.name);
+                            runtime.role_up = if managed {
+                                Some(runtime.role_up.unwrap_or(false))
+                            } else {
+                                None
+                            };
+                            runtimes.insert(backend.id, runtime);
                         }
                     }
                     None => {
@@ -716,9 +1123,15 @@ impl AgentState {
                         let health = checks
                             .get(&(service.name.clone(), backend.name.clone()))
                             .map(|c| HealthStatus::new(c.kind(), c.tracker(false)));
+                        let role_up = is_database_service(&config, &service.name).then_some(false);
                         runtimes.insert(
                             backend.id,
-                            BackendRuntime { generation: backend.generation, admin: AdminState::Enabled, health },
+                            BackendRuntime {
+                                generation: backend.generation,
+                                admin: AdminState::Enabled,
+                                health,
+                                role_up,
+                            },
                         );
                     }
                 }
@@ -734,11 +1147,17 @@ impl AgentState {
         self.token = token;
         // Before programming: a backend whose service lost its check must not stay down.
         self.start_checkers(checks);
+        self.start_database_watch().map_err(ChangeError::Internal)?;
         set_nat_ports(&mut self.dataplane, &self.config)?;
         for index in 0..self.table.services.len() {
             self.program_service(index)?;
         }
-        services::remove_stale(&mut self.dataplane, &self.table, &existing_services, &existing_backends)?;
+        services::remove_stale(
+            &mut self.dataplane,
+            &self.table,
+            &existing_services,
+            &existing_backends,
+        )?;
         self.apply_firewall()?;
         self.runtime_rules.clear();
         let mut summary = format!(
@@ -754,30 +1173,65 @@ impl AgentState {
     }
 
     /// Adds a firewall rule (not written to the config file) and swaps the new rule set in.
-    pub fn add_rule(&mut self, name: &str, sources: &[String], action: config::Action) -> Result<(), ChangeError> {
-        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
-            return Err(ChangeError::Invalid(format!("rule name `{name}`: use letters, digits, '-', '_' or '.'")));
+    pub fn add_rule(
+        &mut self,
+        name: &str,
+        sources: &[String],
+        action: config::Action,
+    ) -> Result<(), ChangeError> {
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            return Err(ChangeError::Invalid(format!(
+                "rule name `{name}`: use letters, digits, '-', '_' or '.'"
+            )));
         }
-        if self.config.firewall.rules.iter().any(|r| r.name.get_ref() == name) {
-            return Err(ChangeError::Conflict(format!("a firewall rule named `{name}` exists already")));
+        if self
+            .config
+            .firewall
+            .rules
+            .iter()
+            .any(|r| r.name.get_ref() == name)
+        {
+            return Err(ChangeError::Conflict(format!(
+                "a firewall rule named `{name}` exists already"
+            )));
         }
         if sources.is_empty() {
-            return Err(ChangeError::Invalid("a rule needs at least one source prefix".into()));
+            return Err(ChangeError::Invalid(
+                "a rule needs at least one source prefix".into(),
+            ));
         }
         let mut cidrs = Vec::new();
         for source in sources {
             let cidr: config::Cidr = source.parse().map_err(ChangeError::Invalid)?;
-            let owner = self.config.firewall.rules.iter().find(|r| r.sources.iter().any(|c| *c.get_ref() == cidr));
+            let owner = self
+                .config
+                .firewall
+                .rules
+                .iter()
+                .find(|r| r.sources.iter().any(|c| *c.get_ref() == cidr));
             if let Some(owner) = owner {
-                return Err(ChangeError::Conflict(format!("{cidr} belongs to rule `{}` already", owner.name.get_ref())));
+                return Err(ChangeError::Conflict(format!(
+                    "{cidr} belongs to rule `{}` already",
+                    owner.name.get_ref()
+                )));
             }
             cidrs.push(toml::Spanned::new(0..0, cidr));
         }
         let limit = (lb_common::MAX_PREFIXES / 2) as usize;
         if self.rules.prefixes.len() + self.rules.scoped.len() + cidrs.len() > limit {
-            return Err(ChangeError::Conflict(format!("the firewall holds at most {limit} prefixes")));
+            return Err(ChangeError::Conflict(format!(
+                "the firewall holds at most {limit} prefixes"
+            )));
         }
-        self.config.firewall.rules.push(config::RuleConfig { name: toml::Spanned::new(0..0, name.to_string()), sources: cidrs, action });
+        self.config.firewall.rules.push(config::RuleConfig {
+            name: toml::Spanned::new(0..0, name.to_string()),
+            sources: cidrs,
+            action,
+        });
         if let Err(e) = self.apply_firewall() {
             self.config.firewall.rules.pop();
             return Err(ChangeError::Internal(e));
@@ -788,7 +1242,13 @@ impl AgentState {
 
     /// Removes a firewall rule (from the config file's rules too, until the next reload).
     pub fn remove_rule(&mut self, name: &str) -> Result<(), ChangeError> {
-        let Some(index) = self.config.firewall.rules.iter().position(|r| r.name.get_ref() == name) else {
+        let Some(index) = self
+            .config
+            .firewall
+            .rules
+            .iter()
+            .position(|r| r.name.get_ref() == name)
+        else {
             return Err(ChangeError::RuleNotFound(name.to_string()));
         };
         let removed = self.config.firewall.rules.remove(index);
@@ -803,7 +1263,12 @@ impl AgentState {
     /// Builds the rule set of the current config and swaps it into the data path whole.
     fn apply_firewall(&mut self) -> Result<()> {
         let rules = RuleSet::from_config(&self.config, &self.table, firewall::ephemeral_ports());
-        let vips: Vec<std::net::IpAddr> = self.config.services.iter().map(|s| *s.vip.get_ref()).collect();
+        let vips: Vec<std::net::IpAddr> = self
+            .config
+            .services
+            .iter()
+            .map(|s| *s.vip.get_ref())
+            .collect();
         let mut host_addrs = firewall::interface_addresses(&self.iface)?;
         host_addrs.extend(vips.iter().copied());
         firewall::apply(&mut self.dataplane, &rules, &host_addrs, &vips)?;
@@ -812,7 +1277,11 @@ impl AgentState {
             rules.rules.len(),
             rules.prefixes.len(),
             rules.scoped.len(),
-            if rules.settings.flags & lb_common::maps::FW_HOST_POLICY != 0 { "restrict" } else { "open" }
+            if rules.settings.flags & lb_common::maps::FW_HOST_POLICY != 0 {
+                "restrict"
+            } else {
+                "open"
+            }
         );
         self.rules = rules;
         Ok(())
@@ -825,5 +1294,6 @@ impl AgentState {
 
 /// Seconds since the Unix epoch, for the API's timestamps.
 pub fn unix_seconds(time: SystemTime) -> u64 {
-    time.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    time.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }

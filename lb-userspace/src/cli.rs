@@ -59,7 +59,11 @@ pub enum ClientCommand {
     /// Let a drained backend take new flows again.
     Enable { service: String, backend: String },
     /// Change a backend's weight (1..100).
-    Weight { service: String, backend: String, weight: u32 },
+    Weight {
+        service: String,
+        backend: String,
+        weight: u32,
+    },
     /// Add a backend at runtime (not written to the config file).
     AddBackend {
         service: String,
@@ -112,7 +116,11 @@ impl Endpoint {
             addr = *config.api.bind.get_ref();
             if addr.ip().is_unspecified() {
                 // Listening on every address includes loopback.
-                addr.set_ip(if addr.is_ipv4() { std::net::Ipv4Addr::LOCALHOST.into() } else { std::net::Ipv6Addr::LOCALHOST.into() });
+                addr.set_ip(if addr.is_ipv4() {
+                    std::net::Ipv4Addr::LOCALHOST.into()
+                } else {
+                    std::net::Ipv6Addr::LOCALHOST.into()
+                });
             }
             token_file = config.api.token_file.map(|f| f.into_inner());
         }
@@ -126,7 +134,12 @@ impl Endpoint {
         Ok(Self { addr, token })
     }
 
-    async fn request<T: DeserializeOwned>(&self, method: &str, path: &str, body: Option<serde_json::Value>) -> Result<(T, String)> {
+    async fn request<T: DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<(T, String)> {
         let stream = match tokio::time::timeout(REQUEST_TIMEOUT, TcpStream::connect(self.addr)).await {
             Ok(Ok(stream)) => stream,
             Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => bail!(
@@ -156,9 +169,12 @@ impl Endpoint {
             max_response: MAX_RESPONSE,
         };
         let mut stream = stream;
-        let response = tokio::time::timeout(REQUEST_TIMEOUT, http_client::send(&mut stream, &request))
-            .await
-            .with_context(|| format!("the agent did not answer {method} {path} within {REQUEST_TIMEOUT:?}"))??;
+        let response =
+            tokio::time::timeout(REQUEST_TIMEOUT, http_client::send(&mut stream, &request))
+                .await
+                .with_context(|| {
+                    format!("the agent did not answer {method} {path} within {REQUEST_TIMEOUT:?}")
+                })??;
         let text = String::from_utf8_lossy(&response.body).into_owned();
         if !(200..300).contains(&response.status) {
             let detail = match serde_json::from_str::<ErrorBody>(&text) {
@@ -172,7 +188,9 @@ impl Endpoint {
             };
             bail!("{detail}{hint}");
         }
-        let value = serde_json::from_str(&text).with_context(|| format!("the agent's answer to {path} is not what this CLI expects"))?;
+        let value = serde_json::from_str(&text).with_context(|| {
+            format!("the agent's answer to {path} is not what this CLI expects")
+        })?;
         Ok((value, text))
     }
 }
@@ -183,13 +201,14 @@ fn parse_api_url(url: &str) -> Result<SocketAddr> {
     }
     let rest = url.strip_prefix("http://").unwrap_or(url);
     let authority = rest.split('/').next().unwrap_or_default();
-    authority
-        .parse()
-        .with_context(|| format!("--api `{url}` must be http://ADDRESS:PORT, e.g. http://{DEFAULT_API_BIND}"))
+    authority.parse().with_context(|| {
+        format!("--api `{url}` must be http://ADDRESS:PORT, e.g. http://{DEFAULT_API_BIND}")
+    })
 }
 
 fn read_token(path: &Path) -> Result<String> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading the token file {}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the token file {}", path.display()))?;
     let token = text.lines().next().unwrap_or_default().trim().to_string();
     if token.is_empty() {
         bail!("the token file {} is empty", path.display());
@@ -201,21 +220,40 @@ pub async fn run(command: ClientCommand, args: ApiArgs) -> Result<()> {
     let endpoint = Endpoint::from_args(&args)?;
     match command {
         ClientCommand::Status => {
-            let (status, raw) = endpoint.request::<Status>("GET", "/api/v1/status", None).await?;
+            let (status, raw) = endpoint
+                .request::<Status>("GET", "/api/v1/status", None)
+                .await?;
             print_or(args.json, &raw, || print_status(&status));
         }
         ClientCommand::Services => {
-            let (services, raw) = endpoint.request::<Vec<ServiceInfo>>("GET", "/api/v1/services", None).await?;
+            let (services, raw) = endpoint
+                .request::<Vec<ServiceInfo>>("GET", "/api/v1/services", None)
+                .await?;
             print_or(args.json, &raw, || print_services(&services));
         }
         ClientCommand::Backends { service } => {
             let names = match service {
                 Some(name) => vec![name],
-                None => endpoint.request::<Vec<ServiceInfo>>("GET", "/api/v1/services", None).await?.0.into_iter().map(|s| s.name).collect(),
+                None => endpoint
+                    .request::<Vec<ServiceInfo>>("GET", "/api/v1/services", None)
+                    .await?
+                    .0
+                    .into_iter()
+                    .map(|s| s.name)
+                    .collect(),
             };
             let mut lists = Vec::new();
             for name in names {
-                lists.push(endpoint.request::<BackendList>("GET", &format!("/api/v1/services/{}/backends", path_segment(&name)), None).await?.0);
+                lists.push(
+                    endpoint
+                        .request::<BackendList>(
+                            "GET",
+                            &format!("/api/v1/services/{}/backends", path_segment(&name)),
+                            None,
+                        )
+                        .await?
+                        .0,
+                );
             }
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&lists)?);
@@ -239,27 +277,68 @@ pub async fn run(command: ClientCommand, args: ApiArgs) -> Result<()> {
             let path = backend_path(&service, &backend, "/enable");
             change(&endpoint, args.json, "POST", &path, None).await?;
         }
-        ClientCommand::Weight { service, backend, weight } => {
+        ClientCommand::Weight {
+            service,
+            backend,
+            weight,
+        } => {
             let path = backend_path(&service, &backend, "/weight");
-            change(&endpoint, args.json, "PUT", &path, Some(serde_json::json!({ "weight": weight }))).await?;
+            change(
+                &endpoint,
+                args.json,
+                "PUT",
+                &path,
+                Some(serde_json::json!({ "weight": weight })),
+            )
+            .await?;
         }
-        ClientCommand::AddBackend { service, backend, address, port, weight } => {
+        ClientCommand::AddBackend {
+            service,
+            backend,
+            address,
+            port,
+            weight,
+        } => {
             let path = format!("/api/v1/services/{}/backends", path_segment(&service));
-            let body = serde_json::to_value(AddBackendRequest { name: backend, address, port, weight })?;
+            let body = serde_json::to_value(AddBackendRequest {
+                name: backend,
+                address,
+                port,
+                weight,
+            })?;
             change(&endpoint, args.json, "POST", &path, Some(body)).await?;
         }
         ClientCommand::RemoveBackend { service, backend } => {
             let path = backend_path(&service, &backend, "");
             change(&endpoint, args.json, "DELETE", &path, None).await?;
         }
-        ClientCommand::Reload => change(&endpoint, args.json, "POST", "/api/v1/reload", None).await?,
+        ClientCommand::Reload => {
+            change(&endpoint, args.json, "POST", "/api/v1/reload", None).await?
+        }
         ClientCommand::Fw(FwCommand::List) => {
-            let (rules, raw) = endpoint.request::<FirewallRules>("GET", "/api/v1/firewall/rules", None).await?;
+            let (rules, raw) = endpoint
+                .request::<FirewallRules>("GET", "/api/v1/firewall/rules", None)
+                .await?;
             print_or(args.json, &raw, || print_rules(&rules));
         }
-        ClientCommand::Fw(FwCommand::Add { name, sources, action }) => {
-            let body = serde_json::to_value(AddRuleRequest { name, sources, action })?;
-            change(&endpoint, args.json, "POST", "/api/v1/firewall/rules", Some(body)).await?;
+        ClientCommand::Fw(FwCommand::Add {
+            name,
+            sources,
+            action,
+        }) => {
+            let body = serde_json::to_value(AddRuleRequest {
+                name,
+                sources,
+                action,
+            })?;
+            change(
+                &endpoint,
+                args.json,
+                "POST",
+                "/api/v1/firewall/rules",
+                Some(body),
+            )
+            .await?;
         }
         ClientCommand::Fw(FwCommand::Del { name }) => {
             let path = format!("/api/v1/firewall/rules/{}", path_segment(&name));
@@ -269,26 +348,44 @@ pub async fn run(command: ClientCommand, args: ApiArgs) -> Result<()> {
     Ok(())
 }
 
-async fn change(endpoint: &Endpoint, json: bool, method: &str, path: &str, body: Option<serde_json::Value>) -> Result<()> {
+async fn change(
+    endpoint: &Endpoint,
+    json: bool,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> Result<()> {
     let (result, raw) = endpoint.request::<ChangeResult>(method, path, body).await?;
     print_or(json, &raw, || println!("{}", result.message));
     Ok(())
 }
 
 fn backend_path(service: &str, backend: &str, action: &str) -> String {
-    format!("/api/v1/services/{}/backends/{}{action}", path_segment(service), path_segment(backend))
+    format!(
+        "/api/v1/services/{}/backends/{}{action}",
+        path_segment(service),
+        path_segment(backend)
+    )
 }
 
 /// Percent-encodes everything but unreserved characters.
 fn path_segment(text: &str) -> String {
     text.bytes()
-        .map(|b| if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
         .collect()
 }
 
 fn print_or(json: bool, raw: &str, table: impl FnOnce()) {
     if json {
-        match serde_json::from_str::<serde_json::Value>(raw).and_then(|v| serde_json::to_string_pretty(&v)) {
+        match serde_json::from_str::<serde_json::Value>(raw)
+            .and_then(|v| serde_json::to_string_pretty(&v))
+        {
             Ok(pretty) => println!("{pretty}"),
             Err(_) => println!("{raw}"),
         }
@@ -302,18 +399,55 @@ fn print_rules(list: &FirewallRules) {
         .rules
         .iter()
         .map(|r| {
-            let mut prefixes = r.prefixes.iter().take(3).cloned().collect::<Vec<_>>().join(",");
+            let mut prefixes = r
+                .prefixes
+                .iter()
+                .take(3)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(",");
             if r.prefixes.len() > 3 {
                 prefixes.push_str(&format!(",+{}", r.prefixes.len() - 3));
             }
-            let last = r.last_hit_s_ago.map_or("never".to_string(), |s| format!("{s:.1}s ago"));
-            let name = if r.runtime { format!("{} (runtime)", r.name) } else { r.name.clone() };
-            vec![r.id.to_string(), name, r.action.clone(), prefixes, r.packets.to_string(), r.bytes.to_string(), last]
+            let last = r
+                .last_hit_s_ago
+                .map_or("never".to_string(), |s| format!("{s:.1}s ago"));
+            let name = if r.runtime {
+                format!("{} (runtime)", r.name)
+            } else {
+                r.name.clone()
+            };
+            vec![
+                r.id.to_string(),
+                name,
+                r.action.clone(),
+                prefixes,
+                r.packets.to_string(),
+                r.bytes.to_string(),
+                last,
+            ]
         })
         .collect();
-    print_table(&["ID", "RULE", "ACTION", "SOURCES", "PACKETS", "BYTES", "LAST HIT"], &rows);
-    let drops: Vec<String> = list.drops.iter().filter(|d| d.packets > 0).map(|d| format!("{} {}", d.verdict, d.packets)).collect();
-    println!("\ndrops: {}", if drops.is_empty() { "none".to_string() } else { drops.join(", ") });
+    print_table(
+        &[
+            "ID", "RULE", "ACTION", "SOURCES", "PACKETS", "BYTES", "LAST HIT",
+        ],
+        &rows,
+    );
+    let drops: Vec<String> = list
+        .drops
+        .iter()
+        .filter(|d| d.packets > 0)
+        .map(|d| format!("{} {}", d.verdict, d.packets))
+        .collect();
+    println!(
+        "\ndrops: {}",
+        if drops.is_empty() {
+            "none".to_string()
+        } else {
+            drops.join(", ")
+        }
+    );
 }
 
 /// Prints rows under a header, each column as wide as its widest cell.
@@ -360,22 +494,105 @@ fn print_status(status: &Status) {
         "replaced_pinned" => "XDP, program swapped into the pinned link",
         other => other,
     };
-    println!("lb {} running on {} ({attach}), pid {}, up {}", status.version, status.interface, status.pid, duration(status.uptime_s));
-    println!("pins      {}{}", status.pin_path, if status.adopted { " (maps and flows adopted from the previous agent)" } else { "" });
+    println!(
+        "lb {} running on {} ({attach}), pid {}, up {}",
+        status.version,
+        status.interface,
+        status.pid,
+        duration(status.uptime_s)
+    );
+    println!(
+        "pins      {}{}",
+        status.pin_path,
+        if status.adopted {
+            " (maps and flows adopted from the previous agent)"
+        } else {
+            ""
+        }
+    );
     let reload = match &status.last_reload {
         None => String::new(),
         Some(r) if r.ok => format!(", last: ok: {}", r.message),
-        Some(r) => format!(", last: REFUSED: {}", r.message.lines().next().unwrap_or_default()),
+        Some(r) => format!(
+            ", last: REFUSED: {}",
+            r.message.lines().next().unwrap_or_default()
+        ),
     };
-    println!("config    {} (reloads {}{reload})", status.config_path, status.reloads);
-    println!("api       http://{} (writes {})", status.api_bind, if status.writes_enabled { "need the token" } else { "disabled: no api.token_file" });
+    println!(
+        "config    {} (reloads {}{reload})",
+        status.config_path, status.reloads
+    );
+    println!(
+        "api       http://{} (writes {})",
+        status.api_bind,
+        if status.writes_enabled {
+            "need the token"
+        } else {
+            "disabled: no api.token_file"
+        }
+    );
     let b = &status.backends;
-    println!("services  {}; backends {}: {} active, {} draining, {} down", status.services, b.total, b.active, b.draining, b.down);
+    println!(
+        "services  {}; backends {}: {} active, {} draining, {} down",
+        status.services, b.total, b.active, b.draining, b.down
+    );
     let t = &status.traffic;
-    println!("traffic   {} packets, {} bytes, {} new flows, {} dropped", t.packets, t.bytes, t.new_flows, t.dropped_packets);
-    let seen: Vec<String> = status.verdicts.iter().filter(|v| v.packets > 0).map(|v| format!("{} {}", v.verdict, v.packets)).collect();
+    println!(
+        "traffic   {} packets, {} bytes, {} new flows, {} dropped",
+        t.packets, t.bytes, t.new_flows, t.dropped_packets
+    );
+    let seen: Vec<String> = status
+        .verdicts
+        .iter()
+        .filter(|v| v.packets > 0)
+        .map(|v| format!("{} {}", v.verdict, v.packets))
+        .collect();
     if !seen.is_empty() {
         println!("verdicts  {}", seen.join(", "));
+    }
+    if let Some(db) = &status.database {
+        let failover = match &db.last_failover {
+            Some(f) => format!(
+                "; last failover {} -> {} in {} ms",
+                f.from, f.to, f.duration_ms
+            ),
+            None => String::new(),
+        };
+        println!(
+            "database  primary {}, writes to {}, reads from {}; {} failovers{failover}",
+            db.primary.as_deref().unwrap_or("none"),
+            db.write.as_deref().unwrap_or("nobody"),
+            if db.read.is_empty() {
+                "nobody".to_string()
+            } else {
+                db.read.join(", ")
+            },
+            db.failovers
+        );
+        for node in &db.nodes {
+            let role = serde_json::to_value(node.role)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default();
+            let lag = node
+                .lag_s
+                .map(|l| format!(", lag {l} s"))
+                .unwrap_or_default();
+            let gtid = node
+                .gtid
+                .as_deref()
+                .map(|g| format!(", gtid {g}"))
+                .unwrap_or_default();
+            let error = node
+                .error
+                .as_deref()
+                .map(|e| format!(" ({e})"))
+                .unwrap_or_default();
+            println!(
+                "  {:<8} {:<22} {role}{lag}{gtid}{error}",
+                node.name, node.address
+            );
+        }
     }
 }
 
@@ -385,7 +602,10 @@ fn print_services(services: &[ServiceInfo]) {
         .map(|s| {
             vec![
                 s.name.clone(),
-                s.vip.parse().map_or_else(|_| format!("{}:{}", s.vip, s.port), |ip| SocketAddr::new(ip, s.port).to_string()),
+                s.vip.parse().map_or_else(
+                    |_| format!("{}:{}", s.vip, s.port),
+                    |ip| SocketAddr::new(ip, s.port).to_string(),
+                ),
                 s.protocol.clone(),
                 s.mode.clone(),
                 s.health_check.clone().unwrap_or_else(|| "-".into()),
@@ -396,7 +616,20 @@ fn print_services(services: &[ServiceInfo]) {
             ]
         })
         .collect();
-    print_table(&["SERVICE", "VIP", "PROTO", "MODE", "CHECK", "IN ROTATION", "PACKETS", "BYTES", "FLOWS"], &rows);
+    print_table(
+        &[
+            "SERVICE",
+            "VIP",
+            "PROTO",
+            "MODE",
+            "CHECK",
+            "IN ROTATION",
+            "PACKETS",
+            "BYTES",
+            "FLOWS",
+        ],
+        &rows,
+    );
 }
 
 fn print_backends(lists: &[BackendList]) {
@@ -407,8 +640,17 @@ fn print_backends(lists: &[BackendList]) {
                 None => "-".to_string(),
                 Some(h) => {
                     let verdict = if h.up { "up" } else { "DOWN" };
-                    let latency = h.last_latency_ms.map(|ms| format!(", {ms:.1} ms")).unwrap_or_default();
-                    format!("{verdict} ({}: {}{latency})", h.kind, h.last_detail.clone().unwrap_or_else(|| "not checked yet".into()))
+                    let latency = h
+                        .last_latency_ms
+                        .map(|ms| format!(", {ms:.1} ms"))
+                        .unwrap_or_default();
+                    format!(
+                        "{verdict} ({}: {}{latency})",
+                        h.kind,
+                        h.last_detail
+                            .clone()
+                            .unwrap_or_else(|| "not checked yet".into())
+                    )
                 }
             };
             rows.push(vec![
@@ -425,7 +667,13 @@ fn print_backends(lists: &[BackendList]) {
             ]);
         }
     }
-    print_table(&["SERVICE", "BACKEND", "ADDRESS", "PORT", "WEIGHT", "STATE", "ADMIN", "PACKETS", "FLOWS", "HEALTH"], &rows);
+    print_table(
+        &[
+            "SERVICE", "BACKEND", "ADDRESS", "PORT", "WEIGHT", "STATE", "ADMIN", "PACKETS",
+            "FLOWS", "HEALTH",
+        ],
+        &rows,
+    );
 }
 
 fn print_flows(page: &FlowPage, limit: usize) {
@@ -443,7 +691,10 @@ fn print_flows(page: &FlowPage, limit: usize) {
             ]
         })
         .collect();
-    print_table(&["CLIENT", "VIP", "PROTO", "SERVICE", "BACKEND", "NAT PORT"], &rows);
+    print_table(
+        &["CLIENT", "VIP", "PROTO", "SERVICE", "BACKEND", "NAT PORT"],
+        &rows,
+    );
     match &page.next_cursor {
         Some(cursor) => println!("(more: lb flows --limit {limit} --cursor {cursor})"),
         None => println!("({} flows, end of table)", page.flows.len()),
@@ -456,10 +707,19 @@ mod tests {
 
     #[test]
     fn api_urls() {
-        assert_eq!(parse_api_url("http://127.0.0.1:9876").ok(), Some(DEFAULT_API_BIND));
-        assert_eq!(parse_api_url("127.0.0.1:9876/").ok(), Some(DEFAULT_API_BIND));
+        assert_eq!(
+            parse_api_url("http://127.0.0.1:9876").ok(),
+            Some(DEFAULT_API_BIND)
+        );
+        assert_eq!(
+            parse_api_url("127.0.0.1:9876/").ok(),
+            Some(DEFAULT_API_BIND)
+        );
         assert!(parse_api_url("http://[::1]:9000").is_ok());
-        let error = parse_api_url("https://10.0.0.1:9876").err().map(|e| e.to_string()).unwrap_or_default();
+        let error = parse_api_url("https://10.0.0.1:9876")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(error.contains("plain HTTP"), "{error}");
         assert!(parse_api_url("http://localhost").is_err());
     }

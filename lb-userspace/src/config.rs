@@ -26,6 +26,70 @@ pub struct Config {
     pub api: ApiConfig,
     #[serde(default, rename = "service")]
     pub services: Vec<ServiceConfig>,
+    /// A MySQL/MariaDB primary-replica cluster behind a write VIP and a read VIP, with failover.
+    pub database: Option<DatabaseConfig>,
+}
+
+/// The database cluster the agent watches and fails over. Its nodes are the backends of the
+/// write service; the agent keeps only the current primary in it, and the healthy replicas (or
+/// the primary, when there is none) in the read service.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// The service of the write VIP; its backends are the cluster's nodes.
+    pub write_service: Spanned<String>,
+    /// The service of the read VIP (backends: some or all of the nodes, same names).
+    pub read_service: Option<Spanned<String>>,
+    /// The account the agent watches, promotes and demotes nodes with (needs SUPER,
+    /// RELOAD, READ_ONLY ADMIN, REPLICATION SLAVE ADMIN, SLAVE MONITOR).
+    pub user: Spanned<String>,
+    pub password: Option<Spanned<String>>,
+    pub password_file: Option<Spanned<PathBuf>>,
+    /// The account replicas connect to the primary with (REPLICATION SLAVE).
+    pub replication_user: Spanned<String>,
+    pub replication_password: Option<Spanned<String>>,
+    pub replication_password_file: Option<Spanned<PathBuf>>,
+    /// How often every node is probed.
+    #[serde(default = "default_db_interval_ms")]
+    pub interval_ms: Spanned<u64>,
+    /// How long one probe (connect + queries) may take.
+    #[serde(default = "default_db_timeout_ms")]
+    pub timeout_ms: Spanned<u64>,
+    /// Consecutive failed probes of the primary before it is replaced.
+    #[serde(default = "default_db_fail_after")]
+    pub fail_after: Spanned<u32>,
+    /// Largest replication lag (seconds) of a replica still in the read service.
+    #[serde(default = "default_db_max_lag_s")]
+    pub max_lag_s: Spanned<u64>,
+    /// false: watch, route and report only; never promote, fence or re-point a node.
+    #[serde(default = "yes")]
+    pub failover: bool,
+}
+
+pub const DEFAULT_DB_INTERVAL_MS: u64 = 200;
+pub const DEFAULT_DB_TIMEOUT_MS: u64 = 500;
+pub const DEFAULT_DB_FAIL_AFTER: u32 = 3;
+
+fn default_db_interval_ms() -> Spanned<u64> {
+    Spanned::new(0..0, DEFAULT_DB_INTERVAL_MS)
+}
+fn default_db_timeout_ms() -> Spanned<u64> {
+    Spanned::new(0..0, DEFAULT_DB_TIMEOUT_MS)
+}
+fn default_db_fail_after() -> Spanned<u32> {
+    Spanned::new(0..0, DEFAULT_DB_FAIL_AFTER)
+}
+fn default_db_max_lag_s() -> Spanned<u64> {
+    Spanned::new(0..0, DEFAULT_MAX_LAG_S)
+}
+
+impl DatabaseConfig {
+    pub fn interval(&self) -> Duration {
+        Duration::from_millis(*self.interval_ms.get_ref())
+    }
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(*self.timeout_ms.get_ref())
+    }
 }
 
 /// The firewall: CIDR rules on sources, packet sanity checks, and the policy for traffic to
@@ -50,7 +114,13 @@ pub struct FirewallConfig {
 
 impl Default for FirewallConfig {
     fn default() -> Self {
-        Self { drop_fragments: true, tcp_flag_checks: true, bogons: Vec::new(), host: HostPolicyConfig::default(), rules: Vec::new() }
+        Self {
+            drop_fragments: true,
+            tcp_flag_checks: true,
+            bogons: Vec::new(),
+            host: HostPolicyConfig::default(),
+            rules: Vec::new(),
+        }
     }
 }
 
@@ -98,8 +168,16 @@ impl Default for HostPolicyConfig {
 /// policy stays reachable and keeps its lease.
 fn default_open_ports() -> Vec<OpenPortConfig> {
     vec![
-        OpenPortConfig { port: Spanned::new(0..0, 22), protocol: Protocol::Tcp, sources: Vec::new() },
-        OpenPortConfig { port: Spanned::new(0..0, 68), protocol: Protocol::Udp, sources: Vec::new() },
+        OpenPortConfig {
+            port: Spanned::new(0..0, 22),
+            protocol: Protocol::Tcp,
+            sources: Vec::new(),
+        },
+        OpenPortConfig {
+            port: Spanned::new(0..0, 68),
+            protocol: Protocol::Udp,
+            sources: Vec::new(),
+        },
     ]
 }
 fn default_icmp_rate() -> u32 {
@@ -161,13 +239,24 @@ impl std::str::FromStr for Cidr {
             Some((addr, len)) => (addr, Some(len)),
             None => (text, None),
         };
-        let addr: IpAddr = addr.trim().parse().map_err(|_| format!("`{text}` is not an IP address or prefix"))?;
+        let addr: IpAddr = addr
+            .trim()
+            .parse()
+            .map_err(|_| format!("`{text}` is not an IP address or prefix"))?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
         let len = match len {
-            Some(len) => len.trim().parse::<u8>().ok().filter(|l| *l <= max).ok_or_else(|| format!("`{text}`: the prefix length must be 0..={max}"))?,
+            Some(len) => len
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|l| *l <= max)
+                .ok_or_else(|| format!("`{text}`: the prefix length must be 0..={max}"))?,
             None => max,
         };
-        Ok(Cidr { addr: mask(addr, len), len })
+        Ok(Cidr {
+            addr: mask(addr, len),
+            len,
+        })
     }
 }
 
@@ -185,7 +274,12 @@ fn mask(addr: IpAddr, len: u8) -> IpAddr {
             IpAddr::V4(bits.into())
         }
         IpAddr::V6(v6) => {
-            let bits = u128::from(v6) & if len == 0 { 0 } else { u128::MAX << (128 - len) };
+            let bits = u128::from(v6)
+                & if len == 0 {
+                    0
+                } else {
+                    u128::MAX << (128 - len)
+                };
             IpAddr::V6(bits.into())
         }
     }
@@ -260,7 +354,10 @@ pub struct ApiConfig {
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        Self { bind: default_api_bind(), token_file: None }
+        Self {
+            bind: default_api_bind(),
+            token_file: None,
+        }
     }
 }
 
@@ -471,7 +568,9 @@ impl HealthConfig {
         self.role.as_ref().map_or(MysqlRole::Any, |r| *r.get_ref())
     }
     pub fn max_lag_s(&self) -> u64 {
-        self.max_lag_s.as_ref().map_or(DEFAULT_MAX_LAG_S, |l| *l.get_ref())
+        self.max_lag_s
+            .as_ref()
+            .map_or(DEFAULT_MAX_LAG_S, |l| *l.get_ref())
     }
 }
 
@@ -490,7 +589,14 @@ pub struct ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}: {}", self.file.display(), self.line, self.column, self.message)?;
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file.display(),
+            self.line,
+            self.column,
+            self.message
+        )?;
         if !self.fix.is_empty() {
             write!(f, "\n  fix: {}", self.fix)?;
         }
@@ -555,7 +661,12 @@ struct Locator<'a> {
 }
 
 impl Locator<'_> {
-    fn error(&self, span: Range<usize>, message: impl Into<String>, fix: impl Into<String>) -> ConfigError {
+    fn error(
+        &self,
+        span: Range<usize>,
+        message: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> ConfigError {
         let offset = span.start.min(self.text.len());
         let before = &self.text[..offset];
         let line = before.matches('\n').count() + 1;
@@ -575,7 +686,11 @@ fn validate(config: &Config, at: &Locator<'_>) -> Vec<ConfigError> {
     let agent = &config.agent;
     if let Some(interface) = &agent.interface {
         let name = interface.get_ref();
-        if name.is_empty() || name.len() >= 16 || name.contains('/') || name.contains(char::is_whitespace) {
+        if name.is_empty()
+            || name.len() >= 16
+            || name.contains('/')
+            || name.contains(char::is_whitespace)
+        {
             errors.push(at.error(
                 interface.span(),
                 format!("`{name}` is not a valid interface name"),
@@ -602,7 +717,11 @@ fn validate(config: &Config, at: &Locator<'_>) -> Vec<ConfigError> {
     if config.services.len() > lb_common::MAX_SERVICES as usize {
         errors.push(at.error(
             0..0,
-            format!("{} services configured, the data path holds {}", config.services.len(), lb_common::MAX_SERVICES),
+            format!(
+                "{} services configured, the data path holds {}",
+                config.services.len(),
+                lb_common::MAX_SERVICES
+            ),
             "remove services or raise MAX_SERVICES in lb-common",
         ));
     }
@@ -612,7 +731,11 @@ fn validate(config: &Config, at: &Locator<'_>) -> Vec<ConfigError> {
     let mut backend_total = 0usize;
     for service in &config.services {
         let name = service.name.get_ref();
-        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
             errors.push(at.error(
                 service.name.span(),
                 format!("service name `{name}` must be non-empty letters, digits, '-' or '_'"),
@@ -620,22 +743,37 @@ fn validate(config: &Config, at: &Locator<'_>) -> Vec<ConfigError> {
             ));
         }
         if !names.insert(name.clone()) {
-            errors.push(at.error(service.name.span(), format!("service `{name}` is defined twice"), "give each service its own name"));
+            errors.push(at.error(
+                service.name.span(),
+                format!("service `{name}` is defined twice"),
+                "give each service its own name",
+            ));
         }
         let vip = *service.vip.get_ref();
         let port = *service.port.get_ref();
         if !endpoints.insert((vip, port, service.protocol)) {
             errors.push(at.error(
                 service.vip.span(),
-                format!("service `{name}`: {vip} port {port} {:?} is already used by another service", service.protocol),
+                format!(
+                    "service `{name}`: {vip} port {port} {:?} is already used by another service",
+                    service.protocol
+                ),
                 "each (vip, port, protocol) may belong to one service only",
             ));
         }
         if port == 0 {
-            errors.push(at.error(service.port.span(), format!("service `{name}`: port 0"), "use the port clients connect to, e.g. 80"));
+            errors.push(at.error(
+                service.port.span(),
+                format!("service `{name}`: port 0"),
+                "use the port clients connect to, e.g. 80",
+            ));
         }
         if vip.is_unspecified() || vip.is_multicast() {
-            errors.push(at.error(service.vip.span(), format!("service `{name}`: {vip} cannot be a VIP"), "use a unicast address clients send to"));
+            errors.push(at.error(
+                service.vip.span(),
+                format!("service `{name}`: {vip} cannot be a VIP"),
+                "use a unicast address clients send to",
+            ));
         }
         match (*service.mode.get_ref(), &service.snat_address) {
             (Mode::Nat, None) => errors.push(at.error(
@@ -643,11 +781,16 @@ fn validate(config: &Config, at: &Locator<'_>) -> Vec<ConfigError> {
                 format!("service `{name}` is in NAT mode but has no snat_address"),
                 "add snat_address = \"<an address of the load balancer on the backends' network>\"",
             )),
-            (Mode::Nat, Some(snat)) if snat.get_ref().is_ipv4() != vip.is_ipv4() => errors.push(at.error(
-                snat.span(),
-                format!("service `{name}`: snat_address {} is not of the VIP's address family", snat.get_ref()),
-                "use an IPv4 snat_address for an IPv4 VIP, IPv6 for IPv6",
-            )),
+            (Mode::Nat, Some(snat)) if snat.get_ref().is_ipv4() != vip.is_ipv4() => {
+                errors.push(at.error(
+                    snat.span(),
+                    format!(
+                        "service `{name}`: snat_address {} is not of the VIP's address family",
+                        snat.get_ref()
+                    ),
+                    "use an IPv4 snat_address for an IPv4 VIP, IPv6 for IPv6",
+                ))
+            }
             (Mode::Dsr, Some(snat)) => errors.push(at.error(
                 snat.span(),
                 format!("service `{name}` is in DSR mode; snat_address only applies to NAT"),
@@ -659,7 +802,11 @@ fn validate(config: &Config, at: &Locator<'_>) -> Vec<ConfigError> {
             validate_health(name, service.protocol, health, at, &mut errors);
         }
         if service.backends.is_empty() {
-            errors.push(at.error(service.name.span(), format!("service `{name}` has no backend"), "add at least one [[service.backend]]"));
+            errors.push(at.error(
+                service.name.span(),
+                format!("service `{name}` has no backend"),
+                "add at least one [[service.backend]]",
+            ));
         }
         let mut backend_names = HashSet::new();
         let mut backend_endpoints = HashSet::new();
@@ -667,7 +814,11 @@ fn validate(config: &Config, at: &Locator<'_>) -> Vec<ConfigError> {
             backend_total += 1;
             let bname = backend.name.get_ref();
             if !backend_names.insert(bname.clone()) {
-                errors.push(at.error(backend.name.span(), format!("service `{name}`: backend `{bname}` is defined twice"), "give each backend its own name"));
+                errors.push(at.error(
+                    backend.name.span(),
+                    format!("service `{name}`: backend `{bname}` is defined twice"),
+                    "give each backend its own name",
+                ));
             }
             let address = *backend.address.get_ref();
             let bport = backend.port_or(port);
@@ -679,7 +830,11 @@ fn validate(config: &Config, at: &Locator<'_>) -> Vec<ConfigError> {
                 ));
             }
             if !backend_endpoints.insert((address, bport)) {
-                errors.push(at.error(backend.address.span(), format!("service `{name}`: {address} port {bport} is listed twice"), "list each backend once"));
+                errors.push(at.error(
+                    backend.address.span(),
+                    format!("service `{name}`: {address} port {bport} is listed twice"),
+                    "list each backend once",
+                ));
             }
             if let (Mode::Dsr, Some(p)) = (*service.mode.get_ref(), &backend.port) {
                 if *p.get_ref() != port {
@@ -695,20 +850,133 @@ fn validate(config: &Config, at: &Locator<'_>) -> Vec<ConfigError> {
                 errors.push(at.error(
                     backend.weight.span(),
                     format!("service `{name}`: backend `{bname}` has weight {weight}"),
-                    format!("use a weight from 1 to {MAX_WEIGHT}; drain a backend to stop new flows"),
+                    format!(
+                        "use a weight from 1 to {MAX_WEIGHT}; drain a backend to stop new flows"
+                    ),
                 ));
             }
         }
     }
     validate_firewall(config, at, &mut errors);
+    if let Some(database) = &config.database {
+        validate_database(config, database, at, &mut errors);
+    }
     if backend_total > (lb_common::MAX_BACKENDS / 2) as usize {
         errors.push(at.error(
             0..0,
-            format!("{backend_total} backends configured, at most {} fit", lb_common::MAX_BACKENDS / 2),
+            format!(
+                "{backend_total} backends configured, at most {} fit",
+                lb_common::MAX_BACKENDS / 2
+            ),
             "remove backends",
         ));
     }
     errors
+}
+
+fn validate_database(
+    config: &Config,
+    db: &DatabaseConfig,
+    at: &Locator<'_>,
+    errors: &mut Vec<ConfigError>,
+) {
+    let service = |name: &Spanned<String>, key: &str, errors: &mut Vec<ConfigError>| {
+        let found = config
+            .services
+            .iter()
+            .find(|s| s.name.get_ref() == name.get_ref());
+        match found {
+            None => errors.push(at.error(
+                name.span(),
+                format!("database {key} `{}` is not a configured service", name.get_ref()),
+                "name a [[service]] whose backends are the database nodes",
+            )),
+            Some(s) if s.health.is_some() => errors.push(at.error(
+                s.name.span(),
+                format!("service `{}` is the database {key}; the [database] section checks its nodes", s.name.get_ref()),
+                "remove its [service.health]: the agent keeps only the primary (write) or healthy replicas (read) in it",
+            )),
+            Some(s) if s.protocol != Protocol::Tcp => errors.push(at.error(
+                s.name.span(),
+                format!("service `{}` is the database {key} but is not TCP", s.name.get_ref()),
+                "set protocol = \"tcp\"",
+            )),
+            Some(_) => {}
+        }
+        found
+    };
+    let write = service(&db.write_service, "write_service", errors);
+    let read = db
+        .read_service
+        .as_ref()
+        .and_then(|r| service(r, "read_service", errors));
+    if let (Some(write), Some(read)) = (write, read) {
+        if write.name.get_ref() == read.name.get_ref() {
+            errors.push(at.error(
+                read.name.span(),
+                "the database read_service is the write_service",
+                "give reads their own service on the read VIP",
+            ));
+        }
+        for backend in &read.backends {
+            let node = write
+                .backends
+                .iter()
+                .find(|w| w.name.get_ref() == backend.name.get_ref());
+            let same = node.is_some_and(|w| {
+                w.address.get_ref() == backend.address.get_ref()
+                    && w.port_or(*write.port.get_ref()) == backend.port_or(*read.port.get_ref())
+            });
+            if !same {
+                errors.push(at.error(
+                    backend.name.span(),
+                    format!("read service `{}`: backend `{}` is not a node of the write service `{}` (same name, address and port)", read.name.get_ref(), backend.name.get_ref(), write.name.get_ref()),
+                    "list the same database nodes in both services",
+                ));
+            }
+        }
+    }
+    for (password, file, what) in [
+        (&db.password, &db.password_file, "password"),
+        (
+            &db.replication_password,
+            &db.replication_password_file,
+            "replication_password",
+        ),
+    ] {
+        if let (Some(_), Some(file)) = (password, file) {
+            errors.push(at.error(
+                file.span(),
+                format!("database: both {what} and {what}_file are set"),
+                "keep one of them (a file keeps secrets out of the config)",
+            ));
+        }
+    }
+    let (interval, timeout) = (*db.interval_ms.get_ref(), *db.timeout_ms.get_ref());
+    if !(20..=60_000).contains(&interval) {
+        errors.push(at.error(
+            db.interval_ms.span(),
+            format!("database interval_ms {interval} is out of range"),
+            format!("use 20 to 60000 (default {DEFAULT_DB_INTERVAL_MS})"),
+        ));
+    }
+    if timeout < 10 || timeout > 60_000 {
+        errors.push(at.error(
+            db.timeout_ms.span(),
+            format!("database timeout_ms {timeout} is out of range"),
+            format!("use 10 to 60000 (default {DEFAULT_DB_TIMEOUT_MS})"),
+        ));
+    }
+    if !(1..=100).contains(db.fail_after.get_ref()) {
+        errors.push(at.error(
+            db.fail_after.span(),
+            format!(
+                "database fail_after {} is out of range",
+                db.fail_after.get_ref()
+            ),
+            format!("use 1 to 100 failed probes (default {DEFAULT_DB_FAIL_AFTER})"),
+        ));
+    }
 }
 
 fn validate_firewall(config: &Config, at: &Locator<'_>, errors: &mut Vec<ConfigError>) {
@@ -718,26 +986,46 @@ fn validate_firewall(config: &Config, at: &Locator<'_>, errors: &mut Vec<ConfigE
     for rule in &fw.rules {
         let name = rule.name.get_ref();
         if !names.insert(name.clone()) {
-            errors.push(at.error(rule.name.span(), format!("firewall rule `{name}` is defined twice"), "give each rule its own name"));
+            errors.push(at.error(
+                rule.name.span(),
+                format!("firewall rule `{name}` is defined twice"),
+                "give each rule its own name",
+            ));
         }
         if rule.sources.is_empty() {
-            errors.push(at.error(rule.name.span(), format!("firewall rule `{name}` has no sources"), "add sources = [\"203.0.113.0/24\", ...]"));
+            errors.push(at.error(
+                rule.name.span(),
+                format!("firewall rule `{name}` has no sources"),
+                "add sources = [\"203.0.113.0/24\", ...]",
+            ));
         }
         prefixes += rule.sources.len();
     }
     let mut seen = std::collections::HashMap::new();
-    for (rule, cidr) in fw.rules.iter().flat_map(|r| r.sources.iter().map(move |c| (r, c))) {
+    for (rule, cidr) in fw
+        .rules
+        .iter()
+        .flat_map(|r| r.sources.iter().map(move |c| (r, c)))
+    {
         if let Some(other) = seen.insert(*cidr.get_ref(), rule.name.get_ref().clone()) {
             errors.push(at.error(
                 cidr.span(),
-                format!("{} is in firewall rules `{other}` and `{}`", cidr.get_ref(), rule.name.get_ref()),
+                format!(
+                    "{} is in firewall rules `{other}` and `{}`",
+                    cidr.get_ref(),
+                    rule.name.get_ref()
+                ),
                 "a prefix can belong to one rule only; remove one of them",
             ));
         }
     }
     for bogon in &fw.bogons {
         if seen.contains_key(bogon.get_ref()) {
-            errors.push(at.error(bogon.span(), format!("{} is both a bogon and in a rule", bogon.get_ref()), "remove it from one of them"));
+            errors.push(at.error(
+                bogon.span(),
+                format!("{} is both a bogon and in a rule", bogon.get_ref()),
+                "remove it from one of them",
+            ));
         }
     }
     prefixes += fw.bogons.len();
@@ -748,7 +1036,11 @@ fn validate_firewall(config: &Config, at: &Locator<'_>, errors: &mut Vec<ConfigE
             if cidr.get_ref().addr.is_ipv4() != vip.is_ipv4() {
                 errors.push(at.error(
                     cidr.span(),
-                    format!("service `{}`: source {} is not of the VIP's address family", service.name.get_ref(), cidr.get_ref()),
+                    format!(
+                        "service `{}`: source {} is not of the VIP's address family",
+                        service.name.get_ref(),
+                        cidr.get_ref()
+                    ),
                     "list sources of the VIP's family only",
                 ));
             }
@@ -763,24 +1055,49 @@ fn validate_firewall(config: &Config, at: &Locator<'_>, errors: &mut Vec<ConfigE
     }
     for port in &fw.host.open_ports {
         if *port.port.get_ref() == 0 {
-            errors.push(at.error(port.port.span(), "open port 0", "use the port of the service on the host, e.g. 22"));
+            errors.push(at.error(
+                port.port.span(),
+                "open port 0",
+                "use the port of the service on the host, e.g. 22",
+            ));
         }
         prefixes += port.sources.len();
     }
     if prefixes > (lb_common::MAX_PREFIXES / 2) as usize {
-        errors.push(at.error(0..0, format!("{prefixes} prefixes configured, at most {} fit", lb_common::MAX_PREFIXES / 2), "merge prefixes"));
+        errors.push(at.error(
+            0..0,
+            format!(
+                "{prefixes} prefixes configured, at most {} fit",
+                lb_common::MAX_PREFIXES / 2
+            ),
+            "merge prefixes",
+        ));
     }
-    if fw.rules.len() + config.services.len() + fw.host.open_ports.len() + 2 > lb_common::MAX_RULES as usize {
-        errors.push(at.error(0..0, "too many firewall rules", "merge rules: one rule may hold many prefixes"));
+    if fw.rules.len() + config.services.len() + fw.host.open_ports.len() + 2
+        > lb_common::MAX_RULES as usize
+    {
+        errors.push(at.error(
+            0..0,
+            "too many firewall rules",
+            "merge rules: one rule may hold many prefixes",
+        ));
     }
 }
 
-fn validate_health(service: &str, protocol: Protocol, health: &HealthConfig, at: &Locator<'_>, errors: &mut Vec<ConfigError>) {
+fn validate_health(
+    service: &str,
+    protocol: Protocol,
+    health: &HealthConfig,
+    at: &Locator<'_>,
+    errors: &mut Vec<ConfigError>,
+) {
     let kind = *health.kind.get_ref();
     if protocol == Protocol::Udp {
         errors.push(at.error(
             health.kind.span(),
-            format!("service `{service}` is UDP; its health check ({kind:?}) would connect over TCP"),
+            format!(
+                "service `{service}` is UDP; its health check ({kind:?}) would connect over TCP"
+            ),
             "check a TCP port of the backends with `port = ...`, or remove [service.health]",
         ));
     }
@@ -794,7 +1111,11 @@ fn validate_health(service: &str, protocol: Protocol, health: &HealthConfig, at:
     }
     let timeout = *health.timeout_ms.get_ref();
     // A default timeout has no position of its own: point at the interval that is too short.
-    let timeout_span = if health.timeout_ms.span().is_empty() { health.interval_ms.span() } else { health.timeout_ms.span() };
+    let timeout_span = if health.timeout_ms.span().is_empty() {
+        health.interval_ms.span()
+    } else {
+        health.timeout_ms.span()
+    };
     if (10..=60_000).contains(&interval) && (timeout < 10 || timeout > interval) {
         errors.push(at.error(
             timeout_span,
@@ -812,19 +1133,32 @@ fn validate_health(service: &str, protocol: Protocol, health: &HealthConfig, at:
         }
     }
     if let Some(port) = health.port.as_ref().filter(|p| *p.get_ref() == 0) {
-        errors.push(at.error(port.span(), format!("service `{service}`: health port 0"), "remove `port` to check the backend's own port"));
+        errors.push(at.error(
+            port.span(),
+            format!("service `{service}`: health port 0"),
+            "remove `port` to check the backend's own port",
+        ));
     }
     let is_http = matches!(kind, HealthKind::Http | HealthKind::Https);
     let http_only = [
         health.path.as_ref().map(|p| (p.span(), "path")),
         health.host.as_ref().map(|h| (h.span(), "host")),
-        health.expect_status.as_ref().map(|s| (s.span(), "expect_status")),
-        health.expect_body.as_ref().map(|b| (b.span(), "expect_body")),
+        health
+            .expect_status
+            .as_ref()
+            .map(|s| (s.span(), "expect_status")),
+        health
+            .expect_body
+            .as_ref()
+            .map(|b| (b.span(), "expect_body")),
     ];
     let mysql_only = [
         health.user.as_ref().map(|u| (u.span(), "user")),
         health.password.as_ref().map(|p| (p.span(), "password")),
-        health.password_file.as_ref().map(|p| (p.span(), "password_file")),
+        health
+            .password_file
+            .as_ref()
+            .map(|p| (p.span(), "password_file")),
         health.role.as_ref().map(|r| (r.span(), "role")),
         health.max_lag_s.as_ref().map(|l| (l.span(), "max_lag_s")),
     ];
@@ -833,31 +1167,79 @@ fn validate_health(service: &str, protocol: Protocol, health: &HealthConfig, at:
         .flatten()
         .filter(|_| !is_http)
         .map(|(span, key)| (span, key, "http or https"))
-        .chain(mysql_only.into_iter().flatten().filter(|_| kind != HealthKind::Mysql).map(|(span, key)| (span, key, "mysql")))
-        .chain(health.tls_verify.as_ref().filter(|_| kind != HealthKind::Https).map(|v| (v.span(), "tls_verify", "https")));
+        .chain(
+            mysql_only
+                .into_iter()
+                .flatten()
+                .filter(|_| kind != HealthKind::Mysql)
+                .map(|(span, key)| (span, key, "mysql")),
+        )
+        .chain(
+            health
+                .tls_verify
+                .as_ref()
+                .filter(|_| kind != HealthKind::Https)
+                .map(|v| (v.span(), "tls_verify", "https")),
+        );
     for (span, key, kinds) in misplaced {
         errors.push(at.error(
             span,
-            format!("service `{service}`: health `{key}` only applies to kind = {kinds}, not {kind:?}"),
+            format!(
+                "service `{service}`: health `{key}` only applies to kind = {kinds}, not {kind:?}"
+            ),
             format!("remove `{key}`, or change `kind`"),
         ));
     }
-    if let Some(path) = health.path.as_ref().filter(|p| !p.get_ref().starts_with('/') || p.get_ref().contains(char::is_whitespace)) {
-        errors.push(at.error(path.span(), format!("service `{service}`: health path `{}` is not a request path", path.get_ref()), "start it with '/', no spaces, e.g. \"/healthz\""));
+    if let Some(path) = health
+        .path
+        .as_ref()
+        .filter(|p| !p.get_ref().starts_with('/') || p.get_ref().contains(char::is_whitespace))
+    {
+        errors.push(at.error(
+            path.span(),
+            format!(
+                "service `{service}`: health path `{}` is not a request path",
+                path.get_ref()
+            ),
+            "start it with '/', no spaces, e.g. \"/healthz\"",
+        ));
     }
-    if let Some(status) = health.expect_status.as_ref().filter(|s| !(100..=599).contains(s.get_ref())) {
-        errors.push(at.error(status.span(), format!("service `{service}`: expect_status {} is not an HTTP status", status.get_ref()), "use 100 to 599, e.g. 200"));
+    if let Some(status) = health
+        .expect_status
+        .as_ref()
+        .filter(|s| !(100..=599).contains(s.get_ref()))
+    {
+        errors.push(at.error(
+            status.span(),
+            format!(
+                "service `{service}`: expect_status {} is not an HTTP status",
+                status.get_ref()
+            ),
+            "use 100 to 599, e.g. 200",
+        ));
     }
     if kind == HealthKind::Mysql {
         if health.user.is_none() {
-            errors.push(at.error(health.kind.span(), format!("service `{service}`: a mysql health check needs `user`"), "add user = \"lbcheck\" (an account allowed to log in from the load balancer)"));
+            errors.push(at.error(
+                health.kind.span(),
+                format!("service `{service}`: a mysql health check needs `user`"),
+                "add user = \"lbcheck\" (an account allowed to log in from the load balancer)",
+            ));
         }
         if let (Some(_), Some(file)) = (&health.password, &health.password_file) {
-            errors.push(at.error(file.span(), format!("service `{service}`: both password and password_file are set"), "keep one of them (password_file keeps secrets out of the config)"));
+            errors.push(at.error(
+                file.span(),
+                format!("service `{service}`: both password and password_file are set"),
+                "keep one of them (password_file keeps secrets out of the config)",
+            ));
         }
         if let (Some(lag), Some(role)) = (&health.max_lag_s, &health.role) {
             if *role.get_ref() != MysqlRole::Replica {
-                errors.push(at.error(lag.span(), format!("service `{service}`: max_lag_s only applies to role = \"replica\""), "remove max_lag_s, or set role = \"replica\""));
+                errors.push(at.error(
+                    lag.span(),
+                    format!("service `{service}`: max_lag_s only applies to role = \"replica\""),
+                    "remove max_lag_s, or set role = \"replica\"",
+                ));
             }
         }
     }
@@ -961,7 +1343,10 @@ weight = 2
             let error = errors.iter().find(|e| e.to_string().contains(needle)).unwrap_or_else(|| panic!("{needle}: {errors:?}"));
             assert_eq!(error.line, line, "{error}");
         }
-        let text = GOOD.replace("mode = \"dsr\"", "mode = \"dsr\"\nallow_sources = [\"fd00::/8\"]");
+        let text = GOOD.replace(
+            "mode = \"dsr\"",
+            "mode = \"dsr\"\nallow_sources = [\"fd00::/8\"]",
+        );
         let errors = errors_of(&text);
         assert!(errors[0].message.contains("address family"), "{errors:?}");
     }
@@ -969,15 +1354,34 @@ weight = 2
     #[test]
     fn bad_values_are_rejected() {
         for (from, to, needle) in [
-            ("vip = \"10.0.0.100\"", "vip = \"10.0.0.300\"", "invalid IP address"),
+            (
+                "vip = \"10.0.0.100\"",
+                "vip = \"10.0.0.300\"",
+                "invalid IP address",
+            ),
             ("port = 80", "port = 70000", "invalid value"),
             ("mode = \"dsr\"", "mode = \"tunnel\"", "unknown variant"),
-            ("address = \"10.0.0.12\"", "address = \"fd00::12\"", "address family"),
-            ("address = \"10.0.0.12\"", "address = \"10.0.0.11\"", "listed twice"),
-            ("interface = \"eth0\"", "interface = \"a-very-long-interface-name\"", "not a valid interface"),
+            (
+                "address = \"10.0.0.12\"",
+                "address = \"fd00::12\"",
+                "address family",
+            ),
+            (
+                "address = \"10.0.0.12\"",
+                "address = \"10.0.0.11\"",
+                "listed twice",
+            ),
+            (
+                "interface = \"eth0\"",
+                "interface = \"a-very-long-interface-name\"",
+                "not a valid interface",
+            ),
         ] {
             let errors = errors_of(&GOOD.replace(from, to));
-            assert!(errors.iter().any(|e| e.to_string().contains(needle)), "{to}: {errors:?}");
+            assert!(
+                errors.iter().any(|e| e.to_string().contains(needle)),
+                "{to}: {errors:?}"
+            );
         }
     }
 
@@ -990,17 +1394,30 @@ expect_body = "ok"
 
     /// GOOD with `extra` inserted before the first backend (inside the service table).
     fn good_with(extra: &str) -> String {
-        GOOD.replacen("\n[[service.backend]]", &format!("{extra}\n[[service.backend]]"), 1)
+        GOOD.replacen(
+            "\n[[service.backend]]",
+            &format!("{extra}\n[[service.backend]]"),
+            1,
+        )
     }
 
     #[test]
     fn api_and_health_parse_with_defaults() {
-        let text = format!("[api]\nbind = \"0.0.0.0:9000\"\ntoken_file = \"/etc/lb/token\"\n{}", good_with(HEALTH));
+        let text = format!(
+            "[api]\nbind = \"0.0.0.0:9000\"\ntoken_file = \"/etc/lb/token\"\n{}",
+            good_with(HEALTH)
+        );
         let config = parse(Path::new("lb.toml"), &text).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(config.api.bind.get_ref().port(), 9000);
-        let health = config.services[0].health.as_ref().unwrap_or_else(|| panic!("no health section"));
+        let health = config.services[0]
+            .health
+            .as_ref()
+            .unwrap_or_else(|| panic!("no health section"));
         assert_eq!(*health.kind.get_ref(), HealthKind::Http);
-        assert_eq!((health.interval(), health.timeout()), (Duration::from_millis(200), Duration::from_millis(200)));
+        assert_eq!(
+            (health.interval(), health.timeout()),
+            (Duration::from_millis(200), Duration::from_millis(200))
+        );
         assert_eq!((*health.rise.get_ref(), *health.fall.get_ref()), (2, 3));
         assert_eq!((health.path(), health.expect_status()), ("/healthz", 200));
         assert!(health.tls_verify());
@@ -1038,9 +1455,13 @@ expect_body = "ok"
 
     #[test]
     fn udp_services_cannot_have_tcp_health_checks() {
-        let text = good_with("[service.health]\nkind = \"tcp\"\n").replace("port = 80", "port = 53\nprotocol = \"udp\"");
+        let text = good_with("[service.health]\nkind = \"tcp\"\n")
+            .replace("port = 80", "port = 53\nprotocol = \"udp\"");
         let errors = errors_of(&text);
-        assert!(errors.iter().any(|e| e.message.contains("is UDP")), "{errors:?}");
+        assert!(
+            errors.iter().any(|e| e.message.contains("is UDP")),
+            "{errors:?}"
+        );
     }
 
     #[test]

@@ -6,9 +6,9 @@ use std::net::IpAddr;
 use anyhow::{Context as _, Result};
 use lb_common::{
     maps::{
-        AddrKey, Firewall, FwRule, HostPort, Rate, ACTION_ALLOW, ACTION_DROP, ACTION_LOG, FW_DROP_FRAGMENTS,
-        FW_HOST_POLICY, FW_SCOPED_SOURCES, FW_TCP_FLAG_CHECKS, FW_V4_RULES, FW_V6_RULES, PROTO_TCP, PROTO_UDP,
-        REASON_POLICY, REASON_SPOOF,
+        AddrKey, Firewall, FwRule, HostPort, Rate, ACTION_ALLOW, ACTION_DROP, ACTION_LOG,
+        FW_DROP_FRAGMENTS, FW_HOST_POLICY, FW_SCOPED_SOURCES, FW_TCP_FLAG_CHECKS, FW_V4_RULES,
+        FW_V6_RULES, PROTO_TCP, PROTO_UDP, REASON_POLICY, REASON_SPOOF,
     },
     MAX_SERVICES,
 };
@@ -29,12 +29,24 @@ pub enum RuleKind {
     /// The bogon list.
     Bogons,
     /// A service's `allow_sources`, `deny_sources`, or the drop of everyone else.
-    ServiceAllow { service: String },
-    ServiceDeny { service: String },
-    ServiceDefaultDrop { service: String },
+    ServiceAllow {
+        service: String,
+    },
+    ServiceDeny {
+        service: String,
+    },
+    ServiceDefaultDrop {
+        service: String,
+    },
     /// The sources of an open host port, and the drop of everyone else.
-    HostPortAllow { port: u16, protocol: String },
-    HostPortDefaultDrop { port: u16, protocol: String },
+    HostPortAllow {
+        port: u16,
+        protocol: String,
+    },
+    HostPortDefaultDrop {
+        port: u16,
+        protocol: String,
+    },
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -91,21 +103,55 @@ impl RuleSet {
     /// an unchanged config. Service scopes use the service ids of `services`.
     pub fn from_config(config: &Config, services: &ServiceTable, ephemeral: (u16, u16)) -> Self {
         let fw = &config.firewall;
-        let mut set = RuleSet { rules: Vec::new(), prefixes: Vec::new(), scoped: Vec::new(), host_ports: Vec::new(), settings: Firewall::default() };
-        let add_rule = |set: &mut RuleSet, name: String, kind: RuleKind, action: Action, prefixes: &[Cidr]| -> FwRule {
+        let mut set = RuleSet {
+            rules: Vec::new(),
+            prefixes: Vec::new(),
+            scoped: Vec::new(),
+            host_ports: Vec::new(),
+            settings: Firewall::default(),
+        };
+        let add_rule = |set: &mut RuleSet,
+                        name: String,
+                        kind: RuleKind,
+                        action: Action,
+                        prefixes: &[Cidr]|
+         -> FwRule {
             let id = set.rules.len() as u32;
-            set.rules.push(RuleInfo { id, name, kind, action, prefixes: prefixes.iter().map(Cidr::to_string).collect() });
-            FwRule { id, action: action_code(action), reason: REASON_POLICY, _pad: [0; 2] }
+            set.rules.push(RuleInfo {
+                id,
+                name,
+                kind,
+                action,
+                prefixes: prefixes.iter().map(Cidr::to_string).collect(),
+            });
+            FwRule {
+                id,
+                action: action_code(action),
+                reason: REASON_POLICY,
+                _pad: [0; 2],
+            }
         };
 
         for rule in &fw.rules {
             let cidrs: Vec<Cidr> = rule.sources.iter().map(|c| *c.get_ref()).collect();
-            let entry = add_rule(&mut set, rule.name.get_ref().clone(), RuleKind::Global, rule.action, &cidrs);
+            let entry = add_rule(
+                &mut set,
+                rule.name.get_ref().clone(),
+                RuleKind::Global,
+                rule.action,
+                &cidrs,
+            );
             set.prefixes.extend(cidrs.into_iter().map(|c| (c, entry)));
         }
         if !fw.bogons.is_empty() {
             let cidrs: Vec<Cidr> = fw.bogons.iter().map(|c| *c.get_ref()).collect();
-            let mut entry = add_rule(&mut set, "bogons".into(), RuleKind::Bogons, Action::Drop, &cidrs);
+            let mut entry = add_rule(
+                &mut set,
+                "bogons".into(),
+                RuleKind::Bogons,
+                Action::Drop,
+                &cidrs,
+            );
             entry.reason = REASON_SPOOF;
             set.prefixes.extend(cidrs.into_iter().map(|c| (c, entry)));
         }
@@ -115,22 +161,67 @@ impl RuleSet {
                 continue;
             }
             let name = service.name.get_ref().clone();
-            let Some(scope) = services.services.iter().find(|s| s.name == name).map(|s| s.id) else { continue };
+            let Some(scope) = services
+                .services
+                .iter()
+                .find(|s| s.name == name)
+                .map(|s| s.id)
+            else {
+                continue;
+            };
             let allow: Vec<Cidr> = service.allow_sources.iter().map(|c| *c.get_ref()).collect();
             let deny: Vec<Cidr> = service.deny_sources.iter().map(|c| *c.get_ref()).collect();
-            let allow_rule = add_rule(&mut set, format!("{name}/allow_sources"), RuleKind::ServiceAllow { service: name.clone() }, Action::Allow, &allow);
-            set.scoped.extend(allow.into_iter().map(|c| ScopedEntry { scope, cidr: Some(c), rule: allow_rule }));
+            let allow_rule = add_rule(
+                &mut set,
+                format!("{name}/allow_sources"),
+                RuleKind::ServiceAllow {
+                    service: name.clone(),
+                },
+                Action::Allow,
+                &allow,
+            );
+            set.scoped.extend(allow.into_iter().map(|c| ScopedEntry {
+                scope,
+                cidr: Some(c),
+                rule: allow_rule,
+            }));
             if !deny.is_empty() {
-                let deny_rule = add_rule(&mut set, format!("{name}/deny_sources"), RuleKind::ServiceDeny { service: name.clone() }, Action::Drop, &deny);
-                set.scoped.extend(deny.into_iter().map(|c| ScopedEntry { scope, cidr: Some(c), rule: deny_rule }));
+                let deny_rule = add_rule(
+                    &mut set,
+                    format!("{name}/deny_sources"),
+                    RuleKind::ServiceDeny {
+                        service: name.clone(),
+                    },
+                    Action::Drop,
+                    &deny,
+                );
+                set.scoped.extend(deny.into_iter().map(|c| ScopedEntry {
+                    scope,
+                    cidr: Some(c),
+                    rule: deny_rule,
+                }));
             }
-            let others = add_rule(&mut set, format!("{name}/others"), RuleKind::ServiceDefaultDrop { service: name }, Action::Drop, &[]);
-            set.scoped.push(ScopedEntry { scope, cidr: None, rule: others });
+            let others = add_rule(
+                &mut set,
+                format!("{name}/others"),
+                RuleKind::ServiceDefaultDrop { service: name },
+                Action::Drop,
+                &[],
+            );
+            set.scoped.push(ScopedEntry {
+                scope,
+                cidr: None,
+                rule: others,
+            });
         }
 
         for (index, open) in fw.host.open_ports.iter().enumerate() {
             let port = *open.port.get_ref();
-            let key = HostPort { port: port.to_be(), proto: proto_code(open.protocol), _pad: 0 };
+            let key = HostPort {
+                port: port.to_be(),
+                proto: proto_code(open.protocol),
+                _pad: 0,
+            };
             if open.sources.is_empty() {
                 set.host_ports.push((key, 0));
                 continue;
@@ -138,10 +229,33 @@ impl RuleSet {
             let scope = MAX_SERVICES + 1 + index as u32;
             let protocol = protocol_name(open.protocol);
             let cidrs: Vec<Cidr> = open.sources.iter().map(|c| *c.get_ref()).collect();
-            let allow = add_rule(&mut set, format!("host/{protocol}/{port}"), RuleKind::HostPortAllow { port, protocol: protocol.clone() }, Action::Allow, &cidrs);
-            set.scoped.extend(cidrs.into_iter().map(|c| ScopedEntry { scope, cidr: Some(c), rule: allow }));
-            let others = add_rule(&mut set, format!("host/{protocol}/{port}/others"), RuleKind::HostPortDefaultDrop { port, protocol }, Action::Drop, &[]);
-            set.scoped.push(ScopedEntry { scope, cidr: None, rule: others });
+            let allow = add_rule(
+                &mut set,
+                format!("host/{protocol}/{port}"),
+                RuleKind::HostPortAllow {
+                    port,
+                    protocol: protocol.clone(),
+                },
+                Action::Allow,
+                &cidrs,
+            );
+            set.scoped.extend(cidrs.into_iter().map(|c| ScopedEntry {
+                scope,
+                cidr: Some(c),
+                rule: allow,
+            }));
+            let others = add_rule(
+                &mut set,
+                format!("host/{protocol}/{port}/others"),
+                RuleKind::HostPortDefaultDrop { port, protocol },
+                Action::Drop,
+                &[],
+            );
+            set.scoped.push(ScopedEntry {
+                scope,
+                cidr: None,
+                rule: others,
+            });
             set.host_ports.push((key, scope));
         }
 
@@ -179,10 +293,17 @@ impl RuleSet {
 
 /// Writes `set` as the next generation, switches the data path to it, then removes the old
 /// one. Returns the generation now live.
-pub fn apply(dataplane: &mut Dataplane, set: &RuleSet, host_addrs: &[IpAddr], vips: &[IpAddr]) -> Result<u32> {
+pub fn apply(
+    dataplane: &mut Dataplane,
+    set: &RuleSet,
+    host_addrs: &[IpAddr],
+    vips: &[IpAddr],
+) -> Result<u32> {
     let live = dataplane.firewall()?;
     let next = if live.generation == 0 { 1 } else { 0 };
-    dataplane.clear_rule_generation(next).context("clearing the idle rule generation")?;
+    dataplane
+        .clear_rule_generation(next)
+        .context("clearing the idle rule generation")?;
     for (cidr, rule) in &set.prefixes {
         dataplane.put_prefix(next, cidr, rule)?;
     }
@@ -192,14 +313,29 @@ pub fn apply(dataplane: &mut Dataplane, set: &RuleSet, host_addrs: &[IpAddr], vi
     // Addresses and ports are added before the switch and removed after it, so the host policy
     // never lacks an entry the new rules need.
     let addr_keys = |addrs: &[IpAddr]| -> Vec<AddrKey> {
-        addrs.iter().map(|a| { let (addr, family) = addr_words(*a); AddrKey { addr, family, _pad: [0; 3] } }).collect()
+        addrs
+            .iter()
+            .map(|a| {
+                let (addr, family) = addr_words(*a);
+                AddrKey {
+                    addr,
+                    family,
+                    _pad: [0; 3],
+                }
+            })
+            .collect()
     };
     let host_keys = addr_keys(host_addrs);
     let vip_keys = addr_keys(vips);
     dataplane.add_host_state(&host_keys, &vip_keys, &set.host_ports)?;
-    dataplane.set_firewall(&Firewall { generation: next, ..set.settings })?;
+    dataplane.set_firewall(&Firewall {
+        generation: next,
+        ..set.settings
+    })?;
     dataplane.retain_host_state(&host_keys, &vip_keys, &set.host_ports)?;
-    dataplane.clear_rule_generation(1 - next).context("removing the old rule generation")?;
+    dataplane
+        .clear_rule_generation(1 - next)
+        .context("removing the old rule generation")?;
     Ok(next)
 }
 
@@ -240,7 +376,9 @@ pub fn interface_addresses(iface: &str) -> Result<Vec<IpAddr>> {
             match (*entry.ifa_addr).sa_family as i32 {
                 libc::AF_INET => {
                     let sin = &*(entry.ifa_addr as *const libc::sockaddr_in);
-                    addrs.push(IpAddr::from(u32::from_be(sin.sin_addr.s_addr).to_be_bytes()));
+                    addrs.push(IpAddr::from(
+                        u32::from_be(sin.sin_addr.s_addr).to_be_bytes(),
+                    ));
                 }
                 libc::AF_INET6 => {
                     let sin6 = &*(entry.ifa_addr as *const libc::sockaddr_in6);

@@ -75,7 +75,10 @@ impl Check {
         let probe = match *health.kind.get_ref() {
             HealthKind::Tcp => Probe::Tcp,
             kind @ (HealthKind::Http | HealthKind::Https) => {
-                let host = health.host.as_ref().map_or_else(|| addr.to_string(), |h| h.get_ref().clone());
+                let host = health
+                    .host
+                    .as_ref()
+                    .map_or_else(|| addr.to_string(), |h| h.get_ref().clone());
                 let tls = if kind == HealthKind::Https {
                     let name = ServerName::try_from(host.clone())
                         .with_context(|| format!("`{host}` is not a valid TLS server name"))?;
@@ -96,14 +99,19 @@ impl Check {
                     (Some(password), _) => Some(password.get_ref().clone()),
                     (None, Some(file)) => {
                         let path = file.get_ref();
-                        let text = std::fs::read_to_string(path)
-                            .with_context(|| format!("reading the mysql password_file {}", path.display()))?;
+                        let text = std::fs::read_to_string(path).with_context(|| {
+                            format!("reading the mysql password_file {}", path.display())
+                        })?;
                         Some(text.lines().next().unwrap_or_default().to_string())
                     }
                     (None, None) => None,
                 };
                 Probe::Mysql(MysqlProbe {
-                    user: health.user.as_ref().map(|u| u.get_ref().clone()).unwrap_or_default(),
+                    user: health
+                        .user
+                        .as_ref()
+                        .map(|u| u.get_ref().clone())
+                        .unwrap_or_default(),
                     password,
                     role: health.role(),
                     max_lag_s: health.max_lag_s(),
@@ -146,7 +154,9 @@ impl Check {
     async fn run_unbounded(&self) -> Result<String> {
         match &self.probe {
             Probe::Tcp => {
-                TcpStream::connect(self.target).await.with_context(|| format!("connecting to {}", self.target))?;
+                TcpStream::connect(self.target)
+                    .await
+                    .with_context(|| format!("connecting to {}", self.target))?;
                 Ok("connected".into())
             }
             Probe::Http(http) => http.run(self.target).await,
@@ -157,7 +167,9 @@ impl Check {
 
 impl HttpProbe {
     async fn run(&self, target: SocketAddr) -> Result<String> {
-        let tcp = TcpStream::connect(target).await.with_context(|| format!("connecting to {target}"))?;
+        let tcp = TcpStream::connect(target)
+            .await
+            .with_context(|| format!("connecting to {target}"))?;
         let request = http_client::Request {
             method: "GET",
             host: &self.host,
@@ -168,7 +180,10 @@ impl HttpProbe {
         };
         let response = match &self.tls {
             Some((connector, name)) => {
-                let mut tls = connector.connect(name.clone(), tcp).await.context("TLS handshake")?;
+                let mut tls = connector
+                    .connect(name.clone(), tcp)
+                    .await
+                    .context("TLS handshake")?;
                 http_client::send(&mut tls, &request).await?
             }
             None => {
@@ -177,11 +192,20 @@ impl HttpProbe {
             }
         };
         if response.status != self.expect_status {
-            bail!("GET {} answered {}, expected {}", self.path, response.status, self.expect_status);
+            bail!(
+                "GET {} answered {}, expected {}",
+                self.path,
+                response.status,
+                self.expect_status
+            );
         }
         if let Some(needle) = &self.expect_body {
             if !String::from_utf8_lossy(&response.body).contains(needle.as_str()) {
-                bail!("GET {} answered {} without `{needle}` in the body", self.path, response.status);
+                bail!(
+                    "GET {} answered {} without `{needle}` in the body",
+                    self.path,
+                    response.status
+                );
             }
         }
         Ok(format!("HTTP {}", response.status))
@@ -211,12 +235,20 @@ impl MysqlProbe {
         if self.role == MysqlRole::Any {
             return Ok("SELECT 1 ok".into());
         }
-        let read_only: Option<i64> = conn.query_first("SELECT @@global.read_only").await.context("SELECT @@read_only")?;
+        let read_only: Option<i64> = conn
+            .query_first("SELECT @@global.read_only")
+            .await
+            .context("SELECT @@read_only")?;
         let read_only = read_only.unwrap_or(0) != 0;
         // A primary is judged by read_only alone, so its check account needs no replication grant.
-        let replica = if self.role == MysqlRole::Replica { replica_status(conn).await? } else { None };
+        let replica = if self.role == MysqlRole::Replica {
+            replica_status(conn).await?
+        } else {
+            None
+        };
         let role = ServerRole { read_only, replica };
-        role.check(self.role, self.max_lag_s).map_err(|e| anyhow!(e))
+        role.check(self.role, self.max_lag_s)
+            .map_err(|e| anyhow!(e))
     }
 }
 
@@ -241,18 +273,26 @@ impl ServerRole {
     pub fn check(&self, wanted: MysqlRole, max_lag_s: u64) -> Result<String, String> {
         match wanted {
             MysqlRole::Any => Ok("SELECT 1 ok".into()),
-            MysqlRole::Primary if self.read_only => Err("read_only is on: not a writable primary".into()),
+            MysqlRole::Primary if self.read_only => {
+                Err("read_only is on: not a writable primary".into())
+            }
             MysqlRole::Primary => Ok("primary (writable)".into()),
             MysqlRole::Replica => match &self.replica {
                 None => Err("no replication configured: not a replica".into()),
-                Some(r) if !r.io_running || !r.sql_running => {
-                    Err(format!("replication stopped (IO {}, SQL {})", yes_no(r.io_running), yes_no(r.sql_running)))
-                }
+                Some(r) if !r.io_running || !r.sql_running => Err(format!(
+                    "replication stopped (IO {}, SQL {})",
+                    yes_no(r.io_running),
+                    yes_no(r.sql_running)
+                )),
                 Some(ReplicaStatus { lag_s: None, .. }) => Err("replication lag unknown".into()),
-                Some(ReplicaStatus { lag_s: Some(lag), .. }) if *lag > max_lag_s => {
-                    Err(format!("replication lag {lag} s is above max_lag_s {max_lag_s}"))
-                }
-                Some(ReplicaStatus { lag_s: Some(lag), .. }) => Ok(format!("replica, lag {lag} s")),
+                Some(ReplicaStatus {
+                    lag_s: Some(lag), ..
+                }) if *lag > max_lag_s => Err(format!(
+                    "replication lag {lag} s is above max_lag_s {max_lag_s}"
+                )),
+                Some(ReplicaStatus {
+                    lag_s: Some(lag), ..
+                }) => Ok(format!("replica, lag {lag} s")),
             },
         }
     }
@@ -271,18 +311,28 @@ fn yes_no(value: bool) -> &'static str {
 async fn replica_status(conn: &mut mysql_async::Conn) -> Result<Option<ReplicaStatus>> {
     let rows: Vec<mysql_async::Row> = match conn.query("SHOW REPLICA STATUS").await {
         Ok(rows) => rows,
-        Err(_) => conn.query("SHOW SLAVE STATUS").await.context("SHOW SLAVE STATUS")?,
+        Err(_) => conn
+            .query("SHOW SLAVE STATUS")
+            .await
+            .context("SHOW SLAVE STATUS")?,
     };
     let Some(row) = rows.into_iter().next() else {
         return Ok(None);
     };
     let text = |names: &[&str]| -> Option<String> {
-        names.iter().find_map(|name| row.get_opt::<Option<String>, _>(*name).and_then(|v| v.ok()).flatten())
+        names.iter().find_map(|name| {
+            row.get_opt::<Option<String>, _>(*name)
+                .and_then(|v| v.ok())
+                .flatten()
+        })
     };
     Ok(Some(ReplicaStatus {
-        io_running: text(&["Slave_IO_Running", "Replica_IO_Running"]).is_some_and(|v| v.eq_ignore_ascii_case("yes")),
-        sql_running: text(&["Slave_SQL_Running", "Replica_SQL_Running"]).is_some_and(|v| v.eq_ignore_ascii_case("yes")),
-        lag_s: text(&["Seconds_Behind_Master", "Seconds_Behind_Source"]).and_then(|v| v.parse().ok()),
+        io_running: text(&["Slave_IO_Running", "Replica_IO_Running"])
+            .is_some_and(|v| v.eq_ignore_ascii_case("yes")),
+        sql_running: text(&["Slave_SQL_Running", "Replica_SQL_Running"])
+            .is_some_and(|v| v.eq_ignore_ascii_case("yes")),
+        lag_s: text(&["Seconds_Behind_Master", "Seconds_Behind_Source"])
+            .and_then(|v| v.parse().ok()),
     }))
 }
 
@@ -302,7 +352,10 @@ pub async fn run_checker(check: Check, mut report: impl FnMut(Outcome) -> bool) 
         ticker.tick().await;
         let started = Instant::now();
         let result = check.run().await;
-        if !report(Outcome { result, latency: started.elapsed() }) {
+        if !report(Outcome {
+            result,
+            latency: started.elapsed(),
+        }) {
             return;
         }
     }
@@ -321,7 +374,13 @@ pub struct Tracker {
 
 impl Tracker {
     pub fn new(rise: u32, fall: u32, up: bool) -> Self {
-        Self { rise: rise.max(1), fall: fall.max(1), up, successes: 0, failures: 0 }
+        Self {
+            rise: rise.max(1),
+            fall: fall.max(1),
+            up,
+            successes: 0,
+            failures: 0,
+        }
     }
 
     /// Records one outcome; returns the new state when it changed.
@@ -351,7 +410,9 @@ fn tls_connector(verify: bool) -> Result<TlsConnector> {
         .with_safe_default_protocol_versions()
         .context("TLS protocol versions")?;
     let config = if verify {
-        let roots = RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+        let roots = RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        };
         builder.with_root_certificates(roots).with_no_client_auth()
     } else {
         builder
@@ -385,7 +446,12 @@ impl ServerCertVerifier for AcceptAnyCertificate {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -394,7 +460,12 @@ impl ServerCertVerifier for AcceptAnyCertificate {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -410,7 +481,11 @@ mod tests {
     fn fall_failures_take_it_down_and_rise_successes_bring_it_back() {
         let mut tracker = Tracker::new(2, 3, true);
         assert_eq!(tracker.record(false), None);
-        assert_eq!(tracker.record(true), None, "a success resets the failure count");
+        assert_eq!(
+            tracker.record(true),
+            None,
+            "a success resets the failure count"
+        );
         assert_eq!((tracker.record(false), tracker.record(false)), (None, None));
         assert_eq!(tracker.record(false), Some(false));
         assert_eq!(tracker.record(false), None, "already down");
@@ -421,29 +496,62 @@ mod tests {
 
     #[test]
     fn mysql_roles() {
-        let primary = ServerRole { read_only: false, replica: None };
-        let replica = |io, sql, lag| ServerRole { read_only: true, replica: Some(ReplicaStatus { io_running: io, sql_running: sql, lag_s: lag }) };
+        let primary = ServerRole {
+            read_only: false,
+            replica: None,
+        };
+        let replica = |io, sql, lag| ServerRole {
+            read_only: true,
+            replica: Some(ReplicaStatus {
+                io_running: io,
+                sql_running: sql,
+                lag_s: lag,
+            }),
+        };
         assert!(primary.check(MysqlRole::Primary, 10).is_ok());
         assert!(primary.check(MysqlRole::Replica, 10).is_err());
-        assert!(replica(true, true, Some(0)).check(MysqlRole::Primary, 10).is_err());
-        assert_eq!(replica(true, true, Some(3)).check(MysqlRole::Replica, 10), Ok("replica, lag 3 s".into()));
-        assert!(replica(true, true, Some(30)).check(MysqlRole::Replica, 10).is_err());
-        assert!(replica(true, false, Some(0)).check(MysqlRole::Replica, 10).is_err());
-        assert!(replica(true, true, None).check(MysqlRole::Replica, 10).is_err());
-        assert!(replica(false, false, None).check(MysqlRole::Any, 10).is_ok());
+        assert!(replica(true, true, Some(0))
+            .check(MysqlRole::Primary, 10)
+            .is_err());
+        assert_eq!(
+            replica(true, true, Some(3)).check(MysqlRole::Replica, 10),
+            Ok("replica, lag 3 s".into())
+        );
+        assert!(replica(true, true, Some(30))
+            .check(MysqlRole::Replica, 10)
+            .is_err());
+        assert!(replica(true, false, Some(0))
+            .check(MysqlRole::Replica, 10)
+            .is_err());
+        assert!(replica(true, true, None)
+            .check(MysqlRole::Replica, 10)
+            .is_err());
+        assert!(replica(false, false, None)
+            .check(MysqlRole::Any, 10)
+            .is_ok());
     }
 
     #[tokio::test]
     async fn tcp_and_http_checks_against_a_local_server() {
         use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("{e}"));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
         let target = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
         tokio::spawn(async move {
             while let Ok((mut socket, _)) = listener.accept().await {
                 let mut buf = [0u8; 1024];
                 let n = socket.read(&mut buf).await.unwrap_or(0);
-                let answer = if buf[..n].starts_with(b"GET /ok ") { "200 OK" } else { "503 Unavailable" };
-                let _ = socket.write_all(format!("HTTP/1.1 {answer}\r\nContent-Length: 5\r\n\r\nhello").as_bytes()).await;
+                let answer = if buf[..n].starts_with(b"GET /ok ") {
+                    "200 OK"
+                } else {
+                    "503 Unavailable"
+                };
+                let _ = socket
+                    .write_all(
+                        format!("HTTP/1.1 {answer}\r\nContent-Length: 5\r\n\r\nhello").as_bytes(),
+                    )
+                    .await;
             }
         });
         let http = |path: &str, body: Option<&str>| Check {
@@ -460,13 +568,24 @@ mod tests {
                 tls: None,
             }),
         };
-        let tcp = Check { probe: Probe::Tcp, ..http("/", None) };
+        let tcp = Check {
+            probe: Probe::Tcp,
+            ..http("/", None)
+        };
         assert!(tcp.run().await.is_ok());
         assert!(http("/ok", Some("ell")).run().await.is_ok());
-        let error = http("/bad", None).run().await.err().map(|e| e.to_string()).unwrap_or_default();
+        let error = http("/bad", None)
+            .run()
+            .await
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(error.contains("answered 503, expected 200"), "{error}");
         assert!(http("/ok", Some("bye")).run().await.is_err());
-        let closed = Check { target: SocketAddr::new(target.ip(), 1), ..tcp };
+        let closed = Check {
+            target: SocketAddr::new(target.ip(), 1),
+            ..tcp
+        };
         assert!(closed.run().await.is_err());
     }
 }

@@ -8,6 +8,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod dataplane;
+pub mod db;
 pub mod firewall;
 pub mod health;
 pub mod http_client;

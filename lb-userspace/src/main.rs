@@ -45,13 +45,26 @@ async fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run { config, iface, pin_path } => {
-            agent::run(agent::RunOptions { config_path: config, iface, pin_path }).await
+        Command::Run {
+            config,
+            iface,
+            pin_path,
+        } => {
+            agent::run(agent::RunOptions {
+                config_path: config,
+                iface,
+                pin_path,
+            })
+            .await
         }
         Command::CheckConfig { file } => match config::load(&file) {
             Ok(config) => {
                 let backends: usize = config.services.iter().map(|s| s.backends.len()).sum();
-                println!("{}: ok ({} services, {backends} backends)", file.display(), config.services.len());
+                println!(
+                    "{}: ok ({} services, {backends} backends)",
+                    file.display(),
+                    config.services.len()
+                );
                 Ok(())
             }
             Err(errors) => {

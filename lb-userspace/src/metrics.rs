@@ -60,17 +60,29 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        Self { check_latency: Family::new_with_constructor(latency_histogram), checks: Family::default() }
+        Self {
+            check_latency: Family::new_with_constructor(latency_histogram),
+            checks: Family::default(),
+        }
     }
 }
 
 impl Metrics {
     pub fn observe_check(&self, service: &str, backend: &str, latency: Duration, ok: bool) {
-        let labels = BackendLabels { service: service.to_string(), backend: backend.to_string() };
-        self.check_latency.get_or_create(&labels).observe(latency.as_secs_f64());
+        let labels = BackendLabels {
+            service: service.to_string(),
+            backend: backend.to_string(),
+        };
+        self.check_latency
+            .get_or_create(&labels)
+            .observe(latency.as_secs_f64());
         let result = if ok { "ok" } else { "failed" };
         self.checks
-            .get_or_create(&CheckLabels { service: service.into(), backend: backend.into(), result: result.into() })
+            .get_or_create(&CheckLabels {
+                service: service.into(),
+                backend: backend.into(),
+                result: result.into(),
+            })
             .inc();
     }
 }
@@ -89,35 +101,67 @@ pub fn render(agent: &AgentState) -> Result<String> {
     let backend_state = Family::<BackendStateLabels, Gauge>::default();
     let backend_healthy = Family::<BackendLabels, Gauge>::default();
     for service in agent.services() {
-        let labels = ServiceLabels { service: service.name.clone() };
+        let labels = ServiceLabels {
+            service: service.name.clone(),
+        };
         let counters = dataplane.service_counters(service.id)?;
-        service_packets.get_or_create(&labels).inc_by(counters.packets);
+        service_packets
+            .get_or_create(&labels)
+            .inc_by(counters.packets);
         service_bytes.get_or_create(&labels).inc_by(counters.bytes);
-        service_flows.get_or_create(&labels).inc_by(counters.new_flows);
+        service_flows
+            .get_or_create(&labels)
+            .inc_by(counters.new_flows);
         for backend in &service.backends {
-            let labels = BackendLabels { service: service.name.clone(), backend: backend.name.clone() };
+            let labels = BackendLabels {
+                service: service.name.clone(),
+                backend: backend.name.clone(),
+            };
             let counters = dataplane.backend_counters(backend.id)?;
-            backend_packets.get_or_create(&labels).inc_by(counters.packets);
+            backend_packets
+                .get_or_create(&labels)
+                .inc_by(counters.packets);
             backend_bytes.get_or_create(&labels).inc_by(counters.bytes);
-            backend_flows.get_or_create(&labels).inc_by(counters.new_flows);
-            let current = if backend.mac.is_none() { BackendState::Down } else { backend.state };
-            for state in [BackendState::Active, BackendState::Draining, BackendState::Down] {
+            backend_flows
+                .get_or_create(&labels)
+                .inc_by(counters.new_flows);
+            let current = if backend.mac.is_none() {
+                BackendState::Down
+            } else {
+                backend.state
+            };
+            for state in [
+                BackendState::Active,
+                BackendState::Draining,
+                BackendState::Down,
+            ] {
                 let labels = BackendStateLabels {
                     service: service.name.clone(),
                     backend: backend.name.clone(),
                     state: state.name().to_string(),
                 };
-                backend_state.get_or_create(&labels).set(i64::from(state == current));
+                backend_state
+                    .get_or_create(&labels)
+                    .set(i64::from(state == current));
             }
-            let healthy = agent.runtime(backend.id).and_then(|r| r.health.as_ref()).is_none_or(|h| h.tracker.up);
-            backend_healthy.get_or_create(&labels).set(i64::from(healthy));
+            let healthy = agent
+                .runtime(backend.id)
+                .and_then(|r| r.health.as_ref())
+                .is_none_or(|h| h.tracker.up);
+            backend_healthy
+                .get_or_create(&labels)
+                .set(i64::from(healthy));
         }
     }
     let verdict_packets = Family::<VerdictLabels, Counter>::default();
     let verdict_bytes = Family::<VerdictLabels, Counter>::default();
     for (verdict, counters) in dataplane.verdict_counters()? {
-        let labels = VerdictLabels { verdict: verdict.name().to_string() };
-        verdict_packets.get_or_create(&labels).inc_by(counters.packets);
+        let labels = VerdictLabels {
+            verdict: verdict.name().to_string(),
+        };
+        verdict_packets
+            .get_or_create(&labels)
+            .inc_by(counters.packets);
         verdict_bytes.get_or_create(&labels).inc_by(counters.bytes);
     }
     let reloads = Counter::<u64>::default();
@@ -125,20 +169,72 @@ pub fn render(agent: &AgentState) -> Result<String> {
     let uptime = Gauge::<i64>::default();
     uptime.set(i64::try_from(agent.uptime().as_secs()).unwrap_or(i64::MAX));
 
-    registry.register("service_packets", "Packets sent to a service's backends", service_packets);
-    registry.register("service_bytes", "Bytes sent to a service's backends", service_bytes);
+    registry.register(
+        "service_packets",
+        "Packets sent to a service's backends",
+        service_packets,
+    );
+    registry.register(
+        "service_bytes",
+        "Bytes sent to a service's backends",
+        service_bytes,
+    );
     registry.register("service_flows", "New flows of a service", service_flows);
-    registry.register("backend_packets", "Packets forwarded to a backend", backend_packets);
-    registry.register("backend_bytes", "Bytes forwarded to a backend", backend_bytes);
-    registry.register("backend_flows", "New flows given to a backend", backend_flows);
-    registry.register("backend_state", "1 for the backend's current state (active, draining, down)", backend_state);
-    registry.register("backend_healthy", "1 when the backend passes its health check (or has none)", backend_healthy);
-    registry.register("health_check_duration_seconds", "Time a health check took", agent.metrics.check_latency.clone());
-    registry.register("health_checks", "Health checks run, by result", agent.metrics.checks.clone());
-    registry.register("packets", "Packets seen by the XDP program, by verdict (drops included)", verdict_packets);
-    registry.register("bytes", "Bytes seen by the XDP program, by verdict", verdict_bytes);
-    registry.register("config_reloads", "Config reloads attempted (SIGHUP or API)", reloads);
-    registry.register("agent_uptime_seconds", "Seconds since this agent started", uptime);
+    registry.register(
+        "backend_packets",
+        "Packets forwarded to a backend",
+        backend_packets,
+    );
+    registry.register(
+        "backend_bytes",
+        "Bytes forwarded to a backend",
+        backend_bytes,
+    );
+    registry.register(
+        "backend_flows",
+        "New flows given to a backend",
+        backend_flows,
+    );
+    registry.register(
+        "backend_state",
+        "1 for the backend's current state (active, draining, down)",
+        backend_state,
+    );
+    registry.register(
+        "backend_healthy",
+        "1 when the backend passes its health check (or has none)",
+        backend_healthy,
+    );
+    registry.register(
+        "health_check_duration_seconds",
+        "Time a health check took",
+        agent.metrics.check_latency.clone(),
+    );
+    registry.register(
+        "health_checks",
+        "Health checks run, by result",
+        agent.metrics.checks.clone(),
+    );
+    registry.register(
+        "packets",
+        "Packets seen by the XDP program, by verdict (drops included)",
+        verdict_packets,
+    );
+    registry.register(
+        "bytes",
+        "Bytes seen by the XDP program, by verdict",
+        verdict_bytes,
+    );
+    registry.register(
+        "config_reloads",
+        "Config reloads attempted (SIGHUP or API)",
+        reloads,
+    );
+    registry.register(
+        "agent_uptime_seconds",
+        "Seconds since this agent started",
+        uptime,
+    );
 
     let mut text = String::new();
     encode(&mut text, &registry).context("encoding metrics")?;

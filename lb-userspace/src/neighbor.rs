@@ -68,7 +68,11 @@ pub fn resolve(ifindex: u32, addr: IpAddr, timeout: Duration) -> Result<[u8; 6]>
 }
 
 fn provoke_resolution(addr: IpAddr) {
-    let any: IpAddr = if addr.is_ipv4() { Ipv4Addr::UNSPECIFIED.into() } else { Ipv6Addr::UNSPECIFIED.into() };
+    let any: IpAddr = if addr.is_ipv4() {
+        Ipv4Addr::UNSPECIFIED.into()
+    } else {
+        Ipv6Addr::UNSPECIFIED.into()
+    };
     let bind = SocketAddr::new(any, 0);
     if let Ok(socket) = UdpSocket::bind(bind) {
         // Port 9 (discard): the datagram itself does not matter, only the resolution it causes.
@@ -78,7 +82,11 @@ fn provoke_resolution(addr: IpAddr) {
 
 /// One look in the neighbour table.
 pub fn lookup(ifindex: u32, addr: IpAddr) -> Result<Option<[u8; 6]>> {
-    let entries = dump(if addr.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 } as u8)?;
+    let entries = dump(if addr.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    } as u8)?;
     Ok(entries
         .into_iter()
         .find(|e| e.ifindex == ifindex && e.addr == addr && e.state & NUD_USABLE != 0)
@@ -94,7 +102,13 @@ struct Entry {
 
 fn dump(family: u8) -> Result<Vec<Entry>> {
     // SAFETY: plain socket call; the descriptor is owned right away.
-    let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_ROUTE) };
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::NETLINK_ROUTE,
+        )
+    };
     if fd < 0 {
         return Err(io::Error::last_os_error()).context("opening a netlink socket");
     }
@@ -114,11 +128,27 @@ fn dump(family: u8) -> Result<Vec<Entry>> {
         std::ptr::write_unaligned(request.as_mut_ptr() as *mut NlMsgHdr, header);
         std::ptr::write_unaligned(
             request.as_mut_ptr().add(size_of::<NlMsgHdr>()) as *mut NdMsg,
-            NdMsg { family, pad1: 0, pad2: 0, ifindex: 0, state: 0, flags: 0, kind: 0 },
+            NdMsg {
+                family,
+                pad1: 0,
+                pad2: 0,
+                ifindex: 0,
+                state: 0,
+                flags: 0,
+                kind: 0,
+            },
         );
     }
     // SAFETY: sending a valid buffer on our socket.
-    if unsafe { libc::send(socket.as_raw_fd(), request.as_ptr().cast(), request.len(), 0) } < 0 {
+    if unsafe {
+        libc::send(
+            socket.as_raw_fd(),
+            request.as_ptr().cast(),
+            request.len(),
+            0,
+        )
+    } < 0
+    {
         return Err(io::Error::last_os_error()).context("sending RTM_GETNEIGH");
     }
 
@@ -126,7 +156,14 @@ fn dump(family: u8) -> Result<Vec<Entry>> {
     let mut buffer = vec![0u8; 64 * 1024];
     loop {
         // SAFETY: receiving into our buffer.
-        let n = unsafe { libc::recv(socket.as_raw_fd(), buffer.as_mut_ptr().cast(), buffer.len(), 0) };
+        let n = unsafe {
+            libc::recv(
+                socket.as_raw_fd(),
+                buffer.as_mut_ptr().cast(),
+                buffer.len(),
+                0,
+            )
+        };
         if n < 0 {
             return Err(io::Error::last_os_error()).context("reading the neighbour table");
         }
@@ -181,11 +218,19 @@ fn parse_neighbour(body: &[u8]) -> Option<Entry> {
         }
         attrs = &attrs[((len + 3) & !3).min(attrs.len())..];
     }
-    Some(Entry { ifindex, addr: addr?, mac: mac?, state })
+    Some(Entry {
+        ifindex,
+        addr: addr?,
+        mac: mac?,
+        state,
+    })
 }
 
 pub fn format_mac(mac: &[u8; 6]) -> String {
-    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 #[cfg(test)]
@@ -203,7 +248,13 @@ mod tests {
 
     #[test]
     fn unknown_interface_is_a_clear_error() {
-        let error = ifindex("no-such-if0").err().map(|e| e.to_string()).unwrap_or_default();
-        assert!(error.contains("no interface named `no-such-if0`"), "{error}");
+        let error = ifindex("no-such-if0")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            error.contains("no interface named `no-such-if0`"),
+            "{error}"
+        );
     }
 }

@@ -110,7 +110,10 @@ pub fn weighted_round_robin(backends: &[(u32, u32)], max_slots: usize) -> Vec<u3
         return Vec::new();
     }
     let divisor = backends.iter().fold(0, |g, &(_, w)| gcd(g, w.max(1)));
-    let mut weights: Vec<u64> = backends.iter().map(|&(_, w)| (w.max(1) / divisor) as u64).collect();
+    let mut weights: Vec<u64> = backends
+        .iter()
+        .map(|&(_, w)| (w.max(1) / divisor) as u64)
+        .collect();
     let total: u64 = weights.iter().sum();
     if total > max_slots as u64 {
         let scale = max_slots as f64 / total as f64;
@@ -178,7 +181,12 @@ pub fn service_key(vip: IpAddr, port: u16, protocol: Protocol) -> ServiceKey {
         Protocol::Tcp => PROTO_TCP,
         Protocol::Udp => PROTO_UDP,
     };
-    ServiceKey { addr, port: port.to_be(), proto, family }
+    ServiceKey {
+        addr,
+        port: port.to_be(),
+        proto,
+        family,
+    }
 }
 
 /// All services, with ids that stay stable across agent restarts.
@@ -199,17 +207,31 @@ impl ServiceTable {
     ) -> Result<Self> {
         let mut generations: Vec<u32> = vec![0; MAX_BACKENDS as usize];
         let mut backend_taken = vec![false; MAX_BACKENDS as usize];
-        for (id, backend) in existing_backends.iter().enumerate().take(MAX_BACKENDS as usize) {
+        for (id, backend) in existing_backends
+            .iter()
+            .enumerate()
+            .take(MAX_BACKENDS as usize)
+        {
             generations[id] = backend.generation;
         }
         let mut service_taken = vec![false; MAX_SERVICES as usize];
-        let mut table = ServiceTable { services: Vec::new(), generations: Vec::new() };
+        let mut table = ServiceTable {
+            services: Vec::new(),
+            generations: Vec::new(),
+        };
 
         // First pass: services and backends that already have ids.
         let mut planned = Vec::new();
         for service in &config.services {
-            let key = service_key(*service.vip.get_ref(), *service.port.get_ref(), service.protocol);
-            let id = existing_services.iter().find(|(k, _)| *k == key).map(|(_, s)| s.id);
+            let key = service_key(
+                *service.vip.get_ref(),
+                *service.port.get_ref(),
+                service.protocol,
+            );
+            let id = existing_services
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, s)| s.id);
             if let Some(id) = id.filter(|&id| id < MAX_SERVICES && !service_taken[id as usize]) {
                 service_taken[id as usize] = true;
                 planned.push((service, key, Some(id)));
@@ -221,7 +243,10 @@ impl ServiceTable {
             let id = match id {
                 Some(id) => id,
                 None => {
-                    let free = service_taken.iter().position(|t| !t).context("no free service id")?;
+                    let free = service_taken
+                        .iter()
+                        .position(|t| !t)
+                        .context("no free service id")?;
                     service_taken[free] = true;
                     free as u32
                 }
@@ -244,7 +269,12 @@ impl ServiceTable {
                     None => {
                         // Ids freed by this agent are not reused before unused ones.
                         let free = (0..MAX_BACKENDS as usize)
-                            .find(|&i| !backend_taken[i] && existing_backends.get(i).is_none_or(|b| b.state == BACKEND_UNUSED))
+                            .find(|&i| {
+                                !backend_taken[i]
+                                    && existing_backends
+                                        .get(i)
+                                        .is_none_or(|b| b.state == BACKEND_UNUSED)
+                            })
                             .context("no free backend id")?;
                         generations[free] = generations[free].wrapping_add(1);
                         (free as u32, generations[free])
@@ -265,7 +295,9 @@ impl ServiceTable {
             let active_table = existing_services
                 .iter()
                 .find(|(k, _)| *k == key)
-                .map_or(0, |(_, s)| (s.ring_offset / RING_SLOTS) % RING_TABLES_PER_SERVICE);
+                .map_or(0, |(_, s)| {
+                    (s.ring_offset / RING_SLOTS) % RING_TABLES_PER_SERVICE
+                });
             table.services.push(ServiceEntry {
                 name: service.name.get_ref().clone(),
                 id,
@@ -291,8 +323,15 @@ impl ServiceTable {
 
     /// A backend id no service uses, with a generation its earlier flows do not carry.
     pub fn allocate_backend_id(&mut self) -> Result<(u32, u32)> {
-        let used: std::collections::HashSet<u32> = self.services.iter().flat_map(|s| &s.backends).map(|b| b.id).collect();
-        let id = (0..MAX_BACKENDS).find(|id| !used.contains(id)).context("all backend ids are in use")?;
+        let used: std::collections::HashSet<u32> = self
+            .services
+            .iter()
+            .flat_map(|s| &s.backends)
+            .map(|b| b.id)
+            .collect();
+        let id = (0..MAX_BACKENDS)
+            .find(|id| !used.contains(id))
+            .context("all backend ids are in use")?;
         if self.generations.len() < MAX_BACKENDS as usize {
             self.generations.resize(MAX_BACKENDS as usize, 0);
         }
@@ -305,7 +344,14 @@ impl ServiceTable {
 /// Marks a backend id unused after its backend was removed: the flows still pinned to it are
 /// re-balanced by the data path.
 pub fn retire_backend(dataplane: &mut Dataplane, id: u32, generation: u32) -> Result<()> {
-    dataplane.put_backend(id, &Backend { state: BACKEND_UNUSED, generation, ..Backend::default() })
+    dataplane.put_backend(
+        id,
+        &Backend {
+            state: BACKEND_UNUSED,
+            generation,
+            ..Backend::default()
+        },
+    )
 }
 
 /// Writes one service to the data path: backends first, then its selection table into the idle
@@ -313,7 +359,11 @@ pub fn retire_backend(dataplane: &mut Dataplane, id: u32, generation: u32) -> Re
 pub fn program_service(dataplane: &mut Dataplane, service: &mut ServiceEntry) -> Result<()> {
     for backend in &service.backends {
         let (addr, family) = addr_words(backend.addr);
-        let state = if backend.mac.is_some() { backend.state.to_map() } else { BACKEND_DOWN };
+        let state = if backend.mac.is_some() {
+            backend.state.to_map()
+        } else {
+            BACKEND_DOWN
+        };
         dataplane.put_backend(
             backend.id,
             &Backend {
@@ -341,7 +391,11 @@ pub fn program_service(dataplane: &mut Dataplane, service: &mut ServiceEntry) ->
         &service.key,
         &Service {
             id: service.id,
-            mode: if service.mode == Mode::Nat { MODE_NAT } else { MODE_DSR },
+            mode: if service.mode == Mode::Nat {
+                MODE_NAT
+            } else {
+                MODE_DSR
+            },
             algorithm: ALGORITHM_ROUND_ROBIN,
             _pad: [0; 2],
             ring_offset: offset,
@@ -370,9 +424,19 @@ pub fn remove_stale(
         }
     }
     for (id, backend) in existing_backends.iter().enumerate() {
-        let used = table.services.iter().flat_map(|s| &s.backends).any(|b| b.id as usize == id);
+        let used = table
+            .services
+            .iter()
+            .flat_map(|s| &s.backends)
+            .any(|b| b.id as usize == id);
         if backend.state != BACKEND_UNUSED && !used {
-            dataplane.put_backend(id as u32, &Backend { state: BACKEND_UNUSED, ..*backend })?;
+            dataplane.put_backend(
+                id as u32,
+                &Backend {
+                    state: BACKEND_UNUSED,
+                    ..*backend
+                },
+            )?;
         }
     }
     Ok(())
@@ -385,7 +449,10 @@ mod tests {
     #[test]
     fn equal_weights_are_strict_round_robin() {
         assert_eq!(weighted_round_robin(&[(7, 1), (9, 1)], 1024), vec![7, 9]);
-        assert_eq!(weighted_round_robin(&[(1, 5), (2, 5), (3, 5)], 1024), vec![1, 2, 3]);
+        assert_eq!(
+            weighted_round_robin(&[(1, 5), (2, 5), (3, 5)], 1024),
+            vec![1, 2, 3]
+        );
     }
 
     #[test]
@@ -398,7 +465,8 @@ mod tests {
 
     #[test]
     fn too_many_slots_are_scaled_down_keeping_every_backend() {
-        let backends: Vec<(u32, u32)> = (0..20).map(|i| (i, if i == 0 { 100 } else { 3 })).collect();
+        let backends: Vec<(u32, u32)> =
+            (0..20).map(|i| (i, if i == 0 { 100 } else { 3 })).collect();
         let slots = weighted_round_robin(&backends, 64);
         assert!(slots.len() <= 64);
         for i in 0..20 {

@@ -18,7 +18,8 @@ pub fn lb(lab: &Lab, args: &[&str]) -> Output {
     let binary = stack::release_binary("lb").unwrap_or_else(|e| panic!("{e:#}"));
     let mut command = vec![binary.display().to_string()];
     command.extend(args.iter().map(|a| a.to_string()));
-    lab.exec_unchecked(host::LB, &command).unwrap_or_else(|e| panic!("{e:#}"))
+    lab.exec_unchecked(host::LB, &command)
+        .unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// stdout of `lb ARGS`, which must succeed.
@@ -26,7 +27,11 @@ pub fn lb(lab: &Lab, args: &[&str]) -> Output {
 pub fn lb_ok(lab: &Lab, args: &[&str]) -> String {
     let out = lb(lab, args);
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "lb {args:?} failed:\n{}{stdout}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "lb {args:?} failed:\n{}{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     stdout
 }
 
@@ -34,7 +39,11 @@ pub fn lb_ok(lab: &Lab, args: &[&str]) -> String {
 #[track_caller]
 pub fn lb_err(lab: &Lab, args: &[&str]) -> String {
     let out = lb(lab, args);
-    assert!(!out.status.success(), "lb {args:?} succeeded:\n{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        !out.status.success(),
+        "lb {args:?} succeeded:\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
@@ -53,7 +62,9 @@ pub fn curl(lab: &Lab, on: &str, extra: &[&str], url: &str) -> (u16, String) {
     let mut args = vec!["curl", "-s", "-m", "5", "-o", "-", "-w", "\n%{http_code}"];
     args.extend_from_slice(extra);
     args.push(url);
-    let out = lab.exec_unchecked(on, &args).unwrap_or_else(|e| panic!("{e:#}"));
+    let out = lab
+        .exec_unchecked(on, &args)
+        .unwrap_or_else(|e| panic!("{e:#}"));
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
     (code.trim().parse().unwrap_or(0), body.to_string())
@@ -63,7 +74,9 @@ pub fn curl(lab: &Lab, on: &str, extra: &[&str], url: &str) -> (u16, String) {
 #[track_caller]
 pub fn answers(lab: &Lab, url: &str, count: usize) -> HashMap<String, usize> {
     let script = format!("for i in $(seq {count}); do curl -s -m 3 {url} || echo FAILED; done");
-    let out = lab.exec_stdout(host::CLIENT, &["sh", "-c", &script]).unwrap_or_else(|e| panic!("{e:#}"));
+    let out = lab
+        .exec_stdout(host::CLIENT, &["sh", "-c", &script])
+        .unwrap_or_else(|e| panic!("{e:#}"));
     let mut answers = HashMap::new();
     for line in out.lines() {
         *answers.entry(line.trim().to_string()).or_default() += 1;
@@ -83,7 +96,13 @@ pub fn backend(lab: &Lab, service: &str, backend: &str) -> Value {
 }
 
 /// Polls the API until the backend's data-path state is `state`; the time it took.
-pub fn wait_for_state(lab: &Lab, service: &str, name: &str, state: &str, timeout: Duration) -> Option<Duration> {
+pub fn wait_for_state(
+    lab: &Lab,
+    service: &str,
+    name: &str,
+    state: &str,
+    timeout: Duration,
+) -> Option<Duration> {
     let start = Instant::now();
     while start.elapsed() < timeout {
         if backend(lab, service, name)["state"] == state {

@@ -34,7 +34,15 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options { packets: 100_000, seed: 1, chunk: 25_000, cross_family: true, shrink_max: 3, max_mismatches: u64::MAX, scenarios: &scenario::ALL }
+        Options {
+            packets: 100_000,
+            seed: 1,
+            chunk: 25_000,
+            cross_family: true,
+            shrink_max: 3,
+            max_mismatches: u64::MAX,
+            scenarios: &scenario::ALL,
+        }
     }
 }
 
@@ -70,7 +78,9 @@ pub fn run(options: &Options) -> Report {
     let started = Instant::now();
     let mut report = Report::default();
     let mut rng = Rng::new(options.seed);
-    let generator = Generator { cross_family: options.cross_family };
+    let generator = Generator {
+        cross_family: options.cross_family,
+    };
     let mut chunks = options.scenarios.iter().cycle();
     while report.packets < options.packets && report.model_mismatches < options.max_mismatches {
         let scenario = chunks.next().expect("at least one scenario");
@@ -87,9 +97,16 @@ pub fn run(options: &Options) -> Report {
                     report.aborted += mismatch.aborted as u64;
                     report.model_mismatches += 1;
                     // Each kind of disagreement is shrunk once (shrinking reloads the program).
-                    let new_kind = !report.shrunk.iter().any(|(what, _)| what.contains(&mismatch.what));
+                    let new_kind = !report
+                        .shrunk
+                        .iter()
+                        .any(|(what, _)| what.contains(&mismatch.what));
                     if new_kind && report.shrunk.len() < options.shrink_max {
-                        report.shrunk.push(explain(scenario, &frame, &format!("[{}] {}", scenario.name, mismatch.what)));
+                        report.shrunk.push(explain(
+                            scenario,
+                            &frame,
+                            &format!("[{}] {}", scenario.name, mismatch.what),
+                        ));
                     }
                     // The two states may have drifted apart: start afresh.
                     break;
@@ -104,12 +121,23 @@ pub fn run(options: &Options) -> Report {
 /// The disagreement and its minimal frame (or the frame whole, when it needs the history).
 fn explain(scenario: &Scenario, frame: &[u8], what: &str) -> (String, String) {
     if !shrink::reproduces(scenario, frame) {
-        return (format!("{what} (needs the earlier packets of its chunk: not shrunk)"), shrink::rust_array(frame));
+        return (
+            format!("{what} (needs the earlier packets of its chunk: not shrunk)"),
+            shrink::rust_array(frame),
+        );
     }
     let minimal = shrink::shrink(scenario, frame, 2000);
     let h = scenario::harness(scenario);
     let mut tracker = check::Tracker::default();
-    let now = check::check(&h, scenario.model, &mut tracker, &minimal).err().map_or(String::new(), |m| m.what);
-    (format!("{what}\n  shrunk ({} -> {} bytes): {now}", frame.len(), minimal.len()), shrink::rust_array(&minimal))
+    let now = check::check(&h, scenario.model, &mut tracker, &minimal)
+        .err()
+        .map_or(String::new(), |m| m.what);
+    (
+        format!(
+            "{what}\n  shrunk ({} -> {} bytes): {now}",
+            frame.len(),
+            minimal.len()
+        ),
+        shrink::rust_array(&minimal),
+    )
 }
-

@@ -38,14 +38,23 @@ impl Harness {
 
     #[track_caller]
     pub fn with_options(options: &LoadOptions) -> Self {
-        let dataplane = Dataplane::load(options).unwrap_or_else(|e| panic!("loading the XDP program: {e:#}"));
-        Harness { dataplane, services: Vec::new(), next_backend_id: 1 }
+        let dataplane =
+            Dataplane::load(options).unwrap_or_else(|e| panic!("loading the XDP program: {e:#}"));
+        Harness {
+            dataplane,
+            services: Vec::new(),
+            next_backend_id: 1,
+        }
     }
 
     #[track_caller]
     pub fn set_nat_ports(&mut self, min: u16, max: u16) {
         self.dataplane
-            .set_settings(&Settings { nat_port_min: min, nat_port_max: max, _pad: 0 })
+            .set_settings(&Settings {
+                nat_port_min: min,
+                nat_port_max: max,
+                _pad: 0,
+            })
             .unwrap_or_else(|e| panic!("{e:#}"));
     }
 
@@ -88,7 +97,8 @@ impl Harness {
             backends,
             limits: Limits::default(),
         };
-        services::program_service(&mut self.dataplane, &mut service).unwrap_or_else(|e| panic!("{e:#}"));
+        services::program_service(&mut self.dataplane, &mut service)
+            .unwrap_or_else(|e| panic!("{e:#}"));
         self.services.push(service);
         self.services.len() - 1
     }
@@ -97,7 +107,11 @@ impl Harness {
     #[track_caller]
     pub fn set_backend_state(&mut self, service: usize, backend: &str, state: BackendState) {
         let entry = &mut self.services[service];
-        let b = entry.backends.iter_mut().find(|b| b.name == backend).unwrap_or_else(|| panic!("no backend {backend}"));
+        let b = entry
+            .backends
+            .iter_mut()
+            .find(|b| b.name == backend)
+            .unwrap_or_else(|| panic!("no backend {backend}"));
         b.state = state;
         services::program_service(&mut self.dataplane, entry).unwrap_or_else(|e| panic!("{e:#}"));
     }
@@ -108,24 +122,42 @@ impl Harness {
         let program = self.dataplane.program().unwrap_or_else(|e| panic!("{e:#}"));
         let mut out = vec![0u8; frame.len() + 256];
         let result = program
-            .test_run(TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), ..TestRunOptions::new() })
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ..TestRunOptions::new()
+            })
             .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN: {e}"));
         out.truncate(result.data_size_out as usize);
         (result.return_value, out)
     }
 
     pub fn backend_counters(&self, service: usize, backend: &str) -> Counters {
-        let id = self.services[service].backends.iter().find(|b| b.name == backend).map(|b| b.id).unwrap_or(0);
-        self.dataplane.backend_counters(id).unwrap_or_else(|e| panic!("{e:#}"))
+        let id = self.services[service]
+            .backends
+            .iter()
+            .find(|b| b.name == backend)
+            .map(|b| b.id)
+            .unwrap_or(0);
+        self.dataplane
+            .backend_counters(id)
+            .unwrap_or_else(|e| panic!("{e:#}"))
     }
 
     pub fn service_counters(&self, service: usize) -> Counters {
-        self.dataplane.service_counters(self.services[service].id).unwrap_or_else(|e| panic!("{e:#}"))
+        self.dataplane
+            .service_counters(self.services[service].id)
+            .unwrap_or_else(|e| panic!("{e:#}"))
     }
 
     pub fn verdict_count(&self, verdict: Verdict) -> u64 {
-        let all = self.dataplane.verdict_counters().unwrap_or_else(|e| panic!("{e:#}"));
-        all.iter().find(|(v, _)| *v == verdict).map_or(0, |(_, c)| c.packets)
+        let all = self
+            .dataplane
+            .verdict_counters()
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        all.iter()
+            .find(|(v, _)| *v == verdict)
+            .map_or(0, |(_, c)| c.packets)
     }
 }
 
@@ -147,28 +179,47 @@ impl ConfigHarness {
     /// `host_addrs`: the load balancer's own addresses (the VIPs are added, as the agent does).
     #[track_caller]
     pub fn new(toml: &str, macs: &[(IpAddr, [u8; 6])], host_addrs: &[IpAddr]) -> Self {
-        let config = lb_userspace::config::parse(std::path::Path::new("test.toml"), toml).unwrap_or_else(|e| panic!("{e}"));
+        let config = lb_userspace::config::parse(std::path::Path::new("test.toml"), toml)
+            .unwrap_or_else(|e| panic!("{e}"));
         let mut harness = Harness::new();
-        let mut table = lb_userspace::services::ServiceTable::from_config(&config, &[], &[]).unwrap_or_else(|e| panic!("{e:#}"));
+        let mut table = lb_userspace::services::ServiceTable::from_config(&config, &[], &[])
+            .unwrap_or_else(|e| panic!("{e:#}"));
         for service in &mut table.services {
             for backend in &mut service.backends {
-                backend.mac = macs.iter().find(|(a, _)| *a == backend.addr).map(|(_, m)| *m);
+                backend.mac = macs
+                    .iter()
+                    .find(|(a, _)| *a == backend.addr)
+                    .map(|(_, m)| *m);
             }
-            services::program_service(&mut harness.dataplane, service).unwrap_or_else(|e| panic!("{e:#}"));
+            services::program_service(&mut harness.dataplane, service)
+                .unwrap_or_else(|e| panic!("{e:#}"));
         }
         let rules = lb_userspace::firewall::RuleSet::from_config(&config, &table, (32768, 60999));
         let vips: Vec<IpAddr> = config.services.iter().map(|s| *s.vip.get_ref()).collect();
         let mut hosts = host_addrs.to_vec();
         hosts.extend(&vips);
-        lb_userspace::firewall::apply(&mut harness.dataplane, &rules, &hosts, &vips).unwrap_or_else(|e| panic!("{e:#}"));
-        ConfigHarness { harness, table, rules }
+        lb_userspace::firewall::apply(&mut harness.dataplane, &rules, &hosts, &vips)
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        ConfigHarness {
+            harness,
+            table,
+            rules,
+        }
     }
 
     /// Counters of the rule named `name`.
     #[track_caller]
     pub fn rule(&self, name: &str) -> lb_common::maps::RuleCounters {
-        let rule = self.rules.rules.iter().find(|r| r.name == name).unwrap_or_else(|| panic!("no rule {name}"));
-        self.harness.dataplane.rule_counters(rule.id).unwrap_or_else(|e| panic!("{e:#}"))
+        let rule = self
+            .rules
+            .rules
+            .iter()
+            .find(|r| r.name == name)
+            .unwrap_or_else(|| panic!("no rule {name}"));
+        self.harness
+            .dataplane
+            .rule_counters(rule.id)
+            .unwrap_or_else(|e| panic!("{e:#}"))
     }
 
     pub fn run(&self, frame: &[u8]) -> (u32, Vec<u8>) {

@@ -19,7 +19,9 @@ pub fn require_root(test: &str) -> bool {
     }
     // Straight to stderr: libtest captures eprintln! of passing tests, which would hide the skip.
     use std::io::Write as _;
-    let _ = writeln!(std::io::stderr(), "\n*** SKIPPED (needs root): {test} — run `cargo xtask test` as root ***\n");
+    let _ = writeln!(
+        std::io::stderr(),
+        "\n*** SKIPPED (needs root): {test} — run `cargo xtask test` as root ***\n"
+    );
     false
 }
-

@@ -38,12 +38,17 @@ pub fn keep_alive_get(stream: &mut TcpStream, host: &str) -> io::Result<String> 
     let mut status = String::new();
     reader.read_line(&mut status)?;
     if !status.starts_with("HTTP/1.1 200") {
-        return Err(io::Error::other(format!("unexpected status line {status:?}")));
+        return Err(io::Error::other(format!(
+            "unexpected status line {status:?}"
+        )));
     }
     loop {
         let mut line = String::new();
         if reader.read_line(&mut line)? == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed in the headers"));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "connection closed in the headers",
+            ));
         }
         let line = line.trim_end();
         if line.is_empty() {

@@ -7,9 +7,19 @@ pub type Mac = [u8; 6];
 
 #[derive(Clone, Debug)]
 pub enum L4 {
-    Tcp { src_port: u16, dst_port: u16, seq: u32, ack: u32, flags: u8 },
+    Tcp {
+        src_port: u16,
+        dst_port: u16,
+        seq: u32,
+        ack: u32,
+        flags: u8,
+    },
     /// `checksum: false` sends an IPv4 UDP datagram without checksum (field 0).
-    Udp { src_port: u16, dst_port: u16, checksum: bool },
+    Udp {
+        src_port: u16,
+        dst_port: u16,
+        checksum: bool,
+    },
     /// ICMP (IPv4) or ICMPv6 (IPv6) with this type, code 0, an echo-style body.
     Icmp { icmp_type: u8 },
 }
@@ -32,7 +42,17 @@ pub struct Frame {
 
 impl Frame {
     pub fn tcp(src: (IpAddr, u16), dst: (IpAddr, u16)) -> Self {
-        Self::new(src.0, dst.0, L4::Tcp { src_port: src.1, dst_port: dst.1, seq: 1000, ack: 0, flags: TCP_SYN })
+        Self::new(
+            src.0,
+            dst.0,
+            L4::Tcp {
+                src_port: src.1,
+                dst_port: dst.1,
+                seq: 1000,
+                ack: 0,
+                flags: TCP_SYN,
+            },
+        )
     }
 
     pub fn icmp(src: IpAddr, dst: IpAddr, icmp_type: u8) -> Self {
@@ -40,7 +60,15 @@ impl Frame {
     }
 
     pub fn udp(src: (IpAddr, u16), dst: (IpAddr, u16)) -> Self {
-        Self::new(src.0, dst.0, L4::Udp { src_port: src.1, dst_port: dst.1, checksum: true })
+        Self::new(
+            src.0,
+            dst.0,
+            L4::Udp {
+                src_port: src.1,
+                dst_port: dst.1,
+                checksum: true,
+            },
+        )
     }
 
     fn new(src: IpAddr, dst: IpAddr, l4: L4) -> Self {
@@ -64,14 +92,24 @@ impl Frame {
 
     pub fn ports(&self) -> (u16, u16) {
         match self.l4 {
-            L4::Tcp { src_port, dst_port, .. } | L4::Udp { src_port, dst_port, .. } => (src_port, dst_port),
+            L4::Tcp {
+                src_port, dst_port, ..
+            }
+            | L4::Udp {
+                src_port, dst_port, ..
+            } => (src_port, dst_port),
             L4::Icmp { .. } => (0, 0),
         }
     }
 
     pub fn set_ports(&mut self, src: u16, dst: u16) {
         match &mut self.l4 {
-            L4::Tcp { src_port, dst_port, .. } | L4::Udp { src_port, dst_port, .. } => {
+            L4::Tcp {
+                src_port, dst_port, ..
+            }
+            | L4::Udp {
+                src_port, dst_port, ..
+            } => {
                 *src_port = src;
                 *dst_port = dst;
             }
@@ -99,7 +137,13 @@ impl Frame {
 
     pub fn build(&self) -> Vec<u8> {
         let mut l4 = match self.l4 {
-            L4::Tcp { src_port, dst_port, seq, ack, flags } => {
+            L4::Tcp {
+                src_port,
+                dst_port,
+                seq,
+                ack,
+                flags,
+            } => {
                 let mut h = Vec::with_capacity(20);
                 h.extend(src_port.to_be_bytes());
                 h.extend(dst_port.to_be_bytes());
@@ -111,7 +155,9 @@ impl Frame {
                 h.extend([0, 0, 0, 0]); // checksum, urgent pointer
                 h
             }
-            L4::Udp { src_port, dst_port, .. } => {
+            L4::Udp {
+                src_port, dst_port, ..
+            } => {
                 let mut h = Vec::with_capacity(8);
                 h.extend(src_port.to_be_bytes());
                 h.extend(dst_port.to_be_bytes());
@@ -129,10 +175,20 @@ impl Frame {
             L4::Icmp { .. } if self.src.is_ipv4() => 1u8,
             L4::Icmp { .. } => 58u8,
         };
-        let wants_checksum = !matches!(self.l4, L4::Udp { checksum: false, .. }) || self.src.is_ipv6();
+        let wants_checksum = !matches!(
+            self.l4,
+            L4::Udp {
+                checksum: false,
+                ..
+            }
+        ) || self.src.is_ipv6();
         if wants_checksum {
             // ICMP for IPv4 has no pseudo-header; TCP, UDP and ICMPv6 do.
-            let mut sum = if proto == 1 { 0 } else { pseudo_header_sum(self.src, self.dst, proto, l4.len()) };
+            let mut sum = if proto == 1 {
+                0
+            } else {
+                pseudo_header_sum(self.src, self.dst, proto, l4.len())
+            };
             sum += ones_sum(&l4);
             let mut check = !fold(sum);
             if proto == 17 && check == 0 {
@@ -235,8 +291,15 @@ pub fn l4_ports(frame: &[u8]) -> (u16, u16) {
     if u16::from_be_bytes([frame[12], frame[13]]) == 0x8100 {
         l3 += 4;
     }
-    let l4 = if frame[l3] >> 4 == 4 { l3 + (frame[l3] & 0x0F) as usize * 4 } else { l3 + 40 };
-    (u16::from_be_bytes([frame[l4], frame[l4 + 1]]), u16::from_be_bytes([frame[l4 + 2], frame[l4 + 3]]))
+    let l4 = if frame[l3] >> 4 == 4 {
+        l3 + (frame[l3] & 0x0F) as usize * 4
+    } else {
+        l3 + 40
+    };
+    (
+        u16::from_be_bytes([frame[l4], frame[l4 + 1]]),
+        u16::from_be_bytes([frame[l4 + 2], frame[l4 + 3]]),
+    )
 }
 
 #[cfg(test)]
@@ -247,19 +310,28 @@ mod tests {
     fn known_ipv4_header_checksum() {
         // The classic example header (Wikipedia, IPv4 header checksum): checksum 0xB861.
         let header = [
-            0x45, 0x00, 0x00, 0x73, 0x00, 0x00, 0x40, 0x00, 0x40, 0x11, 0x00, 0x00, 0xc0, 0xa8, 0x00, 0x01, 0xc0,
-            0xa8, 0x00, 0xc7,
+            0x45, 0x00, 0x00, 0x73, 0x00, 0x00, 0x40, 0x00, 0x40, 0x11, 0x00, 0x00, 0xc0, 0xa8,
+            0x00, 0x01, 0xc0, 0xa8, 0x00, 0xc7,
         ];
         assert_eq!(!fold(ones_sum(&header)), 0xB861);
     }
 
     #[test]
     fn built_frames_verify() {
-        let frame = Frame::tcp(("10.0.0.1".parse().unwrap(), 1234), ("10.0.0.2".parse().unwrap(), 80)).build();
+        let frame = Frame::tcp(
+            ("10.0.0.1".parse().unwrap(), 1234),
+            ("10.0.0.2".parse().unwrap(), 80),
+        )
+        .build();
         // A correct IPv4 header sums to 0xFFFF including its checksum.
         assert_eq!(fold(ones_sum(&frame[14..34])), 0xFFFF);
         let l4 = &frame[34..];
-        let sum = pseudo_header_sum("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap(), 6, l4.len()) + ones_sum(l4);
+        let sum = pseudo_header_sum(
+            "10.0.0.1".parse().unwrap(),
+            "10.0.0.2".parse().unwrap(),
+            6,
+            l4.len(),
+        ) + ones_sum(l4);
         assert_eq!(fold(sum), 0xFFFF);
     }
 }

@@ -21,14 +21,43 @@ fn flows_are_paged_with_a_cursor() {
     if !require_root("flows_are_paged_with_a_cursor") {
         return;
     }
-    let mut h = Harness::with_options(&LoadOptions { flow_capacity: 1024, nat_capacity: 1024, ..LoadOptions::default() });
+    let mut h = Harness::with_options(&LoadOptions {
+        flow_capacity: 1024,
+        nat_capacity: 1024,
+        ..LoadOptions::default()
+    });
     let backends = [
-        BackendSpec { name: "web1", addr: ip("10.0.0.11"), port: 80, mac: [2, 0, 0, 0, 0, 0x11], weight: 1 },
-        BackendSpec { name: "web2", addr: ip("10.0.0.12"), port: 80, mac: [2, 0, 0, 0, 0, 0x12], weight: 1 },
+        BackendSpec {
+            name: "web1",
+            addr: ip("10.0.0.11"),
+            port: 80,
+            mac: [2, 0, 0, 0, 0, 0x11],
+            weight: 1,
+        },
+        BackendSpec {
+            name: "web2",
+            addr: ip("10.0.0.12"),
+            port: 80,
+            mac: [2, 0, 0, 0, 0, 0x12],
+            weight: 1,
+        },
     ];
-    h.add_service("web", (ip("10.0.0.100"), 80), Protocol::Tcp, Mode::Dsr, None, &backends);
-    let empty = h.dataplane.flows(None, 10).unwrap_or_else(|e| panic!("{e:#}"));
-    assert!(empty.flows.is_empty() && empty.next.is_none(), "a fresh table is empty");
+    h.add_service(
+        "web",
+        (ip("10.0.0.100"), 80),
+        Protocol::Tcp,
+        Mode::Dsr,
+        None,
+        &backends,
+    );
+    let empty = h
+        .dataplane
+        .flows(None, 10)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(
+        empty.flows.is_empty() && empty.next.is_none(),
+        "a fresh table is empty"
+    );
 
     const FLOWS: u16 = 7;
     for port in 0..FLOWS {
@@ -39,7 +68,10 @@ fn flows_are_paged_with_a_cursor() {
     let mut cursor = None;
     let mut pages = 0;
     loop {
-        let page = h.dataplane.flows(cursor.as_ref(), 3).unwrap_or_else(|e| panic!("{e:#}"));
+        let page = h
+            .dataplane
+            .flows(cursor.as_ref(), 3)
+            .unwrap_or_else(|e| panic!("{e:#}"));
         assert!(page.flows.len() <= 3);
         pages += 1;
         for (key, flow) in page.flows {

@@ -21,7 +21,10 @@ fn within(what: &str, found: Option<Duration>, started: Instant, budget: Duratio
     let elapsed = started.elapsed();
     assert!(found.is_some(), "{what}: not seen within the wait");
     println!("{what}: {} ms", elapsed.as_millis());
-    assert!(elapsed <= budget, "{what} took {elapsed:?}, budget {budget:?}");
+    assert!(
+        elapsed <= budget,
+        "{what} took {elapsed:?}, budget {budget:?}"
+    );
     elapsed
 }
 
@@ -43,6 +46,7 @@ fn dead_backends_leave_the_rotation_within_the_budget_and_come_back() {
             "kind = \"mysql\"\nuser = \"{MYSQL_CHECK_USER}\"\npassword = \"{MYSQL_CHECK_PASSWORD}\"\nrole = \"primary\"\ntimeout_ms = 200"
         )),
         app_tier: false,
+        database: false,
     };
     let config = stack::write_agent_config_with(&lab, &options).unwrap_or_else(|e| panic!("{e:#}"));
     let agent = stack::start_agent(&lab, &lb, &config).unwrap_or_else(|e| panic!("{e:#}"));
@@ -64,46 +68,101 @@ fn dead_backends_leave_the_rotation_within_the_budget_and_come_back() {
     let stopped = Instant::now();
     lab.stop(web1).unwrap_or_else(|e| panic!("{e:#}"));
     let found = wait_for_state(&lab, "web-dsr", "web1", "down", Duration::from_secs(3));
-    within("web1 (nginx stopped) out of rotation after", found, stopped, DETECT_BUDGET);
+    within(
+        "web1 (nginx stopped) out of rotation after",
+        found,
+        stopped,
+        DETECT_BUDGET,
+    );
     let web1_state = backend(&lab, "web-dsr", "web1");
     assert_eq!(web1_state["health"]["up"], false, "{web1_state}");
     assert_eq!(backend(&lab, "web-nat", "web1")["state"], "down");
     let seen = answers(&lab, &url, 6);
-    assert_eq!(seen.get("web2"), Some(&6), "requests while web1 is down: {seen:?}");
+    assert_eq!(
+        seen.get("web2"),
+        Some(&6),
+        "requests while web1 is down: {seen:?}"
+    );
 
     // nginx starts again: back after `rise` (2) good checks.
     stack::start_web_server(&lab, host::WEB1).unwrap_or_else(|e| panic!("{e:#}"));
     let started = Instant::now();
     let found = wait_for_state(&lab, "web-dsr", "web1", "active", Duration::from_secs(3));
-    within("web1 (nginx started) back in rotation after", found, started, Duration::from_millis(1000));
+    within(
+        "web1 (nginx started) back in rotation after",
+        found,
+        started,
+        Duration::from_millis(1000),
+    );
     let seen = answers(&lab, &url, 4);
-    assert_eq!((seen.get("web1"), seen.get("web2")), (Some(&2), Some(&2)), "{seen:?}");
+    assert_eq!(
+        (seen.get("web1"), seen.get("web2")),
+        (Some(&2), Some(&2)),
+        "{seen:?}"
+    );
 
     // MariaDB crashes (SIGKILL): out within the budget.
     let killed = Instant::now();
     assert!(lab.signal(db1, libc::SIGKILL));
     let found = wait_for_state(&lab, "db", "db1", "down", Duration::from_secs(3));
-    within("db1 (mariadbd killed) out of rotation after", found, killed, DETECT_BUDGET);
+    within(
+        "db1 (mariadbd killed) out of rotation after",
+        found,
+        killed,
+        DETECT_BUDGET,
+    );
     let _ = lab.stop(db1);
     let db = backend(&lab, "db", "db1");
-    assert!(db["health"]["last_detail"].as_str().is_some_and(|d| d.contains("MySQL login")), "{db}");
+    assert!(
+        db["health"]["last_detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("MySQL login")),
+        "{db}"
+    );
 
     // MariaDB starts again (same data): back after rise.
     let db1 = stack::start_mariadb(&lab, host::DB1).unwrap_or_else(|e| panic!("{e:#}"));
     let started = Instant::now();
     let found = wait_for_state(&lab, "db", "db1", "active", Duration::from_secs(3));
-    within("db1 (mariadbd started) back in rotation after", found, started, Duration::from_millis(1500));
+    within(
+        "db1 (mariadbd started) back in rotation after",
+        found,
+        started,
+        Duration::from_millis(1500),
+    );
 
     // The role matters: a read-only server is no primary.
-    let socket = format!("--socket={}", lab.dir().join("mariadb-db1").join("mysqld.sock").display());
+    let socket = format!(
+        "--socket={}",
+        lab.dir().join("mariadb-db1").join("mysqld.sock").display()
+    );
     let sql = |statement: &str| {
-        lab.exec(host::DB1, &["mariadb", "--no-defaults", &socket, "-uroot", "-e", statement]).unwrap_or_else(|e| panic!("{e:#}"));
+        lab.exec(
+            host::DB1,
+            &[
+                "mariadb",
+                "--no-defaults",
+                &socket,
+                "-uroot",
+                "-e",
+                statement,
+            ],
+        )
+        .unwrap_or_else(|e| panic!("{e:#}"));
     };
     sql("SET GLOBAL read_only = 1");
     let found = wait_for_state(&lab, "db", "db1", "down", Duration::from_secs(3));
-    assert!(found.is_some(), "a read-only server stayed in the writer service");
+    assert!(
+        found.is_some(),
+        "a read-only server stayed in the writer service"
+    );
     let db = backend(&lab, "db", "db1");
-    assert!(db["health"]["last_detail"].as_str().is_some_and(|d| d.contains("read_only is on")), "{db}");
+    assert!(
+        db["health"]["last_detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("read_only is on")),
+        "{db}"
+    );
     sql("SET GLOBAL read_only = 0");
     assert!(wait_for_state(&lab, "db", "db1", "active", Duration::from_secs(3)).is_some());
 

@@ -38,21 +38,53 @@ fn the_app_tier_serves_through_the_vip_over_http_and_https() {
             state = backend(&lab, "web-https", web);
         }
         assert_eq!(state["health"]["last_ok"], true, "{web}: {state}");
-        assert!(state["health"]["last_detail"].as_str().is_some_and(|r| r.contains("200")), "{web}: {state}");
+        assert!(
+            state["health"]["last_detail"]
+                .as_str()
+                .is_some_and(|r| r.contains("200")),
+            "{web}: {state}"
+        );
     }
 
     // A note written through the VIP over HTTP, read back over HTTPS; both app servers serve.
     let vip = addr::VIP_HTTP;
-    let (status, body) = curl(&lab, host::CLIENT, &["-X", "POST", "-H", "content-type: application/json", "-d", "{\"text\":\"through the VIP\"}"], &format!("http://{vip}/api/notes"));
+    let (status, body) = curl(
+        &lab,
+        host::CLIENT,
+        &[
+            "-X",
+            "POST",
+            "-H",
+            "content-type: application/json",
+            "-d",
+            "{\"text\":\"through the VIP\"}",
+        ],
+        &format!("http://{vip}/api/notes"),
+    );
     assert_eq!(status, 201, "{body}");
-    let ca = stack::app_dir(&lab).join("certs").join("ca.pem").display().to_string();
+    let ca = stack::app_dir(&lab)
+        .join("certs")
+        .join("ca.pem")
+        .display()
+        .to_string();
     let mut apps = std::collections::HashSet::new();
     for _ in 0..4 {
-        let (status, body) = curl(&lab, host::CLIENT, &["--cacert", &ca], &format!("https://{vip}/api/notes"));
+        let (status, body) = curl(
+            &lab,
+            host::CLIENT,
+            &["--cacert", &ca],
+            &format!("https://{vip}/api/notes"),
+        );
         assert_eq!(status, 200, "{body}");
         assert!(body.contains("through the VIP"), "{body}");
-        let json: serde_json::Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
-        apps.insert(json["served_by"]["app"].as_str().unwrap_or_default().to_string());
+        let json: serde_json::Value =
+            serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+        apps.insert(
+            json["served_by"]["app"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        );
         assert_eq!(json["served_by"]["db"]["name"], "db1", "{body}");
     }
     assert_eq!(apps.len(), 2, "round robin over HTTPS reached {apps:?}");

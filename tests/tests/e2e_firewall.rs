@@ -102,13 +102,29 @@ fn ok<T>(result: anyhow::Result<T>) -> T {
 /// Packets from `source` counted by an nftables rule on `host` (what reached the server).
 fn install_counter(lab: &Lab, host: &str, source: &str) {
     ok(lab.exec(host, &["nft", "add table inet seen"]));
-    ok(lab.exec(host, &["nft", "add chain inet seen input { type filter hook input priority -300; }"]));
-    ok(lab.exec(host, &["nft", &format!("add rule inet seen input ip saddr {source} counter")]));
+    ok(lab.exec(
+        host,
+        &[
+            "nft",
+            "add chain inet seen input { type filter hook input priority -300; }",
+        ],
+    ));
+    ok(lab.exec(
+        host,
+        &[
+            "nft",
+            &format!("add rule inet seen input ip saddr {source} counter"),
+        ],
+    ));
 }
 
 fn counted(lab: &Lab, host: &str) -> u64 {
     let out = ok(lab.exec_stdout(host, &["nft", "list chain inet seen input"]));
-    out.split("packets ").nth(1).and_then(|rest| rest.split_whitespace().next()).and_then(|n| n.parse().ok()).unwrap_or(u64::MAX)
+    out.split("packets ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(u64::MAX)
 }
 
 /// One request from `from` (from the address `source`, if given) answered with 200 within 2 s.
@@ -126,7 +142,10 @@ fn the_firewall_blocks_denied_sources_and_guards_the_database_vip() {
         return;
     }
     let lab = ok(Lab::up(LabSpec::standard("lbt-fw-")));
-    ok(lab.exec(host::CLIENT, &["ip", "addr", "add", &format!("{DENIED}/24"), "dev", "eth0"]));
+    ok(lab.exec(
+        host::CLIENT,
+        &["ip", "addr", "add", &format!("{DENIED}/24"), "dev", "eth0"],
+    ));
     let lb = ok(stack::release_binary("lb"));
     ok(stack::start_web_servers(&lab));
     ok(stack::start_mariadb(&lab, host::DB1));
@@ -137,16 +156,35 @@ fn the_firewall_blocks_denied_sources_and_guards_the_database_vip() {
     let _agent = ok(stack::start_agent(&lab, &lb, &config_path));
 
     let web = format!("http://{}/", addr::VIP_HTTP);
-    assert!(curl_ok(&lab, host::CLIENT, None, &web), "the allowed client is refused");
-    assert!(!curl_ok(&lab, host::CLIENT, Some(DENIED), &web), "the denied client got through");
+    assert!(
+        curl_ok(&lab, host::CLIENT, None, &web),
+        "the allowed client is refused"
+    );
+    assert!(
+        !curl_ok(&lab, host::CLIENT, Some(DENIED), &web),
+        "the denied client got through"
+    );
 
     // The database VIP: real MariaDB behind it, reachable from the app servers only.
     let query = |from: &str| {
         let password = format!("-p{}", stack::MYSQL_CHECK_PASSWORD);
-        let args = ["mariadb", "--no-defaults", "-h", addr::VIP_DB_WRITE, "-P", "3306", "-u", stack::MYSQL_CHECK_USER, &password];
-        lab.exec(from, &[&args[..], &["--connect-timeout=2", "-N", "-e", "SELECT 1"]].concat())
-            .map(|out| String::from_utf8_lossy(&out.stdout).trim() == "1")
-            .unwrap_or(false)
+        let args = [
+            "mariadb",
+            "--no-defaults",
+            "-h",
+            addr::VIP_DB_WRITE,
+            "-P",
+            "3306",
+            "-u",
+            stack::MYSQL_CHECK_USER,
+            &password,
+        ];
+        lab.exec(
+            from,
+            &[&args[..], &["--connect-timeout=2", "-N", "-e", "SELECT 1"]].concat(),
+        )
+        .map(|out| String::from_utf8_lossy(&out.stdout).trim() == "1")
+        .unwrap_or(false)
     };
     assert!(query(host::WEB1), "web1 cannot reach the database VIP");
     assert!(query(host::WEB2), "web2 cannot reach the database VIP");
@@ -154,26 +192,67 @@ fn the_firewall_blocks_denied_sources_and_guards_the_database_vip() {
 
     // The rules through the CLI (and so the API): counters, a runtime rule added and removed.
     let list = lb_json(&lab, &["fw", "list"]);
-    let rule = list["rules"].as_array().and_then(|r| r.iter().find(|r| r["name"] == "denied-client")).cloned();
+    let rule = list["rules"]
+        .as_array()
+        .and_then(|r| r.iter().find(|r| r["name"] == "denied-client"))
+        .cloned();
     let rule = rule.unwrap_or_else(|| panic!("denied-client not listed: {list}"));
-    assert!(rule["packets"].as_u64().unwrap_or(0) >= 1, "the denied curl was not counted: {rule}");
-    assert!(rule["last_hit_s_ago"].as_f64().is_some_and(|s| s < 60.0), "{rule}");
-    assert!(list["rules"].as_array().is_some_and(|r| r.iter().any(|r| r["name"] == "db-write/others" && r["packets"].as_u64() > Some(0))));
+    assert!(
+        rule["packets"].as_u64().unwrap_or(0) >= 1,
+        "the denied curl was not counted: {rule}"
+    );
+    assert!(
+        rule["last_hit_s_ago"].as_f64().is_some_and(|s| s < 60.0),
+        "{rule}"
+    );
+    assert!(list["rules"].as_array().is_some_and(|r| r
+        .iter()
+        .any(|r| r["name"] == "db-write/others" && r["packets"].as_u64() > Some(0))));
     let table = lb_ok(&lab, &["fw", "list"]);
-    assert!(table.contains("denied-client") && table.contains("drop_denied"), "{table}");
+    assert!(
+        table.contains("denied-client") && table.contains("drop_denied"),
+        "{table}"
+    );
     let token = format!("--token-file={}", lab.dir().join("token").display());
     let unauthorized = lb_err(&lab, &["fw", "add", "temp", "--source", "10.99.0.10/32"]);
     assert!(unauthorized.contains("token"), "{unauthorized}");
-    lb_ok(&lab, &["fw", "add", "temp", "--source", "10.99.0.10/32", "--action", "drop", &token]);
-    assert!(!curl_ok(&lab, host::CLIENT, None, &web), "a runtime drop rule did not apply");
-    let duplicate = lb_err(&lab, &["fw", "add", "again", "--source", "10.99.0.10/32", &token]);
+    lb_ok(
+        &lab,
+        &[
+            "fw",
+            "add",
+            "temp",
+            "--source",
+            "10.99.0.10/32",
+            "--action",
+            "drop",
+            &token,
+        ],
+    );
+    assert!(
+        !curl_ok(&lab, host::CLIENT, None, &web),
+        "a runtime drop rule did not apply"
+    );
+    let duplicate = lb_err(
+        &lab,
+        &["fw", "add", "again", "--source", "10.99.0.10/32", &token],
+    );
     assert!(duplicate.contains("belongs to rule `temp`"), "{duplicate}");
-    let bad = lb_err(&lab, &["fw", "add", "bad", "--source", "10.0.0.0/40", &token]);
+    let bad = lb_err(
+        &lab,
+        &["fw", "add", "bad", "--source", "10.0.0.0/40", &token],
+    );
     assert!(bad.contains("prefix length"), "{bad}");
     lb_ok(&lab, &["fw", "del", "temp", &token]);
-    assert!(curl_ok(&lab, host::CLIENT, None, &web), "removing the runtime rule did not apply");
+    assert!(
+        curl_ok(&lab, host::CLIENT, None, &web),
+        "removing the runtime rule did not apply"
+    );
     let missing = lb_err(&lab, &["fw", "del", "temp", &token]);
-    assert!(missing.contains("no firewall rule named `temp`"), "{missing}");
+    assert!(
+        missing.contains("no firewall rule named `temp`"),
+        "{missing}"
+    );
 
     // A bounded flood from the denied source while the rules are reloaded 100 times.
     install_counter(&lab, host::WEB1, DENIED);
@@ -186,20 +265,45 @@ fn the_firewall_blocks_denied_sources_and_guards_the_database_vip() {
     );
     let flood_pid = ok(lab.spawn(host::CLIENT, &["python3", "-c", &flood], "flood"));
     let denied_drops = |dataplane: &Dataplane| {
-        ok(dataplane.verdict_counters()).iter().find(|(v, _)| *v == Verdict::DropDenied).map_or(0, |(_, c)| c.packets)
+        ok(dataplane.verdict_counters())
+            .iter()
+            .find(|(v, _)| *v == Verdict::DropDenied)
+            .map_or(0, |(_, c)| c.packets)
     };
 
     let pins: PathBuf = stack::pin_dir(&lab);
     let text = agent_config(&lab, DENIED);
     let parsed = ok(config::parse(&config_path, &text).map_err(|e| anyhow::anyhow!("{e}")));
     // The same rules in another order: a real new rule set (new ids), same meaning.
-    let reordered_text = text.replacen("name = \"denied-client\"", "name = \"denied-client-again\"", 1);
-    let reordered = ok(config::parse(&config_path, &reordered_text).map_err(|e| anyhow::anyhow!("{e}")));
-    let mut dataplane = ok(Dataplane::load(&LoadOptions { pin_dir: Some(pins), ..LoadOptions::default() }));
-    assert!(dataplane.adopted(), "the test must share the running agent's maps");
-    let flooding = xtask::util::wait_until(Duration::from_secs(10), Duration::from_millis(20), || denied_drops(&dataplane) > 100);
-    assert!(flooding, "the flood did not start:\n{}", lab.read_log("flood"));
-    let table = ok(ServiceTable::from_config(&parsed, &ok(dataplane.services()), &ok(dataplane.backends())));
+    let reordered_text = text.replacen(
+        "name = \"denied-client\"",
+        "name = \"denied-client-again\"",
+        1,
+    );
+    let reordered =
+        ok(config::parse(&config_path, &reordered_text).map_err(|e| anyhow::anyhow!("{e}")));
+    let mut dataplane = ok(Dataplane::load(&LoadOptions {
+        pin_dir: Some(pins),
+        ..LoadOptions::default()
+    }));
+    assert!(
+        dataplane.adopted(),
+        "the test must share the running agent's maps"
+    );
+    let flooding =
+        xtask::util::wait_until(Duration::from_secs(10), Duration::from_millis(20), || {
+            denied_drops(&dataplane) > 100
+        });
+    assert!(
+        flooding,
+        "the flood did not start:\n{}",
+        lab.read_log("flood")
+    );
+    let table = ok(ServiceTable::from_config(
+        &parsed,
+        &ok(dataplane.services()),
+        &ok(dataplane.backends()),
+    ));
     let mut hosts = ok(lab.exec_stdout(host::LB, &["ip", "-o", "addr", "show", "dev", "eth0"]))
         .lines()
         .filter_map(|l| l.split_whitespace().nth(3)?.split('/').next()?.parse().ok())
@@ -236,14 +340,26 @@ fn the_firewall_blocks_denied_sources_and_guards_the_database_vip() {
     });
     let _ = lab.stop(flood_pid);
     let flood_log = lab.read_log("flood");
-    assert!(!flood_log.contains("Traceback"), "the flood failed to run:\n{flood_log}");
+    assert!(
+        !flood_log.contains("Traceback"),
+        "the flood failed to run:\n{flood_log}"
+    );
 
     let reached = counted(&lab, host::WEB1) + counted(&lab, host::WEB2);
-    assert_eq!(reached, 0, "packets from the denied source reached a server");
+    assert_eq!(
+        reached, 0,
+        "packets from the denied source reached a server"
+    );
     let (failed, done) = failed_requests;
-    assert_eq!(failed, 0, "{failed} of {done} legit requests failed during the reloads");
+    assert_eq!(
+        failed, 0,
+        "{failed} of {done} legit requests failed during the reloads"
+    );
     let dropped = denied_drops(&dataplane);
-    assert!(dropped > 1000, "the flood barely ran: {dropped} packets dropped");
+    assert!(
+        dropped > 1000,
+        "the flood barely ran: {dropped} packets dropped"
+    );
     eprintln!("flood: {dropped} packets dropped by the firewall, 0 reached a server; {done} legit requests, 0 failed");
     ok(lab.down());
 }

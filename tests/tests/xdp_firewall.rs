@@ -57,11 +57,17 @@ fn harness(firewall: &str, extra_service_keys: &str) -> ConfigHarness {
         (ip("10.0.0.12"), [2, 0, 0, 0, 0, 0x12]),
         (ip("fd00::11"), [2, 0, 0, 0, 0, 0x11]),
     ];
-    ConfigHarness::new(&config(firewall, extra_service_keys), &macs, &[ip("10.0.0.2"), ip("fd00::2")])
+    ConfigHarness::new(
+        &config(firewall, extra_service_keys),
+        &macs,
+        &[ip("10.0.0.2"), ip("fd00::2")],
+    )
 }
 
 fn syn(src: &str, sport: u16, dst: &str, dport: u16) -> Vec<u8> {
-    Frame::tcp((ip(src), sport), (ip(dst), dport)).macs(CLIENT_MAC, LB_MAC).build()
+    Frame::tcp((ip(src), sport), (ip(dst), dport))
+        .macs(CLIENT_MAC, LB_MAC)
+        .build()
 }
 
 #[track_caller]
@@ -97,16 +103,51 @@ fn cidr_rules_drop_allow_and_log_with_longest_prefix_precedence() {
     }
     let h = harness(DENY_RULES, "");
     // Denied /24 and /48: dropped to the service and to anything else.
-    assert_action(&h, &syn("192.0.2.1", 1000, "10.0.0.100", 80), XDP_DROP, "denied v4 source to the VIP");
-    assert_action(&h, &syn("192.0.2.200", 1000, "10.0.0.55", 22), XDP_DROP, "denied v4 source elsewhere");
-    assert_action(&h, &syn("2001:db8:bad:ffff::1", 1000, "fd00::100", 80), XDP_DROP, "denied v6 source");
+    assert_action(
+        &h,
+        &syn("192.0.2.1", 1000, "10.0.0.100", 80),
+        XDP_DROP,
+        "denied v4 source to the VIP",
+    );
+    assert_action(
+        &h,
+        &syn("192.0.2.200", 1000, "10.0.0.55", 22),
+        XDP_DROP,
+        "denied v4 source elsewhere",
+    );
+    assert_action(
+        &h,
+        &syn("2001:db8:bad:ffff::1", 1000, "fd00::100", 80),
+        XDP_DROP,
+        "denied v6 source",
+    );
     // The /32 and /64 allowed inside them win.
-    assert_action(&h, &syn("192.0.2.7", 1000, "10.0.0.100", 80), XDP_TX, "allowed /32 inside the denied /24");
-    assert_action(&h, &syn("2001:db8:bad:1::9", 1000, "fd00::100", 80), XDP_TX, "allowed /64 inside the denied /48");
+    assert_action(
+        &h,
+        &syn("192.0.2.7", 1000, "10.0.0.100", 80),
+        XDP_TX,
+        "allowed /32 inside the denied /24",
+    );
+    assert_action(
+        &h,
+        &syn("2001:db8:bad:1::9", 1000, "fd00::100", 80),
+        XDP_TX,
+        "allowed /64 inside the denied /48",
+    );
     // A log rule counts but does not drop.
-    assert_action(&h, &syn("198.51.100.3", 1000, "10.0.0.100", 80), XDP_TX, "logged source");
+    assert_action(
+        &h,
+        &syn("198.51.100.3", 1000, "10.0.0.100", 80),
+        XDP_TX,
+        "logged source",
+    );
     // Unlisted sources are untouched.
-    assert_action(&h, &syn("203.0.113.9", 1000, "10.0.0.100", 80), XDP_TX, "unlisted source");
+    assert_action(
+        &h,
+        &syn("203.0.113.9", 1000, "10.0.0.100", 80),
+        XDP_TX,
+        "unlisted source",
+    );
 
     assert_eq!(h.rule("bad-net").packets, 3);
     assert_eq!(h.rule("partner").packets, 2);
@@ -126,11 +167,31 @@ fn service_source_rules_admit_only_their_sources() {
         r#"allow_sources = ["10.0.1.0/24"]
 deny_sources = ["10.0.1.66/32"]"#,
     );
-    assert_action(&h, &syn("10.0.1.5", 1000, "10.0.0.100", 80), XDP_TX, "app subnet");
-    assert_action(&h, &syn("10.0.9.5", 1000, "10.0.0.100", 80), XDP_DROP, "outside the allowed subnet");
-    assert_action(&h, &syn("10.0.1.66", 1000, "10.0.0.100", 80), XDP_DROP, "denied inside the allowed subnet");
+    assert_action(
+        &h,
+        &syn("10.0.1.5", 1000, "10.0.0.100", 80),
+        XDP_TX,
+        "app subnet",
+    );
+    assert_action(
+        &h,
+        &syn("10.0.9.5", 1000, "10.0.0.100", 80),
+        XDP_DROP,
+        "outside the allowed subnet",
+    );
+    assert_action(
+        &h,
+        &syn("10.0.1.66", 1000, "10.0.0.100", 80),
+        XDP_DROP,
+        "denied inside the allowed subnet",
+    );
     // Another service without rules admits everyone.
-    assert_action(&h, &syn("2001:db8::5", 1000, "fd00::100", 80), XDP_TX, "service without source rules");
+    assert_action(
+        &h,
+        &syn("2001:db8::5", 1000, "fd00::100", 80),
+        XDP_TX,
+        "service without source rules",
+    );
     assert_eq!(h.verdict_count(Verdict::DropServiceSource), 2);
     assert_eq!(h.rule("web/others").packets, 1);
     assert_eq!(h.rule("web/deny_sources").packets, 1);
@@ -157,27 +218,79 @@ fn the_host_only_takes_open_ports_replies_and_limited_echo() {
         return;
     }
     let h = harness(HOST_POLICY, "");
-    assert_action(&h, &syn("10.9.1.1", 1000, "10.0.0.2", 22), XDP_PASS, "SSH from the admin prefix");
-    assert_action(&h, &syn("fd09::1", 1000, "fd00::2", 22), XDP_PASS, "SSH from the admin prefix (v6)");
-    assert_action(&h, &syn("10.8.1.1", 1000, "10.0.0.2", 22), XDP_DROP, "SSH from elsewhere");
-    assert_action(&h, &syn("10.8.1.1", 1000, "10.0.0.2", 9876), XDP_PASS, "a port open to all");
-    assert_action(&h, &syn("10.8.1.1", 1000, "10.0.0.2", 23), XDP_DROP, "a closed port");
-    assert_action(&h, &syn("10.8.1.1", 1000, "10.0.0.100", 443), XDP_DROP, "a VIP port that is no service");
+    assert_action(
+        &h,
+        &syn("10.9.1.1", 1000, "10.0.0.2", 22),
+        XDP_PASS,
+        "SSH from the admin prefix",
+    );
+    assert_action(
+        &h,
+        &syn("fd09::1", 1000, "fd00::2", 22),
+        XDP_PASS,
+        "SSH from the admin prefix (v6)",
+    );
+    assert_action(
+        &h,
+        &syn("10.8.1.1", 1000, "10.0.0.2", 22),
+        XDP_DROP,
+        "SSH from elsewhere",
+    );
+    assert_action(
+        &h,
+        &syn("10.8.1.1", 1000, "10.0.0.2", 9876),
+        XDP_PASS,
+        "a port open to all",
+    );
+    assert_action(
+        &h,
+        &syn("10.8.1.1", 1000, "10.0.0.2", 23),
+        XDP_DROP,
+        "a closed port",
+    );
+    assert_action(
+        &h,
+        &syn("10.8.1.1", 1000, "10.0.0.100", 443),
+        XDP_DROP,
+        "a VIP port that is no service",
+    );
     // Replies to the host's own connections (ephemeral port, ACK set) pass; a bare SYN does not.
-    let reply = Frame::tcp((ip("10.0.0.11"), 80), (ip("10.0.0.2"), 40000)).tcp_flags(TCP_SYN | TCP_ACK).build();
+    let reply = Frame::tcp((ip("10.0.0.11"), 80), (ip("10.0.0.2"), 40000))
+        .tcp_flags(TCP_SYN | TCP_ACK)
+        .build();
     assert_action(&h, &reply, XDP_PASS, "SYN-ACK to an ephemeral port");
-    assert_action(&h, &syn("10.8.1.1", 1000, "10.0.0.2", 40000), XDP_DROP, "bare SYN to an ephemeral port");
+    assert_action(
+        &h,
+        &syn("10.8.1.1", 1000, "10.0.0.2", 40000),
+        XDP_DROP,
+        "bare SYN to an ephemeral port",
+    );
     // Echo: the burst of 3 passes, the 4th is over the rate; other ICMP types pass.
     let echo = Frame::icmp(ip("10.8.1.1"), ip("10.0.0.2"), 8).build();
     for i in 0..3 {
         assert_action(&h, &echo, XDP_PASS, &format!("echo {i}"));
     }
     assert_action(&h, &echo, XDP_DROP, "echo over the rate");
-    assert_action(&h, &Frame::icmp(ip("10.8.1.1"), ip("10.0.0.2"), 3).build(), XDP_PASS, "ICMP unreachable");
+    assert_action(
+        &h,
+        &Frame::icmp(ip("10.8.1.1"), ip("10.0.0.2"), 3).build(),
+        XDP_PASS,
+        "ICMP unreachable",
+    );
     let echo6 = Frame::icmp(ip("fd08::1"), ip("fd00::2"), 128).build();
-    assert_action(&h, &echo6, XDP_PASS, "ICMPv6 echo from another source has its own bucket");
+    assert_action(
+        &h,
+        &echo6,
+        XDP_PASS,
+        "ICMPv6 echo from another source has its own bucket",
+    );
     // Traffic to other hosts is not the host policy's business.
-    assert_action(&h, &syn("10.8.1.1", 1000, "10.0.0.77", 23), XDP_PASS, "to another address");
+    assert_action(
+        &h,
+        &syn("10.8.1.1", 1000, "10.0.0.77", 23),
+        XDP_PASS,
+        "to another address",
+    );
     assert_eq!(h.verdict_count(Verdict::DropHostPolicy), 4);
     assert_eq!(h.rule("host/tcp/22/others").packets, 1);
     assert_eq!(h.verdict_count(Verdict::DropRateLimited), 1);
@@ -191,20 +304,51 @@ fn the_syn_rate_limits_each_source_and_refills() {
     if !require_root("the_syn_rate_limits_each_source_and_refills") {
         return;
     }
-    let h = harness("[firewall.host]\npolicy = \"open\"", "syn_rate = 20\nsyn_burst = 3");
+    let h = harness(
+        "[firewall.host]\npolicy = \"open\"",
+        "syn_rate = 20\nsyn_burst = 3",
+    );
     for port in 0..3 {
-        assert_action(&h, &syn("10.5.0.1", 2000 + port, "10.0.0.100", 80), XDP_TX, "within the burst");
+        assert_action(
+            &h,
+            &syn("10.5.0.1", 2000 + port, "10.0.0.100", 80),
+            XDP_TX,
+            "within the burst",
+        );
     }
-    assert_action(&h, &syn("10.5.0.1", 2100, "10.0.0.100", 80), XDP_DROP, "over the rate");
+    assert_action(
+        &h,
+        &syn("10.5.0.1", 2100, "10.0.0.100", 80),
+        XDP_DROP,
+        "over the rate",
+    );
     // Packets of an admitted connection are not new connections.
-    let ack = Frame::tcp((ip("10.5.0.1"), 2000), (ip("10.0.0.100"), 80)).tcp_flags(TCP_ACK).macs(CLIENT_MAC, LB_MAC).build();
+    let ack = Frame::tcp((ip("10.5.0.1"), 2000), (ip("10.0.0.100"), 80))
+        .tcp_flags(TCP_ACK)
+        .macs(CLIENT_MAC, LB_MAC)
+        .build();
     assert_action(&h, &ack, XDP_TX, "an ACK of an admitted connection");
     // Other sources have their own bucket.
-    assert_action(&h, &syn("10.5.0.2", 2000, "10.0.0.100", 80), XDP_TX, "another source");
+    assert_action(
+        &h,
+        &syn("10.5.0.2", 2000, "10.0.0.100", 80),
+        XDP_TX,
+        "another source",
+    );
     assert_eq!(h.verdict_count(Verdict::DropRateLimited), 1);
     sleep(Duration::from_millis(60)); // 20/s: one token per 50 ms
-    assert_action(&h, &syn("10.5.0.1", 2200, "10.0.0.100", 80), XDP_TX, "after the refill");
-    assert_action(&h, &syn("10.5.0.1", 2201, "10.0.0.100", 80), XDP_DROP, "only one token came back");
+    assert_action(
+        &h,
+        &syn("10.5.0.1", 2200, "10.0.0.100", 80),
+        XDP_TX,
+        "after the refill",
+    );
+    assert_action(
+        &h,
+        &syn("10.5.0.1", 2201, "10.0.0.100", 80),
+        XDP_DROP,
+        "only one token came back",
+    );
 }
 
 #[test]
@@ -212,18 +356,37 @@ fn the_packet_rate_and_the_syn_budget() {
     if !require_root("the_packet_rate_and_the_syn_budget") {
         return;
     }
-    let h = harness("[firewall.host]\npolicy = \"open\"", "packet_rate = 10\npacket_burst = 4");
-    let ack = Frame::tcp((ip("10.5.0.1"), 2000), (ip("10.0.0.100"), 80)).tcp_flags(TCP_ACK).macs(CLIENT_MAC, LB_MAC).build();
+    let h = harness(
+        "[firewall.host]\npolicy = \"open\"",
+        "packet_rate = 10\npacket_burst = 4",
+    );
+    let ack = Frame::tcp((ip("10.5.0.1"), 2000), (ip("10.0.0.100"), 80))
+        .tcp_flags(TCP_ACK)
+        .macs(CLIENT_MAC, LB_MAC)
+        .build();
     for _ in 0..4 {
         assert_action(&h, &ack, XDP_TX, "within the packet burst");
     }
     assert_action(&h, &ack, XDP_DROP, "over the packet rate");
 
-    let h = harness("[firewall.host]\npolicy = \"open\"", "syn_budget = 10\nsyn_budget_burst = 5");
+    let h = harness(
+        "[firewall.host]\npolicy = \"open\"",
+        "syn_budget = 10\nsyn_budget_burst = 5",
+    );
     for i in 0..5 {
-        assert_action(&h, &syn(&format!("10.6.0.{}", i + 1), 3000, "10.0.0.100", 80), XDP_TX, "within the budget");
+        assert_action(
+            &h,
+            &syn(&format!("10.6.0.{}", i + 1), 3000, "10.0.0.100", 80),
+            XDP_TX,
+            "within the budget",
+        );
     }
-    assert_action(&h, &syn("10.6.0.99", 3000, "10.0.0.100", 80), XDP_DROP, "a sixth source over the budget");
+    assert_action(
+        &h,
+        &syn("10.6.0.99", 3000, "10.0.0.100", 80),
+        XDP_DROP,
+        "a sixth source over the budget",
+    );
     assert_eq!(h.verdict_count(Verdict::DropSynBudget), 1);
 }
 
@@ -239,14 +402,34 @@ bogons = ["0.0.0.0/8", "240.0.0.0/4"]
 policy = "open""#,
         "",
     );
-    let tcp = |flags: u8| Frame::tcp((ip("10.5.0.1"), 2000), (ip("10.0.0.100"), 80)).tcp_flags(flags).macs(CLIENT_MAC, LB_MAC).build();
-    for (flags, what) in [(0x03, "SYN+FIN"), (0x06, "SYN+RST"), (0x00, "no flags"), (0x29, "FIN+PSH+URG")] {
+    let tcp = |flags: u8| {
+        Frame::tcp((ip("10.5.0.1"), 2000), (ip("10.0.0.100"), 80))
+            .tcp_flags(flags)
+            .macs(CLIENT_MAC, LB_MAC)
+            .build()
+    };
+    for (flags, what) in [
+        (0x03, "SYN+FIN"),
+        (0x06, "SYN+RST"),
+        (0x00, "no flags"),
+        (0x29, "FIN+PSH+URG"),
+    ] {
         assert_action(&h, &tcp(flags), XDP_DROP, what);
     }
     assert_eq!(h.verdict_count(Verdict::DropTcpFlags), 4);
 
-    assert_action(&h, &syn("10.0.0.100", 80, "10.0.0.100", 80), XDP_DROP, "source equals destination");
-    assert_action(&h, &syn("240.1.2.3", 1000, "10.0.0.100", 80), XDP_DROP, "bogon source");
+    assert_action(
+        &h,
+        &syn("10.0.0.100", 80, "10.0.0.100", 80),
+        XDP_DROP,
+        "source equals destination",
+    );
+    assert_action(
+        &h,
+        &syn("240.1.2.3", 1000, "10.0.0.100", 80),
+        XDP_DROP,
+        "bogon source",
+    );
     assert_eq!(h.verdict_count(Verdict::DropSpoofed), 2);
     assert_eq!(h.rule("bogons").packets, 1);
 
@@ -272,12 +455,25 @@ fn a_new_rule_set_replaces_the_old_one_whole() {
     // Swap between two rule sets many times; every state seen is one of the two, whole.
     let other_rules = DENY_RULES.replace("192.0.2.0/24", "203.0.113.0/24");
     for round in 0..20 {
-        let text = config(if round % 2 == 0 { &other_rules } else { DENY_RULES }, "");
-        let parsed = lb_userspace::config::parse(std::path::Path::new("t.toml"), &text).unwrap_or_else(|e| panic!("{e}"));
+        let text = config(
+            if round % 2 == 0 {
+                &other_rules
+            } else {
+                DENY_RULES
+            },
+            "",
+        );
+        let parsed = lb_userspace::config::parse(std::path::Path::new("t.toml"), &text)
+            .unwrap_or_else(|e| panic!("{e}"));
         let rules = lb_userspace::firewall::RuleSet::from_config(&parsed, &h.table, (32768, 60999));
         let vips = [ip("10.0.0.100"), ip("fd00::100")];
-        lb_userspace::firewall::apply(&mut h.harness.dataplane, &rules, &[ip("10.0.0.2")], &vips).unwrap_or_else(|e| panic!("{e:#}"));
-        let (first, second) = if round % 2 == 0 { (XDP_TX, XDP_DROP) } else { (XDP_DROP, XDP_TX) };
+        lb_userspace::firewall::apply(&mut h.harness.dataplane, &rules, &[ip("10.0.0.2")], &vips)
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        let (first, second) = if round % 2 == 0 {
+            (XDP_TX, XDP_DROP)
+        } else {
+            (XDP_DROP, XDP_TX)
+        };
         assert_action(&h, &denied, first, &format!("round {round}: 192.0.2.1"));
         assert_action(&h, &other, second, &format!("round {round}: 203.0.113.9"));
     }
@@ -297,14 +493,24 @@ fn an_ipv6_source_never_matches_an_ipv4_source_prefix() {
     let h = harness(HOST_POLICY, "");
     // TCP FIN+ACK from a09:: to [fd00::100]:22 (a VIP is one of the host's addresses).
     let frame: [u8; 74] = [
-        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x86, 0xdd, 0x60, 0x00,
-        0x00, 0x00, 0x00, 0x00, 0x06, 0x00, 0x0a, 0x09, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
-        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0xfd, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
-        0x00, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00, 0x16, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
-        0x00, 0x00, 0x00, 0x11, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x86, 0xdd, 0x60,
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x06, 0x00, 0x0a, 0x09, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0xfd, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00, 0x16, 0x00, 0x00,
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x11, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
     ];
-    assert_action(&h, &frame, XDP_DROP, "IPv6 source a09:: to a port open to 10.9.0.0/16 and fd09::/32");
+    assert_action(
+        &h,
+        &frame,
+        XDP_DROP,
+        "IPv6 source a09:: to a port open to 10.9.0.0/16 and fd09::/32",
+    );
     assert_eq!(h.verdict_count(Verdict::DropHostPolicy), 1);
     // The same with a whole SYN from a09:101:: to the host's own address.
-    assert_action(&h, &syn("a09:101::1", 1000, "fd00::2", 22), XDP_DROP, "a09:101::1 to SSH");
+    assert_action(
+        &h,
+        &syn("a09:101::1", 1000, "fd00::2", 22),
+        XDP_DROP,
+        "a09:101::1 to SSH",
+    );
 }

@@ -31,7 +31,13 @@ struct Family {
 }
 
 fn v4() -> Family {
-    Family { client: ip("10.0.0.10"), vip: ip("10.0.0.100"), snat: ip("10.0.0.3"), web1: ip("10.0.0.11"), web2: ip("10.0.0.12") }
+    Family {
+        client: ip("10.0.0.10"),
+        vip: ip("10.0.0.100"),
+        snat: ip("10.0.0.3"),
+        web1: ip("10.0.0.11"),
+        web2: ip("10.0.0.12"),
+    }
 }
 
 fn v6() -> Family {
@@ -46,8 +52,20 @@ fn v6() -> Family {
 
 fn two_backends(f: &Family, port: u16) -> [BackendSpec; 2] {
     [
-        BackendSpec { name: "web1", addr: f.web1, port, mac: WEB1_MAC, weight: 1 },
-        BackendSpec { name: "web2", addr: f.web2, port, mac: WEB2_MAC, weight: 1 },
+        BackendSpec {
+            name: "web1",
+            addr: f.web1,
+            port,
+            mac: WEB1_MAC,
+            weight: 1,
+        },
+        BackendSpec {
+            name: "web2",
+            addr: f.web2,
+            port,
+            mac: WEB2_MAC,
+            weight: 1,
+        },
     ]
 }
 
@@ -55,7 +73,14 @@ fn two_backends(f: &Family, port: u16) -> [BackendSpec; 2] {
 fn service(f: &Family, protocol: Protocol, mode: Mode, backend_port: u16) -> Harness {
     let mut h = Harness::new();
     let snat = (mode == Mode::Nat).then_some(f.snat);
-    h.add_service("web", (f.vip, 80), protocol, mode, snat, &two_backends(f, backend_port));
+    h.add_service(
+        "web",
+        (f.vip, 80),
+        protocol,
+        mode,
+        snat,
+        &two_backends(f, backend_port),
+    );
     h
 }
 
@@ -77,7 +102,12 @@ fn assert_frame(actual: &[u8], expected: &[u8], what: &str) {
             .filter(|(_, (a, e))| a != e)
             .map(|(i, (a, e))| format!("byte {i}: got {a:#04x}, want {e:#04x}"))
             .collect();
-        panic!("{what}: frames differ (len {} vs {}):\n{}", actual.len(), expected.len(), diff.join("\n"));
+        panic!(
+            "{what}: frames differ (len {} vs {}):\n{}",
+            actual.len(),
+            expected.len(),
+            diff.join("\n")
+        );
     }
 }
 
@@ -91,7 +121,10 @@ fn dsr(f: Family) {
     assert_frame(&out, &expected, "DSR to web1");
     assert_eq!(h.verdict_count(Verdict::ForwardDsr), 1);
     let counters = h.backend_counters(0, "web1");
-    assert_eq!((counters.packets, counters.bytes, counters.new_flows), (1, out.len() as u64, 1));
+    assert_eq!(
+        (counters.packets, counters.bytes, counters.new_flows),
+        (1, out.len() as u64, 1)
+    );
 }
 
 #[test]
@@ -119,7 +152,11 @@ fn dsr_keeps_a_vlan_tag() {
     frame.vlan = Some(42);
     let (action, out) = h.run(&frame.build());
     assert_eq!(action, XDP_TX);
-    assert_frame(&out, &frame.clone().macs(LB_MAC, WEB1_MAC).build(), "tagged DSR");
+    assert_frame(
+        &out,
+        &frame.clone().macs(LB_MAC, WEB1_MAC).build(),
+        "tagged DSR",
+    );
 }
 
 fn nat(f: Family, protocol: Protocol) {
@@ -129,14 +166,21 @@ fn nat(f: Family, protocol: Protocol) {
     let (action, out) = h.run(&frame.build());
     assert_eq!(action, XDP_TX, "NAT forward verdict");
     let (nat_port, backend_port) = l4_ports(&out);
-    assert!((20000..=20999).contains(&nat_port), "NAT port {nat_port} outside the configured range");
+    assert!(
+        (20000..=20999).contains(&nat_port),
+        "NAT port {nat_port} outside the configured range"
+    );
     assert_eq!(backend_port, 8080);
-    let forward = frame.with_endpoints((f.snat, nat_port), (f.web1, 8080)).macs(LB_MAC, WEB1_MAC);
+    let forward = frame
+        .with_endpoints((f.snat, nat_port), (f.web1, 8080))
+        .macs(LB_MAC, WEB1_MAC);
     assert_frame(&out, &forward.build(), "NAT forward to web1");
 
     // The backend's reply comes back to the load balancer and goes out to the client as if
     // from the VIP.
-    let mut reply = forward.with_endpoints((f.web1, 8080), (f.snat, nat_port)).macs(WEB1_MAC, LB_MAC);
+    let mut reply = forward
+        .with_endpoints((f.web1, 8080), (f.snat, nat_port))
+        .macs(WEB1_MAC, LB_MAC);
     if let L4::Tcp { flags, ack, .. } = &mut reply.l4 {
         *flags = TCP_ACK | 0x02;
         *ack = 1001;
@@ -144,7 +188,9 @@ fn nat(f: Family, protocol: Protocol) {
     reply.payload = b"a reply of another length".to_vec();
     let (action, out) = h.run(&reply.build());
     assert_eq!(action, XDP_TX, "NAT reply verdict");
-    let to_client = reply.with_endpoints((f.vip, 80), (f.client, 40000)).macs(LB_MAC, CLIENT_MAC);
+    let to_client = reply
+        .with_endpoints((f.vip, 80), (f.client, 40000))
+        .macs(LB_MAC, CLIENT_MAC);
     assert_frame(&out, &to_client.build(), "NAT reply to the client");
 
     // The next client packet of the flow reuses the same port and backend.
@@ -192,12 +238,22 @@ fn nat_keeps_a_zero_udp_checksum_zero() {
     let f = v4();
     let h = service(&f, Protocol::Udp, Mode::Nat, 53);
     let mut frame = client_frame(&f, Protocol::Udp, 5353);
-    frame.l4 = L4::Udp { src_port: 5353, dst_port: 80, checksum: false };
+    frame.l4 = L4::Udp {
+        src_port: 5353,
+        dst_port: 80,
+        checksum: false,
+    };
     let (action, out) = h.run(&frame.build());
     assert_eq!(action, XDP_TX);
     let (nat_port, _) = l4_ports(&out);
-    let mut expected = frame.with_endpoints((f.snat, nat_port), (f.web1, 53)).macs(LB_MAC, WEB1_MAC);
-    expected.l4 = L4::Udp { src_port: nat_port, dst_port: 53, checksum: false };
+    let mut expected = frame
+        .with_endpoints((f.snat, nat_port), (f.web1, 53))
+        .macs(LB_MAC, WEB1_MAC);
+    expected.l4 = L4::Udp {
+        src_port: nat_port,
+        dst_port: 53,
+        checksum: false,
+    };
     assert_frame(&out, &expected.build(), "checksum-less UDP");
 }
 
@@ -214,7 +270,9 @@ fn nat_with_ipv4_options() {
     let (action, out) = h.run(&frame.build());
     assert_eq!(action, XDP_TX);
     let (nat_port, _) = l4_ports(&out);
-    let expected = frame.with_endpoints((f.snat, nat_port), (f.web1, 80)).macs(LB_MAC, WEB1_MAC);
+    let expected = frame
+        .with_endpoints((f.snat, nat_port), (f.web1, 80))
+        .macs(LB_MAC, WEB1_MAC);
     assert_frame(&out, &expected.build(), "NAT with IPv4 options");
 }
 
@@ -229,7 +287,13 @@ fn round_robin_alternates_exactly_over_100_new_flows() {
         for i in 0..100 {
             let (action, out) = h.run(&client_frame(&f, Protocol::Tcp, 30000 + i).build());
             assert_eq!(action, XDP_TX);
-            order.push(if out[0..6] == WEB1_MAC { 1 } else if out[0..6] == WEB2_MAC { 2 } else { 0 });
+            order.push(if out[0..6] == WEB1_MAC {
+                1
+            } else if out[0..6] == WEB2_MAC {
+                2
+            } else {
+                0
+            });
         }
         let expected: Vec<u8> = (0..100).map(|i| if i % 2 == 0 { 1 } else { 2 }).collect();
         assert_eq!(order, expected, "strict alternation web1, web2, ...");
@@ -247,7 +311,14 @@ fn weighted_round_robin_follows_the_weights() {
     let mut h = Harness::new();
     let mut backends = two_backends(&f, 80);
     backends[0].weight = 3;
-    h.add_service("web", (f.vip, 80), Protocol::Tcp, Mode::Dsr, None, &backends);
+    h.add_service(
+        "web",
+        (f.vip, 80),
+        Protocol::Tcp,
+        Mode::Dsr,
+        None,
+        &backends,
+    );
     for i in 0..400 {
         h.run(&client_frame(&f, Protocol::Tcp, 20000 + i).build());
     }
@@ -269,7 +340,11 @@ fn a_flow_sticks_to_its_backend() {
         h.run(&client_frame(&f, Protocol::Tcp, 50000 + i).build());
         let (action, out) = h.run(&sticky);
         assert_eq!(action, XDP_TX);
-        assert_eq!(out[0..6], first[0..6], "packet {i} of the flow changed backend");
+        assert_eq!(
+            out[0..6],
+            first[0..6],
+            "packet {i} of the flow changed backend"
+        );
     }
     assert_eq!(h.backend_counters(0, "web1").packets, 1 + 10 + 5);
 }
@@ -284,7 +359,11 @@ fn flows_of_a_removed_backend_are_rebalanced() {
     let on_web1 = client_frame(&f, Protocol::Tcp, 40000).build();
     assert_eq!(h.run(&on_web1).1[0..6], WEB1_MAC);
     h.set_backend_state(0, "web1", BackendState::Down);
-    assert_eq!(h.run(&on_web1).1[0..6], WEB2_MAC, "the flow moves to the remaining backend");
+    assert_eq!(
+        h.run(&on_web1).1[0..6],
+        WEB2_MAC,
+        "the flow moves to the remaining backend"
+    );
     for i in 0..6 {
         let (_, out) = h.run(&client_frame(&f, Protocol::Tcp, 41000 + i).build());
         assert_eq!(out[0..6], WEB2_MAC, "new flows avoid the removed backend");
@@ -352,7 +431,10 @@ fn truncations(f: Family, mode: Mode) {
     for len in 14..full.len() {
         let (action, _) = h.run(&full[..len]);
         assert_ne!(action, XDP_ABORTED, "truncated to {len} bytes");
-        assert!(action == XDP_DROP || action == XDP_PASS, "truncated to {len} bytes: action {action}");
+        assert!(
+            action == XDP_DROP || action == XDP_PASS,
+            "truncated to {len} bytes: action {action}"
+        );
     }
     assert_eq!(h.run(&full).0, XDP_TX);
 }
@@ -428,7 +510,13 @@ fn nat_ports_are_distinct_per_flow() {
         Protocol::Tcp,
         Mode::Nat,
         Some(f.snat),
-        &[BackendSpec { name: "web1", addr: f.web1, port: 80, mac: WEB1_MAC, weight: 1 }],
+        &[BackendSpec {
+            name: "web1",
+            addr: f.web1,
+            port: 80,
+            mac: WEB1_MAC,
+            weight: 1,
+        }],
     );
     h.set_nat_ports(30000, 30063);
     let mut ports = std::collections::HashSet::new();
@@ -436,7 +524,10 @@ fn nat_ports_are_distinct_per_flow() {
     for i in 0..64u16 {
         let (action, out) = h.run(&client_frame(&f, Protocol::Tcp, 1000 + i).build());
         if action == XDP_TX {
-            assert!(ports.insert(l4_ports(&out).0), "a NAT port was handed out twice");
+            assert!(
+                ports.insert(l4_ports(&out).0),
+                "a NAT port was handed out twice"
+            );
         } else {
             assert_eq!(action, XDP_DROP);
             exhausted += 1;

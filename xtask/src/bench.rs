@@ -40,10 +40,22 @@ struct Part {
 }
 
 const PARTS: &[Part] = &[
-    Part { name: "per-packet (BPF_PROG_TEST_RUN)", run: per_packet },
-    Part { name: "http (wrk: direct, HAProxy, nginx, XDP DSR, XDP NAT)", run: http },
-    Part { name: "flood (legit req/s under a bounded flood)", run: flood },
-    Part { name: "summary (targets, chart)", run: summary },
+    Part {
+        name: "per-packet (BPF_PROG_TEST_RUN)",
+        run: per_packet,
+    },
+    Part {
+        name: "http (wrk: direct, HAProxy, nginx, XDP DSR, XDP NAT)",
+        run: http,
+    },
+    Part {
+        name: "flood (legit req/s under a bounded flood)",
+        run: flood,
+    },
+    Part {
+        name: "summary (targets, chart)",
+        run: summary,
+    },
 ];
 
 fn cargo() -> Command {
@@ -70,7 +82,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let results = util::target_dir().join("bench").join("results.json");
     std::fs::create_dir_all(results.parent().unwrap_or(Path::new(".")))
         .with_context(|| format!("creating the directory of {}", results.display()))?;
-    let ctx = Ctx { quick: args.quick, results };
+    let ctx = Ctx {
+        quick: args.quick,
+        results,
+    };
 
     let mut failed = Vec::new();
     for part in PARTS {
@@ -89,7 +104,15 @@ pub fn run(args: BenchArgs) -> Result<()> {
 
 fn per_packet(ctx: &Ctx) -> Result<()> {
     let mut cmd = cargo();
-    cmd.args(["run", "--release", "-p", "lb-tests", "--bin", "lb-bench", "--"]);
+    cmd.args([
+        "run",
+        "--release",
+        "-p",
+        "lb-tests",
+        "--bin",
+        "lb-bench",
+        "--",
+    ]);
     if ctx.quick {
         cmd.arg("--quick");
     }
@@ -100,7 +123,16 @@ fn per_packet(ctx: &Ctx) -> Result<()> {
 /// `lb-bench SUBCOMMAND [--quick] --out RESULTS`.
 fn lb_bench(ctx: &Ctx, sub: &str, quick: bool) -> Result<()> {
     let mut cmd = cargo();
-    cmd.args(["run", "--release", "-p", "lb-tests", "--bin", "lb-bench", "--", sub]);
+    cmd.args([
+        "run",
+        "--release",
+        "-p",
+        "lb-tests",
+        "--bin",
+        "lb-bench",
+        "--",
+        sub,
+    ]);
     if quick && ctx.quick {
         cmd.arg("--quick");
     }

@@ -94,7 +94,12 @@ pub mod addr {
     /// Only there: a web server with a database VIP on its own loopback would talk to itself.
     pub const DB_LOOPBACK: [&str; 2] = ["10.99.0.101/32", "10.99.0.102/32"];
     /// Every VIP: the load balancer holds them all, so it answers ARP/NDP for them.
-    pub const ALL_VIPS: [&str; 4] = ["10.99.0.100/32", "fd99::100/128", "10.99.0.101/32", "10.99.0.102/32"];
+    pub const ALL_VIPS: [&str; 4] = [
+        "10.99.0.100/32",
+        "fd99::100/128",
+        "10.99.0.101/32",
+        "10.99.0.102/32",
+    ];
 }
 
 /// One host of the lab: a namespace with `eth0` on the switch.
@@ -172,10 +177,30 @@ impl LabSpec {
                         false,
                     )
                 },
-                backend(host::WEB1, "10.99.0.11/24", "fd99::11/64", &addr::WEB_LOOPBACK),
-                backend(host::WEB2, "10.99.0.12/24", "fd99::12/64", &addr::WEB_LOOPBACK),
-                backend(host::DB1, "10.99.0.21/24", "fd99::21/64", &addr::DB_LOOPBACK),
-                backend(host::DB2, "10.99.0.22/24", "fd99::22/64", &addr::DB_LOOPBACK),
+                backend(
+                    host::WEB1,
+                    "10.99.0.11/24",
+                    "fd99::11/64",
+                    &addr::WEB_LOOPBACK,
+                ),
+                backend(
+                    host::WEB2,
+                    "10.99.0.12/24",
+                    "fd99::12/64",
+                    &addr::WEB_LOOPBACK,
+                ),
+                backend(
+                    host::DB1,
+                    "10.99.0.21/24",
+                    "fd99::21/64",
+                    &addr::DB_LOOPBACK,
+                ),
+                backend(
+                    host::DB2,
+                    "10.99.0.22/24",
+                    "fd99::22/64",
+                    &addr::DB_LOOPBACK,
+                ),
             ],
         }
     }

@@ -4,7 +4,8 @@
 //!
 //! Deliberately free of aya and tokio so that it builds before the BPF toolchain exists.
 
+pub mod failover;
 pub mod lab;
-pub mod stack;
 pub mod setup;
+pub mod stack;
 pub mod util;

@@ -41,8 +41,12 @@ pub fn run(args: RunArgs) -> Result<()> {
     if !args.no_setup {
         setup::run()?;
     }
-    util::run(Command::new("cargo").current_dir(util::workspace_root()).args(["build", "--release"]))
-        .context("building the workspace")?;
+    util::run(
+        Command::new("cargo")
+            .current_dir(util::workspace_root())
+            .args(["build", "--release"]),
+    )
+    .context("building the workspace")?;
     let lb = stack::release_binary("lb")?;
 
     if let (Some(iface), Some(config)) = (args.iface, args.config) {
@@ -65,6 +69,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     let options = stack::AgentOptions {
         web_health: Some("kind = \"http\"\npath = \"/healthz\"\nexpect_status = 200".into()),
         app_tier: true,
+        database: false,
         api_token: Some(random_token()?),
         db_health: Some(format!(
             "kind = \"mysql\"\nuser = \"{}\"\npassword = \"{}\"\nrole = \"primary\"",

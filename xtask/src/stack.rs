@@ -21,7 +21,10 @@ pub const NAT_PORT: u16 = 8080;
 pub fn release_binary(name: &str) -> Result<PathBuf> {
     let path = util::target_dir().join("release").join(name);
     if !path.exists() {
-        bail!("{} is missing: build with `cargo build --release`", path.display());
+        bail!(
+            "{} is missing: build with `cargo build --release`",
+            path.display()
+        );
     }
     Ok(path)
 }
@@ -49,7 +52,11 @@ pub fn start_web_server(lab: &Lab, web: &str) -> Result<u32> {
     let path = dir.join("nginx.conf");
     std::fs::write(&path, conf)?;
     let conf = path.display().to_string();
-    let pid = lab.spawn(web, &["nginx", "-c", &conf, "-g", "daemon off;"], &format!("nginx-{web}"))?;
+    let pid = lab.spawn(
+        web,
+        &["nginx", "-c", &conf, "-g", "daemon off;"],
+        &format!("nginx-{web}"),
+    )?;
     let address = lab
         .spec()
         .host(web)
@@ -58,10 +65,17 @@ pub fn start_web_server(lab: &Lab, web: &str) -> Result<u32> {
         .with_context(|| format!("lab host {web} has no IPv4 address"))?
         .to_string();
     let up = util::wait_until(Duration::from_secs(10), Duration::from_millis(50), || {
-        lab.exec(host::CLIENT, &["curl", "-s", "-m", "1", &format!("http://{address}/")]).is_ok()
+        lab.exec(
+            host::CLIENT,
+            &["curl", "-s", "-m", "1", &format!("http://{address}/")],
+        )
+        .is_ok()
     });
     if !up {
-        bail!("nginx did not answer on {web}:\n{}", lab.read_log(&format!("nginx-{web}")));
+        bail!(
+            "nginx did not answer on {web}:\n{}",
+            lab.read_log(&format!("nginx-{web}"))
+        );
     }
     Ok(pid)
 }
@@ -78,13 +92,23 @@ pub struct AgentOptions {
     pub db_health: Option<String>,
     /// The seed's app tier: lb-web on web1 and web2 (HTTP and HTTPS) instead of nginx, the
     /// service `web-https` on the VIP's port 443, and `db-read` on the read VIP (needs
-    /// `db_health` and MariaDB running on db1).
+    /// `db_health` and MariaDB running on db1, or `database`).
     pub app_tier: bool,
+    /// The replicated database: services `db` (write VIP) and `db-read` (read VIP) over db1 and
+    /// db2, watched and failed over by the agent's `[database]` section (instead of
+    /// `db_health`). Needs [`start_database_cluster`] first.
+    pub database: bool,
 }
 
 /// The MariaDB account the lab creates for the agent's mysql health check.
 pub const MYSQL_CHECK_USER: &str = "lbcheck";
 pub const MYSQL_CHECK_PASSWORD: &str = "lbcheck-lab-password";
+/// The account the agent promotes, fences and re-points database nodes with.
+pub const MYSQL_ADMIN_USER: &str = "lbadmin";
+pub const MYSQL_ADMIN_PASSWORD: &str = "lbadmin-lab-password";
+/// The account replicas connect to their primary with.
+pub const MYSQL_REPLICATION_USER: &str = "lbrepl";
+pub const MYSQL_REPLICATION_PASSWORD: &str = "lbrepl-lab-password";
 
 /// The agent's config for the lab: the web service on the VIP in DSR mode (port 80) and in NAT
 /// mode (port 8080), both over web1 and web2.
@@ -108,8 +132,24 @@ pub fn write_agent_config_with(lab: &Lab, options: &AgentOptions) -> Result<Path
         }
         None => String::new(),
     };
-    let web_health = options.web_health.as_ref().map_or_else(String::new, |h| format!("\n[service.health]\n{h}\n"));
+    let web_health = options
+        .web_health
+        .as_ref()
+        .map_or_else(String::new, |h| format!("\n[service.health]\n{h}\n"));
     let db = match &options.db_health {
+        _ if options.database => format!(
+            "\n[[service]]\nname = \"db\"\nvip = \"{write_vip}\"\nport = 3306\nmode = \"dsr\"\n\n\
+             [[service.backend]]\nname = \"db1\"\naddress = \"{db1}\"\n\n[[service.backend]]\nname = \"db2\"\naddress = \"{db2}\"\n\n\
+             [[service]]\nname = \"db-read\"\nvip = \"{read_vip}\"\nport = 3306\nmode = \"dsr\"\n\n\
+             [[service.backend]]\nname = \"db1\"\naddress = \"{db1}\"\n\n[[service.backend]]\nname = \"db2\"\naddress = \"{db2}\"\n\n\
+             [database]\nwrite_service = \"db\"\nread_service = \"db-read\"\n\
+             user = \"{MYSQL_ADMIN_USER}\"\npassword = \"{MYSQL_ADMIN_PASSWORD}\"\n\
+             replication_user = \"{MYSQL_REPLICATION_USER}\"\nreplication_password = \"{MYSQL_REPLICATION_PASSWORD}\"\n",
+            write_vip = addr::VIP_DB_WRITE,
+            read_vip = addr::VIP_DB_READ,
+            db1 = addr::DB1,
+            db2 = addr::DB2,
+        ),
         Some(health) => format!(
             "\n[[service]]\nname = \"db\"\nvip = \"{vip}\"\nport = 3306\nmode = \"dsr\"\n\n[service.health]\n{health}\n\n\
              [[service.backend]]\nname = \"db1\"\naddress = \"{db1}\"\n",
@@ -118,7 +158,16 @@ pub fn write_agent_config_with(lab: &Lab, options: &AgentOptions) -> Result<Path
         ),
         None => String::new(),
     };
+    let https = format!(
+        "\n[[service]]\nname = \"web-https\"\nvip = \"{vip}\"\nport = 443\nmode = \"dsr\"\n\n\
+         [service.health]\nkind = \"https\"\npath = \"/healthz\"\nexpect_body = \"ok\"\ntls_verify = false\n\n\
+         [[service.backend]]\nname = \"web1\"\naddress = \"{web1}\"\n\n[[service.backend]]\nname = \"web2\"\naddress = \"{web2}\"\n",
+        vip = addr::VIP_HTTP,
+        web1 = addr::WEB1,
+        web2 = addr::WEB2,
+    );
     let app = match (&options.db_health, options.app_tier) {
+        (_, true) if options.database => https,
         (Some(health), true) => format!(
             "\n[[service]]\nname = \"db-read\"\nvip = \"{read_vip}\"\nport = 3306\nmode = \"dsr\"\n\n[service.health]\n{health}\n\n\
              [[service.backend]]\nname = \"db1\"\naddress = \"{db1}\"\n\n\
@@ -182,10 +231,59 @@ port = 80
     Ok(path)
 }
 
-/// MariaDB on a db host, listening on all its addresses, port 3306. The first start creates the
-/// data directory and the health-check account; later starts (after a stop) reuse it.
-/// Returns the server's pid once it answers.
+/// MariaDB on a db host as a standalone writable server (see [`start_mariadb_node`]).
 pub fn start_mariadb(lab: &Lab, db: &str) -> Result<u32> {
+    let pid = start_mariadb_node(lab, db)?;
+    mariadb_root(lab, db, "SET GLOBAL read_only = OFF").context("making MariaDB writable")?;
+    Ok(pid)
+}
+
+/// Runs SQL as root on a lab MariaDB through its socket.
+pub fn mariadb_root(lab: &Lab, db: &str, sql: &str) -> Result<String> {
+    let socket = lab.dir().join(format!("mariadb-{db}")).join("mysqld.sock");
+    let socket_arg = format!("--socket={}", socket.display());
+    lab.exec_stdout(
+        db,
+        &[
+            "mariadb",
+            "--no-defaults",
+            &socket_arg,
+            "-uroot",
+            "-N",
+            "-B",
+            "-e",
+            sql,
+        ],
+    )
+    .with_context(|| format!("MariaDB on {db}: {sql}"))
+}
+
+/// The lab's MariaDB server id of a db host (db1 -> 1, db2 -> 2): lb-web names nodes by it.
+fn server_id(db: &str) -> u32 {
+    db.trim_start_matches(|c: char| !c.is_ascii_digit())
+        .parse()
+        .unwrap_or(1)
+}
+
+/// The seed's database: MariaDB on db1 and db2, db1 the writable primary holding the app's
+/// database and account. db2 starts read-only and empty; the agent's `[database]` watch makes it
+/// a replica of db1 (the same code that re-points a returning old primary).
+/// Returns the pids of db1's and db2's servers.
+pub fn start_database_cluster(lab: &Lab) -> Result<(u32, u32)> {
+    let db1 = start_mariadb_node(lab, host::DB1)?;
+    let db2 = start_mariadb_node(lab, host::DB2)?;
+    mariadb_root(lab, host::DB1, "SET GLOBAL read_only = OFF")?;
+    create_app_database(lab, host::DB1)?;
+    Ok((db1, db2))
+}
+
+/// MariaDB on a db host, listening on all its addresses, port 3306, ready to replicate: binary
+/// log with GTIDs, server id from the host name, semi-synchronous replication on both sides
+/// (a commit waits, up to 1 s, until a replica has it), and read-only at start, so a node that
+/// comes back after a crash never takes writes before the agent decides its role. The first
+/// start creates the data directory and the agent's accounts (not replicated: each node has its
+/// own); later starts reuse it. Returns the server's pid once it answers.
+pub fn start_mariadb_node(lab: &Lab, db: &str) -> Result<u32> {
     let dir = lab.dir().join(format!("mariadb-{db}"));
     let data = dir.join("data");
     let socket = dir.join("mysqld.sock");
@@ -193,8 +291,18 @@ pub fn start_mariadb(lab: &Lab, db: &str) -> Result<u32> {
     if fresh {
         std::fs::create_dir_all(&data)?;
         let data_arg = format!("--datadir={}", data.display());
-        lab.exec(db, &["mariadb-install-db", "--no-defaults", &data_arg, "--user=root", "--skip-test-db", "--auth-root-authentication-method=socket"])
-            .context("mariadb-install-db")?;
+        lab.exec(
+            db,
+            &[
+                "mariadb-install-db",
+                "--no-defaults",
+                &data_arg,
+                "--user=root",
+                "--skip-test-db",
+                "--auth-root-authentication-method=socket",
+            ],
+        )
+        .context("mariadb-install-db")?;
     }
     let args = [
         "mariadbd".to_string(),
@@ -206,23 +314,66 @@ pub fn start_mariadb(lab: &Lab, db: &str) -> Result<u32> {
         // All addresses: the database VIPs on the host's loopback too (DSR delivers to them).
         "--bind-address=*".into(),
         "--port=3306".into(),
-        "--skip-log-bin".into(),
         "--innodb-buffer-pool-size=16M".into(),
+        format!("--server-id={}", server_id(db)),
+        "--log-bin=mysql-bin".into(),
+        "--log-slave-updates=ON".into(),
+        "--binlog-format=ROW".into(),
+        "--gtid-strict-mode=ON".into(),
+        "--sync-binlog=1".into(),
+        "--read-only=ON".into(),
+        "--skip-name-resolve".into(),
+        "--rpl-semi-sync-master-enabled=ON".into(),
+        "--rpl-semi-sync-slave-enabled=ON".into(),
+        "--rpl-semi-sync-master-wait-point=AFTER_SYNC".into(),
+        "--rpl-semi-sync-master-timeout=1000".into(),
     ];
     let pid = lab.spawn(db, &args, &format!("mariadb-{db}"))?;
     let socket_arg = format!("--socket={}", socket.display());
     let up = util::wait_until(Duration::from_secs(30), Duration::from_millis(100), || {
-        !lab.is_running(pid) || lab.exec(db, &["mariadb", "--no-defaults", &socket_arg, "-uroot", "-e", "SELECT 1"]).is_ok()
+        !lab.is_running(pid)
+            || lab
+                .exec(
+                    db,
+                    &[
+                        "mariadb",
+                        "--no-defaults",
+                        &socket_arg,
+                        "-uroot",
+                        "-e",
+                        "SELECT 1",
+                    ],
+                )
+                .is_ok()
     });
     if !up || !lab.is_running(pid) {
-        bail!("MariaDB did not start on {db}:\n{}", lab.read_log(&format!("mariadb-{db}")));
+        bail!(
+            "MariaDB did not start on {db}:\n{}",
+            lab.read_log(&format!("mariadb-{db}"))
+        );
     }
     if fresh {
         let sql = format!(
-            "CREATE USER '{MYSQL_CHECK_USER}'@'%' IDENTIFIED BY '{MYSQL_CHECK_PASSWORD}'; \
-             GRANT SLAVE MONITOR ON *.* TO '{MYSQL_CHECK_USER}'@'%';"
+            "SET sql_log_bin = 0; \
+             CREATE USER '{MYSQL_CHECK_USER}'@'%' IDENTIFIED BY '{MYSQL_CHECK_PASSWORD}'; \
+             GRANT SLAVE MONITOR ON *.* TO '{MYSQL_CHECK_USER}'@'%'; \
+             CREATE USER '{MYSQL_ADMIN_USER}'@'%' IDENTIFIED BY '{MYSQL_ADMIN_PASSWORD}'; \
+             GRANT SUPER, RELOAD, READ_ONLY ADMIN, REPLICATION SLAVE ADMIN, SLAVE MONITOR, BINLOG MONITOR ON *.* TO '{MYSQL_ADMIN_USER}'@'%'; \
+             CREATE USER '{MYSQL_REPLICATION_USER}'@'%' IDENTIFIED BY '{MYSQL_REPLICATION_PASSWORD}'; \
+             GRANT REPLICATION SLAVE ON *.* TO '{MYSQL_REPLICATION_USER}'@'%';"
         );
-        lab.exec(db, &["mariadb", "--no-defaults", &socket_arg, "-uroot", "-e", &sql]).context("creating the health-check account")?;
+        lab.exec(
+            db,
+            &[
+                "mariadb",
+                "--no-defaults",
+                &socket_arg,
+                "-uroot",
+                "-e",
+                &sql,
+            ],
+        )
+        .context("creating the agent's accounts")?;
     }
     Ok(pid)
 }
@@ -238,7 +389,10 @@ pub fn attach_peer_pass(lab: &Lab, lb: &Path) -> Result<()> {
     let (switch_ns, port) = lab.switch_port(host::LB);
     let pin = lab.bpffs().join(format!("pass-{port}"));
     let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", &switch_ns]).arg(lb).args(["attach-pass", "--iface", &port, "--pin"]).arg(&pin);
+    cmd.args(["netns", "exec", &switch_ns])
+        .arg(lb)
+        .args(["attach-pass", "--iface", &port, "--pin"])
+        .arg(&pin);
     util::run(&mut cmd).context("attaching xdp_pass to the lb's switch port")
 }
 
@@ -270,7 +424,9 @@ pub fn start(lab: &Lab) -> Result<u32> {
 pub fn start_with(lab: &Lab, options: &AgentOptions) -> Result<u32> {
     let lb = release_binary("lb")?;
     if options.app_tier {
-        create_app_database(lab, host::DB1)?;
+        if !options.database {
+            create_app_database(lab, host::DB1)?;
+        }
         start_app_servers(lab, &AppOptions::default())?;
     } else {
         start_web_servers(lab)?;
@@ -295,8 +451,18 @@ pub fn create_app_database(lab: &Lab, db: &str) -> Result<()> {
          CREATE USER IF NOT EXISTS '{APP_DB_USER}'@'%' IDENTIFIED BY '{APP_DB_PASSWORD}'; \
          GRANT ALL PRIVILEGES ON {APP_DB_NAME}.* TO '{APP_DB_USER}'@'%';"
     );
-    lab.exec(db, &["mariadb", "--no-defaults", &socket_arg, "-uroot", "-e", &sql])
-        .with_context(|| format!("creating the app database on {db}"))?;
+    lab.exec(
+        db,
+        &[
+            "mariadb",
+            "--no-defaults",
+            &socket_arg,
+            "-uroot",
+            "-e",
+            &sql,
+        ],
+    )
+    .with_context(|| format!("creating the app database on {db}"))?;
     Ok(())
 }
 
@@ -355,7 +521,14 @@ pub fn start_app_servers(lab: &Lab, options: &AppOptions) -> Result<AppServers> 
     if !certs.join("server.pem").exists() {
         let mut cmd = Command::new(&bin);
         cmd.arg("gen-certs").arg("--out").arg(&certs);
-        for ip in [addr::WEB1, addr::WEB2, addr::VIP_HTTP, addr::WEB1_V6, addr::WEB2_V6, addr::VIP_HTTP_V6] {
+        for ip in [
+            addr::WEB1,
+            addr::WEB2,
+            addr::VIP_HTTP,
+            addr::WEB1_V6,
+            addr::WEB2_V6,
+            addr::VIP_HTTP_V6,
+        ] {
             cmd.args(["--ip", ip]);
         }
         util::output(&mut cmd).context("making the lab's certificates")?;
@@ -367,12 +540,19 @@ pub fn start_app_servers(lab: &Lab, options: &AppOptions) -> Result<AppServers> 
         "<!doctype html>\n<title>lb lab</title>\n<h1>The lb lab</h1>\n<p>Served by lb-web; the header X-Served-By names the server.</p>\n",
     )?;
     // Big and compressible: range and compression have something to work on.
-    std::fs::write(static_dir.join("lorem.txt"), "Lorem ipsum dolor sit amet, consectetur adipiscing elit.\n".repeat(200))?;
+    std::fs::write(
+        static_dir.join("lorem.txt"),
+        "Lorem ipsum dolor sit amet, consectetur adipiscing elit.\n".repeat(200),
+    )?;
     let mut pids = Vec::new();
     for web in host::WEBS {
         pids.push((web.to_string(), start_app_server(lab, web, options)?));
     }
-    Ok(AppServers { pids, ca: certs.join("ca.pem"), static_dir })
+    Ok(AppServers {
+        pids,
+        ca: certs.join("ca.pem"),
+        static_dir,
+    })
 }
 
 /// `lb-web` on one web host (again, after a stop, possibly with other options); its pid once it
@@ -407,10 +587,21 @@ pub fn start_app_server(lab: &Lab, web: &str, options: &AppOptions) -> Result<u3
     let path = dir.join(format!("{web}.toml"));
     std::fs::write(&path, config)?;
     let log = format!("lb-web-{web}");
-    let pid = lab.spawn(web, &[bin.display().to_string(), "--config".into(), path.display().to_string()], &log)?;
+    let pid = lab.spawn(
+        web,
+        &[
+            bin.display().to_string(),
+            "--config".into(),
+            path.display().to_string(),
+        ],
+        &log,
+    )?;
     let url = format!("http://{address}/healthz");
     let up = util::wait_until(Duration::from_secs(10), Duration::from_millis(50), || {
-        !lab.is_running(pid) || lab.exec(host::CLIENT, &["curl", "-sf", "-m", "1", &url]).is_ok()
+        !lab.is_running(pid)
+            || lab
+                .exec(host::CLIENT, &["curl", "-sf", "-m", "1", &url])
+                .is_ok()
     });
     if !up || !lab.is_running(pid) {
         bail!("lb-web did not answer on {web}:\n{}", lab.read_log(&log));

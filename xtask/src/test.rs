@@ -108,7 +108,9 @@ struct Tally {
 fn run_and_tally(cmd: &mut Command) -> Result<Tally> {
     use std::io::{BufRead, BufReader};
     cmd.stdout(std::process::Stdio::piped());
-    let mut child = cmd.spawn().with_context(|| format!("starting {}", util::cmd_line(cmd)))?;
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("starting {}", util::cmd_line(cmd)))?;
     let mut tally = Tally::default();
     if let Some(stdout) = child.stdout.take() {
         for line in BufReader::new(stdout).lines() {
@@ -122,8 +124,17 @@ fn run_and_tally(cmd: &mut Command) -> Result<Tally> {
     }
     let status = child.wait()?;
     if !status.success() {
-        println!("summary: {} passed, {} failed", tally.passed, tally.failed.max(1));
-        bail!("{} exited with {status} ({} passed, {} failed)", util::cmd_line(cmd), tally.passed, tally.failed);
+        println!(
+            "summary: {} passed, {} failed",
+            tally.passed,
+            tally.failed.max(1)
+        );
+        bail!(
+            "{} exited with {status} ({} passed, {} failed)",
+            util::cmd_line(cmd),
+            tally.passed,
+            tally.failed
+        );
     }
     Ok(tally)
 }
@@ -132,7 +143,12 @@ fn run_and_tally(cmd: &mut Command) -> Result<Tally> {
 fn count(summary: &str, what: &str) -> u64 {
     summary
         .split(';')
-        .find_map(|part| part.trim().trim_start_matches("ok. ").trim_start_matches("FAILED. ").strip_suffix(what.trim_start()))
+        .find_map(|part| {
+            part.trim()
+                .trim_start_matches("ok. ")
+                .trim_start_matches("FAILED. ")
+                .strip_suffix(what.trim_start())
+        })
         .and_then(|n| n.trim().parse().ok())
         .unwrap_or(0)
 }

@@ -105,7 +105,10 @@ fn standard_lab_pings_and_tears_down_cleanly() {
     assert_eq!(feature(host::LB), "tx-checksumming: on");
 
     // DSR backends: their role's VIPs (only those) on lo, and they do not answer ARP for them.
-    let lo_of = |h: &str| lab.exec_stdout(h, &["ip", "-o", "addr", "show", "dev", "lo"]).expect("ip addr");
+    let lo_of = |h: &str| {
+        lab.exec_stdout(h, &["ip", "-o", "addr", "show", "dev", "lo"])
+            .expect("ip addr")
+    };
     let (web_lo, db_lo) = (lo_of(host::WEB2), lo_of(host::DB1));
     for vip in [addr::VIP_HTTP, addr::VIP_HTTP_V6] {
         assert!(web_lo.contains(vip), "{vip} not on web2's lo: {web_lo}");
@@ -113,7 +116,10 @@ fn standard_lab_pings_and_tears_down_cleanly() {
     }
     for vip in [addr::VIP_DB_WRITE, addr::VIP_DB_READ] {
         assert!(db_lo.contains(vip), "{vip} not on db1's lo: {db_lo}");
-        assert!(!web_lo.contains(&format!("{vip}/")), "{vip} on web2's lo: {web_lo}");
+        assert!(
+            !web_lo.contains(&format!("{vip}/")),
+            "{vip} on web2's lo: {web_lo}"
+        );
     }
     let arp = lab
         .exec_stdout(

@@ -2,9 +2,9 @@
 extern crate std;
 use std::vec::Vec;
 
+use super::NatReply as Reply;
 use super::*;
 use crate::maps::Verdict::{self, *};
-use super::NatReply as Reply;
 
 const VIP: Addr = Addr::v4([10, 0, 0, 100]);
 const NAT_VIP: Addr = Addr::v4([10, 0, 0, 101]);
@@ -12,25 +12,98 @@ const HOST: Addr = Addr::v4([10, 0, 0, 2]);
 const CLIENT: Addr = Addr::v4([10, 5, 0, 1]);
 const SNAT: Addr = Addr::v4([10, 0, 0, 3]);
 const BACKENDS: [Backend; 2] = [
-    Backend { addr: Addr::v4([10, 0, 0, 11]), port: 80, mac: [2, 0, 0, 0, 0, 0x11], active: true },
-    Backend { addr: Addr::v4([10, 0, 0, 12]), port: 80, mac: [2, 0, 0, 0, 0, 0x12], active: true },
+    Backend {
+        addr: Addr::v4([10, 0, 0, 11]),
+        port: 80,
+        mac: [2, 0, 0, 0, 0, 0x11],
+        active: true,
+    },
+    Backend {
+        addr: Addr::v4([10, 0, 0, 12]),
+        port: 80,
+        mac: [2, 0, 0, 0, 0, 0x12],
+        active: true,
+    },
 ];
-const DOWN: [Backend; 1] = [Backend { addr: Addr::v4([10, 0, 0, 13]), port: 80, mac: [2, 0, 0, 0, 0, 0x13], active: false }];
+const DOWN: [Backend; 1] = [Backend {
+    addr: Addr::v4([10, 0, 0, 13]),
+    port: 80,
+    mac: [2, 0, 0, 0, 0, 0x13],
+    active: false,
+}];
 const APP_ONLY: [SourceRule; 2] = [
-    SourceRule { cidr: Cidr { addr: Addr::v4([10, 5, 0, 0]), len: 16 }, allow: true },
-    SourceRule { cidr: Cidr { addr: Addr::v4([10, 5, 9, 9]), len: 32 }, allow: false },
+    SourceRule {
+        cidr: Cidr {
+            addr: Addr::v4([10, 5, 0, 0]),
+            len: 16,
+        },
+        allow: true,
+    },
+    SourceRule {
+        cidr: Cidr {
+            addr: Addr::v4([10, 5, 9, 9]),
+            len: 32,
+        },
+        allow: false,
+    },
 ];
 const SERVICES: [Service; 3] = [
-    Service { vip: VIP, port: 80, proto: 6, mode: Mode::Dsr, backends: &BACKENDS, sources: &APP_ONLY },
-    Service { vip: NAT_VIP, port: 53, proto: 17, mode: Mode::Nat { snat: SNAT }, backends: &BACKENDS, sources: &[] },
-    Service { vip: VIP, port: 81, proto: 6, mode: Mode::Dsr, backends: &DOWN, sources: &[] },
+    Service {
+        vip: VIP,
+        port: 80,
+        proto: 6,
+        mode: Mode::Dsr,
+        backends: &BACKENDS,
+        sources: &APP_ONLY,
+    },
+    Service {
+        vip: NAT_VIP,
+        port: 53,
+        proto: 17,
+        mode: Mode::Nat { snat: SNAT },
+        backends: &BACKENDS,
+        sources: &[],
+    },
+    Service {
+        vip: VIP,
+        port: 81,
+        proto: 6,
+        mode: Mode::Dsr,
+        backends: &DOWN,
+        sources: &[],
+    },
 ];
 const RULES: [CidrRule; 3] = [
-    CidrRule { cidr: Cidr { addr: Addr::v4([192, 0, 2, 0]), len: 24 }, action: RuleAction::Drop, spoof: false },
-    CidrRule { cidr: Cidr { addr: Addr::v4([192, 0, 2, 7]), len: 32 }, action: RuleAction::Allow, spoof: false },
-    CidrRule { cidr: Cidr { addr: Addr::v4([240, 0, 0, 0]), len: 4 }, action: RuleAction::Drop, spoof: true },
+    CidrRule {
+        cidr: Cidr {
+            addr: Addr::v4([192, 0, 2, 0]),
+            len: 24,
+        },
+        action: RuleAction::Drop,
+        spoof: false,
+    },
+    CidrRule {
+        cidr: Cidr {
+            addr: Addr::v4([192, 0, 2, 7]),
+            len: 32,
+        },
+        action: RuleAction::Allow,
+        spoof: false,
+    },
+    CidrRule {
+        cidr: Cidr {
+            addr: Addr::v4([240, 0, 0, 0]),
+            len: 4,
+        },
+        action: RuleAction::Drop,
+        spoof: true,
+    },
 ];
-const HOST_PORTS: [HostPort; 1] = [HostPort { port: 22, proto: 6, sources: &[] }];
+const HOST_PORTS: [HostPort; 1] = [HostPort {
+    port: 22,
+    proto: 6,
+    sources: &[],
+}];
 const HOSTS: [Addr; 3] = [HOST, VIP, NAT_VIP];
 const CONFIG: Config = Config {
     tcp_flag_checks: true,
@@ -48,7 +121,11 @@ struct Fixed;
 
 impl State for Fixed {
     fn flow(&self, key: &FlowKey) -> Option<Flow> {
-        (key.src_port == 7777 && key.dst == VIP).then_some(Flow { service: 0, backend: 1, nat_port: 0 })
+        (key.src_port == 7777 && key.dst == VIP).then_some(Flow {
+            service: 0,
+            backend: 1,
+            nat_port: 0,
+        })
     }
     fn nat_reply(&self, key: &FlowKey) -> Option<Reply> {
         (key.dst == SNAT && key.dst_port == 20000).then_some(Reply {
@@ -91,43 +168,239 @@ fn edit(mut frame: Vec<u8>, f: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
 fn decisions() {
     let ack = |src, sport, dst, dport| v4(src, dst, 6, (sport, dport), 0x10);
     let cases: Vec<(&str, Vec<u8>, Verdict, Action)> = std::vec![
-        ("new DSR flow", syn(CLIENT, VIP, 80), ForwardDsr, Action::Dsr { service: 0, backend: None }),
-        ("established DSR flow", ack(CLIENT, 7777, VIP, 80), ForwardDsr, Action::Dsr { service: 0, backend: Some(1) }),
-        ("new NAT flow", v4(CLIENT, NAT_VIP, 17, (5353, 53), 0), ForwardNat, Action::Nat { service: 1, flow: None }),
-        ("NAT reply", v4(BACKENDS[0].addr, SNAT, 17, (80, 20000), 0), Verdict::NatReply, Action::NatReply(Fixed.nat_reply(&FlowKey { src: CLIENT, dst: SNAT, src_port: 0, dst_port: 20000, proto: 17 }).expect("the fixed NAT entry"))),
-        ("service source denied /32 inside allowed /16", syn(Addr::v4([10, 5, 9, 9]), VIP, 80), DropServiceSource, Action::None),
-        ("service source outside the allowed /16", syn(Addr::v4([10, 6, 0, 1]), VIP, 80), DropServiceSource, Action::None),
-        ("service without active backend", syn(CLIENT, VIP, 81), DropNoBackend, Action::None),
-        ("denied /24", syn(Addr::v4([192, 0, 2, 1]), VIP, 80), DropDenied, Action::None),
-        ("allowed /32 in the denied /24, then the service rules", syn(Addr::v4([192, 0, 2, 7]), VIP, 80), DropServiceSource, Action::None),
-        ("bogon", syn(Addr::v4([240, 1, 2, 3]), HOST, 22), DropSpoofed, Action::None),
-        ("source equals destination", syn(VIP, VIP, 80), DropSpoofed, Action::None),
-        ("SYN+FIN", v4(CLIENT, VIP, 6, (1000, 80), 0x03), DropTcpFlags, Action::None),
-        ("no TCP flags", v4(CLIENT, HOST, 6, (1000, 22), 0), DropTcpFlags, Action::None),
-        ("open host port", syn(CLIENT, HOST, 22), PassHost, Action::None),
-        ("closed host port", syn(CLIENT, HOST, 23), DropHostPolicy, Action::None),
-        ("VIP port that is no service", syn(CLIENT, VIP, 443), DropHostPolicy, Action::None),
-        ("bare SYN to an ephemeral port", syn(CLIENT, HOST, 40000), DropHostPolicy, Action::None),
-        ("ACK to an ephemeral port", ack(CLIENT, 1000, HOST, 40000), PassHost, Action::None),
-        ("UDP to an ephemeral port", v4(CLIENT, HOST, 17, (53, 40000), 0), PassHost, Action::None),
-        ("ICMP to the host", v4(CLIENT, HOST, 1, (0x0800, 0), 0), PassHost, Action::None),
-        ("GRE to the host", v4(CLIENT, HOST, 47, (0, 0), 0), DropHostPolicy, Action::None),
-        ("elsewhere", syn(CLIENT, Addr::v4([10, 0, 0, 77]), 23), PassNoService, Action::None),
-        ("fragment to a VIP", edit(syn(CLIENT, VIP, 80), |f| f[20] = 0x20), DropFragment, Action::None),
-        ("fragment elsewhere", edit(syn(CLIENT, HOST, 80), |f| f[21] = 0xB9), PassFragment, Action::None),
-        ("truncated Ethernet", std::vec![0; 13], PassNotIp, Action::None),
-        ("ARP", edit(syn(CLIENT, VIP, 80), |f| f[12..14].copy_from_slice(&[8, 6])), PassNotIp, Action::None),
-        ("IHL 4", edit(syn(CLIENT, VIP, 80), |f| f[14] = 0x44), DropMalformed, Action::None),
-        ("total length past the end", edit(syn(CLIENT, VIP, 80), |f| f[17] = 41), DropMalformed, Action::None),
-        ("total length below the header", edit(syn(CLIENT, VIP, 80), |f| f[17] = 19), DropMalformed, Action::None),
-        ("version 6 in IPv4", edit(syn(CLIENT, VIP, 80), |f| f[14] = 0x65), DropMalformed, Action::None),
-        ("TCP header cut short", edit(syn(CLIENT, VIP, 80), |f| { f.truncate(53); f[17] = 39 }), DropMalformed, Action::None),
-        ("tagged", edit(syn(CLIENT, VIP, 80), |f| { f.splice(12..12, [0x81, 0, 0, 42]); }), ForwardDsr, Action::Dsr { service: 0, backend: None }),
-        ("tag cut short", edit(std::vec![0; 16], |f| f[12] = 0x81), PassNotIp, Action::None),
+        (
+            "new DSR flow",
+            syn(CLIENT, VIP, 80),
+            ForwardDsr,
+            Action::Dsr {
+                service: 0,
+                backend: None
+            }
+        ),
+        (
+            "established DSR flow",
+            ack(CLIENT, 7777, VIP, 80),
+            ForwardDsr,
+            Action::Dsr {
+                service: 0,
+                backend: Some(1)
+            }
+        ),
+        (
+            "new NAT flow",
+            v4(CLIENT, NAT_VIP, 17, (5353, 53), 0),
+            ForwardNat,
+            Action::Nat {
+                service: 1,
+                flow: None
+            }
+        ),
+        (
+            "NAT reply",
+            v4(BACKENDS[0].addr, SNAT, 17, (80, 20000), 0),
+            Verdict::NatReply,
+            Action::NatReply(
+                Fixed
+                    .nat_reply(&FlowKey {
+                        src: CLIENT,
+                        dst: SNAT,
+                        src_port: 0,
+                        dst_port: 20000,
+                        proto: 17
+                    })
+                    .expect("the fixed NAT entry")
+            )
+        ),
+        (
+            "service source denied /32 inside allowed /16",
+            syn(Addr::v4([10, 5, 9, 9]), VIP, 80),
+            DropServiceSource,
+            Action::None
+        ),
+        (
+            "service source outside the allowed /16",
+            syn(Addr::v4([10, 6, 0, 1]), VIP, 80),
+            DropServiceSource,
+            Action::None
+        ),
+        (
+            "service without active backend",
+            syn(CLIENT, VIP, 81),
+            DropNoBackend,
+            Action::None
+        ),
+        (
+            "denied /24",
+            syn(Addr::v4([192, 0, 2, 1]), VIP, 80),
+            DropDenied,
+            Action::None
+        ),
+        (
+            "allowed /32 in the denied /24, then the service rules",
+            syn(Addr::v4([192, 0, 2, 7]), VIP, 80),
+            DropServiceSource,
+            Action::None
+        ),
+        (
+            "bogon",
+            syn(Addr::v4([240, 1, 2, 3]), HOST, 22),
+            DropSpoofed,
+            Action::None
+        ),
+        (
+            "source equals destination",
+            syn(VIP, VIP, 80),
+            DropSpoofed,
+            Action::None
+        ),
+        (
+            "SYN+FIN",
+            v4(CLIENT, VIP, 6, (1000, 80), 0x03),
+            DropTcpFlags,
+            Action::None
+        ),
+        (
+            "no TCP flags",
+            v4(CLIENT, HOST, 6, (1000, 22), 0),
+            DropTcpFlags,
+            Action::None
+        ),
+        (
+            "open host port",
+            syn(CLIENT, HOST, 22),
+            PassHost,
+            Action::None
+        ),
+        (
+            "closed host port",
+            syn(CLIENT, HOST, 23),
+            DropHostPolicy,
+            Action::None
+        ),
+        (
+            "VIP port that is no service",
+            syn(CLIENT, VIP, 443),
+            DropHostPolicy,
+            Action::None
+        ),
+        (
+            "bare SYN to an ephemeral port",
+            syn(CLIENT, HOST, 40000),
+            DropHostPolicy,
+            Action::None
+        ),
+        (
+            "ACK to an ephemeral port",
+            ack(CLIENT, 1000, HOST, 40000),
+            PassHost,
+            Action::None
+        ),
+        (
+            "UDP to an ephemeral port",
+            v4(CLIENT, HOST, 17, (53, 40000), 0),
+            PassHost,
+            Action::None
+        ),
+        (
+            "ICMP to the host",
+            v4(CLIENT, HOST, 1, (0x0800, 0), 0),
+            PassHost,
+            Action::None
+        ),
+        (
+            "GRE to the host",
+            v4(CLIENT, HOST, 47, (0, 0), 0),
+            DropHostPolicy,
+            Action::None
+        ),
+        (
+            "elsewhere",
+            syn(CLIENT, Addr::v4([10, 0, 0, 77]), 23),
+            PassNoService,
+            Action::None
+        ),
+        (
+            "fragment to a VIP",
+            edit(syn(CLIENT, VIP, 80), |f| f[20] = 0x20),
+            DropFragment,
+            Action::None
+        ),
+        (
+            "fragment elsewhere",
+            edit(syn(CLIENT, HOST, 80), |f| f[21] = 0xB9),
+            PassFragment,
+            Action::None
+        ),
+        (
+            "truncated Ethernet",
+            std::vec![0; 13],
+            PassNotIp,
+            Action::None
+        ),
+        (
+            "ARP",
+            edit(syn(CLIENT, VIP, 80), |f| f[12..14].copy_from_slice(&[8, 6])),
+            PassNotIp,
+            Action::None
+        ),
+        (
+            "IHL 4",
+            edit(syn(CLIENT, VIP, 80), |f| f[14] = 0x44),
+            DropMalformed,
+            Action::None
+        ),
+        (
+            "total length past the end",
+            edit(syn(CLIENT, VIP, 80), |f| f[17] = 41),
+            DropMalformed,
+            Action::None
+        ),
+        (
+            "total length below the header",
+            edit(syn(CLIENT, VIP, 80), |f| f[17] = 19),
+            DropMalformed,
+            Action::None
+        ),
+        (
+            "version 6 in IPv4",
+            edit(syn(CLIENT, VIP, 80), |f| f[14] = 0x65),
+            DropMalformed,
+            Action::None
+        ),
+        (
+            "TCP header cut short",
+            edit(syn(CLIENT, VIP, 80), |f| {
+                f.truncate(53);
+                f[17] = 39
+            }),
+            DropMalformed,
+            Action::None
+        ),
+        (
+            "tagged",
+            edit(syn(CLIENT, VIP, 80), |f| {
+                f.splice(12..12, [0x81, 0, 0, 42]);
+            }),
+            ForwardDsr,
+            Action::Dsr {
+                service: 0,
+                backend: None
+            }
+        ),
+        (
+            "tag cut short",
+            edit(std::vec![0; 16], |f| f[12] = 0x81),
+            PassNotIp,
+            Action::None
+        ),
     ];
     for (what, frame, verdict, action) in cases {
         let decision = decide(&frame, &CONFIG, &Fixed);
-        assert_eq!((decision.verdict, decision.action), (verdict, action), "{what}");
+        assert_eq!(
+            (decision.verdict, decision.action),
+            (verdict, action),
+            "{what}"
+        );
     }
 }
 
@@ -147,17 +420,30 @@ fn ipv6_parse_and_lengths() {
     assert!(packet.key.src.v6 && packet.key.proto == 6 && packet.l4 == 54 && packet.tcp_flags == 2);
     let mut long = f.clone();
     long[19] = 21;
-    assert_eq!(parse(&long), Err(DropMalformed), "payload length past the end");
+    assert_eq!(
+        parse(&long),
+        Err(DropMalformed),
+        "payload length past the end"
+    );
     assert_eq!(parse(&f[..53]), Err(DropMalformed), "header cut short");
 }
 
 #[test]
 fn prefixes_do_not_cross_families() {
-    let v4 = Cidr { addr: Addr::v4([32, 1, 13, 184]), len: 32 };
+    let v4 = Cidr {
+        addr: Addr::v4([32, 1, 13, 184]),
+        len: 32,
+    };
     let mut bytes = [0; 16];
     bytes[..4].copy_from_slice(&[32, 1, 13, 184]);
     assert!(v4.contains(&Addr::v4([32, 1, 13, 184])));
-    assert!(!v4.contains(&Addr::v6(bytes)), "an IPv6 address never matches an IPv4 prefix");
-    let zero = Cidr { addr: Addr::v6([0; 16]), len: 0 };
+    assert!(
+        !v4.contains(&Addr::v6(bytes)),
+        "an IPv6 address never matches an IPv4 prefix"
+    );
+    let zero = Cidr {
+        addr: Addr::v6([0; 16]),
+        len: 0,
+    };
     assert!(zero.contains(&Addr::v6(bytes)) && !zero.contains(&Addr::v4([1, 2, 3, 4])));
 }

@@ -48,11 +48,26 @@ pub fn router(state: SharedState) -> Router {
         .route("/api/v1/status", get(status))
         .route("/api/v1/services", get(services))
         .route("/api/v1/services/{service}", get(service))
-        .route("/api/v1/services/{service}/backends", get(backends).post(add_backend))
-        .route("/api/v1/services/{service}/backends/{backend}", delete(remove_backend))
-        .route("/api/v1/services/{service}/backends/{backend}/drain", post(drain))
-        .route("/api/v1/services/{service}/backends/{backend}/enable", post(enable))
-        .route("/api/v1/services/{service}/backends/{backend}/weight", put(set_weight))
+        .route(
+            "/api/v1/services/{service}/backends",
+            get(backends).post(add_backend),
+        )
+        .route(
+            "/api/v1/services/{service}/backends/{backend}",
+            delete(remove_backend),
+        )
+        .route(
+            "/api/v1/services/{service}/backends/{backend}/drain",
+            post(drain),
+        )
+        .route(
+            "/api/v1/services/{service}/backends/{backend}/enable",
+            post(enable),
+        )
+        .route(
+            "/api/v1/services/{service}/backends/{backend}/weight",
+            put(set_weight),
+        )
         .route("/api/v1/flows", get(flows))
         .route("/api/v1/reload", post(reload))
         .route("/api/v1/firewall/rules", get(firewall_rules).post(add_rule))
@@ -72,16 +87,28 @@ pub struct ApiError {
 
 impl ApiError {
     fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into() }
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = ErrorBody { error: ErrorDetail { code: self.code.to_string(), message: self.message } };
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code.to_string(),
+                message: self.message,
+            },
+        };
         let mut response = (self.status, Json(body)).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
-            response.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
         }
         response
     }
@@ -91,12 +118,22 @@ impl From<ChangeError> for ApiError {
     fn from(error: ChangeError) -> Self {
         let message = error.to_string();
         match error {
-            ChangeError::ServiceNotFound(_) => ApiError::new(StatusCode::NOT_FOUND, "service_not_found", message),
-            ChangeError::BackendNotFound { .. } => ApiError::new(StatusCode::NOT_FOUND, "backend_not_found", message),
-            ChangeError::RuleNotFound(_) => ApiError::new(StatusCode::NOT_FOUND, "rule_not_found", message),
+            ChangeError::ServiceNotFound(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, "service_not_found", message)
+            }
+            ChangeError::BackendNotFound { .. } => {
+                ApiError::new(StatusCode::NOT_FOUND, "backend_not_found", message)
+            }
+            ChangeError::RuleNotFound(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, "rule_not_found", message)
+            }
             ChangeError::Conflict(_) => ApiError::new(StatusCode::CONFLICT, "conflict", message),
-            ChangeError::Invalid(_) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_value", message),
-            ChangeError::InvalidConfig(_) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_config", message),
+            ChangeError::Invalid(_) => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_value", message)
+            }
+            ChangeError::InvalidConfig(_) => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_config", message)
+            }
             ChangeError::Internal(_) => internal(message),
         }
     }
@@ -111,11 +148,19 @@ fn from_anyhow(error: anyhow::Error) -> ApiError {
 }
 
 async fn not_found() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint; see /api/v1/openapi.json")
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such endpoint; see /api/v1/openapi.json",
+    )
 }
 
 async fn method_not_allowed() -> ApiError {
-    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this endpoint does not accept that method; see /api/v1/openapi.json")
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this endpoint does not accept that method; see /api/v1/openapi.json",
+    )
 }
 
 /// Proof that the request carried the configured bearer token.
@@ -124,7 +169,10 @@ pub struct Authorized;
 impl FromRequestParts<SharedState> for Authorized {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &SharedState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &SharedState,
+    ) -> Result<Self, Self::Rejection> {
         let Some(expected) = agent::lock(state).token.clone() else {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
@@ -144,8 +192,14 @@ impl FromRequestParts<SharedState> for Authorized {
                 "unauthorized",
                 "this write needs `Authorization: Bearer <token>` (the token in api.token_file)",
             )),
-            Some(token) if bool::from(token.as_bytes().ct_eq(expected.as_bytes())) => Ok(Authorized),
-            Some(_) => Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "wrong token")),
+            Some(token) if bool::from(token.as_bytes().ct_eq(expected.as_bytes())) => {
+                Ok(Authorized)
+            }
+            Some(_) => Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "wrong token",
+            )),
         }
     }
 }
@@ -153,7 +207,13 @@ impl FromRequestParts<SharedState> for Authorized {
 /// Parses a JSON body with an error that says what is wrong in it.
 fn json_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
     let body = body.map_err(|e| ApiError::new(e.status(), "invalid_body", e.body_text()))?;
-    serde_json::from_slice(&body).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", format!("invalid JSON body: {e}")))
+    serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            format!("invalid JSON body: {e}"),
+        )
+    })
 }
 
 async fn healthz() -> Json<serde_json::Value> {
@@ -166,7 +226,14 @@ async fn openapi_document() -> Json<serde_json::Value> {
 
 async fn metrics_text(State(state): State<SharedState>) -> Result<Response, ApiError> {
     let text = metrics::render(&agent::lock(&state)).map_err(from_anyhow)?;
-    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response())
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
 }
 
 async fn status(State(state): State<SharedState>) -> Result<Json<Status>, ApiError> {
@@ -188,10 +255,18 @@ async fn status(State(state): State<SharedState>) -> Result<Json<Status>, ApiErr
         if verdict.is_drop() {
             traffic.dropped_packets += counters.packets;
         }
-        verdicts.push(VerdictCount { verdict: verdict.name().to_string(), packets: counters.packets, bytes: counters.bytes });
+        verdicts.push(VerdictCount {
+            verdict: verdict.name().to_string(),
+            packets: counters.packets,
+            bytes: counters.bytes,
+        });
     }
     for service in agent.services() {
-        traffic.new_flows += agent.dataplane().service_counters(service.id).map_err(from_anyhow)?.new_flows;
+        traffic.new_flows += agent
+            .dataplane()
+            .service_counters(service.id)
+            .map_err(from_anyhow)?
+            .new_flows;
     }
     Ok(Json(Status {
         version: env!("CARGO_PKG_VERSION").to_string(),
@@ -222,6 +297,7 @@ async fn status(State(state): State<SharedState>) -> Result<Json<Status>, ApiErr
         backends,
         traffic,
         verdicts,
+        database: agent.database.clone(),
     }))
 }
 
@@ -235,8 +311,15 @@ fn data_path_state(state: BackendState, has_mac: bool) -> BackendState {
 }
 
 fn service_info(agent: &AgentState, service: &ServiceEntry) -> Result<ServiceInfo, ApiError> {
-    let counters = agent.dataplane().service_counters(service.id).map_err(from_anyhow)?;
-    let config = agent.config().services.iter().find(|c| *c.name.get_ref() == service.name);
+    let counters = agent
+        .dataplane()
+        .service_counters(service.id)
+        .map_err(from_anyhow)?;
+    let config = agent
+        .config()
+        .services
+        .iter()
+        .find(|c| *c.name.get_ref() == service.name);
     let in_rotation = service
         .backends
         .iter()
@@ -246,14 +329,21 @@ fn service_info(agent: &AgentState, service: &ServiceEntry) -> Result<ServiceInf
         name: service.name.clone(),
         vip: words_addr(service.key.addr, service.key.family).to_string(),
         port: u16::from_be(service.key.port),
-        protocol: if service.key.proto == PROTO_TCP { "tcp" } else { "udp" }.to_string(),
+        protocol: if service.key.proto == PROTO_TCP {
+            "tcp"
+        } else {
+            "udp"
+        }
+        .to_string(),
         mode: match service.mode {
             Mode::Dsr => "dsr",
             Mode::Nat => "nat",
         }
         .to_string(),
         algorithm: "round_robin".to_string(),
-        health_check: config.and_then(|c| c.health.as_ref()).map(|h| format!("{:?}", h.kind.get_ref()).to_lowercase()),
+        health_check: config
+            .and_then(|c| c.health.as_ref())
+            .map(|h| format!("{:?}", h.kind.get_ref()).to_lowercase()),
         backends: service.backends.len(),
         in_rotation,
         packets: counters.packets,
@@ -264,25 +354,41 @@ fn service_info(agent: &AgentState, service: &ServiceEntry) -> Result<ServiceInf
 
 async fn services(State(state): State<SharedState>) -> Result<Json<Vec<ServiceInfo>>, ApiError> {
     let agent = agent::lock(&state);
-    agent.services().iter().map(|s| service_info(&agent, s)).collect::<Result<_, _>>().map(Json)
+    agent
+        .services()
+        .iter()
+        .map(|s| service_info(&agent, s))
+        .collect::<Result<_, _>>()
+        .map(Json)
 }
 
 fn find_service<'a>(agent: &'a AgentState, name: &str) -> Result<&'a ServiceEntry, ApiError> {
-    agent.service(name).ok_or_else(|| ChangeError::ServiceNotFound(name.to_string()).into())
+    agent
+        .service(name)
+        .ok_or_else(|| ChangeError::ServiceNotFound(name.to_string()).into())
 }
 
-async fn service(State(state): State<SharedState>, Path(name): Path<String>) -> Result<Json<ServiceInfo>, ApiError> {
+async fn service(
+    State(state): State<SharedState>,
+    Path(name): Path<String>,
+) -> Result<Json<ServiceInfo>, ApiError> {
     let agent = agent::lock(&state);
     let service = find_service(&agent, &name)?;
     service_info(&agent, service).map(Json)
 }
 
-async fn backends(State(state): State<SharedState>, Path(name): Path<String>) -> Result<Json<BackendList>, ApiError> {
+async fn backends(
+    State(state): State<SharedState>,
+    Path(name): Path<String>,
+) -> Result<Json<BackendList>, ApiError> {
     let agent = agent::lock(&state);
     let service = find_service(&agent, &name)?;
     let mut backends = Vec::new();
     for backend in &service.backends {
-        let counters = agent.dataplane().backend_counters(backend.id).map_err(from_anyhow)?;
+        let counters = agent
+            .dataplane()
+            .backend_counters(backend.id)
+            .map_err(from_anyhow)?;
         let runtime = agent.runtime(backend.id);
         backends.push(BackendInfo {
             name: backend.name.clone(),
@@ -290,7 +396,9 @@ async fn backends(State(state): State<SharedState>, Path(name): Path<String>) ->
             address: backend.addr.to_string(),
             port: backend.port,
             weight: backend.weight,
-            state: data_path_state(backend.state, backend.mac.is_some()).name().to_string(),
+            state: data_path_state(backend.state, backend.mac.is_some())
+                .name()
+                .to_string(),
             admin: match runtime.map(|r| r.admin) {
                 Some(AdminState::Draining) => "draining",
                 _ => "enabled",
@@ -315,34 +423,59 @@ async fn backends(State(state): State<SharedState>, Path(name): Path<String>) ->
             new_flows: counters.new_flows,
         });
     }
-    Ok(Json(BackendList { service: service.name.clone(), backends }))
+    Ok(Json(BackendList {
+        service: service.name.clone(),
+        backends,
+    }))
 }
 
-async fn flows(State(state): State<SharedState>, Query(query): Query<HashMap<String, String>>) -> Result<Json<FlowPage>, ApiError> {
-    let bad_query = |message: String| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", message);
-    if let Some(unknown) = query.keys().find(|k| !matches!(k.as_str(), "limit" | "cursor")) {
-        return Err(bad_query(format!("unknown query parameter `{unknown}`; use limit and cursor")));
+async fn flows(
+    State(state): State<SharedState>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Json<FlowPage>, ApiError> {
+    let bad_query =
+        |message: String| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", message);
+    if let Some(unknown) = query
+        .keys()
+        .find(|k| !matches!(k.as_str(), "limit" | "cursor"))
+    {
+        return Err(bad_query(format!(
+            "unknown query parameter `{unknown}`; use limit and cursor"
+        )));
     }
     let limit = match query.get("limit") {
         None => FLOWS_DEFAULT_LIMIT,
         Some(text) => match text.parse::<usize>() {
             Ok(n) if (1..=FLOWS_MAX_LIMIT).contains(&n) => n,
-            _ => return Err(bad_query(format!("limit `{text}` must be a number from 1 to {FLOWS_MAX_LIMIT}"))),
+            _ => {
+                return Err(bad_query(format!(
+                    "limit `{text}` must be a number from 1 to {FLOWS_MAX_LIMIT}"
+                )))
+            }
         },
     };
     let cursor = match query.get("cursor") {
         None => None,
-        Some(text) => Some(decode_cursor(text).ok_or_else(|| bad_query("cursor is not one this API returned".into()))?),
+        Some(text) => Some(
+            decode_cursor(text)
+                .ok_or_else(|| bad_query("cursor is not one this API returned".into()))?,
+        ),
     };
     let agent = agent::lock(&state);
-    let page = agent.dataplane().flows(cursor.as_ref(), limit).map_err(from_anyhow)?;
+    let page = agent
+        .dataplane()
+        .flows(cursor.as_ref(), limit)
+        .map_err(from_anyhow)?;
     let flows = page
         .flows
         .iter()
         .map(|(key, flow)| {
             let service = agent.services().iter().find(|s| s.id == flow.service_id);
-            let backend = service
-                .and_then(|s| s.backends.iter().find(|b| b.id == flow.backend_id && b.generation == flow.backend_generation));
+            let backend = service.and_then(|s| {
+                s.backends
+                    .iter()
+                    .find(|b| b.id == flow.backend_id && b.generation == flow.backend_generation)
+            });
             FlowInfo {
                 client: endpoint(words_addr(key.src, key.family), u16::from_be(key.src_port)),
                 vip: endpoint(words_addr(key.dst, key.family), u16::from_be(key.dst_port)),
@@ -353,7 +486,10 @@ async fn flows(State(state): State<SharedState>, Query(query): Query<HashMap<Str
             }
         })
         .collect();
-    Ok(Json(FlowPage { flows, next_cursor: page.next.as_ref().map(encode_cursor) }))
+    Ok(Json(FlowPage {
+        flows,
+        next_cursor: page.next.as_ref().map(encode_cursor),
+    }))
 }
 
 fn endpoint(addr: IpAddr, port: u16) -> String {
@@ -376,7 +512,10 @@ fn decode_cursor(text: &str) -> Option<FlowKey> {
     if text.len() != 76 || !text.is_ascii() {
         return None;
     }
-    let bytes: Vec<u8> = (0..text.len()).step_by(2).map(|i| u8::from_str_radix(&text[i..i + 2], 16).ok()).collect::<Option<_>>()?;
+    let bytes: Vec<u8> = (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).ok())
+        .collect::<Option<_>>()?;
     let word = |i: usize| u32::from_ne_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
     let key = FlowKey {
         src: [word(0), word(4), word(8), word(12)],
@@ -399,17 +538,24 @@ async fn firewall_rules(State(state): State<SharedState>) -> Result<Json<Firewal
     let now = monotonic_coarse_ns();
     let mut rules = Vec::new();
     for rule in &agent.rules.rules {
-        let counters = agent.dataplane().rule_counters(rule.id).map_err(from_anyhow)?;
+        let counters = agent
+            .dataplane()
+            .rule_counters(rule.id)
+            .map_err(from_anyhow)?;
         rules.push(FirewallRule {
             id: rule.id,
             name: rule.name.clone(),
             kind: serde_json::to_value(&rule.kind).map_err(|e| internal(e.to_string()))?,
-            action: serde_json::to_value(rule.action).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(),
+            action: serde_json::to_value(rule.action)
+                .ok()
+                .and_then(|v| v.as_str().map(String::from))
+                .unwrap_or_default(),
             prefixes: rule.prefixes.clone(),
             runtime: agent.runtime_rules.contains(&rule.name),
             packets: counters.packets,
             bytes: counters.bytes,
-            last_hit_s_ago: (counters.last_hit_ns > 0).then(|| now.saturating_sub(counters.last_hit_ns) as f64 / 1e9),
+            last_hit_s_ago: (counters.last_hit_ns > 0)
+                .then(|| now.saturating_sub(counters.last_hit_ns) as f64 / 1e9),
         });
     }
     let drops = agent
@@ -418,14 +564,21 @@ async fn firewall_rules(State(state): State<SharedState>) -> Result<Json<Firewal
         .map_err(from_anyhow)?
         .into_iter()
         .filter(|(v, _)| v.is_drop())
-        .map(|(v, c)| VerdictCount { verdict: v.name().to_string(), packets: c.packets, bytes: c.bytes })
+        .map(|(v, c)| VerdictCount {
+            verdict: v.name().to_string(),
+            packets: c.packets,
+            bytes: c.bytes,
+        })
         .collect();
     Ok(Json(FirewallRules { rules, drops }))
 }
 
 /// The clock the data path stamps rule hits with (bpf_ktime_get_coarse_ns).
 fn monotonic_coarse_ns() -> u64 {
-    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: clock_gettime fills the struct.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut now) };
     now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
@@ -442,11 +595,20 @@ async fn add_rule(
         "drop" => crate::config::Action::Drop,
         "log" => crate::config::Action::Log,
         other => {
-            return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_value", format!("action `{other}`: use allow, drop or log")))
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_value",
+                format!("action `{other}`: use allow, drop or log"),
+            ))
         }
     };
     agent::lock(&state).add_rule(&request.name, &request.sources, action)?;
-    Ok(done(format!("firewall rule {} added ({} sources, {}); the rule set was swapped whole", request.name, request.sources.len(), request.action)))
+    Ok(done(format!(
+        "firewall rule {} added ({} sources, {}); the rule set was swapped whole",
+        request.name,
+        request.sources.len(),
+        request.action
+    )))
 }
 
 async fn remove_rule(
@@ -464,7 +626,9 @@ async fn drain(
     Path((service, backend)): Path<(String, String)>,
 ) -> Result<Json<ChangeResult>, ApiError> {
     agent::lock(&state).drain(&service, &backend)?;
-    Ok(done(format!("service {service} backend {backend}: draining (no new flows; existing ones finish)")))
+    Ok(done(format!(
+        "service {service} backend {backend}: draining (no new flows; existing ones finish)"
+    )))
 }
 
 async fn enable(
@@ -473,7 +637,9 @@ async fn enable(
     Path((service, backend)): Path<(String, String)>,
 ) -> Result<Json<ChangeResult>, ApiError> {
     agent::lock(&state).enable(&service, &backend)?;
-    Ok(done(format!("service {service} backend {backend}: enabled")))
+    Ok(done(format!(
+        "service {service} backend {backend}: enabled"
+    )))
 }
 
 async fn set_weight(
@@ -484,7 +650,10 @@ async fn set_weight(
 ) -> Result<Json<ChangeResult>, ApiError> {
     let request: WeightRequest = json_body(body)?;
     agent::lock(&state).set_weight(&service, &backend, request.weight)?;
-    Ok(done(format!("service {service} backend {backend}: weight {}", request.weight)))
+    Ok(done(format!(
+        "service {service} backend {backend}: weight {}",
+        request.weight
+    )))
 }
 
 async fn add_backend(
@@ -495,12 +664,21 @@ async fn add_backend(
 ) -> Result<(StatusCode, Json<ChangeResult>), ApiError> {
     let request: AddBackendRequest = json_body(body)?;
     let address: IpAddr = request.address.parse().map_err(|_| {
-        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_value", format!("`{}` is not an IP address", request.address))
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_value",
+            format!("`{}` is not an IP address", request.address),
+        )
     })?;
     let name = request.name.clone();
     agent::lock(&state).add_backend(
         &service,
-        NewBackend { name: request.name, address, port: request.port, weight: request.weight.unwrap_or(1) },
+        NewBackend {
+            name: request.name,
+            address,
+            port: request.port,
+            weight: request.weight.unwrap_or(1),
+        },
     )?;
     Ok((
         StatusCode::CREATED,
@@ -514,10 +692,15 @@ async fn remove_backend(
     Path((service, backend)): Path<(String, String)>,
 ) -> Result<Json<ChangeResult>, ApiError> {
     agent::lock(&state).remove_backend(&service, &backend)?;
-    Ok(done(format!("service {service} backend {backend}: removed")))
+    Ok(done(format!(
+        "service {service} backend {backend}: removed"
+    )))
 }
 
-async fn reload(_: Authorized, State(state): State<SharedState>) -> Result<Json<ChangeResult>, ApiError> {
+async fn reload(
+    _: Authorized,
+    State(state): State<SharedState>,
+) -> Result<Json<ChangeResult>, ApiError> {
     let summary = agent::lock(&state).reload()?;
     Ok(done(format!("reloaded: {summary}")))
 }

@@ -46,7 +46,10 @@ fn backend_write(summary: &str, body: Option<Value>) -> Value {
         ),
     });
     if let (Some(body), Some(op)) = (body, operation.as_object_mut()) {
-        op.insert("requestBody".into(), json!({ "required": true, "content": { "application/json": { "schema": body } } }));
+        op.insert(
+            "requestBody".into(),
+            json!({ "required": true, "content": { "application/json": { "schema": body } } }),
+        );
     }
     operation
 }
@@ -171,7 +174,17 @@ pub fn document() -> Value {
                     "services": { "type": "integer" },
                     "backends": { "type": "object", "properties": { "total": { "type": "integer" }, "active": { "type": "integer" }, "draining": { "type": "integer" }, "down": { "type": "integer" } } },
                     "traffic": { "type": "object", "properties": { "packets": { "type": "integer" }, "bytes": { "type": "integer" }, "new_flows": { "type": "integer" }, "dropped_packets": { "type": "integer" } } },
-                    "verdicts": { "type": "array", "items": { "type": "object", "properties": { "verdict": { "type": "string" }, "packets": { "type": "integer" }, "bytes": { "type": "integer" } } } } } },
+                    "verdicts": { "type": "array", "items": { "type": "object", "properties": { "verdict": { "type": "string" }, "packets": { "type": "integer" }, "bytes": { "type": "integer" } } } },
+                    "database": { "type": "object", "nullable": true, "description": "null without a [database] section", "properties": {
+                        "primary": { "type": "string", "nullable": true }, "write": { "type": "string", "nullable": true },
+                        "read": { "type": "array", "items": { "type": "string" } }, "failovers": { "type": "integer" },
+                        "last_failover": { "type": "object", "nullable": true, "properties": { "from": { "type": "string" }, "to": { "type": "string" }, "at_unix": { "type": "integer" }, "duration_ms": { "type": "integer" } } },
+                        "nodes": { "type": "array", "items": { "type": "object", "properties": {
+                            "name": { "type": "string" }, "address": { "type": "string" },
+                            "role": { "type": "string", "enum": ["primary", "replica", "lagging", "standby", "fenced", "diverged", "down", "unknown"] },
+                            "reachable": { "type": "boolean" }, "read_only": { "type": "boolean", "nullable": true }, "lag_s": { "type": "integer", "nullable": true },
+                            "gtid": { "type": "string", "nullable": true }, "semi_sync": { "type": "boolean", "nullable": true },
+                            "replicating_from": { "type": "string", "nullable": true }, "error": { "type": "string", "nullable": true } } } } } } } },
                 "Service": { "type": "object", "properties": {
                     "name": { "type": "string" }, "vip": { "type": "string" }, "port": { "type": "integer" }, "protocol": { "type": "string", "enum": ["tcp", "udp"] },
                     "mode": { "type": "string", "enum": ["dsr", "nat"] }, "algorithm": { "type": "string" }, "health_check": { "type": "string", "nullable": true },
@@ -206,7 +219,9 @@ mod tests {
             let path: Vec<&str> = target.trim_start_matches("#/").split('/').collect();
             let mut node = &document;
             for part in &path {
-                node = node.get(part).unwrap_or_else(|| panic!("unresolved $ref {target}"));
+                node = node
+                    .get(part)
+                    .unwrap_or_else(|| panic!("unresolved $ref {target}"));
             }
         }
         assert_eq!(document["openapi"], "3.0.3");

@@ -26,6 +26,9 @@ pub struct Status {
     pub backends: BackendCounts,
     pub traffic: Traffic,
     pub verdicts: Vec<VerdictCount>,
+    /// The database cluster's roles and failovers; `None` without a `[database]` section.
+    #[serde(default)]
+    pub database: Option<crate::db::DatabaseStatus>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

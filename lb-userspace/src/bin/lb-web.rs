@@ -5,7 +5,11 @@ use clap::{Parser, Subcommand};
 use lb_userspace::web;
 
 #[derive(Parser)]
-#[command(name = "lb-web", version, about = "The app tier: static files, the notes API, HTTP/1.1 + HTTP/2, HTTPS")]
+#[command(
+    name = "lb-web",
+    version,
+    about = "The app tier: static files, the notes API, HTTP/1.1 + HTTP/2, HTTPS"
+)]
 struct Cli {
     /// The server's config file (web.toml).
     #[arg(long, short)]
@@ -37,17 +41,22 @@ async fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
     let result = match (cli.command, cli.config) {
-        (Some(Command::GenCerts { out, ips, names }), _) => web::tls::gen_certs(&out, &ips, &names).map(|files| {
-            for file in files {
-                println!("{}", file.display());
-            }
-        }),
-        (Some(Command::CheckConfig { file }), _) => web::config::load(&file).map(|_| println!("{}: ok", file.display())),
+        (Some(Command::GenCerts { out, ips, names }), _) => web::tls::gen_certs(&out, &ips, &names)
+            .map(|files| {
+                for file in files {
+                    println!("{}", file.display());
+                }
+            }),
+        (Some(Command::CheckConfig { file }), _) => {
+            web::config::load(&file).map(|_| println!("{}: ok", file.display()))
+        }
         (None, Some(config)) => match web::config::load(&config) {
             Ok(config) => web::run(config).await,
             Err(e) => Err(e),
         },
-        (None, None) => Err(anyhow::anyhow!("nothing to do: give --config web.toml, or a subcommand (see --help)")),
+        (None, None) => Err(anyhow::anyhow!(
+            "nothing to do: give --config web.toml, or a subcommand (see --help)"
+        )),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -66,16 +66,38 @@ impl AccessLog {
 
 /// Middleware: one line per request, once its response body has been sent.
 pub async fn middleware(State(log): State<AccessLog>, request: Request, next: Next) -> Response {
-    let client = request.extensions().get::<ClientAddr>().map_or_else(|| "-".to_string(), |c| c.0.ip().to_canonical().to_string());
-    let target = request.uri().path_and_query().map_or_else(|| request.uri().path().to_string(), |pq| pq.to_string());
-    let request_line = format!("{} {} {}", request.method(), target, version(request.version()));
+    let client = request
+        .extensions()
+        .get::<ClientAddr>()
+        .map_or_else(|| "-".to_string(), |c| c.0.ip().to_canonical().to_string());
+    let target = request
+        .uri()
+        .path_and_query()
+        .map_or_else(|| request.uri().path().to_string(), |pq| pq.to_string());
+    let request_line = format!(
+        "{} {} {}",
+        request.method(),
+        target,
+        version(request.version())
+    );
     let referer = field(request.headers(), header::REFERER);
     let agent = field(request.headers(), header::USER_AGENT);
     let response = next.run(request).await;
-    let prefix = format!("{client} - - [{}] \"{}\" {}", clf_time(SystemTime::now()), escape(&request_line), response.status().as_u16());
+    let prefix = format!(
+        "{client} - - [{}] \"{}\" {}",
+        clf_time(SystemTime::now()),
+        escape(&request_line),
+        response.status().as_u16()
+    );
     let suffix = format!("\"{referer}\" \"{agent}\"");
     // The line is written once the body is done (or dropped), with the bytes really sent.
-    response.map(|body| Body::new(CountedBody { inner: body, bytes: 0, line: Some((log, prefix, suffix)) }))
+    response.map(|body| {
+        Body::new(CountedBody {
+            inner: body,
+            bytes: 0,
+            line: Some((log, prefix, suffix)),
+        })
+    })
 }
 
 /// A response body that counts its bytes and writes the access log line when it is dropped.
@@ -89,7 +111,10 @@ impl HttpBody for CountedBody {
     type Data = Bytes;
     type Error = axum::Error;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         if let Poll::Ready(Some(Ok(frame))) = &polled {
             if let Some(data) = frame.data_ref() {
@@ -112,7 +137,11 @@ impl Drop for CountedBody {
     fn drop(&mut self) {
         if let Some((log, prefix, suffix)) = self.line.take() {
             // As Apache's %b: "-" for no body.
-            let bytes = if self.bytes == 0 { "-".to_string() } else { self.bytes.to_string() };
+            let bytes = if self.bytes == 0 {
+                "-".to_string()
+            } else {
+                self.bytes.to_string()
+            };
             log.write(&format!("{prefix} {bytes} {suffix}\n"));
         }
     }
@@ -129,7 +158,10 @@ fn version(v: Version) -> &'static str {
 }
 
 fn field(headers: &HeaderMap, name: header::HeaderName) -> String {
-    headers.get(name).map_or_else(|| "-".to_string(), |v| escape(&String::from_utf8_lossy(v.as_bytes())))
+    headers.get(name).map_or_else(
+        || "-".to_string(),
+        |v| escape(&String::from_utf8_lossy(v.as_bytes())),
+    )
 }
 
 /// Quotes, backslashes and control bytes escaped as nginx does (`\x22`), so a line stays one line.
@@ -152,7 +184,9 @@ fn clf_time(now: SystemTime) -> String {
     let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
     let (year, month, day) = civil_from_days(days);
-    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
     format!(
         "{day:02}/{}/{year}:{:02}:{:02}:{:02} +0000",
         MONTHS[(month - 1) as usize % 12],
@@ -183,8 +217,14 @@ mod tests {
 
     #[test]
     fn times_and_escapes() {
-        assert_eq!(clf_time(UNIX_EPOCH + Duration::from_secs(971_099_736)), "09/Oct/2000:13:55:36 +0000");
-        assert_eq!(clf_time(UNIX_EPOCH + Duration::from_secs(1_709_208_000)), "29/Feb/2024:12:00:00 +0000");
+        assert_eq!(
+            clf_time(UNIX_EPOCH + Duration::from_secs(971_099_736)),
+            "09/Oct/2000:13:55:36 +0000"
+        );
+        assert_eq!(
+            clf_time(UNIX_EPOCH + Duration::from_secs(1_709_208_000)),
+            "29/Feb/2024:12:00:00 +0000"
+        );
         assert_eq!(escape("a\"b\n"), "a\\x22b\\x0A");
     }
 }

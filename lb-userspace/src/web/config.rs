@@ -87,8 +87,9 @@ impl DatabaseConfig {
         match (&self.password, &self.password_file) {
             (Some(p), None) => Ok(p.clone()),
             (None, Some(file)) => {
-                let text = std::fs::read_to_string(file)
-                    .with_context(|| format!("reading database.password_file {}", file.display()))?;
+                let text = std::fs::read_to_string(file).with_context(|| {
+                    format!("reading database.password_file {}", file.display())
+                })?;
                 Ok(text.lines().next().unwrap_or("").to_string())
             }
             (None, None) => Ok(String::new()),
@@ -102,7 +103,9 @@ pub fn host_port(text: &str) -> Result<(String, u16)> {
     let (host, port) = text
         .rsplit_once(':')
         .with_context(|| format!("{text:?} is not host:port (e.g. \"10.99.0.101:3306\")"))?;
-    let port: u16 = port.parse().with_context(|| format!("{text:?}: port {port:?} is not a number 1-65535"))?;
+    let port: u16 = port
+        .parse()
+        .with_context(|| format!("{text:?}: port {port:?} is not a number 1-65535"))?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
     if host.is_empty() || port == 0 {
         bail!("{text:?} is not host:port (e.g. \"10.99.0.101:3306\")");
@@ -112,7 +115,8 @@ pub fn host_port(text: &str) -> Result<(String, u16)> {
 
 /// Read and validate a config file.
 pub fn load(path: &Path) -> Result<WebConfig> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     parse(&text).with_context(|| format!("in {}", path.display()))
 }
 
@@ -125,7 +129,12 @@ pub fn parse(text: &str) -> Result<WebConfig> {
 
 fn validate(config: &WebConfig) -> Result<()> {
     let name = &config.server_name;
-    if name.is_empty() || name.len() > 64 || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+    if name.is_empty()
+        || name.len() > 64
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
         bail!("server_name {name:?} must be 1-64 characters of letters, digits, '-', '_', '.'");
     }
     let http = config.http.as_ref().map_or(0, |h| h.listen.len());
@@ -150,8 +159,16 @@ fn validate(config: &WebConfig) -> Result<()> {
         if db.user.is_empty() {
             bail!("database.user is empty");
         }
-        if db.name.is_empty() || !db.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-            bail!("database.name {:?} must be letters, digits and '_'", db.name);
+        if db.name.is_empty()
+            || !db
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
+            bail!(
+                "database.name {:?} must be letters, digits and '_'",
+                db.name
+            );
         }
         if db.password.is_some() && db.password_file.is_some() {
             bail!("database: set either password or password_file, not both");
@@ -196,22 +213,52 @@ nodes = { db1 = 1, db2 = 2 }
         let db = config.database.unwrap_or_else(|| panic!("no database"));
         assert_eq!(db.nodes.get("db2"), Some(&2));
         assert_eq!(db.pool_size, 4);
-        assert_eq!(host_port("[fd99::21]:3306").ok(), Some(("fd99::21".to_string(), 3306)));
+        assert_eq!(
+            host_port("[fd99::21]:3306").ok(),
+            Some(("fd99::21".to_string(), 3306))
+        );
     }
 
     #[test]
     fn bad_configs_say_what_is_wrong() {
         for (text, expect) in [
-            (GOOD.replace("server_name", "server_nam"), "unknown field `server_nam`"),
+            (
+                GOOD.replace("server_name", "server_nam"),
+                "unknown field `server_nam`",
+            ),
             (GOOD.replace("\"127.0.0.1:8080\"", "\"nowhere\""), "line 4"),
             (GOOD.replace("\"web1\"", "\"web 1\""), "server_name"),
-            (GOOD.replace("listen = [\"127.0.0.1:8080\"]", "listen = []"), "nothing to listen on"),
-            (GOOD.replace("listen = [", "redirect_to_https = true\nlisten = ["), "needs an [https] section"),
-            (GOOD.replace("10.99.0.101:3306", "10.99.0.101"), "database.write"),
-            (GOOD.replace("password = \"x\"", "password = \"x\"\npassword_file = \"/p\""), "not both"),
-            (GOOD.replace("name = \"notes\"", "name = \"no;tes\""), "database.name"),
-            (format!("{GOOD}static_dir = \"/nonexistent-dir\"\n"), "unknown field `static_dir`"),
-            (GOOD.replace("[http]", "static_dir = \"/nonexistent-dir\"\n[http]"), "not a directory"),
+            (
+                GOOD.replace("listen = [\"127.0.0.1:8080\"]", "listen = []"),
+                "nothing to listen on",
+            ),
+            (
+                GOOD.replace("listen = [", "redirect_to_https = true\nlisten = ["),
+                "needs an [https] section",
+            ),
+            (
+                GOOD.replace("10.99.0.101:3306", "10.99.0.101"),
+                "database.write",
+            ),
+            (
+                GOOD.replace(
+                    "password = \"x\"",
+                    "password = \"x\"\npassword_file = \"/p\"",
+                ),
+                "not both",
+            ),
+            (
+                GOOD.replace("name = \"notes\"", "name = \"no;tes\""),
+                "database.name",
+            ),
+            (
+                format!("{GOOD}static_dir = \"/nonexistent-dir\"\n"),
+                "unknown field `static_dir`",
+            ),
+            (
+                GOOD.replace("[http]", "static_dir = \"/nonexistent-dir\"\n[http]"),
+                "not a directory",
+            ),
         ] {
             let got = error(&text);
             assert!(got.contains(expect), "expected {expect:?} in:\n{got}");

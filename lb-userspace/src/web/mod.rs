@@ -50,7 +50,11 @@ pub async fn run(config: WebConfig) -> Result<()> {
     }
     if let Some(http) = &config.http {
         let plain = if http.redirect_to_https {
-            let port = config.https.as_ref().and_then(|h| h.listen.first()).map_or(443, SocketAddr::port);
+            let port = config
+                .https
+                .as_ref()
+                .and_then(|h| h.listen.first())
+                .map_or(443, SocketAddr::port);
             finish(redirect_router(port), &config.server_name, &log)
         } else {
             app.clone()
@@ -58,12 +62,21 @@ pub async fn run(config: WebConfig) -> Result<()> {
         for address in &http.listen {
             let listener = bind(*address).await?;
             tasks.spawn(serve(listener, plain.clone(), None));
-            log::info!("lb-web {}: http on {address}{}", config.server_name, if http.redirect_to_https { " (redirects to https)" } else { "" });
+            log::info!(
+                "lb-web {}: http on {address}{}",
+                config.server_name,
+                if http.redirect_to_https {
+                    " (redirects to https)"
+                } else {
+                    ""
+                }
+            );
         }
     }
     println_ready(&config.server_name);
 
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("SIGTERM handler")?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = terminate.recv() => {}
@@ -79,12 +92,16 @@ fn println_ready(server_name: &str) {
 }
 
 async fn bind(address: SocketAddr) -> Result<TcpListener> {
-    TcpListener::bind(address).await.with_context(|| format!("listening on {address}"))
+    TcpListener::bind(address)
+        .await
+        .with_context(|| format!("listening on {address}"))
 }
 
 /// `/healthz`, the notes API, and the static files (or 404) for everything else.
 fn app_router(config: &WebConfig, notes: Arc<notes::Notes>) -> Router {
-    let app = Router::new().route("/healthz", get(healthz)).merge(notes::router(notes));
+    let app = Router::new()
+        .route("/healthz", get(healthz))
+        .merge(notes::router(notes));
     match &config.static_dir {
         Some(dir) => app.merge(static_files::router(dir)),
         None => app,
@@ -94,7 +111,8 @@ fn app_router(config: &WebConfig, notes: Arc<notes::Notes>) -> Router {
 /// Layers every answer gets: compression (gzip, br by Accept-Encoding), `X-Served-By`,
 /// `Server`, and, outermost, the access log.
 fn finish(router: Router, server_name: &str, log: &AccessLog) -> Router {
-    let served_by = HeaderValue::from_str(&format!("app={server_name}")).unwrap_or(HeaderValue::from_static("app=?"));
+    let served_by = HeaderValue::from_str(&format!("app={server_name}"))
+        .unwrap_or(HeaderValue::from_static("app=?"));
     router
         .layer(CompressionLayer::new())
         .layer(middleware::map_response(move |mut response: Response| {
@@ -107,7 +125,10 @@ fn finish(router: Router, server_name: &str, log: &AccessLog) -> Router {
                 response
             }
         }))
-        .layer(middleware::from_fn_with_state(log.clone(), access_log::middleware))
+        .layer(middleware::from_fn_with_state(
+            log.clone(),
+            access_log::middleware,
+        ))
 }
 
 async fn healthz() -> &'static str {
@@ -117,7 +138,9 @@ async fn healthz() -> &'static str {
 /// Plain HTTP when redirecting: `/healthz` still answers (health checks), everything else goes
 /// to the same host and path over HTTPS with a 308 (method and body kept).
 fn redirect_router(https_port: u16) -> Router {
-    Router::new().route("/healthz", get(healthz)).fallback(move |request: Request| async move { redirect(&request, https_port) })
+    Router::new()
+        .route("/healthz", get(healthz))
+        .fallback(move |request: Request| async move { redirect(&request, https_port) })
 }
 
 fn redirect(request: &Request, https_port: u16) -> Response {
@@ -125,21 +148,41 @@ fn redirect(request: &Request, https_port: u16) -> Response {
         .uri()
         .authority()
         .map(|a| a.as_str().to_string())
-        .or_else(|| request.headers().get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string));
+        .or_else(|| {
+            request
+                .headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+        });
     let Some(authority) = authority else {
-        return (StatusCode::BAD_REQUEST, "a Host header is needed to redirect to HTTPS\n").into_response();
+        return (
+            StatusCode::BAD_REQUEST,
+            "a Host header is needed to redirect to HTTPS\n",
+        )
+            .into_response();
     };
     let host = match authority.rsplit_once(':') {
         // Not "[::1]" alone: a colon inside brackets is part of the address.
         Some((host, port)) if !port.contains(']') => host.to_string(),
         _ => authority,
     };
-    let port = if https_port == 443 { String::new() } else { format!(":{https_port}") };
+    let port = if https_port == 443 {
+        String::new()
+    } else {
+        format!(":{https_port}")
+    };
     let path = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
     let location = format!("https://{host}{port}{path}");
     match (location.parse::<Uri>(), HeaderValue::from_str(&location)) {
-        (Ok(_), Ok(value)) => (StatusCode::PERMANENT_REDIRECT, [(header::LOCATION, value)]).into_response(),
-        _ => (StatusCode::BAD_REQUEST, "cannot build an HTTPS address from this Host\n").into_response(),
+        (Ok(_), Ok(value)) => {
+            (StatusCode::PERMANENT_REDIRECT, [(header::LOCATION, value)]).into_response()
+        }
+        _ => (
+            StatusCode::BAD_REQUEST,
+            "cannot build an HTTPS address from this Host\n",
+        )
+            .into_response(),
     }
 }
 
@@ -164,19 +207,35 @@ async fn connection(stream: TcpStream, peer: SocketAddr, app: Router, tls: Optio
     let service = hyper::service::service_fn(move |mut request: Request<hyper::body::Incoming>| {
         request.extensions_mut().insert(ClientAddr(peer));
         let app = app.clone();
-        async move { Ok::<_, Infallible>(app.oneshot(request).await.unwrap_or_else(|never| match never {})) }
+        async move {
+            Ok::<_, Infallible>(
+                app.oneshot(request)
+                    .await
+                    .unwrap_or_else(|never| match never {}),
+            )
+        }
     });
     let builder = auto::Builder::new(TokioExecutor::new());
     let result = match tls {
-        None => builder.serve_connection_with_upgrades(TokioIo::new(stream), service).await,
-        Some(acceptor) => match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-            Ok(Ok(stream)) => builder.serve_connection_with_upgrades(TokioIo::new(stream), service).await,
-            Ok(Err(e)) => {
-                log::debug!("TLS handshake with {peer}: {e}");
-                return;
+        None => {
+            builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .await
+        }
+        Some(acceptor) => {
+            match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(stream)) => {
+                    builder
+                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                        .await
+                }
+                Ok(Err(e)) => {
+                    log::debug!("TLS handshake with {peer}: {e}");
+                    return;
+                }
+                Err(_) => return,
             }
-            Err(_) => return,
-        },
+        }
     };
     if let Err(e) = result {
         // Clients hanging up mid-request are normal; worth a debug line only.

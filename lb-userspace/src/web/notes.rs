@@ -94,11 +94,22 @@ impl Notes {
                         .pool_opts(PoolOpts::default().with_constraints(constraints));
                     Ok(Pool::new(opts))
                 };
-                let nodes = c.nodes.iter().map(|(name, id)| (u64::from(*id), name.clone())).collect();
-                Some(Database { write: pool(&c.write)?, read: pool(&c.read)?, nodes })
+                let nodes = c
+                    .nodes
+                    .iter()
+                    .map(|(name, id)| (u64::from(*id), name.clone()))
+                    .collect();
+                Some(Database {
+                    write: pool(&c.write)?,
+                    read: pool(&c.read)?,
+                    nodes,
+                })
             }
         };
-        Ok(Arc::new(Notes { server_name: server_name.to_string(), db }))
+        Ok(Arc::new(Notes {
+            server_name: server_name.to_string(),
+            db,
+        }))
     }
 
     /// Creates the table through the write address until that succeeds (the database may come
@@ -115,8 +126,16 @@ impl Notes {
     }
 
     fn node(&self, db: &Database, (server_id, hostname): (u64, String)) -> DbNode {
-        let name = db.nodes.get(&server_id).cloned().unwrap_or_else(|| format!("server_id {server_id} ({hostname})"));
-        DbNode { name, server_id, hostname }
+        let name = db
+            .nodes
+            .get(&server_id)
+            .cloned()
+            .unwrap_or_else(|| format!("server_id {server_id} ({hostname})"));
+        DbNode {
+            name,
+            server_id,
+            hostname,
+        }
     }
 }
 
@@ -128,10 +147,15 @@ pub fn router(notes: Arc<Notes>) -> Router {
 }
 
 /// Runs a database operation within [`DB_TIMEOUT`].
-async fn timed<T>(op: impl std::future::Future<Output = Result<T, mysql_async::Error>>) -> Result<T> {
+async fn timed<T>(
+    op: impl std::future::Future<Output = Result<T, mysql_async::Error>>,
+) -> Result<T> {
     match tokio::time::timeout(DB_TIMEOUT, op).await {
         Ok(result) => Ok(result?),
-        Err(_) => anyhow::bail!("the database did not answer within {} s", DB_TIMEOUT.as_secs()),
+        Err(_) => anyhow::bail!(
+            "the database did not answer within {} s",
+            DB_TIMEOUT.as_secs()
+        ),
     }
 }
 
@@ -143,13 +167,27 @@ async fn whoami(conn: &mut Conn) -> Result<(u64, String), mysql_async::Error> {
 async fn create(State(notes): State<Arc<Notes>>, body: Bytes) -> Response {
     let note: NewNote = match serde_json::from_slice(&body) {
         Ok(n) => n,
-        Err(e) => return error(&notes, StatusCode::BAD_REQUEST, "invalid_body", &format!("expected {{\"text\": \"...\"}}: {e}")),
+        Err(e) => {
+            return error(
+                &notes,
+                StatusCode::BAD_REQUEST,
+                "invalid_body",
+                &format!("expected {{\"text\": \"...\"}}: {e}"),
+            )
+        }
     };
     let chars = note.text.chars().count();
     if chars == 0 || chars > MAX_NOTE_CHARS {
-        return error(&notes, StatusCode::BAD_REQUEST, "invalid_value", &format!("text must be 1 to {MAX_NOTE_CHARS} characters, got {chars}"));
+        return error(
+            &notes,
+            StatusCode::BAD_REQUEST,
+            "invalid_value",
+            &format!("text must be 1 to {MAX_NOTE_CHARS} characters, got {chars}"),
+        );
     }
-    let Some(db) = &notes.db else { return no_database(&notes) };
+    let Some(db) = &notes.db else {
+        return no_database(&notes);
+    };
     let result = timed(async {
         let mut conn = db.write.get_conn().await?;
         let node = whoami(&mut conn).await?;
@@ -163,14 +201,26 @@ async fn create(State(notes): State<Arc<Notes>>, body: Bytes) -> Response {
     })
     .await;
     match result {
-        Ok((node, Some(row))) => answer(&notes, StatusCode::CREATED, Some(notes.node(db, node)), json!({ "note": to_note(row) })),
-        Ok((_, None)) => error(&notes, StatusCode::SERVICE_UNAVAILABLE, "database_error", "the note was written but could not be read back"),
+        Ok((node, Some(row))) => answer(
+            &notes,
+            StatusCode::CREATED,
+            Some(notes.node(db, node)),
+            json!({ "note": to_note(row) }),
+        ),
+        Ok((_, None)) => error(
+            &notes,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "database_error",
+            "the note was written but could not be read back",
+        ),
         Err(e) => db_error(&notes, "write", &e),
     }
 }
 
 async fn list(State(notes): State<Arc<Notes>>) -> Response {
-    let Some(db) = &notes.db else { return no_database(&notes) };
+    let Some(db) = &notes.db else {
+        return no_database(&notes);
+    };
     let result = timed(async {
         let mut conn = db.read.get_conn().await?;
         let node = whoami(&mut conn).await?;
@@ -183,7 +233,12 @@ async fn list(State(notes): State<Arc<Notes>>) -> Response {
     match result {
         Ok((node, rows)) => {
             let notes_json: Vec<Note> = rows.into_iter().map(to_note).collect();
-            answer(&notes, StatusCode::OK, Some(notes.node(db, node)), json!({ "notes": notes_json }))
+            answer(
+                &notes,
+                StatusCode::OK,
+                Some(notes.node(db, node)),
+                json!({ "notes": notes_json }),
+            )
         }
         Err(e) => db_error(&notes, "read", &e),
     }
@@ -191,9 +246,16 @@ async fn list(State(notes): State<Arc<Notes>>) -> Response {
 
 async fn one(State(notes): State<Arc<Notes>>, Path(id): Path<String>) -> Response {
     let Ok(id) = id.parse::<u64>() else {
-        return error(&notes, StatusCode::BAD_REQUEST, "invalid_value", &format!("note id {id:?} is not a number"));
+        return error(
+            &notes,
+            StatusCode::BAD_REQUEST,
+            "invalid_value",
+            &format!("note id {id:?} is not a number"),
+        );
     };
-    let Some(db) = &notes.db else { return no_database(&notes) };
+    let Some(db) = &notes.db else {
+        return no_database(&notes);
+    };
     let result = timed(async {
         let mut conn = db.read.get_conn().await?;
         let node = whoami(&mut conn).await?;
@@ -203,21 +265,41 @@ async fn one(State(notes): State<Arc<Notes>>, Path(id): Path<String>) -> Respons
     })
     .await;
     match result {
-        Ok((node, Some(row))) => answer(&notes, StatusCode::OK, Some(notes.node(db, node)), json!({ "note": to_note(row) })),
+        Ok((node, Some(row))) => answer(
+            &notes,
+            StatusCode::OK,
+            Some(notes.node(db, node)),
+            json!({ "note": to_note(row) }),
+        ),
         Ok((node, None)) => {
             let body = json!({ "error": { "code": "note_not_found", "message": format!("no note {id}") } });
-            answer(&notes, StatusCode::NOT_FOUND, Some(notes.node(db, node)), body)
+            answer(
+                &notes,
+                StatusCode::NOT_FOUND,
+                Some(notes.node(db, node)),
+                body,
+            )
         }
         Err(e) => db_error(&notes, "read", &e),
     }
 }
 
 fn to_note((id, text, created_by, created_at): (u64, String, String, i64)) -> Note {
-    Note { id, text, created_by, created_at }
+    Note {
+        id,
+        text,
+        created_by,
+        created_at,
+    }
 }
 
 /// A JSON body with `served_by` added, and the `X-Served-By` header: `app=web1 db=db1`.
-fn answer(notes: &Notes, status: StatusCode, node: Option<DbNode>, mut body: serde_json::Value) -> Response {
+fn answer(
+    notes: &Notes,
+    status: StatusCode,
+    node: Option<DbNode>,
+    mut body: serde_json::Value,
+) -> Response {
     let header = match &node {
         Some(n) => format!("app={} db={}", notes.server_name, n.name),
         None => format!("app={}", notes.server_name),
@@ -231,14 +313,29 @@ fn answer(notes: &Notes, status: StatusCode, node: Option<DbNode>, mut body: ser
 }
 
 fn error(notes: &Notes, status: StatusCode, code: &str, message: &str) -> Response {
-    answer(notes, status, None, json!({ "error": { "code": code, "message": message } }))
+    answer(
+        notes,
+        status,
+        None,
+        json!({ "error": { "code": code, "message": message } }),
+    )
 }
 
 fn no_database(notes: &Notes) -> Response {
-    error(notes, StatusCode::SERVICE_UNAVAILABLE, "no_database", "this server has no [database] configured")
+    error(
+        notes,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "no_database",
+        "this server has no [database] configured",
+    )
 }
 
 fn db_error(notes: &Notes, what: &str, e: &anyhow::Error) -> Response {
     log::warn!("notes: database {what} failed: {e:#}");
-    error(notes, StatusCode::SERVICE_UNAVAILABLE, "database_unavailable", &format!("database {what} failed: {e:#}"))
+    error(
+        notes,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "database_unavailable",
+        &format!("database {what} failed: {e:#}"),
+    )
 }

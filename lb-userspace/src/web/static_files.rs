@@ -40,12 +40,25 @@ async fn etag(request: Request, next: Next) -> Response {
 fn entity_tag(response: &Response) -> Option<HeaderValue> {
     let headers = response.headers();
     let size: u64 = match response.status() {
-        StatusCode::OK => headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()?,
+        StatusCode::OK => headers
+            .get(header::CONTENT_LENGTH)?
+            .to_str()
+            .ok()?
+            .parse()
+            .ok()?,
         // "bytes 0-9/1234": the whole file's size is after the slash.
-        StatusCode::PARTIAL_CONTENT => headers.get(header::CONTENT_RANGE)?.to_str().ok()?.rsplit_once('/')?.1.parse().ok()?,
+        StatusCode::PARTIAL_CONTENT => headers
+            .get(header::CONTENT_RANGE)?
+            .to_str()
+            .ok()?
+            .rsplit_once('/')?
+            .1
+            .parse()
+            .ok()?,
         _ => return None,
     };
-    let modified = httpdate::parse_http_date(headers.get(header::LAST_MODIFIED)?.to_str().ok()?).ok()?;
+    let modified =
+        httpdate::parse_http_date(headers.get(header::LAST_MODIFIED)?.to_str().ok()?).ok()?;
     let secs = modified.duration_since(UNIX_EPOCH).ok()?.as_secs();
     HeaderValue::from_str(&format!("W/\"{size:x}-{secs:x}\"")).ok()
 }
@@ -86,7 +99,11 @@ mod tests {
             ("\"1f-60\"", false),
             ("", false),
         ] {
-            assert_eq!(if_none_match_hits(&HeaderValue::from_static(given), &tag), hit, "{given}");
+            assert_eq!(
+                if_none_match_hits(&HeaderValue::from_static(given), &tag),
+                hit,
+                "{given}"
+            );
         }
     }
 }

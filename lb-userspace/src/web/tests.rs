@@ -24,7 +24,8 @@ fn site(name: &str) -> (Site, Router) {
     let dir = std::env::temp_dir().join(format!("lb-web-test-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
     std::fs::write(dir.join("index.html"), "<h1>hello</h1>\n").unwrap_or_else(|e| panic!("{e}"));
-    std::fs::write(dir.join("big.txt"), "0123456789abcdef\n".repeat(1000)).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(dir.join("big.txt"), "0123456789abcdef\n".repeat(1000))
+        .unwrap_or_else(|e| panic!("{e}"));
     let config = config::parse(&format!(
         "server_name = \"t1\"\nstatic_dir = \"{}\"\naccess_log = \"{}\"\n[http]\nlisten = [\"127.0.0.1:0\"]\n",
         dir.display(),
@@ -43,18 +44,30 @@ fn request(path: &str, headers: &[(&str, &str)]) -> Request<Body> {
     for (name, value) in headers {
         builder = builder.header(*name, *value);
     }
-    builder.body(Body::empty()).unwrap_or_else(|e| panic!("{e}"))
+    builder
+        .body(Body::empty())
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 async fn send(router: &Router, request: Request<Body>) -> (StatusCode, header::HeaderMap, Vec<u8>) {
-    let response = router.clone().oneshot(request).await.unwrap_or_else(|never| match never {});
+    let response = router
+        .clone()
+        .oneshot(request)
+        .await
+        .unwrap_or_else(|never| match never {});
     let (parts, body) = response.into_parts();
-    let body = to_bytes(body, 1 << 20).await.unwrap_or_else(|e| panic!("{e}"));
+    let body = to_bytes(body, 1 << 20)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     (parts.status, parts.headers, body.to_vec())
 }
 
 fn text(headers: &header::HeaderMap, name: header::HeaderName) -> String {
-    headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_string()
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string()
 }
 
 #[tokio::test]
@@ -66,7 +79,13 @@ async fn etag_then_304_and_last_modified() {
     let etag = text(&headers, header::ETAG);
     assert!(etag.starts_with("W/\""), "ETag {etag:?}");
     assert!(!text(&headers, header::LAST_MODIFIED).is_empty());
-    assert_eq!(text(&headers, "x-served-by".parse().unwrap_or_else(|e| panic!("{e}"))), "app=t1");
+    assert_eq!(
+        text(
+            &headers,
+            "x-served-by".parse().unwrap_or_else(|e| panic!("{e}"))
+        ),
+        "app=t1"
+    );
 
     let (status, headers, body) = send(&router, request("/", &[("if-none-match", &etag)])).await;
     assert_eq!(status, StatusCode::NOT_MODIFIED);
@@ -80,7 +99,8 @@ async fn etag_then_304_and_last_modified() {
 async fn range_is_206_with_the_same_etag() {
     let (_site, router) = site("range");
     let (_, full, _) = send(&router, request("/big.txt", &[])).await;
-    let (status, headers, body) = send(&router, request("/big.txt", &[("range", "bytes=17-33")])).await;
+    let (status, headers, body) =
+        send(&router, request("/big.txt", &[("range", "bytes=17-33")])).await;
     assert_eq!(status, StatusCode::PARTIAL_CONTENT);
     assert_eq!(body, b"0123456789abcdef\n");
     assert_eq!(text(&headers, header::CONTENT_RANGE), "bytes 17-33/17000");
@@ -90,14 +110,28 @@ async fn range_is_206_with_the_same_etag() {
 #[tokio::test]
 async fn gzip_and_brotli_by_accept_encoding() {
     let (_site, router) = site("gzip");
-    for (accept, expect) in [("gzip", "gzip"), ("br", "br"), ("br;q=0.5, gzip;q=1", "gzip"), ("identity", "")] {
-        let (status, headers, body) = send(&router, request("/big.txt", &[("accept-encoding", accept)])).await;
+    for (accept, expect) in [
+        ("gzip", "gzip"),
+        ("br", "br"),
+        ("br;q=0.5, gzip;q=1", "gzip"),
+        ("identity", ""),
+    ] {
+        let (status, headers, body) =
+            send(&router, request("/big.txt", &[("accept-encoding", accept)])).await;
         assert_eq!(status, StatusCode::OK, "{accept}");
-        assert_eq!(text(&headers, header::CONTENT_ENCODING), expect, "Accept-Encoding: {accept}");
+        assert_eq!(
+            text(&headers, header::CONTENT_ENCODING),
+            expect,
+            "Accept-Encoding: {accept}"
+        );
         if expect.is_empty() {
             assert_eq!(body.len(), 17_000);
         } else {
-            assert!(body.len() < 1000, "{accept}: {} bytes compressed", body.len());
+            assert!(
+                body.len() < 1000,
+                "{accept}: {} bytes compressed",
+                body.len()
+            );
         }
     }
 }
@@ -106,14 +140,19 @@ async fn gzip_and_brotli_by_accept_encoding() {
 async fn healthz_notes_without_database_and_the_access_log() {
     let (site, router) = site("api");
     let (status, _, body) = send(&router, request("/healthz", &[("user-agent", "t\"ester")])).await;
-    assert_eq!((status, body.as_slice()), (StatusCode::OK, b"ok".as_slice()));
+    assert_eq!(
+        (status, body.as_slice()),
+        (StatusCode::OK, b"ok".as_slice())
+    );
     let (status, headers, body) = send(&router, request("/api/notes", &[])).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(text(&headers, header::CONTENT_TYPE), "application/json");
     let body: serde_json::Value = serde_json::from_slice(&body).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(body["error"]["code"], "no_database");
     assert_eq!(body["served_by"]["app"], "t1");
-    let post = Request::post("/api/notes").body(Body::from("{\"txt\": 1}")).unwrap_or_else(|e| panic!("{e}"));
+    let post = Request::post("/api/notes")
+        .body(Body::from("{\"txt\": 1}"))
+        .unwrap_or_else(|e| panic!("{e}"));
     let (status, _, _) = send(&router, post).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     let (status, _, _) = send(&router, request("/nope", &[])).await;
@@ -123,7 +162,10 @@ async fn healthz_notes_without_database_and_the_access_log() {
     let first = log.lines().next().unwrap_or("");
     // No client address in process: "-"; the agent's quote escaped.
     assert!(first.starts_with("- - - ["), "{first}");
-    assert!(first.ends_with("] \"GET /healthz HTTP/1.1\" 200 2 \"-\" \"t\\x22ester\""), "{first}");
+    assert!(
+        first.ends_with("] \"GET /healthz HTTP/1.1\" 200 2 \"-\" \"t\\x22ester\""),
+        "{first}"
+    );
     assert_eq!(log.lines().count(), 4, "{log}");
 }
 
@@ -132,7 +174,10 @@ async fn redirect_to_https_keeps_host_and_path() {
     let router = redirect_router(8443);
     let (status, headers, _) = send(&router, request("/a/b?c=1", &[("host", "10.99.0.100")])).await;
     assert_eq!(status, StatusCode::PERMANENT_REDIRECT);
-    assert_eq!(text(&headers, header::LOCATION), "https://10.99.0.100:8443/a/b?c=1");
+    assert_eq!(
+        text(&headers, header::LOCATION),
+        "https://10.99.0.100:8443/a/b?c=1"
+    );
     let router = redirect_router(443);
     let (_, headers, _) = send(&router, request("/", &[("host", "[fd99::100]:80")])).await;
     assert_eq!(text(&headers, header::LOCATION), "https://[fd99::100]/");

@@ -23,23 +23,31 @@ pub const SERVER_KEY: &str = "server-key.pem";
 
 /// A rustls server config from a PEM certificate chain and a PEM private key.
 pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>> {
-    let cert_pem = fs::read(cert).with_context(|| format!("reading the certificate {}", cert.display()))?;
+    let cert_pem =
+        fs::read(cert).with_context(|| format!("reading the certificate {}", cert.display()))?;
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
         .collect::<Result<_, _>>()
         .with_context(|| format!("{}: not a PEM certificate chain", cert.display()))?;
     if chain.is_empty() {
         bail!("{}: no CERTIFICATE block in it", cert.display());
     }
-    let key_pem = fs::read(key).with_context(|| format!("reading the private key {}", key.display()))?;
-    let key = PrivateKeyDer::from_pem_slice(&key_pem)
-        .with_context(|| format!("{}: no PEM private key (PKCS#8, PKCS#1 or SEC1) in it", key.display()))?;
+    let key_pem =
+        fs::read(key).with_context(|| format!("reading the private key {}", key.display()))?;
+    let key = PrivateKeyDer::from_pem_slice(&key_pem).with_context(|| {
+        format!(
+            "{}: no PEM private key (PKCS#8, PKCS#1 or SEC1) in it",
+            key.display()
+        )
+    })?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .context("TLS protocol versions")?
         .with_no_client_auth()
         .with_single_cert(chain, key)
-        .context("the certificate does not match the private key, or the key type is unsupported")?;
+        .context(
+            "the certificate does not match the private key, or the key type is unsupported",
+        )?;
     // h2 first: clients that speak it get HTTP/2, the others HTTP/1.1.
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
@@ -55,19 +63,36 @@ pub fn gen_certs(out: &Path, ips: &[IpAddr], names: &[String]) -> Result<Vec<Pat
 
     let ca_key = KeyPair::generate().context("generating the CA key")?;
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).context("CA parameters")?;
-    ca_params.distinguished_name.push(DnType::CommonName, "lb lab CA");
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "lb lab CA");
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
-    let ca_cert = ca_params.self_signed(&ca_key).context("signing the CA certificate")?;
+    ca_params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_cert = ca_params
+        .self_signed(&ca_key)
+        .context("signing the CA certificate")?;
     let issuer = Issuer::new(ca_params, &ca_key);
 
     let server_key = KeyPair::generate().context("generating the server key")?;
-    let sans: Vec<String> = ips.iter().map(IpAddr::to_string).chain(names.iter().cloned()).collect();
+    let sans: Vec<String> = ips
+        .iter()
+        .map(IpAddr::to_string)
+        .chain(names.iter().cloned())
+        .collect();
     let mut params = CertificateParams::new(sans).context("server certificate names")?;
     params.distinguished_name.push(DnType::CommonName, "lb-web");
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
     params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
-    let server_cert = params.signed_by(&server_key, &issuer).context("signing the server certificate")?;
+    let server_cert = params
+        .signed_by(&server_key, &issuer)
+        .context("signing the server certificate")?;
 
     let files = [
         (CA_CERT, ca_cert.pem()),
@@ -96,12 +121,19 @@ mod tests {
     #[test]
     fn generated_certificates_load_into_a_server_config() {
         let dir = std::env::temp_dir().join(format!("lb-web-certs-{}", std::process::id()));
-        let ips: Vec<IpAddr> = ["10.99.0.11", "fd99::100"].iter().filter_map(|a| a.parse().ok()).collect();
+        let ips: Vec<IpAddr> = ["10.99.0.11", "fd99::100"]
+            .iter()
+            .filter_map(|a| a.parse().ok())
+            .collect();
         gen_certs(&dir, &ips, &["localhost".to_string()]).unwrap_or_else(|e| panic!("{e:#}"));
-        let config = server_config(&dir.join(SERVER_CERT), &dir.join(SERVER_KEY)).unwrap_or_else(|e| panic!("{e:#}"));
+        let config = server_config(&dir.join(SERVER_CERT), &dir.join(SERVER_KEY))
+            .unwrap_or_else(|e| panic!("{e:#}"));
         assert_eq!(config.alpn_protocols[0], b"h2");
         let wrong = server_config(&dir.join(SERVER_CERT), &dir.join(CA_KEY));
-        assert!(wrong.is_err(), "a key that does not match the certificate was accepted");
+        assert!(
+            wrong.is_err(),
+            "a key that does not match the certificate was accepted"
+        );
         let _ = fs::remove_dir_all(&dir);
     }
 }

@@ -31,7 +31,13 @@ use xtask::{
 use super::labkit::{self, median, round, Wrk};
 
 pub const PREFIX: &str = "lbb-fl-";
-pub const KEYS: [&str; 5] = ["flood_pps", "baseline_rps", "none_rps", "nftables_rps", "xdp_rps"];
+pub const KEYS: [&str; 5] = [
+    "flood_pps",
+    "baseline_rps",
+    "none_rps",
+    "nftables_rps",
+    "xdp_rps",
+];
 /// Second address of the client, named by our drop rule (the `xdp` case floods from it).
 const DENIED: &str = "10.99.0.66";
 /// Third address of the client, named by no rule of ours (the `none` and `nftables` cases).
@@ -83,7 +89,11 @@ impl Config {
     pub fn new(quick: bool) -> Self {
         Config {
             quick,
-            wrk: Wrk { threads: 2, connections: 64, seconds: if quick { 5 } else { 10 } },
+            wrk: Wrk {
+                threads: 2,
+                connections: 64,
+                seconds: if quick { 5 } else { 10 },
+            },
             repetitions: if quick { 2 } else { 3 },
             max_packets: 200_000_000,
             batch: 64,
@@ -111,9 +121,15 @@ pub struct GenArgs {
 }
 
 pub fn parse_mac(text: &str) -> Result<[u8; 6]> {
-    let parts: Vec<u8> =
-        text.trim().split(':').map(|p| u8::from_str_radix(p, 16)).collect::<Result<_, _>>().with_context(|| format!("MAC {text:?}"))?;
-    parts.try_into().map_err(|_| anyhow::anyhow!("MAC {text:?} has not 6 bytes"))
+    let parts: Vec<u8> = text
+        .trim()
+        .split(':')
+        .map(|p| u8::from_str_radix(p, 16))
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("MAC {text:?}"))?;
+    parts
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("MAC {text:?} has not 6 bytes"))
 }
 
 /// Sends at most `packets` frames in at most `seconds`, as fast as the kernel takes them.
@@ -122,18 +138,34 @@ pub fn generate(a: &GenArgs) -> Result<Value> {
     let mac_text = std::fs::read_to_string(format!("/sys/class/net/{}/address", a.iface))
         .with_context(|| format!("no interface {} here", a.iface))?;
     let src_mac = parse_mac(&mac_text)?;
-    let ifindex = std::fs::read_to_string(format!("/sys/class/net/{}/ifindex", a.iface))?.trim().parse::<u32>()?;
-    let frame = Frame::udp((a.src.into(), 40_000), (a.dst.into(), a.dport)).macs(src_mac, a.dst_mac).build();
+    let ifindex = std::fs::read_to_string(format!("/sys/class/net/{}/ifindex", a.iface))?
+        .trim()
+        .parse::<u32>()?;
+    let frame = Frame::udp((a.src.into(), 40_000), (a.dst.into(), a.dport))
+        .macs(src_mac, a.dst_mac)
+        .build();
 
     // Only the xdp_tx program of the object is loaded; the maps it creates are unused, so the
     // big LRU tables are made small.
     let mut loader = EbpfLoader::new();
-    for name in ["FLOWS", "FLOWS_V4", "FLOWS_V6", "NAT_REVERSE", "NAT_REVERSE_V4", "NAT_REVERSE_V6", "RATE_BUCKETS"] {
+    for name in [
+        "FLOWS",
+        "FLOWS_V4",
+        "FLOWS_V6",
+        "NAT_REVERSE",
+        "NAT_REVERSE_V4",
+        "NAT_REVERSE_V6",
+        "RATE_BUCKETS",
+    ] {
         loader.map_max_entries(name, 1024);
     }
-    let mut ebpf = loader.load(lb_userspace::dataplane::OBJECT).context("loading the XDP object")?;
-    let program: &mut Xdp =
-        ebpf.program_mut(lb_common::names::PROGRAM_TX).context("no xdp_tx program in the object")?.try_into()?;
+    let mut ebpf = loader
+        .load(lb_userspace::dataplane::OBJECT)
+        .context("loading the XDP object")?;
+    let program: &mut Xdp = ebpf
+        .program_mut(lb_common::names::PROGRAM_TX)
+        .context("no xdp_tx program in the object")?
+        .try_into()?;
     program.load().context("loading xdp_tx")?;
 
     // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex.
@@ -146,7 +178,11 @@ pub fn generate(a: &GenArgs) -> Result<Value> {
     // ~25 ms in the loaded lab, so smaller calls cannot keep the rate; the price is bursts:
     // the veth ring of the client's switch port holds 256 frames, what does not fit is dropped
     // there and counted in the client's xdp_xmit_errors (flood_pps counts what left).
-    let chunk: u64 = if a.pps == 0 { 1 << 16 } else { (a.pps / 10).max(u64::from(a.batch)) };
+    let chunk: u64 = if a.pps == 0 {
+        1 << 16
+    } else {
+        (a.pps / 10).max(u64::from(a.batch))
+    };
     let started = Instant::now();
     let limit = Duration::from_secs_f64(a.seconds);
     let mut sent = 0u64;
@@ -195,9 +231,14 @@ pub struct FloodResult {
 /// packet can get at the lb.
 fn flood_verdicts(dp: &Dataplane) -> Result<(u64, u64)> {
     let all = dp.verdict_counters()?;
-    let get = |v: Verdict| all.iter().find(|(x, _)| *x == v).map_or(0, |(_, c)| c.packets);
+    let get = |v: Verdict| {
+        all.iter()
+            .find(|(x, _)| *x == v)
+            .map_or(0, |(_, c)| c.packets)
+    };
     let denied = get(Verdict::DropDenied);
-    let passed = get(Verdict::PassNoService) + get(Verdict::PassHost) + get(Verdict::DropHostPolicy);
+    let passed =
+        get(Verdict::PassNoService) + get(Verdict::PassHost) + get(Verdict::DropHostPolicy);
     Ok((denied, passed))
 }
 
@@ -236,16 +277,35 @@ fn nft_rule(lab: &Lab, on: bool) -> Result<()> {
             host::LB,
             &["nft", &format!("add chain netdev {NFT_TABLE} ingress {{ type filter hook ingress device eth0 priority -500; }}")],
         )?;
-        lab.exec(host::LB, &["nft", &format!("add rule netdev {NFT_TABLE} ingress ip saddr {UNLISTED} counter drop")])?;
+        lab.exec(
+            host::LB,
+            &[
+                "nft",
+                &format!("add rule netdev {NFT_TABLE} ingress ip saddr {UNLISTED} counter drop"),
+            ],
+        )?;
     } else {
-        let _ = lab.exec_unchecked(host::LB, &["nft", &format!("delete table netdev {NFT_TABLE}")]);
+        let _ = lab.exec_unchecked(
+            host::LB,
+            &["nft", &format!("delete table netdev {NFT_TABLE}")],
+        );
     }
     Ok(())
 }
 
 fn nft_dropped(lab: &Lab) -> Option<u64> {
-    let out = lab.exec_stdout(host::LB, &["nft", &format!("list table netdev {NFT_TABLE}")]).ok()?;
-    out.split("packets ").nth(1)?.split_whitespace().next()?.parse().ok()
+    let out = lab
+        .exec_stdout(
+            host::LB,
+            &["nft", &format!("list table netdev {NFT_TABLE}")],
+        )
+        .ok()?;
+    out.split("packets ")
+        .nth(1)?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// Counters of the veth ends on the flood's way (`ethtool -S`): the client's eth0, its switch
@@ -259,7 +319,9 @@ fn nic_counters(lab: &Lab) -> Vec<(String, u64)> {
         (xtask::lab::SWITCH, sw_lb.as_str(), "sw/lb"),
         (host::LB, "eth0", "lb/eth0"),
     ] {
-        let Ok(text) = lab.exec_stdout(host, &["ethtool", "-S", iface]) else { continue };
+        let Ok(text) = lab.exec_stdout(host, &["ethtool", "-S", iface]) else {
+            continue;
+        };
         for line in text.lines() {
             if let Some((k, v)) = line.trim().split_once(':') {
                 if let Ok(v) = v.trim().parse::<u64>() {
@@ -275,7 +337,10 @@ fn nic_counters(lab: &Lab) -> Vec<(String, u64)> {
 fn nic_delta(before: &[(String, u64)], after: &[(String, u64)]) -> Value {
     let mut out = Map::new();
     for (k, v) in after {
-        let b = before.iter().find(|(bk, _)| bk == k).map_or(0, |(_, bv)| *bv);
+        let b = before
+            .iter()
+            .find(|(bk, _)| bk == k)
+            .map_or(0, |(_, bv)| *bv);
         let interesting = ["drop", "err", "xdp", "full"].iter().any(|w| k.contains(w));
         if interesting && *v > b {
             out.insert(k.clone(), json!(v - b));
@@ -285,7 +350,15 @@ fn nic_delta(before: &[(String, u64)], after: &[(String, u64)]) -> Value {
 }
 
 /// Starts the generator in the client namespace (bounded by `seconds` and `cfg.max_packets`).
-fn spawn_gen(lab: &Lab, cfg: &Config, src: &str, pps: u64, seconds: f64, lb_mac: &str, log: &str) -> Result<u32> {
+fn spawn_gen(
+    lab: &Lab,
+    cfg: &Config,
+    src: &str,
+    pps: u64,
+    seconds: f64,
+    lb_mac: &str,
+    log: &str,
+) -> Result<u32> {
     let exe = labkit::self_exe()?;
     let args = [
         exe.display().to_string(),
@@ -314,7 +387,9 @@ fn spawn_gen(lab: &Lab, cfg: &Config, src: &str, pps: u64, seconds: f64, lb_mac:
 
 /// Waits for the generator to end (it is bounded by its own --seconds) and reads its result.
 fn gen_result(lab: &Lab, pid: u32, log: &str) -> Value {
-    let done = xtask::util::wait_until(Duration::from_secs(10), Duration::from_millis(20), || !lab.is_running(pid));
+    let done = xtask::util::wait_until(Duration::from_secs(10), Duration::from_millis(20), || {
+        !lab.is_running(pid)
+    });
     if !done {
         let _ = lab.stop(pid);
     }
@@ -328,7 +403,15 @@ fn gen_result(lab: &Lab, pid: u32, log: &str) -> Value {
 /// (dropped by our XDP program at the lb). What the generator sent and what reached the lb.
 fn probe(lab: &Lab, dp: &Dataplane, cfg: &Config, lb_mac: &str) -> Result<Value> {
     let before = flood_verdicts(dp)?;
-    let pid = spawn_gen(lab, cfg, DENIED, 0, cfg.probe_seconds, lb_mac, "flood-gen-probe")?;
+    let pid = spawn_gen(
+        lab,
+        cfg,
+        DENIED,
+        0,
+        cfg.probe_seconds,
+        lb_mac,
+        "flood-gen-probe",
+    )?;
     let gen = gen_result(lab, pid, "flood-gen-probe");
     let after = flood_verdicts(dp)?;
     let arrived = (after.0 - before.0) + (after.1 - before.1);
@@ -352,11 +435,22 @@ fn run_case(lab: &Lab, dp: &Dataplane, cfg: &Config, case: Case, lb_mac: &str) -
     let nics_before = nic_counters(lab);
     let mut gen_pid = None;
     if let Some(src) = case.source() {
-        gen_pid = Some(spawn_gen(lab, cfg, src, cfg.pps, flood_seconds, lb_mac, &log)?);
+        gen_pid = Some(spawn_gen(
+            lab,
+            cfg,
+            src,
+            cfg.pps,
+            flood_seconds,
+            lb_mac,
+            &log,
+        )?);
         // The flood is under way before wrk starts.
-        let started = xtask::util::wait_until(Duration::from_secs(5), Duration::from_millis(20), || {
-            flood_verdicts(dp).map(|now| now.0 + now.1 > before.0 + before.1 + 5_000).unwrap_or(false)
-        });
+        let started =
+            xtask::util::wait_until(Duration::from_secs(5), Duration::from_millis(20), || {
+                flood_verdicts(dp)
+                    .map(|now| now.0 + now.1 > before.0 + before.1 + 5_000)
+                    .unwrap_or(false)
+            });
         if !started {
             bail!("the flood did not reach the lb:\n{}", lab.read_log(&log));
         }
@@ -366,7 +460,11 @@ fn run_case(lab: &Lab, dp: &Dataplane, cfg: &Config, case: Case, lb_mac: &str) -
     let wrk = labkit::wrk(lab, &cfg.wrk, &url);
     let window = t0.elapsed().as_secs_f64();
     let v1 = flood_verdicts(dp)?;
-    let nft = if case == Case::Nftables { nft_dropped(lab) } else { None };
+    let nft = if case == Case::Nftables {
+        nft_dropped(lab)
+    } else {
+        None
+    };
     let gen = gen_pid.map_or(Value::Null, |pid| gen_result(lab, pid, &log));
     let nics = nic_delta(&nics_before, &nic_counters(lab));
     if case == Case::Nftables {
@@ -406,21 +504,44 @@ fn run_in(lab: &Lab, cfg: &Config) -> Result<FloodResult> {
     // The client's second and third addresses, and xdp_pass on its switch port: XDP_TX of the
     // generator leaves the client's eth0 only when the peer runs an XDP program.
     for a in [DENIED, UNLISTED] {
-        lab.exec(host::CLIENT, &["ip", "addr", "add", &format!("{a}/24"), "dev", "eth0"])?;
+        lab.exec(
+            host::CLIENT,
+            &["ip", "addr", "add", &format!("{a}/24"), "dev", "eth0"],
+        )?;
     }
     let lb = stack::release_binary("lb")?;
     let (sw, port) = lab.switch_port(host::CLIENT);
     let pin = lab.bpffs().join(format!("pass-{port}"));
-    lab.exec(xtask::lab::SWITCH, &[lb.display().to_string(), "attach-pass".into(), "--iface".into(), port.clone(), "--pin".into(), pin.display().to_string()])
-        .with_context(|| format!("attaching xdp_pass to {sw}/{port}"))?;
+    lab.exec(
+        xtask::lab::SWITCH,
+        &[
+            lb.display().to_string(),
+            "attach-pass".into(),
+            "--iface".into(),
+            port.clone(),
+            "--pin".into(),
+            pin.display().to_string(),
+        ],
+    )
+    .with_context(|| format!("attaching xdp_pass to {sw}/{port}"))?;
     let lb_mac = lab.mac(host::LB)?;
-    let dp = Dataplane::load(&LoadOptions { pin_dir: Some(stack::pin_dir(lab)), ..LoadOptions::default() })
-        .context("opening the agent's pinned maps")?;
+    let dp = Dataplane::load(&LoadOptions {
+        pin_dir: Some(stack::pin_dir(lab)),
+        ..LoadOptions::default()
+    })
+    .context("opening the agent's pinned maps")?;
     if !dp.adopted() {
         bail!("the agent's maps are not pinned where expected");
     }
     // Warm-up, then the probe of the highest rate.
-    labkit::wrk(lab, &Wrk { seconds: 1, ..cfg.wrk.clone() }, &format!("http://{}/", addr::VIP_HTTP))?;
+    labkit::wrk(
+        lab,
+        &Wrk {
+            seconds: 1,
+            ..cfg.wrk.clone()
+        },
+        &format!("http://{}/", addr::VIP_HTTP),
+    )?;
     let probe = if cfg.probe_seconds > 0.0 {
         probe(lab, &dp, cfg, &lb_mac).unwrap_or_else(|e| json!({ "error": format!("{e:#}") }))
     } else {
@@ -432,7 +553,11 @@ fn run_in(lab: &Lab, cfg: &Config) -> Result<FloodResult> {
     let mut runs: Map<String, Value> = Map::new();
     let mut orders = Vec::new();
     for rep in 0..cfg.repetitions {
-        let order: Vec<Case> = if rep % 2 == 0 { cases.to_vec() } else { cases.iter().rev().copied().collect() };
+        let order: Vec<Case> = if rep % 2 == 0 {
+            cases.to_vec()
+        } else {
+            cases.iter().rev().copied().collect()
+        };
         orders.push(order.iter().map(|c| c.key()).collect::<Vec<_>>());
         for case in order {
             let entry = run_case(lab, &dp, cfg, case, &lb_mac).unwrap_or_else(|e| {
@@ -440,7 +565,11 @@ fn run_in(lab: &Lab, cfg: &Config) -> Result<FloodResult> {
                 json!({ "error": format!("{e:#}") })
             });
             eprintln!("lb-bench: flood {} rep {}: {}", case.key(), rep + 1, entry);
-            runs.entry(case.key()).or_insert_with(|| json!([])).as_array_mut().context("runs")?.push(entry);
+            runs.entry(case.key())
+                .or_insert_with(|| json!([]))
+                .as_array_mut()
+                .context("runs")?
+                .push(entry);
         }
     }
 
@@ -450,16 +579,33 @@ fn run_in(lab: &Lab, cfg: &Config) -> Result<FloodResult> {
     let mut lb_seen = Vec::new();
     let mut left_pps = Vec::new();
     for case in cases {
-        let list = runs.get(case.key()).and_then(Value::as_array).cloned().unwrap_or_default();
+        let list = runs
+            .get(case.key())
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
         let complete = !list.is_empty() && list.iter().all(|r| r.get("error").is_none());
         let rps: Vec<f64> = list.iter().filter_map(|r| r["rps"].as_f64()).collect();
-        let value = if complete { median(&rps).map(|v| round(v, 0)) } else { None };
+        let value = if complete {
+            median(&rps).map(|v| round(v, 0))
+        } else {
+            None
+        };
         flood.insert(case.key().into(), json!(value));
-        let pps: Vec<f64> = list.iter().filter_map(|r| r["generator"]["pps"].as_f64()).collect();
+        let pps: Vec<f64> = list
+            .iter()
+            .filter_map(|r| r["generator"]["pps"].as_f64())
+            .collect();
         gen_pps.extend(&pps);
-        let left: Vec<f64> = list.iter().filter_map(|r| r["left_client_pps"].as_f64()).collect();
+        let left: Vec<f64> = list
+            .iter()
+            .filter_map(|r| r["left_client_pps"].as_f64())
+            .collect();
         left_pps.extend(&left);
-        let lb_pps: Vec<f64> = list.iter().filter_map(|r| r["lb_xdp_during_wrk"]["seen_pps"].as_f64()).collect();
+        let lb_pps: Vec<f64> = list
+            .iter()
+            .filter_map(|r| r["lb_xdp_during_wrk"]["seen_pps"].as_f64())
+            .collect();
         lb_seen.extend(&lb_pps);
         let mut d = json!({
             "runs": list,
@@ -475,7 +621,10 @@ fn run_in(lab: &Lab, cfg: &Config) -> Result<FloodResult> {
         }
         detail.insert(case.key().into(), d);
     }
-    flood.insert("flood_pps".into(), json!(median(&left_pps).map(|v| round(v, 0))));
+    flood.insert(
+        "flood_pps".into(),
+        json!(median(&left_pps).map(|v| round(v, 0))),
+    );
     detail.insert("probe_unpaced".into(), probe);
     detail.insert(
         "flood_pps_cross_check".into(),
@@ -534,7 +683,10 @@ fn run_in(lab: &Lab, cfg: &Config) -> Result<FloodResult> {
             "quick": cfg.quick,
         }),
     );
-    Ok(FloodResult { flood: Value::Object(flood), detail: Value::Object(detail) })
+    Ok(FloodResult {
+        flood: Value::Object(flood),
+        detail: Value::Object(detail),
+    })
 }
 
 pub fn run(cfg: &Config) -> Result<FloodResult> {
@@ -549,15 +701,28 @@ pub fn run(cfg: &Config) -> Result<FloodResult> {
 pub fn table(flood: &Value) -> String {
     let base = flood["baseline_rps"].as_f64();
     let nft = flood["nftables_rps"].as_f64();
-    let mut s = format!("flood_pps (frames that left the client, per s): {}\n", flood["flood_pps"].as_f64().map_or("null".into(), |v| format!("{v:.0}")));
-    s += &format!("{:<14} {:>10} {:>12} {:>12}\n", "case", "req/s", "x baseline", "x nftables");
+    let mut s = format!(
+        "flood_pps (frames that left the client, per s): {}\n",
+        flood["flood_pps"]
+            .as_f64()
+            .map_or("null".into(), |v| format!("{v:.0}"))
+    );
+    s += &format!(
+        "{:<14} {:>10} {:>12} {:>12}\n",
+        "case", "req/s", "x baseline", "x nftables"
+    );
     for k in ["baseline_rps", "none_rps", "nftables_rps", "xdp_rps"] {
         let v = flood[k].as_f64();
         let x = |b: Option<f64>| match (v, b) {
             (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
             _ => "-".into(),
         };
-        s += &format!("{k:<14} {:>10} {:>12} {:>12}\n", v.map_or("null".into(), |v| format!("{v:.0}")), x(base), x(nft));
+        s += &format!(
+            "{k:<14} {:>10} {:>12} {:>12}\n",
+            v.map_or("null".into(), |v| format!("{v:.0}")),
+            x(base),
+            x(nft)
+        );
     }
     s
 }

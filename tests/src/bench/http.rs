@@ -26,7 +26,11 @@ impl Config {
     pub fn new(quick: bool) -> Self {
         Config {
             quick,
-            wrk: Wrk { threads: 2, connections: 64, seconds: if quick { 5 } else { 10 } },
+            wrk: Wrk {
+                threads: 2,
+                connections: 64,
+                seconds: if quick { 5 } else { 10 },
+            },
             repetitions: if quick { 3 } else { 5 },
         }
     }
@@ -98,10 +102,24 @@ fn run_in(lab: &Lab, agent: u32, cfg: &Config) -> Result<HttpResult> {
     fs::create_dir_all(&dir)?;
     let haproxy_cfg = dir.join("haproxy.cfg");
     fs::write(&haproxy_cfg, haproxy_config(&dir))?;
-    let haproxy = lab.spawn(host::LB, &["haproxy", "-db", "-f", &haproxy_cfg.display().to_string()], "haproxy")?;
+    let haproxy = lab.spawn(
+        host::LB,
+        &["haproxy", "-db", "-f", &haproxy_cfg.display().to_string()],
+        "haproxy",
+    )?;
     let nginx_cfg = dir.join("nginx-proxy.conf");
     fs::write(&nginx_cfg, nginx_config(&dir))?;
-    let nginx = lab.spawn(host::LB, &["nginx", "-c", &nginx_cfg.display().to_string(), "-g", "daemon off;"], "nginx-proxy")?;
+    let nginx = lab.spawn(
+        host::LB,
+        &[
+            "nginx",
+            "-c",
+            &nginx_cfg.display().to_string(),
+            "-g",
+            "daemon off;",
+        ],
+        "nginx-proxy",
+    )?;
 
     let targets = vec![
         Target { key: "direct", url: format!("http://{}/", addr::WEB1), pids: vec![], what: "web1's nginx, no load balancer".into() },
@@ -135,9 +153,14 @@ fn run_in(lab: &Lab, agent: u32, cfg: &Config) -> Result<HttpResult> {
     ];
     // Every target answers before anything is timed; a one-second warm-up each.
     for t in &targets {
-        let ok = xtask::util::wait_until(std::time::Duration::from_secs(10), std::time::Duration::from_millis(200), || {
-            lab.exec(host::CLIENT, &["curl", "-sf", "-m", "1", &t.url]).is_ok()
-        });
+        let ok = xtask::util::wait_until(
+            std::time::Duration::from_secs(10),
+            std::time::Duration::from_millis(200),
+            || {
+                lab.exec(host::CLIENT, &["curl", "-sf", "-m", "1", &t.url])
+                    .is_ok()
+            },
+        );
         if !ok {
             anyhow::bail!(
                 "{} ({}) does not answer:\n{}\n{}",
@@ -147,14 +170,24 @@ fn run_in(lab: &Lab, agent: u32, cfg: &Config) -> Result<HttpResult> {
                 lab.read_log("nginx-proxy")
             );
         }
-        labkit::wrk(lab, &Wrk { seconds: 1, ..cfg.wrk.clone() }, &t.url)?;
+        labkit::wrk(
+            lab,
+            &Wrk {
+                seconds: 1,
+                ..cfg.wrk.clone()
+            },
+            &t.url,
+        )?;
     }
 
     let mut runs: Map<String, Value> = Map::new();
     let mut orders = Vec::new();
     for rep in 0..cfg.repetitions {
-        let order: Vec<usize> =
-            if rep % 2 == 0 { (0..targets.len()).collect() } else { (0..targets.len()).rev().collect() };
+        let order: Vec<usize> = if rep % 2 == 0 {
+            (0..targets.len()).collect()
+        } else {
+            (0..targets.len()).rev().collect()
+        };
         orders.push(order.iter().map(|&i| targets[i].key).collect::<Vec<_>>());
         for &i in &order {
             let t = &targets[i];
@@ -166,14 +199,22 @@ fn run_in(lab: &Lab, agent: u32, cfg: &Config) -> Result<HttpResult> {
                 Err(e) => json!({ "error": format!("{e:#}") }),
             };
             eprintln!("lb-bench: http {} rep {}: {}", t.key, rep + 1, entry);
-            runs.entry(t.key).or_insert_with(|| json!([])).as_array_mut().context("runs")?.push(entry);
+            runs.entry(t.key)
+                .or_insert_with(|| json!([]))
+                .as_array_mut()
+                .context("runs")?
+                .push(entry);
         }
     }
 
     let mut http = Map::new();
     let mut detail = Map::new();
     for t in &targets {
-        let list = runs.get(t.key).and_then(Value::as_array).cloned().unwrap_or_default();
+        let list = runs
+            .get(t.key)
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
         let col = |k: &str| -> Vec<f64> { list.iter().filter_map(|r| r[k].as_f64()).collect() };
         let complete = list.iter().all(|r| r.get("error").is_none()) && !list.is_empty();
         let value = if complete {
@@ -235,7 +276,10 @@ fn run_in(lab: &Lab, agent: u32, cfg: &Config) -> Result<HttpResult> {
             "quick": cfg.quick,
         }),
     );
-    Ok(HttpResult { http: Value::Object(http), detail: Value::Object(detail) })
+    Ok(HttpResult {
+        http: Value::Object(http),
+        detail: Value::Object(detail),
+    })
 }
 
 fn run_json(r: &WrkResult, proc_s: f64, softirq_s: f64) -> Value {
@@ -254,10 +298,18 @@ fn run_json(r: &WrkResult, proc_s: f64, softirq_s: f64) -> Value {
 fn version(lab: &Lab, args: &[&str]) -> String {
     lab.exec_unchecked(host::LB, args)
         .map(|o| {
-            let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            );
             text.lines()
                 .next()
-                .and_then(|l| l.split_whitespace().find(|w| w.chars().next().is_some_and(|c| c.is_ascii_digit()) || w.contains('/')))
+                .and_then(|l| {
+                    l.split_whitespace().find(|w| {
+                        w.chars().next().is_some_and(|c| c.is_ascii_digit()) || w.contains('/')
+                    })
+                })
                 .map(|w| w.rsplit('/').next().unwrap_or(w).to_string())
                 .unwrap_or_default()
         })
@@ -276,7 +328,10 @@ pub fn run(cfg: &Config) -> Result<HttpResult> {
 
 /// Table rows for the http part.
 pub fn table(http: &Value) -> String {
-    let mut s = format!("{:<10} {:>10} {:>9} {:>9} {:>10} {:>10}\n", "target", "req/s", "p50 ms", "p99 ms", "lb cpu s", "x haproxy");
+    let mut s = format!(
+        "{:<10} {:>10} {:>9} {:>9} {:>10} {:>10}\n",
+        "target", "req/s", "p50 ms", "p99 ms", "lb cpu s", "x haproxy"
+    );
     let base = http["haproxy"]["rps"].as_f64();
     for k in KEYS {
         let v = &http[k];
@@ -289,7 +344,14 @@ pub fn table(http: &Value) -> String {
             (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
             _ => "-".into(),
         };
-        s += &format!("{k:<10} {:>10} {:>9} {:>9} {:>10} {:>10}\n", f("rps", 0), f("p50_ms", 3), f("p99_ms", 3), f("lb_cpu_s", 2), x);
+        s += &format!(
+            "{k:<10} {:>10} {:>9} {:>9} {:>10} {:>10}\n",
+            f("rps", 0),
+            f("p50_ms", 3),
+            f("p99_ms", 3),
+            f("lb_cpu_s", 2),
+            x
+        );
     }
     s
 }

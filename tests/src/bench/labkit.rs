@@ -50,9 +50,17 @@ pub struct WrkResult {
 
 /// Runs wrk against `url` from the client namespace. Bounded: wrk's own duration plus 20 s.
 pub fn wrk(lab: &Lab, w: &Wrk, url: &str) -> Result<WrkResult> {
-    let (t, c, d) = (format!("-t{}", w.threads), format!("-c{}", w.connections), format!("-d{}s", w.seconds));
+    let (t, c, d) = (
+        format!("-t{}", w.threads),
+        format!("-c{}", w.connections),
+        format!("-d{}s", w.seconds),
+    );
     let args = ["wrk", &t, &c, &d, "--timeout", "2s", "--latency", url];
-    let out = lab.exec_timeout(host::CLIENT, &args, Duration::from_secs(u64::from(w.seconds) + 20))?;
+    let out = lab.exec_timeout(
+        host::CLIENT,
+        &args,
+        Duration::from_secs(u64::from(w.seconds) + 20),
+    )?;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     parse_wrk(&text).with_context(|| format!("parsing wrk's output:\n{text}"))
 }
@@ -85,10 +93,15 @@ pub fn parse_wrk(text: &str) -> Result<WrkResult> {
             ["50%", v, ..] => r.p50_ms = duration_ms(v),
             ["99%", v, ..] => r.p99_ms = duration_ms(v),
             [n, "requests", "in", ..] => r.requests = n.parse().unwrap_or(0),
-            ["Non-2xx", "or", "3xx", "responses:", n, ..] => r.errors += n.parse::<u64>().unwrap_or(0),
+            ["Non-2xx", "or", "3xx", "responses:", n, ..] => {
+                r.errors += n.parse::<u64>().unwrap_or(0)
+            }
             ["Socket", "errors:", rest @ ..] => {
                 // "connect 0, read 0, write 0, timeout 0"
-                r.errors += rest.iter().filter_map(|w| w.trim_end_matches(',').parse::<u64>().ok()).sum::<u64>();
+                r.errors += rest
+                    .iter()
+                    .filter_map(|w| w.trim_end_matches(',').parse::<u64>().ok())
+                    .sum::<u64>();
             }
             _ => {}
         }
@@ -126,10 +139,14 @@ pub fn stack_lab(prefix: &str, firewall: &str) -> Result<(Lab, u32)> {
     // The service answers through the VIP before anything is measured.
     let url = format!("http://{}/", addr::VIP_HTTP);
     let up = xtask::util::wait_until(Duration::from_secs(10), Duration::from_millis(200), || {
-        lab.exec(host::CLIENT, &["curl", "-sf", "-m", "1", &url]).is_ok()
+        lab.exec(host::CLIENT, &["curl", "-sf", "-m", "1", &url])
+            .is_ok()
     });
     if !up {
-        bail!("the VIP does not answer through the agent:\n{}", lab.read_log("agent"));
+        bail!(
+            "the VIP does not answer through the agent:\n{}",
+            lab.read_log("agent")
+        );
     }
     Ok((lab, agent))
 }
@@ -152,7 +169,10 @@ fn proc_stat(pid: u32) -> Option<(u32, u64)> {
     let rest = &text[text.rfind(')')? + 2..];
     let f: Vec<&str> = rest.split_whitespace().collect();
     // rest[0] is field 3 (state): ppid is field 4, utime 14, stime 15.
-    Some((f.get(1)?.parse().ok()?, f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?))
+    Some((
+        f.get(1)?.parse().ok()?,
+        f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?,
+    ))
 }
 
 /// CPU seconds (user + sys) of `pids` and all their descendants (nginx's and haproxy's
@@ -179,7 +199,11 @@ pub fn tree_cpu_s(pids: &[u32]) -> f64 {
             }
         }
     }
-    let ticks: u64 = all.iter().filter(|(pid, _, _)| members.contains(pid)).map(|(_, _, t)| t).sum();
+    let ticks: u64 = all
+        .iter()
+        .filter(|(pid, _, _)| members.contains(pid))
+        .map(|(_, _, t)| t)
+        .sum();
     ticks as f64 / clk_tck()
 }
 
@@ -187,7 +211,13 @@ pub fn tree_cpu_s(pids: &[u32]) -> f64 {
 pub fn softirq_s() -> f64 {
     let ticks = fs::read_to_string("/proc/stat")
         .ok()
-        .and_then(|s| s.lines().next().and_then(|l| l.split_whitespace().nth(7).and_then(|v| v.parse::<u64>().ok())))
+        .and_then(|s| {
+            s.lines().next().and_then(|l| {
+                l.split_whitespace()
+                    .nth(7)
+                    .and_then(|v| v.parse::<u64>().ok())
+            })
+        })
         .unwrap_or(0);
     ticks as f64 / clk_tck()
 }
@@ -201,12 +231,19 @@ pub struct CpuMeter {
 
 impl CpuMeter {
     pub fn start(pids: &[u32]) -> Self {
-        CpuMeter { pids: pids.to_vec(), proc0: tree_cpu_s(pids), softirq0: softirq_s() }
+        CpuMeter {
+            pids: pids.to_vec(),
+            proc0: tree_cpu_s(pids),
+            softirq0: softirq_s(),
+        }
     }
 
     /// (process seconds, softirq seconds).
     pub fn stop(&self) -> (f64, f64) {
-        ((tree_cpu_s(&self.pids) - self.proc0).max(0.0), (softirq_s() - self.softirq0).max(0.0))
+        (
+            (tree_cpu_s(&self.pids) - self.proc0).max(0.0),
+            (softirq_s() - self.softirq0).max(0.0),
+        )
     }
 }
 
@@ -217,7 +254,11 @@ pub fn median(values: &[f64]) -> Option<f64> {
     }
     v.sort_by(f64::total_cmp);
     let n = v.len();
-    Some(if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 })
+    Some(if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    })
 }
 
 pub fn round(v: f64, digits: i32) -> f64 {

@@ -153,14 +153,27 @@ const LOOP_CLIENT_PORT: u16 = 40_000;
 
 fn two_backends(port: u16) -> [BackendSpec; 2] {
     [
-        BackendSpec { name: "web1", addr: IpAddr::V4(WEB1), port, mac: WEB1_MAC, weight: 1 },
-        BackendSpec { name: "web2", addr: IpAddr::V4(WEB2), port, mac: WEB2_MAC, weight: 1 },
+        BackendSpec {
+            name: "web1",
+            addr: IpAddr::V4(WEB1),
+            port,
+            mac: WEB1_MAC,
+            weight: 1,
+        },
+        BackendSpec {
+            name: "web2",
+            addr: IpAddr::V4(WEB2),
+            port,
+            mac: WEB2_MAC,
+            weight: 1,
+        },
     ]
 }
 
 /// A TCP frame from the client's MAC to the load balancer's; 74 bytes (20-byte payload).
 fn tcp(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), flags: u8) -> Frame {
-    let mut frame = Frame::tcp((IpAddr::V4(src.0), src.1), (IpAddr::V4(dst.0), dst.1)).macs(CLIENT_MAC, LB_MAC);
+    let mut frame =
+        Frame::tcp((IpAddr::V4(src.0), src.1), (IpAddr::V4(dst.0), dst.1)).macs(CLIENT_MAC, LB_MAC);
     if let L4::Tcp { flags: f, ack, .. } = &mut frame.l4 {
         *f = flags;
         if flags & TCP_ACK != 0 {
@@ -212,7 +225,11 @@ fn random_prefixes(n: u32, seed: u64) -> Vec<(Ipv4Addr, u8)> {
 
 /// An address inside the prefix (host bits from a fixed pattern).
 fn inside(prefix: (Ipv4Addr, u8)) -> Ipv4Addr {
-    let host = if prefix.1 == 32 { 0 } else { 0x5a5a_5a5a & (u32::MAX >> prefix.1) };
+    let host = if prefix.1 == 32 {
+        0
+    } else {
+        0x5a5a_5a5a & (u32::MAX >> prefix.1)
+    };
     Ipv4Addr::from(u32::from(prefix.0) | host)
 }
 
@@ -266,15 +283,26 @@ address = "{WEB2}"
     let mut h = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         ConfigHarness::new(&toml, &macs, &[IpAddr::V4(LB_ADDR)])
     }))
-    .map_err(|_| anyhow::anyhow!("programming the firewall scene with {n} prefixes failed (see the panic above)"))?;
+    .map_err(|_| {
+        anyhow::anyhow!(
+            "programming the firewall scene with {n} prefixes failed (see the panic above)"
+        )
+    })?;
     let build_ms = started.elapsed().as_secs_f64() * 1e3;
     let vips = [IpAddr::V4(DSR_VIP)];
     let hosts = [IpAddr::V4(LB_ADDR), IpAddr::V4(DSR_VIP)];
     let started = Instant::now();
-    firewall::apply(&mut h.harness.dataplane, &h.rules, &hosts, &vips).context("re-applying the rule set")?;
+    firewall::apply(&mut h.harness.dataplane, &h.rules, &hosts, &vips)
+        .context("re-applying the rule set")?;
     let apply_ms = started.elapsed().as_secs_f64() * 1e3;
     let denied = inside(prefixes[prefixes.len() / 2]);
-    Ok(FwScene { h, denied, prefixes: prefixes.len(), build_ms, apply_ms })
+    Ok(FwScene {
+        h,
+        denied,
+        prefixes: prefixes.len(),
+        build_ms,
+        apply_ms,
+    })
 }
 
 fn fw_note(scene: &FwScene) -> String {
@@ -305,7 +333,10 @@ fn test_run(program: &Xdp, frame: &[u8], out: &mut [u8], repeat: u32) -> Result<
             ..TestRunOptions::new()
         })
         .context("BPF_PROG_TEST_RUN")?;
-    Ok(Run { ns: result.duration.as_nanos() as f64, ret: result.return_value })
+    Ok(Run {
+        ns: result.duration.as_nanos() as f64,
+        ret: result.return_value,
+    })
 }
 
 /// A call whose kernel-timed run took longer than this was interrupted (an IRQ, the host
@@ -376,18 +407,35 @@ impl Frames {
 }
 
 enum Method<'a> {
-    Repeat { program: &'a Xdp, frame: Vec<u8>, repeat: u32 },
-    PerCall { program: &'a Xdp, pass: &'a Xdp, frames: Frames, calls: u32, next: u64 },
+    Repeat {
+        program: &'a Xdp,
+        frame: Vec<u8>,
+        repeat: u32,
+    },
+    PerCall {
+        program: &'a Xdp,
+        pass: &'a Xdp,
+        frames: Frames,
+        calls: u32,
+        next: u64,
+    },
     /// Not measured; the reason is the case's failure.
     None,
 }
 
 /// What one round measured.
 enum Round {
-    Repeat { ns: f64 },
+    Repeat {
+        ns: f64,
+    },
     /// `all_calls_estimate_offset`: how much the round's figure would grow if the pairs left
     /// out as interrupted were kept.
-    PerCall { program_mean: f64, pass_mean: f64, dropped: u32, all_calls_estimate_offset: f64 },
+    PerCall {
+        program_mean: f64,
+        pass_mean: f64,
+        dropped: u32,
+        all_calls_estimate_offset: f64,
+    },
 }
 
 /// Which harness's verdict counter must count this case's runs.
@@ -431,7 +479,12 @@ struct Case<'a> {
 }
 
 impl<'a> Case<'a> {
-    fn new(key: &'static str, method: Method<'a>, expect: u32, counted_as: Option<(Scene, Verdict)>) -> Self {
+    fn new(
+        key: &'static str,
+        method: Method<'a>,
+        expect: u32,
+        counted_as: Option<(Scene, Verdict)>,
+    ) -> Self {
         let method_text = match &method {
             Method::Repeat { repeat, .. } => format!(
                 "repeat: {ROUNDS} rounds, each one BPF_PROG_TEST_RUN call with repeat={repeat}; the kernel's average per \
@@ -444,7 +497,17 @@ impl<'a> Case<'a> {
             ),
             Method::None => "not measured".to_string(),
         };
-        Case { key, method, expect, counted_as, method_text, notes: Vec::new(), rounds: Vec::new(), runs: 0, failure: None }
+        Case {
+            key,
+            method,
+            expect,
+            counted_as,
+            method_text,
+            notes: Vec::new(),
+            rounds: Vec::new(),
+            runs: 0,
+            failure: None,
+        }
     }
 
     fn unavailable(key: &'static str, reason: impl Into<String>) -> Self {
@@ -472,18 +535,44 @@ impl<'a> Case<'a> {
         let expect = self.expect;
         let result = match &mut self.method {
             Method::None => return,
-            Method::Repeat { program, frame, repeat } => {
+            Method::Repeat {
+                program,
+                frame,
+                repeat,
+            } => {
                 self.runs += u64::from(*repeat);
-                test_run(program, frame, out, *repeat)
-                    .map(|r| if r.ret == expect { Ok(Round::Repeat { ns: r.ns }) } else { Err(r.ret) })
+                test_run(program, frame, out, *repeat).map(|r| {
+                    if r.ret == expect {
+                        Ok(Round::Repeat { ns: r.ns })
+                    } else {
+                        Err(r.ret)
+                    }
+                })
             }
-            Method::PerCall { program, pass, frames, calls, next } => {
-                per_call_round(program, pass, frames, *calls, next, expect, out, &mut self.runs)
-            }
+            Method::PerCall {
+                program,
+                pass,
+                frames,
+                calls,
+                next,
+            } => per_call_round(
+                program,
+                pass,
+                frames,
+                *calls,
+                next,
+                expect,
+                out,
+                &mut self.runs,
+            ),
         };
         match result {
             Ok(Ok(round)) => self.rounds.push(round),
-            Ok(Err(ret)) => self.fail(format!("returned {} ({ret}), expected {}", action_name(ret), action_name(expect))),
+            Ok(Err(ret)) => self.fail(format!(
+                "returned {} ({ret}), expected {}",
+                action_name(ret),
+                action_name(expect)
+            )),
             Err(e) => self.fail(format!("{e:#}")),
         }
     }
@@ -495,9 +584,11 @@ impl<'a> Case<'a> {
             .enumerate()
             .map(|(i, round)| match round {
                 Round::Repeat { ns } => *ns,
-                Round::PerCall { program_mean, pass_mean, .. } => {
-                    program_mean - pass_mean + floor.get(i).copied().unwrap_or(0.0)
-                }
+                Round::PerCall {
+                    program_mean,
+                    pass_mean,
+                    ..
+                } => program_mean - pass_mean + floor.get(i).copied().unwrap_or(0.0),
             })
             .collect()
     }
@@ -541,29 +632,48 @@ impl<'a> Case<'a> {
                     .rounds
                     .iter()
                     .filter_map(|r| match r {
-                        Round::PerCall { program_mean, pass_mean, dropped, all_calls_estimate_offset } => {
-                            Some((*program_mean, *pass_mean, *dropped, *all_calls_estimate_offset))
-                        }
+                        Round::PerCall {
+                            program_mean,
+                            pass_mean,
+                            dropped,
+                            all_calls_estimate_offset,
+                        } => Some((
+                            *program_mean,
+                            *pass_mean,
+                            *dropped,
+                            *all_calls_estimate_offset,
+                        )),
                         Round::Repeat { .. } => None,
                     })
                     .collect();
-                detail["interrupted_pairs_left_out"] = json!(per_call.iter().map(|p| p.2).collect::<Vec<_>>());
-                let with_all: Vec<f64> = rounds.iter().zip(&per_call).map(|(r, p)| r + p.3).collect();
-                detail["rounds_keeping_interrupted_pairs"] = json!(with_all.iter().map(|v| round1(*v)).collect::<Vec<_>>());
+                detail["interrupted_pairs_left_out"] =
+                    json!(per_call.iter().map(|p| p.2).collect::<Vec<_>>());
+                let with_all: Vec<f64> =
+                    rounds.iter().zip(&per_call).map(|(r, p)| r + p.3).collect();
+                detail["rounds_keeping_interrupted_pairs"] =
+                    json!(with_all.iter().map(|v| round1(*v)).collect::<Vec<_>>());
                 if with_all.len() == ROUNDS as usize {
                     detail["median_keeping_interrupted_pairs"] = json!(round1(median(&with_all)));
                 }
                 detail["interrupted_threshold_ns"] = json!(INTERRUPTED_NS);
-                detail["program_repeat1_mean_ns"] = json!(per_call.iter().map(|p| round1(p.0)).collect::<Vec<_>>());
-                detail["xdp_pass_repeat1_mean_ns"] = json!(per_call.iter().map(|p| round1(p.1)).collect::<Vec<_>>());
-                detail["floor_ns_of_round"] = json!(floor.iter().map(|v| round1(*v)).collect::<Vec<_>>());
+                detail["program_repeat1_mean_ns"] =
+                    json!(per_call.iter().map(|p| round1(p.0)).collect::<Vec<_>>());
+                detail["xdp_pass_repeat1_mean_ns"] =
+                    json!(per_call.iter().map(|p| round1(p.1)).collect::<Vec<_>>());
+                detail["floor_ns_of_round"] =
+                    json!(floor.iter().map(|v| round1(*v)).collect::<Vec<_>>());
             }
             Method::None => {}
         }
         if !self.notes.is_empty() {
             detail["notes"] = json!(self.notes);
         }
-        Outcome { key: self.key, ns, return_value: (!matches!(self.method, Method::None)).then_some(self.expect), detail }
+        Outcome {
+            key: self.key,
+            ns,
+            return_value: (!matches!(self.method, Method::None)).then_some(self.expect),
+            detail,
+        }
     }
 }
 
@@ -593,10 +703,20 @@ pub fn action_name(action: u32) -> &'static str {
 }
 
 /// Runs one frame through a harness (setup, not timed) and insists on the verdict and frame.
-fn setup_run(h: &Harness, frame: &[u8], want: u32, expected: Option<&[u8]>, what: &str) -> Result<Vec<u8>> {
+fn setup_run(
+    h: &Harness,
+    frame: &[u8],
+    want: u32,
+    expected: Option<&[u8]>,
+    what: &str,
+) -> Result<Vec<u8>> {
     let (action, out) = h.run(frame);
     if action != want {
-        bail!("{what}: returned {} ({action}), expected {}", action_name(action), action_name(want));
+        bail!(
+            "{what}: returned {} ({action}), expected {}",
+            action_name(action),
+            action_name(want)
+        );
     }
     if let Some(expected) = expected {
         if out != expected {
@@ -622,22 +742,65 @@ pub fn run(cfg: &Config) -> Result<PerPacket> {
     // The main scene: a DSR service, a NAT service (addresses as in the tests), and an address
     // that is neither.
     let mut main = Harness::new();
-    main.add_service("dsr", (IpAddr::V4(DSR_VIP), 80), Protocol::Tcp, Mode::Dsr, None, &two_backends(80));
-    main.add_service("nat", (IpAddr::V4(NAT_VIP), 80), Protocol::Tcp, Mode::Nat, Some(IpAddr::V4(SNAT)), &two_backends(8080));
+    main.add_service(
+        "dsr",
+        (IpAddr::V4(DSR_VIP), 80),
+        Protocol::Tcp,
+        Mode::Dsr,
+        None,
+        &two_backends(80),
+    );
+    main.add_service(
+        "nat",
+        (IpAddr::V4(NAT_VIP), 80),
+        Protocol::Tcp,
+        Mode::Nat,
+        Some(IpAddr::V4(SNAT)),
+        &two_backends(8080),
+    );
     main.set_nat_ports(NAT_PORTS.0, NAT_PORTS.1);
     // New flows get a scene of their own, so the flows they add leave the other tables alone.
-    let mut newflows = Harness::with_options(&LoadOptions { flow_capacity: cfg.flow_capacity, ..LoadOptions::default() });
-    newflows.add_service("dsr", (IpAddr::V4(DSR_VIP), 80), Protocol::Tcp, Mode::Dsr, None, &two_backends(80));
+    let mut newflows = Harness::with_options(&LoadOptions {
+        flow_capacity: cfg.flow_capacity,
+        ..LoadOptions::default()
+    });
+    newflows.add_service(
+        "dsr",
+        (IpAddr::V4(DSR_VIP), 80),
+        Protocol::Tcp,
+        Mode::Dsr,
+        None,
+        &two_backends(80),
+    );
     // The fixed-point NAT service (see LOOP_VIP).
     let mut natloop = Harness::new();
-    let itself = [BackendSpec { name: "itself", addr: IpAddr::V4(LOOP_VIP), port: 80, mac: WEB1_MAC, weight: 1 }];
-    natloop.add_service("natloop", (IpAddr::V4(LOOP_VIP), 80), Protocol::Tcp, Mode::Nat, Some(IpAddr::V4(CLIENT)), &itself);
+    let itself = [BackendSpec {
+        name: "itself",
+        addr: IpAddr::V4(LOOP_VIP),
+        port: 80,
+        mac: WEB1_MAC,
+        weight: 1,
+    }];
+    natloop.add_service(
+        "natloop",
+        (IpAddr::V4(LOOP_VIP), 80),
+        Protocol::Tcp,
+        Mode::Nat,
+        Some(IpAddr::V4(CLIENT)),
+        &itself,
+    );
     natloop.set_nat_ports(LOOP_CLIENT_PORT, LOOP_CLIENT_PORT);
 
     // Established DSR flow: its first packet (not timed) creates the flow.
     let dsr = tcp((CLIENT, 40_000), (DSR_VIP, 80), TCP_ACK);
     let dsr_frame = dsr.build();
-    setup_run(&main, &dsr_frame, XDP_TX, Some(&dsr.clone().macs(LB_MAC, WEB1_MAC).build()), "DSR setup packet")?;
+    setup_run(
+        &main,
+        &dsr_frame,
+        XDP_TX,
+        Some(&dsr.clone().macs(LB_MAC, WEB1_MAC).build()),
+        "DSR setup packet",
+    )?;
     expected_counts.add((Scene::Main, Verdict::ForwardDsr), 1);
 
     // Established NAT flow (ordinary addresses), then the backend's reply to the NAT port it got.
@@ -646,14 +809,26 @@ pub fn run(cfg: &Config) -> Result<PerPacket> {
     let out = setup_run(&main, &nat_frame, XDP_TX, None, "NAT setup packet")?;
     expected_counts.add((Scene::Main, Verdict::ForwardNat), 1);
     let (nat_port, _) = l4_ports(&out);
-    let forward = nat.with_endpoints((IpAddr::V4(SNAT), nat_port), (IpAddr::V4(WEB1), 8080)).macs(LB_MAC, WEB1_MAC);
+    let forward = nat
+        .with_endpoints((IpAddr::V4(SNAT), nat_port), (IpAddr::V4(WEB1), 8080))
+        .macs(LB_MAC, WEB1_MAC);
     if out != forward.build() {
         bail!("NAT setup packet: the program's output frame is not the expected one");
     }
-    let reply = forward.with_endpoints((IpAddr::V4(WEB1), 8080), (IpAddr::V4(SNAT), nat_port)).macs(WEB1_MAC, LB_MAC);
+    let reply = forward
+        .with_endpoints((IpAddr::V4(WEB1), 8080), (IpAddr::V4(SNAT), nat_port))
+        .macs(WEB1_MAC, LB_MAC);
     let reply_frame = reply.build();
-    let to_client = reply.with_endpoints((IpAddr::V4(NAT_VIP), 80), (IpAddr::V4(CLIENT), 40_000)).macs(LB_MAC, CLIENT_MAC);
-    setup_run(&main, &reply_frame, XDP_TX, Some(&to_client.build()), "NAT reply setup packet")?;
+    let to_client = reply
+        .with_endpoints((IpAddr::V4(NAT_VIP), 80), (IpAddr::V4(CLIENT), 40_000))
+        .macs(LB_MAC, CLIENT_MAC);
+    setup_run(
+        &main,
+        &reply_frame,
+        XDP_TX,
+        Some(&to_client.build()),
+        "NAT reply setup packet",
+    )?;
     expected_counts.add((Scene::Main, Verdict::NatReply), 1);
 
     // The fixed-point NAT flow: forward and reply come out with the same addresses and ports.
@@ -667,7 +842,8 @@ pub fn run(cfg: &Config) -> Result<PerPacket> {
         "fixed-point NAT setup packet",
     )?;
     expected_counts.add((Scene::NatLoop, Verdict::ForwardNat), 1);
-    let loop_reply = tcp((LOOP_VIP, 80), (CLIENT, LOOP_CLIENT_PORT), TCP_ACK).macs(WEB1_MAC, LB_MAC);
+    let loop_reply =
+        tcp((LOOP_VIP, 80), (CLIENT, LOOP_CLIENT_PORT), TCP_ACK).macs(WEB1_MAC, LB_MAC);
     let loop_reply_frame = loop_reply.build();
     setup_run(
         &natloop,
@@ -679,17 +855,41 @@ pub fn run(cfg: &Config) -> Result<PerPacket> {
     expected_counts.add((Scene::NatLoop, Verdict::NatReply), 1);
 
     // The firewall scenes, and the flow table filled before an established flow is measured.
-    eprintln!("lb-bench: programming the firewall scene ({} prefixes)", cfg.fw_prefixes);
+    eprintln!(
+        "lb-bench: programming the firewall scene ({} prefixes)",
+        cfg.fw_prefixes
+    );
     let fw = fw_scene(cfg.fw_prefixes)?;
     let fw_drop_frame = tcp((fw.denied, 40_000), (DSR_VIP, 80), TCP_ACK).build();
-    setup_run(&fw.h.harness, &fw_drop_frame, XDP_DROP, None, "firewall drop setup packet")?;
+    setup_run(
+        &fw.h.harness,
+        &fw_drop_frame,
+        XDP_DROP,
+        None,
+        "firewall drop setup packet",
+    )?;
     expected_counts.add((Scene::Fw, Verdict::DropDenied), 1);
-    setup_run(&fw.h.harness, &dsr_frame, XDP_TX, None, "firewall pass setup packet")?;
+    setup_run(
+        &fw.h.harness,
+        &dsr_frame,
+        XDP_TX,
+        None,
+        "firewall pass setup packet",
+    )?;
     expected_counts.add((Scene::Fw, Verdict::ForwardDsr), 1);
     let fw_scale = if cfg.fw_prefixes_scale > 0 {
-        eprintln!("lb-bench: programming the firewall scale scene ({} prefixes)", cfg.fw_prefixes_scale);
+        eprintln!(
+            "lb-bench: programming the firewall scale scene ({} prefixes)",
+            cfg.fw_prefixes_scale
+        );
         let scene = fw_scene(cfg.fw_prefixes_scale)?;
-        setup_run(&scene.h.harness, &dsr_frame, XDP_TX, None, "firewall scale setup packet")?;
+        setup_run(
+            &scene.h.harness,
+            &dsr_frame,
+            XDP_TX,
+            None,
+            "firewall scale setup packet",
+        )?;
         expected_counts.add((Scene::FwScale, Verdict::ForwardDsr), 1);
         Some(scene)
     } else {
@@ -697,10 +897,24 @@ pub fn run(cfg: &Config) -> Result<PerPacket> {
     };
     let prefilled = if cfg.prefill_flows > 0 {
         if cfg.prefill_flows >= cfg.flow_capacity {
-            bail!("{} pre-filled flows do not fit a flow table of {}", cfg.prefill_flows, cfg.flow_capacity);
+            bail!(
+                "{} pre-filled flows do not fit a flow table of {}",
+                cfg.prefill_flows,
+                cfg.flow_capacity
+            );
         }
-        let mut h = Harness::with_options(&LoadOptions { flow_capacity: cfg.flow_capacity, ..LoadOptions::default() });
-        h.add_service("dsr", (IpAddr::V4(DSR_VIP), 80), Protocol::Tcp, Mode::Dsr, None, &two_backends(80));
+        let mut h = Harness::with_options(&LoadOptions {
+            flow_capacity: cfg.flow_capacity,
+            ..LoadOptions::default()
+        });
+        h.add_service(
+            "dsr",
+            (IpAddr::V4(DSR_VIP), 80),
+            Protocol::Tcp,
+            Mode::Dsr,
+            None,
+            &two_backends(80),
+        );
         let started = Instant::now();
         {
             let program = h.dataplane.program()?;
@@ -708,16 +922,31 @@ pub fn run(cfg: &Config) -> Result<PerPacket> {
             for i in 0..u64::from(cfg.prefill_flows) {
                 let r = test_run(program, &new_flow_frame(i), &mut out, 1)?;
                 if r.ret != XDP_TX {
-                    bail!("pre-filling the flow table: flow {i} returned {}", action_name(r.ret));
+                    bail!(
+                        "pre-filling the flow table: flow {i} returned {}",
+                        action_name(r.ret)
+                    );
                 }
             }
         }
         let fill_s = started.elapsed().as_secs_f64();
-        eprintln!("lb-bench: flow table pre-filled with {} flows in {fill_s:.1} s", cfg.prefill_flows);
-        expected_counts.add((Scene::Prefilled, Verdict::ForwardDsr), u64::from(cfg.prefill_flows));
+        eprintln!(
+            "lb-bench: flow table pre-filled with {} flows in {fill_s:.1} s",
+            cfg.prefill_flows
+        );
+        expected_counts.add(
+            (Scene::Prefilled, Verdict::ForwardDsr),
+            u64::from(cfg.prefill_flows),
+        );
         // The measured flow is inserted last: the most recent entry of the LRU.
-        setup_run(&h, &dsr_frame, XDP_TX, Some(&dsr.clone().macs(LB_MAC, WEB1_MAC).build()), "pre-filled setup packet")
-            .or_else(|_| setup_run(&h, &dsr_frame, XDP_TX, None, "pre-filled setup packet"))?;
+        setup_run(
+            &h,
+            &dsr_frame,
+            XDP_TX,
+            Some(&dsr.clone().macs(LB_MAC, WEB1_MAC).build()),
+            "pre-filled setup packet",
+        )
+        .or_else(|_| setup_run(&h, &dsr_frame, XDP_TX, None, "pre-filled setup packet"))?;
         expected_counts.add((Scene::Prefilled, Verdict::ForwardDsr), 1);
         Some((h, fill_s))
     } else {
@@ -726,7 +955,15 @@ pub fn run(cfg: &Config) -> Result<PerPacket> {
 
     let elsewhere_frame = tcp((CLIENT, 40_000), (ELSEWHERE, 80), TCP_ACK).build();
     let frame_len = dsr_frame.len();
-    for frame in [&nat_frame, &reply_frame, &loop_forward_frame, &loop_reply_frame, &elsewhere_frame, &new_flow_frame(0), &fw_drop_frame] {
+    for frame in [
+        &nat_frame,
+        &reply_frame,
+        &loop_forward_frame,
+        &loop_reply_frame,
+        &elsewhere_frame,
+        &new_flow_frame(0),
+        &fw_drop_frame,
+    ] {
         if frame.len() != frame_len {
             bail!("a frame of {} bytes, not {frame_len}", frame.len());
         }
@@ -905,7 +1142,10 @@ pub fn run(cfg: &Config) -> Result<PerPacket> {
         for case in cases.iter_mut() {
             case.round(&mut out);
         }
-        eprintln!("lb-bench: round {round}/{ROUNDS} done in {:.1} s", started.elapsed().as_secs_f64());
+        eprintln!(
+            "lb-bench: round {round}/{ROUNDS} done in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
     }
 
     // Every timed run must show in the verdict counter of the path its case names.
@@ -930,7 +1170,10 @@ pub fn run(cfg: &Config) -> Result<PerPacket> {
             },
         };
         let got = h.verdict_count(verdict);
-        for case in cases.iter_mut().filter(|c| c.counted_as == Some((scene, verdict))) {
+        for case in cases
+            .iter_mut()
+            .filter(|c| c.counted_as == Some((scene, verdict)))
+        {
             if got == want {
                 case.notes.push(format!(
                     "checked: the {verdict:?} verdict counter of its program grew by exactly the number of runs \
@@ -948,38 +1191,65 @@ pub fn run(cfg: &Config) -> Result<PerPacket> {
         if drop_rule == want {
             case.notes.push(format!("checked: the counter of rule `{FW_RULE}` grew by exactly the number of runs ({want})"));
         } else {
-            case.fail(format!("rule `{FW_RULE}` counted {drop_rule} packets, expected {want}"));
+            case.fail(format!(
+                "rule `{FW_RULE}` counted {drop_rule} packets, expected {want}"
+            ));
         }
     }
-    let fw_service = |h: &ConfigHarness| h.harness.dataplane.service_counters(h.table.services[0].id).map(|c| c.new_flows);
-    let mut new_flows = vec![
-        ("fw_pass_10k_prefixes", fw_service(&fw.h)?, 1),
-    ];
+    let fw_service = |h: &ConfigHarness| {
+        h.harness
+            .dataplane
+            .service_counters(h.table.services[0].id)
+            .map(|c| c.new_flows)
+    };
+    let mut new_flows = vec![("fw_pass_10k_prefixes", fw_service(&fw.h)?, 1)];
     if let Some(scene) = &fw_scale {
         new_flows.push(("lb_established_100k_prefixes", fw_service(&scene.h)?, 1));
     }
     if let Some((h, _)) = &prefilled {
-        new_flows.push(("lb_established_1m_flows", h.service_counters(0).new_flows, u64::from(cfg.prefill_flows) + 1));
+        new_flows.push((
+            "lb_established_1m_flows",
+            h.service_counters(0).new_flows,
+            u64::from(cfg.prefill_flows) + 1,
+        ));
     }
     new_flows.extend([
         ("lb_established", main.service_counters(0).new_flows, 1),
-        ("nat_forward_per_call", main.service_counters(1).new_flows, 1),
+        (
+            "nat_forward_per_call",
+            main.service_counters(1).new_flows,
+            1,
+        ),
         ("nat_forward", natloop.service_counters(0).new_flows, 1),
-        ("lb_new_flow", newflows.service_counters(0).new_flows, case_runs(&cases, "lb_new_flow")),
+        (
+            "lb_new_flow",
+            newflows.service_counters(0).new_flows,
+            case_runs(&cases, "lb_new_flow"),
+        ),
     ]);
     for (key, got, want) in new_flows {
         if let Some(case) = cases.iter_mut().find(|c| c.key == key) {
             if got == want {
-                case.notes.push(format!("checked: the service counted {got} new flow(s)"));
+                case.notes
+                    .push(format!("checked: the service counted {got} new flow(s)"));
             } else {
-                case.fail(format!("the service counted {got} new flows, expected {want}"));
+                case.fail(format!(
+                    "the service counted {got} new flows, expected {want}"
+                ));
             }
         }
     }
 
-    let floor = cases.iter().find(|c| c.key == "floor").map(|c| c.estimates(&[])).unwrap_or_default();
+    let floor = cases
+        .iter()
+        .find(|c| c.key == "floor")
+        .map(|c| c.estimates(&[]))
+        .unwrap_or_default();
     if floor.len() != ROUNDS as usize {
-        bail!("the floor could not be measured: {}", cases[0].failure.clone().unwrap_or_default());
+        bail!(
+            "the floor could not be measured: {}",
+            cases[0].failure.clone().unwrap_or_default()
+        );
     }
     let mut outcomes: Vec<Outcome> = cases
         .iter()
@@ -1002,7 +1272,11 @@ pub fn run(cfg: &Config) -> Result<PerPacket> {
     );
     let mut cross_checks = serde_json::Map::new();
     for (check_key, case_key) in CROSS_CHECKS {
-        let Some(check) = cases.iter().find(|c| c.key == check_key).map(|c| c.outcome(&floor, frame_len)) else {
+        let Some(check) = cases
+            .iter()
+            .find(|c| c.key == check_key)
+            .map(|c| c.outcome(&floor, frame_len))
+        else {
             continue;
         };
         cross_checks.insert(check_key.to_string(), json!(check.ns));
@@ -1016,8 +1290,14 @@ pub fn run(cfg: &Config) -> Result<PerPacket> {
     }
     // lb_new_flow is per call only; the established DSR forward measured both ways tells how
     // much of it is the method.
-    let ns_of = |outcomes: &[Outcome], key: &str| outcomes.iter().find(|o| o.key == key).and_then(|o| o.ns);
-    let bias = match (cross_checks.get("lb_established_per_call").and_then(Value::as_f64), ns_of(&outcomes, "lb_established")) {
+    let ns_of =
+        |outcomes: &[Outcome], key: &str| outcomes.iter().find(|o| o.key == key).and_then(|o| o.ns);
+    let bias = match (
+        cross_checks
+            .get("lb_established_per_call")
+            .and_then(Value::as_f64),
+        ns_of(&outcomes, "lb_established"),
+    ) {
         (Some(per_call), Some(repeat)) => Some(per_call - repeat),
         _ => None,
     };
@@ -1061,7 +1341,12 @@ pub fn run(cfg: &Config) -> Result<PerPacket> {
         },
         "per_call_cross_checks_ns": cross_checks,
     });
-    Ok(PerPacket { outcomes, frame_len, settings, scale: Value::Object(scale) })
+    Ok(PerPacket {
+        outcomes,
+        frame_len,
+        settings,
+        scale: Value::Object(scale),
+    })
 }
 
 fn case_runs(cases: &[Case<'_>], key: &str) -> u64 {

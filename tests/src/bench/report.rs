@@ -10,7 +10,13 @@ use serde_json::{json, Map, Value};
 use super::per_packet::{action_name, round1, PerPacket, KEYS};
 
 /// The top-level keys this part owns (everything else in an existing file is kept).
-pub fn per_packet_sections(result: &PerPacket, machine: Value, bpf_stats: Value, quick: bool, timestamp: &str) -> Map<String, Value> {
+pub fn per_packet_sections(
+    result: &PerPacket,
+    machine: Value,
+    bpf_stats: Value,
+    quick: bool,
+    timestamp: &str,
+) -> Map<String, Value> {
     let mut ns = Map::new();
     let mut detail = Map::new();
     for key in KEYS {
@@ -38,12 +44,21 @@ pub fn per_packet_sections(result: &PerPacket, machine: Value, bpf_stats: Value,
     };
     let round_ratio = |a: &str, b: &str| {
         let (a, b) = (rounds(a), rounds(b));
-        let mut r: Vec<f64> = a.iter().zip(&b).filter(|(_, b)| **b > 0.0).map(|(a, b)| a / b).collect();
+        let mut r: Vec<f64> = a
+            .iter()
+            .zip(&b)
+            .filter(|(_, b)| **b > 0.0)
+            .map(|(a, b)| a / b)
+            .collect();
         if r.is_empty() || a.len() != b.len() {
             return Value::Null;
         }
         r.sort_by(f64::total_cmp);
-        let m = if r.len() % 2 == 1 { r[r.len() / 2] } else { (r[r.len() / 2 - 1] + r[r.len() / 2]) / 2.0 };
+        let m = if r.len() % 2 == 1 {
+            r[r.len() / 2]
+        } else {
+            (r[r.len() / 2 - 1] + r[r.len() / 2]) / 2.0
+        };
         json!((m * 100.0).round() / 100.0)
     };
     let pairs = [
@@ -69,7 +84,10 @@ pub fn per_packet_sections(result: &PerPacket, machine: Value, bpf_stats: Value,
     );
     detail.insert("ratios".into(), Value::Object(ratios));
     let mut scale = result.scale.clone();
-    for (key, base) in [("lb_established_100k_prefixes", "fw_pass_10k_prefixes"), ("lb_established_1m_flows", "lb_established")] {
+    for (key, base) in [
+        ("lb_established_100k_prefixes", "fw_pass_10k_prefixes"),
+        ("lb_established_1m_flows", "lb_established"),
+    ] {
         let ns = scale[key]["ns"].as_f64();
         if let (Some(ns), Some(b)) = (ns, value(base)) {
             scale[key][format!("x_{base}")] = json!((ns / b * 100.0).round() / 100.0);
@@ -106,8 +124,13 @@ pub fn merge_into(path: &Path, sections: Map<String, Value>) -> Result<()> {
             Ok(Value::Object(map)) => map,
             _ => {
                 let aside = path.with_extension("json.bad");
-                fs::rename(path, &aside).with_context(|| format!("moving {} aside", path.display()))?;
-                eprintln!("lb-bench: WARNING: {} was not a JSON object; moved to {}", path.display(), aside.display());
+                fs::rename(path, &aside)
+                    .with_context(|| format!("moving {} aside", path.display()))?;
+                eprintln!(
+                    "lb-bench: WARNING: {} was not a JSON object; moved to {}",
+                    path.display(),
+                    aside.display()
+                );
                 Map::new()
             }
         },
@@ -119,13 +142,20 @@ pub fn merge_into(path: &Path, sections: Map<String, Value>) -> Result<()> {
     let text = serde_json::to_string_pretty(&Value::Object(top))? + "\n";
     let tmp = path.with_extension("json.tmp");
     fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
-    fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+    fs::rename(&tmp, path)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
     Ok(())
 }
 
 /// The table: case, ns/packet, x floor, x xdp-filter, verdict.
 pub fn table(result: &PerPacket) -> String {
-    let get = |k: &str| result.outcomes.iter().find(|o| o.key == k).and_then(|o| o.ns);
+    let get = |k: &str| {
+        result
+            .outcomes
+            .iter()
+            .find(|o| o.key == k)
+            .and_then(|o| o.ns)
+    };
     let (floor, filter) = (get("floor"), get("xdp_filter"));
     let times = |v: Option<f64>, base: Option<f64>| match (v, base) {
         (Some(v), Some(b)) if b > 0.0 => format!("{:.2}", v / b),
@@ -135,15 +165,30 @@ pub fn table(result: &PerPacket) -> String {
         "per-packet cost, BPF_PROG_TEST_RUN, {}-byte TCP/IPv4 frame (median of rounds)\n",
         result.frame_len
     );
-    s += &format!("{:<22} {:>10} {:>9} {:>13}  {}\n", "case", "ns/packet", "x floor", "x xdp-filter", "verdict");
+    s += &format!(
+        "{:<22} {:>10} {:>9} {:>13}  {}\n",
+        "case", "ns/packet", "x floor", "x xdp-filter", "verdict"
+    );
     for key in KEYS {
-        let Some(o) = result.outcomes.iter().find(|o| o.key == key) else { continue };
-        let ns = o.ns.map_or("null".to_string(), |v| format!("{:.1}", round1(v)));
+        let Some(o) = result.outcomes.iter().find(|o| o.key == key) else {
+            continue;
+        };
+        let ns =
+            o.ns.map_or("null".to_string(), |v| format!("{:.1}", round1(v)));
         let verdict = match (o.ns, o.return_value) {
             (Some(_), Some(ret)) => action_name(ret).to_string(),
-            _ => o.detail["reason"].as_str().map_or("-".into(), |r| format!("null: {r}")),
+            _ => o.detail["reason"]
+                .as_str()
+                .map_or("-".into(), |r| format!("null: {r}")),
         };
-        s += &format!("{:<22} {:>10} {:>9} {:>13}  {}\n", key, ns, times(o.ns, floor), times(o.ns, filter), verdict);
+        s += &format!(
+            "{:<22} {:>10} {:>9} {:>13}  {}\n",
+            key,
+            ns,
+            times(o.ns, floor),
+            times(o.ns, filter),
+            verdict
+        );
     }
     let scale_ns = |k: &str| result.scale[k]["ns"].as_f64();
     let shown = |v: Option<f64>| v.map_or("null".to_string(), |v| format!("{v:.1}"));

@@ -16,17 +16,53 @@ pub fn targets(r: &Value) -> Vec<(String, Option<f64>, String, Option<bool>)> {
         (Some(a), Some(b)) if b > 0.0 => Some((a / b * 100.0).round() / 100.0),
         _ => None,
     };
-    let le = |name: &str, v: Option<f64>, t: f64| (name.to_string(), v, format!("<= {t}"), v.map(|v| v <= t));
-    let ge = |name: &str, v: Option<f64>, t: f64| (name.to_string(), v, format!(">= {t}"), v.map(|v| v >= t));
+    let le = |name: &str, v: Option<f64>, t: f64| {
+        (name.to_string(), v, format!("<= {t}"), v.map(|v| v <= t))
+    };
+    let ge = |name: &str, v: Option<f64>, t: f64| {
+        (name.to_string(), v, format!(">= {t}"), v.map(|v| v >= t))
+    };
     vec![
-        le("lb_established / xdp_filter", div(pp("lb_established"), pp("xdp_filter")), 0.75),
-        le("fw_drop / xdp_filter", div(pp("fw_drop"), pp("xdp_filter")), 0.5),
-        le("fw_pass_10k_prefixes / xdp_filter", div(pp("fw_pass_10k_prefixes"), pp("xdp_filter")), 1.0),
-        ge("flood xdp_rps / nftables_rps", div(fl("xdp_rps"), fl("nftables_rps")), 1.2),
-        ge("http xdp_dsr / haproxy", div(h("xdp_dsr", "rps"), h("haproxy", "rps")), 2.0),
-        ge("http xdp_dsr / direct", div(h("xdp_dsr", "rps"), h("direct", "rps")), 0.95),
-        ge("http xdp_nat / haproxy", div(h("xdp_nat", "rps"), h("haproxy", "rps")), 1.5),
-        le("http p99 xdp_dsr / haproxy", div(h("xdp_dsr", "p99_ms"), h("haproxy", "p99_ms")), 1.0),
+        le(
+            "lb_established / xdp_filter",
+            div(pp("lb_established"), pp("xdp_filter")),
+            0.75,
+        ),
+        le(
+            "fw_drop / xdp_filter",
+            div(pp("fw_drop"), pp("xdp_filter")),
+            0.5,
+        ),
+        le(
+            "fw_pass_10k_prefixes / xdp_filter",
+            div(pp("fw_pass_10k_prefixes"), pp("xdp_filter")),
+            1.0,
+        ),
+        ge(
+            "flood xdp_rps / nftables_rps",
+            div(fl("xdp_rps"), fl("nftables_rps")),
+            1.2,
+        ),
+        ge(
+            "http xdp_dsr / haproxy",
+            div(h("xdp_dsr", "rps"), h("haproxy", "rps")),
+            2.0,
+        ),
+        ge(
+            "http xdp_dsr / direct",
+            div(h("xdp_dsr", "rps"), h("direct", "rps")),
+            0.95,
+        ),
+        ge(
+            "http xdp_nat / haproxy",
+            div(h("xdp_nat", "rps"), h("haproxy", "rps")),
+            1.5,
+        ),
+        le(
+            "http p99 xdp_dsr / haproxy",
+            div(h("xdp_dsr", "p99_ms"), h("haproxy", "p99_ms")),
+            1.0,
+        ),
     ]
 }
 
@@ -36,23 +72,41 @@ pub fn text(r: &Value) -> String {
     for k in per_packet::KEYS {
         let v = r["per_packet_ns"][k].as_f64();
         let reason = r["per_packet_detail"][k]["reason"].as_str().unwrap_or("");
-        let _ = writeln!(s, "{k:<22} {:>8}  {reason}", v.map_or("null".into(), |v| format!("{v:.1}")));
+        let _ = writeln!(
+            s,
+            "{k:<22} {:>8}  {reason}",
+            v.map_or("null".into(), |v| format!("{v:.1}"))
+        );
     }
     let scale = &r["per_packet_detail"]["scale"];
     for k in ["lb_established_100k_prefixes", "lb_established_1m_flows"] {
-        let _ = writeln!(s, "{k:<22} {:>8}  (scale)", scale[k]["ns"].as_f64().map_or("null".into(), |v| format!("{v:.1}")));
+        let _ = writeln!(
+            s,
+            "{k:<22} {:>8}  (scale)",
+            scale[k]["ns"]
+                .as_f64()
+                .map_or("null".into(), |v| format!("{v:.1}"))
+        );
     }
     let _ = writeln!(s, "== http (wrk, median of repetitions) ==");
     if r["http"].is_object() {
         s += &http::table(&r["http"]);
     } else {
-        let _ = writeln!(s, "null: {}", r["http_detail"]["reason"].as_str().unwrap_or("not run"));
+        let _ = writeln!(
+            s,
+            "null: {}",
+            r["http_detail"]["reason"].as_str().unwrap_or("not run")
+        );
     }
     let _ = writeln!(s, "== flood (legit req/s under a bounded flood) ==");
     if r["flood"].is_object() {
         s += &flood::table(&r["flood"]);
     } else {
-        let _ = writeln!(s, "null: {}", r["flood_detail"]["reason"].as_str().unwrap_or("not run"));
+        let _ = writeln!(
+            s,
+            "null: {}",
+            r["flood_detail"]["reason"].as_str().unwrap_or("not run")
+        );
     }
     let _ = writeln!(s, "== targets ==");
     for (name, v, t, met) in targets(r) {
@@ -61,32 +115,77 @@ pub fn text(r: &Value) -> String {
             Some(false) => "MISSED",
             None => "no figure",
         };
-        let _ = writeln!(s, "{name:<36} {:>6} {t:<8} {mark}", v.map_or("null".into(), |v| format!("{v:.2}")));
+        let _ = writeln!(
+            s,
+            "{name:<36} {:>6} {t:<8} {mark}",
+            v.map_or("null".into(), |v| format!("{v:.2}"))
+        );
     }
     s
 }
 
 fn esc(t: &str) -> String {
-    t.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    t.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 /// One horizontal bar panel at `y0`; returns its height.
-fn panel(svg: &mut String, y0: f64, title: &str, unit: &str, bars: &[(String, Option<f64>, &str)]) -> f64 {
+fn panel(
+    svg: &mut String,
+    y0: f64,
+    title: &str,
+    unit: &str,
+    bars: &[(String, Option<f64>, &str)],
+) -> f64 {
     let (left, width, bar_h, gap) = (210.0, 520.0, 20.0, 6.0);
-    let max = bars.iter().filter_map(|b| b.1).fold(0.0, f64::max).max(1e-9);
-    let _ = writeln!(svg, r#"<text x="10" y="{}" font-size="15" font-weight="bold">{}</text>"#, y0 + 16.0, esc(title));
+    let max = bars
+        .iter()
+        .filter_map(|b| b.1)
+        .fold(0.0, f64::max)
+        .max(1e-9);
+    let _ = writeln!(
+        svg,
+        r#"<text x="10" y="{}" font-size="15" font-weight="bold">{}</text>"#,
+        y0 + 16.0,
+        esc(title)
+    );
     let mut y = y0 + 28.0;
     for (label, value, color) in bars {
-        let _ = writeln!(svg, r#"<text x="{}" y="{}" font-size="12" text-anchor="end">{}</text>"#, left - 8.0, y + 14.0, esc(label));
+        let _ = writeln!(
+            svg,
+            r#"<text x="{}" y="{}" font-size="12" text-anchor="end">{}</text>"#,
+            left - 8.0,
+            y + 14.0,
+            esc(label)
+        );
         match value {
             Some(v) => {
                 let w = (v / max * width).max(1.0);
-                let _ = writeln!(svg, r#"<rect x="{left}" y="{y}" width="{w:.1}" height="{bar_h}" fill="{color}"/>"#);
-                let shown = if *v >= 100.0 { format!("{v:.0}") } else { format!("{v:.1}") };
-                let _ = writeln!(svg, r#"<text x="{}" y="{}" font-size="12">{} {}</text>"#, left + w + 6.0, y + 14.0, shown, esc(unit));
+                let _ = writeln!(
+                    svg,
+                    r#"<rect x="{left}" y="{y}" width="{w:.1}" height="{bar_h}" fill="{color}"/>"#
+                );
+                let shown = if *v >= 100.0 {
+                    format!("{v:.0}")
+                } else {
+                    format!("{v:.1}")
+                };
+                let _ = writeln!(
+                    svg,
+                    r#"<text x="{}" y="{}" font-size="12">{} {}</text>"#,
+                    left + w + 6.0,
+                    y + 14.0,
+                    shown,
+                    esc(unit)
+                );
             }
             None => {
-                let _ = writeln!(svg, r##"<text x="{left}" y="{}" font-size="12" fill="#a00">null (not measured)</text>"##, y + 14.0);
+                let _ = writeln!(
+                    svg,
+                    r##"<text x="{left}" y="{}" font-size="12" fill="#a00">null (not measured)</text>"##,
+                    y + 14.0
+                );
             }
         }
         y += bar_h + gap;
@@ -99,28 +198,77 @@ pub fn svg(r: &Value) -> String {
     let other = "#9a9a9a";
     let pp: Vec<(String, Option<f64>, &str)> = per_packet::KEYS
         .iter()
-        .map(|k| (k.to_string(), r["per_packet_ns"][k].as_f64(), if *k == "xdp_filter" || *k == "floor" { other } else { ours }))
+        .map(|k| {
+            (
+                k.to_string(),
+                r["per_packet_ns"][k].as_f64(),
+                if *k == "xdp_filter" || *k == "floor" {
+                    other
+                } else {
+                    ours
+                },
+            )
+        })
         .collect();
     let ht: Vec<(String, Option<f64>, &str)> = http::KEYS
         .iter()
-        .map(|k| (k.to_string(), r["http"][k]["rps"].as_f64(), if k.starts_with("xdp") { ours } else { other }))
+        .map(|k| {
+            (
+                k.to_string(),
+                r["http"][k]["rps"].as_f64(),
+                if k.starts_with("xdp") { ours } else { other },
+            )
+        })
         .collect();
     let lat: Vec<(String, Option<f64>, &str)> = http::KEYS
         .iter()
-        .map(|k| (k.to_string(), r["http"][k]["p99_ms"].as_f64(), if k.starts_with("xdp") { ours } else { other }))
+        .map(|k| {
+            (
+                k.to_string(),
+                r["http"][k]["p99_ms"].as_f64(),
+                if k.starts_with("xdp") { ours } else { other },
+            )
+        })
         .collect();
-    let fl: Vec<(String, Option<f64>, &str)> = ["baseline_rps", "none_rps", "nftables_rps", "xdp_rps"]
-        .iter()
-        .map(|k| (k.to_string(), r["flood"][k].as_f64(), if *k == "xdp_rps" { ours } else { other }))
-        .collect();
+    let fl: Vec<(String, Option<f64>, &str)> =
+        ["baseline_rps", "none_rps", "nftables_rps", "xdp_rps"]
+            .iter()
+            .map(|k| {
+                (
+                    k.to_string(),
+                    r["flood"][k].as_f64(),
+                    if *k == "xdp_rps" { ours } else { other },
+                )
+            })
+            .collect();
     let mut body = String::new();
     let mut y = 40.0;
-    y += panel(&mut body, y, "Per-packet cost (BPF_PROG_TEST_RUN), lower is better", "ns", &pp);
-    y += panel(&mut body, y, "HTTP through the load balancer: req/s, higher is better", "req/s", &ht);
-    y += panel(&mut body, y, "HTTP p99 latency, lower is better", "ms", &lat);
+    y += panel(
+        &mut body,
+        y,
+        "Per-packet cost (BPF_PROG_TEST_RUN), lower is better",
+        "ns",
+        &pp,
+    );
+    y += panel(
+        &mut body,
+        y,
+        "HTTP through the load balancer: req/s, higher is better",
+        "req/s",
+        &ht,
+    );
+    y += panel(
+        &mut body,
+        y,
+        "HTTP p99 latency, lower is better",
+        "ms",
+        &lat,
+    );
     let flood_title = format!(
         "Legit req/s under a flood of {} pps (generator), higher is better",
-        r["flood"]["flood_pps"].as_f64().map_or("null".into(), |v| format!("{v:.0}"))
+        r["flood"]["flood_pps"]
+            .as_f64()
+            .map_or("null".into(), |v| format!("{v:.0}"))
     );
     y += panel(&mut body, y, &flood_title, "req/s", &fl);
     let stamp = format!(
@@ -129,7 +277,11 @@ pub fn svg(r: &Value) -> String {
         r["machine"]["cpu_model"].as_str().unwrap_or(""),
         r["machine"]["kernel"].as_str().unwrap_or(""),
         r["machine"]["nproc"].as_i64().unwrap_or(0),
-        if r["quick"].as_bool() == Some(true) { " | --quick" } else { "" }
+        if r["quick"].as_bool() == Some(true) {
+            " | --quick"
+        } else {
+            ""
+        }
     );
     format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"900\" height=\"{h}\" font-family=\"sans-serif\">\n\
@@ -144,7 +296,8 @@ pub fn svg(r: &Value) -> String {
 
 /// Prints the summary, writes the chart next to the results and the targets into the file.
 pub fn run(results: &Path) -> Result<()> {
-    let text = std::fs::read_to_string(results).with_context(|| format!("reading {}", results.display()))?;
+    let text = std::fs::read_to_string(results)
+        .with_context(|| format!("reading {}", results.display()))?;
     let r: Value = serde_json::from_str(&text)?;
     print!("{}", self::text(&r));
     let chart = results.with_extension("svg");

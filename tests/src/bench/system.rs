@@ -18,7 +18,9 @@ pub fn pin_to_cpu(cpu: Option<usize>) -> Result<usize> {
     }
     let max = libc::CPU_SETSIZE as usize;
     // SAFETY: CPU_ISSET only reads the set, with an index below CPU_SETSIZE.
-    let allowed: Vec<usize> = (0..max).filter(|&c| unsafe { libc::CPU_ISSET(c, &set) }).collect();
+    let allowed: Vec<usize> = (0..max)
+        .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
+        .collect();
     let cpu = match cpu {
         Some(c) if allowed.contains(&c) => c,
         Some(c) => bail!("CPU {c} is not in this thread's affinity mask {allowed:?}"),
@@ -30,7 +32,10 @@ pub fn pin_to_cpu(cpu: Option<usize>) -> Result<usize> {
     unsafe { libc::CPU_SET(cpu, &mut one) };
     // SAFETY: pid 0 is the calling thread; `one` is a valid cpu_set_t.
     if unsafe { libc::sched_setaffinity(0, mem::size_of::<libc::cpu_set_t>(), &one) } != 0 {
-        bail!("sched_setaffinity(CPU {cpu}): {}", std::io::Error::last_os_error());
+        bail!(
+            "sched_setaffinity(CPU {cpu}): {}",
+            std::io::Error::last_os_error()
+        );
     }
     Ok(cpu)
 }
@@ -45,12 +50,18 @@ pub struct BpfStatsOff {
 
 impl BpfStatsOff {
     pub fn ensure() -> Result<Self> {
-        let before = fs::read_to_string(BPF_STATS).ok().map(|v| v.trim().to_string());
-        let mut guard = BpfStatsOff { before, changed: false };
+        let before = fs::read_to_string(BPF_STATS)
+            .ok()
+            .map(|v| v.trim().to_string());
+        let mut guard = BpfStatsOff {
+            before,
+            changed: false,
+        };
         match guard.before.as_deref() {
             Some("0") => {}
             Some(v) => {
-                fs::write(BPF_STATS, "0").with_context(|| format!("setting {BPF_STATS} to 0 (was {v})"))?;
+                fs::write(BPF_STATS, "0")
+                    .with_context(|| format!("setting {BPF_STATS} to 0 (was {v})"))?;
                 guard.changed = true;
                 println!("lb-bench: kernel.bpf_stats_enabled was {v}: set to 0 for the run, restored after");
             }
@@ -79,7 +90,9 @@ impl Drop for BpfStatsOff {
 }
 
 pub fn kernel_release() -> String {
-    fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).unwrap_or_default()
+    fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
 }
 
 pub fn cpu_model() -> String {
@@ -102,7 +115,12 @@ pub fn nproc() -> i64 {
 
 /// The 1-minute load average.
 pub fn load_average() -> Option<f64> {
-    fs::read_to_string("/proc/loadavg").ok()?.split_whitespace().next()?.parse().ok()
+    fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// Share of all CPUs' time spent busy (not idle nor iowait) over `window`, from /proc/stat:
@@ -110,7 +128,13 @@ pub fn load_average() -> Option<f64> {
 pub fn cpu_busy_percent(window: std::time::Duration) -> Option<f64> {
     let sample = || -> Option<(u64, u64)> {
         let stat = fs::read_to_string("/proc/stat").ok()?;
-        let fields: Vec<u64> = stat.lines().next()?.split_whitespace().skip(1).filter_map(|f| f.parse().ok()).collect();
+        let fields: Vec<u64> = stat
+            .lines()
+            .next()?
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|f| f.parse().ok())
+            .collect();
         let idle = fields.get(3)? + fields.get(4).copied().unwrap_or(0);
         // user nice system idle iowait irq softirq steal (guest time is inside user).
         Some((fields.iter().take(8).sum(), idle))
@@ -127,7 +151,10 @@ pub fn cpu_busy_percent(window: std::time::Duration) -> Option<f64> {
 pub fn other_cpus_jiffies(except: usize) -> Option<(u64, u64)> {
     let stat = fs::read_to_string("/proc/stat").ok()?;
     let (mut busy, mut total) = (0, 0);
-    for line in stat.lines().filter(|l| l.starts_with("cpu") && !l.starts_with("cpu ")) {
+    for line in stat
+        .lines()
+        .filter(|l| l.starts_with("cpu") && !l.starts_with("cpu "))
+    {
         let mut f = line.split_whitespace();
         let cpu: usize = f.next()?.trim_start_matches("cpu").parse().ok()?;
         if cpu == except {
@@ -176,12 +203,20 @@ pub fn timestamp_utc() -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 /// The commit the measured program was built from, and whether its sources differed from it.
 pub fn source_version() -> Value {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(|p| p.to_path_buf()).unwrap_or_default();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(|p| p.to_path_buf())
+        .unwrap_or_default();
     let git = |args: &[&str]| {
         std::process::Command::new("git")
             .arg("-C")
@@ -192,7 +227,18 @@ pub fn source_version() -> Value {
             .filter(|o| o.status.success())
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
     };
-    let changed = git(&["status", "--porcelain", "--", "lb-ebpf", "lb-common", "lb-userspace"])
-        .map(|s| s.lines().map(|l| l.get(3..).unwrap_or(l).to_string()).collect::<Vec<_>>());
+    let changed = git(&[
+        "status",
+        "--porcelain",
+        "--",
+        "lb-ebpf",
+        "lb-common",
+        "lb-userspace",
+    ])
+    .map(|s| {
+        s.lines()
+            .map(|l| l.get(3..).unwrap_or(l).to_string())
+            .collect::<Vec<_>>()
+    });
     json!({ "commit": git(&["rev-parse", "--short", "HEAD"]), "uncommitted_changes_in_program_sources": changed })
 }

@@ -45,14 +45,23 @@ impl XdpFilter {
             .program_mut(PROGRAM)
             .with_context(|| format!("no program `{PROGRAM}` in {}", object.display()))?
             .try_into()?;
-        program.load().with_context(|| format!("the verifier refused `{PROGRAM}`"))?;
-        let mut maps: Vec<Value> = ebpf.maps().map(|(name, map)| describe_map(name, map)).collect();
+        program
+            .load()
+            .with_context(|| format!("the verifier refused `{PROGRAM}`"))?;
+        let mut maps: Vec<Value> = ebpf
+            .maps()
+            .map(|(name, map)| describe_map(name, map))
+            .collect();
         maps.sort_by_key(|m| m["name"].as_str().unwrap_or_default().to_string());
         Ok(XdpFilter { ebpf, object, maps })
     }
 
     pub fn program(&self) -> Result<&Xdp> {
-        Ok(self.ebpf.program(PROGRAM).with_context(|| format!("no program `{PROGRAM}`"))?.try_into()?)
+        Ok(self
+            .ebpf
+            .program(PROGRAM)
+            .with_context(|| format!("no program `{PROGRAM}`"))?
+            .try_into()?)
     }
 }
 
@@ -105,7 +114,10 @@ fn remove_dir(dir: &Path) -> std::io::Result<()> {
 impl Drop for PrivatePinDir {
     fn drop(&mut self) {
         if let Err(e) = remove_dir(&self.0) {
-            eprintln!("lb-bench: WARNING: could not remove {}: {e}", self.0.display());
+            eprintln!(
+                "lb-bench: WARNING: could not remove {}: {e}",
+                self.0.display()
+            );
         }
     }
 }

@@ -19,7 +19,11 @@ use bench::{flood, http, per_packet, report, summary, system};
 use serde_json::{json, Map, Value};
 
 #[derive(Parser, Debug)]
-#[command(name = "lb-bench", about = "Benchmarks of the XDP load balancer (run by `cargo xtask bench`)", args_conflicts_with_subcommands = true)]
+#[command(
+    name = "lb-bench",
+    about = "Benchmarks of the XDP load balancer (run by `cargo xtask bench`)",
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Option<Cmd>,
@@ -131,8 +135,28 @@ fn main() -> Result<()> {
         Some(Cmd::Http(args)) => http_main(args),
         Some(Cmd::Flood(args)) => flood_main(args),
         Some(Cmd::Summary { out }) => summary::run(&out),
-        Some(Cmd::FloodGen { iface, dst_mac, src, dst, dport, packets, seconds, batch, pps }) => {
-            let a = flood::GenArgs { iface, dst_mac: flood::parse_mac(&dst_mac)?, src, dst, dport, packets, seconds, batch, pps };
+        Some(Cmd::FloodGen {
+            iface,
+            dst_mac,
+            src,
+            dst,
+            dport,
+            packets,
+            seconds,
+            batch,
+            pps,
+        }) => {
+            let a = flood::GenArgs {
+                iface,
+                dst_mac: flood::parse_mac(&dst_mac)?,
+                src,
+                dst,
+                dport,
+                packets,
+                seconds,
+                batch,
+                pps,
+            };
             let result = flood::generate(&a)?;
             println!("{result}");
             Ok(())
@@ -141,7 +165,12 @@ fn main() -> Result<()> {
 }
 
 /// A lab part's top-level keys: its figures and detail, or nulls and the reason.
-fn lab_sections(name: &str, keys: &[&str], outcome: Result<(Value, Value)>, quick: bool) -> Map<String, Value> {
+fn lab_sections(
+    name: &str,
+    keys: &[&str],
+    outcome: Result<(Value, Value)>,
+    quick: bool,
+) -> Map<String, Value> {
     let mut sections = Map::new();
     match outcome {
         Ok((figures, detail)) => {
@@ -153,7 +182,8 @@ fn lab_sections(name: &str, keys: &[&str], outcome: Result<(Value, Value)>, quic
         }
         Err(e) => {
             eprintln!("lb-bench: {name} FAILED: {e:#}");
-            let nulls: Map<String, Value> = keys.iter().map(|k| (k.to_string(), Value::Null)).collect();
+            let nulls: Map<String, Value> =
+                keys.iter().map(|k| (k.to_string(), Value::Null)).collect();
             sections.insert(name.into(), Value::Object(nulls));
             sections.insert(
                 format!("{name}_detail"),
@@ -261,9 +291,17 @@ fn per_packet_main(args: Args) -> Result<()> {
     if let Some(checks) = result.settings["per_call_cross_checks_ns"].as_object() {
         let shown: Vec<String> = checks
             .iter()
-            .map(|(k, v)| format!("{k} {}", v.as_f64().map_or("null".into(), |v| format!("{v:.1}"))))
+            .map(|(k, v)| {
+                format!(
+                    "{k} {}",
+                    v.as_f64().map_or("null".into(), |v| format!("{v:.1}"))
+                )
+            })
             .collect();
-        println!("per-call cross-checks (the method of lb_new_flow; reads higher), ns: {}", shown.join(", "));
+        println!(
+            "per-call cross-checks (the method of lb_new_flow; reads higher), ns: {}",
+            shown.join(", ")
+        );
     }
     println!("results: {}", args.out.display());
     Ok(())

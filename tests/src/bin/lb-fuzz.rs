@@ -32,16 +32,28 @@ fn main() -> Result<()> {
     if !lb_tests::require_root("lb-fuzz") {
         anyhow::bail!("lb-fuzz needs root (BPF_PROG_TEST_RUN)");
     }
-    let options = Options { packets: args.packets, seed: args.seed, chunk: args.chunk.max(1), cross_family: args.cross_family, shrink_max: 3, ..Options::default() };
+    let options = Options {
+        packets: args.packets,
+        seed: args.seed,
+        chunk: args.chunk.max(1),
+        cross_family: args.cross_family,
+        shrink_max: 3,
+        ..Options::default()
+    };
     let report = fuzz::run(&options);
     println!("{}", report.summary());
 
-    let path = args.results.unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/chaos/results.json"));
+    let path = args.results.unwrap_or_else(|| {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/chaos/results.json")
+    });
     let mut results: serde_json::Value = match std::fs::read_to_string(&path) {
-        Ok(text) => serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?,
+        Ok(text) => serde_json::from_str(&text)
+            .with_context(|| format!("{} is not JSON", path.display()))?,
         Err(_) => serde_json::json!({}),
     };
-    let object = results.as_object_mut().context("results.json is not an object")?;
+    let object = results
+        .as_object_mut()
+        .context("results.json is not an object")?;
     object.insert(
         "packet_fuzz".into(),
         serde_json::json!({

@@ -44,10 +44,18 @@ pub struct Mismatch {
 }
 
 /// Runs `frame` through both and compares; on success the tracker learns the new state.
-pub fn check(h: &ConfigHarness, config: &Config, tracker: &mut Tracker, frame: &[u8]) -> Result<Verdict, Mismatch> {
+pub fn check(
+    h: &ConfigHarness,
+    config: &Config,
+    tracker: &mut Tracker,
+    frame: &[u8],
+) -> Result<Verdict, Mismatch> {
     let decision = model::decide(frame, config, tracker);
     let (action, out) = h.run(frame);
-    let fail = |what: String| Mismatch { aborted: action == XDP_ABORTED, what };
+    let fail = |what: String| Mismatch {
+        aborted: action == XDP_ABORTED,
+        what,
+    };
     if action == XDP_ABORTED {
         return Err(fail("XDP_ABORTED".into()));
     }
@@ -66,7 +74,10 @@ pub fn check(h: &ConfigHarness, config: &Config, tracker: &mut Tracker, frame: &
     match decision.action {
         Action::None => {
             if out != frame {
-                return Err(fail(format!("{:?}: the frame was modified", decision.verdict)));
+                return Err(fail(format!(
+                    "{:?}: the frame was modified",
+                    decision.verdict
+                )));
             }
         }
         _ => forwarded(config, tracker, frame, &out, &decision).map_err(fail)?,
@@ -75,8 +86,18 @@ pub fn check(h: &ConfigHarness, config: &Config, tracker: &mut Tracker, frame: &
 }
 
 /// The verdict the program counted for this frame (the one whose counter moved).
-fn counted_verdict(h: &ConfigHarness, tracker: &mut Tracker, expected: Verdict) -> Result<Verdict, Mismatch> {
-    let read = |v: Verdict| h.harness.dataplane.verdict_counter(v).unwrap_or_else(|e| panic!("{e:#}")).packets;
+fn counted_verdict(
+    h: &ConfigHarness,
+    tracker: &mut Tracker,
+    expected: Verdict,
+) -> Result<Verdict, Mismatch> {
+    let read = |v: Verdict| {
+        h.harness
+            .dataplane
+            .verdict_counter(v)
+            .unwrap_or_else(|e| panic!("{e:#}"))
+            .packets
+    };
     let seen = tracker.verdicts.entry(expected as u32).or_default();
     if read(expected) == *seen + 1 {
         *seen += 1;
@@ -91,12 +112,23 @@ fn counted_verdict(h: &ConfigHarness, tracker: &mut Tracker, expected: Verdict) 
             moved = Some(v);
         }
     }
-    moved.ok_or_else(|| Mismatch { aborted: false, what: "no verdict counter moved".into() })
+    moved.ok_or_else(|| Mismatch {
+        aborted: false,
+        what: "no verdict counter moved".into(),
+    })
 }
 
 /// XDP_TX: the output must be exactly the input with the rewrite the action calls for.
-fn forwarded(config: &Config, tracker: &mut Tracker, frame: &[u8], out: &[u8], decision: &Decision) -> Result<(), String> {
-    let Some(packet) = decision.packet else { return Err("forwarded without a parsed packet".into()) };
+fn forwarded(
+    config: &Config,
+    tracker: &mut Tracker,
+    frame: &[u8],
+    out: &[u8],
+    decision: &Decision,
+) -> Result<(), String> {
+    let Some(packet) = decision.packet else {
+        return Err("forwarded without a parsed packet".into());
+    };
     let key = packet.key;
     match decision.action {
         Action::Dsr { service, backend } => {
@@ -106,25 +138,50 @@ fn forwarded(config: &Config, tracker: &mut Tracker, frame: &[u8], out: &[u8], d
             };
             let mac = config.services[service].backends[backend].mac;
             compare(frame, out, &packet, mac, None)?;
-            tracker.add_flow(key, Flow { service, backend, nat_port: 0 });
+            tracker.add_flow(
+                key,
+                Flow {
+                    service,
+                    backend,
+                    nat_port: 0,
+                },
+            );
         }
         Action::Nat { service, flow } => {
             let s = &config.services[service];
-            let model::Mode::Nat { snat } = s.mode else { return Err("NAT action of a DSR service".into()) };
+            let model::Mode::Nat { snat } = s.mode else {
+                return Err("NAT action of a DSR service".into());
+            };
             let (backend, nat_port) = match flow {
                 Some(flow) => (flow.backend, flow.nat_port),
-                None => (tracker.next_backend(config, service), port_at(out, packet.l4)),
+                None => (
+                    tracker.next_backend(config, service),
+                    port_at(out, packet.l4),
+                ),
             };
             let b = &s.backends[backend];
-            let rewrite = Rewrite { src: snat, dst: b.addr, src_port: nat_port, dst_port: b.port };
+            let rewrite = Rewrite {
+                src: snat,
+                dst: b.addr,
+                src_port: nat_port,
+                dst_port: b.port,
+            };
             compare(frame, out, &packet, b.mac, Some(rewrite))?;
             if flow.is_none() {
                 if !(NAT_PORTS.0..=NAT_PORTS.1).contains(&nat_port) {
                     return Err(format!("NAT port {nat_port} outside {NAT_PORTS:?}"));
                 }
-                let reply = FlowKey { src: b.addr, dst: snat, src_port: b.port, dst_port: nat_port, proto: key.proto };
+                let reply = FlowKey {
+                    src: b.addr,
+                    dst: snat,
+                    src_port: b.port,
+                    dst_port: nat_port,
+                    proto: key.proto,
+                };
                 if let Some(held) = tracker.replies.get(&reply) {
-                    return Err(format!("NAT port {nat_port} towards the backend is already held by {held:?}"));
+                    return Err(format!(
+                        "NAT port {nat_port} towards the backend is already held by {held:?}"
+                    ));
                 }
                 let client_mac = frame[6..12].try_into().unwrap_or_default();
                 let entry = NatReply {
@@ -138,11 +195,23 @@ fn forwarded(config: &Config, tracker: &mut Tracker, frame: &[u8], out: &[u8], d
                 };
                 tracker.replies.insert(reply, entry);
                 tracker.reply_keys.push(reply);
-                tracker.add_flow(key, Flow { service, backend, nat_port });
+                tracker.add_flow(
+                    key,
+                    Flow {
+                        service,
+                        backend,
+                        nat_port,
+                    },
+                );
             }
         }
         Action::NatReply(r) => {
-            let rewrite = Rewrite { src: r.vip, dst: r.client, src_port: r.vip_port, dst_port: r.client_port };
+            let rewrite = Rewrite {
+                src: r.vip,
+                dst: r.client,
+                src_port: r.vip_port,
+                dst_port: r.client_port,
+            };
             compare(frame, out, &packet, r.client_mac, Some(rewrite))?;
         }
         Action::None => {}
@@ -153,7 +222,9 @@ fn forwarded(config: &Config, tracker: &mut Tracker, frame: &[u8], out: &[u8], d
 impl Tracker {
     /// The next active backend of `service` (round robin in config order).
     fn next_backend(&mut self, config: &Config, service: usize) -> usize {
-        let active: Vec<usize> = (0..config.services[service].backends.len()).filter(|&i| config.services[service].backends[i].active).collect();
+        let active: Vec<usize> = (0..config.services[service].backends.len())
+            .filter(|&i| config.services[service].backends[i].active)
+            .collect();
         let cursor = self.cursors.entry(service).or_default();
         let backend = active[*cursor % active.len()];
         *cursor += 1;
@@ -163,7 +234,12 @@ impl Tracker {
     /// No flows, and the verdict counts the program already has (a program reused for shrinking).
     pub fn synced(h: &ConfigHarness) -> Self {
         let mut tracker = Tracker::default();
-        for (verdict, counters) in h.harness.dataplane.verdict_counters().unwrap_or_else(|e| panic!("{e:#}")) {
+        for (verdict, counters) in h
+            .harness
+            .dataplane
+            .verdict_counters()
+            .unwrap_or_else(|e| panic!("{e:#}"))
+        {
             tracker.verdicts.insert(verdict as u32, counters.packets);
         }
         tracker
@@ -189,19 +265,33 @@ struct Rewrite {
 }
 
 fn port_at(frame: &[u8], at: usize) -> u16 {
-    frame.get(at..at + 2).map_or(0, |b| u16::from_be_bytes([b[0], b[1]]))
+    frame
+        .get(at..at + 2)
+        .map_or(0, |b| u16::from_be_bytes([b[0], b[1]]))
 }
 
 /// `out` must be `frame` with the MACs moved (from our MAC to `next_hop`) and, for NAT, the
 /// addresses and ports of `rewrite`, the checksums updated consistently, nothing else changed.
-fn compare(frame: &[u8], out: &[u8], packet: &Packet, next_hop: [u8; 6], rewrite: Option<Rewrite>) -> Result<(), String> {
+fn compare(
+    frame: &[u8],
+    out: &[u8],
+    packet: &Packet,
+    next_hop: [u8; 6],
+    rewrite: Option<Rewrite>,
+) -> Result<(), String> {
     let mut expected = frame.to_vec();
     expected[0..6].copy_from_slice(&next_hop);
     expected[6..12].copy_from_slice(&frame[0..6]);
-    let Some(rewrite) = rewrite else { return diff(&expected, out) };
+    let Some(rewrite) = rewrite else {
+        return diff(&expected, out);
+    };
     let (l3, l4, v6) = (packet.l3, packet.l4, packet.key.src.v6);
     let addr_len = if v6 { 16 } else { 4 };
-    let (src_at, dst_at) = if v6 { (l3 + 8, l3 + 24) } else { (l3 + 12, l3 + 16) };
+    let (src_at, dst_at) = if v6 {
+        (l3 + 8, l3 + 24)
+    } else {
+        (l3 + 12, l3 + 16)
+    };
     expected[src_at..src_at + addr_len].copy_from_slice(&rewrite.src.bytes[..addr_len]);
     expected[dst_at..dst_at + addr_len].copy_from_slice(&rewrite.dst.bytes[..addr_len]);
     expected[l4..l4 + 2].copy_from_slice(&rewrite.src_port.to_be_bytes());
@@ -212,7 +302,8 @@ fn compare(frame: &[u8], out: &[u8], packet: &Packet, next_hop: [u8; 6], rewrite
         PROTO_UDP => l4 + 6,
         p => return Err(format!("NAT of protocol {p}")),
     };
-    expected[l4_check..l4_check + 2].copy_from_slice(out.get(l4_check..l4_check + 2).ok_or("output too short")?);
+    expected[l4_check..l4_check + 2]
+        .copy_from_slice(out.get(l4_check..l4_check + 2).ok_or("output too short")?);
     if !v6 {
         expected[l3 + 10..l3 + 12].copy_from_slice(&out[l3 + 10..l3 + 12]);
     }
@@ -250,7 +341,10 @@ fn compare(frame: &[u8], out: &[u8], packet: &Packet, next_hop: [u8; 6], rewrite
 
 /// One's-complement sum modulo 0xFFFF (so that +0 and -0 compare equal).
 fn ones_sum(bytes: &[u8]) -> u64 {
-    let sum: u64 = bytes.chunks(2).map(|c| u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u64).sum();
+    let sum: u64 = bytes
+        .chunks(2)
+        .map(|c| u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u64)
+        .sum();
     sum % 0xFFFF
 }
 
@@ -266,5 +360,10 @@ fn diff(expected: &[u8], out: &[u8]) -> Result<(), String> {
         .take(12)
         .map(|(i, (e, o))| format!("byte {i}: got {o:#04x}, want {e:#04x}"))
         .collect();
-    Err(format!("output differs (len {} vs expected {}): {}", out.len(), expected.len(), bytes.join(", ")))
+    Err(format!(
+        "output differs (len {} vs expected {}): {}",
+        out.len(),
+        expected.len(),
+        bytes.join(", ")
+    ))
 }

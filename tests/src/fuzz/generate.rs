@@ -54,38 +54,38 @@ impl Rng {
 
 /// Sources and destinations that mean something to the configuration.
 const POOL4: [Addr; 22] = [
-    v4(10, 5, 0, 1),      // a client inside the db service's allowed /16
-    v4(10, 5, 9, 9),      // inside its denied /24
-    v4(10, 6, 0, 1),      // outside it
-    v4(10, 9, 1, 1),      // the SSH admin prefix
-    v4(192, 0, 2, 1),     // bad-net (drop)
-    v4(192, 0, 2, 7),     // partner (allow inside bad-net)
-    v4(198, 51, 100, 3),  // trial (log)
-    v4(240, 1, 2, 3),     // bogon
-    v4(0, 1, 2, 3),       // bogon
-    v4(203, 0, 113, 9),   // unlisted
+    v4(10, 5, 0, 1),     // a client inside the db service's allowed /16
+    v4(10, 5, 9, 9),     // inside its denied /24
+    v4(10, 6, 0, 1),     // outside it
+    v4(10, 9, 1, 1),     // the SSH admin prefix
+    v4(192, 0, 2, 1),    // bad-net (drop)
+    v4(192, 0, 2, 7),    // partner (allow inside bad-net)
+    v4(198, 51, 100, 3), // trial (log)
+    v4(240, 1, 2, 3),    // bogon
+    v4(0, 1, 2, 3),      // bogon
+    v4(203, 0, 113, 9),  // unlisted
     scenario::VIP4,
     scenario::DB_VIP,
-    v4(10, 0, 0, 2),      // the host
+    v4(10, 0, 0, 2), // the host
     scenario::SNAT4,
-    v4(10, 0, 0, 11),     // backends
+    v4(10, 0, 0, 11), // backends
     v4(10, 0, 0, 12),
     v4(10, 0, 0, 13),
     v4(10, 0, 0, 21),
     v4(10, 0, 0, 22),
     v4(10, 0, 0, 31),
-    v4(10, 0, 0, 77),     // another host on the segment
+    v4(10, 0, 0, 77), // another host on the segment
     v4(255, 255, 255, 255),
 ];
 
 const POOL6: [Addr; 14] = [
     v6([0xfd00, 0, 0, 0, 0, 0, 0, 0x10]),
-    v6([0xfd09, 0, 0, 0, 0, 0, 0, 1]),           // the SSH admin prefix
+    v6([0xfd09, 0, 0, 0, 0, 0, 0, 1]), // the SSH admin prefix
     v6([0x2001, 0xdb8, 0xbad, 0xffff, 0, 0, 0, 1]), // bad-net
-    v6([0x2001, 0xdb8, 0xbad, 1, 0, 0, 0, 9]),   // partner
+    v6([0x2001, 0xdb8, 0xbad, 1, 0, 0, 0, 9]), // partner
     v6([0x2001, 0xdb8, 0, 0, 0, 0, 0, 5]),
     scenario::VIP6,
-    v6([0xfd00, 0, 0, 0, 0, 0, 0, 2]),           // the host
+    v6([0xfd00, 0, 0, 0, 0, 0, 0, 2]), // the host
     scenario::SNAT6,
     v6([0xfd00, 0, 0, 0, 0, 0, 0, 0x11]),
     v6([0xfd00, 0, 0, 0, 0, 0, 0, 0x12]),
@@ -101,12 +101,23 @@ const POOL6: [Addr; 14] = [
 /// matching of SERVICE_SOURCES (see the ignored regression test), so they are drawn only when
 /// asked for.
 const CROSS_FAMILY4: [Addr; 1] = [v4(253, 9, 0, 1)];
-const CROSS_FAMILY6: [Addr; 2] = [v6([0x0a09, 0x0101, 0, 0, 0, 0, 0, 0]), v6([0x0a05, 0x0001, 0, 0, 0, 0, 0, 0])];
+const CROSS_FAMILY6: [Addr; 2] = [
+    v6([0x0a09, 0x0101, 0, 0, 0, 0, 0, 0]),
+    v6([0x0a05, 0x0001, 0, 0, 0, 0, 0, 0]),
+];
 
-const PORTS: [u16; 16] = [80, 53, 3306, 8080, 443, 8443, 5353, 22, 9876, 68, 23, 40000, 1000, 0, 65535, 32768];
+const PORTS: [u16; 16] = [
+    80, 53, 3306, 8080, 443, 8443, 5353, 22, 9876, 68, 23, 40000, 1000, 0, 65535, 32768,
+];
 const PROTOS: [u8; 6] = [6, 6, 17, 17, 1, 58];
-const FLAGS: [u8; 12] = [0x02, 0x10, 0x12, 0x11, 0x04, 0x18, 0x00, 0x03, 0x06, 0x29, 0x14, 0x01];
-const CLIENT_MACS: [[u8; 6]; 3] = [[0x02, 0, 0, 0, 0, 0x10], [0x02, 0, 0, 0, 0, 0x20], [0x0a, 0xbb, 0xcc, 0xdd, 0xee, 0xff]];
+const FLAGS: [u8; 12] = [
+    0x02, 0x10, 0x12, 0x11, 0x04, 0x18, 0x00, 0x03, 0x06, 0x29, 0x14, 0x01,
+];
+const CLIENT_MACS: [[u8; 6]; 3] = [
+    [0x02, 0, 0, 0, 0, 0x10],
+    [0x02, 0, 0, 0, 0, 0x20],
+    [0x0a, 0xbb, 0xcc, 0xdd, 0xee, 0xff],
+];
 
 /// A frame before serialisation: every field the generator varies.
 #[derive(Clone, Debug)]
@@ -185,7 +196,11 @@ impl Generator {
 
     fn fresh(&self, rng: &mut Rng) -> Spec {
         let is_v6 = rng.chance(35);
-        let proto = if rng.chance(5) { rng.byte() } else { rng.pick(&PROTOS) };
+        let proto = if rng.chance(5) {
+            rng.byte()
+        } else {
+            rng.pick(&PROTOS)
+        };
         let mut spec = Spec {
             src_mac: rng.pick(&CLIENT_MACS),
             vlan: None,
@@ -196,7 +211,11 @@ impl Generator {
             frags: 0x4000,
             src_port: self.port(rng),
             dst_port: self.port(rng),
-            tcp_flags: if rng.chance(20) { rng.byte() } else { rng.pick(&FLAGS) },
+            tcp_flags: if rng.chance(20) {
+                rng.byte()
+            } else {
+                rng.pick(&FLAGS)
+            },
             icmp_type: rng.pick(&[0, 3, 8, 11, 128, 129, 135, 136]),
             udp_zero_checksum: rng.chance(20),
             payload: Vec::new(),
@@ -211,8 +230,12 @@ impl Generator {
         }
         // Asked for the known bug: now and then straight at the source-restricted SSH port.
         if self.cross_family && rng.chance(1) {
-            (spec.src, spec.dst, spec.dst_port, spec.proto) =
-                (rng.pick(&CROSS_FAMILY6), v6([0xfd00, 0, 0, 0, 0, 0, 0, 2]), 22, 6);
+            (spec.src, spec.dst, spec.dst_port, spec.proto) = (
+                rng.pick(&CROSS_FAMILY6),
+                v6([0xfd00, 0, 0, 0, 0, 0, 0, 2]),
+                22,
+                6,
+            );
         }
         self.decorate(rng, spec)
     }
@@ -229,7 +252,11 @@ impl Generator {
             frags: 0x4000,
             src_port: key.src_port,
             dst_port: key.dst_port,
-            tcp_flags: if rng.chance(80) { rng.pick(&[0x10, 0x18, 0x11, 0x14]) } else { rng.pick(&FLAGS) },
+            tcp_flags: if rng.chance(80) {
+                rng.pick(&[0x10, 0x18, 0x11, 0x14])
+            } else {
+                rng.pick(&FLAGS)
+            },
             icmp_type: 0,
             udp_zero_checksum: rng.chance(20),
             payload: Vec::new(),
@@ -251,7 +278,11 @@ impl Generator {
         }
         if !spec.src.v6 && rng.chance(15) {
             let words = 1 + rng.below(10);
-            spec.ipv4_options = if rng.chance(50) { vec![1; 4 * words] } else { rng.bytes(4 * words) };
+            spec.ipv4_options = if rng.chance(50) {
+                vec![1; 4 * words]
+            } else {
+                rng.bytes(4 * words)
+            };
         }
         if !spec.src.v6 && rng.chance(8) {
             let random = rng.next_u64() as u16;
@@ -269,7 +300,20 @@ pub fn build(spec: &Spec) -> Vec<u8> {
             let mut h = Vec::with_capacity(20);
             h.extend(spec.src_port.to_be_bytes());
             h.extend(spec.dst_port.to_be_bytes());
-            h.extend([0, 0, 0x03, 0xE8, 0, 0, 0, 0, 0x50, spec.tcp_flags, 0xFA, 0xF0]);
+            h.extend([
+                0,
+                0,
+                0x03,
+                0xE8,
+                0,
+                0,
+                0,
+                0,
+                0x50,
+                spec.tcp_flags,
+                0xFA,
+                0xF0,
+            ]);
             h.extend(spec_checksum(spec));
             h.extend([0, 0]);
             h
@@ -279,7 +323,11 @@ pub fn build(spec: &Spec) -> Vec<u8> {
             h.extend(spec.src_port.to_be_bytes());
             h.extend(spec.dst_port.to_be_bytes());
             h.extend(((8 + spec.payload.len()) as u16).to_be_bytes());
-            h.extend(if spec.udp_zero_checksum { [0, 0] } else { spec_checksum(spec) });
+            h.extend(if spec.udp_zero_checksum {
+                [0, 0]
+            } else {
+                spec_checksum(spec)
+            });
             h
         }
         1 | 58 => vec![spec.icmp_type, 0, 0x5A, 0xA5, 0x12, 0x34, 0, 1],
@@ -321,7 +369,14 @@ pub fn build(spec: &Spec) -> Vec<u8> {
 
 /// Some checksum-looking value that depends on the fields.
 fn spec_checksum(spec: &Spec) -> [u8; 2] {
-    let x = spec.src.bytes.iter().chain(&spec.dst.bytes).fold(spec.src_port ^ spec.dst_port.rotate_left(3), |a, &b| a.rotate_left(5) ^ b as u16);
+    let x = spec
+        .src
+        .bytes
+        .iter()
+        .chain(&spec.dst.bytes)
+        .fold(spec.src_port ^ spec.dst_port.rotate_left(3), |a, &b| {
+            a.rotate_left(5) ^ b as u16
+        });
     x.to_be_bytes()
 }
 
@@ -329,11 +384,29 @@ fn spec_checksum(spec: &Spec) -> [u8; 2] {
 /// a changed EtherType or version, random bytes.
 fn mutate(rng: &mut Rng, frame: &mut Vec<u8>, spec: &Spec) {
     let l3 = 14 + if spec.vlan.is_some() { 4 } else { 0 };
-    let l4 = l3 + if spec.src.v6 { 40 } else { 20 + spec.ipv4_options.len() };
+    let l4 = l3
+        + if spec.src.v6 {
+            40
+        } else {
+            20 + spec.ipv4_options.len()
+        };
     match rng.below(9) {
         0 => {
             // Around a header boundary.
-            let at = rng.pick(&[12usize, 14, 16, 18, l3, l3 + 10, l3 + 20, l4, l4 + 4, l4 + 8, l4 + 13, l4 + 20]);
+            let at = rng.pick(&[
+                12usize,
+                14,
+                16,
+                18,
+                l3,
+                l3 + 10,
+                l3 + 20,
+                l4,
+                l4 + 4,
+                l4 + 8,
+                l4 + 13,
+                l4 + 20,
+            ]);
             let at = (at + rng.below(3)).saturating_sub(1);
             frame.truncate(at);
         }

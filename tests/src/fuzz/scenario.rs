@@ -5,7 +5,9 @@
 //! depend on time, which the model leaves out).
 use std::net::IpAddr;
 
-use lb_common::model::{Addr, Backend, Cidr, CidrRule, Config, HostPort, Mode, RuleAction, Service, SourceRule};
+use lb_common::model::{
+    Addr, Backend, Cidr, CidrRule, Config, HostPort, Mode, RuleAction, Service, SourceRule,
+};
 use lb_userspace::services::BackendState;
 
 use crate::harness::ConfigHarness;
@@ -145,8 +147,10 @@ port = 8443
 "#;
 
 /// Backend states set after loading: (service, backend, state).
-pub const STATES: [(&str, &str, BackendState); 2] =
-    [("web", "web3", BackendState::Draining), ("gone", "gone1", BackendState::Down)];
+pub const STATES: [(&str, &str, BackendState); 2] = [
+    ("web", "web3", BackendState::Draining),
+    ("gone", "gone1", BackendState::Down),
+];
 
 /// The load balancer's own addresses besides the VIPs.
 pub const HOST_ADDRS: [&str; 2] = ["10.0.0.2", "fd00::2"];
@@ -169,7 +173,11 @@ pub const fn v6(groups: [u16; 8]) -> Addr {
 
 /// A backend's MAC: its address's last byte (each service's backends differ in it).
 pub fn backend_mac(addr: &Addr) -> [u8; 6] {
-    let last = if addr.v6 { addr.bytes[15] } else { addr.bytes[3] };
+    let last = if addr.v6 {
+        addr.bytes[15]
+    } else {
+        addr.bytes[3]
+    };
     [0x02, 0, 0, 0, 0, last]
 }
 
@@ -178,8 +186,17 @@ const fn cidr(addr: Addr, len: u8) -> Cidr {
 }
 
 const fn backend(addr: Addr, port: u16, active: bool) -> Backend {
-    let last = if addr.v6 { addr.bytes[15] } else { addr.bytes[3] };
-    Backend { addr, port, mac: [0x02, 0, 0, 0, 0, last], active }
+    let last = if addr.v6 {
+        addr.bytes[15]
+    } else {
+        addr.bytes[3]
+    };
+    Backend {
+        addr,
+        port,
+        mac: [0x02, 0, 0, 0, 0, last],
+        active,
+    }
 }
 
 pub const VIP4: Addr = v4(10, 0, 0, 100);
@@ -188,53 +205,149 @@ pub const VIP6: Addr = v6([0xfd00, 0, 0, 0, 0, 0, 0, 0x100]);
 pub const SNAT4: Addr = v4(10, 0, 0, 3);
 pub const SNAT6: Addr = v6([0xfd00, 0, 0, 0, 0, 0, 0, 3]);
 
-const WEB: [Backend; 3] =
-    [backend(v4(10, 0, 0, 11), 80, true), backend(v4(10, 0, 0, 12), 80, true), backend(v4(10, 0, 0, 13), 80, false)];
-const DNS: [Backend; 2] = [backend(v4(10, 0, 0, 21), 5353, true), backend(v4(10, 0, 0, 22), 5353, true)];
+const WEB: [Backend; 3] = [
+    backend(v4(10, 0, 0, 11), 80, true),
+    backend(v4(10, 0, 0, 12), 80, true),
+    backend(v4(10, 0, 0, 13), 80, false),
+];
+const DNS: [Backend; 2] = [
+    backend(v4(10, 0, 0, 21), 5353, true),
+    backend(v4(10, 0, 0, 22), 5353, true),
+];
 const DB: [Backend; 1] = [backend(v4(10, 0, 0, 31), 3306, true)];
 const GONE: [Backend; 1] = [backend(v4(10, 0, 0, 41), 8080, false)];
-const WEB6: [Backend; 2] =
-    [backend(v6([0xfd00, 0, 0, 0, 0, 0, 0, 0x11]), 80, true), backend(v6([0xfd00, 0, 0, 0, 0, 0, 0, 0x12]), 80, true)];
-const API6: [Backend; 2] =
-    [backend(v6([0xfd00, 0, 0, 0, 0, 0, 0, 0x21]), 8443, true), backend(v6([0xfd00, 0, 0, 0, 0, 0, 0, 0x22]), 8443, true)];
+const WEB6: [Backend; 2] = [
+    backend(v6([0xfd00, 0, 0, 0, 0, 0, 0, 0x11]), 80, true),
+    backend(v6([0xfd00, 0, 0, 0, 0, 0, 0, 0x12]), 80, true),
+];
+const API6: [Backend; 2] = [
+    backend(v6([0xfd00, 0, 0, 0, 0, 0, 0, 0x21]), 8443, true),
+    backend(v6([0xfd00, 0, 0, 0, 0, 0, 0, 0x22]), 8443, true),
+];
 const DB_SOURCES: [SourceRule; 2] = [
-    SourceRule { cidr: cidr(v4(10, 5, 0, 0), 16), allow: true },
-    SourceRule { cidr: cidr(v4(10, 5, 9, 0), 24), allow: false },
+    SourceRule {
+        cidr: cidr(v4(10, 5, 0, 0), 16),
+        allow: true,
+    },
+    SourceRule {
+        cidr: cidr(v4(10, 5, 9, 0), 24),
+        allow: false,
+    },
 ];
 const SSH_SOURCES: [SourceRule; 2] = [
-    SourceRule { cidr: cidr(v4(10, 9, 0, 0), 16), allow: true },
-    SourceRule { cidr: cidr(v6([0xfd09, 0, 0, 0, 0, 0, 0, 0]), 32), allow: true },
+    SourceRule {
+        cidr: cidr(v4(10, 9, 0, 0), 16),
+        allow: true,
+    },
+    SourceRule {
+        cidr: cidr(v6([0xfd09, 0, 0, 0, 0, 0, 0, 0]), 32),
+        allow: true,
+    },
 ];
 
 const fn rule(addr: Addr, len: u8, action: RuleAction, spoof: bool) -> CidrRule {
-    CidrRule { cidr: cidr(addr, len), action, spoof }
+    CidrRule {
+        cidr: cidr(addr, len),
+        action,
+        spoof,
+    }
 }
 
 const RULES: [CidrRule; 7] = [
     rule(v4(192, 0, 2, 0), 24, RuleAction::Drop, false),
-    rule(v6([0x2001, 0xdb8, 0xbad, 0, 0, 0, 0, 0]), 48, RuleAction::Drop, false),
+    rule(
+        v6([0x2001, 0xdb8, 0xbad, 0, 0, 0, 0, 0]),
+        48,
+        RuleAction::Drop,
+        false,
+    ),
     rule(v4(192, 0, 2, 7), 32, RuleAction::Allow, false),
-    rule(v6([0x2001, 0xdb8, 0xbad, 1, 0, 0, 0, 0]), 64, RuleAction::Allow, false),
+    rule(
+        v6([0x2001, 0xdb8, 0xbad, 1, 0, 0, 0, 0]),
+        64,
+        RuleAction::Allow,
+        false,
+    ),
     rule(v4(198, 51, 100, 0), 24, RuleAction::Log, false),
     rule(v4(0, 0, 0, 0), 8, RuleAction::Drop, true),
     rule(v4(240, 0, 0, 0), 4, RuleAction::Drop, true),
 ];
 
 const SERVICES: [Service; 6] = [
-    Service { vip: VIP4, port: 80, proto: 6, mode: Mode::Dsr, backends: &WEB, sources: &[] },
-    Service { vip: VIP4, port: 53, proto: 17, mode: Mode::Nat { snat: SNAT4 }, backends: &DNS, sources: &[] },
-    Service { vip: DB_VIP, port: 3306, proto: 6, mode: Mode::Nat { snat: SNAT4 }, backends: &DB, sources: &DB_SOURCES },
-    Service { vip: DB_VIP, port: 8080, proto: 6, mode: Mode::Dsr, backends: &GONE, sources: &[] },
-    Service { vip: VIP6, port: 80, proto: 6, mode: Mode::Dsr, backends: &WEB6, sources: &[] },
-    Service { vip: VIP6, port: 443, proto: 6, mode: Mode::Nat { snat: SNAT6 }, backends: &API6, sources: &[] },
+    Service {
+        vip: VIP4,
+        port: 80,
+        proto: 6,
+        mode: Mode::Dsr,
+        backends: &WEB,
+        sources: &[],
+    },
+    Service {
+        vip: VIP4,
+        port: 53,
+        proto: 17,
+        mode: Mode::Nat { snat: SNAT4 },
+        backends: &DNS,
+        sources: &[],
+    },
+    Service {
+        vip: DB_VIP,
+        port: 3306,
+        proto: 6,
+        mode: Mode::Nat { snat: SNAT4 },
+        backends: &DB,
+        sources: &DB_SOURCES,
+    },
+    Service {
+        vip: DB_VIP,
+        port: 8080,
+        proto: 6,
+        mode: Mode::Dsr,
+        backends: &GONE,
+        sources: &[],
+    },
+    Service {
+        vip: VIP6,
+        port: 80,
+        proto: 6,
+        mode: Mode::Dsr,
+        backends: &WEB6,
+        sources: &[],
+    },
+    Service {
+        vip: VIP6,
+        port: 443,
+        proto: 6,
+        mode: Mode::Nat { snat: SNAT6 },
+        backends: &API6,
+        sources: &[],
+    },
 ];
 
-const HOSTS: [Addr; 5] = [v4(10, 0, 0, 2), v6([0xfd00, 0, 0, 0, 0, 0, 0, 2]), VIP4, DB_VIP, VIP6];
+const HOSTS: [Addr; 5] = [
+    v4(10, 0, 0, 2),
+    v6([0xfd00, 0, 0, 0, 0, 0, 0, 2]),
+    VIP4,
+    DB_VIP,
+    VIP6,
+];
 
 const HOST_PORTS: [HostPort; 3] = [
-    HostPort { port: 22, proto: 6, sources: &SSH_SOURCES },
-    HostPort { port: 9876, proto: 6, sources: &[] },
-    HostPort { port: 68, proto: 17, sources: &[] },
+    HostPort {
+        port: 22,
+        proto: 6,
+        sources: &SSH_SOURCES,
+    },
+    HostPort {
+        port: 9876,
+        proto: 6,
+        sources: &[],
+    },
+    HostPort {
+        port: 68,
+        proto: 17,
+        sources: &[],
+    },
 ];
 
 /// The `strict` scenario as the model sees it.
@@ -250,8 +363,13 @@ pub const MODEL: Config = Config {
 };
 
 /// The `relaxed` scenario as the model sees it.
-pub const RELAXED_MODEL: Config =
-    Config { tcp_flag_checks: false, drop_fragments: false, host_policy: false, rules: &[], ..MODEL };
+pub const RELAXED_MODEL: Config = Config {
+    tcp_flag_checks: false,
+    drop_fragments: false,
+    host_policy: false,
+    rules: &[],
+    ..MODEL
+};
 
 /// An agent config and the model's view of it.
 #[derive(Clone, Copy)]
@@ -261,8 +379,16 @@ pub struct Scenario {
     pub model: &'static Config<'static>,
 }
 
-pub const STRICT: Scenario = Scenario { name: "strict", firewall: STRICT_FIREWALL, model: &MODEL };
-pub const RELAXED: Scenario = Scenario { name: "relaxed", firewall: RELAXED_FIREWALL, model: &RELAXED_MODEL };
+pub const STRICT: Scenario = Scenario {
+    name: "strict",
+    firewall: STRICT_FIREWALL,
+    model: &MODEL,
+};
+pub const RELAXED: Scenario = Scenario {
+    name: "relaxed",
+    firewall: RELAXED_FIREWALL,
+    model: &RELAXED_MODEL,
+};
 pub const ALL: [Scenario; 2] = [STRICT, RELAXED];
 
 /// The real program, loaded and programmed from `scenario`'s config.
@@ -274,15 +400,28 @@ pub fn harness(scenario: &Scenario) -> ConfigHarness {
         .flat_map(|s| s.backends.iter())
         .map(|b| (to_ip(&b.addr), b.mac))
         .collect();
-    let hosts: Vec<IpAddr> = HOST_ADDRS.iter().map(|a| a.parse().unwrap_or_else(|e| panic!("{a}: {e}"))).collect();
+    let hosts: Vec<IpAddr> = HOST_ADDRS
+        .iter()
+        .map(|a| a.parse().unwrap_or_else(|e| panic!("{a}: {e}")))
+        .collect();
     let toml = format!("{}\n{SERVICES_TOML}", scenario.firewall);
     let mut h = ConfigHarness::new(&toml, &macs, &hosts);
     h.harness.set_nat_ports(NAT_PORTS.0, NAT_PORTS.1);
     for (service, backend, state) in STATES {
-        let entry = h.table.services.iter_mut().find(|s| s.name == service).unwrap_or_else(|| panic!("no service {service}"));
-        let b = entry.backends.iter_mut().find(|b| b.name == backend).unwrap_or_else(|| panic!("no backend {backend}"));
+        let entry = h
+            .table
+            .services
+            .iter_mut()
+            .find(|s| s.name == service)
+            .unwrap_or_else(|| panic!("no service {service}"));
+        let b = entry
+            .backends
+            .iter_mut()
+            .find(|b| b.name == backend)
+            .unwrap_or_else(|| panic!("no backend {backend}"));
         b.state = state;
-        lb_userspace::services::program_service(&mut h.harness.dataplane, entry).unwrap_or_else(|e| panic!("{e:#}"));
+        lb_userspace::services::program_service(&mut h.harness.dataplane, entry)
+            .unwrap_or_else(|e| panic!("{e:#}"));
     }
     h
 }

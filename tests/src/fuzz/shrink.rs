@@ -26,7 +26,9 @@ impl Probe<'_> {
         }
         self.budget -= 1;
         let scenario = self.scenario;
-        let h = self.loaded.get_or_insert_with(|| scenario::harness(scenario));
+        let h = self
+            .loaded
+            .get_or_insert_with(|| scenario::harness(scenario));
         let mut tracker = check::Tracker::synced(h);
         let result = check::check(h, scenario.model, &mut tracker, frame);
         let clean = matches!(result, Ok(v) if !matches!(v, Verdict::ForwardDsr | Verdict::ForwardNat | Verdict::NatReply));
@@ -39,13 +41,22 @@ impl Probe<'_> {
 
 /// Whether `frame` alone, on a fresh program, makes the program and the model disagree.
 pub fn reproduces(scenario: &Scenario, frame: &[u8]) -> bool {
-    Probe { scenario, loaded: None, budget: 1 }.disagrees(frame)
+    Probe {
+        scenario,
+        loaded: None,
+        budget: 1,
+    }
+    .disagrees(frame)
 }
 
 /// The smallest frame found that still disagrees (at most `budget` candidates), passes
 /// repeated until none makes progress.
 pub fn shrink(scenario: &Scenario, frame: &[u8], budget: usize) -> Vec<u8> {
-    let mut probe = Probe { scenario, loaded: None, budget };
+    let mut probe = Probe {
+        scenario,
+        loaded: None,
+        budget,
+    };
     let mut best = frame.to_vec();
     loop {
         let before = best.clone();
