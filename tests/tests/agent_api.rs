@@ -53,6 +53,7 @@ fn status_api_and_cli_against_a_running_agent() {
         db_health: None,
         app_tier: false,
         database: false,
+        firewall: false,
     };
     let agent = stack::start_with(&lab, &options).unwrap_or_else(|e| panic!("{e:#}"));
     let token_file = stack::api_token_file(&lab).display().to_string();

@@ -47,6 +47,7 @@ fn dead_backends_leave_the_rotation_within_the_budget_and_come_back() {
         )),
         app_tier: false,
         database: false,
+        firewall: false,
     };
     let config = stack::write_agent_config_with(&lab, &options).unwrap_or_else(|e| panic!("{e:#}"));
     let agent = stack::start_agent(&lab, &lb, &config).unwrap_or_else(|e| panic!("{e:#}"));

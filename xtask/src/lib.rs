@@ -6,6 +6,7 @@
 
 pub mod failover;
 pub mod lab;
+pub mod netns;
 pub mod setup;
 pub mod stack;
 pub mod util;

@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 use xtask::{lab, setup, util};
 
 mod bench;
+mod demo;
 mod run;
 mod test;
 
@@ -31,6 +32,9 @@ enum Cmd {
     Test(test::TestArgs),
     /// Bring the network-namespace lab up or down by hand.
     Lab(lab::LabArgs),
+    /// The mission end to end: the whole stack up, every check with real traffic, torn down;
+    /// ends with `demo: N/N checks passed` (exit 1 when any fails).
+    Demo(demo::DemoArgs),
     /// Benchmarks (needs root) into target/bench/results.json; --quick for a short run.
     Bench(bench::BenchArgs),
 }
@@ -52,6 +56,7 @@ fn main() -> ExitCode {
         Cmd::Test(args) => test::run(args),
         Cmd::Lab(args) => lab::cli(args),
         Cmd::Bench(args) => bench::run(args),
+        Cmd::Demo(args) => demo::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -65,19 +65,7 @@ pub fn run(args: RunArgs) -> Result<()> {
 
     let lab = Lab::up(LabSpec::standard(lab::DEFAULT_PREFIX))?;
     catch_signals();
-    stack::start_mariadb(&lab, host::DB1)?;
-    let options = stack::AgentOptions {
-        web_health: Some("kind = \"http\"\npath = \"/healthz\"\nexpect_status = 200".into()),
-        app_tier: true,
-        database: false,
-        api_token: Some(random_token()?),
-        db_health: Some(format!(
-            "kind = \"mysql\"\nuser = \"{}\"\npassword = \"{}\"\nrole = \"primary\"",
-            stack::MYSQL_CHECK_USER,
-            stack::MYSQL_CHECK_PASSWORD
-        )),
-    };
-    let agent = stack::start_with(&lab, &options)?;
+    let agent = stack::start_full_stack(&lab, &random_token()?)?.agent;
     print_guide(&lab, &lb);
     while !STOP.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_millis(200));
@@ -130,7 +118,9 @@ The seed's stack is up, load balanced and filtered by XDP on {lbns}:eth0.
   VIP {vip}:80     the app tier (lb-web), DSR, round robin over web1 ({web1}) and web2 ({web2})
   VIP {vip}:443    the same over HTTPS (the lab's own CA: {ca})
   VIP {vip}:{nat}   port 80 again, through NAT (backends see {snat} as the client)
-  VIP {db_vip}:3306 MariaDB on db1 (writes), {read_vip}:3306 (reads), health-checked over MySQL
+  VIP {db_vip}:3306 MariaDB writes: the primary (db1 at start); {read_vip}:3306 reads: the replica
+                   (db2); the agent fails over when the primary dies; only web1/web2 may connect
+  {denied}       a second address of the client that the firewall drops
 
 Try:
   ip netns exec {client} curl -si http://{vip}/api/notes | grep X-Served-By   # web1, web2, ...
@@ -139,11 +129,11 @@ Try:
   ip netns exec {client} curl http://{vip}:{nat}/healthz
   ip netns exec {lbns} {lb} status               # the agent: attach mode, backends, traffic
   ip netns exec {lbns} {lb} backends             # health and counters per backend
+  ip netns exec {client} curl -m 2 --interface {denied} http://{vip}/   # dropped by the firewall
   ip netns exec {lbns} {lb} fw list              # firewall rules and drops by reason
+  kill -9 $(cat {dbdir}/mysqld.pid)   # the primary dies: see `lb status`, writes move to db2
   ip netns exec {lbns} {lb} drain web-dsr web1 --token-file {token}
   ip netns exec {lbns} curl -s localhost:9876/metrics | head
-
-Not there yet: database replication and failover (db2 idles), the dashboard (issue 5).
 
 Ctrl-C stops everything and removes the lab. Logs: {logs}",
         vip = addr::VIP_HTTP,
@@ -156,5 +146,7 @@ Ctrl-C stops everything and removes the lab. Logs: {logs}",
         nat = stack::NAT_PORT,
         token = stack::api_token_file(lab).display(),
         logs = lab.log_dir().display(),
+        denied = stack::DENIED_CLIENT,
+        dbdir = lab.dir().join("mariadb-db1").display(),
     );
 }

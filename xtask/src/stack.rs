@@ -98,6 +98,29 @@ pub struct AgentOptions {
     /// db2, watched and failed over by the agent's `[database]` section (instead of
     /// `db_health`). Needs [`start_database_cluster`] first.
     pub database: bool,
+    /// The lab's firewall: a drop rule for [`DENIED_CLIENT`] (a second address of the client,
+    /// see [`add_denied_client_address`]) and the database VIPs open to web1 and web2 only.
+    pub firewall: bool,
+}
+
+/// A second address of the client namespace that the lab's firewall drops.
+pub const DENIED_CLIENT: &str = "10.99.0.66";
+
+/// Gives the client namespace the [`DENIED_CLIENT`] address (curl `--interface` picks it).
+pub fn add_denied_client_address(lab: &Lab) -> Result<()> {
+    lab.exec(
+        host::CLIENT,
+        &[
+            "ip",
+            "addr",
+            "replace",
+            &format!("{DENIED_CLIENT}/24"),
+            "dev",
+            "eth0",
+        ],
+    )
+    .context("adding the denied client address")?;
+    Ok(())
 }
 
 /// The MariaDB account the lab creates for the agent's mysql health check.
@@ -138,9 +161,9 @@ pub fn write_agent_config_with(lab: &Lab, options: &AgentOptions) -> Result<Path
         .map_or_else(String::new, |h| format!("\n[service.health]\n{h}\n"));
     let db = match &options.db_health {
         _ if options.database => format!(
-            "\n[[service]]\nname = \"db\"\nvip = \"{write_vip}\"\nport = 3306\nmode = \"dsr\"\n\n\
+            "\n[[service]]\nname = \"db\"\nvip = \"{write_vip}\"\nport = 3306\nmode = \"dsr\"\n{db_sources}\n\
              [[service.backend]]\nname = \"db1\"\naddress = \"{db1}\"\n\n[[service.backend]]\nname = \"db2\"\naddress = \"{db2}\"\n\n\
-             [[service]]\nname = \"db-read\"\nvip = \"{read_vip}\"\nport = 3306\nmode = \"dsr\"\n\n\
+             [[service]]\nname = \"db-read\"\nvip = \"{read_vip}\"\nport = 3306\nmode = \"dsr\"\n{db_sources}\n\
              [[service.backend]]\nname = \"db1\"\naddress = \"{db1}\"\n\n[[service.backend]]\nname = \"db2\"\naddress = \"{db2}\"\n\n\
              [database]\nwrite_service = \"db\"\nread_service = \"db-read\"\n\
              user = \"{MYSQL_ADMIN_USER}\"\npassword = \"{MYSQL_ADMIN_PASSWORD}\"\n\
@@ -149,6 +172,11 @@ pub fn write_agent_config_with(lab: &Lab, options: &AgentOptions) -> Result<Path
             read_vip = addr::VIP_DB_READ,
             db1 = addr::DB1,
             db2 = addr::DB2,
+            db_sources = if options.firewall {
+                format!("# Only the app servers reach the database.\nallow_sources = [\"{}/32\", \"{}/32\"]\n", addr::WEB1, addr::WEB2)
+            } else {
+                String::new()
+            },
         ),
         Some(health) => format!(
             "\n[[service]]\nname = \"db\"\nvip = \"{vip}\"\nport = 3306\nmode = \"dsr\"\n\n[service.health]\n{health}\n\n\
@@ -182,7 +210,12 @@ pub fn write_agent_config_with(lab: &Lab, options: &AgentOptions) -> Result<Path
         ),
         _ => String::new(),
     };
-    let db = db + &app;
+    let firewall = if options.firewall {
+        format!("\n[[firewall.rule]]\nname = \"denied-client\"\nsources = [\"{DENIED_CLIENT}/32\"]\naction = \"drop\"\n")
+    } else {
+        String::new()
+    };
+    let db = firewall + &db + &app;
     let text = format!(
         r#"# Written by the lab (xtask/src/stack.rs).
 [agent]
@@ -418,6 +451,39 @@ pub fn start_agent_logged(lab: &Lab, lb: &Path, config: &Path, log: &str) -> Res
 /// Web servers, the pass program on the peer, the agent: the whole stack on an up lab.
 pub fn start(lab: &Lab) -> Result<u32> {
     start_with(lab, &AgentOptions::default())
+}
+
+/// The pids of what [`start_full_stack`] started.
+#[derive(Debug, Clone, Copy)]
+pub struct FullStack {
+    pub agent: u32,
+    pub db1: u32,
+    pub db2: u32,
+}
+
+/// The options of the seed's whole stack: lb-web over HTTP and HTTPS behind the VIP with health
+/// checks, the replicated database with failover, the lab firewall, an API token.
+pub fn full_stack_options(api_token: &str) -> AgentOptions {
+    AgentOptions {
+        web_health: Some("kind = \"http\"\npath = \"/healthz\"\nexpect_status = 200".into()),
+        api_token: Some(api_token.to_string()),
+        db_health: None,
+        app_tier: true,
+        database: true,
+        firewall: true,
+    }
+}
+
+/// What `cargo xtask run` and the demo bring up: MariaDB db1 (primary) and db2, the denied
+/// client address, then [`full_stack_options`]; returns once the agent reports db2 replicating.
+pub fn start_full_stack(lab: &Lab, api_token: &str) -> Result<FullStack> {
+    let (db1, db2) = start_database_cluster(lab)?;
+    add_denied_client_address(lab)?;
+    let agent = start_with(lab, &full_stack_options(api_token))?;
+    let lb = release_binary("lb")?;
+    crate::failover::wait_for_roles(lab, &lb, host::DB1, &[host::DB2], Duration::from_secs(30))
+        .with_context(|| format!("the database did not come up:\n{}", lab.read_log("agent")))?;
+    Ok(FullStack { agent, db1, db2 })
 }
 
 /// [`start`] with an agent config written by [`write_agent_config_with`].
