@@ -1316,6 +1316,38 @@ weight = 2
     }
 
     #[test]
+    fn database_section_is_checked_against_its_services() {
+        let db = |extra: &str| {
+            format!(
+                "{GOOD}\n[[service]]\nname = \"dbw\"\nvip = \"10.0.0.101\"\nport = 3306\nmode = \"dsr\"\n{extra}\n\
+                 [[service.backend]]\nname = \"db1\"\naddress = \"10.0.0.21\"\n\n\
+                 [[service]]\nname = \"dbr\"\nvip = \"10.0.0.102\"\nport = 3306\nmode = \"dsr\"\n\n\
+                 [[service.backend]]\nname = \"db9\"\naddress = \"10.0.0.29\"\n\n\
+                 [database]\nwrite_service = \"dbw\"\nread_service = \"dbr\"\nuser = \"a\"\nreplication_user = \"r\"\nfail_after = 0\n"
+            )
+        };
+        let errors = errors_of(&db(""));
+        let messages: Vec<&str> = errors.iter().map(|e| e.message.as_str()).collect();
+        assert_eq!(errors.len(), 2, "{messages:?}");
+        assert!(
+            messages[0].contains("backend `db9` is not a node"),
+            "{messages:?}"
+        );
+        assert!(messages[1].contains("fail_after 0"), "{messages:?}");
+        let errors = errors_of(&db("[service.health]\nkind = \"tcp\"\n"));
+        assert!(
+            errors.iter().any(|e| e
+                .message
+                .contains("the [database] section checks its nodes")),
+            "{errors:?}"
+        );
+        let text = db("").replace("write_service = \"dbw\"", "write_service = \"nope\"");
+        assert!(errors_of(&text)
+            .iter()
+            .any(|e| e.message.contains("`nope` is not a configured service")));
+    }
+
+    #[test]
     fn cidrs_parse_and_mask() {
         let c: Cidr = "10.1.2.3/16".parse().unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(c.to_string(), "10.1.0.0/16");

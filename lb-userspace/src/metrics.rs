@@ -29,6 +29,17 @@ struct BackendLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DatabaseRoleLabels {
+    node: String,
+    role: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DatabaseNodeLabels {
+    node: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BackendStateLabels {
     service: String,
     backend: String,
@@ -235,6 +246,45 @@ pub fn render(agent: &AgentState) -> Result<String> {
         "Seconds since this agent started",
         uptime,
     );
+
+    if let Some(database) = &agent.database {
+        let role = Family::<DatabaseRoleLabels, Gauge>::default();
+        let lag = Family::<DatabaseNodeLabels, Gauge>::default();
+        for node in &database.nodes {
+            let name = serde_json::to_value(node.role)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default();
+            role.get_or_create(&DatabaseRoleLabels {
+                node: node.name.clone(),
+                role: name,
+            })
+            .set(1);
+            if let Some(seconds) = node.lag_s {
+                lag.get_or_create(&DatabaseNodeLabels {
+                    node: node.name.clone(),
+                })
+                .set(i64::try_from(seconds).unwrap_or(i64::MAX));
+            }
+        }
+        let failovers = Counter::<u64>::default();
+        failovers.inc_by(database.failovers);
+        registry.register(
+            "database_role",
+            "1 for each database node's current role",
+            role,
+        );
+        registry.register(
+            "database_replication_lag_seconds",
+            "Replication lag of each replica",
+            lag,
+        );
+        registry.register(
+            "database_failovers",
+            "Primaries replaced by the agent since it started",
+            failovers,
+        );
+    }
 
     let mut text = String::new();
     encode(&mut text, &registry).context("encoding metrics")?;
