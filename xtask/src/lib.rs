@@ -5,6 +5,7 @@
 //! Deliberately free of aya and tokio so that it builds before the BPF toolchain exists.
 
 pub mod lab;
+pub mod load;
 pub mod stack;
 pub mod setup;
 pub mod util;
