@@ -136,15 +136,22 @@ impl Load {
 
     /// Stops the workers (each finishes its request in flight) and returns every request, by
     /// start time.
-    pub fn finish(self) -> Result<LoadReport> {
+    pub fn finish(mut self) -> Result<LoadReport> {
         self.stop.store(true, Ordering::Relaxed);
         let mut samples = Vec::new();
-        for worker in self.workers {
+        for worker in std::mem::take(&mut self.workers) {
             let part = worker.join().map_err(|_| anyhow::anyhow!("a load thread panicked"))?;
             samples.extend(part.context("a load thread could not enter the client namespace")?);
         }
         samples.sort_by_key(|s| s.started);
         Ok(LoadReport { samples })
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        // A load abandoned on an error path stops too (its threads end after their request).
+        self.stop.store(true, Ordering::Relaxed);
     }
 }
 

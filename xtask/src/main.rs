@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 use xtask::{lab, setup, util};
 
 mod bench;
+mod chaos;
 mod run;
 mod test;
 
@@ -33,6 +34,9 @@ enum Cmd {
     Lab(lab::LabArgs),
     /// Benchmarks (needs root) into target/bench/results.json; --quick for a short run.
     Bench(bench::BenchArgs),
+    /// Faults under load and fuzzed input (needs root) into target/chaos/results.json;
+    /// --quick for a short run.
+    Chaos(chaos::ChaosArgs),
 }
 
 fn main() -> ExitCode {
@@ -52,6 +56,7 @@ fn main() -> ExitCode {
         Cmd::Test(args) => test::run(args),
         Cmd::Lab(args) => lab::cli(args),
         Cmd::Bench(args) => bench::run(args),
+        Cmd::Chaos(args) => chaos::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
