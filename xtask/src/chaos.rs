@@ -347,14 +347,15 @@ impl Stack {
             .with_context(|| format!("no backend {backend} in {list}"))
     }
 
-    /// Polls the API every 10 ms until the backend is in `state`; when it was first seen so.
-    fn wait_backend(&self, backend: &str, state: &str, timeout: Duration) -> Result<Instant> {
+    /// Polls the API every 10 ms until the backend is in `state`. Returns when the query that
+    /// first saw it was sent and when its answer came: the change happened before the answer.
+    fn wait_backend(&self, backend: &str, state: &str, timeout: Duration) -> Result<(Instant, Instant)> {
         let start = Instant::now();
         loop {
-            let now = Instant::now();
+            let asked = Instant::now();
             // An API that does not answer for a moment is retried until the timeout.
             if self.backend_state(backend).is_ok_and(|s| s == state) {
-                return Ok(now);
+                return Ok((asked, Instant::now()));
             }
             if start.elapsed() > timeout {
                 bail!("backend {backend} of web-dsr not {state} after {timeout:?}");
@@ -446,11 +447,12 @@ fn backend_kill(suite: &mut Suite) -> Result<Finding> {
     let detected_at = stack.wait_backend(host::WEB1, "down", Duration::from_secs(5));
     pause(sizes.after)?;
     let report = load.finish()?;
-    let detected_at = detected_at?;
 
-    let detect = detected_at - killed_at;
-    // Requests are classed by when they started: from this moment on none may fail.
-    let moment = detected_at - load_started;
+    let (asked, answered) = detected_at?;
+    // Both sides taken pessimistically: detection when the answer came, and requests classed
+    // by start time from when that query was sent (perhaps a little before the change).
+    let detect = answered - killed_at;
+    let moment = asked - load_started;
     let failed_before = report.failed() - report.failed_from(moment);
     let failed_after = report.failed_from(moment);
 
