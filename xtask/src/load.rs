@@ -4,7 +4,7 @@
 //! started and how it ended; one kept-alive connection; and plain GETs on the agent's API.
 use std::{
     fs::File,
-    io::{self, BufRead as _, BufReader, Read as _, Write as _},
+    io::{self, BufRead, BufReader, Read as _, Write as _},
     net::{SocketAddr, TcpStream},
     os::fd::AsRawFd as _,
     sync::{
@@ -248,32 +248,38 @@ impl KeepAlive {
     /// `GET /` on the open connection; the body (Content-Length framed).
     pub fn get(&mut self) -> io::Result<String> {
         self.reader.get_mut().write_all(format!("GET / HTTP/1.1\r\nHost: {}\r\n\r\n", self.host).as_bytes())?;
-        let mut status = String::new();
-        self.reader.read_line(&mut status)?;
-        if !status.starts_with("HTTP/1.1 200") {
-            return Err(io::Error::other(format!("unexpected status line {status:?}")));
-        }
-        let mut length = None;
-        loop {
-            let mut line = String::new();
-            if self.reader.read_line(&mut line)? == 0 {
-                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed in the headers"));
-            }
-            let line = line.trim_end();
-            if line.is_empty() {
-                break;
-            }
-            if let Some((name, value)) = line.split_once(':') {
-                if name.eq_ignore_ascii_case("content-length") {
-                    length = value.trim().parse::<usize>().ok();
-                }
-            }
-        }
-        let length = length.ok_or_else(|| io::Error::other("no Content-Length"))?;
-        let mut body = vec![0u8; length];
-        self.reader.read_exact(&mut body)?;
-        Ok(String::from_utf8_lossy(&body).trim().to_string())
+        read_keep_alive_answer(&mut self.reader)
     }
+}
+
+/// Reads one HTTP/1.1 answer that must be a 200 framed by Content-Length, leaving the
+/// connection ready for the next request; the body, trimmed.
+pub fn read_keep_alive_answer(reader: &mut impl BufRead) -> io::Result<String> {
+    let mut status = String::new();
+    reader.read_line(&mut status)?;
+    if !status.starts_with("HTTP/1.1 200") {
+        return Err(io::Error::other(format!("unexpected status line {status:?}")));
+    }
+    let mut length = None;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed in the headers"));
+        }
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = line.split_once(':') {
+            if name.eq_ignore_ascii_case("content-length") {
+                length = value.trim().parse::<usize>().ok();
+            }
+        }
+    }
+    let length = length.ok_or_else(|| io::Error::other("no Content-Length"))?;
+    let mut body = vec![0u8; length];
+    reader.read_exact(&mut body)?;
+    Ok(String::from_utf8_lossy(&body).trim().to_string())
 }
 
 /// `GET path` on an HTTP API inside `netns` (HTTP/1.0: one answer, no chunking); the status
@@ -319,6 +325,17 @@ mod tests {
         assert!(split_response(b"HTTP/1.1 200 OK\r\nContent-Le").is_err());
         assert!(split_response(b"").is_err());
         assert!(split_response(b"garbage\r\n\r\n").is_err());
+    }
+
+    #[test]
+    fn kept_alive_answers_are_read_one_at_a_time() {
+        let two = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nweb1\nHTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nweb2\n";
+        let mut reader = &two[..];
+        assert_eq!(read_keep_alive_answer(&mut reader).expect("first"), "web1");
+        assert_eq!(read_keep_alive_answer(&mut reader).expect("second"), "web2");
+        assert!(read_keep_alive_answer(&mut &b"HTTP/1.1 503 Busy\r\n\r\n"[..]).is_err());
+        assert!(read_keep_alive_answer(&mut &b"HTTP/1.1 200 OK\r\n\r\nno length"[..]).is_err());
+        assert!(read_keep_alive_answer(&mut &b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nweb"[..]).is_err());
     }
 
     #[test]
