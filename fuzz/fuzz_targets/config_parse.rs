@@ -8,7 +8,10 @@ use libfuzzer_sys::fuzz_target;
 
 /// The agent's own module, compiled from its source (see Cargo.toml for why not the crate).
 #[path = "../../lb-userspace/src/config.rs"]
-#[expect(dead_code, reason = "the target calls only `parse`; the module also has what the agent uses")]
+#[expect(
+    dead_code,
+    reason = "the target calls only `parse`; the module also has what the agent uses"
+)]
 mod config;
 
 fuzz_target!(|data: &[u8]| {

@@ -133,14 +133,35 @@ struct Part {
 
 /// In this order: the lab parts share one lab, which goes down before the others.
 const PARTS: &[Part] = &[
-    Part { key: "backend_kill", run: backend_kill },
-    Part { key: "agent_restart", run: agent_restart },
-    Part { key: "upgrade", run: upgrade },
+    Part {
+        key: "backend_kill",
+        run: backend_kill,
+    },
+    Part {
+        key: "agent_restart",
+        run: agent_restart,
+    },
+    Part {
+        key: "upgrade",
+        run: upgrade,
+    },
     // Last on the lab: with the token it may drain, remove and add anything.
-    Part { key: "api_fuzz", run: api_fuzz },
-    Part { key: "db_failover", run: db_failover },
-    Part { key: "packet_fuzz", run: packet_fuzz },
-    Part { key: "config_fuzz", run: config_fuzz },
+    Part {
+        key: "api_fuzz",
+        run: api_fuzz,
+    },
+    Part {
+        key: "db_failover",
+        run: db_failover,
+    },
+    Part {
+        key: "packet_fuzz",
+        run: packet_fuzz,
+    },
+    Part {
+        key: "config_fuzz",
+        run: config_fuzz,
+    },
 ];
 
 /// State shared by the parts.
@@ -174,8 +195,12 @@ pub fn run(args: ChaosArgs) -> Result<()> {
     if !args.no_setup {
         setup::run()?;
     }
-    util::run(Command::new("cargo").current_dir(util::workspace_root()).args(["build", "--release"]))
-        .context("building the workspace")?;
+    util::run(
+        Command::new("cargo")
+            .current_dir(util::workspace_root())
+            .args(["build", "--release"]),
+    )
+    .context("building the workspace")?;
     lab::cleanup_stale(LAB_PREFIX).context("removing a stale chaos lab (lbc-*)")?;
     // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
     unsafe {
@@ -187,10 +212,22 @@ pub fn run(args: ChaosArgs) -> Result<()> {
     std::fs::create_dir_all(results.parent().unwrap_or(Path::new(".")))
         .with_context(|| format!("creating the directory of {}", results.display()))?;
     let seed = args.seed.unwrap_or_else(|| {
-        SystemTime::now().duration_since(UNIX_EPOCH).map_or(1, |t| t.as_secs())
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(1, |t| t.as_secs())
     });
-    let mut suite = Suite { quick: args.quick, sizes: if args.quick { &QUICK } else { &FULL }, seed, results, stack: None };
-    println!("xtask chaos: {} run; results into {}", if args.quick { "quick" } else { "full" }, suite.results.display());
+    let mut suite = Suite {
+        quick: args.quick,
+        sizes: if args.quick { &QUICK } else { &FULL },
+        seed,
+        results,
+        stack: None,
+    };
+    println!(
+        "xtask chaos: {} run; results into {}",
+        if args.quick { "quick" } else { "full" },
+        suite.results.display()
+    );
 
     let mut lines = Vec::new();
     let (mut passed, mut failed, mut not_run) = (0, 0, Vec::new());
@@ -215,8 +252,16 @@ pub fn run(args: ChaosArgs) -> Result<()> {
         let mut detail = finding.detail;
         if let Some(object) = detail.as_object_mut() {
             object.insert("quick".into(), json!(suite.quick));
-            object.insert("seconds".into(), json!((started.elapsed().as_secs_f64() * 10.0).round() / 10.0));
-            object.insert("unix_time".into(), json!(SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |t| t.as_secs())));
+            object.insert(
+                "seconds".into(),
+                json!((started.elapsed().as_secs_f64() * 10.0).round() / 10.0),
+            );
+            object.insert(
+                "unix_time".into(),
+                json!(SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |t| t.as_secs())),
+            );
         }
         merge_results(&suite.results, part.key, finding.value, detail)?;
         let mark = match finding.mark {
@@ -243,8 +288,15 @@ pub fn run(args: ChaosArgs) -> Result<()> {
     for line in &lines {
         println!("{line}");
     }
-    let not_run_note = if not_run.is_empty() { String::new() } else { format!(" ({} not run: {})", not_run.len(), not_run.join(", ")) };
-    println!("chaos: {passed}/{} parts passed{not_run_note}", passed + failed);
+    let not_run_note = if not_run.is_empty() {
+        String::new()
+    } else {
+        format!(" ({} not run: {})", not_run.len(), not_run.join(", "))
+    };
+    println!(
+        "chaos: {passed}/{} parts passed{not_run_note}",
+        passed + failed
+    );
     if failed > 0 {
         bail!("{failed} chaos part(s) missed their bar or could not run");
     }
@@ -254,13 +306,17 @@ pub fn run(args: ChaosArgs) -> Result<()> {
 /// Replaces `key` and `key_detail` in the results file, keeping every other key.
 fn merge_results(path: &Path, key: &str, value: Value, detail: Value) -> Result<()> {
     let mut results: Value = match std::fs::read_to_string(path) {
-        Ok(text) => serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?,
+        Ok(text) => serde_json::from_str(&text)
+            .with_context(|| format!("{} is not JSON", path.display()))?,
         Err(_) => json!({}),
     };
-    let object = results.as_object_mut().with_context(|| format!("{} is not a JSON object", path.display()))?;
+    let object = results
+        .as_object_mut()
+        .with_context(|| format!("{} is not a JSON object", path.display()))?;
     object.insert(key.into(), value);
     object.insert(format!("{key}_detail"), detail);
-    std::fs::write(path, serde_json::to_string_pretty(&results)? + "\n").with_context(|| format!("writing {}", path.display()))
+    std::fs::write(path, serde_json::to_string_pretty(&results)? + "\n")
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 impl Suite {
@@ -301,7 +357,9 @@ impl Suite {
 }
 
 fn vip_http() -> Result<SocketAddr> {
-    format!("{}:80", addr::VIP_HTTP).parse().context("the lab's HTTP VIP")
+    format!("{}:80", addr::VIP_HTTP)
+        .parse()
+        .context("the lab's HTTP VIP")
 }
 
 fn api_addr() -> Result<SocketAddr> {
@@ -349,7 +407,12 @@ impl Stack {
 
     /// Polls the API every 10 ms until the backend is in `state`. Returns when the query that
     /// first saw it was sent and when its answer came: the change happened before the answer.
-    fn wait_backend(&self, backend: &str, state: &str, timeout: Duration) -> Result<(Instant, Instant)> {
+    fn wait_backend(
+        &self,
+        backend: &str,
+        state: &str,
+        timeout: Duration,
+    ) -> Result<(Instant, Instant)> {
         let start = Instant::now();
         loop {
             let asked = Instant::now();
@@ -370,7 +433,9 @@ impl Stack {
         if !self.lab.signal(agent, libc::SIGKILL) {
             bail!("could not send SIGKILL to the agent (pid {agent})");
         }
-        if !util::wait_until(Duration::from_secs(3), Duration::from_millis(10), || !self.lab.is_running(agent)) {
+        if !util::wait_until(Duration::from_secs(3), Duration::from_millis(10), || {
+            !self.lab.is_running(agent)
+        }) {
             bail!("the agent (pid {agent}) survived SIGKILL");
         }
         // Reaps it and forgets it.
@@ -389,9 +454,15 @@ impl Stack {
 
     /// The id of the XDP program attached to the lb's NIC (`ip -j link`).
     fn xdp_program_id(&self) -> Result<u64> {
-        let text = self.lab.exec_stdout(host::LB, &["ip", "-j", "link", "show", "dev", lab::HOST_IFACE])?;
-        let links: Value = serde_json::from_str(&text).with_context(|| format!("`ip -j link` is not JSON: {text}"))?;
-        links[0]["xdp"]["prog"]["id"].as_u64().with_context(|| format!("no XDP program on the lb's {}: {text}", lab::HOST_IFACE))
+        let text = self.lab.exec_stdout(
+            host::LB,
+            &["ip", "-j", "link", "show", "dev", lab::HOST_IFACE],
+        )?;
+        let links: Value = serde_json::from_str(&text)
+            .with_context(|| format!("`ip -j link` is not JSON: {text}"))?;
+        links[0]["xdp"]["prog"]["id"]
+            .as_u64()
+            .with_context(|| format!("no XDP program on the lb's {}: {text}", lab::HOST_IFACE))
     }
 }
 
@@ -406,7 +477,10 @@ fn random_token() -> Result<String> {
 fn kill_host_processes(lab: &Lab, host: &str) -> Result<Vec<u32>> {
     let ns = lab.ns(host);
     let text = util::stdout_of(Command::new("ip").args(["netns", "pids", &ns]))?;
-    let pids: Vec<u32> = text.split_whitespace().filter_map(|p| p.parse().ok()).collect();
+    let pids: Vec<u32> = text
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect();
     if pids.is_empty() {
         bail!("no process runs in {ns}");
     }
@@ -491,9 +565,16 @@ fn agent_restart(suite: &mut Suite) -> Result<Finding> {
     suite.stack()?;
     let load_options = suite.load_options()?;
     let stack = suite.stack()?;
-    let mut long = KeepAlive::connect(&stack.lab.ns(host::CLIENT), vip_http()?, addr::VIP_HTTP, Duration::from_secs(3))
-        .context("opening the long-lived connection")?;
-    let first = long.get().context("the long-lived connection before the kill")?;
+    let mut long = KeepAlive::connect(
+        &stack.lab.ns(host::CLIENT),
+        vip_http()?,
+        addr::VIP_HTTP,
+        Duration::from_secs(3),
+    )
+    .context("opening the long-lived connection")?;
+    let first = long
+        .get()
+        .context("the long-lived connection before the kill")?;
     let load = Load::start(&load_options)?;
     pause(sizes.before)?;
 
@@ -549,7 +630,8 @@ fn upgrade(suite: &mut Suite) -> Result<Finding> {
     let stack = suite.stack()?;
     // The "new version": the same build at another path (this run has only one build).
     let upgraded = stack.lab.dir().join("lb-upgraded");
-    std::fs::copy(&stack.lb, &upgraded).with_context(|| format!("copying the agent to {}", upgraded.display()))?;
+    std::fs::copy(&stack.lb, &upgraded)
+        .with_context(|| format!("copying the agent to {}", upgraded.display()))?;
     let program_before = stack.xdp_program_id()?;
     let load = Load::start(&load_options)?;
     pause(sizes.before)?;
@@ -573,7 +655,11 @@ fn upgrade(suite: &mut Suite) -> Result<Finding> {
         "the new agent is a copy of the same build at another path: it loads a new instance of the same \
          XDP object and swaps it into the pinned link; the old agent is stopped with SIGKILL"
     );
-    let pass = report.failed() == 0 && changed && swapped && attach == "replaced_pinned" && report.requests() > 0;
+    let pass = report.failed() == 0
+        && changed
+        && swapped
+        && attach == "replaced_pinned"
+        && report.requests() > 0;
     Ok(Finding {
         value,
         detail,
@@ -590,7 +676,12 @@ fn upgrade(suite: &mut Suite) -> Result<Finding> {
 fn db_failover(_suite: &mut Suite) -> Result<Finding> {
     let reason = "not wired yet: MariaDB replication and the agent's failover ([database]) are being added \
                   separately; this part will kill the primary during a stream of acknowledged writes";
-    Ok(Finding { value: Value::Null, detail: json!({ "reason": reason }), mark: Mark::NotRun, summary: reason.into() })
+    Ok(Finding {
+        value: Value::Null,
+        detail: json!({ "reason": reason }),
+        mark: Mark::NotRun,
+        summary: reason.into(),
+    })
 }
 
 /// `lb-fuzz`: random and mutated packets through BPF_PROG_TEST_RUN against the reference
@@ -598,23 +689,47 @@ fn db_failover(_suite: &mut Suite) -> Result<Finding> {
 fn packet_fuzz(suite: &mut Suite) -> Result<Finding> {
     let packets = suite.sizes.packets;
     // A stale key from an earlier run must not stand in for this one.
-    merge_results(&suite.results, "packet_fuzz", Value::Null, json!({ "reason": "running" }))?;
+    merge_results(
+        &suite.results,
+        "packet_fuzz",
+        Value::Null,
+        json!({ "reason": "running" }),
+    )?;
     // Built by the `cargo build --release` above (lb-tests is a default member).
     let mut cmd = Command::new(stack::release_binary("lb-fuzz")?);
     cmd.current_dir(util::workspace_root())
-        .args(["--packets", &packets.to_string(), "--seed", &suite.seed.to_string(), "--results"])
+        .args([
+            "--packets",
+            &packets.to_string(),
+            "--seed",
+            &suite.seed.to_string(),
+            "--results",
+        ])
         .arg(&suite.results);
     let outcome = util::run(&mut cmd);
     let text = std::fs::read_to_string(&suite.results)?;
     let results: Value = serde_json::from_str(&text)?;
     let value = results["packet_fuzz"].clone();
     if value.is_null() {
-        bail!("lb-fuzz wrote no packet_fuzz key: {}", outcome.err().map_or("it exited 0".into(), |e| format!("{e:#}")));
+        bail!(
+            "lb-fuzz wrote no packet_fuzz key: {}",
+            outcome
+                .err()
+                .map_or("it exited 0".into(), |e| format!("{e:#}"))
+        );
     }
     let count = |key: &str| value[key].as_u64().unwrap_or(u64::MAX);
-    let (ran, aborted, mismatches) = (count("packets"), count("aborted"), count("model_mismatches"));
+    let (ran, aborted, mismatches) = (
+        count("packets"),
+        count("aborted"),
+        count("model_mismatches"),
+    );
     let pass = outcome.is_ok() && ran >= packets && aborted == 0 && mismatches == 0;
-    let bar = if packets >= PACKETS_BAR { String::new() } else { format!(" (quick: the full run's bar is {PACKETS_BAR})") };
+    let bar = if packets >= PACKETS_BAR {
+        String::new()
+    } else {
+        format!(" (quick: the full run's bar is {PACKETS_BAR})")
+    };
     Ok(Finding {
         value,
         detail: json!({ "seed": suite.seed, "command": util::cmd_line(&cmd) }),
@@ -626,8 +741,12 @@ fn packet_fuzz(suite: &mut Suite) -> Result<Finding> {
 /// schemathesis against the running agent's OpenAPI document: first without a token and with
 /// a wrong one (every write must be refused and change nothing), then with the token (no 5xx).
 fn api_fuzz(suite: &mut Suite) -> Result<Finding> {
-    let schemathesis = setup::working_schemathesis()
-        .with_context(|| format!("schemathesis {} is not installed: run `cargo xtask setup`", setup::SCHEMATHESIS_VERSION))?;
+    let schemathesis = setup::working_schemathesis().with_context(|| {
+        format!(
+            "schemathesis {} is not installed: run `cargo xtask setup`",
+            setup::SCHEMATHESIS_VERSION
+        )
+    })?;
     let examples = suite.sizes.api_examples;
     let seed = suite.seed;
     let stack = suite.stack()?;
@@ -637,18 +756,41 @@ fn api_fuzz(suite: &mut Suite) -> Result<Finding> {
 
     let before = write_visible_state(stack)?;
     let no_token = run_schemathesis(stack, &schemathesis, &dir, "no-token", None, examples, seed)?;
-    let wrong_token = run_schemathesis(stack, &schemathesis, &dir, "wrong-token", Some("not-the-token"), examples, seed)?;
+    let wrong_token = run_schemathesis(
+        stack,
+        &schemathesis,
+        &dir,
+        "wrong-token",
+        Some("not-the-token"),
+        examples,
+        seed,
+    )?;
     let after = write_visible_state(stack)?;
     let state_changed = before != after;
     let token = stack.token.clone();
-    let with_token = run_schemathesis(stack, &schemathesis, &dir, "token", Some(&token), examples, seed)?;
+    let with_token = run_schemathesis(
+        stack,
+        &schemathesis,
+        &dir,
+        "token",
+        Some(&token),
+        examples,
+        seed,
+    )?;
     // The agent must have lived through it all.
-    stack.api("/api/v1/status").context("the agent after the API fuzzing")?;
+    stack
+        .api("/api/v1/status")
+        .context("the agent after the API fuzzing")?;
 
     let unauthorized = [&no_token, &wrong_token];
-    let writes_accepted: usize = unauthorized.iter().map(|r| r.writes_accepted).sum::<usize>() + usize::from(state_changed);
+    let writes_accepted: usize = unauthorized
+        .iter()
+        .map(|r| r.writes_accepted)
+        .sum::<usize>()
+        + usize::from(state_changed);
     let requests = no_token.requests + wrong_token.requests + with_token.requests;
-    let server_errors = no_token.server_errors + wrong_token.server_errors + with_token.server_errors;
+    let server_errors =
+        no_token.server_errors + wrong_token.server_errors + with_token.server_errors;
     let value = json!({ "requests": requests, "server_errors": server_errors, "unauthorized_writes_accepted": writes_accepted });
     let detail = json!({
         "runs": { "no_token": no_token.detail(), "wrong_token": wrong_token.detail(), "token": with_token.detail() },
@@ -660,7 +802,10 @@ fn api_fuzz(suite: &mut Suite) -> Result<Finding> {
         "schemathesis": setup::SCHEMATHESIS_VERSION,
     });
     // Some writes with the token must succeed: else the token (and the "refused" above) proves nothing.
-    let pass = requests > 0 && server_errors == 0 && writes_accepted == 0 && with_token.writes_accepted > 0;
+    let pass = requests > 0
+        && server_errors == 0
+        && writes_accepted == 0
+        && with_token.writes_accepted > 0;
     Ok(Finding {
         value,
         detail,
@@ -677,7 +822,12 @@ fn api_fuzz(suite: &mut Suite) -> Result<Finding> {
 fn write_visible_state(stack: &Stack) -> Result<Value> {
     let services = stack.api("/api/v1/services")?;
     let mut state = Vec::new();
-    for service in services.as_array().or_else(|| services["services"].as_array()).cloned().unwrap_or_default() {
+    for service in services
+        .as_array()
+        .or_else(|| services["services"].as_array())
+        .cloned()
+        .unwrap_or_default()
+    {
         let name = service["name"].as_str().unwrap_or("").to_string();
         let list = stack.api(&format!("/api/v1/services/{name}/backends"))?;
         let backends: Vec<Value> = list["backends"]
@@ -690,8 +840,13 @@ fn write_visible_state(stack: &Stack) -> Result<Value> {
         state.push(json!({ "service": name, "backends": backends }));
     }
     let rules = stack.api("/api/v1/firewall/rules")?;
-    let rules: Vec<Value> =
-        rules["rules"].as_array().cloned().unwrap_or_default().iter().map(|r| json!([r["name"], r["action"], r["kind"]])).collect();
+    let rules: Vec<Value> = rules["rules"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|r| json!([r["name"], r["action"], r["kind"]]))
+        .collect();
     let status = stack.api("/api/v1/status")?;
     Ok(json!({ "services": state, "rules": rules, "reloads": status["reloads"] }))
 }
@@ -720,7 +875,15 @@ impl ApiRun {
     }
 }
 
-fn run_schemathesis(stack: &Stack, bin: &Path, dir: &Path, name: &str, token: Option<&str>, examples: u32, seed: u64) -> Result<ApiRun> {
+fn run_schemathesis(
+    stack: &Stack,
+    bin: &Path,
+    dir: &Path,
+    name: &str,
+    token: Option<&str>,
+    examples: u32,
+    seed: u64,
+) -> Result<ApiRun> {
     let har = dir.join(format!("{name}.har"));
     let _ = std::fs::remove_file(&har);
     let mut args: Vec<String> = vec![
@@ -753,14 +916,28 @@ fn run_schemathesis(stack: &Stack, bin: &Path, dir: &Path, name: &str, token: Op
     }
     // Its working directory gets its example database (.schemathesis/): keep it with the reports.
     let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", &stack.lab.ns(host::LB)]).args(&args).current_dir(dir);
+    cmd.args(["netns", "exec", &stack.lab.ns(host::LB)])
+        .args(&args)
+        .current_dir(dir);
     let out = util::output_timeout(&mut cmd, Duration::from_secs(600))?;
     let stdout = String::from_utf8_lossy(&out.stdout);
-    std::fs::write(dir.join(format!("{name}.log")), format!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr)))?;
-    let text = std::fs::read_to_string(&har)
-        .with_context(|| format!("schemathesis ({name}) wrote no report {}: {}", har.display(), tail(&stdout, 20)))?;
-    let har: Value = serde_json::from_str(&text).with_context(|| format!("{} is not JSON", har.display()))?;
-    let entries = har["log"]["entries"].as_array().cloned().unwrap_or_default();
+    std::fs::write(
+        dir.join(format!("{name}.log")),
+        format!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr)),
+    )?;
+    let text = std::fs::read_to_string(&har).with_context(|| {
+        format!(
+            "schemathesis ({name}) wrote no report {}: {}",
+            har.display(),
+            tail(&stdout, 20)
+        )
+    })?;
+    let har: Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", har.display()))?;
+    let entries = har["log"]["entries"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     let mut run = ApiRun {
         requests: entries.len(),
         server_errors: 0,
@@ -800,7 +977,10 @@ fn tail(text: &str, lines: usize) -> String {
 /// seeded with examples/*.toml, bounded in time; any crash (panic, overflow, timeout) fails.
 fn config_fuzz(suite: &mut Suite) -> Result<Finding> {
     if !setup::working_cargo_fuzz() {
-        bail!("cargo-fuzz {} is not installed: run `cargo xtask setup`", setup::CARGO_FUZZ_VERSION);
+        bail!(
+            "cargo-fuzz {} is not installed: run `cargo xtask setup`",
+            setup::CARGO_FUZZ_VERSION
+        );
     }
     let seconds = suite.sizes.config_fuzz_seconds;
     let root = util::workspace_root();
@@ -824,22 +1004,37 @@ fn config_fuzz(suite: &mut Suite) -> Result<Finding> {
     // Building the target the first time takes minutes; the run itself is bounded.
     let out = util::output_timeout(&mut cmd, Duration::from_secs(seconds + 1200))?;
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    std::fs::write(util::target_dir().join("chaos").join("config-fuzz.log"), &stderr)?;
-    let runs = stderr
-        .lines()
-        .rev()
-        .find_map(|l| l.strip_prefix("Done ").and_then(|rest| rest.split_whitespace().next()).and_then(|n| n.parse::<u64>().ok()));
-    let new_crashes: Vec<String> = crash_files(&artifacts).into_iter().filter(|c| !crashes_before.contains(c)).collect();
+    std::fs::write(
+        util::target_dir().join("chaos").join("config-fuzz.log"),
+        &stderr,
+    )?;
+    let runs = stderr.lines().rev().find_map(|l| {
+        l.strip_prefix("Done ")
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse::<u64>().ok())
+    });
+    let new_crashes: Vec<String> = crash_files(&artifacts)
+        .into_iter()
+        .filter(|c| !crashes_before.contains(c))
+        .collect();
     let Some(runs) = runs else {
         if new_crashes.is_empty() {
-            bail!("cargo fuzz did not finish a run ({}):\n{}", out.status, tail(&stderr, 30));
+            bail!(
+                "cargo fuzz did not finish a run ({}):\n{}",
+                out.status,
+                tail(&stderr, 30)
+            );
         }
         let value = json!({ "runs": Value::Null, "crashes": new_crashes.len() });
         return Ok(Finding {
             value,
             detail: json!({ "crash_files": new_crashes, "log_tail": tail(&stderr, 40) }),
             mark: Mark::Fail,
-            summary: format!("{} crash(es), e.g. {} (see target/chaos/config-fuzz.log)", new_crashes.len(), new_crashes[0]),
+            summary: format!(
+                "{} crash(es), e.g. {} (see target/chaos/config-fuzz.log)",
+                new_crashes.len(),
+                new_crashes[0]
+            ),
         });
     };
     let corpus_files = std::fs::read_dir(&corpus).map_or(0, |d| d.count());
@@ -849,7 +1044,10 @@ fn config_fuzz(suite: &mut Suite) -> Result<Finding> {
         value,
         detail: json!({ "corpus_files": corpus_files, "crash_files": new_crashes, "exit": out.status.to_string() }),
         mark: if pass { Mark::Pass } else { Mark::Fail },
-        summary: format!("{runs} inputs in {seconds} s, crashes {} (bar 0), corpus {corpus_files} files", new_crashes.len()),
+        summary: format!(
+            "{runs} inputs in {seconds} s, crashes {} (bar 0), corpus {corpus_files} files",
+            new_crashes.len()
+        ),
     })
 }
 
@@ -860,7 +1058,11 @@ fn crash_files(dir: &Path) -> Vec<String> {
             entries
                 .flatten()
                 .filter_map(|e| e.file_name().into_string().ok())
-                .filter(|n| ["crash-", "timeout-", "oom-", "leak-"].iter().any(|p| n.starts_with(p)))
+                .filter(|n| {
+                    ["crash-", "timeout-", "oom-", "leak-"]
+                        .iter()
+                        .any(|p| n.starts_with(p))
+                })
                 .collect()
         })
         .unwrap_or_default()

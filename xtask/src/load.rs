@@ -119,14 +119,22 @@ impl Load {
                             Ok(body) => Outcome::Ok(body),
                             Err(e) => Outcome::Failed(e.to_string()),
                         };
-                        samples.push(Sample { started: begin - started, took: begin.elapsed(), outcome });
+                        samples.push(Sample {
+                            started: begin - started,
+                            took: begin.elapsed(),
+                            outcome,
+                        });
                     }
                     Ok(samples)
                 })
                 .context("starting a load thread")?;
             workers.push(worker);
         }
-        Ok(Load { started, stop, workers })
+        Ok(Load {
+            started,
+            stop,
+            workers,
+        })
     }
 
     /// When the run started: [`Sample::started`] counts from here.
@@ -140,7 +148,9 @@ impl Load {
         self.stop.store(true, Ordering::Relaxed);
         let mut samples = Vec::new();
         for worker in std::mem::take(&mut self.workers) {
-            let part = worker.join().map_err(|_| anyhow::anyhow!("a load thread panicked"))?;
+            let part = worker
+                .join()
+                .map_err(|_| anyhow::anyhow!("a load thread panicked"))?;
             samples.extend(part.context("a load thread could not enter the client namespace")?);
         }
         samples.sort_by_key(|s| s.started);
@@ -171,12 +181,18 @@ impl LoadReport {
 
     /// Failed requests that started at or after `moment` (from the start of the run).
     pub fn failed_from(&self, moment: Duration) -> usize {
-        self.samples.iter().filter(|s| s.failed() && s.started >= moment).count()
+        self.samples
+            .iter()
+            .filter(|s| s.failed() && s.started >= moment)
+            .count()
     }
 
     /// Answers by the body (the serving host's name).
     pub fn served_by(&self, name: &str) -> usize {
-        self.samples.iter().filter(|s| s.outcome == Outcome::Ok(name.to_string())).count()
+        self.samples
+            .iter()
+            .filter(|s| s.outcome == Outcome::Ok(name.to_string()))
+            .count()
     }
 
     /// Up to `limit` failures, for messages: when, and why.
@@ -196,10 +212,18 @@ impl LoadReport {
 fn one_request(options: &LoadOptions) -> io::Result<String> {
     let deadline = Instant::now() + options.timeout;
     let mut stream = TcpStream::connect_timeout(&options.target, options.timeout)?;
-    let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+    let left = deadline
+        .saturating_duration_since(Instant::now())
+        .max(Duration::from_millis(1));
     stream.set_read_timeout(Some(left))?;
     stream.set_write_timeout(Some(left))?;
-    stream.write_all(format!("GET / HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", options.host).as_bytes())?;
+    stream.write_all(
+        format!(
+            "GET / HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            options.host
+        )
+        .as_bytes(),
+    )?;
     let mut answer = Vec::new();
     stream.read_to_end(&mut answer)?;
     let (status, body) = split_response(&answer)?;
@@ -218,13 +242,23 @@ fn split_response(answer: &[u8]) -> io::Result<(u16, &[u8])> {
     let end = answer
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, format!("incomplete answer ({} bytes)", answer.len())))?;
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("incomplete answer ({} bytes)", answer.len()),
+            )
+        })?;
     let head = String::from_utf8_lossy(&answer[..end]);
     let status = head
         .split_whitespace()
         .nth(1)
         .and_then(|code| code.parse::<u16>().ok())
-        .ok_or_else(|| io::Error::other(format!("no status line in {:?}", head.lines().next().unwrap_or(""))))?;
+        .ok_or_else(|| {
+            io::Error::other(format!(
+                "no status line in {:?}",
+                head.lines().next().unwrap_or("")
+            ))
+        })?;
     Ok((status, &answer[end + 4..]))
 }
 
@@ -235,19 +269,29 @@ pub struct KeepAlive {
 }
 
 impl KeepAlive {
-    pub fn connect(netns: &str, target: SocketAddr, host: &str, timeout: Duration) -> io::Result<KeepAlive> {
+    pub fn connect(
+        netns: &str,
+        target: SocketAddr,
+        host: &str,
+        timeout: Duration,
+    ) -> io::Result<KeepAlive> {
         let stream = in_netns(netns, || {
             let stream = TcpStream::connect_timeout(&target, timeout)?;
             stream.set_read_timeout(Some(timeout))?;
             stream.set_write_timeout(Some(timeout))?;
             Ok(stream)
         })?;
-        Ok(KeepAlive { reader: BufReader::new(stream), host: host.to_string() })
+        Ok(KeepAlive {
+            reader: BufReader::new(stream),
+            host: host.to_string(),
+        })
     }
 
     /// `GET /` on the open connection; the body (Content-Length framed).
     pub fn get(&mut self) -> io::Result<String> {
-        self.reader.get_mut().write_all(format!("GET / HTTP/1.1\r\nHost: {}\r\n\r\n", self.host).as_bytes())?;
+        self.reader
+            .get_mut()
+            .write_all(format!("GET / HTTP/1.1\r\nHost: {}\r\n\r\n", self.host).as_bytes())?;
         read_keep_alive_answer(&mut self.reader)
     }
 }
@@ -258,13 +302,18 @@ pub fn read_keep_alive_answer(reader: &mut impl BufRead) -> io::Result<String> {
     let mut status = String::new();
     reader.read_line(&mut status)?;
     if !status.starts_with("HTTP/1.1 200") {
-        return Err(io::Error::other(format!("unexpected status line {status:?}")));
+        return Err(io::Error::other(format!(
+            "unexpected status line {status:?}"
+        )));
     }
     let mut length = None;
     loop {
         let mut line = String::new();
         if reader.read_line(&mut line)? == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed in the headers"));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "connection closed in the headers",
+            ));
         }
         let line = line.trim_end();
         if line.is_empty() {
@@ -284,7 +333,12 @@ pub fn read_keep_alive_answer(reader: &mut impl BufRead) -> io::Result<String> {
 
 /// `GET path` on an HTTP API inside `netns` (HTTP/1.0: one answer, no chunking); the status
 /// and the body.
-pub fn api_get(netns: &str, api: SocketAddr, path: &str, timeout: Duration) -> Result<(u16, String)> {
+pub fn api_get(
+    netns: &str,
+    api: SocketAddr,
+    path: &str,
+    timeout: Duration,
+) -> Result<(u16, String)> {
     let answer = in_netns(netns, || {
         let mut stream = TcpStream::connect_timeout(&api, timeout)?;
         stream.set_read_timeout(Some(timeout))?;
@@ -295,7 +349,8 @@ pub fn api_get(netns: &str, api: SocketAddr, path: &str, timeout: Duration) -> R
         Ok(answer)
     })
     .with_context(|| format!("GET http://{api}{path} in namespace {netns}"))?;
-    let (status, body) = split_response(&answer).with_context(|| format!("GET http://{api}{path}"))?;
+    let (status, body) =
+        split_response(&answer).with_context(|| format!("GET http://{api}{path}"))?;
     Ok((status, String::from_utf8_lossy(body).into_owned()))
 }
 
@@ -314,9 +369,11 @@ mod tests {
 
     #[test]
     fn a_complete_answer_splits_into_status_and_body() {
-        let (status, body) = split_response(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nweb1\n").expect("valid");
+        let (status, body) =
+            split_response(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nweb1\n").expect("valid");
         assert_eq!((status, body), (200, &b"web1\n"[..]));
-        let (status, _) = split_response(b"HTTP/1.0 503 Service Unavailable\r\n\r\n").expect("valid");
+        let (status, _) =
+            split_response(b"HTTP/1.0 503 Service Unavailable\r\n\r\n").expect("valid");
         assert_eq!(status, 503);
     }
 
@@ -335,12 +392,19 @@ mod tests {
         assert_eq!(read_keep_alive_answer(&mut reader).expect("second"), "web2");
         assert!(read_keep_alive_answer(&mut &b"HTTP/1.1 503 Busy\r\n\r\n"[..]).is_err());
         assert!(read_keep_alive_answer(&mut &b"HTTP/1.1 200 OK\r\n\r\nno length"[..]).is_err());
-        assert!(read_keep_alive_answer(&mut &b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nweb"[..]).is_err());
+        assert!(read_keep_alive_answer(
+            &mut &b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nweb"[..]
+        )
+        .is_err());
     }
 
     #[test]
     fn failures_are_counted_from_a_moment() {
-        let sample = |ms, outcome| Sample { started: Duration::from_millis(ms), took: Duration::ZERO, outcome };
+        let sample = |ms, outcome| Sample {
+            started: Duration::from_millis(ms),
+            took: Duration::ZERO,
+            outcome,
+        };
         let report = LoadReport {
             samples: vec![
                 sample(10, Outcome::Ok("web1".into())),
