@@ -56,6 +56,15 @@ impl Report {
 }
 
 pub fn run(args: DemoArgs) -> Result<()> {
+    let (passed, total) = run_checks(&args)?;
+    if passed < total {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+/// Runs the demo; returns (checks passed, checks run) after printing the last line.
+pub fn run_checks(args: &DemoArgs) -> Result<(usize, usize)> {
     if !util::is_root() {
         bail!("`cargo xtask demo` attaches XDP programs and creates network namespaces: run it as root");
     }
@@ -80,7 +89,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
         Err(e) => {
             report.check("the stack comes up", Err(e));
             let _ = lab.down();
-            return finish(&report);
+            return Ok(finish(&report));
         }
     };
     report.check(
@@ -145,16 +154,13 @@ pub fn run(args: DemoArgs) -> Result<()> {
         "the lab torn down clean",
         down.and_then(|()| nothing_left(&prefix)),
     );
-    finish(&report)
+    Ok(finish(&report))
 }
 
-fn finish(report: &Report) -> Result<()> {
+fn finish(report: &Report) -> (usize, usize) {
     let total = report.passed + report.failed;
     println!("demo: {}/{total} checks passed", report.passed);
-    if report.failed > 0 {
-        std::process::exit(1);
-    }
-    Ok(())
+    (report.passed, total)
 }
 
 /// The running stack the checks act on.

@@ -6,6 +6,7 @@
 
 pub mod failover;
 pub mod lab;
+pub mod load;
 pub mod netns;
 pub mod setup;
 pub mod stack;

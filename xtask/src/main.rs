@@ -8,6 +8,7 @@ use xtask::{lab, setup, util};
 
 mod bench;
 mod demo;
+mod chaos;
 mod run;
 mod test;
 
@@ -37,6 +38,9 @@ enum Cmd {
     Demo(demo::DemoArgs),
     /// Benchmarks (needs root) into target/bench/results.json; --quick for a short run.
     Bench(bench::BenchArgs),
+    /// Faults under load and fuzzed input (needs root) into target/chaos/results.json;
+    /// --quick for a short run.
+    Chaos(chaos::ChaosArgs),
 }
 
 fn main() -> ExitCode {
@@ -57,6 +61,7 @@ fn main() -> ExitCode {
         Cmd::Lab(args) => lab::cli(args),
         Cmd::Bench(args) => bench::run(args),
         Cmd::Demo(args) => demo::run(args),
+        Cmd::Chaos(args) => chaos::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -2,7 +2,8 @@
 //! Idempotent, and fast (no network, no apt-get update) when everything is present.
 //!
 //! Items: Debian packages, nightly `rust-src`, `bpf-linker` 0.13.0 (built against the
-//! nightly's own LLVM), bpffs at /sys/fs/bpf, a `kernel.bpf_stats_enabled` check.
+//! nightly's own LLVM), bpffs at /sys/fs/bpf, a `kernel.bpf_stats_enabled` check, and the
+//! fuzzers of `cargo xtask chaos`: schemathesis (PyPI, in a venv) and cargo-fuzz.
 //! Without root, the toolchain items are still done and the rest is reported as skipped.
 
 use std::fs;
@@ -32,11 +33,19 @@ pub const PACKAGES: &[&str] = &[
     "nftables",
     "procps",
     "python3",
+    // The venv of the API fuzzer (schemathesis, from PyPI).
+    "python3-venv",
     "psmisc",
 ];
 
 /// The bpf-linker version the project builds with.
 pub const BPF_LINKER_VERSION: &str = "0.13.0";
+
+/// The API fuzzer of `cargo xtask chaos`, from PyPI into [`venv_dir`].
+pub const SCHEMATHESIS_VERSION: &str = "4.32.5";
+
+/// cargo-fuzz, for the config-parser fuzz target of `cargo xtask chaos` (`fuzz/`).
+pub const CARGO_FUZZ_VERSION: &str = "0.13.1";
 
 /// Services the packages above install and may start: (service name, process names).
 /// We run our own instances inside the lab namespaces, never the system ones.
@@ -66,6 +75,8 @@ pub fn run() -> Result<()> {
     bpf_linker(&sysroot).context("setup: bpf-linker")?;
     bpffs(root, &mut skipped).context("setup: bpffs")?;
     bpf_stats();
+    schemathesis().context("setup: schemathesis (API fuzzer)")?;
+    cargo_fuzz().context("setup: cargo-fuzz")?;
 
     if !skipped.is_empty() {
         println!("setup: NOT ROOT, could not do:");
@@ -397,6 +408,72 @@ fn bpf_linker(sysroot: &Path) -> Result<()> {
             prefix.display()
         ),
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Fuzzers of `cargo xtask chaos`
+
+/// The Python venv the project's Python tools are installed into (kept between runs).
+pub fn venv_dir() -> Result<PathBuf> {
+    let home = util::home_dir().context("HOME is not set")?;
+    Ok(home.join(".local/share/lb-toolchain/venv"))
+}
+
+/// The `schemathesis` command of the venv, when the pinned version runs.
+pub fn working_schemathesis() -> Option<PathBuf> {
+    let bin = venv_dir().ok()?.join("bin/schemathesis");
+    let out = util::output(Command::new(&bin).arg("--version")).ok()?;
+    String::from_utf8_lossy(&out.stdout).contains(SCHEMATHESIS_VERSION).then_some(bin)
+}
+
+fn schemathesis() -> Result<()> {
+    if let Some(bin) = working_schemathesis() {
+        say("schemathesis", &format!("ok (present: {SCHEMATHESIS_VERSION}, {})", bin.display()));
+        return Ok(());
+    }
+    let venv = venv_dir()?;
+    // Debian's interpreter (python3-venv above) when there is one; else whatever python3 is.
+    let python = if Path::new("/usr/bin/python3").exists() { "/usr/bin/python3" } else { "python3" };
+    if !venv.join("bin/pip").exists() {
+        say("schemathesis", &format!("creating the venv {}", venv.display()));
+        util::run(Command::new(python).args(["-m", "venv"]).arg(&venv))?;
+    }
+    say("schemathesis", &format!("installing {SCHEMATHESIS_VERSION} from PyPI (about a minute)..."));
+    let mut pip = Command::new(venv.join("bin/pip"));
+    pip.args(["install", "--disable-pip-version-check", "--quiet", &format!("schemathesis=={SCHEMATHESIS_VERSION}")])
+        .stdin(std::process::Stdio::null());
+    util::output_timeout(&mut pip, std::time::Duration::from_secs(600)).and_then(|out| util::check(&pip, out))?;
+    match working_schemathesis() {
+        Some(bin) => {
+            say("schemathesis", &format!("installed ({})", bin.display()));
+            Ok(())
+        }
+        None => bail!("pip installed schemathesis=={SCHEMATHESIS_VERSION} into {} but it does not run", venv.display()),
+    }
+}
+
+/// True when `cargo fuzz` runs and is the pinned version.
+pub fn working_cargo_fuzz() -> bool {
+    util::output(Command::new("cargo").args(["fuzz", "--version"]))
+        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).contains(CARGO_FUZZ_VERSION))
+}
+
+fn cargo_fuzz() -> Result<()> {
+    if working_cargo_fuzz() {
+        say("cargo-fuzz", &format!("ok (present: {CARGO_FUZZ_VERSION})"));
+        return Ok(());
+    }
+    say("cargo-fuzz", &format!("installing {CARGO_FUZZ_VERSION} (about a minute)..."));
+    let mut cmd = Command::new("cargo");
+    cmd.args(["+stable", "install", "cargo-fuzz", "--version", CARGO_FUZZ_VERSION, "--locked", "--force"])
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .stdin(std::process::Stdio::null());
+    util::run(&mut cmd)?;
+    if !working_cargo_fuzz() {
+        bail!("`cargo install cargo-fuzz` finished but `cargo fuzz --version` is not {CARGO_FUZZ_VERSION}");
+    }
+    say("cargo-fuzz", "installed");
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------

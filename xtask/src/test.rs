@@ -1,7 +1,9 @@
 //! `cargo xtask test`: every test, the kernel and namespace ones included.
 //!
 //! setup (unless --no-setup) -> clean stale test labs -> `cargo build --release` ->
-//! `cargo test --release -- --test-threads=1 [extra]` -> clean stale test labs.
+//! `cargo test --release -- --test-threads=1 [extra]` -> `cargo xtask demo` and
+//! `cargo xtask chaos --quick` (as root)
+//! -> clean stale test labs.
 //! Kernel tests share kernel state (namespaces, XDP attachments), hence one thread.
 
 use std::ffi::OsString;
@@ -73,17 +75,41 @@ pub fn run(args: TestArgs) -> Result<()> {
         // In CI as root, a kernel test that cannot run must fail, not skip.
         test.env("LB_REQUIRE_ROOT_TESTS", "1");
     }
-    let result = run_and_tally(&mut test);
+    let mut tally = run_and_tally(&mut test)?;
+
+    if root {
+        // The demo (the mission's checks end to end) counts as one more test.
+        println!("xtask test: == cargo xtask demo ==");
+        match crate::demo::run_checks(&crate::demo::DemoArgs { no_setup: true, no_build: true }) {
+            Ok((passed, total)) if passed == total => tally.passed += 1,
+            Ok((passed, total)) => {
+                eprintln!("xtask test: demo FAILED: {passed}/{total} checks passed");
+                tally.failed += 1;
+            }
+            Err(e) => {
+                eprintln!("xtask test: demo FAILED: {e:#}");
+                tally.failed += 1;
+            }
+        }
+        // The quick chaos suite (faults under load, fuzzers) counts as one more test.
+        println!("xtask test: == cargo xtask chaos --quick ==");
+        match crate::chaos::run(crate::chaos::ChaosArgs { quick: true, no_setup: true, seed: None }) {
+            Ok(()) => tally.passed += 1,
+            Err(e) => {
+                eprintln!("xtask test: chaos --quick FAILED: {e:#}");
+                tally.failed += 1;
+            }
+        }
+    }
 
     if !root {
         eprintln!("{NOT_ROOT_BANNER}");
     }
-    let tally = match result {
-        Ok(tally) => tally,
-        Err(e) => bail!("tests failed: {e:#}"),
-    };
     // One plain closing line for whoever reads the log (CI among them).
     println!("summary: {} passed, {} failed", tally.passed, tally.failed);
+    if let Some(failure) = &tally.cargo_test_failure {
+        bail!("tests failed: {failure}");
+    }
     if tally.failed > 0 {
         bail!("{} tests failed", tally.failed);
     }
@@ -102,15 +128,16 @@ pub fn run(args: TestArgs) -> Result<()> {
 struct Tally {
     passed: u64,
     failed: u64,
+    /// Why `cargo test` itself exited non-zero (a build error counts as one failure).
+    cargo_test_failure: Option<String>,
 }
 
-/// Runs `cargo test`, echoing its output, and adds up the `test result:` lines of every binary.
+/// Runs `cargo test`, echoing its output, and adds up the `test result:` lines of every binary
+/// (a non-zero exit is recorded in the tally, not returned as an error).
 fn run_and_tally(cmd: &mut Command) -> Result<Tally> {
     use std::io::{BufRead, BufReader};
     cmd.stdout(std::process::Stdio::piped());
-    let mut child = cmd
-        .spawn()
-        .with_context(|| format!("starting {}", util::cmd_line(cmd)))?;
+    let mut child = cmd.spawn().with_context(|| format!("starting {}", util::cmd_line(cmd)))?;
     let mut tally = Tally::default();
     if let Some(stdout) = child.stdout.take() {
         for line in BufReader::new(stdout).lines() {
@@ -124,17 +151,9 @@ fn run_and_tally(cmd: &mut Command) -> Result<Tally> {
     }
     let status = child.wait()?;
     if !status.success() {
-        println!(
-            "summary: {} passed, {} failed",
-            tally.passed,
-            tally.failed.max(1)
-        );
-        bail!(
-            "{} exited with {status} ({} passed, {} failed)",
-            util::cmd_line(cmd),
-            tally.passed,
-            tally.failed
-        );
+        tally.failed = tally.failed.max(1);
+        tally.cargo_test_failure =
+            Some(format!("{} exited with {status} ({} passed, {} failed)", util::cmd_line(cmd), tally.passed, tally.failed));
     }
     Ok(tally)
 }
@@ -143,12 +162,7 @@ fn run_and_tally(cmd: &mut Command) -> Result<Tally> {
 fn count(summary: &str, what: &str) -> u64 {
     summary
         .split(';')
-        .find_map(|part| {
-            part.trim()
-                .trim_start_matches("ok. ")
-                .trim_start_matches("FAILED. ")
-                .strip_suffix(what.trim_start())
-        })
+        .find_map(|part| part.trim().trim_start_matches("ok. ").trim_start_matches("FAILED. ").strip_suffix(what.trim_start()))
         .and_then(|n| n.trim().parse().ok())
         .unwrap_or(0)
 }

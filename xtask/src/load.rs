@@ -1,0 +1,421 @@
+//! HTTP from inside a lab's network namespaces, without a subprocess per request: a load
+//! generator whose threads enter the client namespace (setns) and open a new TCP connection per
+//! request (so the load balancer's round robin spreads them), recording when each request
+//! started and how it ended; one kept-alive connection; and plain GETs on the agent's API.
+use std::{
+    fs::File,
+    io::{self, BufRead, BufReader, Read as _, Write as _},
+    net::{SocketAddr, TcpStream},
+    os::fd::AsRawFd as _,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+
+/// Moves the calling thread into network namespace `ns` (a name under /run/netns). Sockets it
+/// opens afterwards belong to that namespace, also when used from other threads.
+pub fn enter_netns(ns: &str) -> io::Result<()> {
+    let netns = File::open(format!("/run/netns/{ns}"))?;
+    // SAFETY: setns on a namespace file we opened; it moves only the calling thread.
+    if unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Runs `f` on a short-lived thread inside namespace `ns`.
+pub fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> io::Result<T> + Send) -> io::Result<T> {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                enter_netns(ns)?;
+                f()
+            })
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("the namespace thread panicked")))
+    })
+}
+
+/// How one request ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// 200 with a body: the body (the web servers answer with their host name).
+    Ok(String),
+    /// Anything else: what went wrong.
+    Failed(String),
+}
+
+/// One request of a load run.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    /// When it started (its connect), from the start of the run.
+    pub started: Duration,
+    pub took: Duration,
+    pub outcome: Outcome,
+}
+
+impl Sample {
+    pub fn failed(&self) -> bool {
+        matches!(self.outcome, Outcome::Failed(_))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// The network namespace the requests come from.
+    pub netns: String,
+    pub target: SocketAddr,
+    /// `Host:` header.
+    pub host: String,
+    /// Concurrent connections at most (one thread each).
+    pub workers: usize,
+    /// Requests per second over all workers (each worker paces itself; a slow answer delays
+    /// only its own worker).
+    pub rate: u32,
+    /// Bound of connect, and of the whole answer.
+    pub timeout: Duration,
+}
+
+/// A running load; [`Load::finish`] stops it and returns every request.
+pub struct Load {
+    started: Instant,
+    stop: Arc<AtomicBool>,
+    workers: Vec<JoinHandle<io::Result<Vec<Sample>>>>,
+}
+
+impl Load {
+    pub fn start(options: &LoadOptions) -> Result<Load> {
+        if options.workers == 0 || options.rate == 0 {
+            bail!("a load needs at least one worker and a rate above 0");
+        }
+        let started = Instant::now();
+        let stop = Arc::new(AtomicBool::new(false));
+        let gap = Duration::from_secs_f64(options.workers as f64 / f64::from(options.rate));
+        let mut workers = Vec::new();
+        for index in 0..options.workers {
+            let options = options.clone();
+            let stop = stop.clone();
+            // Workers start spread over one gap, so requests do not come in bursts.
+            let offset = gap.mul_f64(index as f64 / options.workers as f64);
+            let worker = std::thread::Builder::new()
+                .name(format!("load-{index}"))
+                .spawn(move || {
+                    enter_netns(&options.netns)?;
+                    let mut samples = Vec::new();
+                    let mut next = started + offset;
+                    while !stop.load(Ordering::Relaxed) {
+                        let now = Instant::now();
+                        if next > now {
+                            std::thread::sleep(next - now);
+                        }
+                        next += gap;
+                        let begin = Instant::now();
+                        let outcome = match one_request(&options) {
+                            Ok(body) => Outcome::Ok(body),
+                            Err(e) => Outcome::Failed(e.to_string()),
+                        };
+                        samples.push(Sample {
+                            started: begin - started,
+                            took: begin.elapsed(),
+                            outcome,
+                        });
+                    }
+                    Ok(samples)
+                })
+                .context("starting a load thread")?;
+            workers.push(worker);
+        }
+        Ok(Load {
+            started,
+            stop,
+            workers,
+        })
+    }
+
+    /// When the run started: [`Sample::started`] counts from here.
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// Stops the workers (each finishes its request in flight) and returns every request, by
+    /// start time.
+    pub fn finish(mut self) -> Result<LoadReport> {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut samples = Vec::new();
+        for worker in std::mem::take(&mut self.workers) {
+            let part = worker
+                .join()
+                .map_err(|_| anyhow::anyhow!("a load thread panicked"))?;
+            samples.extend(part.context("a load thread could not enter the client namespace")?);
+        }
+        samples.sort_by_key(|s| s.started);
+        Ok(LoadReport { samples })
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        // A load abandoned on an error path stops too (its threads end after their request).
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct LoadReport {
+    pub samples: Vec<Sample>,
+}
+
+impl LoadReport {
+    pub fn requests(&self) -> usize {
+        self.samples.len()
+    }
+
+    pub fn failed(&self) -> usize {
+        self.samples.iter().filter(|s| s.failed()).count()
+    }
+
+    /// Failed requests that started at or after `moment` (from the start of the run).
+    pub fn failed_from(&self, moment: Duration) -> usize {
+        self.samples
+            .iter()
+            .filter(|s| s.failed() && s.started >= moment)
+            .count()
+    }
+
+    /// Answers by the body (the serving host's name).
+    pub fn served_by(&self, name: &str) -> usize {
+        self.samples
+            .iter()
+            .filter(|s| s.outcome == Outcome::Ok(name.to_string()))
+            .count()
+    }
+
+    /// Up to `limit` failures, for messages: when, and why.
+    pub fn first_failures(&self, limit: usize) -> Vec<String> {
+        self.samples
+            .iter()
+            .filter_map(|s| match &s.outcome {
+                Outcome::Failed(why) => Some(format!("at {} ms: {why}", s.started.as_millis())),
+                Outcome::Ok(_) => None,
+            })
+            .take(limit)
+            .collect()
+    }
+}
+
+/// One `GET /` on a new connection, closed by the server after the answer.
+fn one_request(options: &LoadOptions) -> io::Result<String> {
+    let deadline = Instant::now() + options.timeout;
+    let mut stream = TcpStream::connect_timeout(&options.target, options.timeout)?;
+    let left = deadline
+        .saturating_duration_since(Instant::now())
+        .max(Duration::from_millis(1));
+    stream.set_read_timeout(Some(left))?;
+    stream.set_write_timeout(Some(left))?;
+    stream.write_all(
+        format!(
+            "GET / HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            options.host
+        )
+        .as_bytes(),
+    )?;
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer)?;
+    let (status, body) = split_response(&answer)?;
+    if status != 200 {
+        return Err(io::Error::other(format!("HTTP status {status}")));
+    }
+    let body = String::from_utf8_lossy(body).trim().to_string();
+    if body.is_empty() {
+        return Err(io::Error::other("empty body"));
+    }
+    Ok(body)
+}
+
+/// Status code and body of a complete HTTP/1.x answer that is not chunked.
+fn split_response(answer: &[u8]) -> io::Result<(u16, &[u8])> {
+    let end = answer
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("incomplete answer ({} bytes)", answer.len()),
+            )
+        })?;
+    let head = String::from_utf8_lossy(&answer[..end]);
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse::<u16>().ok())
+        .ok_or_else(|| {
+            io::Error::other(format!(
+                "no status line in {:?}",
+                head.lines().next().unwrap_or("")
+            ))
+        })?;
+    Ok((status, &answer[end + 4..]))
+}
+
+/// One TCP connection opened inside a namespace and kept open, for HTTP/1.1 keep-alive GETs.
+pub struct KeepAlive {
+    reader: BufReader<TcpStream>,
+    host: String,
+}
+
+impl KeepAlive {
+    pub fn connect(
+        netns: &str,
+        target: SocketAddr,
+        host: &str,
+        timeout: Duration,
+    ) -> io::Result<KeepAlive> {
+        let stream = in_netns(netns, || {
+            let stream = TcpStream::connect_timeout(&target, timeout)?;
+            stream.set_read_timeout(Some(timeout))?;
+            stream.set_write_timeout(Some(timeout))?;
+            Ok(stream)
+        })?;
+        Ok(KeepAlive {
+            reader: BufReader::new(stream),
+            host: host.to_string(),
+        })
+    }
+
+    /// `GET /` on the open connection; the body (Content-Length framed).
+    pub fn get(&mut self) -> io::Result<String> {
+        self.reader
+            .get_mut()
+            .write_all(format!("GET / HTTP/1.1\r\nHost: {}\r\n\r\n", self.host).as_bytes())?;
+        read_keep_alive_answer(&mut self.reader)
+    }
+}
+
+/// Reads one HTTP/1.1 answer that must be a 200 framed by Content-Length, leaving the
+/// connection ready for the next request; the body, trimmed.
+pub fn read_keep_alive_answer(reader: &mut impl BufRead) -> io::Result<String> {
+    let mut status = String::new();
+    reader.read_line(&mut status)?;
+    if !status.starts_with("HTTP/1.1 200") {
+        return Err(io::Error::other(format!(
+            "unexpected status line {status:?}"
+        )));
+    }
+    let mut length = None;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "connection closed in the headers",
+            ));
+        }
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = line.split_once(':') {
+            if name.eq_ignore_ascii_case("content-length") {
+                length = value.trim().parse::<usize>().ok();
+            }
+        }
+    }
+    let length = length.ok_or_else(|| io::Error::other("no Content-Length"))?;
+    let mut body = vec![0u8; length];
+    reader.read_exact(&mut body)?;
+    Ok(String::from_utf8_lossy(&body).trim().to_string())
+}
+
+/// `GET path` on an HTTP API inside `netns` (HTTP/1.0: one answer, no chunking); the status
+/// and the body.
+pub fn api_get(
+    netns: &str,
+    api: SocketAddr,
+    path: &str,
+    timeout: Duration,
+) -> Result<(u16, String)> {
+    let answer = in_netns(netns, || {
+        let mut stream = TcpStream::connect_timeout(&api, timeout)?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
+        stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: {api}\r\n\r\n").as_bytes())?;
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer)?;
+        Ok(answer)
+    })
+    .with_context(|| format!("GET http://{api}{path} in namespace {netns}"))?;
+    let (status, body) =
+        split_response(&answer).with_context(|| format!("GET http://{api}{path}"))?;
+    Ok((status, String::from_utf8_lossy(body).into_owned()))
+}
+
+/// [`api_get`] of a JSON document that must answer 200.
+pub fn api_json(netns: &str, api: SocketAddr, path: &str) -> Result<serde_json::Value> {
+    let (status, body) = api_get(netns, api, path, Duration::from_secs(2))?;
+    if status != 200 {
+        bail!("GET {path}: HTTP {status}: {body}");
+    }
+    serde_json::from_str(&body).with_context(|| format!("GET {path}: not JSON: {body}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_complete_answer_splits_into_status_and_body() {
+        let (status, body) =
+            split_response(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nweb1\n").expect("valid");
+        assert_eq!((status, body), (200, &b"web1\n"[..]));
+        let (status, _) =
+            split_response(b"HTTP/1.0 503 Service Unavailable\r\n\r\n").expect("valid");
+        assert_eq!(status, 503);
+    }
+
+    #[test]
+    fn a_cut_or_garbled_answer_is_an_error() {
+        assert!(split_response(b"HTTP/1.1 200 OK\r\nContent-Le").is_err());
+        assert!(split_response(b"").is_err());
+        assert!(split_response(b"garbage\r\n\r\n").is_err());
+    }
+
+    #[test]
+    fn kept_alive_answers_are_read_one_at_a_time() {
+        let two = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nweb1\nHTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nweb2\n";
+        let mut reader = &two[..];
+        assert_eq!(read_keep_alive_answer(&mut reader).expect("first"), "web1");
+        assert_eq!(read_keep_alive_answer(&mut reader).expect("second"), "web2");
+        assert!(read_keep_alive_answer(&mut &b"HTTP/1.1 503 Busy\r\n\r\n"[..]).is_err());
+        assert!(read_keep_alive_answer(&mut &b"HTTP/1.1 200 OK\r\n\r\nno length"[..]).is_err());
+        assert!(read_keep_alive_answer(
+            &mut &b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nweb"[..]
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn failures_are_counted_from_a_moment() {
+        let sample = |ms, outcome| Sample {
+            started: Duration::from_millis(ms),
+            took: Duration::ZERO,
+            outcome,
+        };
+        let report = LoadReport {
+            samples: vec![
+                sample(10, Outcome::Ok("web1".into())),
+                sample(20, Outcome::Failed("refused".into())),
+                sample(30, Outcome::Failed("reset".into())),
+                sample(40, Outcome::Ok("web2".into())),
+            ],
+        };
+        assert_eq!((report.requests(), report.failed()), (4, 2));
+        assert_eq!(report.failed_from(Duration::from_millis(30)), 1);
+        assert_eq!(report.failed_from(Duration::from_millis(31)), 0);
+        assert_eq!((report.served_by("web1"), report.served_by("web2")), (1, 1));
+    }
+}
