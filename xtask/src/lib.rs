@@ -4,6 +4,7 @@
 //!
 //! Deliberately free of aya and tokio so that it builds before the BPF toolchain exists.
 
+pub mod forward;
 pub mod lab;
 pub mod stack;
 pub mod setup;
