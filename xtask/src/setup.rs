@@ -33,6 +33,11 @@ pub const PACKAGES: &[&str] = &[
     "procps",
     "python3",
     "psmisc",
+    // The dashboard's browser test and its README screenshot (headless, driven over WebDriver).
+    "chromium",
+    "chromium-driver",
+    // A font for the headless browser's screenshots (chromium only recommends one).
+    "fonts-dejavu-core",
 ];
 
 /// The bpf-linker version the project builds with.
