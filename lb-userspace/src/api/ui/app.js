@@ -191,7 +191,7 @@
       { class: "health", "data-up": String(health.up), title: `${count(health.checks)} checks, ${count(health.failures)} failed; ${health.up ? "up" : "down"} since ${clock(health.since)}` },
       badge(health.up ? "up" : "down", health.up ? "good" : "bad"),
       ` ${health.kind} ${last}${detail}${latency}`,
-      health.failures ? h("span", { class: "error-text" }, ` · ${count(health.failures)} of ${count(health.checks)} checks failed`) : null,
+      health.failures ? h("div", { class: "error-text small" }, `${count(health.failures)} of ${count(health.checks)} checks failed`) : null,
     );
   }
 
@@ -268,7 +268,7 @@
       "rules",
       hit.length
         ? table(["rule", "action", "packets", "/ s", "last hit"], ruleRows)
-        : h("p", { class: "muted" }, `none of the ${firewall.rules.length} rules has matched yet`),
+        : h("p", { class: "muted" }, firewall.rules.length ? `none of the ${firewall.rules.length} rules has matched yet` : "no rules configured"),
     );
   }
 
