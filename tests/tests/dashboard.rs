@@ -109,6 +109,23 @@ fn the_host_reaches_the_dashboard_through_the_forwarder(lab: &Lab) {
         );
         assert!(response.text().contains(needle), "{path} lacks {needle}");
     }
+    // The real agent's router: JSON errors around the dashboard, no write on it.
+    for (method, path, status, code) in [
+        ("GET", "/ui/missing.js", 404, "not_found"),
+        ("GET", "/no/such/page", 404, "not_found"),
+        ("POST", "/ui", 405, "method_not_allowed"),
+    ] {
+        let stream = TcpStream::connect(forwarder.local_addr()).unwrap_or_else(|e| panic!("{e}"));
+        let response = http_request(stream, method, "127.0.0.1", path, None)
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        let body: Value = serde_json::from_slice(&response.body)
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}: {}", response.text()));
+        assert_eq!(
+            (response.status, body["error"]["code"].as_str()),
+            (status, Some(code)),
+            "{method} {path}: {body}"
+        );
+    }
 }
 
 #[track_caller]
