@@ -1,6 +1,7 @@
 //! Shared pieces of the test suite: a packet builder whose checksums are computed from scratch
 //! (never by the code under test), and a harness around the real XDP program.
 pub mod agent_lab;
+pub mod browser;
 pub mod fuzz;
 pub mod harness;
 pub mod netns;

@@ -11,6 +11,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use xtask::{
+    forward::Forwarder,
     lab::{self, addr, host, Lab, LabSpec},
     setup, stack, util,
 };
@@ -66,7 +67,8 @@ pub fn run(args: RunArgs) -> Result<()> {
     let lab = Lab::up(LabSpec::standard(lab::DEFAULT_PREFIX))?;
     catch_signals();
     let agent = stack::start_full_stack(&lab, &random_token()?)?.agent;
-    print_guide(&lab, &lb);
+    let dashboard = forward_dashboard(&lab);
+    print_guide(&lab, &lb, dashboard.as_ref());
     while !STOP.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_millis(200));
         if !lab.is_running(agent) && !STOP.load(Ordering::SeqCst) {
@@ -107,7 +109,24 @@ fn random_token() -> Result<String> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-fn print_guide(lab: &Lab, lb: &std::path::Path) {
+/// The agent's API (dashboard at /ui) on the host's 127.0.0.1:9876, forwarded into the lb
+/// namespace; when that fails (the port is taken), the run goes on without it.
+fn forward_dashboard(lab: &Lab) -> Option<Forwarder> {
+    let netns = std::path::Path::new("/run/netns").join(lab.ns(host::LB));
+    match Forwarder::start(stack::AGENT_API, &netns, stack::AGENT_API) {
+        Ok(forwarder) => Some(forwarder),
+        Err(e) => {
+            eprintln!("xtask run: the dashboard is not forwarded to this host: {e:#}");
+            None
+        }
+    }
+}
+
+fn print_guide(lab: &Lab, lb: &std::path::Path, dashboard: Option<&Forwarder>) {
+    let dashboard = match dashboard {
+        Some(forwarder) => format!("http://{}/ui   (open it in a browser on this host)", forwarder.local_addr()),
+        None => format!("not on this host; inside the lab: ip netns exec {} curl http://{}/ui", lab.ns(host::LB), stack::AGENT_API),
+    };
     let client = lab.ns(host::CLIENT);
     let lbns = lab.ns(host::LB);
     let lb = lb.display();
@@ -121,6 +140,8 @@ The seed's stack is up, load balanced and filtered by XDP on {lbns}:eth0.
   VIP {db_vip}:3306 MariaDB writes: the primary (db1 at start); {read_vip}:3306 reads: the replica
                    (db2); the agent fails over when the primary dies; only web1/web2 may connect
   {denied}       a second address of the client that the firewall drops
+
+Dashboard: {dashboard}
 
 Try:
   ip netns exec {client} curl -si http://{vip}/api/notes | grep X-Served-By   # web1, web2, ...

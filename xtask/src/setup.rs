@@ -36,6 +36,11 @@ pub const PACKAGES: &[&str] = &[
     // The venv of the API fuzzer (schemathesis, from PyPI).
     "python3-venv",
     "psmisc",
+    // The dashboard's browser test and its README screenshot (headless, driven over WebDriver).
+    "chromium",
+    "chromium-driver",
+    // A font for the headless browser's screenshots (chromium only recommends one).
+    "fonts-dejavu-core",
 ];
 
 /// The bpf-linker version the project builds with.

@@ -2,6 +2,7 @@
 //! with its XDP program on the lb's NIC. Shared by `cargo xtask run`, the end-to-end tests and
 //! (later) the demo and benchmarks, so they all run the same thing.
 use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
     process::Command,
     time::Duration,
@@ -16,6 +17,9 @@ use crate::{
 
 /// Port of the NAT-mode web service on the VIP (DSR is on port 80).
 pub const NAT_PORT: u16 = 8080;
+
+/// The agent's status API (and dashboard) in the lab: its default bind, the lb host's loopback.
+pub const AGENT_API: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9876);
 
 /// Release binaries of this workspace (`target/release/<name>`).
 pub fn release_binary(name: &str) -> Result<PathBuf> {

@@ -3,6 +3,7 @@
 //! error is JSON `{"error": {"code", "message"}}` with a stable code.
 mod openapi;
 pub mod types;
+mod ui;
 
 use std::{collections::HashMap, net::IpAddr};
 
@@ -41,7 +42,7 @@ pub async fn serve(listener: TcpListener, state: SharedState) {
 
 pub fn router(state: SharedState) -> Router {
     // Every write (POST, PUT, DELETE) handler takes `Authorized`, so none can skip the token.
-    Router::new()
+    let routes = Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_text))
         .route("/api/v1/openapi.json", get(openapi_document))
@@ -72,9 +73,13 @@ pub fn router(state: SharedState) -> Router {
         .route("/api/v1/reload", post(reload))
         .route("/api/v1/firewall/rules", get(firewall_rules).post(add_rule))
         .route("/api/v1/firewall/rules/{rule}", delete(remove_rule))
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .with_state(state)
+        .merge(ui::routes());
+    with_fallbacks(routes).with_state(state)
+}
+
+/// JSON errors for unknown paths and methods, on every route registered before.
+fn with_fallbacks<S: Clone + Send + Sync + 'static>(routes: Router<S>) -> Router<S> {
+    routes.fallback(not_found).method_not_allowed_fallback(method_not_allowed)
 }
 
 /// An error answer: HTTP status, stable code, message for people.

@@ -69,6 +69,18 @@ pub fn document() -> Value {
         "paths": {
             "/healthz": { "get": { "summary": "Liveness of the agent", "responses": { "200": ok_json("alive", json!({ "type": "object", "properties": { "status": { "type": "string" } } })) } } },
             "/metrics": { "get": { "summary": "Prometheus text exposition", "responses": { "200": { "description": "metrics", "content": { "text/plain": { "schema": { "type": "string" } } } } } } },
+            "/ui": { "get": { "summary": "The dashboard (read-only HTML page; polls the read endpoints)", "responses": { "200": { "description": "the page", "content": { "text/html": { "schema": { "type": "string" } } } } } } },
+            "/ui/{asset}": { "get": {
+                "summary": "A file of the dashboard (app.js, style.css, index.html)",
+                "parameters": [{ "name": "asset", "in": "path", "required": true, "schema": { "type": "string" } }],
+                "responses": merge(
+                    json!({ "200": { "description": "the file", "content": {
+                        "text/javascript": { "schema": { "type": "string" } },
+                        "text/css": { "schema": { "type": "string" } },
+                        "text/html": { "schema": { "type": "string" } } } } }),
+                    error_responses(&[("404", "not_found: no such file")])
+                )
+            } },
             "/api/v1/openapi.json": { "get": { "summary": "This document", "responses": { "200": ok_json("OpenAPI 3 document", json!({ "type": "object" })) } } },
             "/api/v1/status": { "get": { "summary": "Agent, data path and traffic totals", "responses": { "200": ok_json("status", schema_ref("Status")) } } },
             "/api/v1/services": { "get": { "summary": "Every service with its counters", "responses": { "200": ok_json("services", json!({ "type": "array", "items": schema_ref("Service") })) } } },
