@@ -4,8 +4,8 @@
 use aya_ebpf::helpers::generated::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns};
 use lb_common::{
     maps::{
-        AddrKey, CidrV4, CidrV6, Firewall, FwRule, HostPort, Rate, RateKey, Service, ServiceCidr,
-        Verdict, ACTION_DROP, FAMILY_V4, FW_DROP_FRAGMENTS, FW_HOST_POLICY,
+        AddrKey, CidrV6, Firewall, FwRule, HostPort, Rate, RateKey, Service, ServiceCidr, V4Entry,
+        Verdict, ACTION_DROP, V4_ENTRY_GROUP, V4_HALF_GROUPS, V4_STRIDE_BITS, FAMILY_V4, FW_DROP_FRAGMENTS, FW_HOST_POLICY,
         FW_TCP_FLAG_CHECKS, FW_V4_RULES, FW_V6_RULES, PROTO_TCP, PROTO_UDP, RATE_ICMP_ECHO,
         RATE_PACKETS, RATE_SYN, RATE_SYN_BUDGET, REASON_SPOOF, SCOPE_HOST, SERVICE_CIDR_FAMILY_BITS, SERVICE_CIDR_PREFIX_BITS,
         CIDR_GENERATION_BITS, FLOW_PACKET_RATE, FW_SCOPED_SOURCES,
@@ -14,7 +14,7 @@ use lb_common::{
 
 use crate::{
     balance::{service_key, Established},
-    maps::{FIREWALL, FW_V4, FW_V6, HOST_ADDRS, HOST_PORTS, RATE_BUCKETS, RULE_STATS, SERVICES, SERVICE_SOURCES, VIPS},
+    maps::{FIREWALL, FW_V4_TABLE, FW_V6, HOST_ADDRS, HOST_PORTS, RATE_BUCKETS, RULE_STATS, SERVICES, SERVICE_SOURCES, VIPS},
     parse::{Packet, PROTO_ICMP, PROTO_ICMPV6},
 };
 
@@ -56,19 +56,38 @@ pub fn screen(packet: &Packet, fw: &Firewall) -> Result<(), Verdict> {
         if fw.flags & FW_V4_RULES == 0 {
             return Ok(());
         }
-        let cidr = CidrV4 { generation: fw.generation as u8, addr: key.src[0].to_ne_bytes() };
-        FW_V4.get(&lpm_key(CIDR_GENERATION_BITS + 32, cidr))
+        v4_rule(key.src[0], fw.generation)
     } else {
         if fw.flags & FW_V6_RULES == 0 {
             return Ok(());
         }
         let cidr = CidrV6 { generation: fw.generation as u8, addr: addr_bytes(&key.src) };
-        FW_V6.get(&lpm_key(CIDR_GENERATION_BITS + 128, cidr))
+        FW_V6.get(&lpm_key(CIDR_GENERATION_BITS + 128, cidr)).copied()
     };
     match rule {
-        Some(rule) => apply(rule, packet, if rule.reason == REASON_SPOOF { Verdict::DropSpoofed } else { Verdict::DropDenied }),
+        Some(rule) => apply(&rule, packet, if rule.reason == REASON_SPOOF { Verdict::DropSpoofed } else { Verdict::DropDenied }),
         None => Ok(()),
     }
+}
+
+/// The most specific rule for an IPv4 source, from the live half of `FW_V4_TABLE`: the root
+/// entry of its top 20 bits, then at most three groups of 4 bits, each named by the entry
+/// before it. The agent pushed longer prefixes over shorter ones, so the last entry decides.
+#[inline(always)]
+fn v4_rule(src: u32, generation: u32) -> Option<FwRule> {
+    let addr = u32::from_be(src);
+    let half = if generation == 0 { 0 } else { V4_HALF_GROUPS };
+    let root = FW_V4_TABLE.get(half + (addr >> 16))?;
+    // Masked to 4 bits: within the 16 entries of a group (the verifier checks the same).
+    let mut entry = root[((addr >> 12) & 0xF) as usize];
+    for shift in [2 * V4_STRIDE_BITS, V4_STRIDE_BITS, 0] {
+        if entry & V4_ENTRY_GROUP == 0 {
+            break;
+        }
+        let group = FW_V4_TABLE.get(half + (entry & !V4_ENTRY_GROUP))?;
+        entry = group[((addr >> shift) & 0xF) as usize];
+    }
+    (entry != 0 && entry & V4_ENTRY_GROUP == 0).then(|| V4Entry::decode(entry))
 }
 
 /// Admission to a service: its source rules, then its rate limits (per source, and the budget

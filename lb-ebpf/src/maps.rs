@@ -1,13 +1,15 @@
 //! Every map of the data path. Sizes are defaults; the agent may resize the flow and NAT
 //! tables at load time. The agent pins all of them so a restart adopts live state.
 use aya_ebpf::{
+    bindings::BPF_F_MMAPABLE,
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use lb_common::{
     maps::{
-        AddrKey, Backend, CidrV4, CidrV6, Counters, Firewall, Flow, FlowKey, FlowKeyV4, FwRule, HostPort,
-        NatReverse, RateKey, RuleCounters, Service, ServiceCidr, ServiceKey, Settings, Verdict,
+        AddrKey, Backend, CidrV6, Counters, Firewall, Flow, FlowKey, FlowKeyV4, FwRule, HostPort,
+        NatReverse, RateKey, RuleCounters, Service, ServiceCidr, ServiceKey, Settings, V4Group, Verdict,
+        V4_HALF_GROUPS,
     },
     DEFAULT_FLOW_CAPACITY, DEFAULT_NAT_CAPACITY, MAX_BACKENDS, MAX_PREFIXES, MAX_RULES,
     MAX_SERVICES, RATE_BUCKETS as RATE_BUCKETS_CAPACITY, RING_SLOTS, RING_TABLES_PER_SERVICE,
@@ -56,10 +58,12 @@ pub static VERDICT_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(
 #[map]
 pub static FIREWALL: Array<Firewall> = Array::with_max_entries(1, 0);
 
-/// Source prefixes with their rule (allow, drop, log), longest prefix wins.
+/// IPv4 source rules (allow, drop, log), longest prefix wins: a multibit trie the agent builds
+/// and writes through mmap, one half per generation (lb-common `V4Group`).
 #[map]
-pub static FW_V4: LpmTrie<CidrV4, FwRule> = LpmTrie::with_max_entries(MAX_PREFIXES, 0);
+pub static FW_V4_TABLE: Array<V4Group> = Array::with_max_entries(2 * V4_HALF_GROUPS, BPF_F_MMAPABLE);
 
+/// IPv6 source rules, longest prefix wins.
 #[map]
 pub static FW_V6: LpmTrie<CidrV6, FwRule> = LpmTrie::with_max_entries(MAX_PREFIXES, 0);
 

@@ -20,9 +20,9 @@ use aya::{
 };
 use lb_common::{
     maps::{
-        AddrKey, Backend, CidrV4, CidrV6, Counters, Firewall, Flow, FlowKey, FlowKeyV4, FwRule, HostPort,
-        RuleCounters, Service, ServiceCidr, ServiceKey, Settings, Verdict, CIDR_GENERATION_BITS,
-        FAMILY_V4, FAMILY_V6, SERVICE_CIDR_FAMILY_BITS, SERVICE_CIDR_PREFIX_BITS,
+        AddrKey, Backend, CidrV6, Counters, Firewall, Flow, FlowKey, FlowKeyV4, FwRule, HostPort,
+        RuleCounters, Service, ServiceCidr, ServiceKey, Settings, V4Group, Verdict, CIDR_GENERATION_BITS,
+        FAMILY_V4, FAMILY_V6, SERVICE_CIDR_FAMILY_BITS, SERVICE_CIDR_PREFIX_BITS, V4_HALF_GROUPS,
     },
     names,
 };
@@ -310,20 +310,46 @@ impl Dataplane {
         Ok(())
     }
 
-    pub fn put_prefix(&mut self, generation: u32, cidr: &Cidr, rule: &FwRule) -> Result<()> {
-        let bits = CIDR_GENERATION_BITS + cidr.len as u32;
-        match cidr.addr {
-            std::net::IpAddr::V4(v4) => {
-                let mut map: LpmTrie<&mut MapData, CidrV4, FwRule> = LpmTrie::try_from(self.map_mut(names::FW_V4)?)?;
-                let key = LpmKey::new(bits, CidrV4 { generation: generation as u8, addr: v4.octets() });
-                map.insert(&key, rule, 0).with_context(|| format!("writing {cidr} to FW_V4"))?;
-            }
-            std::net::IpAddr::V6(v6) => {
-                let mut map: LpmTrie<&mut MapData, CidrV6, FwRule> = LpmTrie::try_from(self.map_mut(names::FW_V6)?)?;
-                let key = LpmKey::new(bits, CidrV6 { generation: generation as u8, addr: v6.octets() });
-                map.insert(&key, rule, 0).with_context(|| format!("writing {cidr} to FW_V6"))?;
-            }
+    /// Copies an IPv4 rule table (firewall::V4Table) into the half of `FW_V4_TABLE` of
+    /// `generation`, through a shared mapping of the map: one copy, not a syscall per group.
+    /// That half must not be the live one. Groups past the table's end are left as they are:
+    /// no entry of the table points to them.
+    pub fn write_v4_table(&mut self, generation: u32, groups: &[V4Group]) -> Result<()> {
+        if groups.len() > V4_HALF_GROUPS as usize {
+            bail!("an IPv4 rule table of {} groups does not fit a half of FW_V4_TABLE ({V4_HALF_GROUPS})", groups.len());
         }
+        let map: Array<&MapData, V4Group> = Array::try_from(self.map(names::FW_V4_TABLE)?)?;
+        let half_bytes = V4_HALF_GROUPS as usize * std::mem::size_of::<V4Group>();
+        let offset = if generation == 0 { 0 } else { half_bytes };
+        // SAFETY: a fresh shared mapping of `half_bytes` of the map's values (BPF_F_MMAPABLE; the
+        // half is page aligned), written within its bounds and unmapped below.
+        unsafe {
+            let base = libc::mmap(
+                std::ptr::null_mut(),
+                half_bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                map.map().fd().as_fd().as_raw_fd(),
+                offset as libc::off_t,
+            );
+            if base == libc::MAP_FAILED {
+                return Err(std::io::Error::last_os_error()).context("mmap of FW_V4_TABLE");
+            }
+            std::ptr::copy_nonoverlapping(groups.as_ptr(), base.cast::<V4Group>(), groups.len());
+            libc::munmap(base, half_bytes);
+        }
+        Ok(())
+    }
+
+    /// An IPv6 source prefix of a rule generation.
+    pub fn put_v6_prefix(&mut self, generation: u32, cidr: &Cidr, rule: &FwRule) -> Result<()> {
+        let std::net::IpAddr::V6(v6) = cidr.addr else {
+            bail!("{cidr} is not an IPv6 prefix (IPv4 rules go to the IPv4 table)");
+        };
+        let bits = CIDR_GENERATION_BITS + cidr.len as u32;
+        let mut map: LpmTrie<&mut MapData, CidrV6, FwRule> = LpmTrie::try_from(self.map_mut(names::FW_V6)?)?;
+        let key = LpmKey::new(bits, CidrV6 { generation: generation as u8, addr: v6.octets() });
+        map.insert(&key, rule, 0).with_context(|| format!("writing {cidr} to FW_V6"))?;
         Ok(())
     }
 
@@ -353,16 +379,10 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Removes every prefix of one rule generation from the three tries.
+    /// Removes every prefix of one rule generation from the two tries (the IPv4 table's halves
+    /// are overwritten whole instead).
     pub fn clear_rule_generation(&mut self, generation: u32) -> Result<()> {
         let generation = generation as u8;
-        {
-            let mut map: LpmTrie<&mut MapData, CidrV4, FwRule> = LpmTrie::try_from(self.map_mut(names::FW_V4)?)?;
-            let keys: Vec<_> = map.keys().filter_map(|k| k.ok()).filter(|k| k.data().generation == generation).collect();
-            for key in keys {
-                map.remove(&key).context("removing from FW_V4")?;
-            }
-        }
         {
             let mut map: LpmTrie<&mut MapData, CidrV6, FwRule> = LpmTrie::try_from(self.map_mut(names::FW_V6)?)?;
             let keys: Vec<_> = map.keys().filter_map(|k| k.ok()).filter(|k| k.data().generation == generation).collect();
