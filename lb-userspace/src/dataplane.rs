@@ -36,6 +36,10 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 
 /// Name of the pinned XDP link inside the pin directory.
 const LINK_PIN: &str = "link";
+/// Maps earlier versions pinned that this one no longer has: removed when a pin directory is
+/// adopted, so an upgrade leaves nothing behind (the old program keeps its own reference until
+/// the new one replaces it). `FW_V4`: the IPv4 rule trie, now the table `FW_V4_TABLE`.
+const RETIRED_PINS: [&str; 1] = ["FW_V4"];
 /// bpffs superblock magic (statfs f_type).
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
@@ -92,6 +96,13 @@ impl Dataplane {
         let mut adopted = false;
         if let Some(dir) = &options.pin_dir {
             prepare_pin_dir(dir)?;
+            for name in RETIRED_PINS {
+                let path = dir.join(name);
+                if path.exists() {
+                    fs::remove_file(&path).with_context(|| format!("removing the retired pin {}", path.display()))?;
+                    info!("removed {}: a map of an earlier version, no longer used", path.display());
+                }
+            }
             adopted = dir.join(names::FLOWS_V4).exists();
             for name in names::PINNED_MAPS {
                 loader.map_pin_path(name, dir.join(name));
