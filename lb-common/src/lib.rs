@@ -44,7 +44,7 @@ pub mod names {
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
     pub const VERDICT_STATS: &str = "VERDICT_STATS";
     pub const FIREWALL: &str = "FIREWALL";
-    pub const FW_V4: &str = "FW_V4";
+    pub const FW_V4_TABLE: &str = "FW_V4_TABLE";
     pub const FW_V6: &str = "FW_V6";
     pub const SERVICE_SOURCES: &str = "SERVICE_SOURCES";
     pub const RULE_STATS: &str = "RULE_STATS";
@@ -66,7 +66,7 @@ pub mod names {
         BACKEND_STATS,
         VERDICT_STATS,
         FIREWALL,
-        FW_V4,
+        FW_V4_TABLE,
         FW_V6,
         SERVICE_SOURCES,
         RULE_STATS,

@@ -63,6 +63,7 @@ pub struct Service {
     pub syn_budget: Rate,
 }
 
+
 /// One backend, indexed by its id in `BACKENDS`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -180,11 +181,7 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         // Below Linux's default ephemeral range, so the host's own connections never collide.
-        Self {
-            nat_port_min: 1024,
-            nat_port_max: 32767,
-            _pad: 0,
-        }
+        Self { nat_port_min: 1024, nat_port_max: 32767, _pad: 0 }
     }
 }
 
@@ -206,18 +203,7 @@ impl Counters {
 }
 
 pod!(ServiceKey, Service, Backend, FlowKey, FlowKeyV4, Flow, NatReverse, Settings, Counters);
-pod!(
-    Rate,
-    RateKey,
-    Firewall,
-    FwRule,
-    CidrV4,
-    CidrV6,
-    ServiceCidr,
-    AddrKey,
-    HostPort,
-    RuleCounters
-);
+pod!(Rate, RateKey, Firewall, FwRule, CidrV6, ServiceCidr, AddrKey, HostPort, RuleCounters);
 
 const _: () = assert!(core::mem::size_of::<ServiceKey>() == 20);
 const _: () = assert!(core::mem::size_of::<Service>() == 80);
@@ -242,10 +228,7 @@ pub struct Rate {
 }
 
 impl Rate {
-    pub const UNLIMITED: Rate = Rate {
-        interval_ns: 0,
-        tolerance_ns: 0,
-    };
+    pub const UNLIMITED: Rate = Rate { interval_ns: 0, tolerance_ns: 0 };
 
     /// `per_second` packets a second on average, `burst` at once; 0 per second: no limit.
     pub const fn per_second(per_second: u32, burst: u32) -> Rate {
@@ -254,10 +237,7 @@ impl Rate {
         }
         let interval_ns = 1_000_000_000 / per_second as u64;
         let burst = if burst == 0 { 1 } else { burst as u64 };
-        Rate {
-            interval_ns: if interval_ns == 0 { 1 } else { interval_ns },
-            tolerance_ns: interval_ns * (burst - 1),
-        }
+        Rate { interval_ns: if interval_ns == 0 { 1 } else { interval_ns }, tolerance_ns: interval_ns * (burst - 1) }
     }
 
     pub const fn is_limited(&self) -> bool {
@@ -308,15 +288,59 @@ pub struct FwRule {
     pub _pad: [u8; 2],
 }
 
-/// LPM data of `FW_V4`: the rule-set generation (so a new set is written beside the live one
-/// and switched to at once), then the source address. Prefix length = 8 + the CIDR's length.
-#[repr(C, packed)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct CidrV4 {
-    pub generation: u8,
-    pub addr: [u8; 4],
+/// `FW_V4_TABLE`: the IPv4 source rules as a multibit trie with strides 20-4-4-4, built by the
+/// agent and read by the data path with at most four array look-ups (no pointer chase per
+/// prefix bit, as an LPM trie does). Every element is a group of 16 entries (one cache line).
+/// The map holds two halves of `V4_HALF_GROUPS` groups, one per rule-set generation: the agent
+/// writes the idle half, then switches `Firewall::generation`. In a half, groups
+/// `0..V4_ROOT_GROUPS` are the root: the address's top 16 bits pick the group, the next 4 bits
+/// the entry. An entry is 0 (no rule), `V4_ENTRY_GROUP | g` (group `g` of the same half holds
+/// the next 4 bits), or a rule (`V4Entry::rule`). Prefixes are expanded to the stride and longer
+/// ones pushed over shorter ones at build time, so the entry reached last is the longest match.
+pub type V4Group = [u32; V4_GROUP_ENTRIES as usize];
+pub const V4_GROUP_ENTRIES: u32 = 16;
+/// Address bits the root resolves (top 16 pick the group, 4 more the entry).
+pub const V4_ROOT_BITS: u32 = 20;
+pub const V4_ROOT_GROUPS: u32 = 1 << 16;
+/// Bits each level below the root resolves.
+pub const V4_STRIDE_BITS: u32 = 4;
+/// Groups below the root in one half: a prefix needs at most one new group per level below the
+/// root (3), so any rule set of `MAX_PREFIXES / 2` prefixes fits.
+pub const V4_CHILD_GROUPS: u32 = 3 * (crate::MAX_PREFIXES / 2);
+pub const V4_HALF_GROUPS: u32 = V4_ROOT_GROUPS + V4_CHILD_GROUPS;
+/// Marks an entry that points to a group.
+pub const V4_ENTRY_GROUP: u32 = 1 << 31;
+
+/// A rule as an entry of `FW_V4_TABLE`: rule id (bits 0-15), action (16-17), reason (18). The
+/// action is never 0, so a rule entry is never the empty entry.
+pub struct V4Entry;
+
+impl V4Entry {
+    const ACTION_SHIFT: u32 = 16;
+    const REASON_SHIFT: u32 = 18;
+
+    /// `None` if the rule id does not fit in 16 bits (`MAX_RULES`).
+    pub const fn rule(rule: &FwRule) -> Option<u32> {
+        if rule.id >= crate::MAX_RULES || rule.action == 0 || rule.action > 3 || rule.reason > 1 {
+            return None;
+        }
+        Some(rule.id | (rule.action as u32) << Self::ACTION_SHIFT | (rule.reason as u32) << Self::REASON_SHIFT)
+    }
+
+    /// The rule of a non-empty, non-group entry.
+    #[inline(always)]
+    pub const fn decode(entry: u32) -> FwRule {
+        FwRule {
+            id: entry & 0xFFFF,
+            action: ((entry >> Self::ACTION_SHIFT) & 3) as u8,
+            reason: ((entry >> Self::REASON_SHIFT) & 1) as u8,
+            _pad: [0; 2],
+        }
+    }
 }
 
+/// LPM data of `FW_V6`: the rule-set generation (so a new set is written beside the live one
+/// and switched to at once), then the source address. Prefix length = 8 + the CIDR's length.
 #[repr(C, packed)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CidrV6 {
@@ -338,7 +362,7 @@ pub struct ServiceCidr {
     pub addr: [u8; 16],
 }
 
-/// Bits of the prefix before the address in the LPM keys above.
+/// Bits of the prefix before the address in the LPM keys above and in `FW_V6`'s.
 pub const CIDR_GENERATION_BITS: u32 = 8;
 pub const SERVICE_CIDR_PREFIX_BITS: u32 = 8 + 32;
 pub const SERVICE_CIDR_FAMILY_BITS: u32 = 8;
@@ -370,7 +394,8 @@ pub struct HostPort {
 pub struct Firewall {
     /// `FW_*` flags.
     pub flags: u32,
-    /// Generation of the live rule set in the CIDR tries (0 or 1).
+    /// Generation of the live rule set: the half of `FW_V4_TABLE` and the keys of the LPM tries
+    /// (0 or 1).
     pub generation: u32,
     /// Replies to the host's own connections arrive on these ports (host order).
     pub ephemeral_min: u16,
@@ -382,7 +407,7 @@ pub struct Firewall {
     pub host_syn_rate: Rate,
 }
 
-/// There are IPv4 / IPv6 rules in the CIDR tries (skip the lookup otherwise).
+/// There are IPv4 rules in `FW_V4_TABLE` / IPv6 rules in `FW_V6` (skip the lookup otherwise).
 pub const FW_V4_RULES: u32 = 1 << 0;
 pub const FW_V6_RULES: u32 = 1 << 1;
 /// Drop IPv4 fragments addressed to a VIP (they cannot be balanced).
@@ -407,7 +432,7 @@ pub struct RuleCounters {
 const _: () = assert!(core::mem::size_of::<Rate>() == 16);
 const _: () = assert!(core::mem::size_of::<RateKey>() == 24);
 const _: () = assert!(core::mem::size_of::<FwRule>() == 8);
-const _: () = assert!(core::mem::size_of::<CidrV4>() == 5);
+const _: () = assert!(core::mem::size_of::<V4Group>() == 64);
 const _: () = assert!(core::mem::size_of::<CidrV6>() == 17);
 const _: () = assert!(core::mem::size_of::<ServiceCidr>() == 22);
 const _: () = assert!(core::mem::size_of::<AddrKey>() == 20);

@@ -1,16 +1,18 @@
 //! The firewall's rule set: built from the config, written to the data path as a new
 //! generation beside the live one, then switched to with one write, then the old generation
-//! removed. Traffic never sees a half-written rule set.
-use std::net::IpAddr;
+//! removed. Traffic never sees a half-written rule set. The IPv4 source rules become a
+//! multibit table ([`V4Table`]) built here, so the data path only indexes arrays.
+use std::net::{IpAddr, Ipv4Addr};
 
-use anyhow::{Context as _, Result};
+use anyhow::{bail, Context as _, Result};
 use lb_common::{
     maps::{
-        AddrKey, Firewall, FwRule, HostPort, Rate, ACTION_ALLOW, ACTION_DROP, ACTION_LOG,
-        FW_DROP_FRAGMENTS, FW_HOST_POLICY, FW_SCOPED_SOURCES, FW_TCP_FLAG_CHECKS, FW_V4_RULES,
-        FW_V6_RULES, PROTO_TCP, PROTO_UDP, REASON_POLICY, REASON_SPOOF,
+        AddrKey, Firewall, FwRule, HostPort, Rate, V4Entry, V4Group, ACTION_ALLOW, ACTION_DROP, ACTION_LOG,
+        FW_DROP_FRAGMENTS, FW_HOST_POLICY, FW_SCOPED_SOURCES, FW_TCP_FLAG_CHECKS, FW_V4_RULES, FW_V6_RULES,
+        PROTO_TCP, PROTO_UDP, REASON_POLICY, REASON_SPOOF, V4_CHILD_GROUPS, V4_ENTRY_GROUP, V4_GROUP_ENTRIES,
+        V4_HALF_GROUPS, V4_ROOT_BITS, V4_ROOT_GROUPS, V4_STRIDE_BITS,
     },
-    MAX_SERVICES,
+    MAX_RULES, MAX_SERVICES,
 };
 use serde::Serialize;
 
@@ -29,24 +31,12 @@ pub enum RuleKind {
     /// The bogon list.
     Bogons,
     /// A service's `allow_sources`, `deny_sources`, or the drop of everyone else.
-    ServiceAllow {
-        service: String,
-    },
-    ServiceDeny {
-        service: String,
-    },
-    ServiceDefaultDrop {
-        service: String,
-    },
+    ServiceAllow { service: String },
+    ServiceDeny { service: String },
+    ServiceDefaultDrop { service: String },
     /// The sources of an open host port, and the drop of everyone else.
-    HostPortAllow {
-        port: u16,
-        protocol: String,
-    },
-    HostPortDefaultDrop {
-        port: u16,
-        protocol: String,
-    },
+    HostPortAllow { port: u16, protocol: String },
+    HostPortDefaultDrop { port: u16, protocol: String },
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -103,55 +93,21 @@ impl RuleSet {
     /// an unchanged config. Service scopes use the service ids of `services`.
     pub fn from_config(config: &Config, services: &ServiceTable, ephemeral: (u16, u16)) -> Self {
         let fw = &config.firewall;
-        let mut set = RuleSet {
-            rules: Vec::new(),
-            prefixes: Vec::new(),
-            scoped: Vec::new(),
-            host_ports: Vec::new(),
-            settings: Firewall::default(),
-        };
-        let add_rule = |set: &mut RuleSet,
-                        name: String,
-                        kind: RuleKind,
-                        action: Action,
-                        prefixes: &[Cidr]|
-         -> FwRule {
+        let mut set = RuleSet { rules: Vec::new(), prefixes: Vec::new(), scoped: Vec::new(), host_ports: Vec::new(), settings: Firewall::default() };
+        let add_rule = |set: &mut RuleSet, name: String, kind: RuleKind, action: Action, prefixes: &[Cidr]| -> FwRule {
             let id = set.rules.len() as u32;
-            set.rules.push(RuleInfo {
-                id,
-                name,
-                kind,
-                action,
-                prefixes: prefixes.iter().map(Cidr::to_string).collect(),
-            });
-            FwRule {
-                id,
-                action: action_code(action),
-                reason: REASON_POLICY,
-                _pad: [0; 2],
-            }
+            set.rules.push(RuleInfo { id, name, kind, action, prefixes: prefixes.iter().map(Cidr::to_string).collect() });
+            FwRule { id, action: action_code(action), reason: REASON_POLICY, _pad: [0; 2] }
         };
 
         for rule in &fw.rules {
             let cidrs: Vec<Cidr> = rule.sources.iter().map(|c| *c.get_ref()).collect();
-            let entry = add_rule(
-                &mut set,
-                rule.name.get_ref().clone(),
-                RuleKind::Global,
-                rule.action,
-                &cidrs,
-            );
+            let entry = add_rule(&mut set, rule.name.get_ref().clone(), RuleKind::Global, rule.action, &cidrs);
             set.prefixes.extend(cidrs.into_iter().map(|c| (c, entry)));
         }
         if !fw.bogons.is_empty() {
             let cidrs: Vec<Cidr> = fw.bogons.iter().map(|c| *c.get_ref()).collect();
-            let mut entry = add_rule(
-                &mut set,
-                "bogons".into(),
-                RuleKind::Bogons,
-                Action::Drop,
-                &cidrs,
-            );
+            let mut entry = add_rule(&mut set, "bogons".into(), RuleKind::Bogons, Action::Drop, &cidrs);
             entry.reason = REASON_SPOOF;
             set.prefixes.extend(cidrs.into_iter().map(|c| (c, entry)));
         }
@@ -161,67 +117,22 @@ impl RuleSet {
                 continue;
             }
             let name = service.name.get_ref().clone();
-            let Some(scope) = services
-                .services
-                .iter()
-                .find(|s| s.name == name)
-                .map(|s| s.id)
-            else {
-                continue;
-            };
+            let Some(scope) = services.services.iter().find(|s| s.name == name).map(|s| s.id) else { continue };
             let allow: Vec<Cidr> = service.allow_sources.iter().map(|c| *c.get_ref()).collect();
             let deny: Vec<Cidr> = service.deny_sources.iter().map(|c| *c.get_ref()).collect();
-            let allow_rule = add_rule(
-                &mut set,
-                format!("{name}/allow_sources"),
-                RuleKind::ServiceAllow {
-                    service: name.clone(),
-                },
-                Action::Allow,
-                &allow,
-            );
-            set.scoped.extend(allow.into_iter().map(|c| ScopedEntry {
-                scope,
-                cidr: Some(c),
-                rule: allow_rule,
-            }));
+            let allow_rule = add_rule(&mut set, format!("{name}/allow_sources"), RuleKind::ServiceAllow { service: name.clone() }, Action::Allow, &allow);
+            set.scoped.extend(allow.into_iter().map(|c| ScopedEntry { scope, cidr: Some(c), rule: allow_rule }));
             if !deny.is_empty() {
-                let deny_rule = add_rule(
-                    &mut set,
-                    format!("{name}/deny_sources"),
-                    RuleKind::ServiceDeny {
-                        service: name.clone(),
-                    },
-                    Action::Drop,
-                    &deny,
-                );
-                set.scoped.extend(deny.into_iter().map(|c| ScopedEntry {
-                    scope,
-                    cidr: Some(c),
-                    rule: deny_rule,
-                }));
+                let deny_rule = add_rule(&mut set, format!("{name}/deny_sources"), RuleKind::ServiceDeny { service: name.clone() }, Action::Drop, &deny);
+                set.scoped.extend(deny.into_iter().map(|c| ScopedEntry { scope, cidr: Some(c), rule: deny_rule }));
             }
-            let others = add_rule(
-                &mut set,
-                format!("{name}/others"),
-                RuleKind::ServiceDefaultDrop { service: name },
-                Action::Drop,
-                &[],
-            );
-            set.scoped.push(ScopedEntry {
-                scope,
-                cidr: None,
-                rule: others,
-            });
+            let others = add_rule(&mut set, format!("{name}/others"), RuleKind::ServiceDefaultDrop { service: name }, Action::Drop, &[]);
+            set.scoped.push(ScopedEntry { scope, cidr: None, rule: others });
         }
 
         for (index, open) in fw.host.open_ports.iter().enumerate() {
             let port = *open.port.get_ref();
-            let key = HostPort {
-                port: port.to_be(),
-                proto: proto_code(open.protocol),
-                _pad: 0,
-            };
+            let key = HostPort { port: port.to_be(), proto: proto_code(open.protocol), _pad: 0 };
             if open.sources.is_empty() {
                 set.host_ports.push((key, 0));
                 continue;
@@ -229,33 +140,10 @@ impl RuleSet {
             let scope = MAX_SERVICES + 1 + index as u32;
             let protocol = protocol_name(open.protocol);
             let cidrs: Vec<Cidr> = open.sources.iter().map(|c| *c.get_ref()).collect();
-            let allow = add_rule(
-                &mut set,
-                format!("host/{protocol}/{port}"),
-                RuleKind::HostPortAllow {
-                    port,
-                    protocol: protocol.clone(),
-                },
-                Action::Allow,
-                &cidrs,
-            );
-            set.scoped.extend(cidrs.into_iter().map(|c| ScopedEntry {
-                scope,
-                cidr: Some(c),
-                rule: allow,
-            }));
-            let others = add_rule(
-                &mut set,
-                format!("host/{protocol}/{port}/others"),
-                RuleKind::HostPortDefaultDrop { port, protocol },
-                Action::Drop,
-                &[],
-            );
-            set.scoped.push(ScopedEntry {
-                scope,
-                cidr: None,
-                rule: others,
-            });
+            let allow = add_rule(&mut set, format!("host/{protocol}/{port}"), RuleKind::HostPortAllow { port, protocol: protocol.clone() }, Action::Allow, &cidrs);
+            set.scoped.extend(cidrs.into_iter().map(|c| ScopedEntry { scope, cidr: Some(c), rule: allow }));
+            let others = add_rule(&mut set, format!("host/{protocol}/{port}/others"), RuleKind::HostPortDefaultDrop { port, protocol }, Action::Drop, &[]);
+            set.scoped.push(ScopedEntry { scope, cidr: None, rule: others });
             set.host_ports.push((key, scope));
         }
 
@@ -291,21 +179,113 @@ impl RuleSet {
     }
 }
 
+/// The IPv4 source rules as `FW_V4_TABLE` holds them (see lb-common `V4Group`): the root
+/// groups, then the groups below the root in the order they were made. Built in user space so
+/// that the data path does at most four array look-ups per packet, whatever the rule set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct V4Table {
+    pub groups: Vec<V4Group>,
+}
+
+impl V4Table {
+    /// Longest prefix wins; of two rules on the very same prefix, the later one (the order of
+    /// the config). Host bits of a prefix are ignored.
+    pub fn build(prefixes: &[(Ipv4Addr, u8, FwRule)]) -> Result<Self> {
+        // Shorter prefixes first: a longer one then overwrites the entries it covers, and a group
+        // made below an entry starts with that entry's rule (the shorter prefix's answer).
+        let mut order: Vec<usize> = (0..prefixes.len()).collect();
+        order.sort_by_key(|&i| prefixes[i].1);
+        let mut table = V4Table { groups: vec![[0; V4_GROUP_ENTRIES as usize]; V4_ROOT_GROUPS as usize] };
+        for i in order {
+            let (addr, len, rule) = &prefixes[i];
+            if *len > 32 {
+                bail!("{addr}/{len}: an IPv4 prefix is at most 32 bits long");
+            }
+            let entry = V4Entry::rule(rule).with_context(|| {
+                format!("{addr}/{len}: rule id {} or its action does not fit the IPv4 table (at most {MAX_RULES} rules)", rule.id)
+            })?;
+            table.insert(u32::from(*addr) & prefix_mask(*len), u32::from(*len), entry)?;
+        }
+        Ok(table)
+    }
+
+    fn insert(&mut self, addr: u32, len: u32, entry: u32) -> Result<()> {
+        let root = addr >> (32 - V4_ROOT_BITS);
+        if len <= V4_ROOT_BITS {
+            // The root's entries in address order are the entries of groups 0, 1, ... in turn.
+            for slot in root..root + (1 << (V4_ROOT_BITS - len)) {
+                self.groups[(slot / V4_GROUP_ENTRIES) as usize][(slot % V4_GROUP_ENTRIES) as usize] = entry;
+            }
+            return Ok(());
+        }
+        let (mut group, mut index) = ((root / V4_GROUP_ENTRIES) as usize, (root % V4_GROUP_ENTRIES) as usize);
+        let mut resolved = V4_ROOT_BITS;
+        loop {
+            let child = self.child(group, index)?;
+            resolved += V4_STRIDE_BITS;
+            let nibble = ((addr >> (32 - resolved)) & (V4_GROUP_ENTRIES - 1)) as usize;
+            if len <= resolved {
+                // The prefix ends inside this stride: it covers 2^(resolved - len) entries.
+                let count = 1usize << (resolved - len);
+                self.groups[child][nibble..nibble + count].fill(entry);
+                return Ok(());
+            }
+            (group, index) = (child, nibble);
+        }
+    }
+
+    /// The group entry `index` of `group` points to; made if it held a rule or nothing, with
+    /// that rule in all its entries (the addresses below keep their shorter prefix's rule).
+    fn child(&mut self, group: usize, index: usize) -> Result<usize> {
+        let entry = self.groups[group][index];
+        if entry & V4_ENTRY_GROUP != 0 {
+            return Ok((entry & !V4_ENTRY_GROUP) as usize);
+        }
+        let child = self.groups.len();
+        if child >= V4_HALF_GROUPS as usize {
+            bail!("the IPv4 rule table is full ({V4_CHILD_GROUPS} groups below the root); merge prefixes");
+        }
+        self.groups.push([entry; V4_GROUP_ENTRIES as usize]);
+        self.groups[group][index] = V4_ENTRY_GROUP | child as u32;
+        Ok(child)
+    }
+
+    /// The rule for `addr`, walked as the data path walks the map (lb-ebpf `firewall::v4_rule`).
+    pub fn lookup(&self, addr: Ipv4Addr) -> Option<FwRule> {
+        let addr = u32::from(addr);
+        let mut entry = *self.groups.get((addr >> 16) as usize)?.get(((addr >> 12) & 0xF) as usize)?;
+        for shift in [2 * V4_STRIDE_BITS, V4_STRIDE_BITS, 0] {
+            if entry & V4_ENTRY_GROUP == 0 {
+                break;
+            }
+            entry = *self.groups.get((entry & !V4_ENTRY_GROUP) as usize)?.get(((addr >> shift) & 0xF) as usize)?;
+        }
+        (entry != 0 && entry & V4_ENTRY_GROUP == 0).then(|| V4Entry::decode(entry))
+    }
+}
+
+fn prefix_mask(len: u8) -> u32 {
+    u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0)
+}
+
 /// Writes `set` as the next generation, switches the data path to it, then removes the old
 /// one. Returns the generation now live.
-pub fn apply(
-    dataplane: &mut Dataplane,
-    set: &RuleSet,
-    host_addrs: &[IpAddr],
-    vips: &[IpAddr],
-) -> Result<u32> {
+pub fn apply(dataplane: &mut Dataplane, set: &RuleSet, host_addrs: &[IpAddr], vips: &[IpAddr]) -> Result<u32> {
     let live = dataplane.firewall()?;
     let next = if live.generation == 0 { 1 } else { 0 };
-    dataplane
-        .clear_rule_generation(next)
-        .context("clearing the idle rule generation")?;
-    for (cidr, rule) in &set.prefixes {
-        dataplane.put_prefix(next, cidr, rule)?;
+    let v4: Vec<(Ipv4Addr, u8, FwRule)> = set
+        .prefixes
+        .iter()
+        .filter_map(|(cidr, rule)| match cidr.addr {
+            IpAddr::V4(addr) => Some((addr, cidr.len, *rule)),
+            IpAddr::V6(_) => None,
+        })
+        .collect();
+    let table = V4Table::build(&v4).context("building the IPv4 rule table")?;
+    dataplane.write_v4_table(next, &table.groups).context("writing the idle half of the IPv4 rule table")?;
+    dataplane.clear_rule_generation(next).context("clearing the idle rule generation")?;
+    for (cidr, rule) in set.prefixes.iter().filter(|(cidr, _)| cidr.addr.is_ipv6()) {
+        dataplane.put_v6_prefix(next, cidr, rule)?;
     }
     for entry in &set.scoped {
         dataplane.put_scoped_prefix(next, entry.scope, entry.cidr.as_ref(), &entry.rule)?;
@@ -313,29 +293,16 @@ pub fn apply(
     // Addresses and ports are added before the switch and removed after it, so the host policy
     // never lacks an entry the new rules need.
     let addr_keys = |addrs: &[IpAddr]| -> Vec<AddrKey> {
-        addrs
-            .iter()
-            .map(|a| {
-                let (addr, family) = addr_words(*a);
-                AddrKey {
-                    addr,
-                    family,
-                    _pad: [0; 3],
-                }
-            })
-            .collect()
+        addrs.iter().map(|a| { let (addr, family) = addr_words(*a); AddrKey { addr, family, _pad: [0; 3] } }).collect()
     };
     let host_keys = addr_keys(host_addrs);
     let vip_keys = addr_keys(vips);
     dataplane.add_host_state(&host_keys, &vip_keys, &set.host_ports)?;
-    dataplane.set_firewall(&Firewall {
-        generation: next,
-        ..set.settings
-    })?;
+    dataplane.set_firewall(&Firewall { generation: next, ..set.settings })?;
     dataplane.retain_host_state(&host_keys, &vip_keys, &set.host_ports)?;
-    dataplane
-        .clear_rule_generation(1 - next)
-        .context("removing the old rule generation")?;
+    // The old half of the IPv4 table stays as it is (unreachable) until the next change
+    // overwrites it; the tries' old keys go now.
+    dataplane.clear_rule_generation(1 - next).context("removing the old rule generation")?;
     Ok(next)
 }
 
@@ -376,9 +343,7 @@ pub fn interface_addresses(iface: &str) -> Result<Vec<IpAddr>> {
             match (*entry.ifa_addr).sa_family as i32 {
                 libc::AF_INET => {
                     let sin = &*(entry.ifa_addr as *const libc::sockaddr_in);
-                    addrs.push(IpAddr::from(
-                        u32::from_be(sin.sin_addr.s_addr).to_be_bytes(),
-                    ));
+                    addrs.push(IpAddr::from(u32::from_be(sin.sin_addr.s_addr).to_be_bytes()));
                 }
                 libc::AF_INET6 => {
                     let sin6 = &*(entry.ifa_addr as *const libc::sockaddr_in6);
@@ -391,4 +356,142 @@ pub fn interface_addresses(iface: &str) -> Result<Vec<IpAddr>> {
     // SAFETY: the list from getifaddrs, freed once.
     unsafe { libc::freeifaddrs(list) };
     Ok(addrs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// xorshift64: reproducible random prefix sets without a dependency.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+    }
+
+    fn rule(id: u32, rng: &mut Rng) -> FwRule {
+        let action = [ACTION_ALLOW, ACTION_DROP, ACTION_LOG][rng.below(3) as usize];
+        let reason = if rng.below(4) == 0 { REASON_SPOOF } else { REASON_POLICY };
+        FwRule { id, action, reason, _pad: [0; 2] }
+    }
+
+    /// The reference: every prefix that contains `addr`, the longest wins, the later of equals.
+    fn naive(prefixes: &[(Ipv4Addr, u8, FwRule)], addr: Ipv4Addr) -> Option<FwRule> {
+        let mut best: Option<(u8, FwRule)> = None;
+        for (prefix, len, rule) in prefixes {
+            let mask = prefix_mask(*len);
+            if u32::from(*prefix) & mask == u32::from(addr) & mask && best.is_none_or(|(l, _)| *len >= l) {
+                best = Some((*len, *rule));
+            }
+        }
+        best.map(|(_, rule)| rule)
+    }
+
+    /// Prefixes clustered in a few /8s so that they nest and overlap, of every length.
+    fn random_prefixes(rng: &mut Rng, n: usize) -> Vec<(Ipv4Addr, u8, FwRule)> {
+        let bases = [0x0A00_0000u32, 0xC0A8_0000, 0x2D00_0000, 0xFFFF_FF00];
+        (0..n)
+            .map(|i| {
+                let len = rng.below(33) as u8;
+                let base = bases[rng.below(bases.len() as u64) as usize];
+                // Mostly near the base (nesting), sometimes anywhere; host bits left in on purpose.
+                let addr = if rng.below(4) == 0 { rng.next() as u32 } else { base ^ (rng.next() as u32 & 0x00FF_FFFF >> rng.below(24)) };
+                (Ipv4Addr::from(addr), len, rule(i as u32, rng))
+            })
+            .collect()
+    }
+
+    /// Addresses worth asking about: the first and last address of each prefix, their
+    /// neighbours outside, and random ones.
+    fn probes(rng: &mut Rng, prefixes: &[(Ipv4Addr, u8, FwRule)]) -> Vec<Ipv4Addr> {
+        let mut out = Vec::new();
+        for (addr, len, _) in prefixes {
+            let first = u32::from(*addr) & prefix_mask(*len);
+            let last = first | !prefix_mask(*len);
+            for a in [first, last, first.wrapping_sub(1), last.wrapping_add(1), first | (rng.next() as u32 & !prefix_mask(*len))] {
+                out.push(Ipv4Addr::from(a));
+            }
+        }
+        out.extend((0..2000).map(|_| Ipv4Addr::from(rng.next() as u32)));
+        out
+    }
+
+    #[track_caller]
+    fn check_against_reference(prefixes: &[(Ipv4Addr, u8, FwRule)], rng: &mut Rng) {
+        let table = V4Table::build(prefixes).expect("table builds");
+        for addr in probes(rng, prefixes) {
+            assert_eq!(table.lookup(addr), naive(prefixes, addr), "{addr} with {} prefixes", prefixes.len());
+        }
+    }
+
+    #[test]
+    fn random_prefix_sets_agree_with_the_naive_longest_prefix_match() {
+        let mut rng = Rng(0x5eed_1234_abcd_0001);
+        for round in 0..200 {
+            let n = 1 + rng.below(if round % 10 == 0 { 2000 } else { 60 }) as usize;
+            let prefixes = random_prefixes(&mut rng, n);
+            check_against_reference(&prefixes, &mut rng);
+        }
+    }
+
+    #[test]
+    fn nested_prefixes_at_every_stride_boundary() {
+        let mut rng = Rng(7);
+        // 10.1.2.3 inside prefixes of every length: each longer one must win below it.
+        let addr = Ipv4Addr::new(10, 1, 2, 3);
+        let mut prefixes: Vec<_> = (0..=32).rev().map(|len| (addr, len, rule(u32::from(len), &mut rng))).collect();
+        check_against_reference(&prefixes, &mut rng);
+        // An allowed /32 inside a denied /16, as in the issue.
+        prefixes = vec![
+            (Ipv4Addr::new(192, 168, 0, 0), 16, FwRule { id: 1, action: ACTION_DROP, reason: REASON_POLICY, _pad: [0; 2] }),
+            (Ipv4Addr::new(192, 168, 7, 9), 32, FwRule { id: 2, action: ACTION_ALLOW, reason: REASON_POLICY, _pad: [0; 2] }),
+        ];
+        let table = V4Table::build(&prefixes).expect("table builds");
+        assert_eq!(table.lookup(Ipv4Addr::new(192, 168, 7, 9)).map(|r| r.id), Some(2));
+        assert_eq!(table.lookup(Ipv4Addr::new(192, 168, 7, 8)).map(|r| r.id), Some(1));
+        assert_eq!(table.lookup(Ipv4Addr::new(192, 169, 0, 0)), None);
+    }
+
+    #[test]
+    fn the_later_rule_of_one_prefix_wins_and_a_default_route_covers_all() {
+        let drop = FwRule { id: 3, action: ACTION_DROP, reason: REASON_POLICY, _pad: [0; 2] };
+        let log = FwRule { id: 4, action: ACTION_LOG, reason: REASON_POLICY, _pad: [0; 2] };
+        let table = V4Table::build(&[(Ipv4Addr::UNSPECIFIED, 0, drop), (Ipv4Addr::UNSPECIFIED, 0, log)]).expect("builds");
+        for addr in [Ipv4Addr::UNSPECIFIED, Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::BROADCAST] {
+            assert_eq!(table.lookup(addr), Some(log), "{addr}");
+        }
+        assert_eq!(table.groups.len(), V4_ROOT_GROUPS as usize, "no group below the root for a /0");
+    }
+
+    #[test]
+    fn a_full_generation_of_host_routes_fits() {
+        // The worst case for the table: every prefix a /32 in its own /20, so each needs three
+        // groups below the root.
+        let n = (lb_common::MAX_PREFIXES / 2) as usize;
+        let drop = FwRule { id: 0, action: ACTION_DROP, reason: REASON_POLICY, _pad: [0; 2] };
+        let prefixes: Vec<_> = (0..n).map(|i| (Ipv4Addr::from((i as u32) << 12 | 0x123), 32, drop)).collect();
+        let table = V4Table::build(&prefixes).expect("a full generation fits");
+        assert_eq!(table.groups.len(), V4_HALF_GROUPS as usize);
+        assert_eq!(table.lookup(Ipv4Addr::from(5u32 << 12 | 0x123)), Some(drop));
+        assert_eq!(table.lookup(Ipv4Addr::from(5u32 << 12 | 0x124)), None);
+    }
+
+    #[test]
+    fn bad_input_is_an_error_not_a_panic() {
+        let too_big = FwRule { id: MAX_RULES, action: ACTION_DROP, reason: REASON_POLICY, _pad: [0; 2] };
+        let err = V4Table::build(&[(Ipv4Addr::new(10, 0, 0, 0), 8, too_big)]).expect_err("rule id out of range");
+        assert!(format!("{err:#}").contains("rule id"), "{err:#}");
+        let ok = FwRule { id: 1, action: ACTION_DROP, reason: REASON_POLICY, _pad: [0; 2] };
+        let err = V4Table::build(&[(Ipv4Addr::new(10, 0, 0, 0), 33, ok)]).expect_err("length out of range");
+        assert!(format!("{err:#}").contains("at most 32"), "{err:#}");
+    }
 }

@@ -514,3 +514,72 @@ fn an_ipv6_source_never_matches_an_ipv4_source_prefix() {
         "a09:101::1 to SSH",
     );
 }
+
+/// The program's walk of the IPv4 rule table agrees with a plain longest-prefix match over the
+/// config's prefixes, at every depth of the table: prefixes of every length from /8 to /32,
+/// nested in two small regions so that they cover each other, with drop, allow and log rules.
+/// Probed at the first and last address of every prefix, just outside each, and in between.
+#[test]
+fn the_ipv4_rule_table_is_a_longest_prefix_match_at_every_depth() {
+    if !require_root("the_ipv4_rule_table_is_a_longest_prefix_match_at_every_depth") {
+        return;
+    }
+    let mut state = 0x1234_5678_9abc_def1u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let actions = ["drop", "allow", "log"];
+    // (first address, length, index of its rule): rule r has action actions[r % 3].
+    let mut prefixes: Vec<(u32, u8, usize)> = Vec::new();
+    let mut rules = String::from("[firewall.host]\npolicy = \"open\"\n");
+    for r in 0..12 {
+        let mut sources = Vec::new();
+        for _ in 0..40 {
+            let len = 8 + (next() % 25) as u8;
+            let base = if next() % 2 == 0 { 0xCB00_0000u32 } else { 0xC612_0000 };
+            let addr = (base | (next() as u32 & 0x0003_FFFF)) & (u32::MAX << (32 - u32::from(len)));
+            // The config refuses a prefix in two rules.
+            if prefixes.iter().any(|&(a, l, _)| (a, l) == (addr, len)) {
+                continue;
+            }
+            sources.push(format!("\"{}/{len}\"", std::net::Ipv4Addr::from(addr)));
+            prefixes.push((addr, len, r));
+        }
+        rules.push_str(&format!(
+            "\n[[firewall.rule]]\nname = \"r{r}\"\nsources = [{}]\naction = \"{}\"\n",
+            sources.join(", "),
+            actions[r % 3]
+        ));
+    }
+    let h = harness(&rules, "");
+    // The longest prefix decides; a log rule lets the packet on as if nothing matched.
+    let expected = |addr: u32| -> u32 {
+        let mut best: Option<(u8, usize)> = None;
+        for &(first, len, rule) in &prefixes {
+            let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+            if addr & mask == first && best.is_none_or(|(l, _)| len > l) {
+                best = Some((len, rule));
+            }
+        }
+        match best {
+            Some((_, rule)) if actions[rule % 3] == "drop" => XDP_DROP,
+            _ => XDP_TX,
+        }
+    };
+    let mut probes = Vec::new();
+    for &(first, len, _) in &prefixes {
+        let last = first | !u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+        probes.extend([first, last, first.wrapping_sub(1), last.wrapping_add(1), first + (last - first) / 2]);
+    }
+    let mut dropped = 0;
+    for (i, addr) in probes.into_iter().enumerate() {
+        let src = std::net::Ipv4Addr::from(addr).to_string();
+        let want = expected(addr);
+        dropped += usize::from(want == XDP_DROP);
+        assert_action(&h, &syn(&src, 1024 + (i % 60000) as u16, "10.0.0.100", 80), want, &format!("source {src}"));
+    }
+    assert!(dropped > 100, "the probes hit drop rules ({dropped}), not only passes");
+}

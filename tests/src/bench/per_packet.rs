@@ -1075,7 +1075,7 @@ pub fn run(cfg: &Config) -> Result<PerPacket> {
         .note(fw_note(&fw))
         .note(format!(
             "TCP from {} (inside one of the {} prefixes, all with action drop) to the DSR VIP: parse, sanity checks, \
-             LPM lookup hits the drop rule, rule and reason counters, XDP_DROP",
+             the IPv4 rule table (at most four array reads) hits the drop rule, rule and reason counters, XDP_DROP",
             fw.denied, fw.prefixes
         )),
         Case::new(
@@ -1087,7 +1087,7 @@ pub fn run(cfg: &Config) -> Result<PerPacket> {
         .note(fw_note(&fw))
         .note(format!(
             "the established DSR flow of lb_established from {CLIENT}, which matches none of the prefixes (no allow \
-             rule involved): sanity checks, LPM lookup misses, then the established forward, XDP_TX"
+             rule involved): sanity checks, the IPv4 rule table misses, then the established forward, XDP_TX"
         )),
         match &fw_scale {
             Some(scene) => Case::new(
