@@ -63,7 +63,6 @@ pub struct Service {
     pub syn_budget: Rate,
 }
 
-
 /// One backend, indexed by its id in `BACKENDS`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -181,7 +180,11 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         // Below Linux's default ephemeral range, so the host's own connections never collide.
-        Self { nat_port_min: 1024, nat_port_max: 32767, _pad: 0 }
+        Self {
+            nat_port_min: 1024,
+            nat_port_max: 32767,
+            _pad: 0,
+        }
     }
 }
 
@@ -203,7 +206,17 @@ impl Counters {
 }
 
 pod!(ServiceKey, Service, Backend, FlowKey, FlowKeyV4, Flow, NatReverse, Settings, Counters);
-pod!(Rate, RateKey, Firewall, FwRule, CidrV6, ServiceCidr, AddrKey, HostPort, RuleCounters);
+pod!(
+    Rate,
+    RateKey,
+    Firewall,
+    FwRule,
+    CidrV6,
+    ServiceCidr,
+    AddrKey,
+    HostPort,
+    RuleCounters
+);
 
 const _: () = assert!(core::mem::size_of::<ServiceKey>() == 20);
 const _: () = assert!(core::mem::size_of::<Service>() == 80);
@@ -228,7 +241,10 @@ pub struct Rate {
 }
 
 impl Rate {
-    pub const UNLIMITED: Rate = Rate { interval_ns: 0, tolerance_ns: 0 };
+    pub const UNLIMITED: Rate = Rate {
+        interval_ns: 0,
+        tolerance_ns: 0,
+    };
 
     /// `per_second` packets a second on average, `burst` at once; 0 per second: no limit.
     pub const fn per_second(per_second: u32, burst: u32) -> Rate {
@@ -237,7 +253,10 @@ impl Rate {
         }
         let interval_ns = 1_000_000_000 / per_second as u64;
         let burst = if burst == 0 { 1 } else { burst as u64 };
-        Rate { interval_ns: if interval_ns == 0 { 1 } else { interval_ns }, tolerance_ns: interval_ns * (burst - 1) }
+        Rate {
+            interval_ns: if interval_ns == 0 { 1 } else { interval_ns },
+            tolerance_ns: interval_ns * (burst - 1),
+        }
     }
 
     pub const fn is_limited(&self) -> bool {
@@ -324,7 +343,11 @@ impl V4Entry {
         if rule.id >= crate::MAX_RULES || rule.action == 0 || rule.action > 3 || rule.reason > 1 {
             return None;
         }
-        Some(rule.id | (rule.action as u32) << Self::ACTION_SHIFT | (rule.reason as u32) << Self::REASON_SHIFT)
+        Some(
+            rule.id
+                | (rule.action as u32) << Self::ACTION_SHIFT
+                | (rule.reason as u32) << Self::REASON_SHIFT,
+        )
     }
 
     /// The rule of a non-empty, non-group entry.

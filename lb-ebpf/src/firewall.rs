@@ -2,19 +2,21 @@
 //! CIDR rules on the source (longest prefix wins), per-service source rules and rate limits,
 //! and the policy for traffic to the load balancer itself.
 use aya_ebpf::helpers::generated::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns};
-use lb_common::{
-    maps::{
-        AddrKey, CidrV6, Firewall, FwRule, HostPort, Rate, RateKey, Service, ServiceCidr, V4Entry,
-        Verdict, ACTION_DROP, V4_ENTRY_GROUP, V4_HALF_GROUPS, V4_STRIDE_BITS, FAMILY_V4, FW_DROP_FRAGMENTS, FW_HOST_POLICY,
-        FW_TCP_FLAG_CHECKS, FW_V4_RULES, FW_V6_RULES, PROTO_TCP, PROTO_UDP, RATE_ICMP_ECHO,
-        RATE_PACKETS, RATE_SYN, RATE_SYN_BUDGET, REASON_SPOOF, SCOPE_HOST, SERVICE_CIDR_FAMILY_BITS, SERVICE_CIDR_PREFIX_BITS,
-        CIDR_GENERATION_BITS, FLOW_PACKET_RATE, FW_SCOPED_SOURCES,
-    },
+use lb_common::maps::{
+    AddrKey, CidrV6, Firewall, FwRule, HostPort, Rate, RateKey, Service, ServiceCidr, V4Entry,
+    Verdict, ACTION_DROP, CIDR_GENERATION_BITS, FAMILY_V4, FLOW_PACKET_RATE, FW_DROP_FRAGMENTS,
+    FW_HOST_POLICY, FW_SCOPED_SOURCES, FW_TCP_FLAG_CHECKS, FW_V4_RULES, FW_V6_RULES, PROTO_TCP,
+    PROTO_UDP, RATE_ICMP_ECHO, RATE_PACKETS, RATE_SYN, RATE_SYN_BUDGET, REASON_SPOOF, SCOPE_HOST,
+    SERVICE_CIDR_FAMILY_BITS, SERVICE_CIDR_PREFIX_BITS, V4_ENTRY_GROUP, V4_HALF_GROUPS,
+    V4_STRIDE_BITS,
 };
 
 use crate::{
     balance::{service_key, Established},
-    maps::{FIREWALL, FW_V4_TABLE, FW_V6, HOST_ADDRS, HOST_PORTS, RATE_BUCKETS, RULE_STATS, SERVICES, SERVICE_SOURCES, VIPS},
+    maps::{
+        FIREWALL, FW_V4_TABLE, FW_V6, HOST_ADDRS, HOST_PORTS, RATE_BUCKETS, RULE_STATS, SERVICES,
+        SERVICE_SOURCES, VIPS,
+    },
     parse::{Packet, PROTO_ICMP, PROTO_ICMPV6},
 };
 
@@ -39,14 +41,22 @@ pub fn settings() -> Result<&'static Firewall, Verdict> {
 #[inline(always)]
 pub fn screen(packet: &Packet, fw: &Firewall) -> Result<(), Verdict> {
     let key = &packet.key;
-    if fw.flags & FW_TCP_FLAG_CHECKS != 0 && key.proto == PROTO_TCP && !packet.fragment && bad_tcp_flags(packet.tcp_flags) {
+    if fw.flags & FW_TCP_FLAG_CHECKS != 0
+        && key.proto == PROTO_TCP
+        && !packet.fragment
+        && bad_tcp_flags(packet.tcp_flags)
+    {
         return Err(Verdict::DropTcpFlags);
     }
     if key.src == key.dst {
         return Err(Verdict::DropSpoofed);
     }
     if packet.fragment && fw.flags & FW_DROP_FRAGMENTS != 0 {
-        let vip = AddrKey { addr: key.dst, family: key.family, _pad: [0; 3] };
+        let vip = AddrKey {
+            addr: key.dst,
+            family: key.family,
+            _pad: [0; 3],
+        };
         // SAFETY: read-only look-up of a value the agent replaces whole.
         if unsafe { VIPS.get(&vip) }.is_some() {
             return Err(Verdict::DropFragment);
@@ -61,11 +71,24 @@ pub fn screen(packet: &Packet, fw: &Firewall) -> Result<(), Verdict> {
         if fw.flags & FW_V6_RULES == 0 {
             return Ok(());
         }
-        let cidr = CidrV6 { generation: fw.generation as u8, addr: addr_bytes(&key.src) };
-        FW_V6.get(&lpm_key(CIDR_GENERATION_BITS + 128, cidr)).copied()
+        let cidr = CidrV6 {
+            generation: fw.generation as u8,
+            addr: addr_bytes(&key.src),
+        };
+        FW_V6
+            .get(&lpm_key(CIDR_GENERATION_BITS + 128, cidr))
+            .copied()
     };
     match rule {
-        Some(rule) => apply(&rule, packet, if rule.reason == REASON_SPOOF { Verdict::DropSpoofed } else { Verdict::DropDenied }),
+        Some(rule) => apply(
+            &rule,
+            packet,
+            if rule.reason == REASON_SPOOF {
+                Verdict::DropSpoofed
+            } else {
+                Verdict::DropDenied
+            },
+        ),
         None => Ok(()),
     }
 }
@@ -97,20 +120,40 @@ pub fn admit(packet: &Packet, service: &Service, fw: &Firewall) -> Result<(), Ve
     if fw.flags & FW_SCOPED_SOURCES != 0 {
         check_sources(packet, service.id, fw, Verdict::DropServiceSource)?;
     }
-    let limited = service.packet_rate.is_limited() || service.syn_rate.is_limited() || service.syn_budget.is_limited();
+    let limited = service.packet_rate.is_limited()
+        || service.syn_rate.is_limited()
+        || service.syn_budget.is_limited();
     if !limited {
         return Ok(());
     }
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    if service.packet_rate.is_limited() && !take(&source_bucket(packet, service.id, RATE_PACKETS), &service.packet_rate, now) {
+    if service.packet_rate.is_limited()
+        && !take(
+            &source_bucket(packet, service.id, RATE_PACKETS),
+            &service.packet_rate,
+            now,
+        )
+    {
         return Err(Verdict::DropRateLimited);
     }
     if is_new_connection(packet) {
-        if service.syn_rate.is_limited() && !take(&source_bucket(packet, service.id, RATE_SYN), &service.syn_rate, now) {
+        if service.syn_rate.is_limited()
+            && !take(
+                &source_bucket(packet, service.id, RATE_SYN),
+                &service.syn_rate,
+                now,
+            )
+        {
             return Err(Verdict::DropRateLimited);
         }
-        let budget = RateKey { addr: [0; 4], scope: service.id, kind: RATE_SYN_BUDGET, family: 0, _pad: [0; 2] };
+        let budget = RateKey {
+            addr: [0; 4],
+            scope: service.id,
+            kind: RATE_SYN_BUDGET,
+            family: 0,
+            _pad: [0; 2],
+        };
         if service.syn_budget.is_limited() && !take(&budget, &service.syn_budget, now) {
             return Err(Verdict::DropSynBudget);
         }
@@ -136,7 +179,11 @@ pub fn recheck(packet: &Packet, flow: &Established, fw: &Firewall) -> Result<(),
             if service.packet_rate.is_limited() {
                 // SAFETY: a helper without arguments.
                 let now = unsafe { bpf_ktime_get_ns() };
-                if !take(&source_bucket(packet, service.id, RATE_PACKETS), &service.packet_rate, now) {
+                if !take(
+                    &source_bucket(packet, service.id, RATE_PACKETS),
+                    &service.packet_rate,
+                    now,
+                ) {
                     return Err(Verdict::DropRateLimited);
                 }
             }
@@ -155,25 +202,38 @@ pub fn host_policy(packet: &Packet, fw: &Firewall) -> Verdict {
     if fw.flags & FW_HOST_POLICY == 0 {
         return Verdict::PassNoService;
     }
-    let host = AddrKey { addr: key.dst, family: key.family, _pad: [0; 3] };
+    let host = AddrKey {
+        addr: key.dst,
+        family: key.family,
+        _pad: [0; 3],
+    };
     // SAFETY: read-only look-up of a value the agent replaces whole.
     if unsafe { HOST_ADDRS.get(&host) }.is_none() {
         return Verdict::PassNoService;
     }
     match key.proto {
         PROTO_TCP | PROTO_UDP => {
-            let port = HostPort { port: key.dst_port, proto: key.proto, _pad: 0 };
+            let port = HostPort {
+                port: key.dst_port,
+                proto: key.proto,
+                _pad: 0,
+            };
             // SAFETY: as above.
             if let Some(&scope) = unsafe { HOST_PORTS.get(&port) } {
                 if scope != 0 && fw.flags & FW_SCOPED_SOURCES != 0 {
-                    if let Err(verdict) = check_sources(packet, scope, fw, Verdict::DropHostPolicy) {
+                    if let Err(verdict) = check_sources(packet, scope, fw, Verdict::DropHostPolicy)
+                    {
                         return verdict;
                     }
                 }
                 if is_new_connection(packet) && fw.host_syn_rate.is_limited() {
                     // SAFETY: a helper without arguments.
                     let now = unsafe { bpf_ktime_get_ns() };
-                    if !take(&source_bucket(packet, SCOPE_HOST, RATE_SYN), &fw.host_syn_rate, now) {
+                    if !take(
+                        &source_bucket(packet, SCOPE_HOST, RATE_SYN),
+                        &fw.host_syn_rate,
+                        now,
+                    ) {
                         return Verdict::DropRateLimited;
                     }
                 }
@@ -182,19 +242,30 @@ pub fn host_policy(packet: &Packet, fw: &Firewall) -> Verdict {
             // Replies to connections the host opened arrive on its ephemeral ports; a bare SYN
             // there is someone else's new connection.
             let port = u16::from_be(key.dst_port);
-            let reply = port >= fw.ephemeral_min && port <= fw.ephemeral_max && !is_new_connection(packet);
-            if reply || (key.proto == PROTO_UDP && port >= fw.ephemeral_min && port <= fw.ephemeral_max) {
+            let reply =
+                port >= fw.ephemeral_min && port <= fw.ephemeral_max && !is_new_connection(packet);
+            if reply
+                || (key.proto == PROTO_UDP && port >= fw.ephemeral_min && port <= fw.ephemeral_max)
+            {
                 Verdict::PassHost
             } else {
                 Verdict::DropHostPolicy
             }
         }
         PROTO_ICMP | PROTO_ICMPV6 => {
-            let echo = if key.proto == PROTO_ICMP { ICMP_ECHO_REQUEST } else { ICMPV6_ECHO_REQUEST };
+            let echo = if key.proto == PROTO_ICMP {
+                ICMP_ECHO_REQUEST
+            } else {
+                ICMPV6_ECHO_REQUEST
+            };
             if packet.icmp_type == echo && fw.host_icmp_echo.is_limited() {
                 // SAFETY: a helper without arguments.
                 let now = unsafe { bpf_ktime_get_ns() };
-                if !take(&source_bucket(packet, SCOPE_HOST, RATE_ICMP_ECHO), &fw.host_icmp_echo, now) {
+                if !take(
+                    &source_bucket(packet, SCOPE_HOST, RATE_ICMP_ECHO),
+                    &fw.host_icmp_echo,
+                    now,
+                ) {
                     return Verdict::DropRateLimited;
                 }
             }
@@ -217,7 +288,10 @@ fn check_sources(packet: &Packet, scope: u32, fw: &Firewall, drop: Verdict) -> R
         family: key.family,
         addr: addr_bytes(&key.src),
     };
-    match SERVICE_SOURCES.get(&lpm_key(SERVICE_CIDR_PREFIX_BITS + SERVICE_CIDR_FAMILY_BITS + bits, cidr)) {
+    match SERVICE_SOURCES.get(&lpm_key(
+        SERVICE_CIDR_PREFIX_BITS + SERVICE_CIDR_FAMILY_BITS + bits,
+        cidr,
+    )) {
         Some(rule) => apply(rule, packet, drop),
         None => Ok(()),
     }
@@ -270,8 +344,18 @@ fn take(key: &RateKey, rate: &Rate, now: u64) -> bool {
 #[inline(always)]
 fn source_bucket(packet: &Packet, scope: u32, kind: u8) -> RateKey {
     let src = &packet.key.src;
-    let addr = if packet.key.family == FAMILY_V4 { [src[0], 0, 0, 0] } else { [src[0], src[1], 0, 0] };
-    RateKey { addr, scope, kind, family: packet.key.family, _pad: [0; 2] }
+    let addr = if packet.key.family == FAMILY_V4 {
+        [src[0], 0, 0, 0]
+    } else {
+        [src[0], src[1], 0, 0]
+    };
+    RateKey {
+        addr,
+        scope,
+        kind,
+        family: packet.key.family,
+        _pad: [0; 2],
+    }
 }
 
 #[inline(always)]

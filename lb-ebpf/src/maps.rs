@@ -8,8 +8,8 @@ use aya_ebpf::{
 use lb_common::{
     maps::{
         AddrKey, Backend, CidrV6, Counters, Firewall, Flow, FlowKey, FlowKeyV4, FwRule, HostPort,
-        NatReverse, RateKey, RuleCounters, Service, ServiceCidr, ServiceKey, Settings, V4Group, Verdict,
-        V4_HALF_GROUPS,
+        NatReverse, RateKey, RuleCounters, Service, ServiceCidr, ServiceKey, Settings, V4Group,
+        Verdict, V4_HALF_GROUPS,
     },
     DEFAULT_FLOW_CAPACITY, DEFAULT_NAT_CAPACITY, MAX_BACKENDS, MAX_PREFIXES, MAX_RULES,
     MAX_SERVICES, RATE_BUCKETS as RATE_BUCKETS_CAPACITY, RING_SLOTS, RING_TABLES_PER_SERVICE,
@@ -32,10 +32,12 @@ pub static RR_CURSORS: Array<u64> = Array::with_max_entries(MAX_SERVICES, 0);
 
 /// Flow tables, one per family: IPv4 keys are 16 bytes, IPv6 ones 40.
 #[map]
-pub static FLOWS_V4: LruHashMap<FlowKeyV4, Flow> = LruHashMap::with_max_entries(DEFAULT_FLOW_CAPACITY, 0);
+pub static FLOWS_V4: LruHashMap<FlowKeyV4, Flow> =
+    LruHashMap::with_max_entries(DEFAULT_FLOW_CAPACITY, 0);
 
 #[map]
-pub static FLOWS_V6: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(DEFAULT_FLOW_CAPACITY, 0);
+pub static FLOWS_V6: LruHashMap<FlowKey, Flow> =
+    LruHashMap::with_max_entries(DEFAULT_FLOW_CAPACITY, 0);
 
 #[map]
 pub static NAT_REVERSE: LruHashMap<FlowKey, NatReverse> =
@@ -61,7 +63,8 @@ pub static FIREWALL: Array<Firewall> = Array::with_max_entries(1, 0);
 /// IPv4 source rules (allow, drop, log), longest prefix wins: a multibit trie the agent builds
 /// and writes through mmap, one half per generation (lb-common `V4Group`).
 #[map]
-pub static FW_V4_TABLE: Array<V4Group> = Array::with_max_entries(2 * V4_HALF_GROUPS, BPF_F_MMAPABLE);
+pub static FW_V4_TABLE: Array<V4Group> =
+    Array::with_max_entries(2 * V4_HALF_GROUPS, BPF_F_MMAPABLE);
 
 /// IPv6 source rules, longest prefix wins.
 #[map]
@@ -69,14 +72,16 @@ pub static FW_V6: LpmTrie<CidrV6, FwRule> = LpmTrie::with_max_entries(MAX_PREFIX
 
 /// Per-service (and per host port) source rules.
 #[map]
-pub static SERVICE_SOURCES: LpmTrie<ServiceCidr, FwRule> = LpmTrie::with_max_entries(MAX_PREFIXES, 0);
+pub static SERVICE_SOURCES: LpmTrie<ServiceCidr, FwRule> =
+    LpmTrie::with_max_entries(MAX_PREFIXES, 0);
 
 #[map]
 pub static RULE_STATS: PerCpuArray<RuleCounters> = PerCpuArray::with_max_entries(MAX_RULES, 0);
 
 /// GCRA state (theoretical arrival time, ns) per source and limit.
 #[map]
-pub static RATE_BUCKETS: LruHashMap<RateKey, u64> = LruHashMap::with_max_entries(RATE_BUCKETS_CAPACITY, 0);
+pub static RATE_BUCKETS: LruHashMap<RateKey, u64> =
+    LruHashMap::with_max_entries(RATE_BUCKETS_CAPACITY, 0);
 
 /// The load balancer's own addresses, for the host policy.
 #[map]

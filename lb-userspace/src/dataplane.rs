@@ -21,8 +21,9 @@ use aya::{
 use lb_common::{
     maps::{
         AddrKey, Backend, CidrV6, Counters, Firewall, Flow, FlowKey, FlowKeyV4, FwRule, HostPort,
-        RuleCounters, Service, ServiceCidr, ServiceKey, Settings, V4Group, Verdict, CIDR_GENERATION_BITS,
-        FAMILY_V4, FAMILY_V6, SERVICE_CIDR_FAMILY_BITS, SERVICE_CIDR_PREFIX_BITS, V4_HALF_GROUPS,
+        RuleCounters, Service, ServiceCidr, ServiceKey, Settings, V4Group, Verdict,
+        CIDR_GENERATION_BITS, FAMILY_V4, FAMILY_V6, SERVICE_CIDR_FAMILY_BITS,
+        SERVICE_CIDR_PREFIX_BITS, V4_HALF_GROUPS,
     },
     names,
 };
@@ -99,8 +100,12 @@ impl Dataplane {
             for name in RETIRED_PINS {
                 let path = dir.join(name);
                 if path.exists() {
-                    fs::remove_file(&path).with_context(|| format!("removing the retired pin {}", path.display()))?;
-                    info!("removed {}: a map of an earlier version, no longer used", path.display());
+                    fs::remove_file(&path)
+                        .with_context(|| format!("removing the retired pin {}", path.display()))?;
+                    info!(
+                        "removed {}: a map of an earlier version, no longer used",
+                        path.display()
+                    );
                 }
             }
             adopted = dir.join(names::FLOWS_V4).exists();
@@ -108,15 +113,24 @@ impl Dataplane {
                 loader.map_pin_path(name, dir.join(name));
             }
         }
-        let mut ebpf = loader.load(OBJECT).context("loading the XDP object (maps) into the kernel")?;
+        let mut ebpf = loader
+            .load(OBJECT)
+            .context("loading the XDP object (maps) into the kernel")?;
         for name in [names::PROGRAM_LB, names::PROGRAM_PASS, names::PROGRAM_TX] {
             let program: &mut Xdp = ebpf
                 .program_mut(name)
                 .with_context(|| format!("program `{name}` missing from the object"))?
                 .try_into()?;
-            program.load().with_context(|| format!("the kernel verifier refused program `{name}`"))?;
+            program
+                .load()
+                .with_context(|| format!("the kernel verifier refused program `{name}`"))?;
         }
-        let mut dataplane = Self { ebpf, pin_dir: options.pin_dir.clone(), adopted, link: None };
+        let mut dataplane = Self {
+            ebpf,
+            pin_dir: options.pin_dir.clone(),
+            adopted,
+            link: None,
+        };
         if !adopted {
             dataplane.set_settings(&Settings::default())?;
         }
@@ -137,7 +151,10 @@ impl Dataplane {
     }
 
     fn xdp(&self, name: &str) -> Result<&Xdp> {
-        let program = self.ebpf.program(name).with_context(|| format!("no program `{name}`"))?;
+        let program = self
+            .ebpf
+            .program(name)
+            .with_context(|| format!("no program `{name}`"))?;
         Ok(program.try_into()?)
     }
 
@@ -150,7 +167,9 @@ impl Dataplane {
                 .with_context(|| format!("opening the pinned XDP link {}", pin.display()))?;
             let link = XdpLink::try_from(FdLink::from(pinned))?;
             let program: &mut Xdp = self.program_mut(names::PROGRAM_LB)?;
-            let id = program.attach_to_link(link).context("replacing the program of the pinned XDP link")?;
+            let id = program
+                .attach_to_link(link)
+                .context("replacing the program of the pinned XDP link")?;
             self.link = Some(FdLink::try_from(program.take_link(id)?)?);
             return Ok(Attached::ReplacedPinned);
         }
@@ -161,13 +180,23 @@ impl Dataplane {
                 Ok(id) => (id, Attached::Native),
                 Err(e) if mode == XdpMode::Default => {
                     warn!("native XDP refused on {iface} ({e}); falling back to generic mode, which is much slower");
-                    (program.attach(iface, XdpMode::Skb).with_context(|| format!("attaching XDP to {iface}"))?, Attached::GenericFallback)
+                    (
+                        program
+                            .attach(iface, XdpMode::Skb)
+                            .with_context(|| format!("attaching XDP to {iface}"))?,
+                        Attached::GenericFallback,
+                    )
                 }
-                Err(e) => return Err(e).with_context(|| format!("attaching native XDP to {iface}")),
+                Err(e) => {
+                    return Err(e).with_context(|| format!("attaching native XDP to {iface}"))
+                }
             },
-            XdpMode::Skb | XdpMode::Hardware => {
-                (program.attach(iface, mode).with_context(|| format!("attaching XDP to {iface}"))?, Attached::Generic)
-            }
+            XdpMode::Skb | XdpMode::Hardware => (
+                program
+                    .attach(iface, mode)
+                    .with_context(|| format!("attaching XDP to {iface}"))?,
+                Attached::Generic,
+            ),
         };
         match FdLink::try_from(program.take_link(id)?) {
             Ok(link) => {
@@ -189,14 +218,22 @@ impl Dataplane {
     /// pins its link at `pin`, so it stays after this process exits.
     pub fn attach_pass(&mut self, iface: &str, pin: &Path) -> Result<()> {
         let program: &mut Xdp = self.program_mut(names::PROGRAM_PASS)?;
-        let id = program.attach(iface, XdpMode::Driver).with_context(|| format!("attaching xdp_pass to {iface}"))?;
+        let id = program
+            .attach(iface, XdpMode::Driver)
+            .with_context(|| format!("attaching xdp_pass to {iface}"))?;
         let link = FdLink::try_from(program.take_link(id)?)?;
-        std::mem::forget(link.pin(pin).with_context(|| format!("pinning at {}", pin.display()))?);
+        std::mem::forget(
+            link.pin(pin)
+                .with_context(|| format!("pinning at {}", pin.display()))?,
+        );
         Ok(())
     }
 
     fn program_mut(&mut self, name: &str) -> Result<&mut Xdp> {
-        let program = self.ebpf.program_mut(name).with_context(|| format!("no program `{name}`"))?;
+        let program = self
+            .ebpf
+            .program_mut(name)
+            .with_context(|| format!("no program `{name}`"))?;
         Ok(program.try_into()?)
     }
 
@@ -208,7 +245,8 @@ impl Dataplane {
         };
         let link_pin = dir.join(LINK_PIN);
         if link_pin.exists() {
-            fs::remove_file(&link_pin).with_context(|| format!("unpinning {}", link_pin.display()))?;
+            fs::remove_file(&link_pin)
+                .with_context(|| format!("unpinning {}", link_pin.display()))?;
         }
         // With the pin gone, closing the last descriptor detaches the program.
         self.link = None;
@@ -222,45 +260,56 @@ impl Dataplane {
     }
 
     pub fn set_settings(&mut self, settings: &Settings) -> Result<()> {
-        let mut map: Array<&mut MapData, Settings> = Array::try_from(self.map_mut(names::SETTINGS)?)?;
+        let mut map: Array<&mut MapData, Settings> =
+            Array::try_from(self.map_mut(names::SETTINGS)?)?;
         map.set(0, settings, 0).context("writing SETTINGS")?;
         Ok(())
     }
 
     pub fn put_service(&mut self, key: &ServiceKey, service: &Service) -> Result<()> {
-        let mut map: HashMap<&mut MapData, ServiceKey, Service> = HashMap::try_from(self.map_mut(names::SERVICES)?)?;
+        let mut map: HashMap<&mut MapData, ServiceKey, Service> =
+            HashMap::try_from(self.map_mut(names::SERVICES)?)?;
         map.insert(key, service, 0).context("writing SERVICES")?;
         Ok(())
     }
 
     pub fn remove_service(&mut self, key: &ServiceKey) -> Result<()> {
-        let mut map: HashMap<&mut MapData, ServiceKey, Service> = HashMap::try_from(self.map_mut(names::SERVICES)?)?;
+        let mut map: HashMap<&mut MapData, ServiceKey, Service> =
+            HashMap::try_from(self.map_mut(names::SERVICES)?)?;
         map.remove(key).context("removing from SERVICES")?;
         Ok(())
     }
 
     pub fn services(&self) -> Result<Vec<(ServiceKey, Service)>> {
-        let map: HashMap<&MapData, ServiceKey, Service> = HashMap::try_from(self.map(names::SERVICES)?)?;
-        map.iter().map(|item| item.context("reading SERVICES")).collect()
+        let map: HashMap<&MapData, ServiceKey, Service> =
+            HashMap::try_from(self.map(names::SERVICES)?)?;
+        map.iter()
+            .map(|item| item.context("reading SERVICES"))
+            .collect()
     }
 
     pub fn put_backend(&mut self, id: u32, backend: &Backend) -> Result<()> {
-        let mut map: Array<&mut MapData, Backend> = Array::try_from(self.map_mut(names::BACKENDS)?)?;
-        map.set(id, backend, 0).with_context(|| format!("writing BACKENDS[{id}]"))?;
+        let mut map: Array<&mut MapData, Backend> =
+            Array::try_from(self.map_mut(names::BACKENDS)?)?;
+        map.set(id, backend, 0)
+            .with_context(|| format!("writing BACKENDS[{id}]"))?;
         Ok(())
     }
 
     /// Every backend slot, used or not (index = backend id).
     pub fn backends(&self) -> Result<Vec<Backend>> {
         let map: Array<&MapData, Backend> = Array::try_from(self.map(names::BACKENDS)?)?;
-        map.iter().map(|item| item.context("reading BACKENDS")).collect()
+        map.iter()
+            .map(|item| item.context("reading BACKENDS"))
+            .collect()
     }
 
     /// Writes a selection table starting at `offset` in RINGS.
     pub fn put_ring(&mut self, offset: u32, slots: &[u32]) -> Result<()> {
         let mut map: Array<&mut MapData, u32> = Array::try_from(self.map_mut(names::RINGS)?)?;
         for (i, backend_id) in slots.iter().enumerate() {
-            map.set(offset + i as u32, backend_id, 0).context("writing RINGS")?;
+            map.set(offset + i as u32, backend_id, 0)
+                .context("writing RINGS")?;
         }
         Ok(())
     }
@@ -274,7 +323,10 @@ impl Dataplane {
     }
 
     pub fn verdict_counters(&self) -> Result<Vec<(Verdict, Counters)>> {
-        Verdict::ALL.iter().map(|&v| Ok((v, self.verdict_counter(v)?))).collect()
+        Verdict::ALL
+            .iter()
+            .map(|&v| Ok((v, self.verdict_counter(v)?)))
+            .collect()
     }
 
     /// The counters of one verdict (one map read, for per-packet checks).
@@ -291,7 +343,8 @@ impl Dataplane {
         let mut flows = Vec::with_capacity(limit.min(4096));
         let in_v6 = after.is_some_and(|k| k.family == lb_common::maps::FAMILY_V6);
         if !in_v6 {
-            let map: HashMap<&MapData, FlowKeyV4, Flow> = HashMap::try_from(self.map(names::FLOWS_V4)?)?;
+            let map: HashMap<&MapData, FlowKeyV4, Flow> =
+                HashMap::try_from(self.map(names::FLOWS_V4)?)?;
             let cursor = after.map(FlowKeyV4::from_flow);
             let next = walk_flows(&map, cursor, limit, &mut flows, |k| k.to_flow())?;
             if next.is_some() {
@@ -316,7 +369,8 @@ impl Dataplane {
 
     /// Switches the firewall settings (and the live rule generation) in one write.
     pub fn set_firewall(&mut self, firewall: &Firewall) -> Result<()> {
-        let mut map: Array<&mut MapData, Firewall> = Array::try_from(self.map_mut(names::FIREWALL)?)?;
+        let mut map: Array<&mut MapData, Firewall> =
+            Array::try_from(self.map_mut(names::FIREWALL)?)?;
         map.set(0, firewall, 0).context("writing FIREWALL")?;
         Ok(())
     }
@@ -358,14 +412,28 @@ impl Dataplane {
             bail!("{cidr} is not an IPv6 prefix (IPv4 rules go to the IPv4 table)");
         };
         let bits = CIDR_GENERATION_BITS + cidr.len as u32;
-        let mut map: LpmTrie<&mut MapData, CidrV6, FwRule> = LpmTrie::try_from(self.map_mut(names::FW_V6)?)?;
-        let key = LpmKey::new(bits, CidrV6 { generation: generation as u8, addr: v6.octets() });
-        map.insert(&key, rule, 0).with_context(|| format!("writing {cidr} to FW_V6"))?;
+        let mut map: LpmTrie<&mut MapData, CidrV6, FwRule> =
+            LpmTrie::try_from(self.map_mut(names::FW_V6)?)?;
+        let key = LpmKey::new(
+            bits,
+            CidrV6 {
+                generation: generation as u8,
+                addr: v6.octets(),
+            },
+        );
+        map.insert(&key, rule, 0)
+            .with_context(|| format!("writing {cidr} to FW_V6"))?;
         Ok(())
     }
 
     /// A source rule of a scope (service or host port); `None` is the scope's catch-all.
-    pub fn put_scoped_prefix(&mut self, generation: u32, scope: u32, cidr: Option<&Cidr>, rule: &FwRule) -> Result<()> {
+    pub fn put_scoped_prefix(
+        &mut self,
+        generation: u32,
+        scope: u32,
+        cidr: Option<&Cidr>,
+        rule: &FwRule,
+    ) -> Result<()> {
         // The catch-all covers the scope in both families; a prefix also matches its family.
         let (bits, family, addr) = match cidr {
             None => (SERVICE_CIDR_PREFIX_BITS, 0, [0u8; 16]),
@@ -381,12 +449,26 @@ impl Dataplane {
                         FAMILY_V6
                     }
                 };
-                (SERVICE_CIDR_PREFIX_BITS + SERVICE_CIDR_FAMILY_BITS + cidr.len as u32, family, addr)
+                (
+                    SERVICE_CIDR_PREFIX_BITS + SERVICE_CIDR_FAMILY_BITS + cidr.len as u32,
+                    family,
+                    addr,
+                )
             }
         };
-        let mut map: LpmTrie<&mut MapData, ServiceCidr, FwRule> = LpmTrie::try_from(self.map_mut(names::SERVICE_SOURCES)?)?;
-        let key = LpmKey::new(bits, ServiceCidr { generation: generation as u8, service: scope.to_be_bytes(), family, addr });
-        map.insert(&key, rule, 0).context("writing SERVICE_SOURCES")?;
+        let mut map: LpmTrie<&mut MapData, ServiceCidr, FwRule> =
+            LpmTrie::try_from(self.map_mut(names::SERVICE_SOURCES)?)?;
+        let key = LpmKey::new(
+            bits,
+            ServiceCidr {
+                generation: generation as u8,
+                service: scope.to_be_bytes(),
+                family,
+                addr,
+            },
+        );
+        map.insert(&key, rule, 0)
+            .context("writing SERVICE_SOURCES")?;
         Ok(())
     }
 
@@ -395,14 +477,24 @@ impl Dataplane {
     pub fn clear_rule_generation(&mut self, generation: u32) -> Result<()> {
         let generation = generation as u8;
         {
-            let mut map: LpmTrie<&mut MapData, CidrV6, FwRule> = LpmTrie::try_from(self.map_mut(names::FW_V6)?)?;
-            let keys: Vec<_> = map.keys().filter_map(|k| k.ok()).filter(|k| k.data().generation == generation).collect();
+            let mut map: LpmTrie<&mut MapData, CidrV6, FwRule> =
+                LpmTrie::try_from(self.map_mut(names::FW_V6)?)?;
+            let keys: Vec<_> = map
+                .keys()
+                .filter_map(|k| k.ok())
+                .filter(|k| k.data().generation == generation)
+                .collect();
             for key in keys {
                 map.remove(&key).context("removing from FW_V6")?;
             }
         }
-        let mut map: LpmTrie<&mut MapData, ServiceCidr, FwRule> = LpmTrie::try_from(self.map_mut(names::SERVICE_SOURCES)?)?;
-        let keys: Vec<_> = map.keys().filter_map(|k| k.ok()).filter(|k| k.data().generation == generation).collect();
+        let mut map: LpmTrie<&mut MapData, ServiceCidr, FwRule> =
+            LpmTrie::try_from(self.map_mut(names::SERVICE_SOURCES)?)?;
+        let keys: Vec<_> = map
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| k.data().generation == generation)
+            .collect();
         for key in keys {
             map.remove(&key).context("removing from SERVICE_SOURCES")?;
         }
@@ -410,14 +502,22 @@ impl Dataplane {
     }
 
     /// Adds host addresses, VIPs and open host ports (before a rule switch).
-    pub fn add_host_state(&mut self, hosts: &[AddrKey], vips: &[AddrKey], ports: &[(HostPort, u32)]) -> Result<()> {
+    pub fn add_host_state(
+        &mut self,
+        hosts: &[AddrKey],
+        vips: &[AddrKey],
+        ports: &[(HostPort, u32)],
+    ) -> Result<()> {
         for (name, keys) in [(names::HOST_ADDRS, hosts), (names::VIPS, vips)] {
-            let mut map: HashMap<&mut MapData, AddrKey, u8> = HashMap::try_from(self.map_mut(name)?)?;
+            let mut map: HashMap<&mut MapData, AddrKey, u8> =
+                HashMap::try_from(self.map_mut(name)?)?;
             for key in keys {
-                map.insert(key, 1, 0).with_context(|| format!("writing {name}"))?;
+                map.insert(key, 1, 0)
+                    .with_context(|| format!("writing {name}"))?;
             }
         }
-        let mut map: HashMap<&mut MapData, HostPort, u32> = HashMap::try_from(self.map_mut(names::HOST_PORTS)?)?;
+        let mut map: HashMap<&mut MapData, HostPort, u32> =
+            HashMap::try_from(self.map_mut(names::HOST_PORTS)?)?;
         for (port, scope) in ports {
             map.insert(port, scope, 0).context("writing HOST_PORTS")?;
         }
@@ -425,16 +525,32 @@ impl Dataplane {
     }
 
     /// Removes host addresses, VIPs and ports not in these lists (after a rule switch).
-    pub fn retain_host_state(&mut self, hosts: &[AddrKey], vips: &[AddrKey], ports: &[(HostPort, u32)]) -> Result<()> {
+    pub fn retain_host_state(
+        &mut self,
+        hosts: &[AddrKey],
+        vips: &[AddrKey],
+        ports: &[(HostPort, u32)],
+    ) -> Result<()> {
         for (name, keep) in [(names::HOST_ADDRS, hosts), (names::VIPS, vips)] {
-            let mut map: HashMap<&mut MapData, AddrKey, u8> = HashMap::try_from(self.map_mut(name)?)?;
-            let stale: Vec<AddrKey> = map.keys().filter_map(|k| k.ok()).filter(|k| !keep.contains(k)).collect();
+            let mut map: HashMap<&mut MapData, AddrKey, u8> =
+                HashMap::try_from(self.map_mut(name)?)?;
+            let stale: Vec<AddrKey> = map
+                .keys()
+                .filter_map(|k| k.ok())
+                .filter(|k| !keep.contains(k))
+                .collect();
             for key in stale {
-                map.remove(&key).with_context(|| format!("removing from {name}"))?;
+                map.remove(&key)
+                    .with_context(|| format!("removing from {name}"))?;
             }
         }
-        let mut map: HashMap<&mut MapData, HostPort, u32> = HashMap::try_from(self.map_mut(names::HOST_PORTS)?)?;
-        let stale: Vec<HostPort> = map.keys().filter_map(|k| k.ok()).filter(|k| !ports.iter().any(|(p, _)| p == k)).collect();
+        let mut map: HashMap<&mut MapData, HostPort, u32> =
+            HashMap::try_from(self.map_mut(names::HOST_PORTS)?)?;
+        let stale: Vec<HostPort> = map
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| !ports.iter().any(|(p, _)| p == k))
+            .collect();
         for key in stale {
             map.remove(&key).context("removing from HOST_PORTS")?;
         }
@@ -447,11 +563,15 @@ impl Dataplane {
     }
 
     fn map(&self, name: &str) -> Result<&aya::maps::Map> {
-        self.ebpf.map(name).with_context(|| format!("map `{name}` missing from the object"))
+        self.ebpf
+            .map(name)
+            .with_context(|| format!("map `{name}` missing from the object"))
     }
 
     fn map_mut(&mut self, name: &str) -> Result<&mut aya::maps::Map> {
-        self.ebpf.map_mut(name).with_context(|| format!("map `{name}` missing from the object"))
+        self.ebpf
+            .map_mut(name)
+            .with_context(|| format!("map `{name}` missing from the object"))
     }
 }
 
@@ -503,7 +623,12 @@ fn map_next_key<K: Copy>(fd: BorrowedFd<'_>, key: Option<&K>) -> std::io::Result
     // SAFETY: `attr` is a valid bpf_attr prefix for this command; the kernel writes exactly one
     // key of the map's key size (= size_of::<K>(), checked by aya when the map was typed) into `next`.
     let ret = unsafe {
-        libc::syscall(libc::SYS_bpf, BPF_MAP_GET_NEXT_KEY, std::ptr::from_ref(&attr), std::mem::size_of::<MapElemAttr>())
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_GET_NEXT_KEY,
+            std::ptr::from_ref(&attr),
+            std::mem::size_of::<MapElemAttr>(),
+        )
     };
     if ret == 0 {
         // SAFETY: the kernel filled it (see above).
@@ -524,7 +649,11 @@ fn prepare_pin_dir(dir: &Path) -> Result<()> {
     // SAFETY: statfs fills the zeroed struct; `path` is a valid C string.
     let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
     if unsafe { libc::statfs(path.as_ptr(), &mut stat) } != 0 {
-        bail!("statfs({}): {}", dir.display(), std::io::Error::last_os_error());
+        bail!(
+            "statfs({}): {}",
+            dir.display(),
+            std::io::Error::last_os_error()
+        );
     }
     if stat.f_type as i64 != BPF_FS_MAGIC {
         bail!(
@@ -544,17 +673,24 @@ pub struct PinnedMaps {
 impl PinnedMaps {
     pub fn open(dir: &Path) -> Result<Self> {
         if !dir.join(names::BACKENDS).exists() {
-            bail!("no pinned maps under {}: is `lb run` running with this pin_path?", dir.display());
+            bail!(
+                "no pinned maps under {}: is `lb run` running with this pin_path?",
+                dir.display()
+            );
         }
-        Ok(Self { dir: dir.to_owned() })
+        Ok(Self {
+            dir: dir.to_owned(),
+        })
     }
 
     fn map(&self, name: &str) -> Result<aya::maps::Map> {
-        let data = MapData::from_pin(self.dir.join(name)).with_context(|| format!("opening pinned map {name}"))?;
+        let data = MapData::from_pin(self.dir.join(name))
+            .with_context(|| format!("opening pinned map {name}"))?;
         Ok(match name {
-            names::SERVICE_STATS | names::BACKEND_STATS | names::VERDICT_STATS | names::RULE_STATS => {
-                aya::maps::Map::PerCpuArray(data)
-            }
+            names::SERVICE_STATS
+            | names::BACKEND_STATS
+            | names::VERDICT_STATS
+            | names::RULE_STATS => aya::maps::Map::PerCpuArray(data),
             names::SERVICES => aya::maps::Map::HashMap(data),
             _ => aya::maps::Map::Array(data),
         })
@@ -563,7 +699,10 @@ impl PinnedMaps {
     pub fn backends(&self) -> Result<Vec<Backend>> {
         let map = self.map(names::BACKENDS)?;
         let array: Array<&MapData, Backend> = Array::try_from(&map)?;
-        array.iter().map(|item| item.context("reading BACKENDS")).collect()
+        array
+            .iter()
+            .map(|item| item.context("reading BACKENDS"))
+            .collect()
     }
 
     pub fn backend_counters(&self, id: u32) -> Result<Counters> {
@@ -575,7 +714,10 @@ impl PinnedMaps {
     }
 
     pub fn verdict_counters(&self) -> Result<Vec<(Verdict, Counters)>> {
-        Verdict::ALL.iter().map(|&v| Ok((v, self.counters(names::VERDICT_STATS, v as u32)?))).collect()
+        Verdict::ALL
+            .iter()
+            .map(|&v| Ok((v, self.counters(names::VERDICT_STATS, v as u32)?)))
+            .collect()
     }
 
     pub fn rule_counters(&self, id: u32) -> Result<RuleCounters> {
@@ -591,7 +733,11 @@ impl PinnedMaps {
 fn sum_counters(map: &aya::maps::Map, index: u32) -> Result<Counters> {
     let array: PerCpuArray<&MapData, Counters> = PerCpuArray::try_from(map)?;
     let mut total = Counters::default();
-    for counters in array.get(&index, 0).with_context(|| format!("reading counters [{index}]"))?.iter() {
+    for counters in array
+        .get(&index, 0)
+        .with_context(|| format!("reading counters [{index}]"))?
+        .iter()
+    {
         total.add(counters);
     }
     Ok(total)
@@ -600,7 +746,11 @@ fn sum_counters(map: &aya::maps::Map, index: u32) -> Result<Counters> {
 fn rule_counters(map: &aya::maps::Map, id: u32) -> Result<RuleCounters> {
     let array: PerCpuArray<&MapData, RuleCounters> = PerCpuArray::try_from(map)?;
     let mut total = RuleCounters::default();
-    for counters in array.get(&id, 0).with_context(|| format!("reading RULE_STATS[{id}]"))?.iter() {
+    for counters in array
+        .get(&id, 0)
+        .with_context(|| format!("reading RULE_STATS[{id}]"))?
+        .iter()
+    {
         total.packets += counters.packets;
         total.bytes += counters.bytes;
         total.last_hit_ns = total.last_hit_ns.max(counters.last_hit_ns);

@@ -7,10 +7,11 @@ use std::net::{IpAddr, Ipv4Addr};
 use anyhow::{bail, Context as _, Result};
 use lb_common::{
     maps::{
-        AddrKey, Firewall, FwRule, HostPort, Rate, V4Entry, V4Group, ACTION_ALLOW, ACTION_DROP, ACTION_LOG,
-        FW_DROP_FRAGMENTS, FW_HOST_POLICY, FW_SCOPED_SOURCES, FW_TCP_FLAG_CHECKS, FW_V4_RULES, FW_V6_RULES,
-        PROTO_TCP, PROTO_UDP, REASON_POLICY, REASON_SPOOF, V4_CHILD_GROUPS, V4_ENTRY_GROUP, V4_GROUP_ENTRIES,
-        V4_HALF_GROUPS, V4_ROOT_BITS, V4_ROOT_GROUPS, V4_STRIDE_BITS,
+        AddrKey, Firewall, FwRule, HostPort, Rate, V4Entry, V4Group, ACTION_ALLOW, ACTION_DROP,
+        ACTION_LOG, FW_DROP_FRAGMENTS, FW_HOST_POLICY, FW_SCOPED_SOURCES, FW_TCP_FLAG_CHECKS,
+        FW_V4_RULES, FW_V6_RULES, PROTO_TCP, PROTO_UDP, REASON_POLICY, REASON_SPOOF,
+        V4_CHILD_GROUPS, V4_ENTRY_GROUP, V4_GROUP_ENTRIES, V4_HALF_GROUPS, V4_ROOT_BITS,
+        V4_ROOT_GROUPS, V4_STRIDE_BITS,
     },
     MAX_RULES, MAX_SERVICES,
 };
@@ -31,12 +32,24 @@ pub enum RuleKind {
     /// The bogon list.
     Bogons,
     /// A service's `allow_sources`, `deny_sources`, or the drop of everyone else.
-    ServiceAllow { service: String },
-    ServiceDeny { service: String },
-    ServiceDefaultDrop { service: String },
+    ServiceAllow {
+        service: String,
+    },
+    ServiceDeny {
+        service: String,
+    },
+    ServiceDefaultDrop {
+        service: String,
+    },
     /// The sources of an open host port, and the drop of everyone else.
-    HostPortAllow { port: u16, protocol: String },
-    HostPortDefaultDrop { port: u16, protocol: String },
+    HostPortAllow {
+        port: u16,
+        protocol: String,
+    },
+    HostPortDefaultDrop {
+        port: u16,
+        protocol: String,
+    },
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -93,21 +106,55 @@ impl RuleSet {
     /// an unchanged config. Service scopes use the service ids of `services`.
     pub fn from_config(config: &Config, services: &ServiceTable, ephemeral: (u16, u16)) -> Self {
         let fw = &config.firewall;
-        let mut set = RuleSet { rules: Vec::new(), prefixes: Vec::new(), scoped: Vec::new(), host_ports: Vec::new(), settings: Firewall::default() };
-        let add_rule = |set: &mut RuleSet, name: String, kind: RuleKind, action: Action, prefixes: &[Cidr]| -> FwRule {
+        let mut set = RuleSet {
+            rules: Vec::new(),
+            prefixes: Vec::new(),
+            scoped: Vec::new(),
+            host_ports: Vec::new(),
+            settings: Firewall::default(),
+        };
+        let add_rule = |set: &mut RuleSet,
+                        name: String,
+                        kind: RuleKind,
+                        action: Action,
+                        prefixes: &[Cidr]|
+         -> FwRule {
             let id = set.rules.len() as u32;
-            set.rules.push(RuleInfo { id, name, kind, action, prefixes: prefixes.iter().map(Cidr::to_string).collect() });
-            FwRule { id, action: action_code(action), reason: REASON_POLICY, _pad: [0; 2] }
+            set.rules.push(RuleInfo {
+                id,
+                name,
+                kind,
+                action,
+                prefixes: prefixes.iter().map(Cidr::to_string).collect(),
+            });
+            FwRule {
+                id,
+                action: action_code(action),
+                reason: REASON_POLICY,
+                _pad: [0; 2],
+            }
         };
 
         for rule in &fw.rules {
             let cidrs: Vec<Cidr> = rule.sources.iter().map(|c| *c.get_ref()).collect();
-            let entry = add_rule(&mut set, rule.name.get_ref().clone(), RuleKind::Global, rule.action, &cidrs);
+            let entry = add_rule(
+                &mut set,
+                rule.name.get_ref().clone(),
+                RuleKind::Global,
+                rule.action,
+                &cidrs,
+            );
             set.prefixes.extend(cidrs.into_iter().map(|c| (c, entry)));
         }
         if !fw.bogons.is_empty() {
             let cidrs: Vec<Cidr> = fw.bogons.iter().map(|c| *c.get_ref()).collect();
-            let mut entry = add_rule(&mut set, "bogons".into(), RuleKind::Bogons, Action::Drop, &cidrs);
+            let mut entry = add_rule(
+                &mut set,
+                "bogons".into(),
+                RuleKind::Bogons,
+                Action::Drop,
+                &cidrs,
+            );
             entry.reason = REASON_SPOOF;
             set.prefixes.extend(cidrs.into_iter().map(|c| (c, entry)));
         }
@@ -117,22 +164,67 @@ impl RuleSet {
                 continue;
             }
             let name = service.name.get_ref().clone();
-            let Some(scope) = services.services.iter().find(|s| s.name == name).map(|s| s.id) else { continue };
+            let Some(scope) = services
+                .services
+                .iter()
+                .find(|s| s.name == name)
+                .map(|s| s.id)
+            else {
+                continue;
+            };
             let allow: Vec<Cidr> = service.allow_sources.iter().map(|c| *c.get_ref()).collect();
             let deny: Vec<Cidr> = service.deny_sources.iter().map(|c| *c.get_ref()).collect();
-            let allow_rule = add_rule(&mut set, format!("{name}/allow_sources"), RuleKind::ServiceAllow { service: name.clone() }, Action::Allow, &allow);
-            set.scoped.extend(allow.into_iter().map(|c| ScopedEntry { scope, cidr: Some(c), rule: allow_rule }));
+            let allow_rule = add_rule(
+                &mut set,
+                format!("{name}/allow_sources"),
+                RuleKind::ServiceAllow {
+                    service: name.clone(),
+                },
+                Action::Allow,
+                &allow,
+            );
+            set.scoped.extend(allow.into_iter().map(|c| ScopedEntry {
+                scope,
+                cidr: Some(c),
+                rule: allow_rule,
+            }));
             if !deny.is_empty() {
-                let deny_rule = add_rule(&mut set, format!("{name}/deny_sources"), RuleKind::ServiceDeny { service: name.clone() }, Action::Drop, &deny);
-                set.scoped.extend(deny.into_iter().map(|c| ScopedEntry { scope, cidr: Some(c), rule: deny_rule }));
+                let deny_rule = add_rule(
+                    &mut set,
+                    format!("{name}/deny_sources"),
+                    RuleKind::ServiceDeny {
+                        service: name.clone(),
+                    },
+                    Action::Drop,
+                    &deny,
+                );
+                set.scoped.extend(deny.into_iter().map(|c| ScopedEntry {
+                    scope,
+                    cidr: Some(c),
+                    rule: deny_rule,
+                }));
             }
-            let others = add_rule(&mut set, format!("{name}/others"), RuleKind::ServiceDefaultDrop { service: name }, Action::Drop, &[]);
-            set.scoped.push(ScopedEntry { scope, cidr: None, rule: others });
+            let others = add_rule(
+                &mut set,
+                format!("{name}/others"),
+                RuleKind::ServiceDefaultDrop { service: name },
+                Action::Drop,
+                &[],
+            );
+            set.scoped.push(ScopedEntry {
+                scope,
+                cidr: None,
+                rule: others,
+            });
         }
 
         for (index, open) in fw.host.open_ports.iter().enumerate() {
             let port = *open.port.get_ref();
-            let key = HostPort { port: port.to_be(), proto: proto_code(open.protocol), _pad: 0 };
+            let key = HostPort {
+                port: port.to_be(),
+                proto: proto_code(open.protocol),
+                _pad: 0,
+            };
             if open.sources.is_empty() {
                 set.host_ports.push((key, 0));
                 continue;
@@ -140,10 +232,33 @@ impl RuleSet {
             let scope = MAX_SERVICES + 1 + index as u32;
             let protocol = protocol_name(open.protocol);
             let cidrs: Vec<Cidr> = open.sources.iter().map(|c| *c.get_ref()).collect();
-            let allow = add_rule(&mut set, format!("host/{protocol}/{port}"), RuleKind::HostPortAllow { port, protocol: protocol.clone() }, Action::Allow, &cidrs);
-            set.scoped.extend(cidrs.into_iter().map(|c| ScopedEntry { scope, cidr: Some(c), rule: allow }));
-            let others = add_rule(&mut set, format!("host/{protocol}/{port}/others"), RuleKind::HostPortDefaultDrop { port, protocol }, Action::Drop, &[]);
-            set.scoped.push(ScopedEntry { scope, cidr: None, rule: others });
+            let allow = add_rule(
+                &mut set,
+                format!("host/{protocol}/{port}"),
+                RuleKind::HostPortAllow {
+                    port,
+                    protocol: protocol.clone(),
+                },
+                Action::Allow,
+                &cidrs,
+            );
+            set.scoped.extend(cidrs.into_iter().map(|c| ScopedEntry {
+                scope,
+                cidr: Some(c),
+                rule: allow,
+            }));
+            let others = add_rule(
+                &mut set,
+                format!("host/{protocol}/{port}/others"),
+                RuleKind::HostPortDefaultDrop { port, protocol },
+                Action::Drop,
+                &[],
+            );
+            set.scoped.push(ScopedEntry {
+                scope,
+                cidr: None,
+                rule: others,
+            });
             set.host_ports.push((key, scope));
         }
 
@@ -195,7 +310,9 @@ impl V4Table {
         // made below an entry starts with that entry's rule (the shorter prefix's answer).
         let mut order: Vec<usize> = (0..prefixes.len()).collect();
         order.sort_by_key(|&i| prefixes[i].1);
-        let mut table = V4Table { groups: vec![[0; V4_GROUP_ENTRIES as usize]; V4_ROOT_GROUPS as usize] };
+        let mut table = V4Table {
+            groups: vec![[0; V4_GROUP_ENTRIES as usize]; V4_ROOT_GROUPS as usize],
+        };
         for i in order {
             let (addr, len, rule) = &prefixes[i];
             if *len > 32 {
@@ -214,11 +331,15 @@ impl V4Table {
         if len <= V4_ROOT_BITS {
             // The root's entries in address order are the entries of groups 0, 1, ... in turn.
             for slot in root..root + (1 << (V4_ROOT_BITS - len)) {
-                self.groups[(slot / V4_GROUP_ENTRIES) as usize][(slot % V4_GROUP_ENTRIES) as usize] = entry;
+                self.groups[(slot / V4_GROUP_ENTRIES) as usize]
+                    [(slot % V4_GROUP_ENTRIES) as usize] = entry;
             }
             return Ok(());
         }
-        let (mut group, mut index) = ((root / V4_GROUP_ENTRIES) as usize, (root % V4_GROUP_ENTRIES) as usize);
+        let (mut group, mut index) = (
+            (root / V4_GROUP_ENTRIES) as usize,
+            (root % V4_GROUP_ENTRIES) as usize,
+        );
         let mut resolved = V4_ROOT_BITS;
         loop {
             let child = self.child(group, index)?;
@@ -253,12 +374,18 @@ impl V4Table {
     /// The rule for `addr`, walked as the data path walks the map (lb-ebpf `firewall::v4_rule`).
     pub fn lookup(&self, addr: Ipv4Addr) -> Option<FwRule> {
         let addr = u32::from(addr);
-        let mut entry = *self.groups.get((addr >> 16) as usize)?.get(((addr >> 12) & 0xF) as usize)?;
+        let mut entry = *self
+            .groups
+            .get((addr >> 16) as usize)?
+            .get(((addr >> 12) & 0xF) as usize)?;
         for shift in [2 * V4_STRIDE_BITS, V4_STRIDE_BITS, 0] {
             if entry & V4_ENTRY_GROUP == 0 {
                 break;
             }
-            entry = *self.groups.get((entry & !V4_ENTRY_GROUP) as usize)?.get(((addr >> shift) & 0xF) as usize)?;
+            entry = *self
+                .groups
+                .get((entry & !V4_ENTRY_GROUP) as usize)?
+                .get(((addr >> shift) & 0xF) as usize)?;
         }
         (entry != 0 && entry & V4_ENTRY_GROUP == 0).then(|| V4Entry::decode(entry))
     }
@@ -270,7 +397,12 @@ fn prefix_mask(len: u8) -> u32 {
 
 /// Writes `set` as the next generation, switches the data path to it, then removes the old
 /// one. Returns the generation now live.
-pub fn apply(dataplane: &mut Dataplane, set: &RuleSet, host_addrs: &[IpAddr], vips: &[IpAddr]) -> Result<u32> {
+pub fn apply(
+    dataplane: &mut Dataplane,
+    set: &RuleSet,
+    host_addrs: &[IpAddr],
+    vips: &[IpAddr],
+) -> Result<u32> {
     let live = dataplane.firewall()?;
     let next = if live.generation == 0 { 1 } else { 0 };
     let v4: Vec<(Ipv4Addr, u8, FwRule)> = set
@@ -282,8 +414,12 @@ pub fn apply(dataplane: &mut Dataplane, set: &RuleSet, host_addrs: &[IpAddr], vi
         })
         .collect();
     let table = V4Table::build(&v4).context("building the IPv4 rule table")?;
-    dataplane.write_v4_table(next, &table.groups).context("writing the idle half of the IPv4 rule table")?;
-    dataplane.clear_rule_generation(next).context("clearing the idle rule generation")?;
+    dataplane
+        .write_v4_table(next, &table.groups)
+        .context("writing the idle half of the IPv4 rule table")?;
+    dataplane
+        .clear_rule_generation(next)
+        .context("clearing the idle rule generation")?;
     for (cidr, rule) in set.prefixes.iter().filter(|(cidr, _)| cidr.addr.is_ipv6()) {
         dataplane.put_v6_prefix(next, cidr, rule)?;
     }
@@ -293,16 +429,31 @@ pub fn apply(dataplane: &mut Dataplane, set: &RuleSet, host_addrs: &[IpAddr], vi
     // Addresses and ports are added before the switch and removed after it, so the host policy
     // never lacks an entry the new rules need.
     let addr_keys = |addrs: &[IpAddr]| -> Vec<AddrKey> {
-        addrs.iter().map(|a| { let (addr, family) = addr_words(*a); AddrKey { addr, family, _pad: [0; 3] } }).collect()
+        addrs
+            .iter()
+            .map(|a| {
+                let (addr, family) = addr_words(*a);
+                AddrKey {
+                    addr,
+                    family,
+                    _pad: [0; 3],
+                }
+            })
+            .collect()
     };
     let host_keys = addr_keys(host_addrs);
     let vip_keys = addr_keys(vips);
     dataplane.add_host_state(&host_keys, &vip_keys, &set.host_ports)?;
-    dataplane.set_firewall(&Firewall { generation: next, ..set.settings })?;
+    dataplane.set_firewall(&Firewall {
+        generation: next,
+        ..set.settings
+    })?;
     dataplane.retain_host_state(&host_keys, &vip_keys, &set.host_ports)?;
     // The old half of the IPv4 table stays as it is (unreachable) until the next change
     // overwrites it; the tries' old keys go now.
-    dataplane.clear_rule_generation(1 - next).context("removing the old rule generation")?;
+    dataplane
+        .clear_rule_generation(1 - next)
+        .context("removing the old rule generation")?;
     Ok(next)
 }
 
@@ -343,7 +494,9 @@ pub fn interface_addresses(iface: &str) -> Result<Vec<IpAddr>> {
             match (*entry.ifa_addr).sa_family as i32 {
                 libc::AF_INET => {
                     let sin = &*(entry.ifa_addr as *const libc::sockaddr_in);
-                    addrs.push(IpAddr::from(u32::from_be(sin.sin_addr.s_addr).to_be_bytes()));
+                    addrs.push(IpAddr::from(
+                        u32::from_be(sin.sin_addr.s_addr).to_be_bytes(),
+                    ));
                 }
                 libc::AF_INET6 => {
                     let sin6 = &*(entry.ifa_addr as *const libc::sockaddr_in6);
@@ -380,8 +533,17 @@ mod tests {
 
     fn rule(id: u32, rng: &mut Rng) -> FwRule {
         let action = [ACTION_ALLOW, ACTION_DROP, ACTION_LOG][rng.below(3) as usize];
-        let reason = if rng.below(4) == 0 { REASON_SPOOF } else { REASON_POLICY };
-        FwRule { id, action, reason, _pad: [0; 2] }
+        let reason = if rng.below(4) == 0 {
+            REASON_SPOOF
+        } else {
+            REASON_POLICY
+        };
+        FwRule {
+            id,
+            action,
+            reason,
+            _pad: [0; 2],
+        }
     }
 
     /// The reference: every prefix that contains `addr`, the longest wins, the later of equals.
@@ -389,7 +551,9 @@ mod tests {
         let mut best: Option<(u8, FwRule)> = None;
         for (prefix, len, rule) in prefixes {
             let mask = prefix_mask(*len);
-            if u32::from(*prefix) & mask == u32::from(addr) & mask && best.is_none_or(|(l, _)| *len >= l) {
+            if u32::from(*prefix) & mask == u32::from(addr) & mask
+                && best.is_none_or(|(l, _)| *len >= l)
+            {
                 best = Some((*len, *rule));
             }
         }
@@ -404,7 +568,11 @@ mod tests {
                 let len = rng.below(33) as u8;
                 let base = bases[rng.below(bases.len() as u64) as usize];
                 // Mostly near the base (nesting), sometimes anywhere; host bits left in on purpose.
-                let addr = if rng.below(4) == 0 { rng.next() as u32 } else { base ^ (rng.next() as u32 & 0x00FF_FFFF >> rng.below(24)) };
+                let addr = if rng.below(4) == 0 {
+                    rng.next() as u32
+                } else {
+                    base ^ (rng.next() as u32 & 0x00FF_FFFF >> rng.below(24))
+                };
                 (Ipv4Addr::from(addr), len, rule(i as u32, rng))
             })
             .collect()
@@ -417,7 +585,13 @@ mod tests {
         for (addr, len, _) in prefixes {
             let first = u32::from(*addr) & prefix_mask(*len);
             let last = first | !prefix_mask(*len);
-            for a in [first, last, first.wrapping_sub(1), last.wrapping_add(1), first | (rng.next() as u32 & !prefix_mask(*len))] {
+            for a in [
+                first,
+                last,
+                first.wrapping_sub(1),
+                last.wrapping_add(1),
+                first | (rng.next() as u32 & !prefix_mask(*len)),
+            ] {
                 out.push(Ipv4Addr::from(a));
             }
         }
@@ -429,7 +603,12 @@ mod tests {
     fn check_against_reference(prefixes: &[(Ipv4Addr, u8, FwRule)], rng: &mut Rng) {
         let table = V4Table::build(prefixes).expect("table builds");
         for addr in probes(rng, prefixes) {
-            assert_eq!(table.lookup(addr), naive(prefixes, addr), "{addr} with {} prefixes", prefixes.len());
+            assert_eq!(
+                table.lookup(addr),
+                naive(prefixes, addr),
+                "{addr} with {} prefixes",
+                prefixes.len()
+            );
         }
     }
 
@@ -448,28 +627,77 @@ mod tests {
         let mut rng = Rng(7);
         // 10.1.2.3 inside prefixes of every length: each longer one must win below it.
         let addr = Ipv4Addr::new(10, 1, 2, 3);
-        let mut prefixes: Vec<_> = (0..=32).rev().map(|len| (addr, len, rule(u32::from(len), &mut rng))).collect();
+        let mut prefixes: Vec<_> = (0..=32)
+            .rev()
+            .map(|len| (addr, len, rule(u32::from(len), &mut rng)))
+            .collect();
         check_against_reference(&prefixes, &mut rng);
         // An allowed /32 inside a denied /16, as in the issue.
         prefixes = vec![
-            (Ipv4Addr::new(192, 168, 0, 0), 16, FwRule { id: 1, action: ACTION_DROP, reason: REASON_POLICY, _pad: [0; 2] }),
-            (Ipv4Addr::new(192, 168, 7, 9), 32, FwRule { id: 2, action: ACTION_ALLOW, reason: REASON_POLICY, _pad: [0; 2] }),
+            (
+                Ipv4Addr::new(192, 168, 0, 0),
+                16,
+                FwRule {
+                    id: 1,
+                    action: ACTION_DROP,
+                    reason: REASON_POLICY,
+                    _pad: [0; 2],
+                },
+            ),
+            (
+                Ipv4Addr::new(192, 168, 7, 9),
+                32,
+                FwRule {
+                    id: 2,
+                    action: ACTION_ALLOW,
+                    reason: REASON_POLICY,
+                    _pad: [0; 2],
+                },
+            ),
         ];
         let table = V4Table::build(&prefixes).expect("table builds");
-        assert_eq!(table.lookup(Ipv4Addr::new(192, 168, 7, 9)).map(|r| r.id), Some(2));
-        assert_eq!(table.lookup(Ipv4Addr::new(192, 168, 7, 8)).map(|r| r.id), Some(1));
+        assert_eq!(
+            table.lookup(Ipv4Addr::new(192, 168, 7, 9)).map(|r| r.id),
+            Some(2)
+        );
+        assert_eq!(
+            table.lookup(Ipv4Addr::new(192, 168, 7, 8)).map(|r| r.id),
+            Some(1)
+        );
         assert_eq!(table.lookup(Ipv4Addr::new(192, 169, 0, 0)), None);
     }
 
     #[test]
     fn the_later_rule_of_one_prefix_wins_and_a_default_route_covers_all() {
-        let drop = FwRule { id: 3, action: ACTION_DROP, reason: REASON_POLICY, _pad: [0; 2] };
-        let log = FwRule { id: 4, action: ACTION_LOG, reason: REASON_POLICY, _pad: [0; 2] };
-        let table = V4Table::build(&[(Ipv4Addr::UNSPECIFIED, 0, drop), (Ipv4Addr::UNSPECIFIED, 0, log)]).expect("builds");
-        for addr in [Ipv4Addr::UNSPECIFIED, Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::BROADCAST] {
+        let drop = FwRule {
+            id: 3,
+            action: ACTION_DROP,
+            reason: REASON_POLICY,
+            _pad: [0; 2],
+        };
+        let log = FwRule {
+            id: 4,
+            action: ACTION_LOG,
+            reason: REASON_POLICY,
+            _pad: [0; 2],
+        };
+        let table = V4Table::build(&[
+            (Ipv4Addr::UNSPECIFIED, 0, drop),
+            (Ipv4Addr::UNSPECIFIED, 0, log),
+        ])
+        .expect("builds");
+        for addr in [
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::new(10, 0, 0, 1),
+            Ipv4Addr::BROADCAST,
+        ] {
             assert_eq!(table.lookup(addr), Some(log), "{addr}");
         }
-        assert_eq!(table.groups.len(), V4_ROOT_GROUPS as usize, "no group below the root for a /0");
+        assert_eq!(
+            table.groups.len(),
+            V4_ROOT_GROUPS as usize,
+            "no group below the root for a /0"
+        );
     }
 
     #[test]
@@ -477,8 +705,15 @@ mod tests {
         // The worst case for the table: every prefix a /32 in its own /20, so each needs three
         // groups below the root.
         let n = (lb_common::MAX_PREFIXES / 2) as usize;
-        let drop = FwRule { id: 0, action: ACTION_DROP, reason: REASON_POLICY, _pad: [0; 2] };
-        let prefixes: Vec<_> = (0..n).map(|i| (Ipv4Addr::from((i as u32) << 12 | 0x123), 32, drop)).collect();
+        let drop = FwRule {
+            id: 0,
+            action: ACTION_DROP,
+            reason: REASON_POLICY,
+            _pad: [0; 2],
+        };
+        let prefixes: Vec<_> = (0..n)
+            .map(|i| (Ipv4Addr::from((i as u32) << 12 | 0x123), 32, drop))
+            .collect();
         let table = V4Table::build(&prefixes).expect("a full generation fits");
         assert_eq!(table.groups.len(), V4_HALF_GROUPS as usize);
         assert_eq!(table.lookup(Ipv4Addr::from(5u32 << 12 | 0x123)), Some(drop));
@@ -487,11 +722,23 @@ mod tests {
 
     #[test]
     fn bad_input_is_an_error_not_a_panic() {
-        let too_big = FwRule { id: MAX_RULES, action: ACTION_DROP, reason: REASON_POLICY, _pad: [0; 2] };
-        let err = V4Table::build(&[(Ipv4Addr::new(10, 0, 0, 0), 8, too_big)]).expect_err("rule id out of range");
+        let too_big = FwRule {
+            id: MAX_RULES,
+            action: ACTION_DROP,
+            reason: REASON_POLICY,
+            _pad: [0; 2],
+        };
+        let err = V4Table::build(&[(Ipv4Addr::new(10, 0, 0, 0), 8, too_big)])
+            .expect_err("rule id out of range");
         assert!(format!("{err:#}").contains("rule id"), "{err:#}");
-        let ok = FwRule { id: 1, action: ACTION_DROP, reason: REASON_POLICY, _pad: [0; 2] };
-        let err = V4Table::build(&[(Ipv4Addr::new(10, 0, 0, 0), 33, ok)]).expect_err("length out of range");
+        let ok = FwRule {
+            id: 1,
+            action: ACTION_DROP,
+            reason: REASON_POLICY,
+            _pad: [0; 2],
+        };
+        let err = V4Table::build(&[(Ipv4Addr::new(10, 0, 0, 0), 33, ok)])
+            .expect_err("length out of range");
         assert!(format!("{err:#}").contains("at most 32"), "{err:#}");
     }
 }

@@ -539,7 +539,11 @@ fn the_ipv4_rule_table_is_a_longest_prefix_match_at_every_depth() {
         let mut sources = Vec::new();
         for _ in 0..40 {
             let len = 8 + (next() % 25) as u8;
-            let base = if next() % 2 == 0 { 0xCB00_0000u32 } else { 0xC612_0000 };
+            let base = if next() % 2 == 0 {
+                0xCB00_0000u32
+            } else {
+                0xC612_0000
+            };
             let addr = (base | (next() as u32 & 0x0003_FFFF)) & (u32::MAX << (32 - u32::from(len)));
             // The config refuses a prefix in two rules.
             if prefixes.iter().any(|&(a, l, _)| (a, l) == (addr, len)) {
@@ -572,14 +576,28 @@ fn the_ipv4_rule_table_is_a_longest_prefix_match_at_every_depth() {
     let mut probes = Vec::new();
     for &(first, len, _) in &prefixes {
         let last = first | !u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
-        probes.extend([first, last, first.wrapping_sub(1), last.wrapping_add(1), first + (last - first) / 2]);
+        probes.extend([
+            first,
+            last,
+            first.wrapping_sub(1),
+            last.wrapping_add(1),
+            first + (last - first) / 2,
+        ]);
     }
     let mut dropped = 0;
     for (i, addr) in probes.into_iter().enumerate() {
         let src = std::net::Ipv4Addr::from(addr).to_string();
         let want = expected(addr);
         dropped += usize::from(want == XDP_DROP);
-        assert_action(&h, &syn(&src, 1024 + (i % 60000) as u16, "10.0.0.100", 80), want, &format!("source {src}"));
+        assert_action(
+            &h,
+            &syn(&src, 1024 + (i % 60000) as u16, "10.0.0.100", 80),
+            want,
+            &format!("source {src}"),
+        );
     }
-    assert!(dropped > 100, "the probes hit drop rules ({dropped}), not only passes");
+    assert!(
+        dropped > 100,
+        "the probes hit drop rules ({dropped}), not only passes"
+    );
 }

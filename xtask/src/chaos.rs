@@ -679,11 +679,26 @@ fn db_failover(suite: &mut Suite) -> Result<Finding> {
 fn db_failover_on(suite: &Suite, lab: &Lab) -> Result<Finding> {
     let lb = stack::release_binary("lb")?;
     let started = stack::start_full_stack(lab, &random_token()?)?;
-    let before = if suite.quick { DB_WRITES_BEFORE_KILL.1 } else { DB_WRITES_BEFORE_KILL.0 };
-    let report = failover::kill_primary_during_writes(lab, &lb, host::DB1, started.db1, host::DB2, before, Duration::from_secs(30))
-        .map_err(|e| anyhow::anyhow!("{e:#}\nagent log:\n{}", tail(&lab.read_log("agent"), 30)))?;
-    let rejoined = failover::bring_back_as_replica(lab, &lb, host::DB1, host::DB2, Duration::from_secs(30))
-        .and_then(|_| failover::wait_caught_up(lab, host::DB1, host::DB2, Duration::from_secs(10)));
+    let before = if suite.quick {
+        DB_WRITES_BEFORE_KILL.1
+    } else {
+        DB_WRITES_BEFORE_KILL.0
+    };
+    let report = failover::kill_primary_during_writes(
+        lab,
+        &lb,
+        host::DB1,
+        started.db1,
+        host::DB2,
+        before,
+        Duration::from_secs(30),
+    )
+    .map_err(|e| anyhow::anyhow!("{e:#}\nagent log:\n{}", tail(&lab.read_log("agent"), 30)))?;
+    let rejoined =
+        failover::bring_back_as_replica(lab, &lb, host::DB1, host::DB2, Duration::from_secs(30))
+            .and_then(|_| {
+                failover::wait_caught_up(lab, host::DB1, host::DB2, Duration::from_secs(10))
+            });
     let failover_ms = ms(report.failover);
     let pass = report.lost_writes == 0 && report.failover <= FAILOVER_BAR && rejoined.is_ok();
     Ok(Finding {

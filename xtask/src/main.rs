@@ -7,8 +7,8 @@ use clap::{Parser, Subcommand};
 use xtask::{lab, setup, util};
 
 mod bench;
-mod demo;
 mod chaos;
+mod demo;
 mod run;
 mod test;
 

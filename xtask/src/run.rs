@@ -124,8 +124,15 @@ fn forward_dashboard(lab: &Lab) -> Option<Forwarder> {
 
 fn print_guide(lab: &Lab, lb: &std::path::Path, dashboard: Option<&Forwarder>) {
     let dashboard = match dashboard {
-        Some(forwarder) => format!("http://{}/ui   (open it in a browser on this host)", forwarder.local_addr()),
-        None => format!("not on this host; inside the lab: ip netns exec {} curl http://{}/ui", lab.ns(host::LB), stack::AGENT_API),
+        Some(forwarder) => format!(
+            "http://{}/ui   (open it in a browser on this host)",
+            forwarder.local_addr()
+        ),
+        None => format!(
+            "not on this host; inside the lab: ip netns exec {} curl http://{}/ui",
+            lab.ns(host::LB),
+            stack::AGENT_API
+        ),
     };
     let client = lab.ns(host::CLIENT);
     let lbns = lab.ns(host::LB);

@@ -428,32 +428,56 @@ pub fn venv_dir() -> Result<PathBuf> {
 pub fn working_schemathesis() -> Option<PathBuf> {
     let bin = venv_dir().ok()?.join("bin/schemathesis");
     let out = util::output(Command::new(&bin).arg("--version")).ok()?;
-    String::from_utf8_lossy(&out.stdout).contains(SCHEMATHESIS_VERSION).then_some(bin)
+    String::from_utf8_lossy(&out.stdout)
+        .contains(SCHEMATHESIS_VERSION)
+        .then_some(bin)
 }
 
 fn schemathesis() -> Result<()> {
     if let Some(bin) = working_schemathesis() {
-        say("schemathesis", &format!("ok (present: {SCHEMATHESIS_VERSION}, {})", bin.display()));
+        say(
+            "schemathesis",
+            &format!("ok (present: {SCHEMATHESIS_VERSION}, {})", bin.display()),
+        );
         return Ok(());
     }
     let venv = venv_dir()?;
     // Debian's interpreter (python3-venv above) when there is one; else whatever python3 is.
-    let python = if Path::new("/usr/bin/python3").exists() { "/usr/bin/python3" } else { "python3" };
+    let python = if Path::new("/usr/bin/python3").exists() {
+        "/usr/bin/python3"
+    } else {
+        "python3"
+    };
     if !venv.join("bin/pip").exists() {
-        say("schemathesis", &format!("creating the venv {}", venv.display()));
+        say(
+            "schemathesis",
+            &format!("creating the venv {}", venv.display()),
+        );
         util::run(Command::new(python).args(["-m", "venv"]).arg(&venv))?;
     }
-    say("schemathesis", &format!("installing {SCHEMATHESIS_VERSION} from PyPI (about a minute)..."));
+    say(
+        "schemathesis",
+        &format!("installing {SCHEMATHESIS_VERSION} from PyPI (about a minute)..."),
+    );
     let mut pip = Command::new(venv.join("bin/pip"));
-    pip.args(["install", "--disable-pip-version-check", "--quiet", &format!("schemathesis=={SCHEMATHESIS_VERSION}")])
-        .stdin(std::process::Stdio::null());
-    util::output_timeout(&mut pip, std::time::Duration::from_secs(600)).and_then(|out| util::check(&pip, out))?;
+    pip.args([
+        "install",
+        "--disable-pip-version-check",
+        "--quiet",
+        &format!("schemathesis=={SCHEMATHESIS_VERSION}"),
+    ])
+    .stdin(std::process::Stdio::null());
+    util::output_timeout(&mut pip, std::time::Duration::from_secs(600))
+        .and_then(|out| util::check(&pip, out))?;
     match working_schemathesis() {
         Some(bin) => {
             say("schemathesis", &format!("installed ({})", bin.display()));
             Ok(())
         }
-        None => bail!("pip installed schemathesis=={SCHEMATHESIS_VERSION} into {} but it does not run", venv.display()),
+        None => bail!(
+            "pip installed schemathesis=={SCHEMATHESIS_VERSION} into {} but it does not run",
+            venv.display()
+        ),
     }
 }
 
@@ -468,11 +492,22 @@ fn cargo_fuzz() -> Result<()> {
         say("cargo-fuzz", &format!("ok (present: {CARGO_FUZZ_VERSION})"));
         return Ok(());
     }
-    say("cargo-fuzz", &format!("installing {CARGO_FUZZ_VERSION} (about a minute)..."));
+    say(
+        "cargo-fuzz",
+        &format!("installing {CARGO_FUZZ_VERSION} (about a minute)..."),
+    );
     let mut cmd = Command::new("cargo");
-    cmd.args(["+stable", "install", "cargo-fuzz", "--version", CARGO_FUZZ_VERSION, "--locked", "--force"])
-        .env_remove("RUSTUP_TOOLCHAIN")
-        .stdin(std::process::Stdio::null());
+    cmd.args([
+        "+stable",
+        "install",
+        "cargo-fuzz",
+        "--version",
+        CARGO_FUZZ_VERSION,
+        "--locked",
+        "--force",
+    ])
+    .env_remove("RUSTUP_TOOLCHAIN")
+    .stdin(std::process::Stdio::null());
     util::run(&mut cmd)?;
     if !working_cargo_fuzz() {
         bail!("`cargo install cargo-fuzz` finished but `cargo fuzz --version` is not {CARGO_FUZZ_VERSION}");

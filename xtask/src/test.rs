@@ -80,7 +80,10 @@ pub fn run(args: TestArgs) -> Result<()> {
     if root {
         // The demo (the mission's checks end to end) counts as one more test.
         println!("xtask test: == cargo xtask demo ==");
-        match crate::demo::run_checks(&crate::demo::DemoArgs { no_setup: true, no_build: true }) {
+        match crate::demo::run_checks(&crate::demo::DemoArgs {
+            no_setup: true,
+            no_build: true,
+        }) {
             Ok((passed, total)) if passed == total => tally.passed += 1,
             Ok((passed, total)) => {
                 eprintln!("xtask test: demo FAILED: {passed}/{total} checks passed");
@@ -93,7 +96,11 @@ pub fn run(args: TestArgs) -> Result<()> {
         }
         // The quick chaos suite (faults under load, fuzzers) counts as one more test.
         println!("xtask test: == cargo xtask chaos --quick ==");
-        match crate::chaos::run(crate::chaos::ChaosArgs { quick: true, no_setup: true, seed: None }) {
+        match crate::chaos::run(crate::chaos::ChaosArgs {
+            quick: true,
+            no_setup: true,
+            seed: None,
+        }) {
             Ok(()) => tally.passed += 1,
             Err(e) => {
                 eprintln!("xtask test: chaos --quick FAILED: {e:#}");
@@ -137,7 +144,9 @@ struct Tally {
 fn run_and_tally(cmd: &mut Command) -> Result<Tally> {
     use std::io::{BufRead, BufReader};
     cmd.stdout(std::process::Stdio::piped());
-    let mut child = cmd.spawn().with_context(|| format!("starting {}", util::cmd_line(cmd)))?;
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("starting {}", util::cmd_line(cmd)))?;
     let mut tally = Tally::default();
     if let Some(stdout) = child.stdout.take() {
         for line in BufReader::new(stdout).lines() {
@@ -152,8 +161,12 @@ fn run_and_tally(cmd: &mut Command) -> Result<Tally> {
     let status = child.wait()?;
     if !status.success() {
         tally.failed = tally.failed.max(1);
-        tally.cargo_test_failure =
-            Some(format!("{} exited with {status} ({} passed, {} failed)", util::cmd_line(cmd), tally.passed, tally.failed));
+        tally.cargo_test_failure = Some(format!(
+            "{} exited with {status} ({} passed, {} failed)",
+            util::cmd_line(cmd),
+            tally.passed,
+            tally.failed
+        ));
     }
     Ok(tally)
 }
@@ -162,7 +175,12 @@ fn run_and_tally(cmd: &mut Command) -> Result<Tally> {
 fn count(summary: &str, what: &str) -> u64 {
     summary
         .split(';')
-        .find_map(|part| part.trim().trim_start_matches("ok. ").trim_start_matches("FAILED. ").strip_suffix(what.trim_start()))
+        .find_map(|part| {
+            part.trim()
+                .trim_start_matches("ok. ")
+                .trim_start_matches("FAILED. ")
+                .strip_suffix(what.trim_start())
+        })
         .and_then(|n| n.trim().parse().ok())
         .unwrap_or(0)
 }

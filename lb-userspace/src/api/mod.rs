@@ -79,7 +79,9 @@ pub fn router(state: SharedState) -> Router {
 
 /// JSON errors for unknown paths and methods, on every route registered before.
 fn with_fallbacks<S: Clone + Send + Sync + 'static>(routes: Router<S>) -> Router<S> {
-    routes.fallback(not_found).method_not_allowed_fallback(method_not_allowed)
+    routes
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
 }
 
 /// An error answer: HTTP status, stable code, message for people.
