@@ -24,6 +24,8 @@ fn the_app_tier_serves_through_the_vip_over_http_and_https() {
         api_token: None,
         db_health: Some(format!("kind = \"mysql\"\nuser = \"{MYSQL_CHECK_USER}\"\npassword = \"{MYSQL_CHECK_PASSWORD}\"")),
         app_tier: true,
+        database: false,
+        firewall: false,
     };
     stack::start_with(&lab, &options).unwrap_or_else(|e| panic!("{e:#}"));
 

@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 use xtask::{
     forward::Forwarder,
     lab::{addr, host, Lab, LabSpec},
-    stack::{self, AgentOptions, MYSQL_CHECK_PASSWORD, MYSQL_CHECK_USER},
+    stack,
 };
 
 /// Longest wait for something the page does once a second.
@@ -38,14 +38,8 @@ fn the_dashboard_shows_both_backends_and_charts_their_live_rates() {
         "the dashboard test needs Debian's chromium and chromium-driver: run `cargo xtask setup`"
     );
     let lab = Lab::up(LabSpec::standard("lbt-ui-")).unwrap_or_else(|e| panic!("lab: {e:#}"));
-    stack::start_mariadb(&lab, host::DB1).unwrap_or_else(|e| panic!("{e:#}"));
-    let options = AgentOptions {
-        web_health: Some("kind = \"http\"\npath = \"/healthz\"\nexpect_status = 200".into()),
-        api_token: None,
-        db_health: Some(format!("kind = \"mysql\"\nuser = \"{MYSQL_CHECK_USER}\"\npassword = \"{MYSQL_CHECK_PASSWORD}\"\nrole = \"primary\"")),
-        app_tier: true,
-    };
-    stack::start_with(&lab, &options).unwrap_or_else(|e| panic!("{e:#}"));
+    // The whole stack: the database panel shows the replicated cluster's real roles.
+    stack::start_full_stack(&lab, "dashboard-test-token").unwrap_or_else(|e| panic!("{e:#}"));
     for web in ["web1", "web2"] {
         let healthy =
             xtask::util::wait_until(Duration::from_secs(10), Duration::from_millis(100), || {
@@ -374,7 +368,7 @@ fn the_database_panel_renders_roles(browser: &Browser, lab: &Lab) {
     // The live panel follows the agent's status, whether it manages a database or not.
     let status = lb_json(lab, &["status"]);
     let script = match status.get("database") {
-        None | Some(Value::Null) => "return !!document.getElementById('database-none');".to_string(),
+        None | Some(Value::Null) => panic!("the full stack's agent reports no database: {status}"),
         Some(db) => format!(
             "const s = document.getElementById('database-summary'); return !!s && s.dataset.primary === {};",
             json!(db["primary"].as_str().unwrap_or(""))
