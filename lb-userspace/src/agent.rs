@@ -766,12 +766,15 @@ impl AgentState {
         if self.database_watch.as_ref().map(|w| w.token) != Some(token) {
             return false;
         }
-        self.database = Some(status.clone());
         let Some(database) = &self.config.database else {
             return false;
         };
         let write_service = database.write_service.get_ref().clone();
         let read_service = database.read_service.as_ref().map(|r| r.get_ref().clone());
+        let mut named = status.clone();
+        named.write_service.clone_from(&write_service);
+        named.read_service.clone_from(&read_service);
+        self.database = Some(named);
         for index in 0..self.table.services.len() {
             let name = self.table.services[index].name.clone();
             let wanted: Vec<(u32, bool)> = if name == write_service {

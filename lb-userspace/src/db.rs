@@ -164,6 +164,11 @@ pub struct NodeStatus {
 /// What the agent reports after every round (`GET /api/v1/status`, field `database`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DatabaseStatus {
+    /// The services of the write and read VIPs (filled in by the agent).
+    #[serde(default)]
+    pub write_service: String,
+    #[serde(default)]
+    pub read_service: Option<String>,
     pub primary: Option<String>,
     /// The node behind the write VIP, and those behind the read VIP.
     pub write: Option<String>,
@@ -561,7 +566,9 @@ pub async fn run(
                     conns[i] = Some(conn);
                     Ok(seen)
                 }
-                Err(e) => Err(format!("{e:#}")),
+                // The outermost context and the root cause: driver errors repeat themselves.
+                Err(e) if e.chain().count() > 1 => Err(format!("{e}: {}", e.root_cause())),
+                Err(e) => Err(format!("{e}")),
             };
         }
         cluster.observe(&probes, started);
@@ -744,6 +751,8 @@ fn status_of(
         })
         .collect();
     DatabaseStatus {
+        write_service: String::new(),
+        read_service: None,
         primary: decision.primary.map(|p| cluster.nodes[p].name.clone()),
         write: decision.write.map(|w| cluster.nodes[w].name.clone()),
         read: decision

@@ -188,6 +188,7 @@ pub fn document() -> Value {
                     "traffic": { "type": "object", "properties": { "packets": { "type": "integer" }, "bytes": { "type": "integer" }, "new_flows": { "type": "integer" }, "dropped_packets": { "type": "integer" } } },
                     "verdicts": { "type": "array", "items": { "type": "object", "properties": { "verdict": { "type": "string" }, "packets": { "type": "integer" }, "bytes": { "type": "integer" } } } },
                     "database": { "type": "object", "nullable": true, "description": "null without a [database] section", "properties": {
+                        "write_service": { "type": "string" }, "read_service": { "type": "string", "nullable": true },
                         "primary": { "type": "string", "nullable": true }, "write": { "type": "string", "nullable": true },
                         "read": { "type": "array", "items": { "type": "string" } }, "failovers": { "type": "integer" },
                         "last_failover": { "type": "object", "nullable": true, "properties": { "from": { "type": "string" }, "to": { "type": "string" }, "at_unix": { "type": "integer" }, "duration_ms": { "type": "integer" } } },

@@ -181,7 +181,9 @@
     );
   }
 
-  function healthCell(health) {
+  function healthCell(health, dbNode) {
+    // Database services: the agent's [database] watch decides by the node's role.
+    if (!health && dbNode) return h("td", null, `database: ${dbNode.role}${dbNode.error ? " (" + dbNode.error + ")" : ""}`);
     if (!health) return h("td", { class: "muted" }, "no check (counts as up)");
     const last = health.last_ok === null || health.last_ok === undefined ? "not checked yet" : health.last_ok ? "ok" : "failed";
     const latency = health.last_latency_ms === null || health.last_latency_ms === undefined ? "" : `, ${health.last_latency_ms.toFixed(1)} ms`;
@@ -197,7 +199,9 @@
 
   const STATE_KIND = { active: "good", draining: "warn", down: "bad" };
 
-  function renderServices(services, lists, rates) {
+  function renderServices(services, lists, rates, database) {
+    const dbNodes = new Map(((database && database.nodes) || []).map((n) => [n.name, n]));
+    const dbServices = new Set(database ? [database.write_service, database.read_service] : []);
     const blocks = services.map((service, i) => {
       const list = lists[i];
       const rows = list.backends.map((b) => {
@@ -209,7 +213,7 @@
           h("td", null, `${b.address}:${b.port}`),
           h("td", { class: "num" }, String(b.weight)),
           h("td", { class: "state" }, badge(b.state, STATE_KIND[b.state] || "warn"), b.admin === "draining" && b.state !== "draining" ? " (admin: draining)" : null),
-          healthCell(b.health),
+          healthCell(b.health, dbServices.has(list.service) ? dbNodes.get(b.name) : undefined),
           h("td", { class: "num pps" }, rate(r.pps)),
           h("td", { class: "num fps" }, rate(r.fps)),
           h("td", { class: "num" }, count(b.packets)),
@@ -449,7 +453,7 @@
       state.previous = current;
       renderHeader(snapshot.status);
       renderOverview(snapshot.status, rates);
-      renderServices(snapshot.services, snapshot.backends, rates);
+      renderServices(snapshot.services, snapshot.backends, rates, snapshot.status.database);
       renderFirewall(snapshot.firewall, rates);
       renderDatabase(snapshot.status.database);
       renderScopeChoices(snapshot.services);
