@@ -194,12 +194,7 @@ pub fn run(args: ChaosArgs) -> Result<()> {
     if !args.no_setup {
         setup::run()?;
     }
-    util::run(
-        Command::new("cargo")
-            .current_dir(util::workspace_root())
-            .args(["build", "--release"]),
-    )
-    .context("building the workspace")?;
+    util::build_release()?;
     lab::cleanup_stale(LAB_PREFIX).context("removing a stale chaos lab (lbc-*)")?;
     // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
     unsafe {

@@ -72,12 +72,7 @@ pub fn run_checks(args: &DemoArgs) -> Result<(usize, usize)> {
         setup::run()?;
     }
     if !args.no_build {
-        util::run(
-            Command::new("cargo")
-                .current_dir(util::workspace_root())
-                .args(["build", "--release"]),
-        )
-        .context("building the workspace")?;
+        util::build_release()?;
     }
     let lb = stack::release_binary("lb")?;
     println!("demo: bringing up the seed's stack (lab {PREFIX}): lb-web on web1/web2, MariaDB db1 -> db2, XDP on lb");

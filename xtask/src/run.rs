@@ -42,12 +42,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     if !args.no_setup {
         setup::run()?;
     }
-    util::run(
-        Command::new("cargo")
-            .current_dir(util::workspace_root())
-            .args(["build", "--release"]),
-    )
-    .context("building the workspace")?;
+    util::build_release()?;
     let lb = stack::release_binary("lb")?;
 
     if let (Some(iface), Some(config)) = (args.iface, args.config) {

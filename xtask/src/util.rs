@@ -364,3 +364,11 @@ pub fn skip_unless_root(test: &str) -> bool {
     );
     true
 }
+
+/// `cargo build --release` of the whole workspace (the agent, lb-web, the test binaries).
+pub fn build_release() -> Result<()> {
+    run(Command::new("cargo")
+        .current_dir(workspace_root())
+        .args(["build", "--release"]))
+    .context("building the workspace")
+}
