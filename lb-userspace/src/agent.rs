@@ -460,24 +460,6 @@ fn is_database_service(config: &Config, service: &str) -> bool {
     })
 }
 
-/// Reads a secret given inline or as a file (first line).
-fn secret(
-    inline: Option<&toml::Spanned<String>>,
-    file: Option<&toml::Spanned<PathBuf>>,
-    what: &str,
-) -> Result<String> {
-    match (inline, file) {
-        (Some(value), _) => Ok(value.get_ref().clone()),
-        (None, Some(path)) => {
-            let path = path.get_ref();
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading the {what} file {}", path.display()))?;
-            Ok(text.lines().next().unwrap_or_default().to_string())
-        }
-        (None, None) => Ok(String::new()),
-    }
-}
-
 fn in_rotation(service: &ServiceEntry) -> usize {
     service
         .selection_table()
@@ -702,17 +684,19 @@ impl AgentState {
             .collect();
         let credentials = db::Credentials {
             user: database.user.get_ref().clone(),
-            password: secret(
+            password: config::read_secret(
                 database.password.as_ref(),
                 database.password_file.as_ref(),
                 "database password",
-            )?,
+            )?
+            .unwrap_or_default(),
             replication_user: database.replication_user.get_ref().clone(),
-            replication_password: secret(
+            replication_password: config::read_secret(
                 database.replication_password.as_ref(),
                 database.replication_password_file.as_ref(),
                 "database replication_password",
-            )?,
+            )?
+            .unwrap_or_default(),
         };
         let settings = db::Settings {
             interval: database.interval(),

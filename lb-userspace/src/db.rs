@@ -376,13 +376,22 @@ impl Cluster {
     }
 }
 
-fn opts(node: &Node, user: &str, password: &str) -> OptsBuilder {
-    OptsBuilder::default()
+/// A new connection to `node` as the agent's account.
+async fn login(node: &Node, credentials: &Credentials) -> Result<Conn> {
+    let opts = OptsBuilder::default()
         .ip_or_hostname(node.addr.ip().to_string())
         .tcp_port(node.addr.port())
-        .user(Some(user))
-        .pass(Some(password))
-        .prefer_socket(false)
+        .user(Some(&credentials.user))
+        .pass(Some(&credentials.password))
+        .prefer_socket(false);
+    Conn::new(opts).await.context("login")
+}
+
+/// The `SHOW SLAVE STATUS` row of a node that replicates from somebody.
+fn replication_source(status: &[Row]) -> Option<&Row> {
+    status
+        .first()
+        .filter(|row| text(row, "Master_Host").is_some_and(|h| !h.is_empty()))
 }
 
 fn text(row: &Row, column: &str) -> Option<String> {
@@ -403,37 +412,32 @@ async fn probe(
 ) -> Result<(Conn, Observation)> {
     let mut conn = match conn {
         Some(conn) => conn,
-        None => Conn::new(opts(node, &credentials.user, &credentials.password))
-            .await
-            .context("login")?,
+        None => login(node, credentials).await?,
     };
     let row: Option<(i64, u64, String)> = conn
         .query_first("SELECT @@read_only, @@server_id, @@gtid_current_pos")
         .await?;
     let (read_only, server_id, gtid) = row.context("no answer to SELECT @@read_only")?;
     let status: Vec<Row> = conn.query("SHOW SLAVE STATUS").await?;
-    let replica = status
-        .first()
-        .filter(|row| text(row, "Master_Host").is_some_and(|h| !h.is_empty()))
-        .map(|row| {
-            let error = [text(row, "Last_IO_Error"), text(row, "Last_SQL_Error")]
-                .into_iter()
-                .flatten()
-                .find(|e| !e.is_empty());
-            ReplicaLink {
-                source_host: text(row, "Master_Host").unwrap_or_default(),
-                source_port: number(row, "Master_Port").unwrap_or(0),
-                io_running: text(row, "Slave_IO_Running")
-                    .is_some_and(|v| v.eq_ignore_ascii_case("yes")),
-                sql_running: text(row, "Slave_SQL_Running")
-                    .is_some_and(|v| v.eq_ignore_ascii_case("yes")),
-                lag_s: number(row, "Seconds_Behind_Master"),
-                gtid_io_pos: text(row, "Gtid_IO_Pos").unwrap_or_default(),
-                io_errno: number(row, "Last_IO_Errno").unwrap_or(0),
-                sql_errno: number(row, "Last_SQL_Errno").unwrap_or(0),
-                error,
-            }
-        });
+    let replica = replication_source(&status).map(|row| {
+        let error = [text(row, "Last_IO_Error"), text(row, "Last_SQL_Error")]
+            .into_iter()
+            .flatten()
+            .find(|e| !e.is_empty());
+        ReplicaLink {
+            source_host: text(row, "Master_Host").unwrap_or_default(),
+            source_port: number(row, "Master_Port").unwrap_or(0),
+            io_running: text(row, "Slave_IO_Running")
+                .is_some_and(|v| v.eq_ignore_ascii_case("yes")),
+            sql_running: text(row, "Slave_SQL_Running")
+                .is_some_and(|v| v.eq_ignore_ascii_case("yes")),
+            lag_s: number(row, "Seconds_Behind_Master"),
+            gtid_io_pos: text(row, "Gtid_IO_Pos").unwrap_or_default(),
+            io_errno: number(row, "Last_IO_Errno").unwrap_or(0),
+            sql_errno: number(row, "Last_SQL_Errno").unwrap_or(0),
+            error,
+        }
+    });
     let semi: Option<(String, String)> = conn
         .query_first("SHOW GLOBAL STATUS LIKE 'Rpl_semi_sync_master_status'")
         .await?;
@@ -458,15 +462,9 @@ fn sql_string(value: &str) -> String {
 /// Makes a replica the primary without losing what it acknowledged: stop receiving, apply
 /// everything received, forget the source, become writable.
 async fn promote(node: &Node, credentials: &Credentials) -> Result<()> {
-    let mut conn = Conn::new(opts(node, &credentials.user, &credentials.password))
-        .await
-        .context("login")?;
+    let mut conn = login(node, credentials).await?;
     let status: Vec<Row> = conn.query("SHOW SLAVE STATUS").await?;
-    if status
-        .first()
-        .and_then(|row| text(row, "Master_Host"))
-        .is_some_and(|h| !h.is_empty())
-    {
+    if replication_source(&status).is_some() {
         conn.query_drop("STOP SLAVE IO_THREAD").await?;
         let status: Vec<Row> = conn.query("SHOW SLAVE STATUS").await?;
         let received = status
@@ -494,9 +492,7 @@ async fn promote(node: &Node, credentials: &Credentials) -> Result<()> {
 }
 
 async fn fence(node: &Node, credentials: &Credentials) -> Result<()> {
-    let mut conn = Conn::new(opts(node, &credentials.user, &credentials.password))
-        .await
-        .context("login")?;
+    let mut conn = login(node, credentials).await?;
     conn.query_drop("SET GLOBAL read_only = ON").await?;
     conn.disconnect().await.ok();
     Ok(())
@@ -504,9 +500,7 @@ async fn fence(node: &Node, credentials: &Credentials) -> Result<()> {
 
 /// Makes a node a read-only replica of `primary`, from where its own history ends.
 async fn rejoin(node: &Node, primary: &Node, credentials: &Credentials) -> Result<()> {
-    let mut conn = Conn::new(opts(node, &credentials.user, &credentials.password))
-        .await
-        .context("login")?;
+    let mut conn = login(node, credentials).await?;
     conn.query_drop("SET GLOBAL read_only = ON").await?;
     conn.query_drop("STOP SLAVE").await?;
     let change = format!(

@@ -95,17 +95,11 @@ impl Check {
                 })
             }
             HealthKind::Mysql => {
-                let password = match (&health.password, &health.password_file) {
-                    (Some(password), _) => Some(password.get_ref().clone()),
-                    (None, Some(file)) => {
-                        let path = file.get_ref();
-                        let text = std::fs::read_to_string(path).with_context(|| {
-                            format!("reading the mysql password_file {}", path.display())
-                        })?;
-                        Some(text.lines().next().unwrap_or_default().to_string())
-                    }
-                    (None, None) => None,
-                };
+                let password = crate::config::read_secret(
+                    health.password.as_ref(),
+                    health.password_file.as_ref(),
+                    "mysql password_file",
+                )?;
                 Probe::Mysql(MysqlProbe {
                     user: health
                         .user
