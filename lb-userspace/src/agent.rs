@@ -688,14 +688,16 @@ impl AgentState {
                 database.password.as_ref(),
                 database.password_file.as_ref(),
                 "database password",
-            )?
+            )
+            .map_err(anyhow::Error::msg)?
             .unwrap_or_default(),
             replication_user: database.replication_user.get_ref().clone(),
             replication_password: config::read_secret(
                 database.replication_password.as_ref(),
                 database.replication_password_file.as_ref(),
                 "database replication_password",
-            )?
+            )
+            .map_err(anyhow::Error::msg)?
             .unwrap_or_default(),
         };
         let settings = db::Settings {

@@ -622,18 +622,19 @@ impl fmt::Display for ConfigErrors {
 
 impl std::error::Error for ConfigErrors {}
 
-/// A secret given inline or as a file (its first line); `None` when neither is set.
+/// A secret given inline or as a file (its first line); `None` when neither is set. The error
+/// is a plain message: this file is also compiled alone by the config fuzz target.
 pub fn read_secret(
     inline: Option<&Spanned<String>>,
     file: Option<&Spanned<PathBuf>>,
     what: &str,
-) -> anyhow::Result<Option<String>> {
+) -> Result<Option<String>, String> {
     match (inline, file) {
         (Some(value), _) => Ok(Some(value.get_ref().clone())),
         (None, Some(path)) => {
             let path = path.get_ref();
             let text = std::fs::read_to_string(path)
-                .map_err(|e| anyhow::anyhow!("reading the {what} file {}: {e}", path.display()))?;
+                .map_err(|e| format!("reading the {what} file {}: {e}", path.display()))?;
             Ok(Some(text.lines().next().unwrap_or_default().to_string()))
         }
         (None, None) => Ok(None),

@@ -99,7 +99,8 @@ impl Check {
                     health.password.as_ref(),
                     health.password_file.as_ref(),
                     "mysql password_file",
-                )?;
+                )
+                .map_err(anyhow::Error::msg)?;
                 Probe::Mysql(MysqlProbe {
                     user: health
                         .user
