@@ -101,8 +101,9 @@ pub struct FlowKeyV4 {
     pub dst: u32,
     pub src_port: u16,
     pub dst_port: u16,
-    pub proto: u8,
-    pub _pad: [u8; 3],
+    /// The IP protocol, widened to fill the last word: a key without padding is built with
+    /// plain stores (zeroing a 3-byte pad made the BPF build call a byte-loop memset).
+    pub proto: u32,
 }
 
 impl FlowKeyV4 {
@@ -112,8 +113,7 @@ impl FlowKeyV4 {
             dst: key.dst[0],
             src_port: key.src_port,
             dst_port: key.dst_port,
-            proto: key.proto,
-            _pad: [0; 3],
+            proto: key.proto as u32,
         }
     }
 
@@ -123,7 +123,7 @@ impl FlowKeyV4 {
             dst: [self.dst, 0, 0, 0],
             src_port: self.src_port,
             dst_port: self.dst_port,
-            proto: self.proto,
+            proto: self.proto as u8,
             family: FAMILY_V4,
             _pad: [0; 2],
         }
@@ -395,8 +395,8 @@ pub const SERVICE_CIDR_FAMILY_BITS: u32 = 8;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct AddrKey {
     pub addr: [u32; 4],
-    pub family: u8,
-    pub _pad: [u8; 3],
+    /// `FAMILY_V4` or `FAMILY_V6`, widened like `FlowKeyV4::proto` (no padding to zero).
+    pub family: u32,
 }
 
 /// `HOST_PORTS` key: a port open on the load balancer itself (admin: SSH, the status API). The
@@ -443,13 +443,12 @@ pub const FW_TCP_FLAG_CHECKS: u32 = 1 << 4;
 /// catch-all `drop` entry (the scope's whole prefix), so a scope without any entry admits all.
 pub const FW_SCOPED_SOURCES: u32 = 1 << 5;
 
-/// Per-CPU counters of a rule: packets, bytes, and when it last matched (coarse monotonic ns).
+/// Per-CPU counters of a rule. When it last matched is dated by the agent (`RuleActivity`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RuleCounters {
     pub packets: u64,
     pub bytes: u64,
-    pub last_hit_ns: u64,
 }
 
 const _: () = assert!(core::mem::size_of::<Rate>() == 16);
@@ -461,7 +460,7 @@ const _: () = assert!(core::mem::size_of::<ServiceCidr>() == 22);
 const _: () = assert!(core::mem::size_of::<AddrKey>() == 20);
 const _: () = assert!(core::mem::size_of::<HostPort>() == 4);
 const _: () = assert!(core::mem::size_of::<Firewall>() == 48);
-const _: () = assert!(core::mem::size_of::<RuleCounters>() == 24);
+const _: () = assert!(core::mem::size_of::<RuleCounters>() == 16);
 
 /// What the program did with a packet; indexes `VERDICT_STATS`.
 #[repr(u32)]

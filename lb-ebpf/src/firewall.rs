@@ -1,7 +1,7 @@
 //! The firewall, in the same pass and before any balancing: sanity checks every packet gets,
 //! CIDR rules on the source (longest prefix wins), per-service source rules and rate limits,
 //! and the policy for traffic to the load balancer itself.
-use aya_ebpf::helpers::generated::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns};
+use aya_ebpf::helpers::generated::bpf_ktime_get_ns;
 use lb_common::maps::{
     AddrKey, CidrV6, Firewall, FwRule, HostPort, Rate, RateKey, Service, ServiceCidr, V4Entry,
     Verdict, ACTION_DROP, CIDR_GENERATION_BITS, FAMILY_V4, FLOW_PACKET_RATE, FW_DROP_FRAGMENTS,
@@ -54,8 +54,7 @@ pub fn screen(packet: &Packet, fw: &Firewall) -> Result<(), Verdict> {
     if packet.fragment && fw.flags & FW_DROP_FRAGMENTS != 0 {
         let vip = AddrKey {
             addr: key.dst,
-            family: key.family,
-            _pad: [0; 3],
+            family: key.family as u32,
         };
         // SAFETY: read-only look-up of a value the agent replaces whole.
         if unsafe { VIPS.get(&vip) }.is_some() {
@@ -204,8 +203,7 @@ pub fn host_policy(packet: &Packet, fw: &Firewall) -> Verdict {
     }
     let host = AddrKey {
         addr: key.dst,
-        family: key.family,
-        _pad: [0; 3],
+        family: key.family as u32,
     };
     // SAFETY: read-only look-up of a value the agent replaces whole.
     if unsafe { HOST_ADDRS.get(&host) }.is_none() {
@@ -300,12 +298,13 @@ fn check_sources(packet: &Packet, scope: u32, fw: &Firewall, drop: Verdict) -> R
 /// Counts the rule's hit and applies its action; a `log` rule only counts.
 #[inline(always)]
 fn apply(rule: &FwRule, packet: &Packet, drop: Verdict) -> Result<(), Verdict> {
+    // No timestamp here: the agent dates the last hit by watching `packets` grow, which keeps a
+    // helper call off every dropped packet.
     if let Some(counters) = RULE_STATS.get_ptr_mut(rule.id) {
-        // SAFETY: a per-CPU slot; coarse time is enough for "last hit" and far cheaper.
+        // SAFETY: a per-CPU slot: only this CPU writes it while the program runs.
         unsafe {
             (*counters).packets += 1;
             (*counters).bytes += packet.len as u64;
-            (*counters).last_hit_ns = bpf_ktime_get_coarse_ns();
         }
     }
     // `allow` and `log` (a dry run) both let the packet go on.

@@ -114,22 +114,22 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, Verdict> {
         l3 += VLAN_TAG_LEN;
     }
 
-    let mut key = FlowKey::default();
-    let mut fragment = false;
-    let l4 = match ether_type {
-        ETH_P_IP => parse_ipv4(ctx, l3, len, &mut key, &mut fragment)?,
-        ETH_P_IPV6 => parse_ipv6(ctx, l3, len, &mut key)?,
-        _ => return Err(Verdict::PassNotIp),
-    };
+    // Built in place: the key is filled where it stays, not assembled and then copied.
     let mut packet = Packet {
-        key,
+        key: FlowKey::default(),
         l3,
-        l4,
+        l4: 0,
         len,
         tcp_flags: 0,
         icmp_type: 0,
-        fragment,
+        fragment: false,
     };
+    packet.l4 = match ether_type {
+        ETH_P_IP => parse_ipv4(ctx, l3, len, &mut packet.key, &mut packet.fragment)?,
+        ETH_P_IPV6 => parse_ipv6(ctx, l3, len, &mut packet.key)?,
+        _ => return Err(Verdict::PassNotIp),
+    };
+    let (fragment, l4) = (packet.fragment, packet.l4);
     if fragment {
         return Ok(packet);
     }

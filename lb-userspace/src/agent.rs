@@ -7,12 +7,12 @@ use std::{
     net::{IpAddr, SocketAddr},
     path::PathBuf,
     sync::{Arc, Mutex, MutexGuard, Weak},
-    time::{Duration, SystemTime},
+    time::{Duration, Instant, SystemTime},
 };
 
 use anyhow::{Context as _, Result};
 use aya::programs::XdpMode;
-use lb_common::maps::{Backend, Settings, BACKEND_DOWN, BACKEND_DRAINING};
+use lb_common::maps::{Backend, RuleCounters, Settings, BACKEND_DOWN, BACKEND_DRAINING};
 use log::{info, warn};
 use tokio::{
     signal::unix::{signal, SignalKind},
@@ -24,7 +24,7 @@ use crate::{
     config::{self, ApiConfig, Config, Mode, XdpModeConfig, MAX_WEIGHT},
     dataplane::{Attached, Dataplane, LoadOptions},
     db,
-    firewall::{self, RuleSet},
+    firewall::{self, RuleActivity, RuleInfo, RuleSet},
     health::{self, Check, Tracker},
     metrics::Metrics,
     neighbor,
@@ -197,6 +197,8 @@ pub struct AgentState {
     pub rules: RuleSet,
     /// Names of the rules added through the API (they last until the next reload or restart).
     pub runtime_rules: Vec<String>,
+    /// When each rule last matched (the data path only counts).
+    rule_activity: RuleActivity,
     /// The database cluster as the last round saw it (`[database]` only).
     pub database: Option<db::DatabaseStatus>,
     database_watch: Option<Checker>,
@@ -286,6 +288,7 @@ pub async fn run(options: RunOptions) -> Result<()> {
             last_reload: None,
             rules: RuleSet::default(),
             runtime_rules: Vec::new(),
+            rule_activity: RuleActivity::default(),
             database: None,
             database_watch: None,
         })
@@ -350,7 +353,13 @@ pub async fn run(options: RunOptions) -> Result<()> {
                 // The outcome is logged and kept for `lb status`.
                 let _ = lock(&state).reload();
             }
-            _ = tick.tick() => lock(&state).resolve_missing(),
+            _ = tick.tick() => {
+                let mut agent = lock(&state);
+                agent.resolve_missing();
+                if let Err(e) = agent.sample_rules() {
+                    warn!("reading the rule counters: {e:#}");
+                }
+            }
         }
     }
     server.abort();
@@ -807,6 +816,20 @@ impl AgentState {
             }
         }
         true
+    }
+
+    /// Every rule with its counters and when it last matched, as of now. Called every second,
+    /// so that a last hit is dated even when nobody asks.
+    pub fn sample_rules(&mut self) -> Result<Vec<(RuleInfo, RuleCounters, Option<Instant>)>> {
+        let now = Instant::now();
+        let mut sampled = Vec::with_capacity(self.rules.rules.len());
+        for rule in &self.rules.rules {
+            let counters = self.dataplane.rule_counters(rule.id)?;
+            let last_hit = self.rule_activity.observe(rule, counters.packets, now);
+            sampled.push((rule.clone(), counters, last_hit));
+        }
+        self.rule_activity.retain(&self.rules.rules);
+        Ok(sampled)
     }
 
     /// Tries again to resolve the MAC of backends that have none.

@@ -557,7 +557,7 @@ impl Dataplane {
         Ok(())
     }
 
-    /// A rule's counters summed over the CPUs; `last_hit_ns` is the latest (coarse monotonic).
+    /// A rule's counters summed over the CPUs.
     pub fn rule_counters(&self, id: u32) -> Result<RuleCounters> {
         rule_counters(self.map(names::RULE_STATS)?, id)
     }
@@ -753,7 +753,6 @@ fn rule_counters(map: &aya::maps::Map, id: u32) -> Result<RuleCounters> {
     {
         total.packets += counters.packets;
         total.bytes += counters.bytes;
-        total.last_hit_ns = total.last_hit_ns.max(counters.last_hit_ns);
     }
     Ok(total)
 }

@@ -62,6 +62,42 @@ pub struct RuleInfo {
     pub prefixes: Vec<String>,
 }
 
+/// When each rule last matched, dated by the agent: the data path only counts packets (a clock
+/// read per dropped packet cost more than the rest of the rule's bookkeeping), so a rule's last
+/// hit is the first sample that saw its packet count grow. Samples come every second and on
+/// every API read, so the date is right to within a second.
+#[derive(Default)]
+pub struct RuleActivity {
+    /// By rule name and id (an id is reused by another rule after a change): packets at the
+    /// last sample, and when they last grew.
+    seen: std::collections::HashMap<(String, u32), (u64, Option<std::time::Instant>)>,
+}
+
+impl RuleActivity {
+    /// Records a sample of `rule`'s packet count; returns when it last matched, if it has.
+    pub fn observe(
+        &mut self,
+        rule: &RuleInfo,
+        packets: u64,
+        now: std::time::Instant,
+    ) -> Option<std::time::Instant> {
+        let entry = self
+            .seen
+            .entry((rule.name.clone(), rule.id))
+            .or_insert((0, None));
+        if packets != entry.0 {
+            *entry = (packets, Some(now));
+        }
+        entry.1
+    }
+
+    /// Forgets rules no longer in `rules`.
+    pub fn retain(&mut self, rules: &[RuleInfo]) {
+        self.seen
+            .retain(|(name, id), _| rules.iter().any(|r| r.id == *id && &r.name == name));
+    }
+}
+
 /// A source rule of one scope (a service, or an open host port); `None`: the scope's catch-all.
 pub struct ScopedEntry {
     pub scope: u32,
@@ -435,8 +471,7 @@ pub fn apply(
                 let (addr, family) = addr_words(*a);
                 AddrKey {
                     addr,
-                    family,
-                    _pad: [0; 3],
+                    family: family as u32,
                 }
             })
             .collect()
@@ -514,6 +549,38 @@ pub fn interface_addresses(iface: &str) -> Result<Vec<IpAddr>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn last_hit_is_the_sample_that_saw_the_count_grow() {
+        let rule = |id: u32, name: &str| RuleInfo {
+            id,
+            name: name.into(),
+            kind: RuleKind::Global,
+            action: Action::Drop,
+            prefixes: vec![],
+        };
+        let t0 = std::time::Instant::now();
+        let at = |s: u64| t0 + std::time::Duration::from_secs(s);
+        let mut activity = RuleActivity::default();
+        let a = rule(0, "a");
+        assert_eq!(activity.observe(&a, 0, at(0)), None, "never matched");
+        assert_eq!(activity.observe(&a, 5, at(1)), Some(at(1)));
+        assert_eq!(
+            activity.observe(&a, 5, at(2)),
+            Some(at(1)),
+            "no new packets"
+        );
+        assert_eq!(activity.observe(&a, 9, at(3)), Some(at(3)));
+        // Another rule on the same id after a change starts afresh.
+        let b = rule(0, "b");
+        assert_eq!(activity.observe(&b, 9, at(4)), Some(at(4)));
+        activity.retain(std::slice::from_ref(&b));
+        assert_eq!(
+            activity.observe(&a, 9, at(5)),
+            Some(at(5)),
+            "forgotten, then seen anew"
+        );
+    }
 
     /// xorshift64: reproducible random prefix sets without a dependency.
     struct Rng(u64);

@@ -152,7 +152,6 @@ fn cidr_rules_drop_allow_and_log_with_longest_prefix_precedence() {
     assert_eq!(h.rule("bad-net").packets, 3);
     assert_eq!(h.rule("partner").packets, 2);
     assert_eq!(h.rule("trial").packets, 1);
-    assert!(h.rule("bad-net").last_hit_ns > 0, "last hit recorded");
     assert!(h.rule("bad-net").bytes > 3 * 60);
     assert_eq!(h.verdict_count(Verdict::DropDenied), 3);
 }

@@ -541,28 +541,23 @@ fn done(message: String) -> Json<ChangeResult> {
 }
 
 async fn firewall_rules(State(state): State<SharedState>) -> Result<Json<FirewallRules>, ApiError> {
-    let agent = agent::lock(&state);
-    let now = monotonic_coarse_ns();
+    let mut agent = agent::lock(&state);
+    let now = std::time::Instant::now();
     let mut rules = Vec::new();
-    for rule in &agent.rules.rules {
-        let counters = agent
-            .dataplane()
-            .rule_counters(rule.id)
-            .map_err(from_anyhow)?;
+    for (rule, counters, last_hit) in agent.sample_rules().map_err(from_anyhow)? {
         rules.push(FirewallRule {
             id: rule.id,
-            name: rule.name.clone(),
             kind: serde_json::to_value(&rule.kind).map_err(|e| internal(e.to_string()))?,
             action: serde_json::to_value(rule.action)
                 .ok()
                 .and_then(|v| v.as_str().map(String::from))
                 .unwrap_or_default(),
-            prefixes: rule.prefixes.clone(),
             runtime: agent.runtime_rules.contains(&rule.name),
+            name: rule.name,
+            prefixes: rule.prefixes,
             packets: counters.packets,
             bytes: counters.bytes,
-            last_hit_s_ago: (counters.last_hit_ns > 0)
-                .then(|| now.saturating_sub(counters.last_hit_ns) as f64 / 1e9),
+            last_hit_s_ago: last_hit.map(|at| now.duration_since(at).as_secs_f64()),
         });
     }
     let drops = agent
@@ -578,17 +573,6 @@ async fn firewall_rules(State(state): State<SharedState>) -> Result<Json<Firewal
         })
         .collect();
     Ok(Json(FirewallRules { rules, drops }))
-}
-
-/// The clock the data path stamps rule hits with (bpf_ktime_get_coarse_ns).
-fn monotonic_coarse_ns() -> u64 {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime fills the struct.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut now) };
-    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
 }
 
 async fn add_rule(
