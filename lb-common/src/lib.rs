@@ -32,6 +32,8 @@ pub mod names {
     pub const PROGRAM_LB: &str = "lb";
     pub const PROGRAM_PASS: &str = "xdp_pass";
     pub const PROGRAM_TX: &str = "xdp_tx";
+    pub const PROGRAM_TX_PACED: &str = "xdp_tx_paced";
+    pub const TX_PACE: &str = "TX_PACE";
     pub const SERVICES: &str = "SERVICES";
     pub const BACKENDS: &str = "BACKENDS";
     pub const RINGS: &str = "RINGS";

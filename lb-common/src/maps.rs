@@ -167,6 +167,16 @@ pub struct NatReverse {
     pub backend_id: u32,
 }
 
+/// `TX_PACE` element 0: the pace of `xdp_tx_paced` (the benchmarks' flood generator).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TxPace {
+    /// Nanoseconds between two frames (0: no pacing).
+    pub interval_ns: u64,
+    /// When the next frame may leave (bpf_ktime_get_ns).
+    pub next_ns: u64,
+}
+
 /// Data-path wide settings, element 0 of `SETTINGS`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -205,7 +215,9 @@ impl Counters {
     }
 }
 
-pod!(ServiceKey, Service, Backend, FlowKey, FlowKeyV4, Flow, NatReverse, Settings, Counters);
+pod!(
+    ServiceKey, Service, Backend, FlowKey, FlowKeyV4, Flow, NatReverse, Settings, Counters, TxPace
+);
 pod!(
     Rate,
     RateKey,

@@ -8,8 +8,8 @@ use aya_ebpf::{
 use lb_common::{
     maps::{
         AddrKey, Backend, CidrV6, Counters, Firewall, Flow, FlowKey, FlowKeyV4, FwRule, HostPort,
-        NatReverse, RateKey, RuleCounters, Service, ServiceCidr, ServiceKey, Settings, V4Group,
-        Verdict, V4_HALF_GROUPS,
+        NatReverse, RateKey, RuleCounters, Service, ServiceCidr, ServiceKey, Settings, TxPace,
+        V4Group, Verdict, V4_HALF_GROUPS,
     },
     DEFAULT_FLOW_CAPACITY, DEFAULT_NAT_CAPACITY, MAX_BACKENDS, MAX_PREFIXES, MAX_RULES,
     MAX_SERVICES, RATE_BUCKETS as RATE_BUCKETS_CAPACITY, RING_SLOTS, RING_TABLES_PER_SERVICE,
@@ -94,3 +94,9 @@ pub static HOST_PORTS: HashMap<HostPort, u32> = HashMap::with_max_entries(256, 0
 /// Every VIP, whatever the port: fragments addressed to one are dropped by policy.
 #[map]
 pub static VIPS: HashMap<AddrKey, u8> = HashMap::with_max_entries(MAX_SERVICES, 0);
+
+// ---- Benchmarks ----
+
+/// The pace of `xdp_tx_paced`, written by `lb-bench flood-gen`.
+#[map]
+pub static TX_PACE: Array<TxPace> = Array::with_max_entries(1, 0);

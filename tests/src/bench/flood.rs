@@ -6,9 +6,10 @@
 //! 4. `xdp_rps`: a flood from a source our drop rule names, dropped by our XDP program.
 //!
 //! The flood is made the way xdp-trafficgen makes it: an XDP program that returns XDP_TX is run
-//! by BPF_PROG_TEST_RUN in live-frames mode on the client's eth0 (`lb-bench flood-gen`, run in
-//! the client namespace), so the kernel sends each frame out of the interface without any
-//! socket. Bounded in packets and in seconds.
+//! by BPF_PROG_TEST_RUN in live-frames mode (`lb-bench flood-gen`), so the kernel sends each
+//! frame out of an interface without any socket. By default it is sent from the lb's switch
+//! port, so it reaches the lb's eth0 as XDP frames, the way a flood reaches a NIC: as raw
+//! frames, before any socket buffer exists (`FloodEntry`). Bounded in packets and in seconds.
 use std::{
     net::Ipv4Addr,
     time::{Duration, Instant},
@@ -19,7 +20,7 @@ use aya::{
     programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp},
     EbpfLoader,
 };
-use lb_common::maps::Verdict;
+use lb_common::maps::{TxPace, Verdict};
 use lb_tests::packet::Frame;
 use lb_userspace::dataplane::{Dataplane, LoadOptions};
 use serde_json::{json, Map, Value};
@@ -48,9 +49,9 @@ const UNLISTED: &str = "10.99.0.67";
 const FLOOD_PORT: u16 = 9;
 
 /// The flood's fixed rate. An attacker's rate does not depend on how the victim filters: every
-/// flooded case gets the same rate, below what the lab's path delivers in every case (see the
-/// probe in the detail), so what differs is only what the lb pays per flood packet.
-pub const DEFAULT_PPS: u64 = 150_000;
+/// flooded case gets the same rate, which the generator's CPU sustains paced (the unpaced probe
+/// in the detail gives its ceiling), so what differs is only what the lb pays per flood packet.
+pub const DEFAULT_PPS: u64 = 400_000;
 
 const FIREWALL: &str = r#"
 [[firewall.rule]]
@@ -70,6 +71,36 @@ port = 9
 protocol = "udp"
 "#;
 
+/// Where the flood enters the lab.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FloodEntry {
+    /// From the lb's switch port, straight into the lb's eth0 ring as XDP frames: what a NIC
+    /// hands its driver. Our XDP program drops a frame before any socket buffer is built;
+    /// nftables (and the kernel) only see it after one is.
+    LbPort,
+    /// From the client's eth0, across the bridge: the bridge turns every frame into a socket
+    /// buffer, and the lb's veth must convert it back for XDP, so XDP's advantage mostly
+    /// disappears (the figures before the default changed).
+    Client,
+}
+
+impl FloodEntry {
+    pub fn parse(text: &str) -> Result<Self> {
+        match text {
+            "lb-port" => Ok(FloodEntry::LbPort),
+            "client" => Ok(FloodEntry::Client),
+            other => bail!("--flood-entry {other:?}: expected lb-port or client"),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            FloodEntry::LbPort => "lb-port",
+            FloodEntry::Client => "client",
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Config {
     pub quick: bool,
@@ -83,6 +114,9 @@ pub struct Config {
     pub pps: u64,
     /// Seconds of the unpaced probe of the highest rate (0: no probe).
     pub probe_seconds: f64,
+    pub entry: FloodEntry,
+    /// Give the generator and the lb's receive path a CPU each (`CpuSplit`).
+    pub split_cpus: bool,
 }
 
 impl Config {
@@ -93,18 +127,21 @@ impl Config {
                 threads: 2,
                 connections: 64,
                 seconds: if quick { 5 } else { 10 },
+                cpu: None,
             },
             repetitions: if quick { 2 } else { 3 },
             max_packets: 200_000_000,
             batch: 64,
             pps: DEFAULT_PPS,
             probe_seconds: 2.0,
+            entry: FloodEntry::LbPort,
+            split_cpus: true,
         }
     }
 }
 
 // ---------------------------------------------------------------------------------------
-// The generator (`lb-bench flood-gen`, run inside the client namespace).
+// The generator (`lb-bench flood-gen`, run inside the namespace of the interface it sends from).
 
 #[derive(Clone, Debug)]
 pub struct GenArgs {
@@ -162,26 +199,42 @@ pub fn generate(a: &GenArgs) -> Result<Value> {
     let mut ebpf = loader
         .load(lb_userspace::dataplane::OBJECT)
         .context("loading the XDP object")?;
+    // Paced: the program spaces the frames itself (`xdp_tx_paced`); user space only sleeps
+    // when the count runs ahead, e.g. when the clock spin of a frame hit its bound.
+    let name = if a.pps == 0 {
+        lb_common::names::PROGRAM_TX
+    } else {
+        let mut pace: aya::maps::Array<_, TxPace> = aya::maps::Array::try_from(
+            ebpf.map_mut(lb_common::names::TX_PACE)
+                .context("no TX_PACE map in the object")?,
+        )?;
+        pace.set(
+            0,
+            TxPace {
+                interval_ns: 1_000_000_000 / a.pps,
+                next_ns: 0,
+            },
+            0,
+        )?;
+        lb_common::names::PROGRAM_TX_PACED
+    };
     let program: &mut Xdp = ebpf
-        .program_mut(lb_common::names::PROGRAM_TX)
-        .context("no xdp_tx program in the object")?
+        .program_mut(name)
+        .with_context(|| format!("no {name} program in the object"))?
         .try_into()?;
-    program.load().context("loading xdp_tx")?;
+    program.load().with_context(|| format!("loading {name}"))?;
 
     // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex.
     let mut ctx = [0u8; 24];
     ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
     ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
 
-    // Unpaced: big calls. Paced: 100 ms worth of frames per call, and a sleep whenever the
-    // count is ahead of the target rate. Each live-frames call has a fixed cost that reached
-    // ~25 ms in the loaded lab, so smaller calls cannot keep the rate; the price is bursts:
-    // the veth ring of the client's switch port holds 256 frames, what does not fit is dropped
-    // there and counted in the client's xdp_xmit_errors (flood_pps counts what left).
+    // Big calls: each live-frames call costs milliseconds to set up and tear down (about 25 ms
+    // measured here), so a call carries 500 ms worth of frames, or 65536 unpaced.
     let chunk: u64 = if a.pps == 0 {
         1 << 16
     } else {
-        (a.pps / 10).max(u64::from(a.batch))
+        (a.pps / 2).max(u64::from(a.batch))
     };
     let started = Instant::now();
     let limit = Duration::from_secs_f64(a.seconds);
@@ -349,7 +402,122 @@ fn nic_delta(before: &[(String, u64)], after: &[(String, u64)]) -> Value {
     Value::Object(out)
 }
 
-/// Starts the generator in the client namespace (bounded by `seconds` and `cfg.max_packets`).
+/// The CPUs of the flood part. The generator stands for the outside world, so it gets a CPU of
+/// its own, and the whole lab (the lb's receive work, its eth0's NAPI made a kernel thread; the
+/// agent, the web servers, wrk) shares the other. Otherwise the lb's receive path runs inside
+/// the generator's system calls (a veth hands frames over on the sending CPU), so what the lb
+/// spends on the flood slows the flood rather than the lb, and the generator's CPU time, which
+/// no real flood costs its victim, comes out of the legit traffic's.
+#[derive(Clone, Copy, Debug)]
+struct CpuSplit {
+    generator: usize,
+    lab: usize,
+}
+
+fn cpu_split() -> Option<CpuSplit> {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (cpus >= 2).then_some(CpuSplit {
+        generator: 0,
+        lab: cpus - 1,
+    })
+}
+
+/// Moves the NAPI of the lb's eth0 into a kernel thread (`threaded` NAPI) pinned to
+/// `split.lab`; returns its pid.
+fn pin_lb_receive(lab: &Lab, split: CpuSplit) -> Result<u32> {
+    let napi_threads = || -> Vec<u32> {
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        dir.filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .is_ok_and(|c| c.starts_with("napi/eth0-"))
+            })
+            .collect()
+    };
+    let before = napi_threads();
+    lab.exec(
+        host::LB,
+        &["sh", "-c", "echo 1 > /sys/class/net/eth0/threaded"],
+    )
+    .context("turning on threaded NAPI on the lb's eth0")?;
+    let mut new: Vec<u32> = Vec::new();
+    xtask::util::wait_until(Duration::from_secs(2), Duration::from_millis(20), || {
+        new = napi_threads()
+            .into_iter()
+            .filter(|p| !before.contains(p))
+            .collect();
+        !new.is_empty()
+    });
+    let [pid] = new[..] else {
+        bail!("expected one new napi/eth0-* thread for the lb's eth0, found {new:?}");
+    };
+    xtask::util::run(std::process::Command::new("taskset").args([
+        "-pc",
+        &split.lab.to_string(),
+        &pid.to_string(),
+    ]))
+    .context("pinning the lb's NAPI thread")?;
+    // Real-time priority, as the softirq it replaces has: receive work runs before processes.
+    // A fair-share thread would leave frames waiting in the 256-frame ring behind wrk and the
+    // web servers and lose them there, whatever the lb does with them.
+    xtask::util::run(std::process::Command::new("chrt").args(["-f", "-p", "50", &pid.to_string()]))
+        .context("giving the lb's NAPI thread real-time priority")?;
+    Ok(pid)
+}
+
+/// Pins every process in the lab's namespaces (all their threads) to `cpu`; returns how many.
+fn pin_lab_processes(lab: &Lab, cpu: usize) -> Result<usize> {
+    use std::os::unix::fs::MetadataExt as _;
+    let mut inodes = Vec::new();
+    for ns in lab.spec().namespaces() {
+        let meta = std::fs::metadata(format!("/run/netns/{ns}"))
+            .with_context(|| format!("namespace {ns}"))?;
+        inodes.push(format!("net:[{}]", meta.ino()));
+    }
+    let mut pinned = 0;
+    for entry in std::fs::read_dir("/proc")?.filter_map(|e| e.ok()) {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(link) = std::fs::read_link(format!("/proc/{pid}/ns/net")) else {
+            continue;
+        };
+        if !inodes.iter().any(|i| link.as_os_str() == i.as_str()) {
+            continue;
+        }
+        xtask::util::run(std::process::Command::new("taskset").args([
+            "-a",
+            "-pc",
+            &cpu.to_string(),
+            &pid.to_string(),
+        ]))
+        .with_context(|| format!("pinning pid {pid} to CPU {cpu}"))?;
+        pinned += 1;
+    }
+    Ok(pinned)
+}
+
+/// The namespace and interface the generator sends from, and the label of that interface in
+/// [`nic_counters`].
+fn gen_iface(lab: &Lab, entry: FloodEntry) -> (String, String, &'static str) {
+    match entry {
+        FloodEntry::LbPort => (
+            xtask::lab::SWITCH.to_string(),
+            lab.switch_port(host::LB).1,
+            "sw/lb",
+        ),
+        FloodEntry::Client => (host::CLIENT.to_string(), "eth0".into(), "client/eth0"),
+    }
+}
+
+/// Starts the generator (bounded by `seconds` and `cfg.max_packets`).
 fn spawn_gen(
     lab: &Lab,
     cfg: &Config,
@@ -360,11 +528,16 @@ fn spawn_gen(
     log: &str,
 ) -> Result<u32> {
     let exe = labkit::self_exe()?;
+    let (ns, iface, _) = gen_iface(lab, cfg.entry);
+    let pin: Vec<String> = match cfg.split_cpus.then(cpu_split).flatten() {
+        Some(split) => vec!["taskset".into(), "-c".into(), split.generator.to_string()],
+        None => Vec::new(),
+    };
     let args = [
         exe.display().to_string(),
         "flood-gen".into(),
         "--iface".into(),
-        "eth0".into(),
+        iface,
         "--dst-mac".into(),
         lb_mac.to_string(),
         "--src".into(),
@@ -382,7 +555,8 @@ fn spawn_gen(
         "--pps".into(),
         pps.to_string(),
     ];
-    lab.spawn(host::CLIENT, &args, log)
+    let args: Vec<String> = pin.into_iter().chain(args).collect();
+    lab.spawn(&ns, &args, log)
 }
 
 /// Waits for the generator to end (it is bounded by its own --seconds) and reads its result.
@@ -473,8 +647,8 @@ fn run_case(lab: &Lab, dp: &Dataplane, cfg: &Config, case: Case, lb_mac: &str) -
     let wrk = wrk?;
     let (denied, passed) = (v1.0 - v0.0, v1.1 - v0.1);
     let seen = (denied + passed) as f64 / window;
-    // What left the client: the generator's frames minus those its eth0 could not pass on.
-    let xmit = nics["client/eth0 tx_queue_0_xdp_xmit"].as_u64();
+    // What left the generator's interface: its frames minus those the veth could not pass on.
+    let xmit = nics[format!("{} tx_queue_0_xdp_xmit", gen_iface(lab, cfg.entry).2)].as_u64();
     let gen_s = gen["seconds"].as_f64();
     let left_pps = match (xmit, gen_s) {
         (Some(x), Some(t)) if t > 0.0 => Some(round(x as f64 / t, 0)),
@@ -488,7 +662,7 @@ fn run_case(lab: &Lab, dp: &Dataplane, cfg: &Config, case: Case, lb_mac: &str) -
         "errors": wrk.errors,
         "flood_source": case.source(),
         "generator": gen,
-        "left_client_pps": left_pps,
+        "left_generator_pps": left_pps,
         "lb_xdp_during_wrk": {
             "seconds": round(window, 2),
             "drop_denied_pps": round(denied as f64 / window, 0),
@@ -501,8 +675,10 @@ fn run_case(lab: &Lab, dp: &Dataplane, cfg: &Config, case: Case, lb_mac: &str) -
 }
 
 fn run_in(lab: &Lab, cfg: &Config) -> Result<FloodResult> {
-    // The client's second and third addresses, and xdp_pass on its switch port: XDP_TX of the
-    // generator leaves the client's eth0 only when the peer runs an XDP program.
+    // The client's second and third addresses (the lb answers the unlisted one's flood with ICMP),
+    // and xdp_pass on its switch port: XDP_TX of a generator on the client's eth0 leaves only
+    // when the peer runs an XDP program. From the lb's switch port, the peer is the lb's eth0,
+    // which runs the agent's program.
     for a in [DENIED, UNLISTED] {
         lab.exec(
             host::CLIENT,
@@ -524,6 +700,19 @@ fn run_in(lab: &Lab, cfg: &Config) -> Result<FloodResult> {
         ],
     )
     .with_context(|| format!("attaching xdp_pass to {sw}/{port}"))?;
+    let split = cfg.split_cpus.then(cpu_split).flatten();
+    let mut cfg = cfg.clone();
+    let (napi_thread, pinned) = match split {
+        Some(split) => {
+            cfg.wrk.cpu = Some(split.lab);
+            (
+                Some(pin_lb_receive(lab, split)?),
+                Some(pin_lab_processes(lab, split.lab)?),
+            )
+        }
+        None => (None, None),
+    };
+    let cfg = &cfg;
     let lb_mac = lab.mac(host::LB)?;
     let dp = Dataplane::load(&LoadOptions {
         pin_dir: Some(stack::pin_dir(lab)),
@@ -599,7 +788,7 @@ fn run_in(lab: &Lab, cfg: &Config) -> Result<FloodResult> {
         gen_pps.extend(&pps);
         let left: Vec<f64> = list
             .iter()
-            .filter_map(|r| r["left_client_pps"].as_f64())
+            .filter_map(|r| r["left_generator_pps"].as_f64())
             .collect();
         left_pps.extend(&left);
         let lb_pps: Vec<f64> = list
@@ -613,7 +802,7 @@ fn run_in(lab: &Lab, cfg: &Config) -> Result<FloodResult> {
         });
         if case != Case::Baseline {
             d["generator_pps_median"] = json!(median(&pps).map(|v| round(v, 0)));
-            d["left_client_pps_median"] = json!(median(&left).map(|v| round(v, 0)));
+            d["left_generator_pps_median"] = json!(median(&left).map(|v| round(v, 0)));
             d["lb_seen_pps_median"] = json!(median(&lb_pps).map(|v| round(v, 0)));
         }
         if !complete {
@@ -630,7 +819,7 @@ fn run_in(lab: &Lab, cfg: &Config) -> Result<FloodResult> {
         "flood_pps_cross_check".into(),
         json!({
             "generator_pps_median": median(&gen_pps).map(|v| round(v, 0)),
-            "left_client_pps_median": median(&left_pps).map(|v| round(v, 0)),
+            "left_generator_pps_median": median(&left_pps).map(|v| round(v, 0)),
             "lb_seen_pps_median": median(&lb_seen).map(|v| round(v, 0)),
             "note": "lb_seen: flood packets counted by the lb's XDP program (verdicts DropDenied, or passed to the kernel) per second of the wrk run; below the generator's rate when frames are lost on the way (veth rings)",
         }),
@@ -659,14 +848,23 @@ fn run_in(lab: &Lab, cfg: &Config) -> Result<FloodResult> {
             "figure": "median over the repetitions",
             "flood": format!(
                 "UDP {}-byte frames to {}:{FLOOD_PORT} (not a service; opened in the agent's host policy so only the \
-                 rule under test drops it), made by `lb-bench flood-gen` in the client namespace: the xdp_tx program \
-                 (returns XDP_TX) run by BPF_PROG_TEST_RUN in live-frames mode (batch {}) with ingress_ifindex = the \
-                 client's eth0, so each frame leaves the client's eth0 with no socket involved (xdp_pass is attached \
-                 to the client's switch port, as XDP_TX out of a veth needs). Paced to {} packets/s (0: unpaced) in \
-                 every flooded case, at most {} packets and {} s per run (the wrk run plus 2 s; it starts before wrk)",
+                 rule under test drops it), made by `lb-bench flood-gen`: the xdp_tx program (returns XDP_TX) run by \
+                 BPF_PROG_TEST_RUN in live-frames mode (batch {}), so each frame leaves an interface with no socket \
+                 involved. Entry `{}`: {}. Paced to {} packets/s (0: unpaced) in every flooded case, at most {} packets \
+                 and {} s per run (the wrk run plus 2 s; it starts before wrk)",
                 Frame::udp((Ipv4Addr::UNSPECIFIED.into(), 0), (Ipv4Addr::UNSPECIFIED.into(), 0)).build().len(),
                 addr::VIP_HTTP,
                 cfg.batch,
+                cfg.entry.name(),
+                match cfg.entry {
+                    FloodEntry::LbPort => "sent from the lb's switch port (ingress_ifindex = that port, in the switch namespace), so \
+                        the frames land in the lb's eth0 receive ring as XDP frames, as a flood reaches a NIC; our XDP program \
+                        drops them before any socket buffer exists, nftables and the kernel see them only after the veth \
+                        builds one",
+                    FloodEntry::Client => "sent from the client's eth0 (xdp_pass is attached to the client's switch port, as XDP_TX \
+                        out of a veth needs), across the bridge, which hands the lb's eth0 socket buffers that the veth \
+                        converts back for XDP",
+                },
                 cfg.pps,
                 cfg.max_packets,
                 cfg.wrk.seconds + 2
@@ -677,9 +875,20 @@ fn run_in(lab: &Lab, cfg: &Config) -> Result<FloodResult> {
                 "nftables_rps": format!("flood from {UNLISTED}, dropped by an nftables rule in the lb namespace: table netdev {NFT_TABLE}, chain on the ingress hook of eth0 (the earliest nftables hook), `ip saddr {UNLISTED} counter drop`; our XDP program passes it up first, as it would in a deployment of both"),
                 "xdp_rps": format!("flood from {DENIED}, dropped by our XDP program: rule `flood-source` ({DENIED}/32, action drop) in the agent's config"),
             },
-            "flood_pps": "frames that left the client's eth0 (its tx_queue_0_xdp_xmit counter, i.e. the generator's frames minus the xdp_xmit_errors of a full veth ring) per second of the generator's run, median over the flooded runs. Cross-checked in flood_pps_cross_check with the generator's own count and with what the lb's XDP program counted during the wrk run (verdict counters of the agent's pinned maps); each run's figures, and the drop/error/XDP counters of every veth end on the way, are in the cases' runs; probe_unpaced gives the highest rate the lab's path takes with no other load",
+            "flood_pps": "frames that left the generator's interface (its tx_queue_0_xdp_xmit counter, i.e. the generator's frames minus the xdp_xmit_errors of a full veth ring) per second of the generator's run, median over the flooded runs. Cross-checked in flood_pps_cross_check with the generator's own count and with what the lb's XDP program counted during the wrk run (verdict counters of the agent's pinned maps); each run's figures, and the drop/error/XDP counters of every veth end on the way, are in the cases' runs; probe_unpaced gives the highest rate the lab's path takes with no other load",
             "pps_target": cfg.pps,
-            "machine_note": "everything shares the 2 CPUs: the generator, the bridge and the lb's receive path run in softirq on the CPU the generator runs on, wrk and the web servers on whatever is left",
+            "entry": cfg.entry.name(),
+            "cpus": match split {
+                Some(split) => json!({
+                    "generator_cpu": split.generator,
+                    "lab_cpu": split.lab,
+                    "lb_napi_thread_pid": napi_thread,
+                    "lab_processes_pinned": pinned,
+                    "how": "the generator runs under taskset on its CPU, standing for the outside world; the lab runs on the other: every process of its namespaces (agent, web servers, ...) pinned with taskset -a, wrk started under taskset, and the lb's eth0 switched to threaded NAPI with that thread pinned too",
+                }),
+                None => json!({ "split": false, "why": if cfg.split_cpus { "fewer than 2 CPUs" } else { "--no-cpu-split" } }),
+            },
+            "machine_note": "see cpus: with 2 CPUs, the generator has one and the whole lab (the lb's receive thread at real-time priority, the agent, the web servers, wrk) the other; without the split, everything shares both and the lb's receive work runs inside the generator's system calls",
             "quick": cfg.quick,
         }),
     );
@@ -702,7 +911,7 @@ pub fn table(flood: &Value) -> String {
     let base = flood["baseline_rps"].as_f64();
     let nft = flood["nftables_rps"].as_f64();
     let mut s = format!(
-        "flood_pps (frames that left the client, per s): {}\n",
+        "flood_pps (flood frames that left the generator, per s): {}\n",
         flood["flood_pps"]
             .as_f64()
             .map_or("null".into(), |v| format!("{v:.0}"))

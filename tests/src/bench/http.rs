@@ -30,6 +30,7 @@ impl Config {
                 threads: 2,
                 connections: 64,
                 seconds: if quick { 5 } else { 10 },
+                cpu: None,
             },
             repetitions: if quick { 3 } else { 5 },
         }

@@ -22,6 +22,8 @@ pub struct Wrk {
     pub threads: u32,
     pub connections: u32,
     pub seconds: u32,
+    /// Run wrk on this CPU only (`taskset`); `None`: wherever the scheduler puts it.
+    pub cpu: Option<usize>,
 }
 
 impl Wrk {
@@ -33,6 +35,7 @@ impl Wrk {
             "duration_s": self.seconds,
             "timeout_s": 2,
             "flags": "--latency",
+            "cpu": self.cpu,
         })
     }
 }
@@ -55,7 +58,15 @@ pub fn wrk(lab: &Lab, w: &Wrk, url: &str) -> Result<WrkResult> {
         format!("-c{}", w.connections),
         format!("-d{}s", w.seconds),
     );
-    let args = ["wrk", &t, &c, &d, "--timeout", "2s", "--latency", url];
+    let mut args: Vec<String> = Vec::new();
+    if let Some(cpu) = w.cpu {
+        args.extend(["taskset".into(), "-c".into(), cpu.to_string()]);
+    }
+    args.extend(
+        ["wrk", &t, &c, &d, "--timeout", "2s", "--latency", url]
+            .iter()
+            .map(|a| a.to_string()),
+    );
     let out = lab.exec_timeout(
         host::CLIENT,
         &args,

@@ -87,6 +87,13 @@ struct LabArgs {
     /// flood only: the flood's rate in packets/s (0: as fast as the kernel takes them).
     #[arg(long)]
     pps: Option<u64>,
+    /// flood only: where the flood enters: `lb-port` (the lb's switch port, so it reaches the
+    /// lb's eth0 as XDP frames, like a NIC's) or `client` (across the bridge, as socket buffers).
+    #[arg(long, default_value = "lb-port")]
+    flood_entry: String,
+    /// flood only: do not give the generator and the lb's receive path a CPU each.
+    #[arg(long)]
+    no_cpu_split: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -221,6 +228,8 @@ fn flood_main(args: LabArgs) -> Result<()> {
     if let Some(n) = args.seconds {
         cfg.wrk.seconds = n;
     }
+    cfg.entry = flood::FloodEntry::parse(&args.flood_entry)?;
+    cfg.split_cpus = !args.no_cpu_split;
     if let Some(n) = args.pps {
         cfg.pps = n;
     }
