@@ -557,6 +557,23 @@ impl Dataplane {
         Ok(())
     }
 
+    /// Sets the counters of rules `ids` to zero on every CPU.
+    pub fn reset_rule_counters(&mut self, ids: &[u32]) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+        let mut array: PerCpuArray<&mut MapData, RuleCounters> =
+            PerCpuArray::try_from(self.map_mut(names::RULE_STATS)?)?;
+        for id in ids {
+            let zeros = aya::maps::PerCpuValues::try_from(vec![RuleCounters::default(); cpus])?;
+            array
+                .set(*id, zeros, 0)
+                .with_context(|| format!("zeroing RULE_STATS[{id}]"))?;
+        }
+        Ok(())
+    }
+
     /// A rule's counters summed over the CPUs.
     pub fn rule_counters(&self, id: u32) -> Result<RuleCounters> {
         rule_counters(self.map(names::RULE_STATS)?, id)

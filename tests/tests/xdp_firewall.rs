@@ -478,6 +478,50 @@ fn a_new_rule_set_replaces_the_old_one_whole() {
     }
 }
 
+/// Counters belong to rules, not to positions: after a change that removes one rule and adds
+/// another in front, the rule that stayed keeps its count and the new one starts from zero.
+#[test]
+fn rule_counters_follow_their_rule_across_a_change() {
+    if !require_root("rule_counters_follow_their_rule_across_a_change") {
+        return;
+    }
+    let mut h = harness(DENY_RULES, "");
+    let from_bad = syn("192.0.2.1", 1000, "10.0.0.100", 80);
+    let from_trial = syn("198.51.100.1", 1000, "10.0.0.100", 80);
+    let from_new = syn("203.0.113.9", 1000, "10.0.0.100", 80);
+    assert_action(&h, &from_bad, XDP_DROP, "bad-net");
+    assert_action(&h, &from_trial, XDP_TX, "trial (log)");
+    assert_eq!(h.rule("trial").packets, 1);
+
+    // "bad-net" goes, "new-net" comes first: by position it would take bad-net's slot.
+    let changed = DENY_RULES.replace(
+        "name = \"bad-net\"\nsources = [\"192.0.2.0/24\", \"2001:db8:bad::/48\"]",
+        "name = \"new-net\"\nsources = [\"203.0.113.0/24\"]",
+    );
+    assert_ne!(changed, DENY_RULES, "the test's edit applies");
+    let parsed = lb_userspace::config::parse(std::path::Path::new("t.toml"), &config(&changed, ""))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut next = lb_userspace::firewall::RuleSet::from_config(&parsed, &h.table, (32768, 60999));
+    let vips = [ip("10.0.0.100"), ip("fd00::100")];
+    lb_userspace::firewall::replace(
+        &mut h.harness.dataplane,
+        &h.rules,
+        &mut next,
+        &[ip("10.0.0.2")],
+        &vips,
+    )
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    h.rules = next;
+
+    assert_eq!(h.rule("trial").packets, 1, "trial kept its count");
+    assert_eq!(h.rule("new-net").packets, 0, "new-net starts from zero");
+    assert_action(&h, &from_new, XDP_DROP, "new-net");
+    assert_action(&h, &from_trial, XDP_TX, "trial (log), after");
+    assert_action(&h, &from_bad, XDP_TX, "bad-net is gone");
+    assert_eq!(h.rule("new-net").packets, 1);
+    assert_eq!(h.rule("trial").packets, 2);
+}
+
 /// Found by the packet fuzzer (shrunk). Source rules of a scope (a service, an open host port)
 /// share one LPM trie keyed by (generation, scope, 16 address bytes) with no family, and an IPv4
 /// prefix is stored in the first 4 bytes: so an IPv6 source whose first bytes spell an allowed
