@@ -979,7 +979,7 @@ fn validate_database(
             format!("use 20 to 60000 (default {DEFAULT_DB_INTERVAL_MS})"),
         ));
     }
-    if timeout < 10 || timeout > 60_000 {
+    if !(10..=60_000).contains(&timeout) {
         errors.push(at.error(
             db.timeout_ms.span(),
             format!("database timeout_ms {timeout} is out of range"),

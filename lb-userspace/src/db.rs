@@ -287,7 +287,7 @@ impl Cluster {
                     primary = writable
                         .iter()
                         .copied()
-                        .max_by_key(|&i| probes[i].as_ref().map_or(0, |s| Self::progress(s)));
+                        .max_by_key(|&i| probes[i].as_ref().map_or(0, Self::progress));
                 } else {
                     // Nobody writable (e.g. all restarted read-only): once every node had its
                     // chance to answer, promote the most advanced.
