@@ -108,6 +108,7 @@ impl Dataplane {
                     );
                 }
             }
+            remove_mismatched_pins(dir)?;
             adopted = dir.join(names::FLOWS_V4).exists();
             for name in names::PINNED_MAPS {
                 loader.map_pin_path(name, dir.join(name));
@@ -660,6 +661,39 @@ fn map_next_key<K: Copy>(fd: BorrowedFd<'_>, key: Option<&K>) -> std::io::Result
 }
 
 /// The pin directory must be on a bpffs, or pinning fails with an obscure error.
+/// Removes the pins of maps whose key or value size differs from this object's definition:
+/// an earlier version's layout. aya would adopt such a map as it is, and reading it with this
+/// version's types would misread it (a per-CPU value larger than the type overruns the read
+/// buffer). Such a map starts afresh, and the log says so; when the flow table is among them,
+/// nothing is adopted.
+fn remove_mismatched_pins(dir: &Path) -> Result<()> {
+    let object = aya_obj::Object::parse(OBJECT).context("parsing the BPF object's maps")?;
+    for name in names::PINNED_MAPS {
+        let path = dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        let Some(def) = object.maps.get(name) else {
+            continue;
+        };
+        let info = aya::maps::MapInfo::from_pin(&path)
+            .with_context(|| format!("reading the pinned map {}", path.display()))?;
+        let (key, value) = (info.key_size(), info.value_size());
+        if key != def.key_size() || value != def.value_size() {
+            fs::remove_file(&path)
+                .with_context(|| format!("removing the outdated pin {}", path.display()))?;
+            warn!(
+                "{}: pinned by an earlier version with {key}-byte keys and {value}-byte values, \
+                 this one uses {} and {}: the map starts afresh",
+                path.display(),
+                def.key_size(),
+                def.value_size()
+            );
+        }
+    }
+    Ok(())
+}
+
 fn prepare_pin_dir(dir: &Path) -> Result<()> {
     fs::create_dir_all(dir).with_context(|| format!("creating pin directory {}", dir.display()))?;
     let path = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())?;

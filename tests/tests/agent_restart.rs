@@ -118,3 +118,121 @@ fn a_long_lived_connection_survives_kill_9_and_an_upgrade_of_the_agent() {
     );
     lab.down().unwrap_or_else(|e| panic!("{e:#}"));
 }
+
+/// A bpffs mounted for one test, unmounted and removed on drop (on failure too).
+struct ScratchBpffs(std::path::PathBuf);
+
+impl ScratchBpffs {
+    fn mount(name: &str) -> Self {
+        let dir = std::path::PathBuf::from(format!("/run/lbt-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        let scratch = ScratchBpffs(dir);
+        run(&["mount", "-t", "bpf", "bpf", &scratch.path()]);
+        scratch
+    }
+
+    fn path(&self) -> String {
+        self.0.display().to_string()
+    }
+}
+
+impl Drop for ScratchBpffs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+#[track_caller]
+fn run(args: &[&str]) {
+    let out = std::process::Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e}", args[0]));
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A map pinned by an earlier version with another value layout is not adopted as it is (reading
+/// it with this version's type would misread it): its pin is replaced by a map of this version.
+/// A pin with this version's layout is adopted, the same map.
+#[test]
+fn a_pinned_map_of_an_earlier_layout_starts_afresh() {
+    if !require_root("a_pinned_map_of_an_earlier_layout_starts_afresh") {
+        return;
+    }
+    use aya::maps::MapInfo;
+    use lb_common::names;
+    use lb_userspace::dataplane::{Dataplane, LoadOptions};
+
+    let pins = ScratchBpffs::mount("pins");
+    let pin = |name: &str| format!("{}/{name}", pins.path());
+    // RULE_STATS as it was before rule hits lost their timestamp: 24-byte values.
+    run(&[
+        "bpftool",
+        "map",
+        "create",
+        &pin(names::RULE_STATS),
+        "type",
+        "percpu_array",
+        "key",
+        "4",
+        "value",
+        "24",
+        "entries",
+        "65536",
+        "name",
+        "RULE_STATS",
+    ]);
+    // VERDICT_STATS with this version's layout (24-byte counters).
+    let verdicts = std::mem::size_of::<lb_common::maps::Counters>().to_string();
+    let entries = lb_common::maps::Verdict::COUNT.to_string();
+    run(&[
+        "bpftool",
+        "map",
+        "create",
+        &pin(names::VERDICT_STATS),
+        "type",
+        "percpu_array",
+        "key",
+        "4",
+        "value",
+        &verdicts,
+        "entries",
+        &entries,
+        "name",
+        "VERDICT_STATS",
+    ]);
+    let kept_id = MapInfo::from_pin(pin(names::VERDICT_STATS))
+        .unwrap_or_else(|e| panic!("{e}"))
+        .id();
+
+    let dataplane = Dataplane::load(&LoadOptions {
+        pin_dir: Some(pins.0.clone()),
+        ..LoadOptions::default()
+    })
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    let rule_stats = MapInfo::from_pin(pin(names::RULE_STATS)).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        rule_stats.value_size() as usize,
+        std::mem::size_of::<lb_common::maps::RuleCounters>(),
+        "RULE_STATS is this version's map"
+    );
+    assert_eq!(
+        dataplane
+            .rule_counters(0)
+            .unwrap_or_else(|e| panic!("{e:#}")),
+        lb_common::maps::RuleCounters::default()
+    );
+    let verdict_stats =
+        MapInfo::from_pin(pin(names::VERDICT_STATS)).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        verdict_stats.id(),
+        kept_id,
+        "a matching pin is adopted as it is"
+    );
+    drop(dataplane);
+}
