@@ -1274,8 +1274,7 @@ impl AgentState {
 
     /// Builds the rule set of the current config and swaps it into the data path whole.
     fn apply_firewall(&mut self) -> Result<()> {
-        let mut rules =
-            RuleSet::from_config(&self.config, &self.table, firewall::ephemeral_ports());
+        let rules = RuleSet::from_config(&self.config, &self.table, firewall::ephemeral_ports());
         let vips: Vec<std::net::IpAddr> = self
             .config
             .services
@@ -1284,13 +1283,7 @@ impl AgentState {
             .collect();
         let mut host_addrs = firewall::interface_addresses(&self.iface)?;
         host_addrs.extend(vips.iter().copied());
-        firewall::replace(
-            &mut self.dataplane,
-            &self.rules,
-            &mut rules,
-            &host_addrs,
-            &vips,
-        )?;
+        firewall::replace(&mut self.dataplane, &self.rules, &rules, &host_addrs, &vips)?;
         info!(
             "firewall: {} rules, {} prefixes, {} scoped sources; host policy {}",
             rules.rules.len(),

@@ -432,79 +432,45 @@ fn prefix_mask(len: u8) -> u32 {
 }
 
 impl RuleSet {
-    /// Gives the rules that `previous` already had (by name) their old ids back, so that a
-    /// rule's counters stay its own when other rules come or go (ids start as positions in the
-    /// config). A new rule takes the lowest id that no rule of either set holds, so no packet
-    /// of the live generation can count on it; only when the ids run out does it reuse one
-    /// freed by this change. Returns the ids handed to new rules: their counters must start
-    /// from zero.
-    pub fn keep_ids_of(&mut self, previous: &RuleSet) -> Vec<u32> {
-        use std::collections::{HashMap, HashSet};
-        let old: HashMap<&str, u32> = previous
-            .rules
+    /// The ids whose rule is not the one `previous` had under that id (another name, or no
+    /// rule): their counters hold another rule's hits and must start from zero. Ids stay
+    /// positions in the config, so a rule that a change moves starts afresh under its new id,
+    /// and counters are never carried over to another rule. (Ids that followed a rule by name
+    /// would keep its count across a change, but a restarted agent could not rebuild them from
+    /// the config, and adopted counters would then land on the wrong rules.)
+    pub fn changed_ids(&self, previous: &RuleSet) -> Vec<u32> {
+        self.rules
             .iter()
-            .map(|r| (r.name.as_str(), r.id))
-            .collect();
-        let mut taken: HashSet<u32> = HashSet::new();
-        let mut final_id: Vec<Option<u32>> = Vec::with_capacity(self.rules.len());
-        for rule in &self.rules {
-            // A name given twice keeps its old id once.
-            let kept = old
-                .get(rule.name.as_str())
-                .copied()
-                .filter(|id| taken.insert(*id));
-            final_id.push(kept);
-        }
-        let held_before: HashSet<u32> = previous.rules.iter().map(|r| r.id).collect();
-        let mut fresh = Vec::new();
-        let mut remap: HashMap<u32, u32> = HashMap::new();
-        for (rule, kept) in self.rules.iter_mut().zip(final_id) {
-            let id = kept.unwrap_or_else(|| {
-                let unused =
-                    (0..MAX_RULES).find(|id| !taken.contains(id) && !held_before.contains(id));
-                let id = unused
-                    .or_else(|| (0..MAX_RULES).find(|id| !taken.contains(id)))
-                    .unwrap_or(rule.id);
-                taken.insert(id);
-                fresh.push(id);
-                id
-            });
-            remap.insert(rule.id, id);
-            rule.id = id;
-        }
-        let renumber = |rule: &mut FwRule| {
-            if let Some(id) = remap.get(&rule.id) {
-                rule.id = *id;
-            }
-        };
-        self.prefixes
-            .iter_mut()
-            .for_each(|(_, rule)| renumber(rule));
-        self.scoped
-            .iter_mut()
-            .for_each(|entry| renumber(&mut entry.rule));
-        fresh
+            .filter(|r| {
+                !previous
+                    .rules
+                    .iter()
+                    .any(|p| p.id == r.id && p.name == r.name)
+            })
+            .map(|r| r.id)
+            .collect()
     }
 }
 
-/// Replaces the live rule set `previous` with `next`: the rules both have keep their ids and
-/// counters, new rules start from zero, then [`apply`].
+/// Replaces the live rule set `previous` with `next` ([`apply`]), then zeroes the counters of
+/// the ids that now name another rule. Zeroed after the switch, not before: until then the old
+/// rule still counts on its id. The new rule's hits in the moment between are not counted.
 pub fn replace(
     dataplane: &mut Dataplane,
     previous: &RuleSet,
-    next: &mut RuleSet,
+    next: &RuleSet,
     host_addrs: &[IpAddr],
     vips: &[IpAddr],
 ) -> Result<u32> {
-    // At start-up there is no previous set: ids are positions, as an agent before a restart
-    // gave them, so adopted counters keep their meaning.
+    let generation = apply(dataplane, next, host_addrs, vips)?;
+    // At start-up there is no previous set: the ids are the positions an agent before a
+    // restart gave the same config, so adopted counters keep their meaning.
     if !previous.rules.is_empty() {
-        let fresh = next.keep_ids_of(previous);
         dataplane
-            .reset_rule_counters(&fresh)
-            .context("zeroing the counters of new rules")?;
+            .reset_rule_counters(&next.changed_ids(previous))
+            .context("zeroing the counters of ids that now name another rule")?;
     }
-    apply(dataplane, next, host_addrs, vips)
+    Ok(generation)
 }
 
 /// Writes `set` as the next generation, switches the data path to it, then removes the old
@@ -655,33 +621,17 @@ mod tests {
         set
     }
 
-    fn ids(set: &RuleSet) -> Vec<(String, u32)> {
-        set.rules.iter().map(|r| (r.name.clone(), r.id)).collect()
-    }
-
     #[test]
-    fn rules_keep_their_ids_and_new_ones_take_ids_nobody_held() {
+    fn ids_that_now_name_another_rule_are_the_changed_ones() {
         let first = rule_set(&["a", "b", "c"]);
-        // "a" removed, "d" added in front: b and c keep 1 and 2; d must not take 0, which "a"
-        // held in the generation still live while the new one is written.
-        let mut second = rule_set(&["d", "b", "c"]);
-        let fresh = second.keep_ids_of(&first);
-        assert_eq!(
-            ids(&second),
-            [("d".into(), 3), ("b".into(), 1), ("c".into(), 2)]
-        );
-        assert_eq!(fresh, [3]);
-        // Every prefix follows its rule.
-        let by_prefix: Vec<u32> = second.prefixes.iter().map(|(_, r)| r.id).collect();
-        assert_eq!(by_prefix, [3, 1, 2]);
-        // Next change: 0 is free again (no live rule holds it).
-        let mut third = rule_set(&["e", "b"]);
-        assert_eq!(third.keep_ids_of(&second), [0]);
-        assert_eq!(ids(&third), [("e".into(), 0), ("b".into(), 1)]);
-        // A name given twice keeps its old id once.
-        let mut twice = rule_set(&["b", "b"]);
-        twice.keep_ids_of(&third);
-        assert_eq!(ids(&twice), [("b".into(), 1), ("b".into(), 2)]);
+        // "a" removed: b and c move to 0 and 1, so all three ids change meaning.
+        assert_eq!(rule_set(&["b", "c"]).changed_ids(&first), [0, 1]);
+        // "d" appended: only its id is new.
+        assert_eq!(rule_set(&["a", "b", "c", "d"]).changed_ids(&first), [3]);
+        // The same set: nothing changes.
+        assert!(rule_set(&["a", "b", "c"]).changed_ids(&first).is_empty());
+        // "a" renamed in place: its id now names another rule.
+        assert_eq!(rule_set(&["z", "b", "c"]).changed_ids(&first), [0]);
     }
 
     #[test]

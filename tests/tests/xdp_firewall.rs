@@ -478,11 +478,12 @@ fn a_new_rule_set_replaces_the_old_one_whole() {
     }
 }
 
-/// Counters belong to rules, not to positions: after a change that removes one rule and adds
-/// another in front, the rule that stayed keeps its count and the new one starts from zero.
+/// A rule never inherits another rule's counters: after a change that replaces the first rule
+/// by a new one (same id), the new rule starts from zero; a rule that kept its id keeps its
+/// count.
 #[test]
-fn rule_counters_follow_their_rule_across_a_change() {
-    if !require_root("rule_counters_follow_their_rule_across_a_change") {
+fn a_rule_never_inherits_another_rules_counters() {
+    if !require_root("a_rule_never_inherits_another_rules_counters") {
         return;
     }
     let mut h = harness(DENY_RULES, "");
@@ -493,7 +494,7 @@ fn rule_counters_follow_their_rule_across_a_change() {
     assert_action(&h, &from_trial, XDP_TX, "trial (log)");
     assert_eq!(h.rule("trial").packets, 1);
 
-    // "bad-net" goes, "new-net" comes first: by position it would take bad-net's slot.
+    // "bad-net" goes, "new-net" takes its place (and its id).
     let changed = DENY_RULES.replace(
         "name = \"bad-net\"\nsources = [\"192.0.2.0/24\", \"2001:db8:bad::/48\"]",
         "name = \"new-net\"\nsources = [\"203.0.113.0/24\"]",
@@ -501,12 +502,12 @@ fn rule_counters_follow_their_rule_across_a_change() {
     assert_ne!(changed, DENY_RULES, "the test's edit applies");
     let parsed = lb_userspace::config::parse(std::path::Path::new("t.toml"), &config(&changed, ""))
         .unwrap_or_else(|e| panic!("{e}"));
-    let mut next = lb_userspace::firewall::RuleSet::from_config(&parsed, &h.table, (32768, 60999));
+    let next = lb_userspace::firewall::RuleSet::from_config(&parsed, &h.table, (32768, 60999));
     let vips = [ip("10.0.0.100"), ip("fd00::100")];
     lb_userspace::firewall::replace(
         &mut h.harness.dataplane,
         &h.rules,
-        &mut next,
+        &next,
         &[ip("10.0.0.2")],
         &vips,
     )
