@@ -201,9 +201,7 @@ pub fn generate(a: &GenArgs) -> Result<Value> {
         .context("loading the XDP object")?;
     // Paced: the program spaces the frames itself (`xdp_tx_paced`); user space only sleeps
     // when the count runs ahead, e.g. when the clock spin of a frame hit its bound.
-    let name = if a.pps == 0 {
-        lb_common::names::PROGRAM_TX
-    } else {
+    let name = if let Some(interval_ns) = 1_000_000_000u64.checked_div(a.pps) {
         let mut pace: aya::maps::Array<_, TxPace> = aya::maps::Array::try_from(
             ebpf.map_mut(lb_common::names::TX_PACE)
                 .context("no TX_PACE map in the object")?,
@@ -211,12 +209,14 @@ pub fn generate(a: &GenArgs) -> Result<Value> {
         pace.set(
             0,
             TxPace {
-                interval_ns: 1_000_000_000 / a.pps,
+                interval_ns,
                 next_ns: 0,
             },
             0,
         )?;
         lb_common::names::PROGRAM_TX_PACED
+    } else {
+        lb_common::names::PROGRAM_TX
     };
     let program: &mut Xdp = ebpf
         .program_mut(name)
