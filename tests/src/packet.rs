@@ -212,7 +212,7 @@ impl Frame {
         match (self.src, self.dst) {
             (IpAddr::V4(src), IpAddr::V4(dst)) => {
                 frame.extend(0x0800u16.to_be_bytes());
-                assert!(self.ipv4_options.len().is_multiple_of(4) && self.ipv4_options.len() <= 40);
+                assert!(self.ipv4_options.len() % 4 == 0 && self.ipv4_options.len() <= 40);
                 let header_len = 20 + self.ipv4_options.len();
                 let mut ip = Vec::with_capacity(header_len);
                 ip.push(0x40 | (header_len / 4) as u8);
