@@ -24,7 +24,7 @@ use crate::{
     config::{self, ApiConfig, Config, Mode, XdpModeConfig, MAX_WEIGHT},
     dataplane::{Attached, Dataplane, LoadOptions},
     db,
-    firewall::{self, RuleActivity, RuleInfo, RuleSet},
+    firewall::{self, RuleActivity, RuleSet},
     health::{self, Check, Tracker},
     metrics::Metrics,
     neighbor,
@@ -820,13 +820,14 @@ impl AgentState {
 
     /// Every rule with its counters and when it last matched, as of now. Called every second,
     /// so that a last hit is dated even when nobody asks.
-    pub fn sample_rules(&mut self) -> Result<Vec<(RuleInfo, RuleCounters, Option<Instant>)>> {
+    /// The result is in the order of `self.rules.rules`.
+    pub fn sample_rules(&mut self) -> Result<Vec<(RuleCounters, Option<Instant>)>> {
         let now = Instant::now();
         let mut sampled = Vec::with_capacity(self.rules.rules.len());
         for rule in &self.rules.rules {
             let counters = self.dataplane.rule_counters(rule.id)?;
             let last_hit = self.rule_activity.observe(rule, counters.packets, now);
-            sampled.push((rule.clone(), counters, last_hit));
+            sampled.push((counters, last_hit));
         }
         self.rule_activity.retain(&self.rules.rules);
         Ok(sampled)

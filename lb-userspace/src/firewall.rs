@@ -138,43 +138,63 @@ fn protocol_name(protocol: Protocol) -> String {
 }
 
 impl RuleSet {
+    /// Adds a rule; its id is its position.
+    fn add_rule(
+        &mut self,
+        name: String,
+        kind: RuleKind,
+        action: Action,
+        prefixes: &[Cidr],
+    ) -> FwRule {
+        let id = self.rules.len() as u32;
+        self.rules.push(RuleInfo {
+            id,
+            name,
+            kind,
+            action,
+            prefixes: prefixes.iter().map(Cidr::to_string).collect(),
+        });
+        FwRule {
+            id,
+            action: action_code(action),
+            reason: REASON_POLICY,
+            _pad: [0; 2],
+        }
+    }
+
+    /// Adds a source rule of `scope` (a service or an open host port) with its prefixes; without
+    /// prefixes, it is the scope's catch-all.
+    fn add_scoped(
+        &mut self,
+        scope: u32,
+        name: String,
+        kind: RuleKind,
+        action: Action,
+        cidrs: Vec<Cidr>,
+    ) {
+        let rule = self.add_rule(name, kind, action, &cidrs);
+        if cidrs.is_empty() {
+            self.scoped.push(ScopedEntry {
+                scope,
+                cidr: None,
+                rule,
+            });
+        }
+        self.scoped.extend(cidrs.into_iter().map(|c| ScopedEntry {
+            scope,
+            cidr: Some(c),
+            rule,
+        }));
+    }
+
     /// Rule ids follow the config's order, so counters keep their meaning across restarts of
     /// an unchanged config. Service scopes use the service ids of `services`.
     pub fn from_config(config: &Config, services: &ServiceTable, ephemeral: (u16, u16)) -> Self {
         let fw = &config.firewall;
-        let mut set = RuleSet {
-            rules: Vec::new(),
-            prefixes: Vec::new(),
-            scoped: Vec::new(),
-            host_ports: Vec::new(),
-            settings: Firewall::default(),
-        };
-        let add_rule = |set: &mut RuleSet,
-                        name: String,
-                        kind: RuleKind,
-                        action: Action,
-                        prefixes: &[Cidr]|
-         -> FwRule {
-            let id = set.rules.len() as u32;
-            set.rules.push(RuleInfo {
-                id,
-                name,
-                kind,
-                action,
-                prefixes: prefixes.iter().map(Cidr::to_string).collect(),
-            });
-            FwRule {
-                id,
-                action: action_code(action),
-                reason: REASON_POLICY,
-                _pad: [0; 2],
-            }
-        };
-
+        let mut set = RuleSet::default();
         for rule in &fw.rules {
             let cidrs: Vec<Cidr> = rule.sources.iter().map(|c| *c.get_ref()).collect();
-            let entry = add_rule(
-                &mut set,
+            let entry = set.add_rule(
                 rule.name.get_ref().clone(),
                 RuleKind::Global,
                 rule.action,
@@ -184,13 +204,7 @@ impl RuleSet {
         }
         if !fw.bogons.is_empty() {
             let cidrs: Vec<Cidr> = fw.bogons.iter().map(|c| *c.get_ref()).collect();
-            let mut entry = add_rule(
-                &mut set,
-                "bogons".into(),
-                RuleKind::Bogons,
-                Action::Drop,
-                &cidrs,
-            );
+            let mut entry = set.add_rule("bogons".into(), RuleKind::Bogons, Action::Drop, &cidrs);
             entry.reason = REASON_SPOOF;
             set.prefixes.extend(cidrs.into_iter().map(|c| (c, entry)));
         }
@@ -210,48 +224,33 @@ impl RuleSet {
             };
             let allow: Vec<Cidr> = service.allow_sources.iter().map(|c| *c.get_ref()).collect();
             let deny: Vec<Cidr> = service.deny_sources.iter().map(|c| *c.get_ref()).collect();
-            let allow_rule = add_rule(
-                &mut set,
+            set.add_scoped(
+                scope,
                 format!("{name}/allow_sources"),
                 RuleKind::ServiceAllow {
                     service: name.clone(),
                 },
                 Action::Allow,
-                &allow,
+                allow,
             );
-            set.scoped.extend(allow.into_iter().map(|c| ScopedEntry {
-                scope,
-                cidr: Some(c),
-                rule: allow_rule,
-            }));
             if !deny.is_empty() {
-                let deny_rule = add_rule(
-                    &mut set,
+                set.add_scoped(
+                    scope,
                     format!("{name}/deny_sources"),
                     RuleKind::ServiceDeny {
                         service: name.clone(),
                     },
                     Action::Drop,
-                    &deny,
+                    deny,
                 );
-                set.scoped.extend(deny.into_iter().map(|c| ScopedEntry {
-                    scope,
-                    cidr: Some(c),
-                    rule: deny_rule,
-                }));
             }
-            let others = add_rule(
-                &mut set,
+            set.add_scoped(
+                scope,
                 format!("{name}/others"),
                 RuleKind::ServiceDefaultDrop { service: name },
                 Action::Drop,
-                &[],
+                Vec::new(),
             );
-            set.scoped.push(ScopedEntry {
-                scope,
-                cidr: None,
-                rule: others,
-            });
         }
 
         for (index, open) in fw.host.open_ports.iter().enumerate() {
@@ -268,33 +267,23 @@ impl RuleSet {
             let scope = MAX_SERVICES + 1 + index as u32;
             let protocol = protocol_name(open.protocol);
             let cidrs: Vec<Cidr> = open.sources.iter().map(|c| *c.get_ref()).collect();
-            let allow = add_rule(
-                &mut set,
+            set.add_scoped(
+                scope,
                 format!("host/{protocol}/{port}"),
                 RuleKind::HostPortAllow {
                     port,
                     protocol: protocol.clone(),
                 },
                 Action::Allow,
-                &cidrs,
+                cidrs,
             );
-            set.scoped.extend(cidrs.into_iter().map(|c| ScopedEntry {
+            set.add_scoped(
                 scope,
-                cidr: Some(c),
-                rule: allow,
-            }));
-            let others = add_rule(
-                &mut set,
                 format!("host/{protocol}/{port}/others"),
                 RuleKind::HostPortDefaultDrop { port, protocol },
                 Action::Drop,
-                &[],
+                Vec::new(),
             );
-            set.scoped.push(ScopedEntry {
-                scope,
-                cidr: None,
-                rule: others,
-            });
             set.host_ports.push((key, scope));
         }
 

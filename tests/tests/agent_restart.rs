@@ -145,15 +145,8 @@ impl Drop for ScratchBpffs {
 
 #[track_caller]
 fn run(args: &[&str]) {
-    let out = std::process::Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("{}: {e}", args[0]));
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    xtask::util::output(std::process::Command::new(args[0]).args(&args[1..]))
+        .unwrap_or_else(|e| panic!("{e:#}"));
 }
 
 /// A map pinned by an earlier version with another value layout is not adopted as it is (reading

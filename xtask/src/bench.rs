@@ -103,21 +103,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
 }
 
 fn per_packet(ctx: &Ctx) -> Result<()> {
-    let mut cmd = cargo();
-    cmd.args([
-        "run",
-        "--release",
-        "-p",
-        "lb-tests",
-        "--bin",
-        "lb-bench",
-        "--",
-    ]);
-    if ctx.quick {
-        cmd.arg("--quick");
-    }
-    cmd.arg("--out").arg(&ctx.results);
-    util::run(&mut cmd)
+    lb_bench(ctx, "per-packet", true)
 }
 
 /// `lb-bench SUBCOMMAND [--quick] --out RESULTS`.

@@ -543,8 +543,9 @@ fn done(message: String) -> Json<ChangeResult> {
 async fn firewall_rules(State(state): State<SharedState>) -> Result<Json<FirewallRules>, ApiError> {
     let mut agent = agent::lock(&state);
     let now = std::time::Instant::now();
+    let sampled = agent.sample_rules().map_err(from_anyhow)?;
     let mut rules = Vec::new();
-    for (rule, counters, last_hit) in agent.sample_rules().map_err(from_anyhow)? {
+    for (rule, (counters, last_hit)) in agent.rules.rules.iter().zip(sampled) {
         rules.push(FirewallRule {
             id: rule.id,
             kind: serde_json::to_value(&rule.kind).map_err(|e| internal(e.to_string()))?,
@@ -553,8 +554,8 @@ async fn firewall_rules(State(state): State<SharedState>) -> Result<Json<Firewal
                 .and_then(|v| v.as_str().map(String::from))
                 .unwrap_or_default(),
             runtime: agent.runtime_rules.contains(&rule.name),
-            name: rule.name,
-            prefixes: rule.prefixes,
+            name: rule.name.clone(),
+            prefixes: rule.prefixes.clone(),
             packets: counters.packets,
             bytes: counters.bytes,
             last_hit_s_ago: last_hit.map(|at| now.duration_since(at).as_secs_f64()),

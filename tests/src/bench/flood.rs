@@ -454,7 +454,7 @@ fn pin_lb_receive(lab: &Lab, split: CpuSplit) -> Result<u32> {
     let [pid] = new[..] else {
         bail!("expected one new napi/eth0-* thread for the lb's eth0, found {new:?}");
     };
-    quiet(std::process::Command::new("taskset").args([
+    xtask::util::output(std::process::Command::new("taskset").args([
         "-pc",
         &split.lab.to_string(),
         &pid.to_string(),
@@ -463,23 +463,14 @@ fn pin_lb_receive(lab: &Lab, split: CpuSplit) -> Result<u32> {
     // Real-time priority, as the softirq it replaces has: receive work runs before processes.
     // A fair-share thread would leave frames waiting in the 256-frame ring behind wrk and the
     // web servers and lose them there, whatever the lb does with them.
-    quiet(std::process::Command::new("chrt").args(["-f", "-p", "50", &pid.to_string()]))
-        .context("giving the lb's NAPI thread real-time priority")?;
+    xtask::util::output(std::process::Command::new("chrt").args([
+        "-f",
+        "-p",
+        "50",
+        &pid.to_string(),
+    ]))
+    .context("giving the lb's NAPI thread real-time priority")?;
     Ok(pid)
-}
-
-/// Runs a command for its effect; its output only matters when it fails.
-fn quiet(cmd: &mut std::process::Command) -> Result<()> {
-    let out = cmd
-        .output()
-        .with_context(|| format!("cannot run {cmd:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{cmd:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
 }
 
 /// Pins every process in the lab's namespaces (all their threads) to `cpu`; returns how many.
@@ -506,7 +497,7 @@ fn pin_lab_processes(lab: &Lab, cpu: usize) -> Result<usize> {
         if !inodes.iter().any(|i| link.as_os_str() == i.as_str()) {
             continue;
         }
-        quiet(std::process::Command::new("taskset").args([
+        xtask::util::output(std::process::Command::new("taskset").args([
             "-a",
             "-pc",
             &cpu.to_string(),

@@ -154,6 +154,24 @@ const NAT_PORTS: (u16, u16) = (20_000, 29_999);
 const LOOP_VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 102);
 const LOOP_CLIENT_PORT: u16 = 40_000;
 
+/// A program of its own with a flow table of `flow_capacity` and one DSR service, the VIP's
+/// port 80 on web1 and web2: for the cases that fill the flow table.
+fn dsr_scene(flow_capacity: u32) -> Harness {
+    let mut h = Harness::with_options(&LoadOptions {
+        flow_capacity,
+        ..LoadOptions::default()
+    });
+    h.add_service(
+        "dsr",
+        (IpAddr::V4(DSR_VIP), 80),
+        Protocol::Tcp,
+        Mode::Dsr,
+        None,
+        &two_backends(80),
+    );
+    h
+}
+
 fn two_backends(port: u16) -> [BackendSpec; 2] {
     [
         BackendSpec {
@@ -763,18 +781,7 @@ pub fn run(cfg: &Config) -> Result<PerPacket> {
     );
     main.set_nat_ports(NAT_PORTS.0, NAT_PORTS.1);
     // New flows get a scene of their own, so the flows they add leave the other tables alone.
-    let mut newflows = Harness::with_options(&LoadOptions {
-        flow_capacity: cfg.flow_capacity,
-        ..LoadOptions::default()
-    });
-    newflows.add_service(
-        "dsr",
-        (IpAddr::V4(DSR_VIP), 80),
-        Protocol::Tcp,
-        Mode::Dsr,
-        None,
-        &two_backends(80),
-    );
+    let newflows = dsr_scene(cfg.flow_capacity);
     // The fixed-point NAT service (see LOOP_VIP).
     let mut natloop = Harness::new();
     let itself = [BackendSpec {
@@ -906,18 +913,7 @@ pub fn run(cfg: &Config) -> Result<PerPacket> {
                 cfg.flow_capacity
             );
         }
-        let mut h = Harness::with_options(&LoadOptions {
-            flow_capacity: cfg.flow_capacity,
-            ..LoadOptions::default()
-        });
-        h.add_service(
-            "dsr",
-            (IpAddr::V4(DSR_VIP), 80),
-            Protocol::Tcp,
-            Mode::Dsr,
-            None,
-            &two_backends(80),
-        );
+        let h = dsr_scene(cfg.flow_capacity);
         let started = Instant::now();
         {
             let program = h.dataplane.program()?;
