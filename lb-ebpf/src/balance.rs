@@ -78,17 +78,38 @@ pub struct Route {
 
 #[inline(always)]
 pub fn lookup(packet: &Packet) -> Target {
-    if let Some(flow) = flow_entry(packet) {
-        // SAFETY: a value of the LRU flow map, valid while the program runs.
-        let entry = unsafe { &*flow };
-        if let Some(backend) = BACKENDS.get(entry.backend_id) {
-            let usable = backend.state == BACKEND_ACTIVE || backend.state == BACKEND_DRAINING;
-            if usable && backend.generation == entry.backend_generation {
-                return Target::Established(Established { flow, backend });
-            }
-        }
-        // The backend is down or gone: the service re-balances this flow below.
+    let flow = if packet.key.family == FAMILY_V4 {
+        FLOWS_V4.get_ptr_mut(&FlowKeyV4::from_flow(&packet.key))
+    } else {
+        FLOWS_V6.get_ptr_mut(&packet.key)
+    };
+    match established(flow) {
+        Some(flow) => Target::Established(flow),
+        None => lookup_service(packet),
     }
+}
+
+/// The flow-table entry of the common IPv4 case, if its backend may still serve it.
+#[inline(always)]
+pub fn established_v4(key: &FlowKeyV4) -> Option<Established> {
+    established(FLOWS_V4.get_ptr_mut(key))
+}
+
+#[inline(always)]
+fn established(flow: Option<*mut Flow>) -> Option<Established> {
+    let flow = flow?;
+    // SAFETY: a value of the LRU flow map, valid while the program runs.
+    let entry = unsafe { &*flow };
+    let backend = BACKENDS.get(entry.backend_id)?;
+    let usable = backend.state == BACKEND_ACTIVE || backend.state == BACKEND_DRAINING;
+    // Otherwise the backend is down or gone: the service re-balances this flow.
+    (usable && backend.generation == entry.backend_generation)
+        .then_some(Established { flow, backend })
+}
+
+/// A packet without a usable flow: a service's (new flow), a NAT reply, or the kernel's.
+#[inline(always)]
+pub fn lookup_service(packet: &Packet) -> Target {
     let key = service_key(packet);
     // SAFETY: values are only replaced whole by the agent (hash-map update), never mutated.
     if let Some(service) = unsafe { SERVICES.get(&key) } {
@@ -99,15 +120,6 @@ pub fn lookup(packet: &Packet) -> Target {
         return Target::NatReply(reverse);
     }
     Target::Kernel
-}
-
-#[inline(always)]
-fn flow_entry(packet: &Packet) -> Option<*mut Flow> {
-    if packet.key.family == FAMILY_V4 {
-        FLOWS_V4.get_ptr_mut(&FlowKeyV4::from_flow(&packet.key))
-    } else {
-        FLOWS_V6.get_ptr_mut(&packet.key)
-    }
 }
 
 #[inline(always)]

@@ -17,7 +17,7 @@ use crate::{
         FIREWALL, FW_V4_TABLE, FW_V6, HOST_ADDRS, HOST_PORTS, RATE_BUCKETS, RULE_STATS, SERVICES,
         SERVICE_SOURCES, VIPS,
     },
-    parse::{Packet, PROTO_ICMP, PROTO_ICMPV6},
+    parse::{Ipv4Packet, Packet, PROTO_ICMP, PROTO_ICMPV6},
 };
 
 const TCP_FIN: u8 = 0x01;
@@ -41,11 +41,8 @@ pub fn settings() -> Result<&'static Firewall, Verdict> {
 #[inline(always)]
 pub fn screen(packet: &Packet, fw: &Firewall) -> Result<(), Verdict> {
     let key = &packet.key;
-    if fw.flags & FW_TCP_FLAG_CHECKS != 0
-        && key.proto == PROTO_TCP
-        && !packet.fragment
-        && bad_tcp_flags(packet.tcp_flags)
-    {
+    let tcp = key.proto == PROTO_TCP && !packet.fragment;
+    if tcp && tcp_flags_refused(packet.tcp_flags, fw) {
         return Err(Verdict::DropTcpFlags);
     }
     if key.src == key.dst {
@@ -79,17 +76,45 @@ pub fn screen(packet: &Packet, fw: &Firewall) -> Result<(), Verdict> {
             .copied()
     };
     match rule {
-        Some(rule) => apply(
-            &rule,
-            packet,
-            if rule.reason == REASON_SPOOF {
-                Verdict::DropSpoofed
-            } else {
-                Verdict::DropDenied
-            },
-        ),
+        Some(rule) => apply_source_rule(&rule, packet.len),
         None => Ok(()),
     }
+}
+
+/// `screen` for the common IPv4 case: the same checks in the same order (a fragment never
+/// gets here).
+#[inline(always)]
+pub fn screen_ipv4(packet: &Ipv4Packet, fw: &Firewall) -> Result<(), Verdict> {
+    let key = &packet.key;
+    if key.proto == PROTO_TCP as u32 && tcp_flags_refused(packet.tcp_flags, fw) {
+        return Err(Verdict::DropTcpFlags);
+    }
+    if key.src == key.dst {
+        return Err(Verdict::DropSpoofed);
+    }
+    if fw.flags & FW_V4_RULES == 0 {
+        return Ok(());
+    }
+    match v4_rule(key.src, fw.generation) {
+        Some(rule) => apply_source_rule(&rule, packet.len),
+        None => Ok(()),
+    }
+}
+
+#[inline(always)]
+fn tcp_flags_refused(flags: u8, fw: &Firewall) -> bool {
+    fw.flags & FW_TCP_FLAG_CHECKS != 0 && bad_tcp_flags(flags)
+}
+
+/// A CIDR rule on the source: a spoofed-source (bogon) rule drops with its own reason.
+#[inline(always)]
+fn apply_source_rule(rule: &FwRule, len: usize) -> Result<(), Verdict> {
+    let drop = if rule.reason == REASON_SPOOF {
+        Verdict::DropSpoofed
+    } else {
+        Verdict::DropDenied
+    };
+    apply(rule, len, drop)
 }
 
 /// The most specific rule for an IPv4 source, from the live half of `FW_V4_TABLE`: the root
@@ -158,6 +183,13 @@ pub fn admit(packet: &Packet, service: &Service, fw: &Firewall) -> Result<(), Ve
         }
     }
     Ok(())
+}
+
+/// Whether `recheck` has anything to do for this flow's packets.
+#[inline(always)]
+pub fn needs_recheck(flow: &Established, fw: &Firewall) -> bool {
+    let entry = flow.flow();
+    entry.fw_generation != fw.generation || entry.flags & FLOW_PACKET_RATE != 0
 }
 
 /// A packet of an established flow: re-checked against the service's source rules only when
@@ -290,21 +322,21 @@ fn check_sources(packet: &Packet, scope: u32, fw: &Firewall, drop: Verdict) -> R
         SERVICE_CIDR_PREFIX_BITS + SERVICE_CIDR_FAMILY_BITS + bits,
         cidr,
     )) {
-        Some(rule) => apply(rule, packet, drop),
+        Some(rule) => apply(rule, packet.len, drop),
         None => Ok(()),
     }
 }
 
 /// Counts the rule's hit and applies its action; a `log` rule only counts.
 #[inline(always)]
-fn apply(rule: &FwRule, packet: &Packet, drop: Verdict) -> Result<(), Verdict> {
+fn apply(rule: &FwRule, len: usize, drop: Verdict) -> Result<(), Verdict> {
     // No timestamp here: the agent dates the last hit by watching `packets` grow, which keeps a
     // helper call off every dropped packet.
     if let Some(counters) = RULE_STATS.get_ptr_mut(rule.id) {
         // SAFETY: a per-CPU slot: only this CPU writes it while the program runs.
         unsafe {
             (*counters).packets += 1;
-            (*counters).bytes += packet.len as u64;
+            (*counters).bytes += len as u64;
         }
     }
     // `allow` and `log` (a dry run) both let the packet go on.

@@ -17,7 +17,8 @@ use crate::{
     parse::{bytes_at, load16, store16, store32, Packet, TCP_NEEDED, UDP_NEEDED},
 };
 
-/// The frame leaves from our own MAC (its old destination) towards `next_hop`.
+/// The frame leaves from our own MAC (its old destination) towards `next_hop`, which sits at
+/// an even offset of a map value (`Backend`, `NatReverse`), so it is read in three 16-bit loads.
 #[inline(always)]
 fn rewrite_eth(ctx: &XdpContext, next_hop: &[u8; 6]) -> Result<(), Verdict> {
     let eth = bytes_at(ctx, 0, EthHdr::LEN).ok_or(Verdict::DropMalformed)?;
@@ -29,7 +30,7 @@ fn rewrite_eth(ctx: &XdpContext, next_hop: &[u8; 6]) -> Result<(), Verdict> {
         );
         store16(
             eth.wrapping_add(dst + half),
-            u16::from_ne_bytes([next_hop[half], next_hop[half + 1]]),
+            load16(next_hop.as_ptr().wrapping_add(half)),
         );
     }
     Ok(())

@@ -1,5 +1,8 @@
 //! The XDP data path, in the order a packet meets it: parse, firewall, balance, forward,
-//! count. Each step lives in its own module; this page is the whole story.
+//! count. Each step lives in its own module; this page is the whole story. There are two roads
+//! through it: `process` takes any packet; `process_common_ipv4` takes most of them (IPv4
+//! TCP/UDP without options) with fewer instructions, and joins `process` at `decide` whenever
+//! a packet needs more than its flow-table entry.
 #![no_std]
 #![no_main]
 #![feature(core_intrinsics)]
@@ -22,14 +25,21 @@ use aya_ebpf::{
     macros::xdp,
     programs::XdpContext,
 };
-use lb_common::maps::{Verdict, MODE_NAT};
+use lb_common::maps::{Firewall, Verdict, MODE_NAT};
 
 use balance::Target;
+use parse::Packet;
 
 #[xdp]
+// Inlined into aya's entry point: as a BPF-to-BPF call it cost a call per packet.
+#[inline(always)]
 pub fn lb(ctx: XdpContext) -> u32 {
     let bytes = (ctx.data_end() - ctx.data()) as u64;
-    let verdict = process(&ctx);
+    // Most traffic is IPv4 TCP/UDP without options: it takes a shorter road to the same verdict.
+    let verdict = match parse::parse_common_ipv4(&ctx) {
+        Some(packet) => process_common_ipv4(&ctx, &packet),
+        None => process(&ctx),
+    };
     stats::count_verdict(verdict, bytes);
     match verdict {
         Verdict::ForwardDsr | Verdict::ForwardNat | Verdict::NatReply => XDP_TX,
@@ -78,13 +88,13 @@ pub fn xdp_tx_paced(_ctx: XdpContext) -> u32 {
     XDP_TX
 }
 
+/// Any packet: the reference path.
 #[inline(always)]
 fn process(ctx: &XdpContext) -> Verdict {
     let packet = match parse::parse(ctx) {
         Ok(packet) => packet,
         Err(verdict) => return verdict,
     };
-
     let fw = match firewall::settings() {
         Ok(fw) => fw,
         Err(verdict) => return verdict,
@@ -95,19 +105,53 @@ fn process(ctx: &XdpContext) -> Verdict {
     if packet.fragment {
         return Verdict::PassFragment;
     }
+    decide(ctx, &packet, fw, balance::lookup(&packet))
+}
 
-    let route = match balance::lookup(&packet) {
+/// `process` for the common IPv4 case (`parse::Ipv4Packet`), in the same order: firewall, then
+/// the flow table. A DSR flow with nothing to re-check, most packets of a web service, leaves
+/// straight away; anything else goes on as in `process`, with the generic packet built then.
+#[inline(always)]
+fn process_common_ipv4(ctx: &XdpContext, v4: &parse::Ipv4Packet) -> Verdict {
+    let fw = match firewall::settings() {
+        Ok(fw) => fw,
+        Err(verdict) => return verdict,
+    };
+    if let Err(verdict) = firewall::screen_ipv4(v4, fw) {
+        return verdict;
+    }
+    let flow = balance::established_v4(&v4.key);
+    if let Some(flow) = &flow {
+        if flow.flow().mode != MODE_NAT && !firewall::needs_recheck(flow, fw) {
+            let route = flow.route();
+            stats::count_forward(&route, v4.len);
+            return forward::dsr_to_backend(ctx, &route);
+        }
+    }
+    let packet = v4.to_packet();
+    let target = match flow {
+        Some(flow) => Target::Established(flow),
+        None => balance::lookup_service(&packet),
+    };
+    decide(ctx, &packet, fw, target)
+}
+
+/// From where the packet belongs to its verdict: the firewall's checks for that place, then
+/// the balancing decision and the rewrite.
+#[inline(always)]
+fn decide(ctx: &XdpContext, packet: &Packet, fw: &Firewall, target: Target) -> Verdict {
+    let route = match target {
         Target::Established(flow) => {
-            if let Err(verdict) = firewall::recheck(&packet, &flow, fw) {
+            if let Err(verdict) = firewall::recheck(packet, &flow, fw) {
                 return verdict;
             }
             flow.route()
         }
         Target::Service(service) => {
-            if let Err(verdict) = firewall::admit(&packet, service, fw) {
+            if let Err(verdict) = firewall::admit(packet, service, fw) {
                 return verdict;
             }
-            match balance::new_flow(ctx, &packet, service, fw.generation) {
+            match balance::new_flow(ctx, packet, service, fw.generation) {
                 Ok(route) => route,
                 Err(verdict) => return verdict,
             }
@@ -115,15 +159,14 @@ fn process(ctx: &XdpContext) -> Verdict {
         Target::NatReply(reverse) => {
             stats::count_service(reverse.service_id, packet.len as u64, false);
             stats::count_backend(reverse.backend_id, packet.len as u64, false);
-            return forward::nat_to_client(ctx, &packet, reverse);
+            return forward::nat_to_client(ctx, packet, reverse);
         }
-        Target::Kernel => return firewall::host_policy(&packet, fw),
+        Target::Kernel => return firewall::host_policy(packet, fw),
     };
 
-    stats::count_service(route.service_id, packet.len as u64, route.new_flow);
-    stats::count_backend(route.backend_id, packet.len as u64, route.new_flow);
+    stats::count_forward(&route, packet.len);
     if route.mode == MODE_NAT {
-        forward::nat_to_backend(ctx, &packet, &route)
+        forward::nat_to_backend(ctx, packet, &route)
     } else {
         forward::dsr_to_backend(ctx, &route)
     }

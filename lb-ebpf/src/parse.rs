@@ -3,7 +3,7 @@
 use core::mem::offset_of;
 
 use aya_ebpf::programs::XdpContext;
-use lb_common::maps::{FlowKey, Verdict, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP};
+use lb_common::maps::{FlowKey, FlowKeyV4, Verdict, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP};
 
 pub const PROTO_ICMP: u8 = 1;
 pub const PROTO_ICMPV6: u8 = 58;
@@ -41,6 +41,91 @@ pub struct Packet {
     pub icmp_type: u8,
     /// An IPv4 fragment: only the first one has ports, so none is balanced.
     pub fragment: bool,
+}
+
+/// The common case: an IPv4 TCP or UDP packet without IP options that is not a fragment. Its
+/// headers go straight into the IPv4 flow key; the generic [`Packet`] is only built if the
+/// packet needs more than the flow table (see `main.rs`).
+pub struct Ipv4Packet {
+    pub key: FlowKeyV4,
+    /// Offset of the IP header (after at most one VLAN tag).
+    pub l3: usize,
+    /// Bytes in the frame.
+    pub len: usize,
+    /// TCP flags (0 for UDP).
+    pub tcp_flags: u8,
+}
+
+impl Ipv4Packet {
+    /// The same packet as [`parse`] describes it.
+    #[inline(always)]
+    pub fn to_packet(&self) -> Packet {
+        Packet {
+            key: self.key.to_flow(),
+            l3: self.l3,
+            l4: self.l3 + Ipv4Hdr::LEN,
+            len: self.len,
+            tcp_flags: self.tcp_flags,
+            icmp_type: 0,
+            fragment: false,
+        }
+    }
+}
+
+/// Recognises the common case (see [`Ipv4Packet`]) with the fewest reads. `None` for anything
+/// else, malformed packets included: [`parse`] then handles the packet, and is the reference.
+#[inline(always)]
+pub fn parse_common_ipv4(ctx: &XdpContext) -> Option<Ipv4Packet> {
+    let len = ctx.data_end() - ctx.data();
+    let eth = bytes_at(ctx, 0, EthHdr::LEN)?;
+    let mut l3 = EthHdr::LEN;
+    let mut ether_type = load16(eth.wrapping_add(offset_of!(EthHdr, ether_type)));
+    if ether_type == ETH_P_8021Q.to_be() || ether_type == ETH_P_8021AD.to_be() {
+        ether_type = load16(bytes_at(ctx, l3, VLAN_TAG_LEN)?.wrapping_add(2));
+        l3 += VLAN_TAG_LEN;
+    }
+    if ether_type != ETH_P_IP.to_be() {
+        return None;
+    }
+    let ip = bytes_at(ctx, l3, Ipv4Hdr::LEN)?;
+    // SAFETY: bounds checked by `bytes_at`.
+    let (vihl, proto) = unsafe {
+        (
+            *ip.wrapping_add(offset_of!(Ipv4Hdr, vihl)),
+            *ip.wrapping_add(offset_of!(Ipv4Hdr, proto)),
+        )
+    };
+    // Version 4, a 20-byte header; neither more fragments nor a fragment offset.
+    let frags = load16(ip.wrapping_add(offset_of!(Ipv4Hdr, frags)));
+    if vihl != 0x45 || frags & 0x3FFFu16.to_be() != 0 {
+        return None;
+    }
+    let total_len = u16::from_be(load16(ip.wrapping_add(offset_of!(Ipv4Hdr, tot_len)))) as usize;
+    if total_len < Ipv4Hdr::LEN || l3 + total_len > len {
+        return None;
+    }
+    let l4 = l3 + Ipv4Hdr::LEN;
+    let (ports, tcp_flags) = match proto {
+        PROTO_TCP => {
+            let tcp = bytes_at(ctx, l4, TCP_NEEDED)?;
+            // SAFETY: within the TCP header checked above (flags are byte 13).
+            (tcp, unsafe { *tcp.wrapping_add(13) })
+        }
+        PROTO_UDP => (bytes_at(ctx, l4, UDP_NEEDED)?, 0),
+        _ => return None,
+    };
+    Some(Ipv4Packet {
+        key: FlowKeyV4 {
+            src: load32(ip.wrapping_add(offset_of!(Ipv4Hdr, src_addr))),
+            dst: load32(ip.wrapping_add(offset_of!(Ipv4Hdr, dst_addr))),
+            src_port: load16(ports),
+            dst_port: load16(ports.wrapping_add(2)),
+            proto: proto as u32,
+        },
+        l3,
+        len,
+        tcp_flags,
+    })
 }
 
 /// Pointer to `len` bytes at `offset`, or `None` if the packet is too short for them.

@@ -1,7 +1,10 @@
 //! Per-CPU counters: no atomics and no sharing on the hot path; the agent sums the CPUs.
 use lb_common::maps::{Counters, Verdict};
 
-use crate::maps::{BACKEND_STATS, SERVICE_STATS, VERDICT_STATS};
+use crate::{
+    balance::Route,
+    maps::{BACKEND_STATS, SERVICE_STATS, VERDICT_STATS},
+};
 
 #[inline(always)]
 fn bump(counters: Option<*mut Counters>, bytes: u64, new_flow: bool) {
@@ -27,4 +30,11 @@ pub fn count_service(service_id: u32, bytes: u64, new_flow: bool) {
 #[inline(always)]
 pub fn count_backend(backend_id: u32, bytes: u64, new_flow: bool) {
     bump(BACKEND_STATS.get_ptr_mut(backend_id), bytes, new_flow);
+}
+
+/// A packet forwarded to a backend: its service's and its backend's counters.
+#[inline(always)]
+pub fn count_forward(route: &Route, len: usize) {
+    count_service(route.service_id, len as u64, route.new_flow);
+    count_backend(route.backend_id, len as u64, route.new_flow);
 }
