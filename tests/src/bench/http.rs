@@ -20,6 +20,11 @@ pub struct Config {
     pub quick: bool,
     pub wrk: Wrk,
     pub repetitions: u32,
+    /// The latency phase (`latency`): one request rate for every target, below the slowest
+    /// one's capacity (HAProxy: ~40-56k req/s under wrk here).
+    pub fixed_rate: u32,
+    pub fixed_rate_seconds: f64,
+    pub fixed_rate_connections: u32,
 }
 
 impl Config {
@@ -33,6 +38,9 @@ impl Config {
                 cpu: None,
             },
             repetitions: if quick { 3 } else { 5 },
+            fixed_rate: 10_000,
+            fixed_rate_seconds: if quick { 3.0 } else { 6.0 },
+            fixed_rate_connections: 8,
         }
     }
 }
@@ -208,6 +216,33 @@ fn run_in(lab: &Lab, agent: u32, cfg: &Config) -> Result<HttpResult> {
         }
     }
 
+    // The same load on every target: latency at a fixed rate, order alternated as above.
+    let mut at_rate: Map<String, Value> = Map::new();
+    for rep in 0..cfg.repetitions {
+        let order: Vec<usize> = if rep % 2 == 0 {
+            (0..targets.len()).collect()
+        } else {
+            (0..targets.len()).rev().collect()
+        };
+        for &i in &order {
+            let t = &targets[i];
+            let entry = fixed_rate(lab, cfg, &t.url)
+                .unwrap_or_else(|e| json!({ "error": format!("{e:#}") }));
+            eprintln!(
+                "lb-bench: http {} fixed rate rep {}: {}",
+                t.key,
+                rep + 1,
+                entry
+            );
+            at_rate
+                .entry(t.key)
+                .or_insert_with(|| json!([]))
+                .as_array_mut()
+                .context("fixed-rate runs")?
+                .push(entry);
+        }
+    }
+
     let mut http = Map::new();
     let mut detail = Map::new();
     for t in &targets {
@@ -218,13 +253,30 @@ fn run_in(lab: &Lab, agent: u32, cfg: &Config) -> Result<HttpResult> {
             .unwrap_or_default();
         let col = |k: &str| -> Vec<f64> { list.iter().filter_map(|r| r[k].as_f64()).collect() };
         let complete = list.iter().all(|r| r.get("error").is_none()) && !list.is_empty();
+        let rate_runs = at_rate
+            .get(t.key)
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        let rate_col =
+            |k: &str| -> Vec<f64> { rate_runs.iter().filter_map(|r| r[k].as_f64()).collect() };
+        // A run with a failed request or a load it could not hold gives no latency figure.
+        let rate_complete = !rate_runs.is_empty()
+            && rate_runs
+                .iter()
+                .all(|r| r["errors"].as_u64() == Some(0) && held(r));
         let value = if complete {
-            json!({
+            let mut v = json!({
                 "rps": median(&col("rps")).map(|v| round(v, 0)),
                 "p50_ms": median(&col("p50_ms")).map(|v| round(v, 3)),
                 "p99_ms": median(&col("p99_ms")).map(|v| round(v, 3)),
                 "lb_cpu_s": median(&col("lb_cpu_s")).map(|v| round(v, 2)),
-            })
+            });
+            if rate_complete {
+                v["p50_ms_fixed_rate"] = json!(median(&rate_col("p50_ms")).map(|v| round(v, 3)));
+                v["p99_ms_fixed_rate"] = json!(median(&rate_col("p99_ms")).map(|v| round(v, 3)));
+            }
+            v
         } else {
             Value::Null
         };
@@ -236,8 +288,11 @@ fn run_in(lab: &Lab, agent: u32, cfg: &Config) -> Result<HttpResult> {
             "lb_process_cpu_s_median": median(&col("lb_process_cpu_s")).map(|v| round(v, 2)),
             "softirq_s_median": median(&col("softirq_s")).map(|v| round(v, 2)),
         });
+        d["fixed_rate_runs"] = json!(rate_runs);
         if !complete {
             d["reason"] = json!("a run failed (see runs)");
+        } else if !rate_complete {
+            d["fixed_rate_reason"] = json!("a fixed-rate run failed a request or could not hold the rate (see fixed_rate_runs)");
         }
         detail.insert(t.key.into(), d);
     }
@@ -253,7 +308,11 @@ fn run_in(lab: &Lab, agent: u32, cfg: &Config) -> Result<HttpResult> {
             "xdp_dsr / direct": ratio("xdp_dsr", "direct"),
             "xdp_nat / haproxy": ratio("xdp_nat", "haproxy"),
             "xdp_dsr / nginx": ratio("xdp_dsr", "nginx"),
-            "xdp_dsr p99 <= haproxy p99": match (get("xdp_dsr", "p99_ms"), get("haproxy", "p99_ms")) {
+            "xdp_dsr p99 <= haproxy p99 (wrk, each at its own saturation)": match (get("xdp_dsr", "p99_ms"), get("haproxy", "p99_ms")) {
+                (Some(a), Some(b)) => json!(a <= b),
+                _ => Value::Null,
+            },
+            "xdp_dsr p99 <= haproxy p99 (same fixed rate)": match (get("xdp_dsr", "p99_ms_fixed_rate"), get("haproxy", "p99_ms_fixed_rate")) {
                 (Some(a), Some(b)) => json!(a <= b),
                 _ => Value::Null,
             },
@@ -267,6 +326,16 @@ fn run_in(lab: &Lab, agent: u32, cfg: &Config) -> Result<HttpResult> {
             "orders": orders,
             "warm_up": "one 1-second wrk run per target before the repetitions",
             "figure": "median over the repetitions of each field separately",
+            "fixed_rate": {
+                "rate": cfg.fixed_rate,
+                "seconds": cfg.fixed_rate_seconds,
+                "connections": cfg.fixed_rate_connections,
+                "what": "p50_ms_fixed_rate / p99_ms_fixed_rate: `lb-bench latency` from the client namespace, HTTP/1.1 GETs over \
+                         keep-alive connections, each sending on its own schedule (open loop) so that every target carries the \
+                         same load; latency from the write of a request to the end of its response (a send that its \
+                         thread's wake-up made late is counted in late_sends and measured from when it left); a run \
+                         with a failed request, or that answered under 99% of the rate, gives no figure",
+            },
             "lab": format!("namespaces {PREFIX}*: client, lb, web1, web2 (nginx 1 worker each, answering its host name), db1, db2 on one bridge; veth"),
             "lb_cpu_s": "CPU seconds spent on the load balancer during one wrk run: user+sys of its processes \
                          (HAProxy; the nginx proxy's master and workers; the lb agent for xdp_*; none for direct) from \
@@ -281,6 +350,42 @@ fn run_in(lab: &Lab, agent: u32, cfg: &Config) -> Result<HttpResult> {
         http: Value::Object(http),
         detail: Value::Object(detail),
     })
+}
+
+/// One fixed-rate latency run (`lb-bench latency`) from the client namespace.
+fn fixed_rate(lab: &Lab, cfg: &Config, url: &str) -> Result<Value> {
+    let exe = labkit::self_exe()?;
+    let args = [
+        exe.display().to_string(),
+        "latency".into(),
+        "--url".into(),
+        url.into(),
+        "--rate".into(),
+        cfg.fixed_rate.to_string(),
+        "--seconds".into(),
+        cfg.fixed_rate_seconds.to_string(),
+        "--connections".into(),
+        cfg.fixed_rate_connections.to_string(),
+    ];
+    let out = lab.exec_timeout(
+        host::CLIENT,
+        &args,
+        std::time::Duration::from_secs_f64(cfg.fixed_rate_seconds + 20.0),
+    )?;
+    serde_json::from_slice(&out.stdout).with_context(|| {
+        format!(
+            "lb-bench latency printed no JSON: {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+/// The run held its rate: at least 99% of the requests it was to send were answered.
+fn held(run: &Value) -> bool {
+    match (run["achieved_rps"].as_f64(), run["rate"].as_f64()) {
+        (Some(achieved), Some(rate)) => achieved >= 0.99 * rate,
+        _ => false,
+    }
 }
 
 fn run_json(r: &WrkResult, proc_s: f64, softirq_s: f64) -> Value {
@@ -330,8 +435,15 @@ pub fn run(cfg: &Config) -> Result<HttpResult> {
 /// Table rows for the http part.
 pub fn table(http: &Value) -> String {
     let mut s = format!(
-        "{:<10} {:>10} {:>9} {:>9} {:>10} {:>10}\n",
-        "target", "req/s", "p50 ms", "p99 ms", "lb cpu s", "x haproxy"
+        "{:<10} {:>10} {:>9} {:>9} {:>10} {:>10} {:>13} {:>13}\n",
+        "target",
+        "req/s",
+        "p50 ms",
+        "p99 ms",
+        "lb cpu s",
+        "x haproxy",
+        "p50 ms @rate",
+        "p99 ms @rate"
     );
     let base = http["haproxy"]["rps"].as_f64();
     for k in KEYS {
@@ -346,12 +458,14 @@ pub fn table(http: &Value) -> String {
             _ => "-".into(),
         };
         s += &format!(
-            "{k:<10} {:>10} {:>9} {:>9} {:>10} {:>10}\n",
+            "{k:<10} {:>10} {:>9} {:>9} {:>10} {:>10} {:>13} {:>13}\n",
             f("rps", 0),
             f("p50_ms", 3),
             f("p99_ms", 3),
             f("lb_cpu_s", 2),
-            x
+            x,
+            f("p50_ms_fixed_rate", 3),
+            f("p99_ms_fixed_rate", 3),
         );
     }
     s

@@ -2,12 +2,14 @@
 //! writes its own top-level keys of `target/bench/results.json` (DESIGN.md "Result files").
 //!
 //! - [`per_packet`]: cost per packet through BPF_PROG_TEST_RUN (`per_packet_ns`);
-//! - [`http`]: requests through HAProxy, nginx and our load balancer in a lab (`http`);
+//! - [`http`]: requests through HAProxy, nginx and our load balancer in a lab (`http`), with
+//!   [`latency`] measuring each at one fixed request rate;
 //! - [`flood`]: legit requests under a bounded flood, and its generator (`flood`);
 //! - [`summary`]: all tables, the target ratios and the chart.
 pub mod flood;
 pub mod http;
 pub mod labkit;
+pub mod latency;
 pub mod per_packet;
 pub mod report;
 pub mod summary;

@@ -4,7 +4,8 @@
 //! - `http`: `http`, wrk through HAProxy, nginx and our load balancer in a lab (`lbb-ht-`);
 //! - `flood`: `flood`, legit req/s under a bounded flood (`lbb-fl-`);
 //! - `summary`: every part's table, the target ratios, and the chart `results.svg`;
-//! - `flood-gen`: the flood generator itself, run by `flood` inside the client namespace.
+//! - `flood-gen`: the flood generator itself, run by `flood` inside the client namespace;
+//! - `latency`: HTTP latency at a fixed request rate, run by `http` inside the client namespace.
 //!
 //! The bench code lives in `tests/src/bench/`, compiled into this binary only.
 #[path = "../bench/mod.rs"]
@@ -15,7 +16,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 use clap::Parser;
 
-use bench::{flood, http, per_packet, report, summary, system};
+use bench::{flood, http, latency, per_packet, report, summary, system};
 use serde_json::{json, Map, Value};
 
 #[derive(Parser, Debug)]
@@ -43,6 +44,19 @@ enum Cmd {
     Summary {
         #[arg(long, default_value = "target/bench/results.json")]
         out: PathBuf,
+    },
+    /// HTTP latency at a fixed request rate (open loop), printed as JSON; `http` runs it in the
+    /// client namespace.
+    Latency {
+        #[arg(long)]
+        url: String,
+        /// Requests per second, all connections together.
+        #[arg(long)]
+        rate: u32,
+        #[arg(long)]
+        seconds: f64,
+        #[arg(long, default_value_t = 8)]
+        connections: u32,
     },
     /// The flood generator: xdp_tx through BPF_PROG_TEST_RUN in live-frames mode on IFACE.
     FloodGen {
@@ -142,6 +156,21 @@ fn main() -> Result<()> {
         Some(Cmd::Http(args)) => http_main(args),
         Some(Cmd::Flood(args)) => flood_main(args),
         Some(Cmd::Summary { out }) => summary::run(&out),
+        Some(Cmd::Latency {
+            url,
+            rate,
+            seconds,
+            connections,
+        }) => {
+            let result = latency::run(&latency::Args {
+                url,
+                rate,
+                seconds,
+                connections,
+            })?;
+            println!("{result}");
+            Ok(())
+        }
         Some(Cmd::FloodGen {
             iface,
             dst_mac,
