@@ -326,6 +326,57 @@ fn weighted_round_robin_follows_the_weights() {
     assert_eq!(h.backend_counters(0, "web2").new_flows, 100);
 }
 
+/// The data path has two roads (lb-ebpf main.rs): the short one for IPv4 TCP/UDP without
+/// options, tagged or not, and the generic one. A flow's packets take either, depending on
+/// their headers; they must land on the same backend and be counted the same way.
+#[test]
+fn an_established_flow_leaves_alike_by_either_road() {
+    if !require_root("an_established_flow_leaves_alike_by_either_road") {
+        return;
+    }
+    let f = v4();
+    for mode in [Mode::Dsr, Mode::Nat] {
+        let h = service(&f, Protocol::Tcp, mode, 80);
+        let plain = client_frame(&f, Protocol::Tcp, 40000);
+        // The flow begins on web1; the next new flow moves the cursor to web2.
+        let (_, first) = h.run(&plain.build());
+        h.run(&client_frame(&f, Protocol::Tcp, 40001).build());
+        let mut tagged = plain.clone();
+        tagged.vlan = Some(42);
+        let mut with_options = plain.clone();
+        with_options.ipv4_options = vec![1, 1, 1, 0];
+        for (what, frame) in [
+            ("short road", &plain),
+            ("short road, tagged", &tagged),
+            ("generic road (IP options)", &with_options),
+        ] {
+            let (action, out) = h.run(&frame.build());
+            assert_eq!(action, XDP_TX, "{mode:?}, {what}");
+            // The destination MAC comes first, tag or not.
+            assert_eq!(
+                out[0..6],
+                first[0..6],
+                "{mode:?}, {what}: the flow changed backend"
+            );
+            if mode == Mode::Dsr {
+                assert_frame(&out, &frame.clone().macs(LB_MAC, WEB1_MAC).build(), what);
+            }
+        }
+        let web1 = h.backend_counters(0, "web1");
+        assert_eq!(
+            (web1.packets, web1.new_flows),
+            (4, 1),
+            "{mode:?}: web1's counters"
+        );
+        let forwarded = if mode == Mode::Dsr {
+            Verdict::ForwardDsr
+        } else {
+            Verdict::ForwardNat
+        };
+        assert_eq!(h.verdict_count(forwarded), 5, "{mode:?}: forward verdicts");
+    }
+}
+
 #[test]
 fn a_flow_sticks_to_its_backend() {
     if !require_root("a_flow_sticks_to_its_backend") {
