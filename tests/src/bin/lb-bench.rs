@@ -92,7 +92,8 @@ struct LabArgs {
     quick: bool,
     #[arg(long, default_value = "target/bench/results.json")]
     out: PathBuf,
-    /// Repetitions (default: http 3 quick / 5; flood 2 quick / 3).
+    /// Repetitions (default: http 3 quick / 5, and 5 of the fixed-rate latency; flood 2 quick
+    /// / 3).
     #[arg(long)]
     repetitions: Option<u32>,
     /// Seconds of each wrk run (default 5 quick / 10).
@@ -234,6 +235,7 @@ fn http_main(args: LabArgs) -> Result<()> {
     let mut cfg = http::Config::new(args.quick);
     if let Some(n) = args.repetitions {
         cfg.repetitions = n;
+        cfg.fixed_rate_repetitions = n;
     }
     if let Some(n) = args.seconds {
         cfg.wrk.seconds = n;
