@@ -157,8 +157,12 @@ fn decide(ctx: &XdpContext, packet: &Packet, fw: &Firewall, target: Target) -> V
             }
         }
         Target::NatReply(reverse) => {
-            stats::count_service(reverse.service_id, packet.len as u64, false);
-            stats::count_backend(reverse.backend_id, packet.len as u64, false);
+            stats::count_service_and_backend(
+                reverse.service_id,
+                reverse.backend_id,
+                packet.len,
+                false,
+            );
             return forward::nat_to_client(ctx, packet, reverse);
         }
         Target::Kernel => return firewall::host_policy(packet, fw),

@@ -22,19 +22,15 @@ pub fn count_verdict(verdict: Verdict, bytes: u64) {
     bump(VERDICT_STATS.get_ptr_mut(verdict as u32), bytes, false);
 }
 
-#[inline(always)]
-pub fn count_service(service_id: u32, bytes: u64, new_flow: bool) {
-    bump(SERVICE_STATS.get_ptr_mut(service_id), bytes, new_flow);
-}
-
-#[inline(always)]
-pub fn count_backend(backend_id: u32, bytes: u64, new_flow: bool) {
-    bump(BACKEND_STATS.get_ptr_mut(backend_id), bytes, new_flow);
-}
-
 /// A packet forwarded to a backend: its service's and its backend's counters.
 #[inline(always)]
 pub fn count_forward(route: &Route, len: usize) {
-    count_service(route.service_id, len as u64, route.new_flow);
-    count_backend(route.backend_id, len as u64, route.new_flow);
+    count_service_and_backend(route.service_id, route.backend_id, len, route.new_flow);
+}
+
+/// Every packet of a service's flow counts for the service and for the backend, both ways.
+#[inline(always)]
+pub fn count_service_and_backend(service_id: u32, backend_id: u32, len: usize, new_flow: bool) {
+    bump(SERVICE_STATS.get_ptr_mut(service_id), len as u64, new_flow);
+    bump(BACKEND_STATS.get_ptr_mut(backend_id), len as u64, new_flow);
 }

@@ -679,6 +679,14 @@ fn run_case(lab: &Lab, dp: &Dataplane, cfg: &Config, case: Case, lb_mac: &str) -
     }))
 }
 
+/// One run of `case`, or its error as the run's entry (the nftables rule removed either way).
+fn run_case_or_error(lab: &Lab, dp: &Dataplane, cfg: &Config, case: Case, lb_mac: &str) -> Value {
+    run_case(lab, dp, cfg, case, lb_mac).unwrap_or_else(|e| {
+        let _ = nft_rule(lab, false);
+        json!({ "error": format!("{e:#}") })
+    })
+}
+
 /// A flooded run counts if the flood that left the generator was at least this share of the
 /// median over all flooded runs: the cases are only comparable under the same flood.
 const EQUAL_FLOOD: f64 = 0.85;
@@ -718,10 +726,7 @@ fn retry_unequal_floods(
             if !short_flood(run, reference) {
                 continue;
             }
-            let again = run_case(lab, dp, cfg, case, lb_mac).unwrap_or_else(|e| {
-                let _ = nft_rule(lab, false);
-                json!({ "error": format!("{e:#}") })
-            });
+            let again = run_case_or_error(lab, dp, cfg, case, lb_mac);
             eprintln!(
                 "lb-bench: flood {} rep {} again (its flood was under {EQUAL_FLOOD} of the median {reference:.0} pps): {again}",
                 case.key(),
@@ -805,17 +810,10 @@ fn run_in(lab: &Lab, cfg: &Config) -> Result<FloodResult> {
     let mut runs: Map<String, Value> = Map::new();
     let mut orders = Vec::new();
     for rep in 0..cfg.repetitions {
-        let order: Vec<Case> = if rep % 2 == 0 {
-            cases.to_vec()
-        } else {
-            cases.iter().rev().copied().collect()
-        };
+        let order = labkit::alternating(&cases, rep);
         orders.push(order.iter().map(|c| c.key()).collect::<Vec<_>>());
         for case in order {
-            let entry = run_case(lab, &dp, cfg, case, &lb_mac).unwrap_or_else(|e| {
-                let _ = nft_rule(lab, false);
-                json!({ "error": format!("{e:#}") })
-            });
+            let entry = run_case_or_error(lab, &dp, cfg, case, &lb_mac);
             eprintln!("lb-bench: flood {} rep {}: {}", case.key(), rep + 1, entry);
             runs.entry(case.key())
                 .or_insert_with(|| json!([]))

@@ -258,6 +258,16 @@ impl CpuMeter {
     }
 }
 
+/// The order of repetition `rep` over `items`: as given, then reversed, and so on, so that no
+/// item always runs first or right after the same neighbour.
+pub fn alternating<T: Copy>(items: &[T], rep: u32) -> Vec<T> {
+    if rep % 2 == 0 {
+        items.to_vec()
+    } else {
+        items.iter().rev().copied().collect()
+    }
+}
+
 pub fn median(values: &[f64]) -> Option<f64> {
     let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
     if v.is_empty() {

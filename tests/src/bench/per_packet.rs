@@ -161,6 +161,12 @@ fn dsr_scene(flow_capacity: u32) -> Harness {
         flow_capacity,
         ..LoadOptions::default()
     });
+    add_dsr_service(&mut h);
+    h
+}
+
+/// The DSR service every scene measures: `DSR_VIP`:80 on web1 and web2.
+fn add_dsr_service(h: &mut Harness) {
     h.add_service(
         "dsr",
         (IpAddr::V4(DSR_VIP), 80),
@@ -169,7 +175,6 @@ fn dsr_scene(flow_capacity: u32) -> Harness {
         None,
         &two_backends(80),
     );
-    h
 }
 
 fn two_backends(port: u16) -> [BackendSpec; 2] {
@@ -763,14 +768,7 @@ pub fn run(cfg: &Config) -> Result<PerPacket> {
     // The main scene: a DSR service, a NAT service (addresses as in the tests), and an address
     // that is neither.
     let mut main = Harness::new();
-    main.add_service(
-        "dsr",
-        (IpAddr::V4(DSR_VIP), 80),
-        Protocol::Tcp,
-        Mode::Dsr,
-        None,
-        &two_backends(80),
-    );
+    add_dsr_service(&mut main);
     main.add_service(
         "nat",
         (IpAddr::V4(NAT_VIP), 80),
