@@ -16,6 +16,14 @@ pub const RING_SLOTS: u32 = 1024;
 pub const RING_TABLES_PER_SERVICE: u32 = 2;
 /// Default size of each flow table (IPv4, IPv6; LRU); the agent may set another at load time.
 pub const DEFAULT_FLOW_CAPACITY: u32 = 1 << 20;
+/// Slots of each CPU's flow cache (a power of two: the slot is the top bits of a hash).
+/// 4096 slots of 48 bytes, 192 KiB per CPU: small enough to stay in the CPU's cache when many
+/// flows take turns, so a miss costs little.
+pub const FLOW_CACHE_SLOTS: u32 = 1 << 12;
+/// How long a flow-cache copy serves before the flow table is asked again, in kernel ticks
+/// (32 ms at HZ=1000, 128 ms at HZ=250): that lookup is what keeps a busy flow young in the
+/// table's LRU.
+pub const FLOW_CACHE_REFRESH_JIFFIES: u64 = 32;
 /// Default size of each NAT table (LRU); the agent may set another at load time.
 pub const DEFAULT_NAT_CAPACITY: u32 = 1 << 20;
 /// Firewall rules (CIDR prefixes and service source rules share the id space).
@@ -40,6 +48,8 @@ pub mod names {
     pub const RR_CURSORS: &str = "RR_CURSORS";
     pub const FLOWS_V4: &str = "FLOWS_V4";
     pub const FLOWS_V6: &str = "FLOWS_V6";
+    pub const FLOW_CACHE_V4: &str = "FLOW_CACHE_V4";
+    pub const FLOW_CACHE_EPOCH: &str = "FLOW_CACHE_EPOCH";
     pub const NAT_REVERSE: &str = "NAT_REVERSE";
     pub const SETTINGS: &str = "SETTINGS";
     pub const SERVICE_STATS: &str = "SERVICE_STATS";

@@ -138,8 +138,8 @@ pub struct Flow {
     pub backend_id: u32,
     pub backend_generation: u32,
     pub service_id: u32,
-    /// Firewall rule generation the flow was admitted under; another one re-checks it.
-    pub fw_generation: u32,
+    /// Firewall epoch the flow was admitted (or last re-checked) under; another one re-checks it.
+    pub fw_epoch: u32,
     /// NAT mode: the source address towards the backend.
     pub snat_addr: [u32; 4],
     /// NAT mode: the source port towards the backend (network order).
@@ -148,6 +148,24 @@ pub struct Flow {
     pub mode: u8,
     /// `FLOW_*` flags.
     pub flags: u8,
+}
+
+/// `FLOW_CACHE_V4` value: a per-CPU copy of a DSR flow's `FLOWS_V4` entry, found by a cheap
+/// hash of its key, so that the busy flows of a CPU skip the flow table's lookup (whose
+/// hashing and calls cost as much as the rest of the program).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CachedFlowV4 {
+    pub key: FlowKeyV4,
+    pub backend_id: u32,
+    pub backend_generation: u32,
+    pub service_id: u32,
+    pub fw_epoch: u32,
+    /// `FLOW_CACHE_EPOCH` when copied: the agent bumps it to make every copy stale.
+    pub epoch: u32,
+    pub _pad: u32,
+    /// Kernel jiffies when the entry was last copied from the flow table.
+    pub copied_at: u64,
 }
 
 /// The service limits packets per source: every packet of the flow is counted.
@@ -216,7 +234,17 @@ impl Counters {
 }
 
 pod!(
-    ServiceKey, Service, Backend, FlowKey, FlowKeyV4, Flow, NatReverse, Settings, Counters, TxPace
+    ServiceKey,
+    Service,
+    Backend,
+    FlowKey,
+    FlowKeyV4,
+    Flow,
+    CachedFlowV4,
+    NatReverse,
+    Settings,
+    Counters,
+    TxPace
 );
 pod!(
     Rate,
@@ -236,6 +264,7 @@ const _: () = assert!(core::mem::size_of::<Backend>() == 36);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
 const _: () = assert!(core::mem::size_of::<FlowKeyV4>() == 16);
 const _: () = assert!(core::mem::size_of::<Flow>() == 36);
+const _: () = assert!(core::mem::size_of::<CachedFlowV4>() == 48);
 const _: () = assert!(core::mem::size_of::<NatReverse>() == 52);
 const _: () = assert!(core::mem::size_of::<Settings>() == 8);
 const _: () = assert!(core::mem::size_of::<Counters>() == 24);
@@ -435,7 +464,9 @@ pub struct Firewall {
     /// Replies to the host's own connections arrive on these ports (host order).
     pub ephemeral_min: u16,
     pub ephemeral_max: u16,
-    pub _pad: u32,
+    /// Counts rule-set changes (wrapping). Flows record the epoch they were admitted under: the
+    /// generation alone, 0 or 1, would let a flow skip its re-check after two changes.
+    pub epoch: u32,
     /// ICMP echo requests to the host, per source.
     pub host_icmp_echo: Rate,
     /// New connections to the host's open ports, per source.

@@ -44,9 +44,9 @@ impl Established {
 
     /// Records that the flow passed the firewall's current rules.
     #[inline(always)]
-    pub fn set_fw_generation(&self, generation: u32) {
+    pub fn set_fw_epoch(&self, epoch: u32) {
         // SAFETY: as above; one aligned u32 store, a racing CPU writes the same value.
-        unsafe { (*self.flow).fw_generation = generation };
+        unsafe { (*self.flow).fw_epoch = epoch };
     }
 
     #[inline(always)]
@@ -100,11 +100,17 @@ fn established(flow: Option<*mut Flow>) -> Option<Established> {
     let flow = flow?;
     // SAFETY: a value of the LRU flow map, valid while the program runs.
     let entry = unsafe { &*flow };
-    let backend = BACKENDS.get(entry.backend_id)?;
+    let backend = usable_backend(entry.backend_id, entry.backend_generation)?;
+    Some(Established { flow, backend })
+}
+
+/// The backend a flow began on, if it may still serve it. Otherwise the backend is down or
+/// gone (its id given to another): the service re-balances the flow.
+#[inline(always)]
+pub fn usable_backend(id: u32, generation: u32) -> Option<&'static Backend> {
+    let backend = BACKENDS.get(id)?;
     let usable = backend.state == BACKEND_ACTIVE || backend.state == BACKEND_DRAINING;
-    // Otherwise the backend is down or gone: the service re-balances this flow.
-    (usable && backend.generation == entry.backend_generation)
-        .then_some(Established { flow, backend })
+    (usable && backend.generation == generation).then_some(backend)
 }
 
 /// A packet without a usable flow: a service's (new flow), a NAT reply, or the kernel's.
@@ -139,7 +145,7 @@ pub fn new_flow(
     ctx: &XdpContext,
     packet: &Packet,
     service: &'static Service,
-    fw_generation: u32,
+    fw_epoch: u32,
 ) -> Result<Route, Verdict> {
     if service.ring_len == 0 {
         return Err(Verdict::DropNoBackend);
@@ -164,7 +170,7 @@ pub fn new_flow(
         backend_id,
         backend_generation: backend.generation,
         service_id: service.id,
-        fw_generation,
+        fw_epoch,
         snat_addr: [0; 4],
         nat_port: 0,
         mode: service.mode,

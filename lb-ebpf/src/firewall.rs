@@ -189,7 +189,7 @@ pub fn admit(packet: &Packet, service: &Service, fw: &Firewall) -> Result<(), Ve
 #[inline(always)]
 pub fn needs_recheck(flow: &Established, fw: &Firewall) -> bool {
     let entry = flow.flow();
-    entry.fw_generation != fw.generation || entry.flags & FLOW_PACKET_RATE != 0
+    entry.fw_epoch != fw.epoch || entry.flags & FLOW_PACKET_RATE != 0
 }
 
 /// A packet of an established flow: re-checked against the service's source rules only when
@@ -198,11 +198,11 @@ pub fn needs_recheck(flow: &Established, fw: &Firewall) -> bool {
 #[inline(always)]
 pub fn recheck(packet: &Packet, flow: &Established, fw: &Firewall) -> Result<(), Verdict> {
     let entry = flow.flow();
-    if entry.fw_generation != fw.generation {
+    if entry.fw_epoch != fw.epoch {
         if fw.flags & FW_SCOPED_SOURCES != 0 {
             check_sources(packet, entry.service_id, fw, Verdict::DropServiceSource)?;
         }
-        flow.set_fw_generation(fw.generation);
+        flow.set_fw_epoch(fw.epoch);
     }
     if entry.flags & FLOW_PACKET_RATE != 0 {
         // SAFETY: read-only look-up of a value the agent replaces whole.

@@ -14,6 +14,7 @@
 mod balance;
 mod checksum;
 mod firewall;
+mod flow_cache;
 mod forward;
 mod maps;
 mod parse;
@@ -120,9 +121,14 @@ fn process_common_ipv4(ctx: &XdpContext, v4: &parse::Ipv4Packet) -> Verdict {
     if let Err(verdict) = firewall::screen_ipv4(v4, fw) {
         return verdict;
     }
+    if let Some(route) = flow_cache::lookup(&v4.key, fw) {
+        stats::count_forward(&route, v4.len);
+        return forward::dsr_to_backend(ctx, &route);
+    }
     let flow = balance::established_v4(&v4.key);
     if let Some(flow) = &flow {
         if flow.flow().mode != MODE_NAT && !firewall::needs_recheck(flow, fw) {
+            flow_cache::remember(&v4.key, flow);
             let route = flow.route();
             stats::count_forward(&route, v4.len);
             return forward::dsr_to_backend(ctx, &route);
@@ -151,7 +157,7 @@ fn decide(ctx: &XdpContext, packet: &Packet, fw: &Firewall, target: Target) -> V
             if let Err(verdict) = firewall::admit(packet, service, fw) {
                 return verdict;
             }
-            match balance::new_flow(ctx, packet, service, fw.generation) {
+            match balance::new_flow(ctx, packet, service, fw.epoch) {
                 Ok(route) => route,
                 Err(verdict) => return verdict,
             }

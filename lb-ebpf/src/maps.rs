@@ -7,12 +7,13 @@ use aya_ebpf::{
 };
 use lb_common::{
     maps::{
-        AddrKey, Backend, CidrV6, Counters, Firewall, Flow, FlowKey, FlowKeyV4, FwRule, HostPort,
-        NatReverse, RateKey, RuleCounters, Service, ServiceCidr, ServiceKey, Settings, TxPace,
-        V4Group, Verdict, V4_HALF_GROUPS,
+        AddrKey, Backend, CachedFlowV4, CidrV6, Counters, Firewall, Flow, FlowKey, FlowKeyV4,
+        FwRule, HostPort, NatReverse, RateKey, RuleCounters, Service, ServiceCidr, ServiceKey,
+        Settings, TxPace, V4Group, Verdict, V4_HALF_GROUPS,
     },
-    DEFAULT_FLOW_CAPACITY, DEFAULT_NAT_CAPACITY, MAX_BACKENDS, MAX_PREFIXES, MAX_RULES,
-    MAX_SERVICES, RATE_BUCKETS as RATE_BUCKETS_CAPACITY, RING_SLOTS, RING_TABLES_PER_SERVICE,
+    DEFAULT_FLOW_CAPACITY, DEFAULT_NAT_CAPACITY, FLOW_CACHE_SLOTS, MAX_BACKENDS, MAX_PREFIXES,
+    MAX_RULES, MAX_SERVICES, RATE_BUCKETS as RATE_BUCKETS_CAPACITY, RING_SLOTS,
+    RING_TABLES_PER_SERVICE,
 };
 
 #[map]
@@ -38,6 +39,16 @@ pub static FLOWS_V4: LruHashMap<FlowKeyV4, Flow> =
 #[map]
 pub static FLOWS_V6: LruHashMap<FlowKey, Flow> =
     LruHashMap::with_max_entries(DEFAULT_FLOW_CAPACITY, 0);
+
+/// Each CPU's copies of the DSR flows it forwards (`flow_cache.rs`). Not pinned: a cache, and
+/// an empty one is always right.
+#[map]
+pub static FLOW_CACHE_V4: PerCpuArray<CachedFlowV4> =
+    PerCpuArray::with_max_entries(FLOW_CACHE_SLOTS, 0);
+
+/// Bumped by the agent when a backend changes state or generation: copies made before are stale.
+#[map]
+pub static FLOW_CACHE_EPOCH: Array<u32> = Array::with_max_entries(1, 0);
 
 #[map]
 pub static NAT_REVERSE: LruHashMap<FlowKey, NatReverse> =

@@ -289,12 +289,30 @@ impl Dataplane {
             .collect()
     }
 
+    /// Writes a backend. When its state or generation changes, the CPUs' flow caches are
+    /// emptied first: a copy of a flow moved off a backend that went down must not send the
+    /// flow back there when the backend comes up again.
     pub fn put_backend(&mut self, id: u32, backend: &Backend) -> Result<()> {
+        let old: Backend = Array::<&MapData, Backend>::try_from(self.map(names::BACKENDS)?)?
+            .get(&id, 0)
+            .with_context(|| format!("reading BACKENDS[{id}]"))?;
+        if (old.state, old.generation) != (backend.state, backend.generation) {
+            self.empty_flow_caches()?;
+        }
         let mut map: Array<&mut MapData, Backend> =
             Array::try_from(self.map_mut(names::BACKENDS)?)?;
         map.set(id, backend, 0)
             .with_context(|| format!("writing BACKENDS[{id}]"))?;
         Ok(())
+    }
+
+    /// Makes every copy in the CPUs' flow caches stale (the data path then asks the flow table).
+    pub fn empty_flow_caches(&mut self) -> Result<()> {
+        let mut map: Array<&mut MapData, u32> =
+            Array::try_from(self.map_mut(names::FLOW_CACHE_EPOCH)?)?;
+        let epoch = map.get(&0, 0).context("reading FLOW_CACHE_EPOCH")?;
+        map.set(0, epoch.wrapping_add(1), 0)
+            .context("writing FLOW_CACHE_EPOCH")
     }
 
     /// Every backend slot, used or not (index = backend id).

@@ -311,7 +311,7 @@ impl RuleSet {
             generation: 0,
             ephemeral_min: ephemeral.0,
             ephemeral_max: ephemeral.1,
-            _pad: 0,
+            epoch: 0,
             host_icmp_echo: Rate::per_second(fw.host.icmp_echo_rate, fw.host.icmp_echo_burst),
             host_syn_rate: Rate::per_second(fw.host.syn_rate, fw.host.syn_burst),
         };
@@ -512,6 +512,7 @@ pub fn apply(
     dataplane.add_host_state(&host_keys, &vip_keys, &set.host_ports)?;
     dataplane.set_firewall(&Firewall {
         generation: next,
+        epoch: live.epoch.wrapping_add(1),
         ..set.settings
     })?;
     dataplane.retain_host_state(&host_keys, &vip_keys, &set.host_ports)?;

@@ -197,6 +197,66 @@ deny_sources = ["10.0.1.66/32"]"#,
     assert_eq!(h.rule("web/allow_sources").packets, 1);
 }
 
+/// Every rule change re-checks an established flow against its service's source rules, on its
+/// next packet, however many changes came in between (two changes bring back the same half of
+/// the rule tables), and whether the flow's packets came from the flow table or a CPU's copy.
+#[test]
+fn an_established_flow_is_re_checked_after_any_number_of_rule_changes() {
+    if !require_root("an_established_flow_is_re_checked_after_any_number_of_rule_changes") {
+        return;
+    }
+    lb_tests::stay_on_this_cpu();
+    let open = "[firewall.host]\npolicy = \"open\"";
+    let allow = r#"allow_sources = ["10.0.1.0/24"]"#;
+    let deny_it = r#"allow_sources = ["10.0.1.0/24"]
+deny_sources = ["10.0.1.5/32"]"#;
+    let deny_it_and_more = r#"allow_sources = ["10.0.1.0/24"]
+deny_sources = ["10.0.1.5/32", "10.0.1.6/32"]"#;
+    let mut h = harness(open, allow);
+    let flow = syn("10.0.1.5", 1000, "10.0.0.100", 80);
+    for i in 0..3 {
+        assert_action(&h, &flow, XDP_TX, &format!("packet {i}: admitted"));
+    }
+    for changes in [1, 2, 3] {
+        // `changes` rule changes in a row that all deny the flow's source, then one that admits
+        // it again; no packet of the flow in between.
+        for change in 0..changes {
+            let extra = if change % 2 == 0 {
+                deny_it
+            } else {
+                deny_it_and_more
+            };
+            apply_rules(&mut h, open, extra);
+        }
+        assert_action(
+            &h,
+            &flow,
+            XDP_DROP,
+            &format!("after {changes} change(s) denying its source"),
+        );
+        apply_rules(&mut h, open, allow);
+        assert_action(
+            &h,
+            &flow,
+            XDP_TX,
+            &format!("admitted again after {changes}"),
+        );
+        assert_action(&h, &flow, XDP_TX, "and its next packet");
+    }
+    assert_eq!(h.verdict_count(Verdict::DropServiceSource), 3);
+}
+
+/// Programs the firewall of `config(firewall, extra_service_keys)` as `lb run` does on reload.
+fn apply_rules(h: &mut ConfigHarness, firewall: &str, extra_service_keys: &str) {
+    let text = config(firewall, extra_service_keys);
+    let parsed = lb_userspace::config::parse(std::path::Path::new("t.toml"), &text)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let rules = lb_userspace::firewall::RuleSet::from_config(&parsed, &h.table, (32768, 60999));
+    let vips = [ip("10.0.0.100"), ip("fd00::100")];
+    lb_userspace::firewall::apply(&mut h.harness.dataplane, &rules, &[ip("10.0.0.2")], &vips)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+}
+
 const HOST_POLICY: &str = r#"
 [firewall.host]
 policy = "restrict"
@@ -454,20 +514,12 @@ fn a_new_rule_set_replaces_the_old_one_whole() {
     // Swap between two rule sets many times; every state seen is one of the two, whole.
     let other_rules = DENY_RULES.replace("192.0.2.0/24", "203.0.113.0/24");
     for round in 0..20 {
-        let text = config(
-            if round % 2 == 0 {
-                &other_rules
-            } else {
-                DENY_RULES
-            },
-            "",
-        );
-        let parsed = lb_userspace::config::parse(std::path::Path::new("t.toml"), &text)
-            .unwrap_or_else(|e| panic!("{e}"));
-        let rules = lb_userspace::firewall::RuleSet::from_config(&parsed, &h.table, (32768, 60999));
-        let vips = [ip("10.0.0.100"), ip("fd00::100")];
-        lb_userspace::firewall::apply(&mut h.harness.dataplane, &rules, &[ip("10.0.0.2")], &vips)
-            .unwrap_or_else(|e| panic!("{e:#}"));
+        let rules = if round % 2 == 0 {
+            &other_rules
+        } else {
+            DENY_RULES
+        };
+        apply_rules(&mut h, rules, "");
         let (first, second) = if round % 2 == 0 {
             (XDP_TX, XDP_DROP)
         } else {

@@ -2,11 +2,14 @@
 //! and every byte out checked against frames built independently by `lb_tests::packet`.
 use std::net::IpAddr;
 
-use lb_common::maps::Verdict;
+use lb_common::{
+    maps::{Flow, FlowKeyV4, Verdict},
+    FLOW_CACHE_REFRESH_JIFFIES, FLOW_CACHE_SLOTS,
+};
 use lb_tests::{
     harness::{BackendSpec, Harness, XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX},
     packet::{l4_ports, Frame, L4, TCP_ACK},
-    require_root,
+    require_root, stay_on_this_cpu,
 };
 use lb_userspace::{
     config::{Mode, Protocol},
@@ -405,9 +408,12 @@ fn flows_of_a_removed_backend_are_rebalanced() {
     if !require_root("flows_of_a_removed_backend_are_rebalanced") {
         return;
     }
+    stay_on_this_cpu();
     let f = v4();
     let mut h = service(&f, Protocol::Tcp, Mode::Dsr, 80);
     let on_web1 = client_frame(&f, Protocol::Tcp, 40000).build();
+    assert_eq!(h.run(&on_web1).1[0..6], WEB1_MAC);
+    // The second packet is copied into this CPU's flow cache, which must notice the change too.
     assert_eq!(h.run(&on_web1).1[0..6], WEB1_MAC);
     h.set_backend_state(0, "web1", BackendState::Down);
     assert_eq!(
@@ -423,6 +429,136 @@ fn flows_of_a_removed_backend_are_rebalanced() {
     let (action, _) = h.run(&client_frame(&f, Protocol::Tcp, 42000).build());
     assert_eq!(action, XDP_DROP, "no backend left");
     assert_eq!(h.verdict_count(Verdict::DropNoBackend), 1);
+}
+
+/// More flows than a CPU's flow cache has slots, so that copies evict each other: every packet
+/// still leaves towards its flow's backend.
+#[test]
+fn flows_that_evict_each_other_from_the_flow_cache_keep_their_backends() {
+    if !require_root("flows_that_evict_each_other_from_the_flow_cache_keep_their_backends") {
+        return;
+    }
+    stay_on_this_cpu();
+    let f = v4();
+    let h = service(&f, Protocol::Tcp, Mode::Dsr, 80);
+    let flows = 3 * FLOW_CACHE_SLOTS;
+    let frame = |i: u32| {
+        let client = IpAddr::from(std::net::Ipv4Addr::from(0x0a01_0000 + i / 1000));
+        Frame::tcp((client, 20000 + (i % 1000) as u16), (f.vip, 80))
+            .macs(CLIENT_MAC, LB_MAC)
+            .build()
+    };
+    let backend_of = |i: u32| {
+        let (action, out) = h.run(&frame(i));
+        assert_eq!(action, XDP_TX, "flow {i}");
+        out[5]
+    };
+    let first: Vec<u8> = (0..flows).map(backend_of).collect();
+    for round in 0..2 {
+        for (i, backend) in first.iter().enumerate() {
+            assert_eq!(
+                backend_of(i as u32),
+                *backend,
+                "round {round}: flow {i} changed backend"
+            );
+        }
+    }
+    assert_eq!(h.verdict_count(Verdict::ForwardDsr), 3 * u64::from(flows));
+    assert_eq!(h.service_counters(0).new_flows, u64::from(flows));
+}
+
+/// The flow cache serves a copy of the flow's table entry, and asks the table again once the
+/// copy is `FLOW_CACHE_REFRESH_JIFFIES` old. Seen by taking the entry out of the table behind
+/// the program's back (the agent never does): the copy still forwards the flow; once it is
+/// old, the flow is new to the table and round robin places it again.
+#[test]
+fn the_flow_cache_serves_a_copy_then_asks_the_flow_table_again() {
+    if !require_root("the_flow_cache_serves_a_copy_then_asks_the_flow_table_again") {
+        return;
+    }
+    stay_on_this_cpu();
+    let f = v4();
+    let h = service(&f, Protocol::Tcp, Mode::Dsr, 80);
+    let flow = client_frame(&f, Protocol::Tcp, 40000).build();
+    assert_eq!(h.run(&flow).1[0..6], WEB1_MAC, "first packet: a new flow");
+    assert_eq!(
+        h.run(&flow).1[0..6],
+        WEB1_MAC,
+        "second packet: from the table, copied"
+    );
+    let flows = flow_table(&h);
+    let key = flows
+        .keys()
+        .next()
+        .expect("the flow is in the table")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut flows = flows;
+    flows.remove(&key).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        h.run(&flow).1[0..6],
+        WEB1_MAC,
+        "third packet: from the copy"
+    );
+    assert_eq!(
+        flow_table(&h).keys().count(),
+        0,
+        "the copy did not re-create the entry"
+    );
+    // At least 100 ticks a second on any kernel; a margin for a slow machine.
+    std::thread::sleep(std::time::Duration::from_millis(
+        FLOW_CACHE_REFRESH_JIFFIES * 10 + 200,
+    ));
+    assert_eq!(
+        h.run(&flow).1[0..6],
+        WEB2_MAC,
+        "after the refresh time: the table has no entry, so a new flow, placed by round robin"
+    );
+    assert_eq!(flow_table(&h).keys().count(), 1);
+    assert_eq!(h.backend_counters(0, "web2").new_flows, 1);
+}
+
+/// The program's IPv4 flow table, found through the program's map ids.
+fn flow_table(h: &Harness) -> aya::maps::HashMap<aya::maps::MapData, FlowKeyV4, Flow> {
+    let program = h.dataplane.program().unwrap_or_else(|e| panic!("{e:#}"));
+    let info = program.info().unwrap_or_else(|e| panic!("{e}"));
+    let ids = info
+        .map_ids()
+        .unwrap_or_else(|e| panic!("{e}"))
+        .expect("the kernel lists the program's maps");
+    for id in ids {
+        let map = aya::maps::MapData::from_id(id).unwrap_or_else(|e| panic!("{e}"));
+        let info = map.info().unwrap_or_else(|e| panic!("{e}"));
+        if info.name_as_str() == Some(lb_common::names::FLOWS_V4) {
+            let map = aya::maps::Map::from_map_data(map).unwrap_or_else(|e| panic!("{e}"));
+            return aya::maps::HashMap::try_from(map).unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+    panic!("the program has no map {}", lb_common::names::FLOWS_V4);
+}
+
+/// A flow moved off a backend that went down stays where it moved when the backend comes back,
+/// even though this CPU's flow cache still holds a young copy naming the old backend.
+#[test]
+fn a_flow_moved_off_a_down_backend_stays_moved_when_it_comes_back() {
+    if !require_root("a_flow_moved_off_a_down_backend_stays_moved_when_it_comes_back") {
+        return;
+    }
+    stay_on_this_cpu();
+    let f = v4();
+    let mut h = service(&f, Protocol::Tcp, Mode::Dsr, 80);
+    let flow = client_frame(&f, Protocol::Tcp, 40000).build();
+    assert_eq!(h.run(&flow).1[0..6], WEB1_MAC);
+    assert_eq!(h.run(&flow).1[0..6], WEB1_MAC, "copied into the cache");
+    h.set_backend_state(0, "web1", BackendState::Down);
+    assert_eq!(h.run(&flow).1[0..6], WEB2_MAC, "moved while web1 is down");
+    h.set_backend_state(0, "web1", BackendState::Active);
+    for i in 0..3 {
+        assert_eq!(
+            h.run(&flow).1[0..6],
+            WEB2_MAC,
+            "packet {i} after web1 came back"
+        );
+    }
 }
 
 #[test]

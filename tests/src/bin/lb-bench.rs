@@ -119,7 +119,7 @@ struct Args {
     /// Results file; other top-level keys already in it are kept.
     #[arg(long, default_value = "target/bench/results.json")]
     out: PathBuf,
-    /// Total repeats per case (split over 5 rounds); default 1M with --quick, else 5M.
+    /// Total repeats per case (split over the rounds); default 1M with --quick, else 5M.
     #[arg(long)]
     repeat: Option<u32>,
     /// Total repeat=1 calls of each per-call cross-check; default 200k with --quick, else 1M.
