@@ -65,9 +65,10 @@ pub mod names {
     pub const HOST_PORTS: &str = "HOST_PORTS";
     pub const VIPS: &str = "VIPS";
     /// Every map the agent pins and adopts across restarts.
-    pub const PINNED_MAPS: [&str; 20] = [
+    pub const PINNED_MAPS: [&str; 21] = [
         SERVICES,
         BACKENDS,
+        FLOW_CACHE_EPOCH,
         RINGS,
         RR_CURSORS,
         FLOWS_V4,

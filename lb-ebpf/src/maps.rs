@@ -47,6 +47,8 @@ pub static FLOW_CACHE_V4: PerCpuArray<CachedFlowV4> =
     PerCpuArray::with_max_entries(FLOW_CACHE_SLOTS, 0);
 
 /// Bumped by the agent when a backend changes state or generation: copies made before are stale.
+/// Pinned, unlike the caches: during a restart the old program still runs on its own cache until
+/// the new one replaces it, and must see the new agent's bumps.
 #[map]
 pub static FLOW_CACHE_EPOCH: Array<u32> = Array::with_max_entries(1, 0);
 

@@ -229,3 +229,75 @@ fn a_pinned_map_of_an_earlier_layout_starts_afresh() {
     );
     drop(dataplane);
 }
+
+/// During a restart the old program keeps forwarding, on its own flow cache, until the new
+/// agent's program replaces it. A backend change the new agent makes in that time must reach
+/// the old program's cache too (the cache epoch is pinned and shared): here web1 goes down and
+/// comes back, and the flow that moved off it must not be sent back by an old copy.
+#[test]
+fn a_new_agents_backend_change_reaches_the_old_programs_flow_cache() {
+    if !require_root("a_new_agents_backend_change_reaches_the_old_programs_flow_cache") {
+        return;
+    }
+    use lb_tests::harness::{BackendSpec, Harness, XDP_TX};
+    use lb_userspace::{
+        config::{Mode, Protocol},
+        dataplane::LoadOptions,
+        services::BackendState,
+    };
+    let ip = |s: &str| -> std::net::IpAddr { s.parse().unwrap_or_else(|e| panic!("{s}: {e}")) };
+    let mac = |last: u8| [2, 0, 0, 0, 0, last];
+    let pins = ScratchBpffs::mount("cache-epoch");
+    let options = LoadOptions {
+        pin_dir: Some(pins.0.clone()),
+        ..LoadOptions::default()
+    };
+    let backends = [
+        BackendSpec {
+            name: "web1",
+            addr: ip("10.0.0.11"),
+            port: 80,
+            mac: mac(0x11),
+            weight: 1,
+        },
+        BackendSpec {
+            name: "web2",
+            addr: ip("10.0.0.12"),
+            port: 80,
+            mac: mac(0x12),
+            weight: 1,
+        },
+    ];
+    let vip = (ip("10.0.0.100"), 80);
+    let mut old = Harness::with_options(&options);
+    old.add_service("web", vip, Protocol::Tcp, Mode::Dsr, None, &backends);
+    // The new agent adopts the pinned maps and programs the same service (same ids).
+    let mut new = Harness::with_options(&options);
+    new.add_service("web", vip, Protocol::Tcp, Mode::Dsr, None, &backends);
+
+    lb_tests::stay_on_this_cpu();
+    let flow = lb_tests::packet::Frame::tcp((ip("10.0.0.10"), 40000), (vip.0, vip.1))
+        .macs(mac(0x10), mac(0x01))
+        .build();
+    let backend_of = |h: &Harness, what: &str| {
+        let (action, out) = h.run(&flow);
+        assert_eq!(action, XDP_TX, "{what}");
+        out[5]
+    };
+    assert_eq!(backend_of(&old, "first packet"), 0x11);
+    assert_eq!(backend_of(&old, "second packet, copied"), 0x11);
+    new.set_backend_state(0, "web1", BackendState::Down);
+    assert_eq!(
+        backend_of(&old, "web1 down"),
+        0x12,
+        "the flow moves to web2"
+    );
+    new.set_backend_state(0, "web1", BackendState::Active);
+    assert_eq!(
+        backend_of(&old, "web1 back"),
+        0x12,
+        "an old copy sent the flow back to web1"
+    );
+    drop(new);
+    drop(old);
+}
