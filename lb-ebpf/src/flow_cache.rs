@@ -30,18 +30,21 @@ fn slot(key: &FlowKeyV4) -> u32 {
     mixed.wrapping_mul(0x85eb_ca6b) >> (32 - FLOW_CACHE_SLOTS.trailing_zeros())
 }
 
+/// The cache epoch, read once per packet and before the flow table: the agent bumps it before
+/// it writes a backend, so a copy made from what the table and the backend said afterwards
+/// carries an epoch that was current before them, never a later one.
 #[inline(always)]
-fn epoch() -> u32 {
+pub fn epoch() -> u32 {
     FLOW_CACHE_EPOCH.get(0).copied().unwrap_or(0)
 }
 
 /// The route of a DSR flow this CPU forwarded lately, if its copy still holds (module comment).
 #[inline(always)]
-pub fn lookup(key: &FlowKeyV4, fw: &Firewall) -> Option<Route> {
+pub fn lookup(key: &FlowKeyV4, fw: &Firewall, epoch: u32) -> Option<Route> {
     let entry = FLOW_CACHE_V4.get_ptr(slot(key))?;
     // SAFETY: this CPU's slot, written only by this CPU.
     let entry = unsafe { &*entry };
-    if entry.key != *key || entry.fw_epoch != fw.epoch || entry.epoch != epoch() {
+    if entry.key != *key || entry.fw_epoch != fw.epoch || entry.epoch != epoch {
         return None;
     }
     // SAFETY: a helper without arguments; the verifier inlines it into one load.
@@ -63,7 +66,7 @@ pub fn lookup(key: &FlowKeyV4, fw: &Firewall) -> Option<Route> {
 
 /// Copies a DSR flow's table entry, which passed every check, into this CPU's slot.
 #[inline(always)]
-pub fn remember(key: &FlowKeyV4, flow: &Established) {
+pub fn remember(key: &FlowKeyV4, flow: &Established, epoch: u32) {
     let Some(entry) = FLOW_CACHE_V4.get_ptr_mut(slot(key)) else {
         return;
     };
@@ -76,7 +79,7 @@ pub fn remember(key: &FlowKeyV4, flow: &Established) {
             backend_generation: table.backend_generation,
             service_id: table.service_id,
             fw_epoch: table.fw_epoch,
-            epoch: epoch(),
+            epoch,
             _pad: 0,
             copied_at: bpf_jiffies64(),
         }
