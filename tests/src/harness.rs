@@ -30,6 +30,30 @@ pub struct BackendSpec {
     pub weight: u32,
 }
 
+/// The MACs the kernel tests give web1 and web2.
+pub const WEB1_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x11];
+pub const WEB2_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x12];
+
+/// Backends web1 and web2 at these addresses and `port`, weight 1, with `WEB1_MAC`/`WEB2_MAC`.
+pub fn two_web_backends(web1: IpAddr, web2: IpAddr, port: u16) -> [BackendSpec; 2] {
+    [
+        BackendSpec {
+            name: "web1",
+            addr: web1,
+            port,
+            mac: WEB1_MAC,
+            weight: 1,
+        },
+        BackendSpec {
+            name: "web2",
+            addr: web2,
+            port,
+            mac: WEB2_MAC,
+            weight: 1,
+        },
+    ]
+}
+
 impl Harness {
     #[track_caller]
     pub fn new() -> Self {

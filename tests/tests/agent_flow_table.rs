@@ -3,7 +3,7 @@
 use std::{collections::HashSet, net::IpAddr};
 
 use lb_tests::{
-    harness::{BackendSpec, Harness, XDP_TX},
+    harness::{two_web_backends, Harness, XDP_TX},
     packet::Frame,
     require_root,
 };
@@ -26,22 +26,7 @@ fn flows_are_paged_with_a_cursor() {
         nat_capacity: 1024,
         ..LoadOptions::default()
     });
-    let backends = [
-        BackendSpec {
-            name: "web1",
-            addr: ip("10.0.0.11"),
-            port: 80,
-            mac: [2, 0, 0, 0, 0, 0x11],
-            weight: 1,
-        },
-        BackendSpec {
-            name: "web2",
-            addr: ip("10.0.0.12"),
-            port: 80,
-            mac: [2, 0, 0, 0, 0, 0x12],
-            weight: 1,
-        },
-    ];
+    let backends = two_web_backends(ip("10.0.0.11"), ip("10.0.0.12"), 80);
     h.add_service(
         "web",
         (ip("10.0.0.100"), 80),

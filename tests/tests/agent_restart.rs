@@ -239,7 +239,7 @@ fn a_new_agents_backend_change_reaches_the_old_programs_flow_cache() {
     if !require_root("a_new_agents_backend_change_reaches_the_old_programs_flow_cache") {
         return;
     }
-    use lb_tests::harness::{BackendSpec, Harness, XDP_TX};
+    use lb_tests::harness::{two_web_backends, Harness, XDP_TX};
     use lb_userspace::{
         config::{Mode, Protocol},
         dataplane::LoadOptions,
@@ -252,22 +252,7 @@ fn a_new_agents_backend_change_reaches_the_old_programs_flow_cache() {
         pin_dir: Some(pins.0.clone()),
         ..LoadOptions::default()
     };
-    let backends = [
-        BackendSpec {
-            name: "web1",
-            addr: ip("10.0.0.11"),
-            port: 80,
-            mac: mac(0x11),
-            weight: 1,
-        },
-        BackendSpec {
-            name: "web2",
-            addr: ip("10.0.0.12"),
-            port: 80,
-            mac: mac(0x12),
-            weight: 1,
-        },
-    ];
+    let backends = two_web_backends(ip("10.0.0.11"), ip("10.0.0.12"), 80);
     let vip = (ip("10.0.0.100"), 80);
     let mut old = Harness::with_options(&options);
     old.add_service("web", vip, Protocol::Tcp, Mode::Dsr, None, &backends);

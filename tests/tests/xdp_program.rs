@@ -7,7 +7,10 @@ use lb_common::{
     FLOW_CACHE_REFRESH_JIFFIES, FLOW_CACHE_SLOTS,
 };
 use lb_tests::{
-    harness::{BackendSpec, Harness, XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX},
+    harness::{
+        two_web_backends, BackendSpec, Harness, WEB1_MAC, WEB2_MAC, XDP_ABORTED, XDP_DROP,
+        XDP_PASS, XDP_TX,
+    },
     packet::{l4_ports, Frame, L4, TCP_ACK},
     require_root, stay_on_this_cpu,
 };
@@ -18,8 +21,6 @@ use lb_userspace::{
 
 const LB_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x10];
-const WEB1_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x11];
-const WEB2_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x12];
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
@@ -54,22 +55,7 @@ fn v6() -> Family {
 }
 
 fn two_backends(f: &Family, port: u16) -> [BackendSpec; 2] {
-    [
-        BackendSpec {
-            name: "web1",
-            addr: f.web1,
-            port,
-            mac: WEB1_MAC,
-            weight: 1,
-        },
-        BackendSpec {
-            name: "web2",
-            addr: f.web2,
-            port,
-            mac: WEB2_MAC,
-            weight: 1,
-        },
-    ]
+    two_web_backends(f.web1, f.web2, port)
 }
 
 /// A harness with one service on `f.vip:80` and backends web1, web2.

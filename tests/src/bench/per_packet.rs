@@ -32,7 +32,10 @@ use anyhow::{bail, Context as _, Result};
 use aya::programs::{TestRun, TestRunOptions, Xdp};
 use lb_common::maps::Verdict;
 use lb_tests::{
-    harness::{BackendSpec, ConfigHarness, Harness, XDP_DROP, XDP_PASS, XDP_TX},
+    harness::{
+        two_web_backends, BackendSpec, ConfigHarness, Harness, WEB1_MAC, WEB2_MAC, XDP_DROP,
+        XDP_PASS, XDP_TX,
+    },
     packet::{l4_ports, Frame, L4, TCP_ACK, TCP_SYN},
 };
 use lb_userspace::{
@@ -139,8 +142,6 @@ pub struct PerPacket {
 
 const LB_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x10];
-const WEB1_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x11];
-const WEB2_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x12];
 
 const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 10);
 const DSR_VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 100);
@@ -184,22 +185,7 @@ fn add_dsr_service(h: &mut Harness) {
 }
 
 fn two_backends(port: u16) -> [BackendSpec; 2] {
-    [
-        BackendSpec {
-            name: "web1",
-            addr: IpAddr::V4(WEB1),
-            port,
-            mac: WEB1_MAC,
-            weight: 1,
-        },
-        BackendSpec {
-            name: "web2",
-            addr: IpAddr::V4(WEB2),
-            port,
-            mac: WEB2_MAC,
-            weight: 1,
-        },
-    ]
+    two_web_backends(IpAddr::V4(WEB1), IpAddr::V4(WEB2), port)
 }
 
 /// A TCP frame from the client's MAC to the load balancer's; 74 bytes (20-byte payload).
