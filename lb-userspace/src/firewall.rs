@@ -512,7 +512,7 @@ pub fn apply(
     dataplane.add_host_state(&host_keys, &vip_keys, &set.host_ports)?;
     dataplane.set_firewall(&Firewall {
         generation: next,
-        epoch: live.epoch.wrapping_add(1),
+        epoch: next_epoch(live.epoch),
         ..set.settings
     })?;
     dataplane.retain_host_state(&host_keys, &vip_keys, &set.host_ports)?;
@@ -522,6 +522,12 @@ pub fn apply(
         .clear_rule_generation(1 - next)
         .context("removing the old rule generation")?;
     Ok(next)
+}
+
+/// The firewall epoch after `live`. It never takes the values 0 and 1: flows adopted from a
+/// version before epochs carry the rule generation (0 or 1) there, and must be re-checked once.
+fn next_epoch(live: u32) -> u32 {
+    live.wrapping_add(1).max(2)
 }
 
 /// The host's ephemeral port range (replies to its own connections arrive there).
@@ -839,6 +845,13 @@ mod tests {
             V4_ROOT_GROUPS as usize,
             "no group below the root for a /0"
         );
+    }
+
+    #[test]
+    fn the_epoch_counts_changes_and_skips_the_values_of_pre_epoch_flows() {
+        assert_eq!(next_epoch(0), 2, "the first change after an upgrade");
+        assert_eq!(next_epoch(2), 3);
+        assert_eq!(next_epoch(u32::MAX), 2, "wraps past 0 and 1");
     }
 
     #[test]
