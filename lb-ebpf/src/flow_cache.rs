@@ -22,12 +22,16 @@ use crate::{
     maps::{FLOW_CACHE_EPOCH, FLOW_CACHE_V4},
 };
 
+/// This CPU's slot for a key: looked up once per packet, then read on a hit or written on a miss.
+pub struct Slot(*mut CachedFlowV4);
+
 /// The key's slot: the top bits of a multiplicative hash, which every bit of the key reaches.
 #[inline(always)]
-fn slot(key: &FlowKeyV4) -> u32 {
+pub fn slot(key: &FlowKeyV4) -> Option<Slot> {
     let ports = ((key.src_port as u32) << 16) | key.dst_port as u32;
     let mixed = key.src.wrapping_mul(0x9e37_79b1) ^ key.dst ^ ports ^ key.proto;
-    mixed.wrapping_mul(0x85eb_ca6b) >> (32 - FLOW_CACHE_SLOTS.trailing_zeros())
+    let index = mixed.wrapping_mul(0x85eb_ca6b) >> (32 - FLOW_CACHE_SLOTS.trailing_zeros());
+    FLOW_CACHE_V4.get_ptr_mut(index).map(Slot)
 }
 
 /// The cache epoch, read once per packet and before the flow table: the agent bumps it before
@@ -38,50 +42,49 @@ pub fn epoch() -> u32 {
     FLOW_CACHE_EPOCH.get(0).copied().unwrap_or(0)
 }
 
-/// The route of a DSR flow this CPU forwarded lately, if its copy still holds (module comment).
-#[inline(always)]
-pub fn lookup(key: &FlowKeyV4, fw: &Firewall, epoch: u32) -> Option<Route> {
-    let entry = FLOW_CACHE_V4.get_ptr(slot(key))?;
-    // SAFETY: this CPU's slot, written only by this CPU.
-    let entry = unsafe { &*entry };
-    if entry.key != *key || entry.fw_epoch != fw.epoch || entry.epoch != epoch {
-        return None;
-    }
-    // SAFETY: a helper without arguments; the verifier inlines it into one load.
-    let now = unsafe { bpf_jiffies64() };
-    if now.wrapping_sub(entry.copied_at) >= FLOW_CACHE_REFRESH_JIFFIES {
-        return None;
-    }
-    let backend = balance::usable_backend(entry.backend_id, entry.backend_generation)?;
-    Some(Route {
-        service_id: entry.service_id,
-        backend_id: entry.backend_id,
-        backend,
-        mode: MODE_DSR,
-        snat_addr: [0; 4],
-        nat_port: 0,
-        new_flow: false,
-    })
-}
-
-/// Copies a DSR flow's table entry, which passed every check, into this CPU's slot.
-#[inline(always)]
-pub fn remember(key: &FlowKeyV4, flow: &Established, epoch: u32) {
-    let Some(entry) = FLOW_CACHE_V4.get_ptr_mut(slot(key)) else {
-        return;
-    };
-    let table = flow.flow();
-    // SAFETY: as in `lookup`; a whole-value store.
-    unsafe {
-        *entry = CachedFlowV4 {
-            key: *key,
-            backend_id: table.backend_id,
-            backend_generation: table.backend_generation,
-            service_id: table.service_id,
-            fw_epoch: table.fw_epoch,
-            epoch,
-            _pad: 0,
-            copied_at: bpf_jiffies64(),
+impl Slot {
+    /// The route of a DSR flow this CPU forwarded lately, if the slot holds its copy and the
+    /// copy still holds (module comment).
+    #[inline(always)]
+    pub fn lookup(&self, key: &FlowKeyV4, fw: &Firewall, epoch: u32) -> Option<Route> {
+        // SAFETY: this CPU's slot, written only by this CPU.
+        let entry = unsafe { &*self.0 };
+        if entry.key != *key || entry.fw_epoch != fw.epoch || entry.epoch != epoch {
+            return None;
         }
-    };
+        // SAFETY: a helper without arguments; the verifier inlines it into one load.
+        let now = unsafe { bpf_jiffies64() };
+        if now.wrapping_sub(entry.copied_at) >= FLOW_CACHE_REFRESH_JIFFIES {
+            return None;
+        }
+        let backend = balance::usable_backend(entry.backend_id, entry.backend_generation)?;
+        Some(Route {
+            service_id: entry.service_id,
+            backend_id: entry.backend_id,
+            backend,
+            mode: MODE_DSR,
+            snat_addr: [0; 4],
+            nat_port: 0,
+            new_flow: false,
+        })
+    }
+
+    /// Copies a DSR flow's table entry, which passed every check, into the slot.
+    #[inline(always)]
+    pub fn remember(&self, key: &FlowKeyV4, flow: &Established, epoch: u32) {
+        let table = flow.flow();
+        // SAFETY: as in `lookup`; a whole-value store.
+        unsafe {
+            *self.0 = CachedFlowV4 {
+                key: *key,
+                backend_id: table.backend_id,
+                backend_generation: table.backend_generation,
+                service_id: table.service_id,
+                fw_epoch: table.fw_epoch,
+                epoch,
+                _pad: 0,
+                copied_at: bpf_jiffies64(),
+            }
+        };
+    }
 }

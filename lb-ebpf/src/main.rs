@@ -122,14 +122,20 @@ fn process_common_ipv4(ctx: &XdpContext, v4: &parse::Ipv4Packet) -> Verdict {
         return verdict;
     }
     let cache_epoch = flow_cache::epoch();
-    if let Some(route) = flow_cache::lookup(&v4.key, fw, cache_epoch) {
+    let slot = flow_cache::slot(&v4.key);
+    let cached = slot
+        .as_ref()
+        .and_then(|slot| slot.lookup(&v4.key, fw, cache_epoch));
+    if let Some(route) = cached {
         stats::count_forward(&route, v4.len);
         return forward::dsr_to_backend(ctx, &route);
     }
     let flow = balance::established_v4(&v4.key);
     if let Some(flow) = &flow {
         if flow.flow().mode != MODE_NAT && !firewall::needs_recheck(flow, fw) {
-            flow_cache::remember(&v4.key, flow, cache_epoch);
+            if let Some(slot) = &slot {
+                slot.remember(&v4.key, flow, cache_epoch);
+            }
             let route = flow.route();
             stats::count_forward(&route, v4.len);
             return forward::dsr_to_backend(ctx, &route);
