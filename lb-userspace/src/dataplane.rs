@@ -307,7 +307,7 @@ impl Dataplane {
     }
 
     /// Makes every copy in the CPUs' flow caches stale (the data path then asks the flow table).
-    pub fn empty_flow_caches(&mut self) -> Result<()> {
+    fn empty_flow_caches(&mut self) -> Result<()> {
         let mut map: Array<&mut MapData, u32> =
             Array::try_from(self.map_mut(names::FLOW_CACHE_EPOCH)?)?;
         let epoch = map.get(&0, 0).context("reading FLOW_CACHE_EPOCH")?;

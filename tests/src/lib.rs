@@ -29,16 +29,21 @@ pub fn require_root(test: &str) -> bool {
 
 /// Keeps the calling thread on the CPU it runs on now. BPF_PROG_TEST_RUN runs the program on
 /// the caller's CPU, so per-CPU state (the flow cache) is only seen again by a thread that
-/// stays put.
+/// stays put. Panics if it cannot: a test relying on it would silently test less.
+#[track_caller]
 pub fn stay_on_this_cpu() {
     // SAFETY: plain syscalls on a zeroed cpu_set_t owned here.
-    unsafe {
+    let pinned = unsafe {
         let cpu = libc::sched_getcpu();
-        if cpu < 0 {
-            return;
-        }
         let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu as usize, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-    }
+        cpu >= 0 && {
+            libc::CPU_SET(cpu as usize, &mut set);
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
+        }
+    };
+    assert!(
+        pinned,
+        "could not pin the test thread to its CPU: {}",
+        std::io::Error::last_os_error()
+    );
 }

@@ -1039,7 +1039,7 @@ pub fn run(cfg: &Config) -> Result<PerPacket> {
         .note(
             "DSR service, two backends, the flow already in the flow table and copied into the CPU's flow cache: \
              firewall switches, flow-cache hit (the flow table itself is looked up again once the copy is 32 kernel \
-             ticks old, a few times per run), backend check, MAC rewrite, counters, XDP_TX. Repeats after the first \
+             ticks old: the first repeat of each round, as the rounds are further apart than that), backend check, MAC rewrite, counters, XDP_TX. Repeats after the first \
              see the frame with its MACs rewritten; the program does not read them. flow_cache_miss_per_call below: \
              the same forward when the cache misses",
         ),
