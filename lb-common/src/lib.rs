@@ -16,6 +16,10 @@ pub const RING_SLOTS: u32 = 1024;
 pub const RING_TABLES_PER_SERVICE: u32 = 2;
 /// Default size of each flow table (IPv4, IPv6; LRU); the agent may set another at load time.
 pub const DEFAULT_FLOW_CAPACITY: u32 = 1 << 20;
+/// Default size of the table of unverified flows (TCP before its handshake completes, and UDP):
+/// anyone can create these with a forged source, so they live apart from the connections and
+/// can only evict each other.
+pub const DEFAULT_UNVERIFIED_CAPACITY: u32 = 1 << 18;
 /// Slots of each CPU's flow cache (a power of two: the slot is the top bits of a hash).
 /// 4096 slots of 48 bytes, 192 KiB per CPU: small enough to stay in the CPU's cache when many
 /// flows take turns, so a miss costs little.
@@ -34,6 +38,9 @@ pub const MAX_PREFIXES: u32 = 2 * 131072;
 pub const RATE_BUCKETS: u32 = 262144;
 /// How many NAT ports a new flow tries before it is dropped as `NatPortsExhausted`.
 pub const NAT_PORT_TRIES: u32 = 8;
+/// Of those, how many it then tries to take over from a flow that has ended: each costs flow
+/// look-ups, and with all eight the verifier passed its instruction limit.
+pub const NAT_TAKEOVER_TRIES: u32 = 2;
 
 /// Names of the maps and programs in the object, used by both sides.
 pub mod names {
@@ -48,6 +55,7 @@ pub mod names {
     pub const RR_CURSORS: &str = "RR_CURSORS";
     pub const FLOWS_V4: &str = "FLOWS_V4";
     pub const FLOWS_V6: &str = "FLOWS_V6";
+    pub const UNVERIFIED_FLOWS: &str = "UNVERIFIED_FLOWS";
     pub const FLOW_CACHE_V4: &str = "FLOW_CACHE_V4";
     pub const FLOW_CACHE_EPOCH: &str = "FLOW_CACHE_EPOCH";
     pub const NAT_REVERSE: &str = "NAT_REVERSE";
@@ -65,7 +73,7 @@ pub mod names {
     pub const HOST_PORTS: &str = "HOST_PORTS";
     pub const VIPS: &str = "VIPS";
     /// Every map the agent pins and adopts across restarts.
-    pub const PINNED_MAPS: [&str; 21] = [
+    pub const PINNED_MAPS: [&str; 22] = [
         SERVICES,
         BACKENDS,
         FLOW_CACHE_EPOCH,
@@ -73,6 +81,7 @@ pub mod names {
         RR_CURSORS,
         FLOWS_V4,
         FLOWS_V6,
+        UNVERIFIED_FLOWS,
         NAT_REVERSE,
         SETTINGS,
         SERVICE_STATS,

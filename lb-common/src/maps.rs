@@ -130,8 +130,9 @@ impl FlowKeyV4 {
     }
 }
 
-/// `FLOWS_V4` / `FLOWS_V6` value: where a client flow to a service goes, with everything its later packets
-/// need, so an established packet costs one hash lookup.
+/// Flow value, in `FLOWS_V4` / `FLOWS_V6` (TCP connections whose handshake completed) and in
+/// `UNVERIFIED_FLOWS` (TCP before that, and UDP): where a client flow to a service goes, with
+/// everything its later packets need, so an established packet costs one hash lookup.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Flow {
@@ -142,12 +143,77 @@ pub struct Flow {
     pub fw_epoch: u32,
     /// NAT mode: the source address towards the backend.
     pub snat_addr: [u32; 4],
+    /// When the flow last sent, on the data path's flow clock (seconds, [`flow_clock`]); written
+    /// at most once a second per flow, so an established packet costs no write.
+    pub last_seen: u32,
     /// NAT mode: the source port towards the backend (network order).
     pub nat_port: u16,
     /// `MODE_DSR` or `MODE_NAT`, as the service was when the flow began.
     pub mode: u8,
     /// `FLOW_*` flags.
     pub flags: u8,
+    /// `STATE_*`: where the flow is in its life, which sets how long it may stay idle.
+    pub state: u8,
+    /// Padding as scalars: zeroing a byte array made the BPF build call a byte-loop memset,
+    /// which the verifier walks byte by byte.
+    pub _pad: u8,
+    pub _pad2: u16,
+}
+
+/// Flow states (`Flow::state`), as a load balancer that sees the client's side of TCP can tell
+/// them (NAT mode also sees the backend's FIN and RST).
+/// A TCP SYN was balanced; the handshake has not completed. Lives in `UNVERIFIED_FLOWS`.
+pub const STATE_OPENING: u8 = 1;
+/// The client acknowledged after its SYN: a connection. Lives in `FLOWS_V4` / `FLOWS_V6`.
+pub const STATE_ESTABLISHED: u8 = 2;
+/// A FIN or RST was seen: the connection ends; a SYN on the same addresses and ports starts a
+/// new one.
+pub const STATE_CLOSING: u8 = 3;
+/// A UDP flow (no handshake to tell a real client from a forged one). Lives in
+/// `UNVERIFIED_FLOWS`.
+pub const STATE_UDP: u8 = 4;
+
+/// The data path's flow clock for a kernel time in ns: whole seconds. A flow is alive while
+/// `now - last_seen <= timeout of its state` (wrapping arithmetic; 136 years to wrap).
+pub const fn flow_clock(ktime_ns: u64) -> u32 {
+    (ktime_ns / 1_000_000_000) as u32
+}
+
+/// How long a flow of each state may stay idle, in seconds of the flow clock. The fields are in
+/// the order of the `STATE_*` values.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowTimeouts {
+    pub tcp_opening: u32,
+    pub tcp_established: u32,
+    pub tcp_closing: u32,
+    pub udp: u32,
+}
+
+impl FlowTimeouts {
+    /// IPVS's defaults for established TCP (15 min); short for the ends of a connection, so a
+    /// forged SYN or a finished connection gives its entry and NAT port back soon.
+    pub const DEFAULT: FlowTimeouts = FlowTimeouts {
+        tcp_opening: 10,
+        tcp_established: 900,
+        tcp_closing: 10,
+        udp: 60,
+    };
+
+    /// The idle limit of a state, read by position (states are 1..=4 in field order), so the
+    /// data path reads it without a branch per state.
+    #[inline(always)]
+    pub fn of(&self, state: u8) -> u32 {
+        let limits = self as *const FlowTimeouts as *const u32;
+        // SAFETY: four u32 fields in `repr(C)` order; the index is masked to 0..=3.
+        unsafe { *limits.add((state.wrapping_sub(1) & 3) as usize) }
+    }
+}
+
+impl Default for FlowTimeouts {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
 }
 
 /// `FLOW_CACHE_V4` value: a per-CPU copy of a DSR flow's `FLOWS_V4` entry, found by a cheap
@@ -172,6 +238,9 @@ pub struct CachedFlowV4 {
 pub const FLOW_PACKET_RATE: u8 = 1;
 
 /// `NAT_REVERSE` value, keyed by the reply's [`FlowKey`] (backend -> SNAT address:NAT port).
+/// The entry holds the port for the client flow it names while that flow lives; once the flow
+/// has expired or closed, a new flow takes the port over by bumping `claim` with a
+/// compare-and-swap, so two CPUs can never both take it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NatReverse {
@@ -183,6 +252,24 @@ pub struct NatReverse {
     pub _pad: [u8; 2],
     pub service_id: u32,
     pub backend_id: u32,
+    /// Bumped by each flow that takes the port over.
+    pub claim: u32,
+}
+
+impl NatReverse {
+    /// The client flow this entry answers, as the client sends it.
+    #[inline(always)]
+    pub const fn client_flow(&self, proto: u8, family: u8) -> FlowKey {
+        FlowKey {
+            src: self.client_addr,
+            dst: self.vip,
+            src_port: self.client_port,
+            dst_port: self.vip_port,
+            proto,
+            family,
+            _pad: [0; 2],
+        }
+    }
 }
 
 /// `TX_PACE` element 0: the pace of `xdp_tx_paced` (the benchmarks' flood generator).
@@ -202,7 +289,10 @@ pub struct Settings {
     /// NAT source ports are taken from `nat_port_min..=nat_port_max` (host order).
     pub nat_port_min: u16,
     pub nat_port_max: u16,
-    pub _pad: u32,
+    /// 0 in service: the flow clock is the kernel's. Otherwise the flow clock reads this value,
+    /// so that tests decide what time it is.
+    pub test_clock: u32,
+    pub timeouts: FlowTimeouts,
 }
 
 impl Default for Settings {
@@ -211,7 +301,8 @@ impl Default for Settings {
         Self {
             nat_port_min: 1024,
             nat_port_max: 32767,
-            _pad: 0,
+            test_clock: 0,
+            timeouts: FlowTimeouts::DEFAULT,
         }
     }
 }
@@ -243,6 +334,7 @@ pod!(
     CachedFlowV4,
     NatReverse,
     Settings,
+    FlowTimeouts,
     Counters,
     TxPace
 );
@@ -263,10 +355,10 @@ const _: () = assert!(core::mem::size_of::<Service>() == 80);
 const _: () = assert!(core::mem::size_of::<Backend>() == 36);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
 const _: () = assert!(core::mem::size_of::<FlowKeyV4>() == 16);
-const _: () = assert!(core::mem::size_of::<Flow>() == 36);
+const _: () = assert!(core::mem::size_of::<Flow>() == 44);
 const _: () = assert!(core::mem::size_of::<CachedFlowV4>() == 48);
-const _: () = assert!(core::mem::size_of::<NatReverse>() == 52);
-const _: () = assert!(core::mem::size_of::<Settings>() == 8);
+const _: () = assert!(core::mem::size_of::<NatReverse>() == 56);
+const _: () = assert!(core::mem::size_of::<Settings>() == 24);
 const _: () = assert!(core::mem::size_of::<Counters>() == 24);
 
 // ---- Firewall ----
@@ -544,10 +636,13 @@ pub enum Verdict {
     DropSpoofed = 17,
     /// ICMP and other protocols to the host pass the firewall and go to the kernel.
     PassHost = 18,
+    /// A TCP packet other than a SYN, to a service, that belongs to no live flow (a forged ACK,
+    /// or the rest of a connection whose entry expired): it creates nothing.
+    DropNoFlow = 19,
 }
 
 impl Verdict {
-    pub const COUNT: u32 = 19;
+    pub const COUNT: u32 = 20;
     pub const ALL: [Verdict; Self::COUNT as usize] = [
         Verdict::PassNotIp,
         Verdict::PassNoService,
@@ -568,6 +663,7 @@ impl Verdict {
         Verdict::DropTcpFlags,
         Verdict::DropSpoofed,
         Verdict::PassHost,
+        Verdict::DropNoFlow,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -591,6 +687,7 @@ impl Verdict {
             Verdict::DropTcpFlags => "drop_tcp_flags",
             Verdict::DropSpoofed => "drop_spoofed",
             Verdict::PassHost => "pass_host",
+            Verdict::DropNoFlow => "drop_no_flow",
         }
     }
 
@@ -610,6 +707,7 @@ impl Verdict {
                 | Verdict::DropFragment
                 | Verdict::DropTcpFlags
                 | Verdict::DropSpoofed
+                | Verdict::DropNoFlow
         )
     }
 }

@@ -10,14 +10,22 @@
 //! source rules, the host policy), service lookup, established flows, new flows, NAT replies and
 //! the pass to the kernel.
 //!
+//! The life of a flow: a SYN or a UDP datagram starts one; the client's ACK after its SYN
+//! establishes it; a FIN or RST (the client's, or a NAT backend's) closes it; a SYN on a closing
+//! flow starts the next connection on the same ports; a flow idle for longer than its state's
+//! timeout is gone; a TCP packet other than a SYN without a live flow is dropped and creates
+//! nothing. Time is the caller's [`Clock`] (the program under test is given the same one).
+//!
 //! Not covered: rate limits (they depend on time: configs under the model have none), rule-set
 //! swaps while flows live (the firewall generation never changes), backend state changes while
-//! flows live, flow-table eviction, and the NAT port choice (any free port of the range).
+//! flows live, flow-table eviction, and the NAT port choice (any port of the range that no live
+//! flow uses).
 //!
 //! Round robin is state the caller keeps: a new flow is reported as such
 //! ([`Action::Dsr`] / [`Action::Nat`] with no backend), established flows and NAT replies come
-//! from the caller's [`State`].
-use crate::maps::{Verdict, PROTO_TCP, PROTO_UDP};
+//! from the caller's [`State`], which moves them along with [`after_client_packet`] and
+//! [`after_reply`].
+use crate::maps::{FlowTimeouts, Verdict, PROTO_TCP, PROTO_UDP};
 
 pub const PROTO_ICMP: u8 = 1;
 pub const PROTO_ICMPV6: u8 = 58;
@@ -180,6 +188,24 @@ pub struct Packet {
     pub l4: usize,
 }
 
+/// Where a flow is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlowState {
+    /// TCP: SYN seen, the client has not acknowledged yet.
+    Opening,
+    Established,
+    /// TCP: a FIN or RST was seen.
+    Closing,
+    Udp,
+}
+
+/// What time it is, and how long a flow of each state may stay idle (seconds).
+#[derive(Clone, Copy, Debug)]
+pub struct Clock {
+    pub now: u32,
+    pub timeouts: FlowTimeouts,
+}
+
 /// A client flow the program has already balanced.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Flow {
@@ -187,6 +213,64 @@ pub struct Flow {
     pub backend: usize,
     /// NAT mode: the source port towards the backend (host order).
     pub nat_port: u16,
+    pub state: FlowState,
+    /// The clock's `now` when the flow last sent.
+    pub last_seen: u32,
+}
+
+impl Flow {
+    /// A new flow begun by `packet` at `now`.
+    pub fn new(service: usize, backend: usize, nat_port: u16, packet: &Packet, now: u32) -> Flow {
+        let state = if packet.key.proto == PROTO_UDP {
+            FlowState::Udp
+        } else {
+            FlowState::Opening
+        };
+        Flow {
+            service,
+            backend,
+            nat_port,
+            state,
+            last_seen: now,
+        }
+    }
+}
+
+/// Idle for no longer than its state allows.
+pub fn alive(flow: &Flow, clock: &Clock) -> bool {
+    let limit = match flow.state {
+        FlowState::Opening => clock.timeouts.tcp_opening,
+        FlowState::Established => clock.timeouts.tcp_established,
+        FlowState::Closing => clock.timeouts.tcp_closing,
+        FlowState::Udp => clock.timeouts.udp,
+    };
+    clock.now.wrapping_sub(flow.last_seen) <= limit
+}
+
+/// The flow after the client sent `packet` on it (a packet the program forwarded).
+pub fn after_client_packet(flow: &Flow, packet: &Packet, now: u32) -> Flow {
+    let mut next = *flow;
+    next.last_seen = now;
+    if packet.key.proto == PROTO_TCP {
+        if packet.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+            next.state = FlowState::Closing;
+        } else if flow.state == FlowState::Opening && packet.tcp_flags & TCP_ACK != 0 {
+            next.state = FlowState::Established;
+        }
+    }
+    next
+}
+
+/// The client flow after its NAT backend's reply `packet`, sent to `nat_port`: a FIN or RST
+/// closes it.
+pub fn after_reply(flow: &Flow, packet: &Packet, nat_port: u16, now: u32) -> Flow {
+    let mut next = *flow;
+    let closes = packet.key.proto == PROTO_TCP && packet.tcp_flags & (TCP_FIN | TCP_RST) != 0;
+    if closes && flow.nat_port == nat_port {
+        next.state = FlowState::Closing;
+        next.last_seen = now;
+    }
+    next
 }
 
 /// A NAT flow seen from the backend's reply: where the reply goes.
@@ -235,7 +319,7 @@ pub struct Decision {
 }
 
 /// The program's decision for `frame`.
-pub fn decide(frame: &[u8], config: &Config, state: &impl State) -> Decision {
+pub fn decide(frame: &[u8], config: &Config, state: &impl State, clock: &Clock) -> Decision {
     let packet = match parse(frame) {
         Ok(packet) => packet,
         Err(verdict) => {
@@ -246,7 +330,7 @@ pub fn decide(frame: &[u8], config: &Config, state: &impl State) -> Decision {
             }
         }
     };
-    let (verdict, action) = match route(&packet, config, state) {
+    let (verdict, action) = match route(&packet, config, state, clock) {
         Ok(action) => (verdict_of(&action), action),
         Err(verdict) => (verdict, Action::None),
     };
@@ -267,20 +351,33 @@ fn verdict_of(action: &Action) -> Verdict {
 }
 
 /// `Ok(action)` forwards; `Err(verdict)` passes or drops.
-fn route(packet: &Packet, config: &Config, state: &impl State) -> Result<Action, Verdict> {
+fn route(
+    packet: &Packet,
+    config: &Config,
+    state: &impl State,
+    clock: &Clock,
+) -> Result<Action, Verdict> {
     screen(packet, config)?;
     if packet.fragment {
         return Err(Verdict::PassFragment);
     }
     let key = &packet.key;
+    let syn = is_new_connection(packet);
     if let Some(flow) = state.flow(key) {
-        return Ok(forward(flow.service, Some(flow), config));
+        // A SYN on a closing flow is the client's next connection on the same ports.
+        let reopened = flow.state == FlowState::Closing && syn;
+        if alive(&flow, clock) && !reopened {
+            return Ok(forward(flow.service, Some(flow), config));
+        }
     }
     if let Some(index) = config
         .services
         .iter()
         .position(|s| s.vip == key.dst && s.port == key.dst_port && s.proto == key.proto)
     {
+        if key.proto == PROTO_TCP && !syn {
+            return Err(Verdict::DropNoFlow);
+        }
         let service = &config.services[index];
         if !sources_admit(service.sources, &key.src) {
             return Err(Verdict::DropServiceSource);

@@ -1,7 +1,7 @@
 //! Where a packet goes. The flow table first: a known flow whose backend may still serve it is
 //! decided by that one lookup. Otherwise the service: a new flow takes the next slot of the
 //! service's selection table through an atomic cursor. Otherwise a NAT reply, or the kernel.
-use core::intrinsics::{atomic_xadd, AtomicOrdering};
+use core::intrinsics::{atomic_cxchg, atomic_xadd, AtomicOrdering};
 
 use aya_ebpf::{bindings::BPF_NOEXIST, programs::XdpContext};
 use network_types::eth::EthHdr;
@@ -9,44 +9,50 @@ use network_types::eth::EthHdr;
 use lb_common::{
     maps::{
         Backend, Flow, FlowKey, FlowKeyV4, NatReverse, Service, ServiceKey, Verdict,
-        BACKEND_ACTIVE, BACKEND_DRAINING, FAMILY_V4, FLOW_PACKET_RATE, MODE_NAT,
+        BACKEND_ACTIVE, BACKEND_DRAINING, FLOW_PACKET_RATE, MODE_NAT, PROTO_UDP, STATE_ESTABLISHED,
+        STATE_OPENING, STATE_UDP,
     },
-    NAT_PORT_TRIES,
+    NAT_PORT_TRIES, NAT_TAKEOVER_TRIES,
 };
 
 use crate::{
-    maps::{BACKENDS, FLOWS_V4, FLOWS_V6, NAT_REVERSE, RINGS, RR_CURSORS, SERVICES, SETTINGS},
+    conntrack::{self, Clock, Entry, Table},
+    maps::{BACKENDS, FLOWS_V4, NAT_REVERSE, RINGS, RR_CURSORS, SERVICES, SETTINGS},
     parse::{ptr_at, Packet},
 };
 
 /// Where a parsed packet belongs.
 pub enum Target {
-    /// A known flow whose backend may still serve it.
+    /// A live flow whose backend may still serve it.
     Established(Established),
-    /// A new flow of this service, or one whose backend is gone.
-    Service(&'static Service),
+    /// A new flow of this service; `replaces` names the table of a dead, closing or orphaned
+    /// entry of the same addresses and ports.
+    Service(&'static Service, Option<Table>),
+    /// A TCP packet other than a SYN to a service, without a live flow: it creates nothing.
+    NoFlow,
     NatReply(&'static NatReverse),
     Kernel,
 }
 
-/// A flow-table entry and its (still usable) backend.
+/// A live flow-table entry and its (still usable) backend.
 pub struct Established {
-    flow: *mut Flow,
+    pub entry: Entry,
     pub backend: &'static Backend,
 }
 
 impl Established {
+    /// A copy of the entry: other CPUs may write its stamp and state meanwhile.
     #[inline(always)]
-    pub fn flow(&self) -> &Flow {
-        // SAFETY: a value of the LRU flow map, valid while the program runs.
-        unsafe { &*self.flow }
+    pub fn flow(&self) -> Flow {
+        // SAFETY: a value of a flow map, valid while the program runs.
+        unsafe { *self.entry.flow }
     }
 
     /// Records that the flow passed the firewall's current rules.
     #[inline(always)]
     pub fn set_fw_epoch(&self, epoch: u32) {
         // SAFETY: as above; one aligned u32 store, a racing CPU writes the same value.
-        unsafe { (*self.flow).fw_epoch = epoch };
+        unsafe { (*self.entry.flow).fw_epoch = epoch };
     }
 
     #[inline(always)]
@@ -76,32 +82,45 @@ pub struct Route {
     pub new_flow: bool,
 }
 
+/// The connection of the common IPv4 case, if there is an entry for it (alive or not).
 #[inline(always)]
-pub fn lookup(packet: &Packet) -> Target {
-    let flow = if packet.key.family == FAMILY_V4 {
-        FLOWS_V4.get_ptr_mut(&FlowKeyV4::from_flow(&packet.key))
-    } else {
-        FLOWS_V6.get_ptr_mut(&packet.key)
-    };
-    match established(flow) {
-        Some(flow) => Target::Established(flow),
-        None => lookup_service(packet),
+pub fn connection_v4(key: &FlowKeyV4) -> Option<Entry> {
+    FLOWS_V4.get_ptr_mut(key).map(|flow| Entry {
+        flow,
+        table: Table::Verified,
+    })
+}
+
+/// Where a packet goes, given the flow entry found for it: a live flow with a usable backend
+/// keeps it; a SYN on a closing flow, or any packet of a flow whose backend is gone, is
+/// balanced afresh (the latter so that the client hears a reset soon rather than time out);
+/// a dead flow counts as none.
+#[inline(always)]
+pub fn target(packet: &Packet, found: Option<Entry>, clock: &Clock) -> Target {
+    let mut replaces = None;
+    let mut client_proven = false;
+    if let Some(entry) = found {
+        // SAFETY: a value of a flow map, valid while the program runs.
+        let flow = unsafe { &*entry.flow };
+        replaces = Some(entry.table);
+        if conntrack::alive(flow, clock) && !conntrack::reopens(flow, packet.tcp_flags) {
+            if let Some(backend) = usable_backend(flow.backend_id, flow.backend_generation) {
+                return Target::Established(Established { entry, backend });
+            }
+            client_proven = entry.table == Table::Verified;
+        }
     }
-}
-
-/// The flow-table entry of the common IPv4 case, if its backend may still serve it.
-#[inline(always)]
-pub fn established_v4(key: &FlowKeyV4) -> Option<Established> {
-    established(FLOWS_V4.get_ptr_mut(key))
-}
-
-#[inline(always)]
-fn established(flow: Option<*mut Flow>) -> Option<Established> {
-    let flow = flow?;
-    // SAFETY: a value of the LRU flow map, valid while the program runs.
-    let entry = unsafe { &*flow };
-    let backend = usable_backend(entry.backend_id, entry.backend_generation)?;
-    Some(Established { flow, backend })
+    match lookup_service(packet) {
+        Target::Service(service, _) => {
+            let tcp_not_syn = packet.key.proto != PROTO_UDP && !conntrack::is_syn(packet.tcp_flags);
+            if tcp_not_syn && !client_proven {
+                Target::NoFlow
+            } else {
+                Target::Service(service, replaces)
+            }
+        }
+        other => other,
+    }
 }
 
 /// The backend a flow began on, if it may still serve it. Otherwise the backend is down or
@@ -113,15 +132,15 @@ pub fn usable_backend(id: u32, generation: u32) -> Option<&'static Backend> {
     (usable && backend.generation == generation).then_some(backend)
 }
 
-/// A packet without a usable flow: a service's (new flow), a NAT reply, or the kernel's.
+/// A packet without a live flow: a service's, a NAT reply, or the kernel's.
 #[inline(always)]
 pub fn lookup_service(packet: &Packet) -> Target {
     let key = service_key(packet);
     // SAFETY: values are only replaced whole by the agent (hash-map update), never mutated.
     if let Some(service) = unsafe { SERVICES.get(&key) } {
-        return Target::Service(service);
+        return Target::Service(service, None);
     }
-    // SAFETY: as above; the data path inserts these with BPF_NOEXIST and never mutates them.
+    // SAFETY: as above; the data path only rewrites an entry whose flow has ended.
     if let Some(reverse) = unsafe { NAT_REVERSE.get(&packet.key) } {
         return Target::NatReply(reverse);
     }
@@ -145,7 +164,9 @@ pub fn new_flow(
     ctx: &XdpContext,
     packet: &Packet,
     service: &'static Service,
+    replaces: Option<Table>,
     fw_epoch: u32,
+    clock: &Clock,
 ) -> Result<Route, Verdict> {
     if service.ring_len == 0 {
         return Err(Verdict::DropNoBackend);
@@ -179,20 +200,51 @@ pub fn new_flow(
         } else {
             0
         },
+        last_seen: clock.now,
+        // A SYN opens; any other TCP packet here re-balances a connection whose backend is gone.
+        state: if packet.key.proto == PROTO_UDP {
+            STATE_UDP
+        } else if conntrack::is_syn(packet.tcp_flags) {
+            STATE_OPENING
+        } else {
+            STATE_ESTABLISHED
+        },
+        _pad: 0,
+        _pad2: 0,
     };
     if service.mode == MODE_NAT {
         let eth: *const EthHdr = ptr_at(ctx, 0).ok_or(Verdict::DropMalformed)?;
         // SAFETY: bounds checked by `ptr_at`.
         let client_mac = unsafe { (*eth).src_addr };
         flow.snat_addr = service.snat_addr;
-        flow.nat_port = reserve_nat_port(packet, service, backend_id, backend, client_mac)?;
+        let mut reverse = NatReverse {
+            client_addr: packet.key.src,
+            vip: packet.key.dst,
+            client_port: packet.key.src_port,
+            vip_port: packet.key.dst_port,
+            client_mac,
+            _pad: [0; 2],
+            service_id: service.id,
+            backend_id,
+            claim: 0,
+        };
+        let mut reply_key = FlowKey {
+            src: backend.addr,
+            dst: service.snat_addr,
+            src_port: backend.port,
+            // The hash that spreads ports, until a port is tried.
+            dst_port: 0,
+            proto: packet.key.proto,
+            family: packet.key.family,
+            _pad: [0; 2],
+        };
+        flow.nat_port =
+            match reserve_nat_port(&mut reverse, &mut reply_key, flow_hash(&packet.key), clock) {
+                NO_PORT => return Err(Verdict::DropNatPortsExhausted),
+                port => port as u16,
+            };
     }
-    let inserted = if packet.key.family == FAMILY_V4 {
-        FLOWS_V4.insert(&FlowKeyV4::from_flow(&packet.key), &flow, 0)
-    } else {
-        FLOWS_V6.insert(&packet.key, &flow, 0)
-    };
-    inserted.map_err(|_| Verdict::DropInternal)?;
+    conntrack::record(&packet.key, &flow, replaces)?;
     Ok(Route {
         service_id: service.id,
         backend_id,
@@ -204,61 +256,93 @@ pub fn new_flow(
     })
 }
 
-/// Claims a source port towards `backend` for this client flow by inserting the reverse entry
-/// with BPF_NOEXIST, so two CPUs can never hand out the same port. Tries a few ports derived
-/// from the flow's hash; a port already held by this very flow is reused.
+/// Claims a source port towards the backend of `reply_key` for the client flow `reverse`
+/// names. A free port is taken by inserting its reverse entry with BPF_NOEXIST; a port whose
+/// flow has expired, closed or moved to another port is taken over by a compare-and-swap on the
+/// entry's `claim`. Either way two CPUs can never take the same port, and a port is never taken
+/// while its flow lives. Tries a few ports derived from the flow's hash.
+///
+/// Returns the port (network order), or [`NO_PORT`].
 #[inline(always)]
 fn reserve_nat_port(
-    packet: &Packet,
-    service: &Service,
-    backend_id: u32,
-    backend: &Backend,
-    client_mac: [u8; 6],
-) -> Result<u16, Verdict> {
-    let settings = SETTINGS.get(0).ok_or(Verdict::DropInternal)?;
+    reverse: &mut NatReverse,
+    reply_key: &mut FlowKey,
+    hash: u32,
+    clock: &Clock,
+) -> u32 {
+    let Some(settings) = SETTINGS.get(0) else {
+        return NO_PORT;
+    };
     let min = settings.nat_port_min as u32;
     let range = (settings.nat_port_max as u32).saturating_sub(min) + 1;
-    let reverse = NatReverse {
-        client_addr: packet.key.src,
-        vip: packet.key.dst,
-        client_port: packet.key.src_port,
-        vip_port: packet.key.dst_port,
-        client_mac,
-        _pad: [0; 2],
-        service_id: service.id,
-        backend_id,
-    };
-    let mut reply_key = FlowKey {
-        src: backend.addr,
-        dst: service.snat_addr,
-        src_port: backend.port,
-        dst_port: 0,
-        proto: packet.key.proto,
-        family: packet.key.family,
-        _pad: [0; 2],
-    };
-    let hash = flow_hash(&packet.key);
+    let port_of = |attempt: u32| ((min + (hash.wrapping_add(attempt)) % range) as u16).to_be();
     for attempt in 0..NAT_PORT_TRIES {
-        let port = ((min + (hash.wrapping_add(attempt)) % range) as u16).to_be();
-        reply_key.dst_port = port;
+        reply_key.dst_port = port_of(attempt);
         if NAT_REVERSE
-            .insert(&reply_key, &reverse, BPF_NOEXIST as u64)
+            .insert(&*reply_key, &*reverse, BPF_NOEXIST as u64)
             .is_ok()
         {
-            return Ok(port);
-        }
-        // SAFETY: read-only look at an entry the data path never mutates.
-        if let Some(held) = unsafe { NAT_REVERSE.get(&reply_key) } {
-            if held.client_addr == reverse.client_addr
-                && held.client_port == reverse.client_port
-                && held.vip == reverse.vip
-                && held.vip_port == reverse.vip_port
-            {
-                return Ok(port);
-            }
+            return reply_key.dst_port as u32;
         }
     }
-    Err(Verdict::DropNatPortsExhausted)
+    // Every port tried is held: take over the first ones whose flow has ended. Only a few, as
+    // each costs flow look-ups (and the verifier walks each one).
+    for attempt in 0..NAT_TAKEOVER_TRIES {
+        reply_key.dst_port = port_of(attempt);
+        if take_over(reverse, reply_key, clock) {
+            return reply_key.dst_port as u32;
+        }
+    }
+    NO_PORT
+}
+
+/// `reserve_nat_port` found no port (ports start at 1).
+const NO_PORT: u32 = 0;
+
+/// Takes over the port of `reply_key` if its flow has ended (`reserve_nat_port`).
+#[inline(always)]
+fn take_over(reverse: &mut NatReverse, reply_key: &FlowKey, clock: &Clock) -> bool {
+    let Some(held) = NAT_REVERSE.get_ptr_mut(reply_key) else {
+        return false;
+    };
+    // SAFETY: a value of the LRU NAT map, valid while the program runs; read before the flow is
+    // judged, so a takeover by another CPU meanwhile makes the swap below fail.
+    let claim = unsafe { core::ptr::read_volatile(&(*held).claim) };
+    // SAFETY: as above.
+    if port_in_use(unsafe { &*held }, reply_key.dst_port, reply_key, clock) {
+        return false;
+    }
+    // SAFETY: as above; an aligned u32. The BPF target has no atomic types, only intrinsics.
+    let (_, won) = unsafe {
+        atomic_cxchg::<u32, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
+            &raw mut (*held).claim,
+            claim,
+            claim.wrapping_add(1),
+        )
+    };
+    if won {
+        reverse.claim = claim.wrapping_add(1);
+        // SAFETY: as above; the port is ours now. Its old flow has ended, so a reply that reads
+        // the entry half-written belongs to nobody.
+        unsafe { *held = *reverse };
+    }
+    won
+}
+
+/// Whether the client flow a reverse entry names is alive and still uses this port (the
+/// reply's protocol and family are the flow's).
+#[inline(always)]
+fn port_in_use(held: &NatReverse, port: u16, reply_key: &FlowKey, clock: &Clock) -> bool {
+    match conntrack::find(&held.client_flow(reply_key.proto, reply_key.family)) {
+        Some(entry) => {
+            // SAFETY: a value of a flow map, valid while the program runs.
+            let flow = unsafe { &*entry.flow };
+            conntrack::alive(flow, clock)
+                && flow.nat_port == port
+                && flow.backend_id == held.backend_id
+        }
+        None => false,
+    }
 }
 
 /// Mixes the client's address and ports (murmur3's finalizer); only spreads NAT ports, so it

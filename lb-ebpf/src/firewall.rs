@@ -17,15 +17,12 @@ use crate::{
         FIREWALL, FW_V4_TABLE, FW_V6, HOST_ADDRS, HOST_PORTS, RATE_BUCKETS, RULE_STATS, SERVICES,
         SERVICE_SOURCES, VIPS,
     },
-    parse::{Ipv4Packet, Packet, PROTO_ICMP, PROTO_ICMPV6},
+    parse::{
+        Ipv4Packet, Packet, PROTO_ICMP, PROTO_ICMPV6, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN,
+        TCP_URG,
+    },
 };
 
-const TCP_FIN: u8 = 0x01;
-const TCP_SYN: u8 = 0x02;
-const TCP_RST: u8 = 0x04;
-const TCP_PSH: u8 = 0x08;
-const TCP_ACK: u8 = 0x10;
-const TCP_URG: u8 = 0x20;
 const ICMP_ECHO_REQUEST: u8 = 8;
 const ICMPV6_ECHO_REQUEST: u8 = 128;
 
@@ -161,7 +158,8 @@ pub fn admit(packet: &Packet, service: &Service, fw: &Firewall) -> Result<(), Ve
     {
         return Err(Verdict::DropRateLimited);
     }
-    if is_new_connection(packet) {
+    // Only new flows get here: a TCP SYN (or a connection whose backend is gone), or a UDP flow.
+    if is_new_connection(packet) || packet.key.proto == PROTO_UDP {
         if service.syn_rate.is_limited()
             && !take(
                 &source_bucket(packet, service.id, RATE_SYN),

@@ -69,6 +69,18 @@ impl Slot {
         })
     }
 
+    /// Drops this CPU's copy of the key's flow: a packet that may change the flow's state (a SYN
+    /// reopening it, a FIN or RST ending it) goes to the table, and later ones must follow.
+    #[inline(always)]
+    pub fn forget(&self, key: &FlowKeyV4) {
+        // SAFETY: as in `lookup`.
+        let entry = unsafe { &mut *self.0 };
+        if entry.key == *key {
+            // No flow has protocol 0: the copy can never match again.
+            entry.key.proto = 0;
+        }
+    }
+
     /// Copies a DSR flow's table entry, which passed every check, into the slot.
     #[inline(always)]
     pub fn remember(&self, key: &FlowKeyV4, flow: &Established, epoch: u32) {

@@ -13,6 +13,7 @@
 
 mod balance;
 mod checksum;
+mod conntrack;
 mod firewall;
 mod flow_cache;
 mod forward;
@@ -26,7 +27,7 @@ use aya_ebpf::{
     macros::xdp,
     programs::XdpContext,
 };
-use lb_common::maps::{Firewall, Verdict, MODE_NAT};
+use lb_common::maps::{Firewall, Verdict, MODE_NAT, PROTO_TCP, STATE_ESTABLISHED};
 
 use balance::Target;
 use parse::Packet;
@@ -106,12 +107,24 @@ fn process(ctx: &XdpContext) -> Verdict {
     if packet.fragment {
         return Verdict::PassFragment;
     }
-    decide(ctx, &packet, fw, balance::lookup(&packet))
+    let clock = match conntrack::clock() {
+        Ok(clock) => clock,
+        Err(verdict) => return verdict,
+    };
+    let found = conntrack::find(&packet.key);
+    decide(
+        ctx,
+        &packet,
+        fw,
+        &clock,
+        balance::target(&packet, found, &clock),
+    )
 }
 
 /// `process` for the common IPv4 case (`parse::Ipv4Packet`), in the same order: firewall, then
-/// the flow table. A DSR flow with nothing to re-check, most packets of a web service, leaves
-/// straight away; anything else goes on as in `process`, with the generic packet built then.
+/// the flow table. A DSR connection's packet that changes nothing, most packets of a web
+/// service, leaves straight away; anything else goes on as in `process`, with the generic
+/// packet built then.
 #[inline(always)]
 fn process_common_ipv4(ctx: &XdpContext, v4: &parse::Ipv4Packet) -> Verdict {
     let fw = match firewall::settings() {
@@ -121,18 +134,38 @@ fn process_common_ipv4(ctx: &XdpContext, v4: &parse::Ipv4Packet) -> Verdict {
     if let Err(verdict) = firewall::screen_ipv4(v4, fw) {
         return verdict;
     }
+    let plain = conntrack::keeps_state(v4.tcp_flags);
     let cache_epoch = flow_cache::epoch();
     let slot = flow_cache::slot(&v4.key);
-    let cached = slot
-        .as_ref()
-        .and_then(|slot| slot.lookup(&v4.key, fw, cache_epoch));
-    if let Some(route) = cached {
-        stats::count_forward(&route, v4.len);
-        return forward::dsr_to_backend(ctx, &route);
+    if let Some(slot) = &slot {
+        if !plain {
+            slot.forget(&v4.key);
+        } else if let Some(route) = slot.lookup(&v4.key, fw, cache_epoch) {
+            stats::count_forward(&route, v4.len);
+            return forward::dsr_to_backend(ctx, &route);
+        }
     }
-    let flow = balance::established_v4(&v4.key);
-    if let Some(flow) = &flow {
-        if flow.flow().mode != MODE_NAT && !firewall::needs_recheck(flow, fw) {
+    let clock = match conntrack::clock() {
+        Ok(clock) => clock,
+        Err(verdict) => return verdict,
+    };
+    let packet = v4.to_packet();
+    // UDP flows are never connections: they are only among the unverified flows.
+    let connection = if v4.key.proto == PROTO_TCP as u32 {
+        balance::connection_v4(&v4.key)
+    } else {
+        None
+    };
+    let found = connection.or_else(|| conntrack::find_unverified(&packet.key));
+    let target = balance::target(&packet, found, &clock);
+    if let Target::Established(flow) = &target {
+        let entry = flow.flow();
+        let fast = plain
+            && entry.mode != MODE_NAT
+            && entry.state == STATE_ESTABLISHED
+            && !firewall::needs_recheck(flow, fw);
+        if fast {
+            conntrack::touch(flow.entry.flow, &clock);
             if let Some(slot) = &slot {
                 slot.remember(&v4.key, flow, cache_epoch);
             }
@@ -141,40 +174,48 @@ fn process_common_ipv4(ctx: &XdpContext, v4: &parse::Ipv4Packet) -> Verdict {
             return forward::dsr_to_backend(ctx, &route);
         }
     }
-    let packet = v4.to_packet();
-    let target = match flow {
-        Some(flow) => Target::Established(flow),
-        None => balance::lookup_service(&packet),
-    };
-    decide(ctx, &packet, fw, target)
+    decide(ctx, &packet, fw, &clock, target)
 }
 
 /// From where the packet belongs to its verdict: the firewall's checks for that place, then
-/// the balancing decision and the rewrite.
+/// the balancing decision, the flow's state, and the rewrite.
 #[inline(always)]
-fn decide(ctx: &XdpContext, packet: &Packet, fw: &Firewall, target: Target) -> Verdict {
+fn decide(
+    ctx: &XdpContext,
+    packet: &Packet,
+    fw: &Firewall,
+    clock: &conntrack::Clock,
+    target: Target,
+) -> Verdict {
     let route = match target {
         Target::Established(flow) => {
             if let Err(verdict) = firewall::recheck(packet, &flow, fw) {
                 return verdict;
             }
+            conntrack::advance(&packet.key, &flow.entry, packet.tcp_flags, clock);
             flow.route()
         }
-        Target::Service(service) => {
+        Target::Service(service, replaces) => {
             if let Err(verdict) = firewall::admit(packet, service, fw) {
                 return verdict;
             }
-            match balance::new_flow(ctx, packet, service, fw.epoch) {
+            match balance::new_flow(ctx, packet, service, replaces, fw.epoch, clock) {
                 Ok(route) => route,
                 Err(verdict) => return verdict,
             }
         }
+        Target::NoFlow => return Verdict::DropNoFlow,
         Target::NatReply(reverse) => {
             stats::count_service_and_backend(
                 reverse.service_id,
                 reverse.backend_id,
                 packet.len,
                 false,
+            );
+            conntrack::backend_closes(
+                &reverse.client_flow(packet.key.proto, packet.key.family),
+                packet.key.dst_port,
+                packet.tcp_flags,
             );
             return forward::nat_to_client(ctx, packet, reverse);
         }

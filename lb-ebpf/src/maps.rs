@@ -11,9 +11,9 @@ use lb_common::{
         FwRule, HostPort, NatReverse, RateKey, RuleCounters, Service, ServiceCidr, ServiceKey,
         Settings, TxPace, V4Group, Verdict, V4_HALF_GROUPS,
     },
-    DEFAULT_FLOW_CAPACITY, DEFAULT_NAT_CAPACITY, FLOW_CACHE_SLOTS, MAX_BACKENDS, MAX_PREFIXES,
-    MAX_RULES, MAX_SERVICES, RATE_BUCKETS as RATE_BUCKETS_CAPACITY, RING_SLOTS,
-    RING_TABLES_PER_SERVICE,
+    DEFAULT_FLOW_CAPACITY, DEFAULT_NAT_CAPACITY, DEFAULT_UNVERIFIED_CAPACITY, FLOW_CACHE_SLOTS,
+    MAX_BACKENDS, MAX_PREFIXES, MAX_RULES, MAX_SERVICES, RATE_BUCKETS as RATE_BUCKETS_CAPACITY,
+    RING_SLOTS, RING_TABLES_PER_SERVICE,
 };
 
 #[map]
@@ -31,7 +31,8 @@ pub static RINGS: Array<u32> =
 #[map]
 pub static RR_CURSORS: Array<u64> = Array::with_max_entries(MAX_SERVICES, 0);
 
-/// Flow tables, one per family: IPv4 keys are 16 bytes, IPv6 ones 40.
+/// Connections (TCP past its handshake), one table per family: IPv4 keys are 16 bytes, IPv6
+/// ones 40.
 #[map]
 pub static FLOWS_V4: LruHashMap<FlowKeyV4, Flow> =
     LruHashMap::with_max_entries(DEFAULT_FLOW_CAPACITY, 0);
@@ -39,6 +40,12 @@ pub static FLOWS_V4: LruHashMap<FlowKeyV4, Flow> =
 #[map]
 pub static FLOWS_V6: LruHashMap<FlowKey, Flow> =
     LruHashMap::with_max_entries(DEFAULT_FLOW_CAPACITY, 0);
+
+/// Flows anyone can create with a forged source: TCP before its handshake completes, and UDP
+/// (`conntrack.rs`). Apart from the connections, so a flood of them only evicts its own kind.
+#[map]
+pub static UNVERIFIED_FLOWS: LruHashMap<FlowKey, Flow> =
+    LruHashMap::with_max_entries(DEFAULT_UNVERIFIED_CAPACITY, 0);
 
 /// Each CPU's copies of the DSR flows it forwards (`flow_cache.rs`). Not pinned: a cache, and
 /// an empty one is always right.

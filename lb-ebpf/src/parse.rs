@@ -6,6 +6,12 @@ use aya_ebpf::programs::XdpContext;
 use lb_common::maps::{FlowKey, FlowKeyV4, Verdict, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP};
 
 pub const PROTO_ICMP: u8 = 1;
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_PSH: u8 = 0x08;
+pub const TCP_ACK: u8 = 0x10;
+pub const TCP_URG: u8 = 0x20;
 pub const PROTO_ICMPV6: u8 = 58;
 /// ICMP and ICMPv6 headers: type, code, checksum.
 const ICMP_NEEDED: usize = 4;

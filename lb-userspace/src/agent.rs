@@ -227,6 +227,7 @@ pub async fn run(options: RunOptions) -> Result<()> {
     let mut dataplane = Dataplane::load(&LoadOptions {
         pin_dir: Some(pin_dir.clone()),
         flow_capacity: *config.agent.flow_capacity.get_ref(),
+        unverified_capacity: *config.agent.unverified_capacity.get_ref(),
         ..LoadOptions::default()
     })?;
     let adopted = dataplane.adopted();
@@ -236,7 +237,7 @@ pub async fn run(options: RunOptions) -> Result<()> {
             pin_dir.display()
         );
     }
-    set_nat_ports(&mut dataplane, &config)?;
+    set_data_path_settings(&mut dataplane, &config)?;
 
     let existing_services = dataplane.services()?;
     let existing_backends = dataplane.backends()?;
@@ -396,11 +397,13 @@ fn load_token(api: &ApiConfig) -> Result<Option<String>> {
     Ok(Some(token))
 }
 
-fn set_nat_ports(dataplane: &mut Dataplane, config: &Config) -> Result<()> {
+/// NAT ports and flow timeouts: the data path's settings (the test clock is for tests only).
+fn set_data_path_settings(dataplane: &mut Dataplane, config: &Config) -> Result<()> {
     dataplane.set_settings(&Settings {
         nat_port_min: *config.agent.nat_port_min.get_ref(),
         nat_port_max: *config.agent.nat_port_max.get_ref(),
-        _pad: 0,
+        test_clock: 0,
+        timeouts: config.agent.timeouts.to_map(),
     })
 }
 
@@ -1093,9 +1096,10 @@ impl AgentState {
             || old.pin_path != new.pin_path
             || old.xdp_mode != new.xdp_mode
             || old.flow_capacity.get_ref() != new.flow_capacity.get_ref()
+            || old.unverified_capacity.get_ref() != new.unverified_capacity.get_ref()
             || self.config.api.bind.get_ref() != config.api.bind.get_ref()
         {
-            notes.push("agent interface/pin_path/xdp_mode/flow_capacity and api.bind changes take effect at the next start".to_string());
+            notes.push("agent interface/pin_path/xdp_mode/flow_capacity/unverified_capacity and api.bind changes take effect at the next start".to_string());
         }
 
         let existing_services = self.dataplane.services()?;
@@ -1161,7 +1165,7 @@ impl AgentState {
         // Before programming: a backend whose service lost its check must not stay down.
         self.start_checkers(checks);
         self.start_database_watch().map_err(ChangeError::Internal)?;
-        set_nat_ports(&mut self.dataplane, &self.config)?;
+        set_data_path_settings(&mut self.dataplane, &self.config)?;
         for index in 0..self.table.services.len() {
             self.program_service(index)?;
         }

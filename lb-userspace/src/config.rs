@@ -310,6 +310,74 @@ pub struct AgentConfig {
     pub nat_port_min: Spanned<u16>,
     #[serde(default = "default_nat_port_max")]
     pub nat_port_max: Spanned<u16>,
+    /// Entries of the table of unverified flows (TCP before its handshake completes, and UDP).
+    #[serde(default = "default_unverified_capacity")]
+    pub unverified_capacity: Spanned<u32>,
+    /// How long a flow of each state may stay idle.
+    #[serde(default)]
+    pub timeouts: TimeoutsConfig,
+}
+
+/// `[agent.timeouts]`: idle limits of flows, in seconds, by state.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutsConfig {
+    #[serde(default = "default_tcp_opening")]
+    pub tcp_opening: Spanned<u32>,
+    #[serde(default = "default_tcp_established")]
+    pub tcp_established: Spanned<u32>,
+    #[serde(default = "default_tcp_closing")]
+    pub tcp_closing: Spanned<u32>,
+    #[serde(default = "default_udp")]
+    pub udp: Spanned<u32>,
+}
+
+impl Default for TimeoutsConfig {
+    fn default() -> Self {
+        Self {
+            tcp_opening: default_tcp_opening(),
+            tcp_established: default_tcp_established(),
+            tcp_closing: default_tcp_closing(),
+            udp: default_udp(),
+        }
+    }
+}
+
+impl TimeoutsConfig {
+    /// As the data path reads them.
+    pub fn to_map(&self) -> lb_common::maps::FlowTimeouts {
+        lb_common::maps::FlowTimeouts {
+            tcp_opening: *self.tcp_opening.get_ref(),
+            tcp_established: *self.tcp_established.get_ref(),
+            tcp_closing: *self.tcp_closing.get_ref(),
+            udp: *self.udp.get_ref(),
+        }
+    }
+
+    fn fields(&self) -> [(&'static str, &Spanned<u32>); 4] {
+        [
+            ("tcp_opening", &self.tcp_opening),
+            ("tcp_established", &self.tcp_established),
+            ("tcp_closing", &self.tcp_closing),
+            ("udp", &self.udp),
+        ]
+    }
+}
+
+fn default_tcp_opening() -> Spanned<u32> {
+    Spanned::new(0..0, lb_common::maps::FlowTimeouts::DEFAULT.tcp_opening)
+}
+fn default_tcp_established() -> Spanned<u32> {
+    Spanned::new(0..0, lb_common::maps::FlowTimeouts::DEFAULT.tcp_established)
+}
+fn default_tcp_closing() -> Spanned<u32> {
+    Spanned::new(0..0, lb_common::maps::FlowTimeouts::DEFAULT.tcp_closing)
+}
+fn default_udp() -> Spanned<u32> {
+    Spanned::new(0..0, lb_common::maps::FlowTimeouts::DEFAULT.udp)
+}
+fn default_unverified_capacity() -> Spanned<u32> {
+    Spanned::new(0..0, lb_common::DEFAULT_UNVERIFIED_CAPACITY)
 }
 
 impl Default for AgentConfig {
@@ -321,6 +389,8 @@ impl Default for AgentConfig {
             flow_capacity: default_flow_capacity(),
             nat_port_min: default_nat_port_min(),
             nat_port_max: default_nat_port_max(),
+            unverified_capacity: default_unverified_capacity(),
+            timeouts: TimeoutsConfig::default(),
         }
     }
 }
@@ -724,6 +794,25 @@ fn validate(config: &Config, at: &Locator<'_>) -> Vec<ConfigError> {
             format!("flow_capacity {capacity} is out of range"),
             "use a value between 1024 and 67108864 (default 1048576)",
         ));
+    }
+    let unverified = *agent.unverified_capacity.get_ref();
+    if !(1024..=1 << 26).contains(&unverified) {
+        errors.push(at.error(
+            agent.unverified_capacity.span(),
+            format!("unverified_capacity {unverified} is out of range"),
+            "use a value between 1024 and 67108864 (default 262144)",
+        ));
+    }
+    // A day at most: an idle limit longer than that keeps dead flows (and NAT ports) for good.
+    for (name, value) in agent.timeouts.fields() {
+        let seconds = *value.get_ref();
+        if !(1..=86_400).contains(&seconds) {
+            errors.push(at.error(
+                value.span(),
+                format!("agent.timeouts.{name} = {seconds} is out of range"),
+                "use a number of seconds between 1 and 86400",
+            ));
+        }
     }
     let (min, max) = (*agent.nat_port_min.get_ref(), *agent.nat_port_max.get_ref());
     if min == 0 || min > max {

@@ -50,6 +50,7 @@ pub struct LoadOptions {
     pub pin_dir: Option<PathBuf>,
     pub flow_capacity: u32,
     pub nat_capacity: u32,
+    pub unverified_capacity: u32,
 }
 
 impl Default for LoadOptions {
@@ -58,6 +59,7 @@ impl Default for LoadOptions {
             pin_dir: None,
             flow_capacity: lb_common::DEFAULT_FLOW_CAPACITY,
             nat_capacity: lb_common::DEFAULT_NAT_CAPACITY,
+            unverified_capacity: lb_common::DEFAULT_UNVERIFIED_CAPACITY,
         }
     }
 }
@@ -94,6 +96,7 @@ impl Dataplane {
         loader.map_max_entries(names::FLOWS_V4, options.flow_capacity);
         loader.map_max_entries(names::FLOWS_V6, options.flow_capacity);
         loader.map_max_entries(names::NAT_REVERSE, options.nat_capacity);
+        loader.map_max_entries(names::UNVERIFIED_FLOWS, options.unverified_capacity);
         let mut adopted = false;
         if let Some(dir) = &options.pin_dir {
             prepare_pin_dir(dir)?;
@@ -260,11 +263,13 @@ impl Dataplane {
         Ok(())
     }
 
+    /// Writes the data path's settings. The flow caches are emptied after: a copy was made
+    /// under the old timeouts and clock, and the flow table is what applies the new ones.
     pub fn set_settings(&mut self, settings: &Settings) -> Result<()> {
         let mut map: Array<&mut MapData, Settings> =
             Array::try_from(self.map_mut(names::SETTINGS)?)?;
         map.set(0, settings, 0).context("writing SETTINGS")?;
-        Ok(())
+        self.empty_flow_caches()
     }
 
     pub fn put_service(&mut self, key: &ServiceKey, service: &Service) -> Result<()> {
@@ -313,6 +318,11 @@ impl Dataplane {
         let epoch = map.get(&0, 0).context("reading FLOW_CACHE_EPOCH")?;
         map.set(0, epoch.wrapping_add(1), 0)
             .context("writing FLOW_CACHE_EPOCH")
+    }
+
+    pub fn settings(&self) -> Result<Settings> {
+        let map: Array<&MapData, Settings> = Array::try_from(self.map(names::SETTINGS)?)?;
+        map.get(&0, 0).context("reading SETTINGS")
     }
 
     /// Every backend slot, used or not (index = backend id).

@@ -76,6 +76,7 @@ async fn main() -> ExitCode {
         Command::AttachPass { iface, pin } => dataplane::Dataplane::load(&dataplane::LoadOptions {
             flow_capacity: 1024,
             nat_capacity: 1024,
+            unverified_capacity: 1024,
             ..Default::default()
         })
         .and_then(|mut dp| dp.attach_pass(&iface, &pin)),

@@ -85,10 +85,15 @@ pub fn run(options: &Options) -> Report {
     while report.packets < options.packets && report.model_mismatches < options.max_mismatches {
         let scenario = chunks.next().expect("at least one scenario");
         let config = scenario.model;
-        let h = scenario::harness(scenario);
+        let mut h = scenario::harness(scenario);
         let mut tracker = check::Tracker::default();
         let chunk = options.chunk.min(options.packets - report.packets);
         for _ in 0..chunk {
+            // Now and then time passes: around each state's idle limit, or past them all.
+            if rng.chance(1) {
+                let seconds = rng.pick(&[1, 2, 9, 11, 59, 61, 899, 901, 5000]);
+                tracker.advance_clock(&mut h, seconds);
+            }
             let frame = generator.frame(&mut rng, &tracker);
             report.packets += 1;
             match check::check(&h, config, &mut tracker, &frame) {

@@ -73,12 +73,28 @@ impl Harness {
 
     #[track_caller]
     pub fn set_nat_ports(&mut self, min: u16, max: u16) {
+        self.change_settings(|s| {
+            s.nat_port_min = min;
+            s.nat_port_max = max;
+        });
+    }
+
+    /// Stops the data path's flow clock at `now` (seconds; not 0, which means the kernel's).
+    #[track_caller]
+    pub fn set_clock(&mut self, now: u32) {
+        assert_ne!(now, 0, "0 gives the flow clock back to the kernel");
+        self.change_settings(|s| s.test_clock = now);
+    }
+
+    #[track_caller]
+    pub fn change_settings(&mut self, change: impl FnOnce(&mut Settings)) {
+        let mut settings = self
+            .dataplane
+            .settings()
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        change(&mut settings);
         self.dataplane
-            .set_settings(&Settings {
-                nat_port_min: min,
-                nat_port_max: max,
-                _pad: 0,
-            })
+            .set_settings(&settings)
             .unwrap_or_else(|e| panic!("{e:#}"));
     }
 

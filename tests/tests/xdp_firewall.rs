@@ -423,7 +423,14 @@ fn the_packet_rate_and_the_syn_budget() {
         .tcp_flags(TCP_ACK)
         .macs(CLIENT_MAC, LB_MAC)
         .build();
-    for _ in 0..4 {
+    // The SYN opens the connection and is its first packet.
+    assert_action(
+        &h,
+        &syn("10.5.0.1", 2000, "10.0.0.100", 80),
+        XDP_TX,
+        "the SYN, within the packet burst",
+    );
+    for _ in 0..3 {
         assert_action(&h, &ack, XDP_TX, "within the packet burst");
     }
     assert_action(&h, &ack, XDP_DROP, "over the packet rate");

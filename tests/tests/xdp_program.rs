@@ -11,7 +11,7 @@ use lb_tests::{
         two_web_backends, BackendSpec, Harness, WEB1_MAC, WEB2_MAC, XDP_ABORTED, XDP_DROP,
         XDP_PASS, XDP_TX,
     },
-    packet::{l4_ports, Frame, L4, TCP_ACK},
+    packet::{l4_ports, Frame, L4, TCP_ACK, TCP_SYN},
     require_root, stay_on_this_cpu,
 };
 use lb_userspace::{
@@ -79,6 +79,11 @@ fn client_frame(f: &Family, protocol: Protocol, client_port: u16) -> Frame {
         Protocol::Udp => Frame::udp((f.client, client_port), (f.vip, 80)),
     };
     frame.macs(CLIENT_MAC, LB_MAC)
+}
+
+/// The frame as a packet of the connection it opened (ACK instead of SYN).
+fn ack(frame: &Frame) -> Frame {
+    frame.clone().tcp_flags(TCP_ACK)
 }
 
 #[track_caller]
@@ -327,10 +332,11 @@ fn an_established_flow_leaves_alike_by_either_road() {
     let f = v4();
     for mode in [Mode::Dsr, Mode::Nat] {
         let h = service(&f, Protocol::Tcp, mode, 80);
-        let plain = client_frame(&f, Protocol::Tcp, 40000);
+        let syn = client_frame(&f, Protocol::Tcp, 40000);
         // The flow begins on web1; the next new flow moves the cursor to web2.
-        let (_, first) = h.run(&plain.build());
+        let (_, first) = h.run(&syn.build());
         h.run(&client_frame(&f, Protocol::Tcp, 40001).build());
+        let plain = ack(&syn);
         let mut tagged = plain.clone();
         tagged.vlan = Some(42);
         let mut with_options = plain.clone();
@@ -382,8 +388,8 @@ fn a_flow_sticks_to_its_backend() {
     }
     let f = v4();
     let h = service(&f, Protocol::Tcp, Mode::Dsr, 80);
-    let sticky = client_frame(&f, Protocol::Tcp, 40000).build();
-    let (_, first) = h.run(&sticky);
+    let (_, first) = h.run(&client_frame(&f, Protocol::Tcp, 40000).build());
+    let sticky = ack(&client_frame(&f, Protocol::Tcp, 40000)).build();
     for i in 0..10 {
         // Other new flows move the round-robin cursor in between.
         h.run(&client_frame(&f, Protocol::Tcp, 50000 + i).build());
@@ -406,9 +412,12 @@ fn flows_of_a_removed_backend_are_rebalanced() {
     stay_on_this_cpu();
     let f = v4();
     let mut h = service(&f, Protocol::Tcp, Mode::Dsr, 80);
-    let on_web1 = client_frame(&f, Protocol::Tcp, 40000).build();
+    let syn = client_frame(&f, Protocol::Tcp, 40000);
+    assert_eq!(h.run(&syn.build()).1[0..6], WEB1_MAC);
+    let on_web1 = ack(&syn).build();
+    // The first ACK makes it a connection; the second is copied into this CPU's flow cache,
+    // which must notice the change too.
     assert_eq!(h.run(&on_web1).1[0..6], WEB1_MAC);
-    // The second packet is copied into this CPU's flow cache, which must notice the change too.
     assert_eq!(h.run(&on_web1).1[0..6], WEB1_MAC);
     h.set_backend_state(0, "web1", BackendState::Down);
     assert_eq!(
@@ -437,18 +446,21 @@ fn flows_that_evict_each_other_from_the_flow_cache_keep_their_backends() {
     let f = v4();
     let h = service(&f, Protocol::Tcp, Mode::Dsr, 80);
     let flows = 3 * FLOW_CACHE_SLOTS;
-    let frame = |i: u32| {
+    let frame = |i: u32, flags: u8| {
         let client = IpAddr::from(std::net::Ipv4Addr::from(0x0a01_0000 + i / 1000));
         Frame::tcp((client, 20000 + (i % 1000) as u16), (f.vip, 80))
+            .tcp_flags(flags)
             .macs(CLIENT_MAC, LB_MAC)
             .build()
     };
-    let backend_of = |i: u32| {
-        let (action, out) = h.run(&frame(i));
+    let run = |i: u32, flags: u8| {
+        let (action, out) = h.run(&frame(i, flags));
         assert_eq!(action, XDP_TX, "flow {i}");
         out[5]
     };
-    let first: Vec<u8> = (0..flows).map(backend_of).collect();
+    let backend_of = |i: u32| run(i, TCP_ACK);
+    // SYNs open the connections; the ACKs of the rounds below are what the cache serves.
+    let first: Vec<u8> = (0..flows).map(|i| run(i, TCP_SYN)).collect();
     for round in 0..2 {
         for (i, backend) in first.iter().enumerate() {
             assert_eq!(
@@ -474,12 +486,18 @@ fn the_flow_cache_serves_a_copy_then_asks_the_flow_table_again() {
     stay_on_this_cpu();
     let f = v4();
     let h = service(&f, Protocol::Tcp, Mode::Dsr, 80);
-    let flow = client_frame(&f, Protocol::Tcp, 40000).build();
-    assert_eq!(h.run(&flow).1[0..6], WEB1_MAC, "first packet: a new flow");
+    let syn = client_frame(&f, Protocol::Tcp, 40000);
+    assert_eq!(h.run(&syn.build()).1[0..6], WEB1_MAC, "the SYN: a new flow");
+    let flow = ack(&syn).build();
     assert_eq!(
         h.run(&flow).1[0..6],
         WEB1_MAC,
-        "second packet: from the table, copied"
+        "first ACK: the handshake completes, the flow becomes a connection"
+    );
+    assert_eq!(
+        h.run(&flow).1[0..6],
+        WEB1_MAC,
+        "second ACK: from the table, copied"
     );
     let flows = flow_table(&h);
     let key = flows
@@ -489,11 +507,7 @@ fn the_flow_cache_serves_a_copy_then_asks_the_flow_table_again() {
         .unwrap_or_else(|e| panic!("{e}"));
     let mut flows = flows;
     flows.remove(&key).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(
-        h.run(&flow).1[0..6],
-        WEB1_MAC,
-        "third packet: from the copy"
-    );
+    assert_eq!(h.run(&flow).1[0..6], WEB1_MAC, "third ACK: from the copy");
     assert_eq!(
         flow_table(&h).keys().count(),
         0,
@@ -504,11 +518,16 @@ fn the_flow_cache_serves_a_copy_then_asks_the_flow_table_again() {
         FLOW_CACHE_REFRESH_JIFFIES * 10 + 200,
     ));
     assert_eq!(
-        h.run(&flow).1[0..6],
-        WEB2_MAC,
-        "after the refresh time: the table has no entry, so a new flow, placed by round robin"
+        h.run(&flow),
+        (XDP_DROP, flow.clone()),
+        "after the refresh time: the table has no entry, and an ACK creates none"
     );
-    assert_eq!(flow_table(&h).keys().count(), 1);
+    assert_eq!(h.verdict_count(Verdict::DropNoFlow), 1);
+    assert_eq!(
+        h.run(&syn.build()).1[0..6],
+        WEB2_MAC,
+        "a SYN on the same ports: a new flow, placed by round robin"
+    );
     assert_eq!(h.backend_counters(0, "web2").new_flows, 1);
 }
 
@@ -541,8 +560,10 @@ fn a_flow_moved_off_a_down_backend_stays_moved_when_it_comes_back() {
     stay_on_this_cpu();
     let f = v4();
     let mut h = service(&f, Protocol::Tcp, Mode::Dsr, 80);
-    let flow = client_frame(&f, Protocol::Tcp, 40000).build();
-    assert_eq!(h.run(&flow).1[0..6], WEB1_MAC);
+    let syn = client_frame(&f, Protocol::Tcp, 40000);
+    assert_eq!(h.run(&syn.build()).1[0..6], WEB1_MAC);
+    let flow = ack(&syn).build();
+    assert_eq!(h.run(&flow).1[0..6], WEB1_MAC, "a connection now");
     assert_eq!(h.run(&flow).1[0..6], WEB1_MAC, "copied into the cache");
     h.set_backend_state(0, "web1", BackendState::Down);
     assert_eq!(h.run(&flow).1[0..6], WEB2_MAC, "moved while web1 is down");
@@ -563,8 +584,9 @@ fn a_draining_backend_keeps_its_flows_and_gets_no_new_ones() {
     }
     let f = v4();
     let mut h = service(&f, Protocol::Tcp, Mode::Dsr, 80);
-    let on_web1 = client_frame(&f, Protocol::Tcp, 40000).build();
-    assert_eq!(h.run(&on_web1).1[0..6], WEB1_MAC);
+    let syn = client_frame(&f, Protocol::Tcp, 40000);
+    assert_eq!(h.run(&syn.build()).1[0..6], WEB1_MAC);
+    let on_web1 = ack(&syn).build();
     h.set_backend_state(0, "web1", BackendState::Draining);
     for i in 0..6 {
         assert_eq!(h.run(&on_web1).1[0..6], WEB1_MAC, "the existing flow stays");

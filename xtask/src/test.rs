@@ -70,6 +70,11 @@ pub fn run(args: TestArgs) -> Result<()> {
 
     let mut test = cargo();
     test.args(["test", "--release", "--", "--test-threads=1"]);
+    if root {
+        // Kernel tests are `#[ignore = "needs root"]`, so a plain `cargo test` lists them as
+        // ignored instead of passing them unrun; as root they run here.
+        test.arg("--include-ignored");
+    }
     test.args(args.extra.iter().map(OsString::from));
     if root && ci {
         // In CI as root, a kernel test that cannot run must fail, not skip.

@@ -116,15 +116,31 @@ const CONFIG: Config = Config {
     host_ports: &HOST_PORTS,
 };
 
-/// No flows, except one established DSR flow from CLIENT:7777 and one NAT reply on port 20000.
+const NOW: u32 = 1_000_000;
+const CLOCK: Clock = Clock {
+    now: NOW,
+    timeouts: FlowTimeouts::DEFAULT,
+};
+
+/// No flows, except DSR flows from CLIENT: an established one from port 7777, a closing one
+/// from 7778, one idle for longer than an established flow may be from 7779; and one NAT reply
+/// on port 20000.
 struct Fixed;
 
 impl State for Fixed {
     fn flow(&self, key: &FlowKey) -> Option<Flow> {
-        (key.src_port == 7777 && key.dst == VIP).then_some(Flow {
+        let (state, last_seen) = match key.src_port {
+            7777 => (FlowState::Established, NOW - 5),
+            7778 => (FlowState::Closing, NOW - 5),
+            7779 => (FlowState::Established, NOW - 901),
+            _ => return None,
+        };
+        (key.dst == VIP).then_some(Flow {
             service: 0,
             backend: 1,
             nat_port: 0,
+            state,
+            last_seen,
         })
     }
     fn nat_reply(&self, key: &FlowKey) -> Option<Reply> {
@@ -185,6 +201,36 @@ fn decisions() {
                 service: 0,
                 backend: Some(1)
             }
+        ),
+        (
+            "ACK of a closing flow",
+            ack(CLIENT, 7778, VIP, 80),
+            ForwardDsr,
+            Action::Dsr {
+                service: 0,
+                backend: Some(1)
+            }
+        ),
+        (
+            "SYN on a closing flow: the next connection",
+            v4(CLIENT, VIP, 6, (7778, 80), 0x02),
+            ForwardDsr,
+            Action::Dsr {
+                service: 0,
+                backend: None
+            }
+        ),
+        (
+            "ACK of an expired flow",
+            ack(CLIENT, 7779, VIP, 80),
+            DropNoFlow,
+            Action::None
+        ),
+        (
+            "ACK without a flow",
+            ack(CLIENT, 4321, VIP, 80),
+            DropNoFlow,
+            Action::None
         ),
         (
             "new NAT flow",
@@ -395,7 +441,7 @@ fn decisions() {
         ),
     ];
     for (what, frame, verdict, action) in cases {
-        let decision = decide(&frame, &CONFIG, &Fixed);
+        let decision = decide(&frame, &CONFIG, &Fixed, &CLOCK);
         assert_eq!(
             (decision.verdict, decision.action),
             (verdict, action),
@@ -446,4 +492,49 @@ fn prefixes_do_not_cross_families() {
         len: 0,
     };
     assert!(zero.contains(&Addr::v6(bytes)) && !zero.contains(&Addr::v4([1, 2, 3, 4])));
+}
+
+#[test]
+fn a_flow_lives_through_its_states() {
+    let packet =
+        |flags: u8| parse(&v4(CLIENT, VIP, 6, (1000, 80), flags)).expect("a valid TCP frame");
+    let syn = packet(0x02);
+    let opening = Flow::new(0, 0, 0, &syn, NOW);
+    assert_eq!(opening.state, FlowState::Opening);
+    let retransmitted = after_client_packet(&opening, &syn, NOW + 1);
+    assert_eq!(
+        retransmitted.state,
+        FlowState::Opening,
+        "a SYN again keeps it opening"
+    );
+    let established = after_client_packet(&opening, &packet(0x10), NOW + 1);
+    assert_eq!(established.state, FlowState::Established);
+    assert_eq!(established.last_seen, NOW + 1);
+    let closing = after_client_packet(&established, &packet(0x11), NOW + 2);
+    assert_eq!(closing.state, FlowState::Closing);
+    assert_eq!(
+        after_client_packet(&established, &packet(0x04), NOW).state,
+        FlowState::Closing
+    );
+    let at = |now| Clock { now, ..CLOCK };
+    assert!(alive(&closing, &at(NOW + 2 + 10)));
+    assert!(!alive(&closing, &at(NOW + 2 + 11)));
+    assert!(alive(&established, &at(NOW + 1 + 900)));
+    assert!(!alive(&opening, &at(NOW + 11)));
+    let udp = parse(&v4(CLIENT, NAT_VIP, 17, (5353, 53), 0)).expect("a valid UDP frame");
+    assert_eq!(Flow::new(1, 0, 20000, &udp, NOW).state, FlowState::Udp);
+    let fin_reply = parse(&v4(BACKENDS[0].addr, SNAT, 6, (80, 20000), 0x11)).expect("valid");
+    let nat = Flow {
+        nat_port: 20000,
+        ..established
+    };
+    assert_eq!(
+        after_reply(&nat, &fin_reply, 20000, NOW + 3).state,
+        FlowState::Closing
+    );
+    assert_eq!(
+        after_reply(&nat, &fin_reply, 20001, NOW + 3).state,
+        FlowState::Established,
+        "a reply to another port is another flow's"
+    );
 }

@@ -5,16 +5,20 @@
 use std::collections::HashMap;
 
 use lb_common::{
-    maps::{Verdict, PROTO_TCP, PROTO_UDP},
-    model::{self, Action, Addr, Config, Decision, Flow, FlowKey, NatReply, Packet, State},
+    maps::{FlowTimeouts, Verdict, PROTO_TCP, PROTO_UDP},
+    model::{self, Action, Addr, Clock, Config, Decision, Flow, FlowKey, NatReply, Packet, State},
 };
 
 use super::scenario::NAT_PORTS;
 use crate::harness::{ConfigHarness, XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX};
 
-/// The flows and NAT entries the program must have made, as the model's [`State`].
-#[derive(Default)]
+/// Where the flow clock of every fresh harness starts (`scenario::harness` sets it).
+pub const CLOCK_START: u32 = 1_000_000;
+
+/// The flows and NAT entries the program must have made, as the model's [`State`], and the
+/// time both are told it is.
 pub struct Tracker {
+    pub clock: Clock,
     flows: HashMap<FlowKey, Flow>,
     replies: HashMap<FlowKey, NatReply>,
     /// Per service: new flows balanced so far (the round-robin cursor).
@@ -24,6 +28,23 @@ pub struct Tracker {
     /// For the generator: client flows and NAT reply keys that exist.
     pub client_flows: Vec<FlowKey>,
     pub reply_keys: Vec<FlowKey>,
+}
+
+impl Default for Tracker {
+    fn default() -> Self {
+        Tracker {
+            clock: Clock {
+                now: CLOCK_START,
+                timeouts: FlowTimeouts::DEFAULT,
+            },
+            flows: HashMap::new(),
+            replies: HashMap::new(),
+            cursors: HashMap::new(),
+            verdicts: HashMap::new(),
+            client_flows: Vec::new(),
+            reply_keys: Vec::new(),
+        }
+    }
 }
 
 impl State for Tracker {
@@ -50,7 +71,7 @@ pub fn check(
     tracker: &mut Tracker,
     frame: &[u8],
 ) -> Result<Verdict, Mismatch> {
-    let decision = model::decide(frame, config, tracker);
+    let decision = model::decide(frame, config, tracker, &tracker.clock);
     let (action, out) = h.run(frame);
     let fail = |what: String| Mismatch {
         aborted: action == XDP_ABORTED,
@@ -130,6 +151,7 @@ fn forwarded(
         return Err("forwarded without a parsed packet".into());
     };
     let key = packet.key;
+    let now = tracker.clock.now;
     match decision.action {
         Action::Dsr { service, backend } => {
             let backend = match backend {
@@ -138,14 +160,7 @@ fn forwarded(
             };
             let mac = config.services[service].backends[backend].mac;
             compare(frame, out, &packet, mac, None)?;
-            tracker.add_flow(
-                key,
-                Flow {
-                    service,
-                    backend,
-                    nat_port: 0,
-                },
-            );
+            tracker.after_client_packet(&packet, Flow::new(service, backend, 0, &packet, now));
         }
         Action::Nat { service, flow } => {
             let s = &config.services[service];
@@ -178,9 +193,9 @@ fn forwarded(
                     dst_port: nat_port,
                     proto: key.proto,
                 };
-                if let Some(held) = tracker.replies.get(&reply) {
+                if let Some(held) = tracker.live_holder(&reply, nat_port) {
                     return Err(format!(
-                        "NAT port {nat_port} towards the backend is already held by {held:?}"
+                        "NAT port {nat_port} towards the backend is still used by the live flow {held:?}"
                     ));
                 }
                 let client_mac = frame[6..12].try_into().unwrap_or_default();
@@ -193,17 +208,12 @@ fn forwarded(
                     vip_port: key.dst_port,
                     client_mac,
                 };
-                tracker.replies.insert(reply, entry);
-                tracker.reply_keys.push(reply);
-                tracker.add_flow(
-                    key,
-                    Flow {
-                        service,
-                        backend,
-                        nat_port,
-                    },
-                );
+                if tracker.replies.insert(reply, entry).is_none() {
+                    tracker.reply_keys.push(reply);
+                }
             }
+            tracker
+                .after_client_packet(&packet, Flow::new(service, backend, nat_port, &packet, now));
         }
         Action::NatReply(r) => {
             let rewrite = Rewrite {
@@ -213,6 +223,10 @@ fn forwarded(
                 dst_port: r.client_port,
             };
             compare(frame, out, &packet, r.client_mac, Some(rewrite))?;
+            let client = client_flow(&r, key.proto);
+            if let Some(flow) = tracker.flows.get_mut(&client) {
+                *flow = model::after_reply(flow, &packet, key.dst_port, now);
+            }
         }
         Action::None => {}
     }
@@ -245,14 +259,60 @@ impl Tracker {
         tracker
     }
 
-    fn add_flow(&mut self, key: FlowKey, flow: Flow) {
-        if self.flows.insert(key, flow).is_none() {
+    /// A client packet the program forwarded: its flow moves on, or `new` begins (also on the
+    /// addresses and ports of a flow that closed or died).
+    fn after_client_packet(&mut self, packet: &Packet, new: Flow) {
+        let key = packet.key;
+        let now = self.clock.now;
+        let next = match self.flows.get(&key) {
+            Some(flow) if model::alive(flow, &self.clock) && !reopens(flow, packet) => {
+                model::after_client_packet(flow, packet, now)
+            }
+            _ => new,
+        };
+        if self.flows.insert(key, next).is_none() {
             self.client_flows.push(key);
         }
     }
 
+    /// The live flow that still uses the NAT port of `reply`, if any.
+    fn live_holder(&self, reply: &FlowKey, nat_port: u16) -> Option<Flow> {
+        let held = self.replies.get(reply)?;
+        let flow = self.flows.get(&client_flow(held, reply.proto))?;
+        let in_use = model::alive(flow, &self.clock)
+            && flow.nat_port == nat_port
+            && flow.backend == held.backend
+            && flow.service == held.service;
+        in_use.then_some(*flow)
+    }
+
+    /// Moves the flow clock forward by `seconds`, in the program too.
+    #[track_caller]
+    pub fn advance_clock(&mut self, h: &mut ConfigHarness, seconds: u32) {
+        self.clock.now += seconds;
+        h.harness.set_clock(self.clock.now);
+    }
+
     pub fn flows(&self) -> usize {
         self.flows.len()
+    }
+}
+
+/// A SYN on a closing flow starts the next connection (as the model decides).
+fn reopens(flow: &Flow, packet: &Packet) -> bool {
+    flow.state == model::FlowState::Closing
+        && packet.key.proto == PROTO_TCP
+        && packet.tcp_flags & 0x12 == 0x02
+}
+
+/// The client flow a NAT entry answers.
+fn client_flow(reply: &NatReply, proto: u8) -> FlowKey {
+    FlowKey {
+        src: reply.client,
+        dst: reply.vip,
+        src_port: reply.client_port,
+        dst_port: reply.vip_port,
+        proto,
     }
 }
 

@@ -253,7 +253,7 @@ impl Generator {
             src_port: key.src_port,
             dst_port: key.dst_port,
             tcp_flags: if rng.chance(80) {
-                rng.pick(&[0x10, 0x18, 0x11, 0x14])
+                rng.pick(&[0x10, 0x18, 0x10, 0x18, 0x11, 0x14, 0x04, 0x02])
             } else {
                 rng.pick(&FLAGS)
             },

@@ -407,6 +407,7 @@ pub fn harness(scenario: &Scenario) -> ConfigHarness {
     let toml = format!("{}\n{SERVICES_TOML}", scenario.firewall);
     let mut h = ConfigHarness::new(&toml, &macs, &hosts);
     h.harness.set_nat_ports(NAT_PORTS.0, NAT_PORTS.1);
+    h.harness.set_clock(super::check::CLOCK_START);
     for (service, backend, state) in STATES {
         let entry = h
             .table

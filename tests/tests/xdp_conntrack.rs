@@ -1,0 +1,335 @@
+//! The life of a flow in the real program (BPF_PROG_TEST_RUN): handshake, close, reuse of the
+//! same ports, idle limits on a clock the test sets, forged packets that create nothing, and
+//! NAT ports given back. Needs root: run by `cargo xtask test` (`--include-ignored`).
+use std::net::IpAddr;
+
+use lb_common::maps::{FlowTimeouts, Verdict};
+use lb_tests::{
+    harness::{two_web_backends, Harness, WEB1_MAC, WEB2_MAC, XDP_DROP, XDP_TX},
+    packet::{l4_ports, Frame, TCP_ACK, TCP_SYN},
+};
+use lb_userspace::{
+    config::{Mode, Protocol},
+    dataplane::LoadOptions,
+};
+
+const LB_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x10];
+const TCP_FIN: u8 = 0x01;
+const TCP_RST: u8 = 0x04;
+const T0: u32 = 1_000_000;
+const TIMEOUTS: FlowTimeouts = FlowTimeouts::DEFAULT;
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
+}
+
+/// A DSR (or NAT) service on 10.0.0.100:80 with web1 and web2, its flow clock stopped at T0.
+#[track_caller]
+fn service(mode: Mode, options: &LoadOptions) -> Harness {
+    let mut h = Harness::with_options(options);
+    let snat = (mode == Mode::Nat).then(|| ip("10.0.0.3"));
+    h.add_service(
+        "web",
+        (ip("10.0.0.100"), 80),
+        Protocol::Tcp,
+        mode,
+        snat,
+        &two_web_backends(ip("10.0.0.11"), ip("10.0.0.12"), 80),
+    );
+    h.set_clock(T0);
+    h
+}
+
+fn dsr() -> Harness {
+    service(Mode::Dsr, &LoadOptions::default())
+}
+
+fn packet(client: &str, port: u16, flags: u8) -> Vec<u8> {
+    Frame::tcp((ip(client), port), (ip("10.0.0.100"), 80))
+        .tcp_flags(flags)
+        .macs(CLIENT_MAC, LB_MAC)
+        .build()
+}
+
+/// The backend MAC a client packet left towards; panics unless it was forwarded.
+#[track_caller]
+fn backend(h: &Harness, port: u16, flags: u8) -> [u8; 6] {
+    let (action, out) = h.run(&packet("10.5.0.1", port, flags));
+    assert_eq!(action, XDP_TX, "port {port}, flags {flags:#x}: forwarded");
+    out[0..6].try_into().unwrap_or_default()
+}
+
+#[track_caller]
+fn dropped_as(h: &Harness, frame: &[u8], verdict: Verdict, what: &str) {
+    let before = h.verdict_count(verdict);
+    assert_eq!(h.run(frame).0, XDP_DROP, "{what}: dropped");
+    assert_eq!(
+        h.verdict_count(verdict),
+        before + 1,
+        "{what}: counted as {verdict:?}"
+    );
+}
+
+#[test]
+#[ignore = "needs root"]
+fn a_retransmitted_syn_keeps_its_backend() {
+    let h = dsr();
+    assert_eq!(backend(&h, 40000, TCP_SYN), WEB1_MAC);
+    assert_eq!(
+        backend(&h, 40001, TCP_SYN),
+        WEB2_MAC,
+        "another connection moves the cursor"
+    );
+    assert_eq!(
+        backend(&h, 40000, TCP_SYN),
+        WEB1_MAC,
+        "the SYN again, same backend"
+    );
+    assert_eq!(
+        backend(&h, 40000, TCP_ACK),
+        WEB1_MAC,
+        "the handshake completes there"
+    );
+    assert_eq!(h.service_counters(0).new_flows, 2);
+}
+
+/// Clients (and NATs in front of them) reuse ports: a SYN after a FIN or RST is a new connection
+/// and takes the next round-robin slot, not the old connection's backend.
+#[test]
+#[ignore = "needs root"]
+fn a_syn_after_a_close_is_a_new_connection() {
+    for close in [TCP_FIN | TCP_ACK, TCP_RST] {
+        let h = dsr();
+        assert_eq!(backend(&h, 40000, TCP_SYN), WEB1_MAC);
+        assert_eq!(backend(&h, 40000, TCP_ACK), WEB1_MAC);
+        assert_eq!(
+            backend(&h, 40000, close),
+            WEB1_MAC,
+            "the close goes where the flow went"
+        );
+        assert_eq!(
+            backend(&h, 40000, TCP_ACK),
+            WEB1_MAC,
+            "late packets of the close too"
+        );
+        assert_eq!(
+            backend(&h, 40000, TCP_SYN),
+            WEB2_MAC,
+            "flags {close:#x}: reused ports"
+        );
+        assert_eq!(
+            backend(&h, 40000, TCP_ACK),
+            WEB2_MAC,
+            "and the new connection stays"
+        );
+    }
+}
+
+/// A stray SYN on an established connection does not move it (as IPVS does).
+#[test]
+#[ignore = "needs root"]
+fn a_syn_on_an_established_connection_keeps_it() {
+    let h = dsr();
+    assert_eq!(backend(&h, 40000, TCP_SYN), WEB1_MAC);
+    assert_eq!(backend(&h, 40000, TCP_ACK), WEB1_MAC);
+    backend(&h, 40001, TCP_SYN);
+    assert_eq!(backend(&h, 40000, TCP_SYN), WEB1_MAC);
+}
+
+#[test]
+#[ignore = "needs root"]
+fn a_tcp_packet_without_a_flow_creates_nothing() {
+    let h = dsr();
+    for (flags, what) in [
+        (TCP_ACK, "a forged ACK"),
+        (TCP_FIN | TCP_ACK, "a FIN"),
+        (TCP_RST, "a RST"),
+    ] {
+        dropped_as(
+            &h,
+            &packet("10.5.0.1", 40000, flags),
+            Verdict::DropNoFlow,
+            what,
+        );
+    }
+    assert_eq!(h.service_counters(0).new_flows, 0);
+    assert_eq!(
+        backend(&h, 40000, TCP_SYN),
+        WEB1_MAC,
+        "the first real connection is the first"
+    );
+}
+
+/// Each state's idle limit, on the program's clock: an expired flow is gone for every purpose.
+#[test]
+#[ignore = "needs root"]
+fn flows_expire_after_their_states_idle_limit() {
+    let mut h = dsr();
+    // Opening: the handshake must complete within tcp_opening.
+    assert_eq!(backend(&h, 40000, TCP_SYN), WEB1_MAC);
+    h.set_clock(T0 + TIMEOUTS.tcp_opening + 1);
+    dropped_as(
+        &h,
+        &packet("10.5.0.1", 40000, TCP_ACK),
+        Verdict::DropNoFlow,
+        "late ACK",
+    );
+
+    // Established: alive at the limit, gone after it.
+    let mut now = T0 + 100;
+    h.set_clock(now);
+    assert_eq!(backend(&h, 40001, TCP_SYN), WEB2_MAC);
+    assert_eq!(backend(&h, 40001, TCP_ACK), WEB2_MAC);
+    now += TIMEOUTS.tcp_established;
+    h.set_clock(now);
+    assert_eq!(
+        backend(&h, 40001, TCP_ACK),
+        WEB2_MAC,
+        "idle for exactly the limit"
+    );
+    now += TIMEOUTS.tcp_established + 1;
+    h.set_clock(now);
+    dropped_as(
+        &h,
+        &packet("10.5.0.1", 40001, TCP_ACK),
+        Verdict::DropNoFlow,
+        "idle too long",
+    );
+    assert_eq!(
+        backend(&h, 40001, TCP_SYN),
+        WEB1_MAC,
+        "its ports: a new connection, next slot"
+    );
+
+    // Closing: short.
+    assert_eq!(backend(&h, 40001, TCP_ACK), WEB1_MAC);
+    assert_eq!(backend(&h, 40001, TCP_FIN | TCP_ACK), WEB1_MAC);
+    h.set_clock(now + TIMEOUTS.tcp_closing + 1);
+    dropped_as(
+        &h,
+        &packet("10.5.0.1", 40001, TCP_ACK),
+        Verdict::DropNoFlow,
+        "after closing",
+    );
+}
+
+/// Forged SYNs from many sources fill only the unverified flows: a connection survives a flood
+/// of twice that table's size, in the same program.
+#[test]
+#[ignore = "needs root"]
+fn a_syn_flood_cannot_evict_a_connection() {
+    let options = LoadOptions {
+        flow_capacity: 1024,
+        unverified_capacity: 1024,
+        ..LoadOptions::default()
+    };
+    let h = service(Mode::Dsr, &options);
+    let held = |flags| {
+        let (action, out) = h.run(&packet("10.5.0.1", 40000, flags));
+        (action, out[0..6].to_vec())
+    };
+    assert_eq!(held(TCP_SYN), (XDP_TX, WEB1_MAC.to_vec()));
+    assert_eq!(held(TCP_ACK), (XDP_TX, WEB1_MAC.to_vec()));
+    for i in 0..2048u32 {
+        let source = std::net::Ipv4Addr::from(0x0b00_0000 + i);
+        let syn = Frame::tcp(
+            (IpAddr::V4(source), 1024 + (i % 60000) as u16),
+            (ip("10.0.0.100"), 80),
+        )
+        .tcp_flags(TCP_SYN)
+        .macs(CLIENT_MAC, LB_MAC)
+        .build();
+        assert_eq!(h.run(&syn).0, XDP_TX);
+        // Forged ACKs besides: they create nothing at all.
+        let ack = Frame::tcp((IpAddr::V4(source), 7), (ip("10.0.0.100"), 80))
+            .tcp_flags(TCP_ACK)
+            .macs(CLIENT_MAC, LB_MAC)
+            .build();
+        assert_eq!(h.run(&ack).0, XDP_DROP);
+    }
+    assert_eq!(
+        held(TCP_ACK),
+        (XDP_TX, WEB1_MAC.to_vec()),
+        "the connection kept its backend"
+    );
+    assert_eq!(h.verdict_count(Verdict::DropNoFlow), 2048);
+}
+
+/// NAT ports come back when their flow ends: a port is never taken while its flow lives, and
+/// is taken over once the flow has closed and its closing time has passed.
+#[test]
+#[ignore = "needs root"]
+fn nat_ports_are_given_back_when_their_flow_ends() {
+    let mut h = service(Mode::Nat, &LoadOptions::default());
+    // Two ports towards each backend: four connections fill them.
+    h.set_nat_ports(20000, 20001);
+    let mut ports = Vec::new();
+    for port in 40000..40004 {
+        let (action, out) = h.run(&packet("10.5.0.1", port, TCP_SYN));
+        assert_eq!(action, XDP_TX, "connection {port}");
+        ports.push((out[0..6].to_vec(), l4_ports(&out).0));
+        assert_eq!(h.run(&packet("10.5.0.1", port, TCP_ACK)).0, XDP_TX);
+    }
+    dropped_as(
+        &h,
+        &packet("10.5.0.1", 40004, TCP_SYN),
+        Verdict::DropNatPortsExhausted,
+        "every port in use",
+    );
+    // Connection 40000 (web1) closes: its port stays held through the closing time.
+    assert_eq!(
+        h.run(&packet("10.5.0.1", 40000, TCP_FIN | TCP_ACK)).0,
+        XDP_TX
+    );
+    h.set_clock(T0 + TIMEOUTS.tcp_closing);
+    dropped_as(
+        &h,
+        &packet("10.5.0.1", 40004, TCP_SYN),
+        Verdict::DropNatPortsExhausted,
+        "a closing flow may still send",
+    );
+    h.set_clock(T0 + TIMEOUTS.tcp_closing + 1);
+    // Round robin: 40004's SYN was dropped twice without a slot; the cursor is at web1 again
+    // only every other flow, so try until the freed web1 port is handed out.
+    let mut taken = None;
+    for port in 40004..40008 {
+        let (action, out) = h.run(&packet("10.5.0.1", port, TCP_SYN));
+        if action == XDP_TX && out[0..6] == WEB1_MAC {
+            taken = Some(l4_ports(&out).0);
+            break;
+        }
+    }
+    assert_eq!(
+        taken,
+        Some(ports[0].1),
+        "the closed connection's port, taken over"
+    );
+}
+
+/// A NAT backend's FIN ends the client's flow too (NAT sees both directions).
+#[test]
+#[ignore = "needs root"]
+fn a_nat_backends_fin_closes_the_flow() {
+    let mut h = service(Mode::Nat, &LoadOptions::default());
+    h.set_nat_ports(20000, 20999);
+    let (_, out) = h.run(&packet("10.5.0.1", 40000, TCP_SYN));
+    let (nat_port, _) = l4_ports(&out);
+    assert_eq!(h.run(&packet("10.5.0.1", 40000, TCP_ACK)).0, XDP_TX);
+    let fin = Frame::tcp((ip("10.0.0.11"), 80), (ip("10.0.0.3"), nat_port))
+        .tcp_flags(TCP_FIN | TCP_ACK)
+        .macs(WEB1_MAC, LB_MAC)
+        .build();
+    assert_eq!(
+        h.run(&fin).0,
+        XDP_TX,
+        "the backend's FIN goes to the client"
+    );
+    h.set_clock(T0 + TIMEOUTS.tcp_closing + 1);
+    dropped_as(
+        &h,
+        &packet("10.5.0.1", 40000, TCP_ACK),
+        Verdict::DropNoFlow,
+        "closed by the backend",
+    );
+}
