@@ -200,17 +200,19 @@ fn remove_verified(key: &FlowKey) {
     };
 }
 
-/// A FIN or RST from a NAT backend ends the client flow it answers.
+/// A FIN or RST from a NAT backend ends the client flow it answers; its closing time starts
+/// now (an idle connection closed by its backend must not expire at once).
 #[inline(always)]
-pub fn backend_closes(client_key: &FlowKey, nat_port: u16, tcp_flags: u8) {
+pub fn backend_closes(client_key: &FlowKey, nat_port: u16, tcp_flags: u8, clock: &Clock) {
     if tcp_flags & (TCP_FIN | TCP_RST) == 0 {
         return;
     }
     if let Some(entry) = find(client_key) {
-        // SAFETY: a value of a flow map, valid while the program runs; one byte store.
+        // SAFETY: a value of a flow map, valid while the program runs; aligned stores.
         unsafe {
             if (*entry.flow).nat_port == nat_port {
                 (*entry.flow).state = STATE_CLOSING;
+                (*entry.flow).last_seen = clock.now;
             }
         }
     }

@@ -216,6 +216,7 @@ fn decide(
                 &reverse.client_flow(packet.key.proto, packet.key.family),
                 packet.key.dst_port,
                 packet.tcp_flags,
+                clock,
             );
             return forward::nat_to_client(ctx, packet, reverse);
         }

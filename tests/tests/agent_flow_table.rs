@@ -4,7 +4,7 @@ use std::{collections::HashSet, net::IpAddr};
 
 use lb_tests::{
     harness::{two_web_backends, Harness, XDP_TX},
-    packet::Frame,
+    packet::{Frame, TCP_ACK},
     require_root,
 };
 use lb_userspace::{
@@ -46,8 +46,10 @@ fn flows_are_paged_with_a_cursor() {
 
     const FLOWS: u16 = 7;
     for port in 0..FLOWS {
-        let frame = Frame::tcp((ip("10.0.0.10"), 40000 + port), (ip("10.0.0.100"), 80)).build();
-        assert_eq!(h.run(&frame).0, XDP_TX);
+        // A SYN, then the ACK that makes the flow a connection (the table listed here).
+        let syn = Frame::tcp((ip("10.0.0.10"), 40000 + port), (ip("10.0.0.100"), 80));
+        assert_eq!(h.run(&syn.build()).0, XDP_TX);
+        assert_eq!(h.run(&syn.tcp_flags(TCP_ACK).build()).0, XDP_TX);
     }
     let mut seen = HashSet::new();
     let mut cursor = None;

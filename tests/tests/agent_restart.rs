@@ -261,15 +261,16 @@ fn a_new_agents_backend_change_reaches_the_old_programs_flow_cache() {
     new.add_service("web", vip, Protocol::Tcp, Mode::Dsr, None, &backends);
 
     lb_tests::stay_on_this_cpu();
-    let flow = lb_tests::packet::Frame::tcp((ip("10.0.0.10"), 40000), (vip.0, vip.1))
-        .macs(mac(0x10), mac(0x01))
-        .build();
+    let syn = lb_tests::packet::Frame::tcp((ip("10.0.0.10"), 40000), (vip.0, vip.1))
+        .macs(mac(0x10), mac(0x01));
+    assert_eq!(old.run(&syn.build()).0, XDP_TX, "the SYN");
+    let flow = syn.tcp_flags(lb_tests::packet::TCP_ACK).build();
     let backend_of = |h: &Harness, what: &str| {
         let (action, out) = h.run(&flow);
         assert_eq!(action, XDP_TX, "{what}");
         out[5]
     };
-    assert_eq!(backend_of(&old, "first packet"), 0x11);
+    assert_eq!(backend_of(&old, "first ACK: a connection"), 0x11);
     assert_eq!(backend_of(&old, "second packet, copied"), 0x11);
     new.set_backend_state(0, "web1", BackendState::Down);
     assert_eq!(
