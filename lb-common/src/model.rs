@@ -247,6 +247,11 @@ pub fn alive(flow: &Flow, clock: &Clock) -> bool {
     clock.now.wrapping_sub(flow.last_seen) <= limit
 }
 
+/// A SYN on a closing flow is the client's next connection on the same ports.
+pub fn reopens(flow: &Flow, packet: &Packet) -> bool {
+    flow.state == FlowState::Closing && is_new_connection(packet)
+}
+
 /// The flow after the client sent `packet` on it (a packet the program forwarded).
 pub fn after_client_packet(flow: &Flow, packet: &Packet, now: u32) -> Flow {
     let mut next = *flow;
@@ -364,9 +369,7 @@ fn route(
     let key = &packet.key;
     let syn = is_new_connection(packet);
     if let Some(flow) = state.flow(key) {
-        // A SYN on a closing flow is the client's next connection on the same ports.
-        let reopened = flow.state == FlowState::Closing && syn;
-        if alive(&flow, clock) && !reopened {
+        if alive(&flow, clock) && !reopens(&flow, packet) {
             return Ok(forward(flow.service, Some(flow), config));
         }
     }

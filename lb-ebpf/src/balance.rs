@@ -232,7 +232,7 @@ pub fn new_flow(
             src: backend.addr,
             dst: service.snat_addr,
             src_port: backend.port,
-            // The hash that spreads ports, until a port is tried.
+            // Each port tried is written here by `reserve_nat_port`.
             dst_port: 0,
             proto: packet.key.proto,
             family: packet.key.family,

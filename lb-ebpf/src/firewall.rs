@@ -13,13 +13,13 @@ use lb_common::maps::{
 
 use crate::{
     balance::{service_key, Established},
+    conntrack,
     maps::{
         FIREWALL, FW_V4_TABLE, FW_V6, HOST_ADDRS, HOST_PORTS, RATE_BUCKETS, RULE_STATS, SERVICES,
         SERVICE_SOURCES, VIPS,
     },
     parse::{
-        Ipv4Packet, Packet, PROTO_ICMP, PROTO_ICMPV6, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN,
-        TCP_URG,
+        Ipv4Packet, Packet, PROTO_ICMP, PROTO_ICMPV6, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN, TCP_URG,
     },
 };
 
@@ -389,7 +389,7 @@ fn source_bucket(packet: &Packet, scope: u32, kind: u8) -> RateKey {
 
 #[inline(always)]
 fn is_new_connection(packet: &Packet) -> bool {
-    packet.key.proto == PROTO_TCP && packet.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+    packet.key.proto == PROTO_TCP && conntrack::is_syn(packet.tcp_flags)
 }
 
 /// SYN+FIN, SYN+RST, no flag at all, or FIN+PSH+URG ("Xmas"): no real TCP stack sends these.

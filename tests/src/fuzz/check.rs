@@ -265,7 +265,7 @@ impl Tracker {
         let key = packet.key;
         let now = self.clock.now;
         let next = match self.flows.get(&key) {
-            Some(flow) if model::alive(flow, &self.clock) && !reopens(flow, packet) => {
+            Some(flow) if model::alive(flow, &self.clock) && !model::reopens(flow, packet) => {
                 model::after_client_packet(flow, packet, now)
             }
             _ => new,
@@ -296,13 +296,6 @@ impl Tracker {
     pub fn flows(&self) -> usize {
         self.flows.len()
     }
-}
-
-/// A SYN on a closing flow starts the next connection (as the model decides).
-fn reopens(flow: &Flow, packet: &Packet) -> bool {
-    flow.state == model::FlowState::Closing
-        && packet.key.proto == PROTO_TCP
-        && packet.tcp_flags & 0x12 == 0x02
 }
 
 /// The client flow a NAT entry answers.
