@@ -43,8 +43,14 @@ pub const NAT_PORT_TRIES: u32 = 8;
 pub const NAT_TAKEOVER_TRIES: u32 = 2;
 
 /// Names of the maps and programs in the object, used by both sides.
+/// Indexes of the programs `lb` tail-calls (map `CALLS`): ICMP errors about a flow.
+pub const CALL_ICMP_ERROR: u32 = 0;
+pub const CALL_COUNT: u32 = 1;
+
 pub mod names {
     pub const PROGRAM_LB: &str = "lb";
+    pub const PROGRAM_ICMP_ERROR: &str = "lb_icmp_error";
+    pub const CALLS: &str = "CALLS";
     pub const PROGRAM_PASS: &str = "xdp_pass";
     pub const PROGRAM_TX: &str = "xdp_tx";
     pub const PROGRAM_TX_PACED: &str = "xdp_tx_paced";

@@ -639,10 +639,13 @@ pub enum Verdict {
     /// A TCP packet other than a SYN, to a service, that belongs to no live flow (a forged ACK,
     /// or the rest of a connection whose entry expired): it creates nothing.
     DropNoFlow = 19,
+    /// An ICMP error (unreachable, fragmentation needed, packet too big, time exceeded) about a
+    /// live flow, sent on to the end that holds the flow: its backend, or a NAT flow's client.
+    ForwardIcmp = 20,
 }
 
 impl Verdict {
-    pub const COUNT: u32 = 20;
+    pub const COUNT: u32 = 21;
     pub const ALL: [Verdict; Self::COUNT as usize] = [
         Verdict::PassNotIp,
         Verdict::PassNoService,
@@ -664,6 +667,7 @@ impl Verdict {
         Verdict::DropSpoofed,
         Verdict::PassHost,
         Verdict::DropNoFlow,
+        Verdict::ForwardIcmp,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -688,6 +692,7 @@ impl Verdict {
             Verdict::DropSpoofed => "drop_spoofed",
             Verdict::PassHost => "pass_host",
             Verdict::DropNoFlow => "drop_no_flow",
+            Verdict::ForwardIcmp => "forward_icmp",
         }
     }
 

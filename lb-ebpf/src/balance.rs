@@ -91,35 +91,54 @@ pub fn connection_v4(key: &FlowKeyV4) -> Option<Entry> {
     })
 }
 
-/// Where a packet goes, given the flow entry found for it: a live flow with a usable backend
-/// keeps it; a SYN on a closing flow, or any packet of a flow whose backend is gone, is
-/// balanced afresh (the latter so that the client hears a reset soon rather than time out);
-/// a dead flow counts as none.
+/// Where a packet goes, given its connection's entry if it has one (`FLOWS_V4` / `FLOWS_V6`).
+/// A live flow with a usable backend keeps it; a SYN on a closing flow, or any packet of a flow
+/// whose backend is gone, is balanced afresh (the latter so that the client hears a reset soon
+/// rather than time out); a dead flow counts as none. The unverified flows are only asked once
+/// the service is known, so traffic to no service costs no look-up there; a service removed
+/// therefore ends its half-open and UDP flows at once, while its connections finish.
 #[inline(always)]
-pub fn target(packet: &Packet, found: Option<Entry>, clock: &Clock) -> Target {
+pub fn target(packet: &Packet, connection: Option<Entry>, clock: &Clock) -> Target {
     let mut replaces = None;
     let mut client_proven = false;
-    if let Some(entry) = found {
-        // SAFETY: a value of a flow map, valid while the program runs.
-        let flow = unsafe { &*entry.flow };
-        replaces = Some(entry.table);
-        if conntrack::alive(flow, clock) && !conntrack::reopens(flow, packet.tcp_flags) {
-            if let Some(backend) = usable_backend(flow.backend_id, flow.backend_generation) {
-                return Target::Established(Established { entry, backend });
-            }
-            client_proven = entry.table == Table::Verified;
+    if let Some(entry) = connection {
+        match follow(entry, packet, clock) {
+            Ok(established) => return Target::Established(established),
+            Err(proven) => (replaces, client_proven) = (Some(entry.table), proven),
         }
     }
-    match lookup_service(packet) {
-        Target::Service(service, _) => {
-            let tcp_not_syn = packet.key.proto != PROTO_UDP && !conntrack::is_syn(packet.tcp_flags);
-            if tcp_not_syn && !client_proven {
-                Target::NoFlow
-            } else {
-                Target::Service(service, replaces)
+    let service = match lookup_service(packet) {
+        Target::Service(service, _) => service,
+        other => return other,
+    };
+    if replaces.is_none() {
+        if let Some(entry) = conntrack::find_unverified(&packet.key) {
+            match follow(entry, packet, clock) {
+                Ok(established) => return Target::Established(established),
+                Err(proven) => (replaces, client_proven) = (Some(entry.table), proven),
             }
         }
-        other => other,
+    }
+    let tcp_not_syn = packet.key.proto != PROTO_UDP && !conntrack::is_syn(packet.tcp_flags);
+    if tcp_not_syn && !client_proven {
+        Target::NoFlow
+    } else {
+        Target::Service(service, replaces)
+    }
+}
+
+/// A flow entry that still decides the packet's way, or `Err(client_proven)`: whether the
+/// entry was a live connection whose backend is gone (its client has proven its address).
+#[inline(always)]
+fn follow(entry: Entry, packet: &Packet, clock: &Clock) -> Result<Established, bool> {
+    // SAFETY: a value of a flow map, valid while the program runs.
+    let flow = unsafe { &*entry.flow };
+    if !conntrack::alive(flow, clock) || conntrack::reopens(flow, packet.tcp_flags) {
+        return Err(false);
+    }
+    match usable_backend(flow.backend_id, flow.backend_generation) {
+        Some(backend) => Ok(Established { entry, backend }),
+        None => Err(entry.table == Table::Verified),
     }
 }
 
@@ -332,7 +351,7 @@ fn take_over(reverse: &mut NatReverse, reply_key: &FlowKey, clock: &Clock) -> bo
 /// Whether the client flow a reverse entry names is alive and still uses this port (the
 /// reply's protocol and family are the flow's).
 #[inline(always)]
-fn port_in_use(held: &NatReverse, port: u16, reply_key: &FlowKey, clock: &Clock) -> bool {
+pub fn port_in_use(held: &NatReverse, port: u16, reply_key: &FlowKey, clock: &Clock) -> bool {
     match conntrack::find(&held.client_flow(reply_key.proto, reply_key.family)) {
         Some(entry) => {
             // SAFETY: a value of a flow map, valid while the program runs.

@@ -63,20 +63,24 @@ pub struct Entry {
 /// The flow of `key`: a TCP connection first, then the unverified flows (UDP only has those).
 #[inline(always)]
 pub fn find(key: &FlowKey) -> Option<Entry> {
-    if key.proto == PROTO_TCP {
-        let verified = if key.family == FAMILY_V4 {
-            FLOWS_V4.get_ptr_mut(&FlowKeyV4::from_flow(key))
-        } else {
-            FLOWS_V6.get_ptr_mut(key)
-        };
-        if let Some(flow) = verified {
-            return Some(Entry {
-                flow,
-                table: Table::Verified,
-            });
-        }
+    find_connection(key).or_else(|| find_unverified(key))
+}
+
+/// The TCP connection of `key`, past its handshake.
+#[inline(always)]
+pub fn find_connection(key: &FlowKey) -> Option<Entry> {
+    if key.proto != PROTO_TCP {
+        return None;
     }
-    find_unverified(key)
+    let flow = if key.family == FAMILY_V4 {
+        FLOWS_V4.get_ptr_mut(&FlowKeyV4::from_flow(key))
+    } else {
+        FLOWS_V6.get_ptr_mut(key)
+    }?;
+    Some(Entry {
+        flow,
+        table: Table::Verified,
+    })
 }
 
 /// The flow of `key` among the unverified ones.

@@ -20,7 +20,7 @@ use crate::{
 /// The frame leaves from our own MAC (its old destination) towards `next_hop`, which sits at
 /// an even offset of a map value (`Backend`, `NatReverse`), so it is read in three 16-bit loads.
 #[inline(always)]
-fn rewrite_eth(ctx: &XdpContext, next_hop: &[u8; 6]) -> Result<(), Verdict> {
+pub fn rewrite_eth(ctx: &XdpContext, next_hop: &[u8; 6]) -> Result<(), Verdict> {
     let eth = bytes_at(ctx, 0, EthHdr::LEN).ok_or(Verdict::DropMalformed)?;
     let (dst, src) = (offset_of!(EthHdr, dst_addr), offset_of!(EthHdr, src_addr));
     for half in [0, 2, 4] {

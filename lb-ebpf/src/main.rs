@@ -17,6 +17,7 @@ mod conntrack;
 mod firewall;
 mod flow_cache;
 mod forward;
+mod icmp;
 mod maps;
 mod parse;
 mod stats;
@@ -44,7 +45,43 @@ pub fn lb(ctx: XdpContext) -> u32 {
     };
     stats::count_verdict(verdict, bytes);
     match verdict {
-        Verdict::ForwardDsr | Verdict::ForwardNat | Verdict::NatReply => XDP_TX,
+        Verdict::ForwardDsr | Verdict::ForwardNat | Verdict::NatReply | Verdict::ForwardIcmp => {
+            XDP_TX
+        }
+        _ if verdict.is_drop() => XDP_DROP,
+        _ => XDP_PASS,
+    }
+}
+
+/// ICMP errors about a flow, handed over by `lb` (`icmp.rs`) after its firewall screen.
+#[xdp]
+pub fn lb_icmp_error(ctx: XdpContext) -> u32 {
+    let bytes = (ctx.data_end() - ctx.data()) as u64;
+    let verdict = icmp_error(&ctx);
+    stats::count_verdict(verdict, bytes);
+    action(verdict)
+}
+
+#[inline(always)]
+fn icmp_error(ctx: &XdpContext) -> Verdict {
+    let packet = match parse::parse(ctx) {
+        Ok(packet) => packet,
+        Err(verdict) => return verdict,
+    };
+    let (fw, clock) = match (firewall::settings(), conntrack::clock()) {
+        (Ok(fw), Ok(clock)) => (fw, clock),
+        (Err(verdict), _) | (_, Err(verdict)) => return verdict,
+    };
+    // Not about a live flow: what `lb` does with any ICMP packet that is not a service's.
+    icmp::follow_flow(ctx, &packet, &clock).unwrap_or_else(|| firewall::host_policy(&packet, fw))
+}
+
+#[inline(always)]
+fn action(verdict: Verdict) -> u32 {
+    match verdict {
+        Verdict::ForwardDsr | Verdict::ForwardNat | Verdict::NatReply | Verdict::ForwardIcmp => {
+            XDP_TX
+        }
         _ if verdict.is_drop() => XDP_DROP,
         _ => XDP_PASS,
     }
@@ -107,17 +144,18 @@ fn process(ctx: &XdpContext) -> Verdict {
     if packet.fragment {
         return Verdict::PassFragment;
     }
+    icmp::hand_over(ctx, &packet);
     let clock = match conntrack::clock() {
         Ok(clock) => clock,
         Err(verdict) => return verdict,
     };
-    let found = conntrack::find(&packet.key);
+    let connection = conntrack::find_connection(&packet.key);
     decide(
         ctx,
         &packet,
         fw,
         &clock,
-        balance::target(&packet, found, &clock),
+        balance::target(&packet, connection, &clock),
     )
 }
 
@@ -156,8 +194,7 @@ fn process_common_ipv4(ctx: &XdpContext, v4: &parse::Ipv4Packet) -> Verdict {
     } else {
         None
     };
-    let found = connection.or_else(|| conntrack::find_unverified(&packet.key));
-    let target = balance::target(&packet, found, &clock);
+    let target = balance::target(&packet, connection, &clock);
     if let Target::Established(flow) = &target {
         let entry = flow.flow();
         let fast = plain

@@ -3,7 +3,7 @@
 use aya_ebpf::{
     bindings::BPF_F_MMAPABLE,
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray},
 };
 use lb_common::{
     maps::{
@@ -114,6 +114,11 @@ pub static HOST_PORTS: HashMap<HostPort, u32> = HashMap::with_max_entries(256, 0
 /// Every VIP, whatever the port: fragments addressed to one are dropped by policy.
 #[map]
 pub static VIPS: HashMap<AddrKey, u8> = HashMap::with_max_entries(MAX_SERVICES, 0);
+
+/// Programs `lb` hands a packet to (tail calls), by `lb_common::CALL_*` index: each starts with
+/// a fresh stack. Filled by the agent at load time; not pinned, as it holds this load's programs.
+#[map]
+pub static CALLS: ProgramArray = ProgramArray::with_max_entries(lb_common::CALL_COUNT, 0);
 
 // ---- Benchmarks ----
 

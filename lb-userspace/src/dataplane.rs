@@ -9,14 +9,14 @@ use anyhow::{bail, Context as _, Result};
 use aya::{
     maps::{
         lpm_trie::{Key as LpmKey, LpmTrie},
-        Array, HashMap, IterableMap as _, MapData, PerCpuArray,
+        Array, HashMap, IterableMap as _, MapData, PerCpuArray, ProgramArray,
     },
     programs::{
         links::{FdLink, PinnedLink},
         xdp::XdpLink,
         Xdp, XdpMode,
     },
-    Ebpf, EbpfLoader,
+    Ebpf, EbpfLoader, VerifierLogLevel,
 };
 use lb_common::{
     maps::{
@@ -93,6 +93,10 @@ pub struct Dataplane {
 impl Dataplane {
     pub fn load(options: &LoadOptions) -> Result<Self> {
         let mut loader = EbpfLoader::new();
+        // The verifier's whole log on a refused load, for whoever changes the data path.
+        if std::env::var_os("LB_VERIFIER_LOG").is_some() {
+            loader.verifier_log_level(VerifierLogLevel::VERBOSE | VerifierLogLevel::STATS);
+        }
         loader.map_max_entries(names::FLOWS_V4, options.flow_capacity);
         loader.map_max_entries(names::FLOWS_V6, options.flow_capacity);
         loader.map_max_entries(names::NAT_REVERSE, options.nat_capacity);
@@ -120,7 +124,12 @@ impl Dataplane {
         let mut ebpf = loader
             .load(OBJECT)
             .context("loading the XDP object (maps) into the kernel")?;
-        for name in [names::PROGRAM_LB, names::PROGRAM_PASS, names::PROGRAM_TX] {
+        for name in [
+            names::PROGRAM_LB,
+            names::PROGRAM_ICMP_ERROR,
+            names::PROGRAM_PASS,
+            names::PROGRAM_TX,
+        ] {
             let program: &mut Xdp = ebpf
                 .program_mut(name)
                 .with_context(|| format!("program `{name}` missing from the object"))?
@@ -129,6 +138,7 @@ impl Dataplane {
                 .load()
                 .with_context(|| format!("the kernel verifier refused program `{name}`"))?;
         }
+        install_tail_calls(&mut ebpf)?;
         let mut dataplane = Self {
             ebpf,
             pin_dir: options.pin_dir.clone(),
@@ -834,4 +844,21 @@ fn rule_counters(map: &aya::maps::Map, id: u32) -> Result<RuleCounters> {
         total.bytes += counters.bytes;
     }
     Ok(total)
+}
+
+/// Fills `CALLS` with the programs `lb` hands packets to (lb-common `CALL_*`).
+fn install_tail_calls(ebpf: &mut Ebpf) -> Result<()> {
+    let program: &Xdp = ebpf
+        .program(names::PROGRAM_ICMP_ERROR)
+        .with_context(|| format!("program `{}` missing", names::PROGRAM_ICMP_ERROR))?
+        .try_into()?;
+    let fd = program.fd()?.try_clone()?;
+    let mut calls = ProgramArray::try_from(
+        ebpf.map_mut(names::CALLS)
+            .with_context(|| format!("map {} missing", names::CALLS))?,
+    )?;
+    calls
+        .set(lb_common::CALL_ICMP_ERROR, &fd, 0)
+        .context("installing the ICMP error program")?;
+    Ok(())
 }

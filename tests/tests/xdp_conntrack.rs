@@ -1,11 +1,15 @@
 //! The life of a flow in the real program (BPF_PROG_TEST_RUN): handshake, close, reuse of the
 //! same ports, idle limits on a clock the test sets, forged packets that create nothing, and
-//! NAT ports given back. Needs root: run by `cargo xtask test` (`--include-ignored`).
+//! NAT ports given back, ICMP errors that follow their flow. Needs root: run by `cargo xtask test` (`--include-ignored`).
 use std::net::IpAddr;
 
+use etherparse::{
+    icmpv4::DestUnreachableHeader, Icmpv4Type, Ipv4Header, NetHeaders, PacketBuilder,
+    PacketHeaders, TcpHeader, TransportHeader,
+};
 use lb_common::maps::{FlowTimeouts, Verdict};
 use lb_tests::{
-    harness::{two_web_backends, Harness, WEB1_MAC, WEB2_MAC, XDP_DROP, XDP_TX},
+    harness::{two_web_backends, Harness, WEB1_MAC, WEB2_MAC, XDP_DROP, XDP_PASS, XDP_TX},
     packet::{l4_ports, Frame, TCP_ACK, TCP_SYN},
 };
 use lb_userspace::{
@@ -331,5 +335,165 @@ fn a_nat_backends_fin_closes_the_flow() {
         &packet("10.5.0.1", 40000, TCP_ACK),
         Verdict::DropNoFlow,
         "closed by the backend",
+    );
+}
+
+// ---- ICMP errors about a flow (path-MTU discovery) ----
+
+const ROUTER: &str = "10.0.0.254";
+const ROUTER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xFE];
+const CLIENT: &str = "10.5.0.1";
+const VIP: &str = "10.0.0.100";
+const SNAT: &str = "10.0.0.3";
+const WEB1: &str = "10.0.0.11";
+
+fn v4(s: &str) -> [u8; 4] {
+    s.parse::<std::net::Ipv4Addr>()
+        .unwrap_or_else(|e| panic!("{s}: {e}"))
+        .octets()
+}
+
+/// What a router with a 1400-byte next hop sends to `to` about a TCP packet from `from` to
+/// `towards` (built by etherparse, whole, so every checksum it quotes can be checked).
+fn frag_needed(to: &str, from: (&str, u16), towards: (&str, u16)) -> Vec<u8> {
+    let mut quoted = Vec::new();
+    PacketBuilder::ipv4(v4(from.0), v4(towards.0), 63)
+        .tcp(from.1, towards.1, 1000, 65535)
+        .write(&mut quoted, &[])
+        .unwrap_or_else(|e| panic!("quoted packet: {e}"));
+    let mut frame = Vec::new();
+    PacketBuilder::ethernet2(ROUTER_MAC, LB_MAC)
+        .ipv4(v4(ROUTER), v4(to), 64)
+        .icmpv4(Icmpv4Type::DestinationUnreachable(
+            DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1400 },
+        ))
+        .write(&mut frame, &quoted)
+        .unwrap_or_else(|e| panic!("ICMP error: {e}"));
+    frame
+}
+
+/// The outer IPv4 header, the quoted IPv4 header and TCP header of a forwarded ICMP error,
+/// after checking every checksum in it with etherparse.
+#[track_caller]
+fn checked_error(out: &[u8]) -> (Ipv4Header, Ipv4Header, TcpHeader) {
+    let headers = PacketHeaders::from_ethernet_slice(out).expect("the error parses");
+    let Some(NetHeaders::Ipv4(outer, _)) = headers.net else {
+        panic!("an IPv4 packet");
+    };
+    assert_eq!(
+        outer.calc_header_checksum(),
+        outer.header_checksum,
+        "outer IPv4 checksum"
+    );
+    let Some(TransportHeader::Icmpv4(icmp)) = headers.transport else {
+        panic!("an ICMP packet");
+    };
+    let body = headers.payload.slice();
+    assert_eq!(
+        icmp.icmp_type.calc_checksum(body),
+        icmp.checksum,
+        "ICMP checksum"
+    );
+    let (inner, rest) = Ipv4Header::from_slice(body).expect("a quoted IPv4 header");
+    assert_eq!(
+        inner.calc_header_checksum(),
+        inner.header_checksum,
+        "quoted IPv4 checksum"
+    );
+    let (tcp, _) = TcpHeader::from_slice(rest).expect("a quoted TCP header");
+    assert_eq!(
+        tcp.calc_checksum_ipv4(&inner, &[]).expect("a small packet"),
+        tcp.checksum,
+        "quoted TCP checksum"
+    );
+    (outer, inner, tcp)
+}
+
+/// DSR: the backend holds the VIP, so a router's error about its reply goes to it unchanged.
+/// Errors about no live flow are not followed.
+#[test]
+#[ignore = "needs root"]
+fn an_icmp_error_about_a_dsr_flow_reaches_its_backend() {
+    let mut h = dsr();
+    assert_eq!(backend(&h, 40000, TCP_SYN), WEB1_MAC);
+    assert_eq!(backend(&h, 40000, TCP_ACK), WEB1_MAC);
+    let error = frag_needed(VIP, (VIP, 80), (CLIENT, 40000));
+    let (action, out) = h.run(&error);
+    assert_eq!(action, XDP_TX, "forwarded");
+    assert_eq!(out[0..6], WEB1_MAC, "to the flow's backend");
+    assert_eq!(out[6..12], LB_MAC, "from the load balancer");
+    assert_eq!(out[12..], error[12..], "unchanged past Ethernet");
+    assert_eq!(h.verdict_count(Verdict::ForwardIcmp), 1);
+
+    let not_followed = |h: &Harness, frame: &[u8], what: &str| {
+        assert_eq!(h.run(frame).0, XDP_PASS, "{what}: left to the kernel");
+    };
+    not_followed(
+        &h,
+        &frag_needed(VIP, (VIP, 80), (CLIENT, 40001)),
+        "no such flow",
+    );
+    not_followed(
+        &h,
+        &frag_needed(VIP, (WEB1, 80), (CLIENT, 40000)),
+        "about a packet the VIP did not send",
+    );
+    assert_eq!(h.run(&packet(CLIENT, 40000, TCP_RST)).0, XDP_TX);
+    h.set_clock(T0 + TIMEOUTS.tcp_closing + 1);
+    not_followed(&h, &error, "a flow closed and gone");
+    assert_eq!(h.verdict_count(Verdict::ForwardIcmp), 1);
+}
+
+/// NAT, an error about a reply on its way to the client: the backend must see it about what it
+/// sent (its address and port, towards the SNAT address and the flow's NAT port).
+#[test]
+#[ignore = "needs root"]
+fn an_icmp_error_about_a_nat_reply_is_translated_for_the_backend() {
+    let mut h = service(Mode::Nat, &LoadOptions::default());
+    h.set_nat_ports(20000, 20999);
+    let (_, out) = h.run(&packet(CLIENT, 40000, TCP_SYN));
+    let (nat_port, _) = l4_ports(&out);
+    assert_eq!(h.run(&packet(CLIENT, 40000, TCP_ACK)).0, XDP_TX);
+
+    let (action, out) = h.run(&frag_needed(VIP, (VIP, 80), (CLIENT, 40000)));
+    assert_eq!(action, XDP_TX, "forwarded");
+    assert_eq!(out[0..6], WEB1_MAC, "to the flow's backend");
+    let (outer, inner, tcp) = checked_error(&out);
+    assert_eq!(outer.source, v4(ROUTER), "still from the router");
+    assert_eq!(outer.destination, v4(WEB1));
+    assert_eq!((inner.source, tcp.source_port), (v4(WEB1), 80));
+    assert_eq!(
+        (inner.destination, tcp.destination_port),
+        (v4(SNAT), nat_port)
+    );
+    assert_eq!(h.verdict_count(Verdict::ForwardIcmp), 1);
+}
+
+/// NAT, an error about a packet on its way to the backend: the client must see it about what it
+/// sent (to the VIP).
+#[test]
+#[ignore = "needs root"]
+fn an_icmp_error_about_a_nat_request_is_translated_for_the_client() {
+    let mut h = service(Mode::Nat, &LoadOptions::default());
+    h.set_nat_ports(20000, 20999);
+    let (_, out) = h.run(&packet(CLIENT, 40000, TCP_SYN));
+    let (nat_port, _) = l4_ports(&out);
+    assert_eq!(h.run(&packet(CLIENT, 40000, TCP_ACK)).0, XDP_TX);
+
+    let (action, out) = h.run(&frag_needed(SNAT, (SNAT, nat_port), (WEB1, 80)));
+    assert_eq!(action, XDP_TX, "forwarded");
+    assert_eq!(out[0..6], CLIENT_MAC, "to the client's next hop");
+    let (outer, inner, tcp) = checked_error(&out);
+    assert_eq!(outer.destination, v4(CLIENT));
+    assert_eq!((inner.source, tcp.source_port), (v4(CLIENT), 40000));
+    assert_eq!((inner.destination, tcp.destination_port), (v4(VIP), 80));
+
+    // Once the flow is gone, its port's errors are no one's.
+    assert_eq!(h.run(&packet(CLIENT, 40000, TCP_RST)).0, XDP_TX);
+    h.set_clock(T0 + TIMEOUTS.tcp_closing + 1);
+    assert_eq!(
+        h.run(&frag_needed(SNAT, (SNAT, nat_port), (WEB1, 80))).0,
+        XDP_PASS,
+        "a closed flow's port"
     );
 }
