@@ -398,7 +398,9 @@ impl AgentConfig {
     pub fn unverified_capacity(&self) -> u32 {
         self.unverified_capacity
             .as_ref()
-            .map_or((*self.flow_capacity.get_ref() / 4).max(1024), |c| *c.get_ref())
+            .map_or((*self.flow_capacity.get_ref() / 4).max(1024), |c| {
+                *c.get_ref()
+            })
     }
 
     /// Another `flow_capacity` (a command-line override: `lb map-memory`, the bench).
@@ -408,7 +410,9 @@ impl AgentConfig {
 
     /// `map_memory_budget_mib` in bytes.
     pub fn map_memory_budget_bytes(&self) -> u64 {
-        self.map_memory_budget_mib.get_ref().saturating_mul(1024 * 1024)
+        self.map_memory_budget_mib
+            .get_ref()
+            .saturating_mul(1024 * 1024)
     }
 }
 
@@ -1041,7 +1045,7 @@ fn validate_memory_budget(config: &Config, at: &Locator<'_>, errors: &mut Vec<Co
         return;
     }
     let mut largest = estimate.clone();
-    largest.sort_by(|a, b| b.1.cmp(&a.1));
+    largest.sort_by_key(|entry| std::cmp::Reverse(entry.1));
     let largest: Vec<String> = largest
         .iter()
         .take(3)
@@ -1506,7 +1510,9 @@ weight = 2
         );
         assert!(
             error.fix.contains("lower agent.flow_capacity")
-                && error.fix.contains("raise agent.map_memory_budget_mib to at least"),
+                && error
+                    .fix
+                    .contains("raise agent.map_memory_budget_mib to at least"),
             "{error}"
         );
 
@@ -1527,7 +1533,10 @@ weight = 2
         parse(Path::new("lb.toml"), &text).unwrap_or_else(|e| panic!("{e}"));
         let config = parse(Path::new("lb.toml"), GOOD).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(*config.agent.flow_capacity.get_ref(), DEFAULT_FLOW_CAPACITY);
-        assert_eq!(config.agent.unverified_capacity(), DEFAULT_FLOW_CAPACITY / 4);
+        assert_eq!(
+            config.agent.unverified_capacity(),
+            DEFAULT_FLOW_CAPACITY / 4
+        );
 
         let text = GOOD.replace(
             "interface = \"eth0\"",
@@ -1550,16 +1559,24 @@ weight = 2
         assert_eq!(sizes.fw_v4_half_groups % 64, 0, "whole pages");
         assert!(sizes.fw_v4_half_groups < lb_common::maps::V4_HALF_GROUPS);
 
-        let nat = GOOD.replace("mode = \"dsr\"", "mode = \"nat\"\nsnat_address = \"10.0.0.3\"");
+        let nat = GOOD.replace(
+            "mode = \"dsr\"",
+            "mode = \"nat\"\nsnat_address = \"10.0.0.3\"",
+        );
         let config = parse(Path::new("lb.toml"), &nat).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(MapSizes::for_config(&config).nat_reverse, DEFAULT_FLOW_CAPACITY);
+        assert_eq!(
+            MapSizes::for_config(&config).nat_reverse,
+            DEFAULT_FLOW_CAPACITY
+        );
 
         // Many prefixes: a larger rule table, never over the largest one.
         let rules: String = (0..5000u32)
             .map(|i| format!("\"10.{}.{}.0/24\"", i / 256, i % 256))
             .collect::<Vec<_>>()
             .join(", ");
-        let text = format!("{GOOD}\n[[firewall.rule]]\nname = \"many\"\nsources = [{rules}]\naction = \"drop\"\n");
+        let text = format!(
+            "{GOOD}\n[[firewall.rule]]\nname = \"many\"\nsources = [{rules}]\naction = \"drop\"\n"
+        );
         let config = parse(Path::new("lb.toml"), &text).unwrap_or_else(|e| panic!("{e}"));
         let many = MapSizes::for_config(&config).fw_v4_half_groups;
         assert!(many > sizes.fw_v4_half_groups && many <= lb_common::maps::V4_HALF_GROUPS);

@@ -149,7 +149,7 @@ pub struct Dataplane {
 impl Dataplane {
     pub fn load(options: &LoadOptions) -> Result<Self> {
         let half = options.fw_v4_half_groups;
-        if half % 64 != 0 || !(V4_ROOT_GROUPS..=V4_HALF_GROUPS).contains(&half) {
+        if !half.is_multiple_of(64) || !(V4_ROOT_GROUPS..=V4_HALF_GROUPS).contains(&half) {
             bail!("a half of FW_V4_TABLE of {half} groups: it must be a multiple of 64 between {V4_ROOT_GROUPS} and {V4_HALF_GROUPS}");
         }
         let entries = options.entries();
@@ -474,7 +474,10 @@ impl Dataplane {
     pub fn write_v4_table(&mut self, generation: u32, groups: &[V4Group]) -> Result<()> {
         let half = self.v4_half_groups()?;
         if groups.len() > half as usize {
-            bail!("an IPv4 rule table of {} groups does not fit a half of FW_V4_TABLE ({half})", groups.len());
+            bail!(
+                "an IPv4 rule table of {} groups does not fit a half of FW_V4_TABLE ({half})",
+                groups.len()
+            );
         }
         let map: Array<&MapData, V4Group> = Array::try_from(self.map(names::FW_V4_TABLE)?)?;
         let half_bytes = half as usize * std::mem::size_of::<V4Group>();

@@ -113,7 +113,11 @@ async fn main() -> ExitCode {
 }
 
 /// `lb map-memory`: what the maps of a config take, measured in the kernel.
-fn map_memory(path: &std::path::Path, flow_capacity: Option<u32>, json: bool) -> anyhow::Result<()> {
+fn map_memory(
+    path: &std::path::Path,
+    flow_capacity: Option<u32>,
+    json: bool,
+) -> anyhow::Result<()> {
     let mut config = config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
     if let Some(capacity) = flow_capacity {
         config.agent.set_flow_capacity(capacity);

@@ -170,7 +170,7 @@ pub fn mib(bytes: u64) -> String {
 
 /// `sizeof(struct htab_elem)` and the per-bucket cost of the kernel's hash tables (6.x), and
 /// the node of an LPM trie: calibrated against `memlock` on this project's kernel.
-const HTAB_ELEM: u64 = 40;
+const HTAB_ELEM: u64 = 48;
 const HTAB_BUCKET: u64 = 16;
 const LPM_NODE: u64 = 48;
 
@@ -223,15 +223,24 @@ pub fn estimate(config: &Config, cpus: u32) -> Vec<(&'static str, u64)> {
         entries * (LPM_NODE + 4 + data as u64 + std::mem::size_of::<FwRule>() as u64)
     };
     vec![
-        (names::SERVICES, hash::<ServiceKey, Service>(MAX_SERVICES, false, cpus)),
+        (
+            names::SERVICES,
+            hash::<ServiceKey, Service>(MAX_SERVICES, false, cpus),
+        ),
         (names::BACKENDS, array::<Backend>(MAX_BACKENDS)),
         (
             names::RINGS,
             array::<u32>(MAX_SERVICES * RING_TABLES_PER_SERVICE * RING_SLOTS),
         ),
         (names::RR_CURSORS, array::<u64>(MAX_SERVICES)),
-        (names::FLOWS_V4, hash::<FlowKeyV4, Flow>(sizes.flows_v4, true, cpus)),
-        (names::FLOWS_V6, hash::<FlowKey, Flow>(sizes.flows_v6, true, cpus)),
+        (
+            names::FLOWS_V4,
+            hash::<FlowKeyV4, Flow>(sizes.flows_v4, true, cpus),
+        ),
+        (
+            names::FLOWS_V6,
+            hash::<FlowKey, Flow>(sizes.flows_v6, true, cpus),
+        ),
         (
             names::UNVERIFIED_FLOWS,
             hash::<FlowKey, Flow>(sizes.unverified_flows, true, cpus),
@@ -246,20 +255,35 @@ pub fn estimate(config: &Config, cpus: u32) -> Vec<(&'static str, u64)> {
             hash::<FlowKey, NatReverse>(sizes.nat_reverse, true, cpus),
         ),
         (names::SETTINGS, array::<Settings>(1)),
-        (names::SERVICE_STATS, per_cpu_array::<Counters>(MAX_SERVICES, cpus)),
-        (names::BACKEND_STATS, per_cpu_array::<Counters>(MAX_BACKENDS, cpus)),
-        (names::VERDICT_STATS, per_cpu_array::<Counters>(Verdict::COUNT, cpus)),
+        (
+            names::SERVICE_STATS,
+            per_cpu_array::<Counters>(MAX_SERVICES, cpus),
+        ),
+        (
+            names::BACKEND_STATS,
+            per_cpu_array::<Counters>(MAX_BACKENDS, cpus),
+        ),
+        (
+            names::VERDICT_STATS,
+            per_cpu_array::<Counters>(Verdict::COUNT, cpus),
+        ),
         (names::FIREWALL, array::<Firewall>(1)),
         (
             names::FW_V4_TABLE,
             array::<V4Group>(2 * sizes.fw_v4_half_groups),
         ),
-        (names::FW_V6, lpm(v6_prefixes, std::mem::size_of::<CidrV6>())),
+        (
+            names::FW_V6,
+            lpm(v6_prefixes, std::mem::size_of::<CidrV6>()),
+        ),
         (
             names::SERVICE_SOURCES,
             lpm(scoped, std::mem::size_of::<ServiceCidr>()),
         ),
-        (names::RULE_STATS, per_cpu_array::<RuleCounters>(MAX_RULES, cpus)),
+        (
+            names::RULE_STATS,
+            per_cpu_array::<RuleCounters>(MAX_RULES, cpus),
+        ),
         (
             names::RATE_BUCKETS,
             hash::<RateKey, u64>(sizes.rate_buckets, true, cpus),

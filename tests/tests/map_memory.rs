@@ -51,16 +51,30 @@ fn the_lab_config_takes_at_most_128_mib() {
         .expect("memlock of every map");
     println!("the object's own sizes (every agent before sizing):");
     for m in &before.maps {
-        println!("{:<18} {:>12} bytes  {:>9} entries", m.name, m.bytes, m.max_entries);
+        println!(
+            "{:<18} {:>12} bytes  {:>9} entries",
+            m.name, m.bytes, m.max_entries
+        );
     }
-    println!("total {} ({} bytes)\n", sizing::mib(before.total_bytes), before.total_bytes);
+    println!(
+        "total {} ({} bytes)\n",
+        sizing::mib(before.total_bytes),
+        before.total_bytes
+    );
 
     println!("the lab's config:");
     let report = measure(&config);
     for m in &report.maps {
-        println!("{:<18} {:>12} bytes  {:>9} entries", m.name, m.bytes, m.max_entries);
+        println!(
+            "{:<18} {:>12} bytes  {:>9} entries",
+            m.name, m.bytes, m.max_entries
+        );
     }
-    println!("total {} ({} bytes)", sizing::mib(report.total_bytes), report.total_bytes);
+    println!(
+        "total {} ({} bytes)",
+        sizing::mib(report.total_bytes),
+        report.total_bytes
+    );
     assert!(
         report.total_bytes <= 128 * MIB,
         "the lab's maps take {}",
@@ -70,13 +84,25 @@ fn the_lab_config_takes_at_most_128_mib() {
         report.maps.len() >= lb_common::names::PINNED_MAPS.len(),
         "every map is reported"
     );
-    assert!(report.maps.iter().all(|m| m.bytes > 0), "{report:?}");
+    // The LPM tries (FW_V6, SERVICE_SOURCES) take memory per prefix, and none is written here.
+    assert!(
+        report
+            .maps
+            .iter()
+            .filter(|m| m.bytes == 0)
+            .all(|m| m.name == "FW_V6" || m.name == "SERVICE_SOURCES"),
+        "{report:?}"
+    );
     // No IPv6 service in the lab: its flow table is a placeholder.
     assert_eq!(
         map(&report, "FLOWS_V6").max_entries,
         sizing::UNUSED_TABLE_ENTRIES
     );
-    assert_eq!(report.resize_pending().count(), 0, "loaded as the config wants");
+    assert_eq!(
+        report.resize_pending().count(),
+        0,
+        "loaded as the config wants"
+    );
 }
 
 #[test]
