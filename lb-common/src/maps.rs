@@ -443,8 +443,9 @@ pub struct FwRule {
 /// `FW_V4_TABLE`: the IPv4 source rules as a multibit trie with strides 20-4-4-4, built by the
 /// agent and read by the data path with at most four array look-ups (no pointer chase per
 /// prefix bit, as an LPM trie does). Every element is a group of 16 entries (one cache line).
-/// The map holds two halves of `V4_HALF_GROUPS` groups, one per rule-set generation: the agent
-/// writes the idle half, then switches `Firewall::generation`. In a half, groups
+/// The map holds two halves, one per rule-set generation, each of at most `V4_HALF_GROUPS`
+/// groups (the agent sizes them for the config's rules at load time): the agent writes the idle
+/// half, then switches `Firewall::generation` and `Firewall::v4_base` in one write. In a half, groups
 /// `0..V4_ROOT_GROUPS` are the root: the address's top 16 bits pick the group, the next 4 bits
 /// the entry. An entry is 0 (no rule), `V4_ENTRY_GROUP | g` (group `g` of the same half holds
 /// the next 4 bits), or a rule (`V4Entry::rule`). Prefixes are expanded to the stride and longer
@@ -456,8 +457,8 @@ pub const V4_ROOT_BITS: u32 = 20;
 pub const V4_ROOT_GROUPS: u32 = 1 << 16;
 /// Bits each level below the root resolves.
 pub const V4_STRIDE_BITS: u32 = 4;
-/// Groups below the root in one half: a prefix needs at most one new group per level below the
-/// root (3), so any rule set of `MAX_PREFIXES / 2` prefixes fits.
+/// Most groups below the root in one half: a prefix needs at most one new group per level below
+/// the root (3), so any rule set of `MAX_PREFIXES / 2` prefixes fits.
 pub const V4_CHILD_GROUPS: u32 = 3 * (crate::MAX_PREFIXES / 2);
 pub const V4_HALF_GROUPS: u32 = V4_ROOT_GROUPS + V4_CHILD_GROUPS;
 /// Marks an entry that points to a group.
@@ -563,6 +564,10 @@ pub struct Firewall {
     pub host_icmp_echo: Rate,
     /// New connections to the host's open ports, per source.
     pub host_syn_rate: Rate,
+    /// Index in `FW_V4_TABLE` of the live half's first group: `generation` times the groups of
+    /// a half, which the agent sets when it loads the table (sized for the config's rules).
+    pub v4_base: u32,
+    pub _pad: u32,
 }
 
 /// There are IPv4 rules in `FW_V4_TABLE` / IPv6 rules in `FW_V6` (skip the lookup otherwise).
@@ -594,7 +599,7 @@ const _: () = assert!(core::mem::size_of::<CidrV6>() == 17);
 const _: () = assert!(core::mem::size_of::<ServiceCidr>() == 22);
 const _: () = assert!(core::mem::size_of::<AddrKey>() == 20);
 const _: () = assert!(core::mem::size_of::<HostPort>() == 4);
-const _: () = assert!(core::mem::size_of::<Firewall>() == 48);
+const _: () = assert!(core::mem::size_of::<Firewall>() == 56);
 const _: () = assert!(core::mem::size_of::<RuleCounters>() == 16);
 
 /// What the program did with a packet; indexes `VERDICT_STATS`.

@@ -7,8 +7,7 @@ use lb_common::maps::{
     Verdict, ACTION_DROP, CIDR_GENERATION_BITS, FAMILY_V4, FLOW_PACKET_RATE, FW_DROP_FRAGMENTS,
     FW_HOST_POLICY, FW_SCOPED_SOURCES, FW_TCP_FLAG_CHECKS, FW_V4_RULES, FW_V6_RULES, PROTO_TCP,
     PROTO_UDP, RATE_ICMP_ECHO, RATE_PACKETS, RATE_SYN, RATE_SYN_BUDGET, REASON_SPOOF, SCOPE_HOST,
-    SERVICE_CIDR_FAMILY_BITS, SERVICE_CIDR_PREFIX_BITS, V4_ENTRY_GROUP, V4_HALF_GROUPS,
-    V4_STRIDE_BITS,
+    SERVICE_CIDR_FAMILY_BITS, SERVICE_CIDR_PREFIX_BITS, V4_ENTRY_GROUP, V4_STRIDE_BITS,
 };
 
 use crate::{
@@ -59,7 +58,7 @@ pub fn screen(packet: &Packet, fw: &Firewall) -> Result<(), Verdict> {
         if fw.flags & FW_V4_RULES == 0 {
             return Ok(());
         }
-        v4_rule(key.src[0], fw.generation)
+        v4_rule(key.src[0], fw.v4_base)
     } else {
         if fw.flags & FW_V6_RULES == 0 {
             return Ok(());
@@ -92,7 +91,7 @@ pub fn screen_ipv4(packet: &Ipv4Packet, fw: &Firewall) -> Result<(), Verdict> {
     if fw.flags & FW_V4_RULES == 0 {
         return Ok(());
     }
-    match v4_rule(key.src, fw.generation) {
+    match v4_rule(key.src, fw.v4_base) {
         Some(rule) => apply_source_rule(&rule, packet.len),
         None => Ok(()),
     }
@@ -114,13 +113,13 @@ fn apply_source_rule(rule: &FwRule, len: usize) -> Result<(), Verdict> {
     apply(rule, len, drop)
 }
 
-/// The most specific rule for an IPv4 source, from the live half of `FW_V4_TABLE`: the root
-/// entry of its top 20 bits, then at most three groups of 4 bits, each named by the entry
-/// before it. The agent pushed longer prefixes over shorter ones, so the last entry decides.
+/// The most specific rule for an IPv4 source, from the live half of `FW_V4_TABLE` (it starts at
+/// group `half`, `Firewall::v4_base`): the root entry of its top 20 bits, then at most three
+/// groups of 4 bits, each named by the entry before it. The agent pushed longer prefixes over
+/// shorter ones, so the last entry decides.
 #[inline(always)]
-fn v4_rule(src: u32, generation: u32) -> Option<FwRule> {
+fn v4_rule(src: u32, half: u32) -> Option<FwRule> {
     let addr = u32::from_be(src);
-    let half = if generation == 0 { 0 } else { V4_HALF_GROUPS };
     let root = FW_V4_TABLE.get(half + (addr >> 16))?;
     // Masked to 4 bits: within the 16 entries of a group (the verifier checks the same).
     let mut entry = root[((addr >> 12) & 0xF) as usize];

@@ -29,6 +29,7 @@ use crate::{
     metrics::Metrics,
     neighbor,
     services::{self, BackendEntry, BackendState, ServiceEntry, ServiceTable},
+    sizing,
 };
 
 pub struct RunOptions {
@@ -224,13 +225,9 @@ pub async fn run(options: RunOptions) -> Result<()> {
     })?;
     let checks = build_checks(&config)?;
 
-    let mut dataplane = Dataplane::load(&LoadOptions {
-        pin_dir: Some(pin_dir.clone()),
-        flow_capacity: *config.agent.flow_capacity.get_ref(),
-        unverified_capacity: *config.agent.unverified_capacity.get_ref(),
-        ..LoadOptions::default()
-    })?;
+    let mut dataplane = Dataplane::load(&LoadOptions::for_config(&config, Some(pin_dir.clone())))?;
     let adopted = dataplane.adopted();
+    report_map_memory(&dataplane, &config);
     if adopted {
         info!(
             "adopted pinned maps under {}: existing flows are kept",
@@ -409,6 +406,29 @@ fn set_data_path_settings(dataplane: &mut Dataplane, config: &Config) -> Result<
 
 /// The check of every backend whose service has one, keyed by backend id once ids are known;
 /// here keyed by (service, backend) name. Fails on an unreadable password file.
+/// Logs the kernel memory of the maps as loaded: over the budget (the config passed on the
+/// estimate, or adopted maps are larger), and maps whose size differs from what the config wants.
+fn report_map_memory(dataplane: &Dataplane, config: &Config) {
+    match dataplane.map_memory(config) {
+        Ok(report) => {
+            info!(
+                "the data path's maps take {} of kernel memory (budget {})",
+                sizing::mib(report.total_bytes),
+                sizing::mib(report.budget_bytes)
+            );
+            if report.total_bytes > report.budget_bytes {
+                warn!(
+                    "the maps take {}, over agent.map_memory_budget_mib ({}): adopted maps keep \
+                     the size they were made with; a clean stop and start sizes them for this config",
+                    sizing::mib(report.total_bytes),
+                    sizing::mib(report.budget_bytes)
+                );
+            }
+        }
+        Err(e) => warn!("reading the kernel memory of the maps: {e:#}"),
+    }
+}
+
 fn build_checks(config: &Config) -> Result<HashMap<(String, String), Check>> {
     let mut checks = HashMap::new();
     for service in &config.services {
@@ -495,6 +515,11 @@ impl AgentState {
 
     pub fn dataplane(&self) -> &Dataplane {
         &self.dataplane
+    }
+
+    /// The kernel memory of every map, and the sizes the running config wants.
+    pub fn map_memory(&self) -> Result<sizing::MemoryReport> {
+        self.dataplane.map_memory(&self.config)
     }
 
     pub fn runtime(&self, backend_id: u32) -> Option<&BackendRuntime> {
@@ -1095,11 +1120,38 @@ impl AgentState {
             != new.interface.as_ref().map(|i| i.get_ref())
             || old.pin_path != new.pin_path
             || old.xdp_mode != new.xdp_mode
-            || old.flow_capacity.get_ref() != new.flow_capacity.get_ref()
-            || old.unverified_capacity.get_ref() != new.unverified_capacity.get_ref()
             || self.config.api.bind.get_ref() != config.api.bind.get_ref()
         {
-            notes.push("agent interface/pin_path/xdp_mode/flow_capacity/unverified_capacity and api.bind changes take effect at the next start".to_string());
+            notes.push("agent interface/pin_path/xdp_mode and api.bind changes take effect at the next start".to_string());
+        }
+        // The maps cannot be resized under the running program. A rule table too small for the
+        // new rules refuses the reload; other sizes are applied at the next clean start.
+        let half = self.dataplane.v4_half_groups()?;
+        firewall::v4_rules_fit(&config, half).map_err(|e| {
+            ChangeError::InvalidConfig(format!(
+                "{e} (this config's IPv4 rules need a larger rule table than the loaded one: \
+                 restart the agent to apply it; a restart keeps the flows)"
+            ))
+        })?;
+        let memory = self.dataplane.map_memory(&config)?;
+        let resize: Vec<String> = memory
+            .resize_pending()
+            .filter(|m| m.name != lb_common::names::FW_V4_TABLE)
+            .map(|m| {
+                format!(
+                    "{} {} -> {}",
+                    m.name,
+                    m.max_entries,
+                    m.wanted_entries.unwrap_or(m.max_entries)
+                )
+            })
+            .collect();
+        if !resize.is_empty() {
+            notes.push(format!(
+                "map sizes this config needs differ from the loaded maps ({}): they stay as they \
+                 are until the agent is stopped cleanly (SIGTERM) and started again",
+                resize.join(", ")
+            ));
         }
 
         let existing_services = self.dataplane.services()?;
@@ -1249,6 +1301,11 @@ impl AgentState {
             sources: cidrs,
             action,
         });
+        let half = self.dataplane.v4_half_groups()?;
+        if let Err(e) = firewall::v4_rules_fit(&self.config, half) {
+            self.config.firewall.rules.pop();
+            return Err(ChangeError::Conflict(e));
+        }
         if let Err(e) = self.apply_firewall() {
             self.config.firewall.rules.pop();
             return Err(ChangeError::Internal(e));

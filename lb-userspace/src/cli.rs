@@ -486,6 +486,29 @@ fn duration(seconds: u64) -> String {
     }
 }
 
+/// The maps' kernel memory: the total against the budget, then each map, largest first.
+pub fn print_map_memory(memory: &crate::sizing::MemoryReport) {
+    use crate::sizing::mib;
+    println!(
+        "memory    {} of kernel memory in {} maps (budget {})",
+        mib(memory.total_bytes),
+        memory.maps.len(),
+        mib(memory.budget_bytes)
+    );
+    for map in &memory.maps {
+        let resize = map
+            .wanted_entries
+            .map(|w| format!("  (config wants {w}: a clean stop and start resizes it)"))
+            .unwrap_or_default();
+        println!(
+            "  {:<17} {:>10}  {:>9} entries{resize}",
+            map.name,
+            mib(map.bytes),
+            map.max_entries
+        );
+    }
+}
+
 fn print_status(status: &Status) {
     let attach = match status.attach.as_str() {
         "native" => "native XDP",
@@ -549,6 +572,9 @@ fn print_status(status: &Status) {
         .collect();
     if !seen.is_empty() {
         println!("verdicts  {}", seen.join(", "));
+    }
+    if let Some(memory) = &status.map_memory {
+        print_map_memory(memory);
     }
     if let Some(db) = &status.database {
         let failover = match &db.last_failover {

@@ -302,7 +302,7 @@ pub struct AgentConfig {
     pub pin_path: PathBuf,
     #[serde(default)]
     pub xdp_mode: XdpModeConfig,
-    /// Flow table entries (LRU); at least 1M by default.
+    /// Connections the flow table holds (LRU), for each address family that has a service.
     #[serde(default = "default_flow_capacity")]
     pub flow_capacity: Spanned<u32>,
     /// NAT source ports towards backends.
@@ -310,9 +310,13 @@ pub struct AgentConfig {
     pub nat_port_min: Spanned<u16>,
     #[serde(default = "default_nat_port_max")]
     pub nat_port_max: Spanned<u16>,
-    /// Entries of the table of unverified flows (TCP before its handshake completes, and UDP).
-    #[serde(default = "default_unverified_capacity")]
-    pub unverified_capacity: Spanned<u32>,
+    /// Entries of the table of unverified flows (TCP before its handshake completes, and UDP);
+    /// default: a quarter of `flow_capacity` (see [`AgentConfig::unverified_capacity`]).
+    pub unverified_capacity: Option<Spanned<u32>>,
+    /// The most kernel memory the data path's maps may take, in MiB: a config whose maps would
+    /// take more (by the estimate of `sizing::estimate`) is refused.
+    #[serde(default = "default_map_memory_budget_mib")]
+    pub map_memory_budget_mib: Spanned<u64>,
     /// How long a flow of each state may stay idle.
     #[serde(default)]
     pub timeouts: TimeoutsConfig,
@@ -376,8 +380,40 @@ fn default_tcp_closing() -> Spanned<u32> {
 fn default_udp() -> Spanned<u32> {
     Spanned::new(0..0, lb_common::maps::FlowTimeouts::DEFAULT.udp)
 }
-fn default_unverified_capacity() -> Spanned<u32> {
-    Spanned::new(0..0, lb_common::DEFAULT_UNVERIFIED_CAPACITY)
+fn default_map_memory_budget_mib() -> Spanned<u64> {
+    Spanned::new(0..0, DEFAULT_MAP_MEMORY_BUDGET_MIB)
+}
+
+/// Default `agent.flow_capacity`: 256k connections. 1M is one setting away (`flow_capacity =
+/// 1048576`, about 340 MiB of maps with a NAT service; docs/OPERATIONS.md).
+pub const DEFAULT_FLOW_CAPACITY: u32 = 1 << 18;
+/// Default `agent.map_memory_budget_mib`: room for 1M flows with NAT and IPv6 services.
+pub const DEFAULT_MAP_MEMORY_BUDGET_MIB: u64 = 1024;
+/// Largest `agent.map_memory_budget_mib` accepted (1 TiB).
+const MAX_MAP_MEMORY_BUDGET_MIB: u64 = 1 << 20;
+
+impl AgentConfig {
+    /// `unverified_capacity`, or its default: a quarter of `flow_capacity`, at least 1024 (the
+    /// ratio of the defaults before tables were sized from the config).
+    pub fn unverified_capacity(&self) -> u32 {
+        self.unverified_capacity
+            .as_ref()
+            .map_or((*self.flow_capacity.get_ref() / 4).max(1024), |c| {
+                *c.get_ref()
+            })
+    }
+
+    /// Another `flow_capacity` (a command-line override: `lb map-memory`, the bench).
+    pub fn set_flow_capacity(&mut self, capacity: u32) {
+        self.flow_capacity = Spanned::new(0..0, capacity);
+    }
+
+    /// `map_memory_budget_mib` in bytes.
+    pub fn map_memory_budget_bytes(&self) -> u64 {
+        self.map_memory_budget_mib
+            .get_ref()
+            .saturating_mul(1024 * 1024)
+    }
 }
 
 impl Default for AgentConfig {
@@ -389,7 +425,8 @@ impl Default for AgentConfig {
             flow_capacity: default_flow_capacity(),
             nat_port_min: default_nat_port_min(),
             nat_port_max: default_nat_port_max(),
-            unverified_capacity: default_unverified_capacity(),
+            unverified_capacity: None,
+            map_memory_budget_mib: default_map_memory_budget_mib(),
             timeouts: TimeoutsConfig::default(),
         }
     }
@@ -399,7 +436,7 @@ fn default_pin_path() -> PathBuf {
     PathBuf::from(DEFAULT_PIN_PATH)
 }
 fn default_flow_capacity() -> Spanned<u32> {
-    Spanned::new(0..0, lb_common::DEFAULT_FLOW_CAPACITY)
+    Spanned::new(0..0, DEFAULT_FLOW_CAPACITY)
 }
 fn default_nat_port_min() -> Spanned<u16> {
     Spanned::new(0..0, lb_common::maps::Settings::default().nat_port_min)
@@ -792,15 +829,25 @@ fn validate(config: &Config, at: &Locator<'_>) -> Vec<ConfigError> {
         errors.push(at.error(
             agent.flow_capacity.span(),
             format!("flow_capacity {capacity} is out of range"),
-            "use a value between 1024 and 67108864 (default 1048576)",
+            "use a value between 1024 and 67108864 (default 262144)",
         ));
     }
-    let unverified = *agent.unverified_capacity.get_ref();
-    if !(1024..=1 << 26).contains(&unverified) {
+    if let Some(unverified) = &agent.unverified_capacity {
+        let value = *unverified.get_ref();
+        if !(1024..=1 << 26).contains(&value) {
+            errors.push(at.error(
+                unverified.span(),
+                format!("unverified_capacity {value} is out of range"),
+                "use a value between 1024 and 67108864 (default: a quarter of flow_capacity)",
+            ));
+        }
+    }
+    let budget = *agent.map_memory_budget_mib.get_ref();
+    if !(1..=MAX_MAP_MEMORY_BUDGET_MIB).contains(&budget) {
         errors.push(at.error(
-            agent.unverified_capacity.span(),
-            format!("unverified_capacity {unverified} is out of range"),
-            "use a value between 1024 and 67108864 (default 262144)",
+            agent.map_memory_budget_mib.span(),
+            format!("map_memory_budget_mib {budget} is out of range"),
+            format!("use a number of MiB between 1 and {MAX_MAP_MEMORY_BUDGET_MIB} (default {DEFAULT_MAP_MEMORY_BUDGET_MIB})"),
         ));
     }
     // A day at most: an idle limit longer than that keeps dead flows (and NAT ports) for good.
@@ -979,7 +1026,51 @@ fn validate(config: &Config, at: &Locator<'_>) -> Vec<ConfigError> {
             "remove backends",
         ));
     }
+    if errors.is_empty() {
+        validate_memory_budget(config, at, &mut errors);
+    }
     errors
+}
+
+/// The maps this config needs must fit `agent.map_memory_budget_mib`. Checked on the estimate
+/// (`sizing::estimate`), since nothing is loaded yet; the error points at the budget when the
+/// file sets it, else at `flow_capacity`, the usual cause.
+fn validate_memory_budget(config: &Config, at: &Locator<'_>, errors: &mut Vec<ConfigError>) {
+    let agent = &config.agent;
+    let cpus = crate::sizing::possible_cpus();
+    let estimate = crate::sizing::estimate(config, cpus);
+    let total: u64 = estimate.iter().map(|(_, bytes)| bytes).sum();
+    let budget = agent.map_memory_budget_bytes();
+    if total <= budget {
+        return;
+    }
+    let mut largest = estimate.clone();
+    largest.sort_by_key(|entry| std::cmp::Reverse(entry.1));
+    let largest: Vec<String> = largest
+        .iter()
+        .take(3)
+        .map(|(name, bytes)| format!("{name} {}", crate::sizing::mib(*bytes)))
+        .collect();
+    let span = [
+        agent.map_memory_budget_mib.span(),
+        agent.flow_capacity.span(),
+    ]
+    .into_iter()
+    .find(|span| !span.is_empty())
+    .unwrap_or(0..0);
+    errors.push(at.error(
+        span,
+        format!(
+            "the data path's maps would take about {} of kernel memory ({}, ...), over agent.map_memory_budget_mib = {} MiB",
+            crate::sizing::mib(total),
+            largest.join(", "),
+            agent.map_memory_budget_mib.get_ref()
+        ),
+        format!(
+            "lower agent.flow_capacity (each 1M IPv4 connections take about 120 MiB, twice that with a NAT service) or raise agent.map_memory_budget_mib to at least {}",
+            total.div_ceil(1024 * 1024)
+        ),
+    ));
 }
 
 fn validate_database(
@@ -1399,6 +1490,97 @@ weight = 2
         assert_eq!(config.services.len(), 1);
         assert_eq!(config.services[0].backends[1].weight.get_ref(), &2);
         assert_eq!(config.agent.pin_path, PathBuf::from(DEFAULT_PIN_PATH));
+    }
+
+    #[test]
+    fn maps_over_the_memory_budget_are_refused_where_the_budget_is_set() {
+        // 4M IPv4 connections take about 480 MiB of flow table alone.
+        let text = GOOD.replace(
+            "interface = \"eth0\"",
+            "interface = \"eth0\"\nflow_capacity = 4194304\nmap_memory_budget_mib = 128",
+        );
+        let errors = errors_of(&text);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        let error = &errors[0];
+        assert_eq!((error.line, error.column), (5, 25), "{error}");
+        assert!(
+            error.message.contains("map_memory_budget_mib = 128 MiB")
+                && error.message.contains("FLOWS_V4"),
+            "{error}"
+        );
+        assert!(
+            error.fix.contains("lower agent.flow_capacity")
+                && error
+                    .fix
+                    .contains("raise agent.map_memory_budget_mib to at least"),
+            "{error}"
+        );
+
+        // Without a budget in the file, the error points at flow_capacity.
+        let text = GOOD.replace(
+            "interface = \"eth0\"",
+            "interface = \"eth0\"\nflow_capacity = 67108864",
+        );
+        let errors = errors_of(&text);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!((errors[0].line, errors[0].column), (4, 17), "{}", errors[0]);
+
+        // The same capacity within a budget large enough; the default fits the default.
+        let text = GOOD.replace(
+            "interface = \"eth0\"",
+            "interface = \"eth0\"\nflow_capacity = 4194304\nmap_memory_budget_mib = 2048",
+        );
+        parse(Path::new("lb.toml"), &text).unwrap_or_else(|e| panic!("{e}"));
+        let config = parse(Path::new("lb.toml"), GOOD).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(*config.agent.flow_capacity.get_ref(), DEFAULT_FLOW_CAPACITY);
+        assert_eq!(
+            config.agent.unverified_capacity(),
+            DEFAULT_FLOW_CAPACITY / 4
+        );
+
+        let text = GOOD.replace(
+            "interface = \"eth0\"",
+            "interface = \"eth0\"\nmap_memory_budget_mib = 0",
+        );
+        let errors = errors_of(&text);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].message.contains("out of range"), "{}", errors[0]);
+        assert_eq!(errors[0].line, 4, "{}", errors[0]);
+    }
+
+    #[test]
+    fn maps_are_sized_from_what_the_config_needs() {
+        use crate::sizing::{MapSizes, UNUSED_TABLE_ENTRIES};
+        let config = parse(Path::new("lb.toml"), GOOD).unwrap_or_else(|e| panic!("{e}"));
+        let sizes = MapSizes::for_config(&config);
+        assert_eq!(sizes.flows_v4, DEFAULT_FLOW_CAPACITY);
+        assert_eq!(sizes.flows_v6, UNUSED_TABLE_ENTRIES, "no IPv6 service");
+        assert_eq!(sizes.nat_reverse, UNUSED_TABLE_ENTRIES, "no NAT service");
+        assert_eq!(sizes.fw_v4_half_groups % 64, 0, "whole pages");
+        assert!(sizes.fw_v4_half_groups < lb_common::maps::V4_HALF_GROUPS);
+
+        let nat = GOOD.replace(
+            "mode = \"dsr\"",
+            "mode = \"nat\"\nsnat_address = \"10.0.0.3\"",
+        );
+        let config = parse(Path::new("lb.toml"), &nat).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            MapSizes::for_config(&config).nat_reverse,
+            DEFAULT_FLOW_CAPACITY
+        );
+
+        // Many prefixes: a larger rule table, never over the largest one.
+        let rules: String = (0..5000u32)
+            .map(|i| format!("\"10.{}.{}.0/24\"", i / 256, i % 256))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let text = format!(
+            "{GOOD}\n[[firewall.rule]]\nname = \"many\"\nsources = [{rules}]\naction = \"drop\"\n"
+        );
+        let config = parse(Path::new("lb.toml"), &text).unwrap_or_else(|e| panic!("{e}"));
+        let many = MapSizes::for_config(&config).fw_v4_half_groups;
+        assert!(many > sizes.fw_v4_half_groups && many <= lb_common::maps::V4_HALF_GROUPS);
+        assert_eq!(many % 64, 0);
     }
 
     #[test]

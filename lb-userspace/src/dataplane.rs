@@ -23,12 +23,13 @@ use lb_common::{
         AddrKey, Backend, CidrV6, Counters, Firewall, Flow, FlowKey, FlowKeyV4, FwRule, HostPort,
         RuleCounters, Service, ServiceCidr, ServiceKey, Settings, V4Group, Verdict,
         CIDR_GENERATION_BITS, FAMILY_V4, FAMILY_V6, SERVICE_CIDR_FAMILY_BITS,
-        SERVICE_CIDR_PREFIX_BITS, V4_HALF_GROUPS,
+        SERVICE_CIDR_PREFIX_BITS, V4_HALF_GROUPS, V4_ROOT_GROUPS,
     },
     names,
 };
 
-use crate::config::Cidr;
+use crate::config::{Cidr, Config};
+use crate::sizing::{MapMemory, MapSizes, MemoryReport};
 use log::{info, warn};
 use std::os::fd::{AsFd as _, AsRawFd as _, BorrowedFd};
 
@@ -48,21 +49,76 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 pub struct LoadOptions {
     /// bpffs directory to pin maps (and the link) in; `None` loads private maps (tests).
     pub pin_dir: Option<PathBuf>,
+    /// Entries of `FLOWS_V4`, and of `FLOWS_V6` unless `flow_v6_capacity` says otherwise.
     pub flow_capacity: u32,
+    pub flow_v6_capacity: Option<u32>,
     pub nat_capacity: u32,
     pub unverified_capacity: u32,
+    pub rate_capacity: u32,
+    /// Groups of each half of `FW_V4_TABLE` (a multiple of 64, at most `V4_HALF_GROUPS`).
+    pub fw_v4_half_groups: u32,
+    /// Pinned maps of another size than these are re-created (`RESIZED_AT_START`) or adopted
+    /// with a warning: the agent's start. Without it, pins are adopted whatever their size
+    /// (a tool or test opening a running agent's maps).
+    pub resize_pins: bool,
 }
 
 impl Default for LoadOptions {
+    /// The object's own sizes (the largest rule table): what the tests load.
     fn default() -> Self {
         Self {
             pin_dir: None,
             flow_capacity: lb_common::DEFAULT_FLOW_CAPACITY,
+            flow_v6_capacity: None,
             nat_capacity: lb_common::DEFAULT_NAT_CAPACITY,
             unverified_capacity: lb_common::DEFAULT_UNVERIFIED_CAPACITY,
+            rate_capacity: lb_common::RATE_BUCKETS,
+            fw_v4_half_groups: V4_HALF_GROUPS,
+            resize_pins: false,
         }
     }
 }
+
+impl LoadOptions {
+    /// The maps sized for what `config` needs (`sizing::MapSizes`).
+    pub fn for_config(config: &Config, pin_dir: Option<PathBuf>) -> Self {
+        Self::for_sizes(&MapSizes::for_config(config), pin_dir)
+    }
+
+    pub fn for_sizes(sizes: &MapSizes, pin_dir: Option<PathBuf>) -> Self {
+        Self {
+            pin_dir,
+            flow_capacity: sizes.flows_v4,
+            flow_v6_capacity: Some(sizes.flows_v6),
+            nat_capacity: sizes.nat_reverse,
+            unverified_capacity: sizes.unverified_flows,
+            rate_capacity: sizes.rate_buckets,
+            fw_v4_half_groups: sizes.fw_v4_half_groups,
+            resize_pins: true,
+        }
+    }
+
+    /// `max_entries` of the maps sized at load time, by name.
+    fn entries(&self) -> [(&'static str, u32); 6] {
+        [
+            (names::FLOWS_V4, self.flow_capacity),
+            (
+                names::FLOWS_V6,
+                self.flow_v6_capacity.unwrap_or(self.flow_capacity),
+            ),
+            (names::UNVERIFIED_FLOWS, self.unverified_capacity),
+            (names::NAT_REVERSE, self.nat_capacity),
+            (names::RATE_BUCKETS, self.rate_capacity),
+            (names::FW_V4_TABLE, 2 * self.fw_v4_half_groups),
+        ]
+    }
+}
+
+/// Maps whose content the agent rebuilds whole at start (the IPv4 rule table) or that only hold
+/// short-lived state (rate buckets): a pinned one of another size than wanted is re-created at
+/// the wanted size. The flow and NAT tables are adopted with the size they have, so that their
+/// connections live on; the status and the log say a clean stop and start resizes them.
+const RESIZED_AT_START: [&str; 2] = [names::FW_V4_TABLE, names::RATE_BUCKETS];
 
 /// A page of the flow table: the entries and the key to continue after (`None` at the end).
 pub struct FlowsPage {
@@ -92,15 +148,22 @@ pub struct Dataplane {
 
 impl Dataplane {
     pub fn load(options: &LoadOptions) -> Result<Self> {
+        let half = options.fw_v4_half_groups;
+        if !half.is_multiple_of(64) || !(V4_ROOT_GROUPS..=V4_HALF_GROUPS).contains(&half) {
+            bail!("a half of FW_V4_TABLE of {half} groups: it must be a multiple of 64 between {V4_ROOT_GROUPS} and {V4_HALF_GROUPS}");
+        }
+        let entries = options.entries();
+        if let Some((name, _)) = entries.iter().find(|(_, n)| *n == 0) {
+            bail!("{name} cannot have 0 entries");
+        }
         let mut loader = EbpfLoader::new();
         // The verifier's whole log on a refused load, for whoever changes the data path.
         if std::env::var_os("LB_VERIFIER_LOG").is_some() {
             loader.verifier_log_level(VerifierLogLevel::VERBOSE | VerifierLogLevel::STATS);
         }
-        loader.map_max_entries(names::FLOWS_V4, options.flow_capacity);
-        loader.map_max_entries(names::FLOWS_V6, options.flow_capacity);
-        loader.map_max_entries(names::NAT_REVERSE, options.nat_capacity);
-        loader.map_max_entries(names::UNVERIFIED_FLOWS, options.unverified_capacity);
+        for (name, max_entries) in entries {
+            loader.map_max_entries(name, max_entries);
+        }
         let mut adopted = false;
         if let Some(dir) = &options.pin_dir {
             prepare_pin_dir(dir)?;
@@ -115,7 +178,7 @@ impl Dataplane {
                     );
                 }
             }
-            remove_mismatched_pins(dir)?;
+            remove_mismatched_pins(dir, if options.resize_pins { &entries } else { &[] })?;
             adopted = dir.join(names::FLOWS_V4).exists();
             for name in names::PINNED_MAPS {
                 loader.map_pin_path(name, dir.join(name));
@@ -419,11 +482,15 @@ impl Dataplane {
     /// That half must not be the live one. Groups past the table's end are left as they are:
     /// no entry of the table points to them.
     pub fn write_v4_table(&mut self, generation: u32, groups: &[V4Group]) -> Result<()> {
-        if groups.len() > V4_HALF_GROUPS as usize {
-            bail!("an IPv4 rule table of {} groups does not fit a half of FW_V4_TABLE ({V4_HALF_GROUPS})", groups.len());
+        let half = self.v4_half_groups()?;
+        if groups.len() > half as usize {
+            bail!(
+                "an IPv4 rule table of {} groups does not fit a half of FW_V4_TABLE ({half})",
+                groups.len()
+            );
         }
         let map: Array<&MapData, V4Group> = Array::try_from(self.map(names::FW_V4_TABLE)?)?;
-        let half_bytes = V4_HALF_GROUPS as usize * std::mem::size_of::<V4Group>();
+        let half_bytes = half as usize * std::mem::size_of::<V4Group>();
         let offset = if generation == 0 { 0 } else { half_bytes };
         // SAFETY: a fresh shared mapping of `half_bytes` of the map's values (BPF_F_MMAPABLE; the
         // half is page aligned), written within its bounds and unmapped below.
@@ -443,6 +510,41 @@ impl Dataplane {
             libc::munmap(base, half_bytes);
         }
         Ok(())
+    }
+
+    /// Groups of each half of `FW_V4_TABLE`, as loaded (the kernel's `max_entries`: an adopted
+    /// table keeps its size).
+    pub fn v4_half_groups(&self) -> Result<u32> {
+        let info = map_data(self.map(names::FW_V4_TABLE)?)?
+            .info()
+            .context("reading FW_V4_TABLE's info")?;
+        Ok(info.max_entries() / 2)
+    }
+
+    /// The kernel memory of every map of the program (`memlock` of its fdinfo: the kernel's
+    /// own account), with the size each has and, where it differs, the size `config` wants.
+    pub fn map_memory(&self, config: &Config) -> Result<MemoryReport> {
+        let wanted = MapSizes::for_config(config);
+        let mut maps = Vec::new();
+        for (name, map) in self.ebpf.maps() {
+            let data = map_data(map)?;
+            let max_entries = data
+                .info()
+                .with_context(|| format!("reading {name}'s info"))?
+                .max_entries();
+            let bytes = memlock(data.fd().as_fd())
+                .with_context(|| format!("reading the memlock of {name}"))?;
+            maps.push(MapMemory {
+                name: name.to_string(),
+                bytes,
+                max_entries,
+                wanted_entries: wanted.entries_of(name).filter(|&w| w != max_entries),
+            });
+        }
+        Ok(MemoryReport::new(
+            maps,
+            config.agent.map_memory_budget_bytes(),
+        ))
     }
 
     /// An IPv6 source prefix of a rule generation.
@@ -631,6 +733,32 @@ impl Dataplane {
     }
 }
 
+/// The map of any kind this program has.
+fn map_data(map: &aya::maps::Map) -> Result<&MapData> {
+    use aya::maps::Map;
+    match map {
+        Map::Array(data)
+        | Map::HashMap(data)
+        | Map::LpmTrie(data)
+        | Map::LruHashMap(data)
+        | Map::PerCpuArray(data)
+        | Map::PerCpuHashMap(data)
+        | Map::PerCpuLruHashMap(data) => Ok(data),
+        _ => bail!("a map of a kind the data path does not use"),
+    }
+}
+
+/// `memlock` of a map's fdinfo: the bytes the kernel accounts to it (its `map_mem_usage` since
+/// Linux 6.4: what it really allocated). aya exposes this figure for programs only.
+fn memlock(fd: BorrowedFd<'_>) -> Result<u64> {
+    let path = format!("/proc/self/fdinfo/{}", fd.as_raw_fd());
+    let text = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    text.lines()
+        .find_map(|line| line.strip_prefix("memlock:"))
+        .and_then(|value| value.trim().parse().ok())
+        .with_context(|| format!("no memlock line in {path}"))
+}
+
 /// `bpf(BPF_MAP_GET_NEXT_KEY)`: the key after `key` (the first one for `None`), `None` past the
 /// last. aya only iterates from the beginning, and paging needs to resume from a cursor.
 /// Appends up to `limit` entries of one flow table after `cursor`; returns where to continue
@@ -698,13 +826,13 @@ fn map_next_key<K: Copy>(fd: BorrowedFd<'_>, key: Option<&K>) -> std::io::Result
     }
 }
 
-/// The pin directory must be on a bpffs, or pinning fails with an obscure error.
 /// Removes the pins of maps whose key or value size differs from this object's definition:
 /// an earlier version's layout. aya would adopt such a map as it is, and reading it with this
 /// version's types would misread it (a per-CPU value larger than the type overruns the read
 /// buffer). Such a map starts afresh, and the log says so; when the flow table is among them,
-/// nothing is adopted.
-fn remove_mismatched_pins(dir: &Path) -> Result<()> {
+/// nothing is adopted. Of the maps sized at load time (`wanted`), those of `RESIZED_AT_START`
+/// are re-created at their new size; the others are adopted as they are, with a warning.
+fn remove_mismatched_pins(dir: &Path, wanted: &[(&'static str, u32)]) -> Result<()> {
     let object = aya_obj::Object::parse(OBJECT).context("parsing the BPF object's maps")?;
     for name in names::PINNED_MAPS {
         let path = dir.join(name);
@@ -727,11 +855,36 @@ fn remove_mismatched_pins(dir: &Path) -> Result<()> {
                 def.key_size(),
                 def.value_size()
             );
+            continue;
+        }
+        let Some(&(_, want)) = wanted.iter().find(|(n, _)| *n == name) else {
+            continue;
+        };
+        let have = info.max_entries();
+        if have == want {
+            continue;
+        }
+        if RESIZED_AT_START.contains(&name) {
+            fs::remove_file(&path)
+                .with_context(|| format!("removing the pin {} to resize it", path.display()))?;
+            info!(
+                "{}: {have} entries pinned, this config needs {want}: re-created at the new size \
+                 (the agent rewrites its content)",
+                path.display()
+            );
+        } else {
+            warn!(
+                "{}: adopted with its {have} entries (the live connections are in it), this \
+                 config wants {want}: stop the agent cleanly (SIGTERM unpins) and start it again \
+                 to resize it",
+                path.display()
+            );
         }
     }
     Ok(())
 }
 
+/// The pin directory must be on a bpffs, or pinning fails with an obscure error.
 fn prepare_pin_dir(dir: &Path) -> Result<()> {
     fs::create_dir_all(dir).with_context(|| format!("creating pin directory {}", dir.display()))?;
     let path = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())?;

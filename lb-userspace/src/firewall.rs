@@ -314,6 +314,8 @@ impl RuleSet {
             epoch: 0,
             host_icmp_echo: Rate::per_second(fw.host.icmp_echo_rate, fw.host.icmp_echo_burst),
             host_syn_rate: Rate::per_second(fw.host.syn_rate, fw.host.syn_burst),
+            v4_base: 0,
+            _pad: 0,
         };
         set
     }
@@ -325,18 +327,27 @@ impl RuleSet {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct V4Table {
     pub groups: Vec<V4Group>,
+    /// The most groups it may take (a half of `FW_V4_TABLE`).
+    half_groups: u32,
 }
 
 impl V4Table {
     /// Longest prefix wins; of two rules on the very same prefix, the later one (the order of
     /// the config). Host bits of a prefix are ignored.
     pub fn build(prefixes: &[(Ipv4Addr, u8, FwRule)]) -> Result<Self> {
+        Self::build_within(prefixes, V4_HALF_GROUPS)
+    }
+
+    /// [`V4Table::build`] for a half of `FW_V4_TABLE` of `half_groups` groups (the agent sizes
+    /// the table for the config's rules): an error, not a truncated table, when it does not fit.
+    pub fn build_within(prefixes: &[(Ipv4Addr, u8, FwRule)], half_groups: u32) -> Result<Self> {
         // Shorter prefixes first: a longer one then overwrites the entries it covers, and a group
         // made below an entry starts with that entry's rule (the shorter prefix's answer).
         let mut order: Vec<usize> = (0..prefixes.len()).collect();
         order.sort_by_key(|&i| prefixes[i].1);
         let mut table = V4Table {
             groups: vec![[0; V4_GROUP_ENTRIES as usize]; V4_ROOT_GROUPS as usize],
+            half_groups: half_groups.clamp(V4_ROOT_GROUPS, V4_HALF_GROUPS),
         };
         for i in order {
             let (addr, len, rule) = &prefixes[i];
@@ -388,8 +399,16 @@ impl V4Table {
             return Ok((entry & !V4_ENTRY_GROUP) as usize);
         }
         let child = self.groups.len();
-        if child >= V4_HALF_GROUPS as usize {
-            bail!("the IPv4 rule table is full ({V4_CHILD_GROUPS} groups below the root); merge prefixes");
+        if child >= self.half_groups as usize {
+            let below = self.half_groups - V4_ROOT_GROUPS;
+            if self.half_groups >= V4_HALF_GROUPS {
+                bail!("the IPv4 rule table is full ({V4_CHILD_GROUPS} groups below the root); merge prefixes");
+            }
+            bail!(
+                "the IPv4 rule table is full: the agent sized it at start for the config's rules \
+                 ({below} groups below the root); put the rules in the config and restart the agent \
+                 (a restart keeps the flows and re-creates the table at the size they need)"
+            );
         }
         self.groups.push([entry; V4_GROUP_ENTRIES as usize]);
         self.groups[group][index] = V4_ENTRY_GROUP | child as u32;
@@ -441,6 +460,31 @@ impl RuleSet {
     }
 }
 
+/// Whether the IPv4 rules of `config` fit a half of `FW_V4_TABLE` of `half_groups` groups: the
+/// table's shape only depends on the prefixes. `Err` says what to do.
+pub fn v4_rules_fit(config: &Config, half_groups: u32) -> Result<(), String> {
+    let rule = FwRule {
+        id: 0,
+        action: ACTION_DROP,
+        reason: REASON_POLICY,
+        _pad: [0; 2],
+    };
+    let fw = &config.firewall;
+    let v4: Vec<(Ipv4Addr, u8, FwRule)> = fw
+        .rules
+        .iter()
+        .flat_map(|r| &r.sources)
+        .chain(&fw.bogons)
+        .filter_map(|c| match c.get_ref().addr {
+            IpAddr::V4(addr) => Some((addr, c.get_ref().len, rule)),
+            IpAddr::V6(_) => None,
+        })
+        .collect();
+    V4Table::build_within(&v4, half_groups)
+        .map(|_| ())
+        .map_err(|e| format!("{e:#}"))
+}
+
 /// Replaces the live rule set `previous` with `next` ([`apply`]), then zeroes the counters of
 /// the ids that now name another rule. Zeroed after the switch, not before: until then the old
 /// rule still counts on its id. The new rule's hits in the moment between are not counted.
@@ -480,7 +524,8 @@ pub fn apply(
             IpAddr::V6(_) => None,
         })
         .collect();
-    let table = V4Table::build(&v4).context("building the IPv4 rule table")?;
+    let half = dataplane.v4_half_groups()?;
+    let table = V4Table::build_within(&v4, half).context("building the IPv4 rule table")?;
     dataplane
         .write_v4_table(next, &table.groups)
         .context("writing the idle half of the IPv4 rule table")?;
@@ -513,6 +558,7 @@ pub fn apply(
     dataplane.set_firewall(&Firewall {
         generation: next,
         epoch: next_epoch(live.epoch),
+        v4_base: next * half,
         ..set.settings
     })?;
     dataplane.retain_host_state(&host_keys, &vip_keys, &set.host_ports)?;

@@ -15,4 +15,5 @@ pub mod http_client;
 pub mod metrics;
 pub mod neighbor;
 pub mod services;
+pub mod sizing;
 pub mod web;

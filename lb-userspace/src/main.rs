@@ -28,6 +28,18 @@ enum Command {
     },
     /// Validate a config file; every error names file, line, column and the fix.
     CheckConfig { file: PathBuf },
+    /// Load the data path's maps sized for a config (private: nothing pinned or attached) and
+    /// print the kernel memory of each, as the kernel reports it.
+    MapMemory {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Overrides agent.flow_capacity.
+        #[arg(long)]
+        flow_capacity: Option<u32>,
+        /// Print JSON (`{ "total": n, "<MAP>": n, ... }`) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Attach the trivial XDP_PASS program to an interface and pin its link at PIN.
     /// XDP_TX out of a veth only works when its peer runs an XDP program.
     AttachPass {
@@ -73,11 +85,20 @@ async fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         },
+        Command::MapMemory {
+            config,
+            flow_capacity,
+            json,
+        } => map_memory(&config, flow_capacity, json),
         Command::AttachPass { iface, pin } => dataplane::Dataplane::load(&dataplane::LoadOptions {
             flow_capacity: 1024,
+            flow_v6_capacity: None,
             nat_capacity: 1024,
             unverified_capacity: 1024,
-            ..Default::default()
+            rate_capacity: 1024,
+            fw_v4_half_groups: lb_common::maps::V4_ROOT_GROUPS,
+            pin_dir: None,
+            resize_pins: false,
         })
         .and_then(|mut dp| dp.attach_pass(&iface, &pin)),
         Command::Client(command) => cli::run(command, cli.api).await,
@@ -89,4 +110,34 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `lb map-memory`: what the maps of a config take, measured in the kernel.
+fn map_memory(
+    path: &std::path::Path,
+    flow_capacity: Option<u32>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let mut config = config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if let Some(capacity) = flow_capacity {
+        config.agent.set_flow_capacity(capacity);
+    }
+    let dataplane = dataplane::Dataplane::load(&dataplane::LoadOptions::for_config(&config, None))?;
+    let report = dataplane.map_memory(&config)?;
+    if json {
+        let mut object = serde_json::Map::new();
+        object.insert("total".into(), report.total_bytes.into());
+        for map in &report.maps {
+            object.insert(map.name.clone(), map.bytes.into());
+        }
+        println!("{}", serde_json::Value::Object(object));
+    } else {
+        println!(
+            "{}: flow_capacity {}",
+            path.display(),
+            config.agent.flow_capacity.get_ref()
+        );
+        cli::print_map_memory(&report);
+    }
+    Ok(())
 }

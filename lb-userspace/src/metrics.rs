@@ -54,6 +54,11 @@ struct CheckLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MapLabels {
+    map: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VerdictLabels {
     verdict: String,
 }
@@ -245,6 +250,45 @@ pub fn render(agent: &AgentState) -> Result<String> {
         "agent_uptime_seconds",
         "Seconds since this agent started",
         uptime,
+    );
+
+    let memory = agent.map_memory()?;
+    let map_bytes = Family::<MapLabels, Gauge>::default();
+    let map_entries = Family::<MapLabels, Gauge>::default();
+    for map in &memory.maps {
+        let labels = MapLabels {
+            map: map.name.clone(),
+        };
+        map_bytes
+            .get_or_create(&labels)
+            .set(i64::try_from(map.bytes).unwrap_or(i64::MAX));
+        map_entries
+            .get_or_create(&labels)
+            .set(i64::from(map.max_entries));
+    }
+    let total = Gauge::<i64>::default();
+    total.set(i64::try_from(memory.total_bytes).unwrap_or(i64::MAX));
+    let budget = Gauge::<i64>::default();
+    budget.set(i64::try_from(memory.budget_bytes).unwrap_or(i64::MAX));
+    registry.register(
+        "map_memory_bytes",
+        "Kernel memory of each map of the data path (memlock, as the kernel accounts it)",
+        map_bytes,
+    );
+    registry.register(
+        "map_max_entries",
+        "Entries each map of the data path was made for",
+        map_entries,
+    );
+    registry.register(
+        "map_memory_total_bytes",
+        "Kernel memory of all the data path's maps",
+        total,
+    );
+    registry.register(
+        "map_memory_budget_bytes",
+        "agent.map_memory_budget_mib, in bytes",
+        budget,
     );
 
     if let Some(database) = &agent.database {

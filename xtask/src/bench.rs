@@ -7,6 +7,7 @@
 //! - per-packet: BPF_PROG_TEST_RUN -> `per_packet_ns`;
 //! - http: wrk through web1, HAProxy, nginx, XDP DSR, XDP NAT in a lab `lbb-ht-` -> `http`;
 //! - flood: legit req/s under a bounded flood in a lab `lbb-fl-` -> `flood`;
+//! - map-memory: the kernel memory of each map for the lab's agent config -> `map_memory_bytes`;
 //! - summary: every table, the target ratios, and the chart `target/bench/results.svg`.
 //!
 //! A part that fails writes nulls and its reason, and the others still run.
@@ -51,6 +52,10 @@ const PARTS: &[Part] = &[
     Part {
         name: "flood (legit req/s under a bounded flood)",
         run: flood,
+    },
+    Part {
+        name: "map memory (the lab config's maps, memlock from the kernel)",
+        run: map_memory,
     },
     Part {
         name: "summary (targets, chart)",
@@ -132,6 +137,10 @@ fn http(ctx: &Ctx) -> Result<()> {
 
 fn flood(ctx: &Ctx) -> Result<()> {
     lb_bench(ctx, "flood", true)
+}
+
+fn map_memory(ctx: &Ctx) -> Result<()> {
+    lb_bench(ctx, "map-memory", false)
 }
 
 fn summary(ctx: &Ctx) -> Result<()> {

@@ -151,12 +151,21 @@ pub fn api_token_file(lab: &Lab) -> PathBuf {
 /// [`write_agent_config`] with health checks, an API token or the database service.
 pub fn write_agent_config_with(lab: &Lab, options: &AgentOptions) -> Result<PathBuf> {
     let path = lab.dir().join("lb.toml");
+    let token_file = api_token_file(lab);
+    if let Some(token) = &options.api_token {
+        std::fs::write(&token_file, format!("{token}\n"))?;
+    }
+    let text = agent_config_text(&pin_dir(lab), &token_file, options);
+    std::fs::write(&path, text)?;
+    Ok(path)
+}
+
+/// The text of the lab's agent config ([`write_agent_config_with`]) with these pins and token
+/// file (used only with [`AgentOptions::api_token`]): the bench and the map memory test size
+/// the maps of the lab's own config with it.
+pub fn agent_config_text(pins: &Path, token_file: &Path, options: &AgentOptions) -> String {
     let api = match &options.api_token {
-        Some(token) => {
-            let file = api_token_file(lab);
-            std::fs::write(&file, format!("{token}\n"))?;
-            format!("\n[api]\ntoken_file = \"{}\"\n", file.display())
-        }
+        Some(_) => format!("\n[api]\ntoken_file = \"{}\"\n", token_file.display()),
         None => String::new(),
     };
     let web_health = options
@@ -220,7 +229,7 @@ pub fn write_agent_config_with(lab: &Lab, options: &AgentOptions) -> Result<Path
         String::new()
     };
     let db = firewall + &db + &app;
-    let text = format!(
+    format!(
         r#"# Written by the lab (xtask/src/stack.rs).
 [agent]
 interface = "eth0"
@@ -257,15 +266,13 @@ name = "web2"
 address = "{web2}"
 port = 80
 {db}"#,
-        pins = pin_dir(lab).display(),
+        pins = pins.display(),
         vip = addr::VIP_HTTP,
         web1 = addr::WEB1,
         web2 = addr::WEB2,
         snat = addr::LB_SNAT,
         nat_port = NAT_PORT,
-    );
-    std::fs::write(&path, text)?;
-    Ok(path)
+    )
 }
 
 /// MariaDB on a db host as a standalone writable server (see [`start_mariadb_node`]).

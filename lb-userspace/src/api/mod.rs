@@ -305,6 +305,10 @@ async fn status(State(state): State<SharedState>) -> Result<Json<Status>, ApiErr
         traffic,
         verdicts,
         database: agent.database.clone(),
+        map_memory: agent
+            .map_memory()
+            .inspect_err(|e| log::warn!("status: reading the kernel memory of the maps: {e:#}"))
+            .ok(),
     }))
 }
 

@@ -197,7 +197,12 @@ pub fn document() -> Value {
                             "role": { "type": "string", "enum": ["primary", "replica", "lagging", "standby", "fenced", "diverged", "down", "unknown"] },
                             "reachable": { "type": "boolean" }, "read_only": { "type": "boolean", "nullable": true }, "lag_s": { "type": "integer", "nullable": true },
                             "gtid": { "type": "string", "nullable": true }, "semi_sync": { "type": "boolean", "nullable": true },
-                            "replicating_from": { "type": "string", "nullable": true }, "error": { "type": "string", "nullable": true } } } } } } } },
+                            "replicating_from": { "type": "string", "nullable": true }, "error": { "type": "string", "nullable": true } } } } } },
+                    "map_memory": { "type": "object", "nullable": true, "description": "kernel memory of every map (memlock of its fdinfo), largest first", "properties": {
+                        "total_bytes": { "type": "integer" }, "budget_bytes": { "type": "integer", "description": "agent.map_memory_budget_mib in bytes" },
+                        "maps": { "type": "array", "items": { "type": "object", "properties": {
+                            "name": { "type": "string" }, "bytes": { "type": "integer" }, "max_entries": { "type": "integer" },
+                            "wanted_entries": { "type": "integer", "description": "present when the config wants another size than the loaded map has: a clean stop and start applies it" } } } } } } } },
                 "Service": { "type": "object", "properties": {
                     "name": { "type": "string" }, "vip": { "type": "string" }, "port": { "type": "integer" }, "protocol": { "type": "string", "enum": ["tcp", "udp"] },
                     "mode": { "type": "string", "enum": ["dsr", "nat"] }, "algorithm": { "type": "string" }, "health_check": { "type": "string", "nullable": true },

@@ -29,6 +29,10 @@ pub struct Status {
     /// The database cluster's roles and failovers; `None` without a `[database]` section.
     #[serde(default)]
     pub database: Option<crate::db::DatabaseStatus>,
+    /// The kernel memory of every map of the data path (the kernel's own figures), largest
+    /// first; `None` from an agent before this field, or if the kernel could not be asked.
+    #[serde(default)]
+    pub map_memory: Option<crate::sizing::MemoryReport>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

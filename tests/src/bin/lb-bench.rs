@@ -40,6 +40,15 @@ enum Cmd {
     Http(LabArgs),
     /// Legit HTTP under a bounded flood: none, nftables, our XDP rule (a lab `lbb-fl-`).
     Flood(LabArgs),
+    /// The kernel memory of every map, loaded (privately) for the lab's own agent config
+    /// (`map_memory_bytes`: `{ "total": n, "<MAP>": n, ... }`).
+    MapMemory {
+        #[arg(long, default_value = "target/bench/results.json")]
+        out: PathBuf,
+        /// Overrides the config's agent.flow_capacity.
+        #[arg(long)]
+        flow_capacity: Option<u32>,
+    },
     /// Print every part's table and the target ratios; write the chart (results.svg).
     Summary {
         #[arg(long, default_value = "target/bench/results.json")]
@@ -157,6 +166,7 @@ fn main() -> Result<()> {
         Some(Cmd::Http(args)) => http_main(args),
         Some(Cmd::Flood(args)) => flood_main(args),
         Some(Cmd::Summary { out }) => summary::run(&out),
+        Some(Cmd::MapMemory { out, flow_capacity }) => map_memory_main(&out, flow_capacity),
         Some(Cmd::Latency {
             url,
             rate,
@@ -272,6 +282,55 @@ fn flood_main(args: LabArgs) -> Result<()> {
     if failed {
         bail!("the flood part failed (null + reason written)");
     }
+    Ok(())
+}
+
+/// `map_memory_bytes`: the maps of the lab's agent config (xtask `stack::full_stack_options`,
+/// what `cargo xtask run` writes), loaded without pins, their memory read from the kernel.
+fn map_memory_main(out: &std::path::Path, flow_capacity: Option<u32>) -> Result<()> {
+    use lb_userspace::{config, dataplane, sizing};
+    let text = xtask::stack::agent_config_text(
+        std::path::Path::new("/sys/fs/bpf/lb"),
+        std::path::Path::new("/run/lb-api-token"),
+        &xtask::stack::full_stack_options("token"),
+    );
+    let mut config = config::parse(std::path::Path::new("lab lb.toml"), &text)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    if let Some(capacity) = flow_capacity {
+        config.agent.set_flow_capacity(capacity);
+    }
+    let dataplane = dataplane::Dataplane::load(&dataplane::LoadOptions::for_config(&config, None))?;
+    let report = dataplane.map_memory(&config)?;
+    let mut bytes = Map::new();
+    bytes.insert("total".into(), json!(report.total_bytes));
+    for map in &report.maps {
+        bytes.insert(map.name.clone(), json!(map.bytes));
+        println!(
+            "{:<18} {:>10}  {:>9} entries",
+            map.name,
+            sizing::mib(map.bytes),
+            map.max_entries
+        );
+    }
+    println!(
+        "total {} (flow_capacity {})",
+        sizing::mib(report.total_bytes),
+        config.agent.flow_capacity.get_ref()
+    );
+    let mut sections = Map::new();
+    sections.insert("map_memory_bytes".into(), Value::Object(bytes));
+    sections.insert(
+        "map_memory_detail".into(),
+        json!({
+            "config": "the lab's agent config (xtask stack::full_stack_options)",
+            "flow_capacity": config.agent.flow_capacity.get_ref(),
+            "source": "memlock of each map's /proc/self/fdinfo",
+            "max_entries": report.maps.iter().map(|m| (m.name.clone(), json!(m.max_entries))).collect::<Map<String, Value>>(),
+            "timestamp": system::timestamp_utc(),
+        }),
+    );
+    report::merge_into(out, sections)?;
+    println!("results: {}", out.display());
     Ok(())
 }
 
