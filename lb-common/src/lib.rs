@@ -43,13 +43,17 @@ pub const NAT_PORT_TRIES: u32 = 8;
 pub const NAT_TAKEOVER_TRIES: u32 = 2;
 
 /// Names of the maps and programs in the object, used by both sides.
-/// Indexes of the programs `lb` tail-calls (map `CALLS`): ICMP errors about a flow.
-pub const CALL_ICMP_ERROR: u32 = 0;
-pub const CALL_COUNT: u32 = 1;
+/// Indexes of the programs `lb` tail-calls (map `CALLS`): the slow road (fragments, frames to
+/// a group MAC, ICMP errors).
+pub const CALL_SLOW_ROAD: u32 = 0;
+/// Every packet the common IPv4 road does not take (`process` in lb-ebpf).
+pub const CALL_GENERIC_ROAD: u32 = 1;
+pub const CALL_COUNT: u32 = 2;
 
 pub mod names {
     pub const PROGRAM_LB: &str = "lb";
-    pub const PROGRAM_ICMP_ERROR: &str = "lb_icmp_error";
+    pub const PROGRAM_SLOW_ROAD: &str = "lb_slow_road";
+    pub const PROGRAM_GENERIC_ROAD: &str = "lb_generic_road";
     pub const CALLS: &str = "CALLS";
     pub const PROGRAM_PASS: &str = "xdp_pass";
     pub const PROGRAM_TX: &str = "xdp_tx";
@@ -79,7 +83,9 @@ pub mod names {
     pub const HOST_PORTS: &str = "HOST_PORTS";
     pub const VIPS: &str = "VIPS";
     /// Every map the agent pins and adopts across restarts.
-    pub const PINNED_MAPS: [&str; 22] = [
+    pub const PINNED_MAPS: [&str; 23] = [
+        // Pinned so that the programs it names stay reachable through a restart of the agent.
+        CALLS,
         SERVICES,
         BACKENDS,
         FLOW_CACHE_EPOCH,

@@ -3,7 +3,7 @@
 //! packet fuzzer runs every frame through the real program and through [`decide`] with the same
 //! configuration and compares the two.
 //!
-//! Covered: parsing (Ethernet, one 802.1Q/802.1ad tag, IPv4 with IHL / total-length / fragment
+//! Covered: parsing (Ethernet, up to two 802.1Q/802.1ad tags, IPv4 with IHL / total-length / fragment
 //! checks, IPv6 without extension headers, TCP/UDP ports and flags, ICMP type, truncations), the
 //! firewall (TCP flag checks, source == destination, fragments to VIPs, global CIDR rules with
 //! longest-prefix precedence and allow/drop/log actions, bogons, per-service and per-host-port
@@ -183,6 +183,10 @@ pub struct Packet {
     pub tcp_flags: u8,
     pub icmp_type: u8,
     pub fragment: bool,
+    /// A fragment other than the first: no L4 header.
+    pub later_fragment: bool,
+    /// Sent to a multicast or broadcast MAC address.
+    pub to_group: bool,
     /// Offsets of the IP and the L4 header.
     pub l3: usize,
     pub l4: usize,
@@ -364,7 +368,16 @@ fn route(
 ) -> Result<Action, Verdict> {
     screen(packet, config)?;
     if packet.fragment {
+        // Only the first fragment has ports: the host policy judges it; none is balanced.
+        let verdict = host_policy(packet, config);
+        if !packet.later_fragment && verdict.is_drop() {
+            return Err(verdict);
+        }
         return Err(Verdict::PassFragment);
+    }
+    if packet.to_group {
+        // Every load balancer on the segment would forward a frame sent to a group.
+        return Err(host_policy(packet, config));
     }
     let key = &packet.key;
     let syn = is_new_connection(packet);
@@ -406,26 +419,34 @@ fn forward(service: usize, flow: Option<Flow>, config: &Config) -> Action {
     }
 }
 
-/// Ethernet, at most one VLAN tag, IPv4 or IPv6, then what the rest needs of L4.
+/// Ethernet, at most two VLAN tags (a third is malformed), IPv4 or IPv6, then what the rest
+/// needs of L4 (a first fragment has it too).
 pub fn parse(frame: &[u8]) -> Result<Packet, Verdict> {
     if frame.len() < ETH_LEN {
         return Err(Verdict::PassNotIp);
     }
+    let is_tag = |ether_type: u16| ether_type == 0x8100 || ether_type == 0x88A8;
     let mut ether_type = be16(frame, 12);
     let mut l3 = ETH_LEN;
-    if ether_type == 0x8100 || ether_type == 0x88A8 {
-        if frame.len() < ETH_LEN + VLAN_LEN {
-            return Err(Verdict::PassNotIp);
+    for _ in 0..2 {
+        if is_tag(ether_type) {
+            if frame.len() < l3 + VLAN_LEN {
+                return Err(Verdict::PassNotIp);
+            }
+            ether_type = be16(frame, l3 + 2);
+            l3 += VLAN_LEN;
         }
-        ether_type = be16(frame, 16);
-        l3 += VLAN_LEN;
+    }
+    if is_tag(ether_type) {
+        return Err(Verdict::DropMalformed);
     }
     let mut packet = match ether_type {
         0x0800 => parse_ipv4(frame, l3)?,
         0x86DD => parse_ipv6(frame, l3)?,
         _ => return Err(Verdict::PassNotIp),
     };
-    if packet.fragment {
+    packet.to_group = frame[0] & 1 != 0;
+    if packet.later_fragment {
         return Ok(packet);
     }
     // L4 fields are read from the frame as it is (its end, not the IP length, bounds them).
@@ -480,6 +501,8 @@ fn parse_ipv4(frame: &[u8], l3: usize) -> Result<Packet, Verdict> {
         tcp_flags: 0,
         icmp_type: 0,
         fragment,
+        later_fragment: be16(ip, 6) & 0x1FFF != 0,
+        to_group: false,
         l3,
         l4: l3 + header_len,
     })
@@ -510,6 +533,8 @@ fn parse_ipv6(frame: &[u8], l3: usize) -> Result<Packet, Verdict> {
         tcp_flags: 0,
         icmp_type: 0,
         fragment: false,
+        later_fragment: false,
+        to_group: false,
         l3,
         l4: l3 + IPV6_LEN,
     })

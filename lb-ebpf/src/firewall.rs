@@ -220,6 +220,20 @@ pub fn recheck(packet: &Packet, flow: &Established, fw: &Firewall) -> Result<(),
     Ok(())
 }
 
+/// A fragment is never balanced (only the first has ports). The first is judged by the host
+/// policy on its ports like any packet to the host; the others pass, as the kernel cannot
+/// reassemble them without the first.
+#[inline(always)]
+pub fn fragment(packet: &Packet, fw: &Firewall) -> Verdict {
+    if !packet.later_fragment {
+        let verdict = host_policy(packet, fw);
+        if verdict.is_drop() {
+            return verdict;
+        }
+    }
+    Verdict::PassFragment
+}
+
 /// Traffic that is neither for a service nor a NAT reply. To the host's own addresses, under
 /// the host policy: open ports (with their source rules), replies to the host's own
 /// connections, ICMP (echo requests rate limited); anything else is dropped. Other traffic is

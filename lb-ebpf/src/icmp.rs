@@ -16,7 +16,6 @@ use core::mem::offset_of;
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::maps::{FlowKey, NatReverse, Verdict, FAMILY_V4, MODE_NAT, PROTO_TCP, PROTO_UDP};
-use lb_common::CALL_ICMP_ERROR;
 use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
 
 use crate::{
@@ -24,7 +23,7 @@ use crate::{
     checksum::Delta,
     conntrack::{self, Clock},
     forward::rewrite_eth,
-    maps::{CALLS, NAT_REVERSE},
+    maps::NAT_REVERSE,
     parse::{bytes_at, load16, load32, store16, store32, Packet, PROTO_ICMP, PROTO_ICMPV6},
 };
 
@@ -48,17 +47,6 @@ struct Quoted {
     l3: usize,
     l4: usize,
     key: FlowKey,
-}
-
-/// Hands an ICMP error to the program `lb_icmp_error` (a tail call: errors are rare, and their
-/// handling inlined into `lb` overflowed its 512-byte stack). Returns only if that program is
-/// not installed; the error then goes on as any other ICMP packet.
-#[inline(always)]
-pub fn hand_over(ctx: &XdpContext, packet: &Packet) {
-    if is_error(packet) {
-        // SAFETY: the context is the program's own, and the array holds only XDP programs.
-        unsafe { CALLS.tail_call(ctx, CALL_ICMP_ERROR) };
-    }
 }
 
 /// The verdict for an ICMP error about a live flow, after sending it on; `None` for any other
@@ -116,7 +104,7 @@ pub fn follow_flow(ctx: &XdpContext, packet: &Packet, clock: &Clock) -> Option<V
 /// Destination unreachable (fragmentation needed among them), time exceeded; for IPv6 also
 /// packet too big.
 #[inline(always)]
-fn is_error(packet: &Packet) -> bool {
+pub fn is_error(packet: &Packet) -> bool {
     let t = packet.icmp_type;
     if packet.key.family == FAMILY_V4 {
         packet.key.proto == PROTO_ICMP && (t == ICMP_DEST_UNREACH || t == ICMP_TIME_EXCEEDED)

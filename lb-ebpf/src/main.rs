@@ -28,9 +28,13 @@ use aya_ebpf::{
     macros::xdp,
     programs::XdpContext,
 };
-use lb_common::maps::{Firewall, Verdict, MODE_NAT, PROTO_TCP, STATE_ESTABLISHED};
+use lb_common::{
+    maps::{Firewall, Verdict, MODE_NAT, PROTO_TCP, STATE_ESTABLISHED},
+    CALL_GENERIC_ROAD, CALL_SLOW_ROAD,
+};
 
 use balance::Target;
+use maps::CALLS;
 use parse::Packet;
 
 #[xdp]
@@ -41,39 +45,64 @@ pub fn lb(ctx: XdpContext) -> u32 {
     // Most traffic is IPv4 TCP/UDP without options: it takes a shorter road to the same verdict.
     let verdict = match parse::parse_common_ipv4(&ctx) {
         Some(packet) => process_common_ipv4(&ctx, &packet),
-        None => process(&ctx),
+        None => {
+            // Any other packet takes the generic road, a program of its own (a tail call: both
+            // roads inlined here overflowed the 512-byte stack).
+            // SAFETY: the context is the program's own; `CALLS` holds only XDP programs.
+            unsafe { CALLS.tail_call(&ctx, CALL_GENERIC_ROAD) };
+            // Only until an agent fills `CALLS`.
+            Verdict::PassNotIp
+        }
     };
     stats::count_verdict(verdict, bytes);
-    match verdict {
-        Verdict::ForwardDsr | Verdict::ForwardNat | Verdict::NatReply | Verdict::ForwardIcmp => {
-            XDP_TX
-        }
-        _ if verdict.is_drop() => XDP_DROP,
-        _ => XDP_PASS,
-    }
+    action(verdict)
 }
 
-/// ICMP errors about a flow, handed over by `lb` (`icmp.rs`) after its firewall screen.
+/// The generic road (`process`): packets the common road does not take, handed over by `lb`.
 #[xdp]
-pub fn lb_icmp_error(ctx: XdpContext) -> u32 {
+pub fn lb_generic_road(ctx: XdpContext) -> u32 {
     let bytes = (ctx.data_end() - ctx.data()) as u64;
-    let verdict = icmp_error(&ctx);
+    let verdict = process(&ctx);
+    stats::count_verdict(verdict, bytes);
+    action(verdict)
+}
+
+/// The slow road: packets `lb` hands over (a tail call, so a fresh stack: inlined into `lb`,
+/// this overflowed its 512 bytes) after its firewall screen. They are rare and never balanced:
+/// fragments, frames sent to a group MAC, and ICMP errors, which may belong to a flow.
+#[xdp]
+pub fn lb_slow_road(ctx: XdpContext) -> u32 {
+    let bytes = (ctx.data_end() - ctx.data()) as u64;
+    let verdict = slow_road(&ctx);
     stats::count_verdict(verdict, bytes);
     action(verdict)
 }
 
 #[inline(always)]
-fn icmp_error(ctx: &XdpContext) -> Verdict {
+fn slow_road(ctx: &XdpContext) -> Verdict {
     let packet = match parse::parse(ctx) {
         Ok(packet) => packet,
         Err(verdict) => return verdict,
     };
-    let (fw, clock) = match (firewall::settings(), conntrack::clock()) {
-        (Ok(fw), Ok(clock)) => (fw, clock),
-        (Err(verdict), _) | (_, Err(verdict)) => return verdict,
+    let fw = match firewall::settings() {
+        Ok(fw) => fw,
+        Err(verdict) => return verdict,
     };
-    // Not about a live flow: what `lb` does with any ICMP packet that is not a service's.
-    icmp::follow_flow(ctx, &packet, &clock).unwrap_or_else(|| firewall::host_policy(&packet, fw))
+    if packet.fragment {
+        return firewall::fragment(&packet, fw);
+    }
+    // Every load balancer on the segment would forward a frame sent to a group.
+    if !packet.to_group {
+        let clock = match conntrack::clock() {
+            Ok(clock) => clock,
+            Err(verdict) => return verdict,
+        };
+        if let Some(verdict) = icmp::follow_flow(ctx, &packet, &clock) {
+            return verdict;
+        }
+    }
+    // What `lb` does with any packet that is no service's and no NAT reply.
+    firewall::host_policy(&packet, fw)
 }
 
 #[inline(always)]
@@ -141,10 +170,16 @@ fn process(ctx: &XdpContext) -> Verdict {
     if let Err(verdict) = firewall::screen(&packet, fw) {
         return verdict;
     }
-    if packet.fragment {
-        return Verdict::PassFragment;
+    if packet.fragment || packet.to_group || icmp::is_error(&packet) {
+        // SAFETY: the context is the program's own; `CALLS` holds only XDP programs.
+        unsafe { CALLS.tail_call(ctx, CALL_SLOW_ROAD) };
+        // Only until an agent fills `CALLS`: none of these is balanced.
+        return if packet.fragment {
+            Verdict::PassFragment
+        } else {
+            Verdict::PassNoService
+        };
     }
-    icmp::hand_over(ctx, &packet);
     let clock = match conntrack::clock() {
         Ok(clock) => clock,
         Err(verdict) => return verdict,

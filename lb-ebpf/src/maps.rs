@@ -116,7 +116,8 @@ pub static HOST_PORTS: HashMap<HostPort, u32> = HashMap::with_max_entries(256, 0
 pub static VIPS: HashMap<AddrKey, u8> = HashMap::with_max_entries(MAX_SERVICES, 0);
 
 /// Programs `lb` hands a packet to (tail calls), by `lb_common::CALL_*` index: each starts with
-/// a fresh stack. Filled by the agent at load time; not pinned, as it holds this load's programs.
+/// a fresh stack. Filled by the agent at load time; pinned, so a program attached by an agent
+/// that has exited still finds them (a new agent puts its own in).
 #[map]
 pub static CALLS: ProgramArray = ProgramArray::with_max_entries(lb_common::CALL_COUNT, 0);
 

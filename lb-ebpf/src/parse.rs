@@ -47,6 +47,11 @@ pub struct Packet {
     pub icmp_type: u8,
     /// An IPv4 fragment: only the first one has ports, so none is balanced.
     pub fragment: bool,
+    /// A fragment other than the first: it carries no L4 header.
+    pub later_fragment: bool,
+    /// Sent to a multicast or broadcast MAC address: never balanced (every load balancer on
+    /// the segment would forward it).
+    pub to_group: bool,
 }
 
 /// The common case: an IPv4 TCP or UDP packet without IP options that is not a fragment. Its
@@ -74,6 +79,8 @@ impl Ipv4Packet {
             tcp_flags: self.tcp_flags,
             icmp_type: 0,
             fragment: false,
+            later_fragment: false,
+            to_group: false,
         }
     }
 }
@@ -84,6 +91,10 @@ impl Ipv4Packet {
 pub fn parse_common_ipv4(ctx: &XdpContext) -> Option<Ipv4Packet> {
     let len = ctx.data_end() - ctx.data();
     let eth = bytes_at(ctx, 0, EthHdr::LEN)?;
+    // SAFETY: bounds checked by `bytes_at`; the group bit of the destination MAC.
+    if unsafe { *eth } & 1 != 0 {
+        return None;
+    }
     let mut l3 = EthHdr::LEN;
     let mut ether_type = load16(eth.wrapping_add(offset_of!(EthHdr, ether_type)));
     if ether_type == ETH_P_8021Q.to_be() || ether_type == ETH_P_8021AD.to_be() {
@@ -189,7 +200,7 @@ fn load_addr6(p: *const u8) -> [u32; 4] {
     ]
 }
 
-/// Parses Ethernet (with at most one 802.1Q/802.1ad tag), IPv4 or IPv6, then the ports of TCP
+/// Parses Ethernet (with at most two 802.1Q/802.1ad tags: QinQ), IPv4 or IPv6, then the ports of TCP
 /// and UDP, the flags of TCP and the type of ICMP. `Err` carries the verdict for frames that
 /// are not IP (passed) or lie about their lengths (dropped).
 #[inline(always)]
@@ -198,11 +209,17 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, Verdict> {
     let eth = bytes_at(ctx, 0, EthHdr::LEN).ok_or(Verdict::PassNotIp)?;
     let mut l3 = EthHdr::LEN;
     let mut ether_type = u16::from_be(load16(eth.wrapping_add(offset_of!(EthHdr, ether_type))));
+    for _ in 0..2 {
+        if ether_type == ETH_P_8021Q || ether_type == ETH_P_8021AD {
+            // The inner EtherType is the last two bytes of the tag.
+            let tag = bytes_at(ctx, l3, VLAN_TAG_LEN).ok_or(Verdict::PassNotIp)?;
+            ether_type = u16::from_be(load16(tag.wrapping_add(2)));
+            l3 += VLAN_TAG_LEN;
+        }
+    }
+    // A third tag: nothing a host is sent; passed, it would skip the firewall.
     if ether_type == ETH_P_8021Q || ether_type == ETH_P_8021AD {
-        // The inner EtherType is the last two bytes of the tag.
-        let tag = bytes_at(ctx, l3, VLAN_TAG_LEN).ok_or(Verdict::PassNotIp)?;
-        ether_type = u16::from_be(load16(tag.wrapping_add(2)));
-        l3 += VLAN_TAG_LEN;
+        return Err(Verdict::DropMalformed);
     }
 
     // Built in place: the key is filled where it stays, not assembled and then copied.
@@ -214,14 +231,24 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, Verdict> {
         tcp_flags: 0,
         icmp_type: 0,
         fragment: false,
+        later_fragment: false,
+        // SAFETY: bounds checked by `bytes_at`; the group bit of the destination MAC.
+        to_group: unsafe { *eth } & 1 != 0,
     };
     packet.l4 = match ether_type {
-        ETH_P_IP => parse_ipv4(ctx, l3, len, &mut packet.key, &mut packet.fragment)?,
+        ETH_P_IP => parse_ipv4(
+            ctx,
+            l3,
+            len,
+            &mut packet.key,
+            (&mut packet.fragment, &mut packet.later_fragment),
+        )?,
         ETH_P_IPV6 => parse_ipv6(ctx, l3, len, &mut packet.key)?,
         _ => return Err(Verdict::PassNotIp),
     };
-    let (fragment, l4) = (packet.fragment, packet.l4);
-    if fragment {
+    // The first fragment has the L4 header (the host policy reads it); the others do not.
+    let (later_fragment, l4) = (packet.later_fragment, packet.l4);
+    if later_fragment {
         return Ok(packet);
     }
 
@@ -258,7 +285,7 @@ fn parse_ipv4(
     l3: usize,
     len: usize,
     key: &mut FlowKey,
-    fragment: &mut bool,
+    (fragment, later_fragment): (&mut bool, &mut bool),
 ) -> Result<usize, Verdict> {
     let ip = bytes_at(ctx, l3, Ipv4Hdr::LEN).ok_or(Verdict::DropMalformed)?;
     // SAFETY: bounds checked by `bytes_at`.
@@ -273,7 +300,9 @@ fn parse_ipv4(
         return Err(Verdict::DropMalformed);
     }
     // More-fragments flag or a fragment offset.
-    *fragment = u16::from_be(load16(ip.wrapping_add(offset_of!(Ipv4Hdr, frags)))) & 0x3FFF != 0;
+    let frags = u16::from_be(load16(ip.wrapping_add(offset_of!(Ipv4Hdr, frags))));
+    *fragment = frags & 0x3FFF != 0;
+    *later_fragment = frags & 0x1FFF != 0;
     key.family = FAMILY_V4;
     // SAFETY: bounds checked by `bytes_at`.
     key.proto = unsafe { *ip.wrapping_add(offset_of!(Ipv4Hdr, proto)) };

@@ -189,7 +189,8 @@ impl Dataplane {
             .context("loading the XDP object (maps) into the kernel")?;
         for name in [
             names::PROGRAM_LB,
-            names::PROGRAM_ICMP_ERROR,
+            names::PROGRAM_SLOW_ROAD,
+            names::PROGRAM_GENERIC_ROAD,
             names::PROGRAM_PASS,
             names::PROGRAM_TX,
         ] {
@@ -1001,17 +1002,25 @@ fn rule_counters(map: &aya::maps::Map, id: u32) -> Result<RuleCounters> {
 
 /// Fills `CALLS` with the programs `lb` hands packets to (lb-common `CALL_*`).
 fn install_tail_calls(ebpf: &mut Ebpf) -> Result<()> {
-    let program: &Xdp = ebpf
-        .program(names::PROGRAM_ICMP_ERROR)
-        .with_context(|| format!("program `{}` missing", names::PROGRAM_ICMP_ERROR))?
-        .try_into()?;
-    let fd = program.fd()?.try_clone()?;
+    let mut fds = Vec::new();
+    for (index, name) in [
+        (lb_common::CALL_SLOW_ROAD, names::PROGRAM_SLOW_ROAD),
+        (lb_common::CALL_GENERIC_ROAD, names::PROGRAM_GENERIC_ROAD),
+    ] {
+        let program: &Xdp = ebpf
+            .program(name)
+            .with_context(|| format!("program `{name}` missing"))?
+            .try_into()?;
+        fds.push((index, name, program.fd()?.try_clone()?));
+    }
     let mut calls = ProgramArray::try_from(
         ebpf.map_mut(names::CALLS)
             .with_context(|| format!("map {} missing", names::CALLS))?,
     )?;
-    calls
-        .set(lb_common::CALL_ICMP_ERROR, &fd, 0)
-        .context("installing the ICMP error program")?;
+    for (index, name, fd) in fds {
+        calls
+            .set(index, &fd, 0)
+            .with_context(|| format!("installing program `{name}` in {}", names::CALLS))?;
+    }
     Ok(())
 }

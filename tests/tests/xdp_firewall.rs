@@ -271,6 +271,91 @@ sources = ["10.9.0.0/16", "fd09::/32"]
 port = 9876
 "#;
 
+/// `frame` with VLAN tags (TPIDs, outermost first) inserted after its MAC addresses.
+fn tagged(frame: &[u8], tpids: &[u16]) -> Vec<u8> {
+    let mut out = frame[..12].to_vec();
+    for (i, tpid) in tpids.iter().enumerate() {
+        out.extend(tpid.to_be_bytes());
+        out.extend((100 + i as u16).to_be_bytes());
+    }
+    out.extend(&frame[12..]);
+    out
+}
+
+/// `frame` (untagged IPv4) with the flags / fragment-offset field set.
+fn with_frags(mut frame: Vec<u8>, frags: u16) -> Vec<u8> {
+    frame[20..22].copy_from_slice(&frags.to_be_bytes());
+    frame
+}
+
+/// Ways around the host policy that once passed unfiltered: fragments, QinQ, frames sent to a
+/// group MAC address.
+#[test]
+#[ignore = "needs root"]
+fn fragments_qinq_and_group_frames_meet_the_host_policy() {
+    let h = harness(HOST_POLICY, "");
+    let closed = syn("10.8.1.1", 1000, "10.0.0.2", 23);
+    let before = h.verdict_count(Verdict::DropHostPolicy);
+    // Fragments: the first carries the ports and is judged on them; the rest pass (the kernel
+    // cannot reassemble them without the first).
+    assert_action(
+        &h,
+        &with_frags(closed.clone(), 0x2000),
+        XDP_DROP,
+        "first fragment, closed port",
+    );
+    assert_action(
+        &h,
+        &with_frags(syn("10.9.1.1", 1000, "10.0.0.2", 22), 0x2000),
+        XDP_PASS,
+        "first fragment, open port",
+    );
+    assert_action(
+        &h,
+        &with_frags(closed.clone(), 0x00B9),
+        XDP_PASS,
+        "later fragment",
+    );
+    // QinQ: the same policy behind two tags; a third tag is malformed.
+    assert_action(
+        &h,
+        &tagged(&closed, &[0x88A8, 0x8100]),
+        XDP_DROP,
+        "QinQ, closed port",
+    );
+    assert_action(
+        &h,
+        &tagged(&syn("10.9.1.1", 1000, "10.0.0.2", 22), &[0x88A8, 0x8100]),
+        XDP_PASS,
+        "QinQ, open port",
+    );
+    let malformed = h.verdict_count(Verdict::DropMalformed);
+    assert_action(
+        &h,
+        &tagged(&closed, &[0x88A8, 0x8100, 0x8100]),
+        XDP_DROP,
+        "three tags",
+    );
+    assert_eq!(h.verdict_count(Verdict::DropMalformed), malformed + 1);
+    assert_eq!(h.verdict_count(Verdict::DropHostPolicy), before + 2);
+    // A VIP's packet behind two tags is still balanced.
+    let to_vip = syn("10.5.0.1", 2000, "10.0.0.100", 80);
+    assert_action(
+        &h,
+        &tagged(&to_vip, &[0x88A8, 0x8100]),
+        XDP_TX,
+        "QinQ to a VIP",
+    );
+    // Sent to the broadcast or a multicast MAC: never balanced (every load balancer on the
+    // segment would forward it), judged as traffic to the host.
+    for group in [[0xFF; 6], [0x01, 0x00, 0x5E, 0, 0, 1]] {
+        let mut frame = syn("10.5.0.1", 2001, "10.0.0.100", 80);
+        frame[0..6].copy_from_slice(&group);
+        assert_action(&h, &frame, XDP_DROP, "a VIP's SYN to a group MAC");
+    }
+    assert_eq!(h.verdict_count(Verdict::DropHostPolicy), before + 4);
+}
+
 #[test]
 fn the_host_only_takes_open_ports_replies_and_limited_echo() {
     if !require_root("the_host_only_takes_open_ports_replies_and_limited_echo") {
