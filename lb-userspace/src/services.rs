@@ -97,6 +97,14 @@ impl ServiceEntry {
         weighted_round_robin(&eligible, RING_SLOTS as usize)
     }
 
+    /// NAT mode: how many source ports the service can hold at once, `min..=max` towards each
+    /// of its backends from its one SNAT address (a reply is told apart by backend address and
+    /// port, SNAT address and port). `None` in DSR mode.
+    pub fn nat_ports_available(&self, min: u16, max: u16) -> Option<u64> {
+        let per_backend = (u64::from(max) + 1).saturating_sub(u64::from(min));
+        (self.mode == Mode::Nat).then(|| per_backend * self.backends.len() as u64)
+    }
+
     fn ring_offset(&self, table: u32) -> u32 {
         (self.id * RING_TABLES_PER_SERVICE + table) * RING_SLOTS
     }
