@@ -314,6 +314,9 @@ pub struct Counters {
     pub packets: u64,
     pub bytes: u64,
     pub new_flows: u64,
+    /// `SERVICE_STATS` only: new flows of the service dropped as `drop_nat_ports_exhausted`
+    /// (0 in the other maps).
+    pub nat_ports_exhausted: u64,
 }
 
 impl Counters {
@@ -321,6 +324,9 @@ impl Counters {
         self.packets = self.packets.wrapping_add(other.packets);
         self.bytes = self.bytes.wrapping_add(other.bytes);
         self.new_flows = self.new_flows.wrapping_add(other.new_flows);
+        self.nat_ports_exhausted = self
+            .nat_ports_exhausted
+            .wrapping_add(other.nat_ports_exhausted);
     }
 }
 
@@ -359,7 +365,7 @@ const _: () = assert!(core::mem::size_of::<Flow>() == 44);
 const _: () = assert!(core::mem::size_of::<CachedFlowV4>() == 48);
 const _: () = assert!(core::mem::size_of::<NatReverse>() == 56);
 const _: () = assert!(core::mem::size_of::<Settings>() == 24);
-const _: () = assert!(core::mem::size_of::<Counters>() == 24);
+const _: () = assert!(core::mem::size_of::<Counters>() == 32);
 
 // ---- Firewall ----
 

@@ -17,7 +17,7 @@ use lb_common::{
 
 use crate::{
     conntrack::{self, Clock, Entry, Table},
-    maps::{BACKENDS, FLOWS_V4, NAT_REVERSE, RINGS, RR_CURSORS, SERVICES, SETTINGS},
+    maps::{BACKENDS, FLOWS_V4, NAT_REVERSE, RINGS, RR_CURSORS, SERVICES, SERVICE_STATS, SETTINGS},
     parse::{ptr_at, Packet},
 };
 
@@ -259,7 +259,13 @@ pub fn new_flow(
         };
         flow.nat_port =
             match reserve_nat_port(&mut reverse, &mut reply_key, flow_hash(&packet.key), clock) {
-                NO_PORT => return Err(Verdict::DropNatPortsExhausted),
+                NO_PORT => {
+                    if let Some(counters) = SERVICE_STATS.get_ptr_mut(service.id) {
+                        // SAFETY: a per-CPU slot: only this CPU writes it while the program runs.
+                        unsafe { (*counters).nat_ports_exhausted += 1 };
+                    }
+                    return Err(Verdict::DropNatPortsExhausted);
+                }
                 port => port as u16,
             };
     }

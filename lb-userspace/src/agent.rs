@@ -22,7 +22,7 @@ use tokio::{
 use crate::{
     api,
     config::{self, ApiConfig, Config, Mode, XdpModeConfig, MAX_WEIGHT},
-    dataplane::{Attached, Dataplane, LoadOptions},
+    dataplane::{Attached, Dataplane, LoadOptions, NatPortCount, NatTables},
     db,
     firewall::{self, RuleActivity, RuleSet},
     health::{self, Check, Tracker},
@@ -44,6 +44,13 @@ pub struct RunOptions {
 const RESOLVE_TIMEOUT: Duration = Duration::from_millis(1500);
 /// How often backends without a MAC are tried again.
 const RESOLVE_RETRY: Duration = Duration::from_secs(1);
+/// The interface's addresses are re-read on every address notification, and this often without
+/// one (a notification lost to a full socket buffer, or no netlink at all).
+const HOST_ADDRS_RECHECK: Duration = Duration::from_secs(10);
+/// The NAT ports in use are counted this long after the previous count ended...
+const NAT_COUNT_INTERVAL: Duration = Duration::from_secs(2);
+/// ...and one count walks the NAT table for this long at most (then it is a lower bound).
+const NAT_COUNT_BUDGET: Duration = Duration::from_secs(2);
 
 pub type SharedState = Arc<Mutex<AgentState>>;
 
@@ -203,6 +210,17 @@ pub struct AgentState {
     /// The database cluster as the last round saw it (`[database]` only).
     pub database: Option<db::DatabaseStatus>,
     database_watch: Option<Checker>,
+    /// The interface's addresses as last written to `HOST_ADDRS` (the VIPs are there too).
+    pub host_addrs: Vec<IpAddr>,
+    /// The last count of the NAT ports in use, written by the thread that counts them.
+    pub nat_ports: Arc<Mutex<Option<NatPortSample>>>,
+}
+
+/// A count of the NAT ports in use and when it was made.
+#[derive(Debug, Clone)]
+pub struct NatPortSample {
+    pub count: NatPortCount,
+    pub at: Instant,
 }
 
 pub async fn run(options: RunOptions) -> Result<()> {
@@ -289,6 +307,8 @@ pub async fn run(options: RunOptions) -> Result<()> {
             rule_activity: RuleActivity::default(),
             database: None,
             database_watch: None,
+            host_addrs: Vec::new(),
+            nat_ports: Arc::new(Mutex::new(None)),
         })
     });
     {
@@ -330,7 +350,12 @@ pub async fn run(options: RunOptions) -> Result<()> {
         }
         agent.start_checkers(checks);
         agent.start_database_watch()?;
+        count_nat_ports(
+            agent.dataplane.nat_tables()?,
+            Arc::downgrade(&agent.nat_ports),
+        )?;
     }
+    watch_host_addresses(Arc::downgrade(&state), iface.clone(), ifindex)?;
 
     let server = tokio::spawn(api::serve(listener, state.clone()));
     println!(
@@ -1343,9 +1368,11 @@ impl AgentState {
             .iter()
             .map(|s| *s.vip.get_ref())
             .collect();
-        let mut host_addrs = firewall::interface_addresses(&self.iface)?;
+        let interface_addrs = dedup(firewall::interface_addresses(&self.iface)?);
+        let mut host_addrs = interface_addrs.clone();
         host_addrs.extend(vips.iter().copied());
         firewall::replace(&mut self.dataplane, &self.rules, &rules, &host_addrs, &vips)?;
+        self.host_addrs = interface_addrs;
         info!(
             "firewall: {} rules, {} prefixes, {} scoped sources; host policy {}",
             rules.rules.len(),
@@ -1364,6 +1391,175 @@ impl AgentState {
     pub fn uptime(&self) -> Duration {
         self.started.elapsed().unwrap_or_default()
     }
+
+    /// Brings `HOST_ADDRS` up to date with the interface's addresses `now`: adds the new ones and
+    /// removes the gone ones (a VIP stays), one entry at a time, without rebuilding the rule
+    /// set. Returns whether anything changed.
+    pub fn refresh_host_addrs(&mut self, now: Vec<IpAddr>) -> Result<bool> {
+        let now = dedup(now);
+        let added: Vec<IpAddr> = now
+            .iter()
+            .filter(|a| !self.host_addrs.contains(a))
+            .copied()
+            .collect();
+        let removed: Vec<IpAddr> = self
+            .host_addrs
+            .iter()
+            .filter(|a| !now.contains(a))
+            .copied()
+            .collect();
+        if added.is_empty() && removed.is_empty() {
+            return Ok(false);
+        }
+        let vips: Vec<IpAddr> = self
+            .config
+            .services
+            .iter()
+            .map(|s| *s.vip.get_ref())
+            .collect();
+        let add: Vec<_> = added.iter().map(|a| firewall::addr_key(*a)).collect();
+        let remove: Vec<_> = removed
+            .iter()
+            .filter(|a| !vips.contains(a))
+            .map(|a| firewall::addr_key(*a))
+            .collect();
+        self.dataplane.update_host_addrs(&add, &remove)?;
+        let list = |addrs: &[IpAddr]| {
+            if addrs.is_empty() {
+                "none".to_string()
+            } else {
+                addrs
+                    .iter()
+                    .map(IpAddr::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        };
+        info!(
+            "addresses of {} changed: added {}, removed {}; the host policy now covers {}",
+            self.iface,
+            list(&added),
+            list(&removed),
+            list(&now)
+        );
+        self.host_addrs = now;
+        Ok(true)
+    }
+
+    /// The NAT figures of a service (`None` in DSR mode): ports in use as last counted, ports
+    /// available (`agent.nat_port_min..=nat_port_max` towards each of its backends from its
+    /// one SNAT address), and new flows dropped for want of a port (`counters` are the
+    /// service's).
+    pub fn nat_ports(
+        &self,
+        service: &ServiceEntry,
+        counters: &lb_common::maps::Counters,
+    ) -> Option<api::types::NatPorts> {
+        let available = service.nat_ports_available(
+            *self.config.agent.nat_port_min.get_ref(),
+            *self.config.agent.nat_port_max.get_ref(),
+        )?;
+        let sample = self
+            .nat_ports
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        Some(api::types::NatPorts {
+            in_use: sample
+                .as_ref()
+                .map(|s| s.count.in_use.get(&service.id).copied().unwrap_or(0)),
+            available,
+            exhausted_drops: counters.nat_ports_exhausted,
+            complete: sample.as_ref().is_some_and(|s| s.count.complete),
+            counted_s_ago: sample.map(|s| s.at.elapsed().as_secs_f64()),
+        })
+    }
+}
+
+/// The addresses in their first order, each once.
+fn dedup(addrs: Vec<IpAddr>) -> Vec<IpAddr> {
+    let mut seen = Vec::with_capacity(addrs.len());
+    for addr in addrs {
+        if !seen.contains(&addr) {
+            seen.push(addr);
+        }
+    }
+    seen
+}
+
+/// Follows the interface's addresses on a thread of its own (netlink and getifaddrs block):
+/// each address notification about the interface, and every [`HOST_ADDRS_RECHECK`] anyway,
+/// re-reads them and brings `HOST_ADDRS` up to date. Ends when the agent is gone.
+fn watch_host_addresses(state: Weak<Mutex<AgentState>>, iface: String, ifindex: u32) -> Result<()> {
+    let events = match neighbor::AddressEvents::open() {
+        Ok(events) => Some(events),
+        Err(e) => {
+            warn!(
+                "{e:#}: the addresses of {iface} are re-read every {} s instead",
+                HOST_ADDRS_RECHECK.as_secs()
+            );
+            None
+        }
+    };
+    std::thread::Builder::new()
+        .name("host-addrs".into())
+        .spawn(move || {
+            // Subscribed before this first read: no change between the two is missed.
+            loop {
+                let Some(shared) = state.upgrade() else {
+                    return;
+                };
+                match firewall::interface_addresses(&iface) {
+                    Ok(addrs) => {
+                        if let Err(e) = lock(&shared).refresh_host_addrs(addrs) {
+                            warn!("updating the host addresses: {e:#}");
+                        }
+                    }
+                    Err(e) => warn!("reading the addresses of {iface}: {e:#}"),
+                }
+                drop(shared);
+                match &events {
+                    Some(events) => {
+                        if let Err(e) = events.wait(ifindex, HOST_ADDRS_RECHECK) {
+                            warn!("{e:#}");
+                            std::thread::sleep(HOST_ADDRS_RECHECK);
+                        }
+                    }
+                    None => std::thread::sleep(HOST_ADDRS_RECHECK),
+                }
+            }
+        })
+        .context("starting the host address watch")?;
+    Ok(())
+}
+
+/// Counts the NAT ports in use on a thread of its own (a walk of the NAT table, each entry a
+/// few map look-ups), every [`NAT_COUNT_INTERVAL`], each walk bounded by [`NAT_COUNT_BUDGET`].
+/// Ends when the agent is gone.
+fn count_nat_ports(tables: NatTables, sample: Weak<Mutex<Option<NatPortSample>>>) -> Result<()> {
+    std::thread::Builder::new()
+        .name("nat-ports".into())
+        .spawn(move || loop {
+            let result = tables.count(Instant::now() + NAT_COUNT_BUDGET);
+            let Some(shared) = sample.upgrade() else {
+                return;
+            };
+            match result {
+                Ok(count) => {
+                    *shared
+                        .lock()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(NatPortSample {
+                        count,
+                        at: Instant::now(),
+                    });
+                }
+                Err(e) => warn!("counting the NAT ports in use: {e:#}"),
+            }
+            drop(shared);
+            std::thread::sleep(NAT_COUNT_INTERVAL);
+        })
+        .context("starting the NAT port count")?;
+    Ok(())
 }
 
 /// Seconds since the Unix epoch, for the API's timestamps.

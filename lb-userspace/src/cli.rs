@@ -576,6 +576,21 @@ fn print_status(status: &Status) {
     if let Some(memory) = &status.map_memory {
         print_map_memory(memory);
     }
+    if !status.host_addresses.is_empty() {
+        println!("host      {}", status.host_addresses.join(", "));
+    }
+    for nat in &status.nat {
+        let p = &nat.ports;
+        let in_use = match (p.in_use, p.complete) {
+            (None, _) => "not counted yet".to_string(),
+            (Some(n), true) => n.to_string(),
+            (Some(n), false) => format!("at least {n}"),
+        };
+        println!(
+            "nat       {}: ports in use {in_use} of {}; {} new flows dropped, ports exhausted",
+            nat.service, p.available, p.exhausted_drops
+        );
+    }
     if let Some(db) = &status.database {
         let failover = match &db.last_failover {
             Some(f) => format!(

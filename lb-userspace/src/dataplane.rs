@@ -20,9 +20,9 @@ use aya::{
 };
 use lb_common::{
     maps::{
-        AddrKey, Backend, CidrV6, Counters, Firewall, Flow, FlowKey, FlowKeyV4, FwRule, HostPort,
-        RuleCounters, Service, ServiceCidr, ServiceKey, Settings, V4Group, Verdict,
-        CIDR_GENERATION_BITS, FAMILY_V4, FAMILY_V6, SERVICE_CIDR_FAMILY_BITS,
+        flow_clock, AddrKey, Backend, CidrV6, Counters, Firewall, Flow, FlowKey, FlowKeyV4, FwRule,
+        HostPort, NatReverse, RuleCounters, Service, ServiceCidr, ServiceKey, Settings, V4Group,
+        Verdict, CIDR_GENERATION_BITS, FAMILY_V4, FAMILY_V6, PROTO_TCP, SERVICE_CIDR_FAMILY_BITS,
         SERVICE_CIDR_PREFIX_BITS, V4_HALF_GROUPS, V4_ROOT_GROUPS,
     },
     names,
@@ -465,6 +465,32 @@ impl Dataplane {
         sum_counters(self.map(map)?, index)
     }
 
+    /// Descriptors of its own on the maps that tell which NAT ports are in use, for a thread
+    /// that counts them without holding the agent (see [`NatTables::count`]).
+    pub fn nat_tables(&self) -> Result<NatTables> {
+        let own = |name: &str| -> Result<MapData> {
+            let data = match self.map(name)? {
+                aya::maps::Map::LruHashMap(data)
+                | aya::maps::Map::HashMap(data)
+                | aya::maps::Map::Array(data) => data,
+                other => bail!("{name} is an unexpected kind of map: {other:?}"),
+            };
+            let fd = data
+                .fd()
+                .as_fd()
+                .try_clone_to_owned()
+                .with_context(|| format!("duplicating the descriptor of {name}"))?;
+            MapData::from_fd(fd).with_context(|| format!("opening {name}"))
+        };
+        Ok(NatTables {
+            nat: aya::maps::Map::LruHashMap(own(names::NAT_REVERSE)?),
+            flows_v4: aya::maps::Map::LruHashMap(own(names::FLOWS_V4)?),
+            flows_v6: aya::maps::Map::LruHashMap(own(names::FLOWS_V6)?),
+            unverified: aya::maps::Map::LruHashMap(own(names::UNVERIFIED_FLOWS)?),
+            settings: aya::maps::Map::Array(own(names::SETTINGS)?),
+        })
+    }
+
     pub fn firewall(&self) -> Result<Firewall> {
         let map: Array<&MapData, Firewall> = Array::try_from(self.map(names::FIREWALL)?)?;
         map.get(&0, 0).context("reading FIREWALL")
@@ -666,6 +692,23 @@ impl Dataplane {
         Ok(())
     }
 
+    /// Adds and removes host addresses (`HOST_ADDRS`) alone, when the interface's addresses
+    /// change between rule sets. Removing an address that is not there is not an error.
+    pub fn update_host_addrs(&mut self, add: &[AddrKey], remove: &[AddrKey]) -> Result<()> {
+        let mut map: HashMap<&mut MapData, AddrKey, u8> =
+            HashMap::try_from(self.map_mut(names::HOST_ADDRS)?)?;
+        for key in add {
+            map.insert(key, 1, 0)
+                .context("writing HOST_ADDRS (it holds 256 addresses)")?;
+        }
+        for key in remove {
+            if map.get(key, 0).is_ok() {
+                map.remove(key).context("removing from HOST_ADDRS")?;
+            }
+        }
+        Ok(())
+    }
+
     /// Removes host addresses, VIPs and ports not in these lists (after a rule switch).
     pub fn retain_host_state(
         &mut self,
@@ -758,6 +801,104 @@ fn memlock(fd: BorrowedFd<'_>) -> Result<u64> {
         .find_map(|line| line.strip_prefix("memlock:"))
         .and_then(|value| value.trim().parse().ok())
         .with_context(|| format!("no memlock line in {path}"))
+}
+
+/// The NAT ports in use, per service id, as [`NatTables::count`] found them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NatPortCount {
+    /// Service id -> reverse entries whose client flow is alive and still holds the port.
+    pub in_use: std::collections::HashMap<u32, u64>,
+    /// Entries of `NAT_REVERSE` looked at.
+    pub entries: u64,
+    /// False when the walk stopped at its deadline or entry budget: `in_use` is then a lower
+    /// bound.
+    pub complete: bool,
+}
+
+/// The maps that say which NAT ports are in use, on descriptors of their own
+/// ([`Dataplane::nat_tables`]), so that a thread can walk them without the agent's lock.
+pub struct NatTables {
+    nat: aya::maps::Map,
+    flows_v4: aya::maps::Map,
+    flows_v6: aya::maps::Map,
+    unverified: aya::maps::Map,
+    settings: aya::maps::Map,
+}
+
+impl NatTables {
+    /// Counts, per service, the `NAT_REVERSE` entries whose port is in use: the client flow
+    /// the entry names is alive on the data path's flow clock and still holds this port
+    /// towards this backend (the data path's own test before it takes a port over, `port_in_use`
+    /// in lb-ebpf/src/balance.rs). Stops at `deadline`, or after looking at twice the table's
+    /// capacity (a walk restarts when its key is evicted under it), with `complete` false.
+    pub fn count(&self, deadline: std::time::Instant) -> Result<NatPortCount> {
+        let settings: Array<&MapData, Settings> = Array::try_from(&self.settings)?;
+        let settings = settings.get(&0, 0).context("reading SETTINGS")?;
+        let now = if settings.test_clock != 0 {
+            settings.test_clock
+        } else {
+            flow_clock(monotonic_coarse_ns())
+        };
+        let nat: HashMap<&MapData, FlowKey, NatReverse> = HashMap::try_from(&self.nat)?;
+        let flows_v4: HashMap<&MapData, FlowKeyV4, Flow> = HashMap::try_from(&self.flows_v4)?;
+        let flows_v6: HashMap<&MapData, FlowKey, Flow> = HashMap::try_from(&self.flows_v6)?;
+        let unverified: HashMap<&MapData, FlowKey, Flow> = HashMap::try_from(&self.unverified)?;
+        let budget = u64::from(nat.map().info()?.max_entries()).saturating_mul(2);
+        // The client flow's entry, found as the data path finds it (conntrack::find).
+        let find = |key: &FlowKey| -> Option<Flow> {
+            if key.proto == PROTO_TCP {
+                let verified = if key.family == FAMILY_V4 {
+                    flows_v4.get(&FlowKeyV4::from_flow(key), 0).ok()
+                } else {
+                    flows_v6.get(key, 0).ok()
+                };
+                if verified.is_some() {
+                    return verified;
+                }
+            }
+            unverified.get(key, 0).ok()
+        };
+        let fd = nat.map().fd().as_fd();
+        let mut count = NatPortCount::default();
+        let mut cursor: Option<FlowKey> = None;
+        loop {
+            if count.entries >= budget || std::time::Instant::now() >= deadline {
+                return Ok(count);
+            }
+            let Some(reply) = map_next_key(fd, cursor.as_ref()).context("walking NAT_REVERSE")?
+            else {
+                count.complete = true;
+                return Ok(count);
+            };
+            cursor = Some(reply);
+            count.entries += 1;
+            // An entry evicted since its key was read is simply skipped.
+            let Ok(held) = nat.get(&reply, 0) else {
+                continue;
+            };
+            let in_use = find(&held.client_flow(reply.proto, reply.family)).is_some_and(|flow| {
+                now.wrapping_sub(flow.last_seen) <= settings.timeouts.of(flow.state)
+                    && flow.nat_port == reply.dst_port
+                    && flow.backend_id == held.backend_id
+            });
+            if in_use {
+                *count.in_use.entry(held.service_id).or_default() += 1;
+            }
+        }
+    }
+}
+
+/// The clock the data path's flow clock reads (`bpf_ktime_get_coarse_ns`), in ns.
+fn monotonic_coarse_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut now) };
+    (now.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(now.tv_nsec as u64)
 }
 
 /// `bpf(BPF_MAP_GET_NEXT_KEY)`: the key after `key` (the first one for `None`), `None` past the
@@ -934,7 +1075,7 @@ impl PinnedMaps {
             | names::BACKEND_STATS
             | names::VERDICT_STATS
             | names::RULE_STATS => aya::maps::Map::PerCpuArray(data),
-            names::SERVICES => aya::maps::Map::HashMap(data),
+            names::SERVICES | names::HOST_ADDRS => aya::maps::Map::HashMap(data),
             _ => aya::maps::Map::Array(data),
         })
     }
@@ -954,6 +1095,15 @@ impl PinnedMaps {
 
     pub fn service_counters(&self, id: u32) -> Result<Counters> {
         self.counters(names::SERVICE_STATS, id)
+    }
+
+    /// The keys of `HOST_ADDRS`: the addresses the host policy protects (the VIPs among them).
+    pub fn host_addrs(&self) -> Result<Vec<AddrKey>> {
+        let map = self.map(names::HOST_ADDRS)?;
+        let map: HashMap<&MapData, AddrKey, u8> = HashMap::try_from(&map)?;
+        map.keys()
+            .map(|key| key.context("reading HOST_ADDRS"))
+            .collect()
     }
 
     pub fn verdict_counters(&self) -> Result<Vec<(Verdict, Counters)>> {

@@ -540,18 +540,8 @@ pub fn apply(
     }
     // Addresses and ports are added before the switch and removed after it, so the host policy
     // never lacks an entry the new rules need.
-    let addr_keys = |addrs: &[IpAddr]| -> Vec<AddrKey> {
-        addrs
-            .iter()
-            .map(|a| {
-                let (addr, family) = addr_words(*a);
-                AddrKey {
-                    addr,
-                    family: family as u32,
-                }
-            })
-            .collect()
-    };
+    let addr_keys =
+        |addrs: &[IpAddr]| -> Vec<AddrKey> { addrs.iter().map(|a| addr_key(*a)).collect() };
     let host_keys = addr_keys(host_addrs);
     let vip_keys = addr_keys(vips);
     dataplane.add_host_state(&host_keys, &vip_keys, &set.host_ports)?;
@@ -585,6 +575,15 @@ pub fn ephemeral_ports() -> (u16, u16) {
             Some((parts.next()??, parts.next()??))
         })
         .unwrap_or((32768, 60999))
+}
+
+/// The key of an address in `HOST_ADDRS` and `VIPS`.
+pub fn addr_key(addr: IpAddr) -> AddrKey {
+    let (addr, family) = addr_words(addr);
+    AddrKey {
+        addr,
+        family: family as u32,
+    }
 }
 
 /// The addresses of `iface` (IPv4 and IPv6, link-local included).

@@ -116,11 +116,27 @@ pub fn render(agent: &AgentState) -> Result<String> {
     let backend_flows = Family::<BackendLabels, Counter>::default();
     let backend_state = Family::<BackendStateLabels, Gauge>::default();
     let backend_healthy = Family::<BackendLabels, Gauge>::default();
+    let nat_in_use = Family::<ServiceLabels, Gauge>::default();
+    let nat_available = Family::<ServiceLabels, Gauge>::default();
+    let nat_exhausted = Family::<ServiceLabels, Counter>::default();
     for service in agent.services() {
         let labels = ServiceLabels {
             service: service.name.clone(),
         };
         let counters = dataplane.service_counters(service.id)?;
+        if let Some(nat) = agent.nat_ports(service, &counters) {
+            if let Some(in_use) = nat.in_use {
+                nat_in_use
+                    .get_or_create(&labels)
+                    .set(i64::try_from(in_use).unwrap_or(i64::MAX));
+            }
+            nat_available
+                .get_or_create(&labels)
+                .set(i64::try_from(nat.available).unwrap_or(i64::MAX));
+            nat_exhausted
+                .get_or_create(&labels)
+                .inc_by(nat.exhausted_drops);
+        }
         service_packets
             .get_or_create(&labels)
             .inc_by(counters.packets);
@@ -196,6 +212,21 @@ pub fn render(agent: &AgentState) -> Result<String> {
         service_bytes,
     );
     registry.register("service_flows", "New flows of a service", service_flows);
+    registry.register(
+        "service_nat_ports_in_use",
+        "NAT source ports held by live flows of a service, as last counted",
+        nat_in_use,
+    );
+    registry.register(
+        "service_nat_ports_available",
+        "NAT source ports of a service: the port range towards each of its backends",
+        nat_available,
+    );
+    registry.register(
+        "service_nat_ports_exhausted",
+        "New flows of a service dropped because no NAT port was free",
+        nat_exhausted,
+    );
     registry.register(
         "backend_packets",
         "Packets forwarded to a backend",

@@ -226,6 +226,121 @@ fn parse_neighbour(body: &[u8]) -> Option<Entry> {
     })
 }
 
+const RTM_NEWADDR: u16 = 20;
+const RTM_DELADDR: u16 = 21;
+/// Multicast groups of address changes (`RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR`).
+const ADDRESS_GROUPS: u32 = 0x10 | 0x100;
+
+/// Address notifications from rtnetlink: the kernel says when an address is added to or
+/// removed from an interface (`ip addr add`, DHCP, SLAAC, DAD done).
+pub struct AddressEvents {
+    socket: OwnedFd,
+}
+
+impl AddressEvents {
+    pub fn open() -> Result<Self> {
+        // SAFETY: plain socket call; the descriptor is owned right away.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                libc::NETLINK_ROUTE,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error()).context("opening a netlink socket");
+        }
+        // SAFETY: fd is a fresh descriptor we own.
+        let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: a zeroed sockaddr_nl with the family and groups set, of its own size.
+        let bound = unsafe {
+            let mut addr: libc::sockaddr_nl = std::mem::zeroed();
+            addr.nl_family = libc::AF_NETLINK as u16;
+            addr.nl_groups = ADDRESS_GROUPS;
+            libc::bind(
+                socket.as_raw_fd(),
+                std::ptr::from_ref(&addr).cast(),
+                size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+            )
+        };
+        if bound != 0 {
+            return Err(io::Error::last_os_error()).context("subscribing to address notifications");
+        }
+        Ok(Self { socket })
+    }
+
+    /// Blocks until an address of interface `ifindex` changes, or for `timeout` at most.
+    /// True when it changed, or when notifications were lost (the socket's buffer overflowed):
+    /// either way the addresses must be read again. False on timeout or other interfaces' news.
+    pub fn wait(&self, ifindex: u32, timeout: Duration) -> Result<bool> {
+        let mut buffer = vec![0u8; 64 * 1024];
+        let mut flags = 0;
+        let mut changed = false;
+        let mut poll = libc::pollfd {
+            fd: self.socket.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let millis = timeout.as_millis().min(i32::MAX as u128) as i32;
+        // SAFETY: one pollfd we own.
+        let ready = unsafe { libc::poll(&mut poll, 1, millis) };
+        if ready < 0 {
+            let error = io::Error::last_os_error();
+            if error.kind() == io::ErrorKind::Interrupted {
+                return Ok(false);
+            }
+            return Err(error).context("waiting for address notifications");
+        }
+        if ready == 0 {
+            return Ok(false);
+        }
+        // Everything queued, then the verdict: a burst of changes costs one re-read.
+        loop {
+            // SAFETY: receiving into our buffer.
+            let n = unsafe {
+                libc::recv(
+                    self.socket.as_raw_fd(),
+                    buffer.as_mut_ptr().cast(),
+                    buffer.len(),
+                    flags,
+                )
+            };
+            flags = libc::MSG_DONTWAIT;
+            if n < 0 {
+                let error = io::Error::last_os_error();
+                return match error.raw_os_error() {
+                    Some(libc::EAGAIN) | Some(libc::EINTR) => Ok(changed),
+                    Some(libc::ENOBUFS) => Ok(true),
+                    _ => Err(error).context("reading address notifications"),
+                };
+            }
+            changed |= names_interface(&buffer[..n as usize], ifindex);
+        }
+    }
+}
+
+/// Whether a batch of netlink messages adds or removes an address of `ifindex`. Malformed
+/// messages end the batch.
+fn names_interface(mut rest: &[u8], ifindex: u32) -> bool {
+    let header = size_of::<NlMsgHdr>();
+    while rest.len() >= header {
+        let len = u32::from_ne_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+        let kind = u16::from_ne_bytes([rest[4], rest[5]]);
+        if len < header || len > rest.len() {
+            return false;
+        }
+        // struct ifaddrmsg: family, prefix length, flags, scope (one byte each), then the index.
+        if matches!(kind, RTM_NEWADDR | RTM_DELADDR) && len >= header + 8 {
+            let body = &rest[header..len];
+            if u32::from_ne_bytes([body[4], body[5], body[6], body[7]]) == ifindex {
+                return true;
+            }
+        }
+        rest = &rest[((len + 3) & !3).min(rest.len())..];
+    }
+    false
+}
+
 pub fn format_mac(mac: &[u8; 6]) -> String {
     mac.iter()
         .map(|b| format!("{b:02x}"))
@@ -244,6 +359,36 @@ mod tests {
         for entry in entries {
             assert!(entry.addr.is_ipv4());
         }
+    }
+
+    /// An address notification as the kernel sends it: header, ifaddrmsg, no attributes.
+    fn address_message(kind: u16, ifindex: u32) -> Vec<u8> {
+        let mut message = Vec::new();
+        message.extend_from_slice(&24u32.to_ne_bytes());
+        message.extend_from_slice(&kind.to_ne_bytes());
+        message.extend_from_slice(&[0; 10]);
+        message.extend_from_slice(&[libc::AF_INET as u8, 24, 0, 0]);
+        message.extend_from_slice(&ifindex.to_ne_bytes());
+        message
+    }
+
+    #[test]
+    fn address_notifications_are_told_apart_by_interface() {
+        let mut batch = address_message(RTM_NEWADDR, 3);
+        assert!(!names_interface(&batch, 2));
+        batch.extend(address_message(RTM_DELADDR, 2));
+        assert!(names_interface(&batch, 2));
+        // Another kind of message about interface 2: not an address change.
+        assert!(!names_interface(&address_message(RTM_NEWNEIGH, 2), 2));
+        // Truncated and lying lengths end the batch without a panic.
+        for cut in 0..batch.len() {
+            let _ = names_interface(&batch[..cut], 2);
+        }
+        let mut lying = address_message(RTM_NEWADDR, 2);
+        lying[0..4].copy_from_slice(&1000u32.to_ne_bytes());
+        assert!(!names_interface(&lying, 2));
+        lying[0..4].copy_from_slice(&3u32.to_ne_bytes());
+        assert!(!names_interface(&lying, 2));
     }
 
     #[test]

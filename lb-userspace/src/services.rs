@@ -97,6 +97,14 @@ impl ServiceEntry {
         weighted_round_robin(&eligible, RING_SLOTS as usize)
     }
 
+    /// NAT mode: how many source ports the service can hold at once, `min..=max` towards each
+    /// of its backends from its one SNAT address (a reply is told apart by backend address and
+    /// port, SNAT address and port). `None` in DSR mode.
+    pub fn nat_ports_available(&self, min: u16, max: u16) -> Option<u64> {
+        let per_backend = (u64::from(max) + 1).saturating_sub(u64::from(min));
+        (self.mode == Mode::Nat).then(|| per_backend * self.backends.len() as u64)
+    }
+
     fn ring_offset(&self, table: u32) -> u32 {
         (self.id * RING_TABLES_PER_SERVICE + table) * RING_SLOTS
     }
@@ -354,9 +362,41 @@ pub fn retire_backend(dataplane: &mut Dataplane, id: u32, generation: u32) -> Re
     )
 }
 
-/// Writes one service to the data path: backends first, then its selection table into the idle
-/// table, then the service entry that flips to it. Readers never see a half-written table.
-pub fn program_service(dataplane: &mut Dataplane, service: &mut ServiceEntry) -> Result<()> {
+/// One map write of a service change (see [`plan_service`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MapWrite {
+    Backend {
+        id: u32,
+        backend: Backend,
+    },
+    /// The service's selection table, written into its idle half at `offset`.
+    Ring {
+        offset: u32,
+        slots: Vec<u32>,
+    },
+    /// The service entry that points the data path at the new table: the flip.
+    Service {
+        key: ServiceKey,
+        service: Service,
+    },
+}
+
+/// The writes that program `service`, in the order they must reach the data path, and the
+/// selection table (0 or 1) that is live after them.
+///
+/// A new flow reads the live table's slot, then the backend's entry, and is dropped as
+/// `drop_no_backend` when that backend is not active. So a backend leaving new-flow selection
+/// (draining, down, MAC lost) is written only after the flip to a table without it, and a
+/// backend entering it (enabled, up, resolved) is written before the flip to a table with it:
+/// the live table never names a backend whose entry says it takes no new flows.
+pub fn plan_service(service: &ServiceEntry) -> Result<(Vec<MapWrite>, u32)> {
+    let snat_addr = match (service.mode, service.snat) {
+        (Mode::Nat, Some(addr)) => addr_words(addr).0,
+        (Mode::Nat, None) => bail!("service {}: NAT mode without snat_address", service.name),
+        (Mode::Dsr, _) => [0; 4],
+    };
+    let mut before = Vec::new();
+    let mut after = Vec::new();
     for backend in &service.backends {
         let (addr, family) = addr_words(backend.addr);
         let state = if backend.mac.is_some() {
@@ -364,9 +404,9 @@ pub fn program_service(dataplane: &mut Dataplane, service: &mut ServiceEntry) ->
         } else {
             BACKEND_DOWN
         };
-        dataplane.put_backend(
-            backend.id,
-            &Backend {
+        let write = MapWrite::Backend {
+            id: backend.id,
+            backend: Backend {
                 addr,
                 port: backend.port.to_be(),
                 family,
@@ -376,37 +416,66 @@ pub fn program_service(dataplane: &mut Dataplane, service: &mut ServiceEntry) ->
                 generation: backend.generation,
                 service_id: service.id,
             },
-        )?;
+        };
+        // Exactly the backends of the new table are active (see `selection_table`).
+        if state == BACKEND_ACTIVE {
+            before.push(write);
+        } else {
+            after.push(write);
+        }
     }
     let slots = service.selection_table();
     let table = 1 - service.active_table;
     let offset = service.ring_offset(table);
-    dataplane.put_ring(offset, &slots)?;
-    let snat_addr = match (service.mode, service.snat) {
-        (Mode::Nat, Some(addr)) => addr_words(addr).0,
-        (Mode::Nat, None) => bail!("service {}: NAT mode without snat_address", service.name),
-        (Mode::Dsr, _) => [0; 4],
-    };
-    dataplane.put_service(
-        &service.key,
-        &Service {
-            id: service.id,
-            mode: if service.mode == Mode::Nat {
-                MODE_NAT
-            } else {
-                MODE_DSR
-            },
-            algorithm: ALGORITHM_ROUND_ROBIN,
-            _pad: [0; 2],
-            ring_offset: offset,
-            ring_len: slots.len() as u32,
-            snat_addr,
-            syn_rate: service.limits.syn_rate,
-            packet_rate: service.limits.packet_rate,
-            syn_budget: service.limits.syn_budget,
+    let entry = Service {
+        id: service.id,
+        mode: if service.mode == Mode::Nat {
+            MODE_NAT
+        } else {
+            MODE_DSR
         },
-    )?;
-    service.active_table = table;
+        algorithm: ALGORITHM_ROUND_ROBIN,
+        _pad: [0; 2],
+        ring_offset: offset,
+        ring_len: slots.len() as u32,
+        snat_addr,
+        syn_rate: service.limits.syn_rate,
+        packet_rate: service.limits.packet_rate,
+        syn_budget: service.limits.syn_budget,
+    };
+    let mut writes = before;
+    writes.push(MapWrite::Ring { offset, slots });
+    writes.push(MapWrite::Service {
+        key: service.key,
+        service: entry,
+    });
+    writes.extend(after);
+    Ok((writes, table))
+}
+
+/// Applies one write of [`plan_service`].
+pub fn apply_write(dataplane: &mut Dataplane, write: &MapWrite) -> Result<()> {
+    match write {
+        MapWrite::Backend { id, backend } => dataplane.put_backend(*id, backend),
+        MapWrite::Ring { offset, slots } => dataplane.put_ring(*offset, slots),
+        MapWrite::Service { key, service } => dataplane.put_service(key, service),
+    }
+}
+
+/// Writes one service to the data path in [`plan_service`]'s order: the backends that take new
+/// flows, the selection table into the idle half, the service entry that flips to it, then
+/// the backends that take none. Readers never see a half-written table, nor a table slot
+/// naming a backend that takes no new flows.
+pub fn program_service(dataplane: &mut Dataplane, service: &mut ServiceEntry) -> Result<()> {
+    let (writes, table) = plan_service(service)?;
+    for write in &writes {
+        apply_write(dataplane, write)?;
+        if matches!(write, MapWrite::Service { .. }) {
+            // The flip happened: the next change writes the other half, even if a later
+            // write fails.
+            service.active_table = table;
+        }
+    }
     Ok(())
 }
 
@@ -481,6 +550,104 @@ mod tests {
             let (words, family) = addr_words(addr);
             assert_eq!(words_addr(words, family), addr);
         }
+    }
+
+    fn two_backend_service() -> ServiceEntry {
+        let backend = |name: &str, id: u32, last: u8| BackendEntry {
+            name: name.into(),
+            id,
+            generation: 1,
+            addr: IpAddr::from([10, 0, 0, last]),
+            port: 80,
+            weight: 1,
+            state: BackendState::Active,
+            mac: Some([2, 0, 0, 0, 0, last]),
+        };
+        ServiceEntry {
+            name: "web".into(),
+            id: 3,
+            key: service_key(IpAddr::from([10, 0, 0, 100]), 80, Protocol::Tcp),
+            mode: Mode::Dsr,
+            snat: None,
+            active_table: 0,
+            backends: vec![backend("web1", 1, 11), backend("web2", 2, 12)],
+            limits: Limits::default(),
+        }
+    }
+
+    /// Where each write of a plan comes: "flip" for the service entry, the backend's id and
+    /// map state for a backend, "table" for the selection table.
+    fn order(writes: &[MapWrite]) -> Vec<String> {
+        writes
+            .iter()
+            .map(|w| match w {
+                MapWrite::Backend { id, backend } => {
+                    format!("backend {id} state {}", backend.state)
+                }
+                MapWrite::Ring { slots, .. } => format!("table {slots:?}"),
+                MapWrite::Service { .. } => "flip".into(),
+            })
+            .collect()
+    }
+
+    /// The order a drain, a health failure, a lost MAC and an enable write the maps in: a
+    /// backend leaves new-flow selection after the flip to a table without it, and joins it
+    /// before the flip to a table with it.
+    #[test]
+    fn a_backend_leaves_selection_after_the_flip_and_joins_before_it() {
+        let mut service = two_backend_service();
+        let (writes, table) = plan_service(&service).unwrap_or_else(|e| panic!("{e:#}"));
+        assert_eq!(table, 1);
+        assert_eq!(
+            order(&writes),
+            [
+                format!("backend 1 state {BACKEND_ACTIVE}"),
+                format!("backend 2 state {BACKEND_ACTIVE}"),
+                "table [1, 2]".into(),
+                "flip".into(),
+            ]
+        );
+        for (leaves, map_state) in [
+            (BackendState::Draining, BACKEND_DRAINING),
+            (BackendState::Down, BACKEND_DOWN),
+        ] {
+            service.backends[0].state = leaves;
+            let (writes, _) = plan_service(&service).unwrap_or_else(|e| panic!("{e:#}"));
+            assert_eq!(
+                order(&writes),
+                [
+                    format!("backend 2 state {BACKEND_ACTIVE}"),
+                    "table [2]".into(),
+                    "flip".into(),
+                    format!("backend 1 state {map_state}"),
+                ],
+                "{leaves:?}"
+            );
+        }
+        // Back: its state first, then the table that names it.
+        service.backends[0].state = BackendState::Active;
+        let (writes, _) = plan_service(&service).unwrap_or_else(|e| panic!("{e:#}"));
+        assert_eq!(
+            order(&writes),
+            [
+                format!("backend 1 state {BACKEND_ACTIVE}"),
+                format!("backend 2 state {BACKEND_ACTIVE}"),
+                "table [1, 2]".into(),
+                "flip".into(),
+            ]
+        );
+        // A backend without a MAC is written down, after the flip.
+        service.backends[1].mac = None;
+        let (writes, _) = plan_service(&service).unwrap_or_else(|e| panic!("{e:#}"));
+        assert_eq!(
+            order(&writes),
+            [
+                format!("backend 1 state {BACKEND_ACTIVE}"),
+                "table [1]".into(),
+                "flip".into(),
+                format!("backend 2 state {BACKEND_DOWN}"),
+            ]
+        );
     }
 
     #[test]

@@ -497,3 +497,92 @@ fn an_icmp_error_about_a_nat_request_is_translated_for_the_client() {
         "a closed flow's port"
     );
 }
+
+/// The NAT ports the agent reports per service: a tiny range filled, the next new flow dropped
+/// and counted against its own service only; the ports in use counted from the tables as the
+/// data path judges them (an opening flow holds its port, an ended one does not).
+#[test]
+#[ignore = "needs root"]
+fn nat_ports_in_use_and_exhaustion_are_counted_per_service() {
+    let mut h = service(Mode::Nat, &LoadOptions::default());
+    let other = h.add_service(
+        "other",
+        (ip("10.0.0.100"), 81),
+        Protocol::Tcp,
+        Mode::Nat,
+        Some(ip("10.0.0.3")),
+        &two_web_backends(ip("10.0.0.21"), ip("10.0.0.22"), 80),
+    );
+    // Two ports towards each of two backends.
+    h.set_nat_ports(20000, 20001);
+    assert_eq!(h.services[0].nat_ports_available(20000, 20001), Some(4));
+    let count = |h: &Harness| {
+        h.dataplane
+            .nat_tables()
+            .and_then(|t| t.count(std::time::Instant::now() + std::time::Duration::from_secs(60)))
+            .unwrap_or_else(|e| panic!("{e:#}"))
+    };
+    let empty = count(&h);
+    assert!(empty.complete && empty.in_use.is_empty(), "{empty:?}");
+
+    // Three connections, and a fourth that only sent its SYN: every port is held.
+    for port in 40000..40004 {
+        assert_eq!(h.run(&packet("10.5.0.1", port, TCP_SYN)).0, XDP_TX);
+        if port < 40003 {
+            assert_eq!(h.run(&packet("10.5.0.1", port, TCP_ACK)).0, XDP_TX);
+        }
+    }
+    // One connection to the other service.
+    let to_other = Frame::tcp((ip("10.5.0.1"), 50000), (ip("10.0.0.100"), 81))
+        .tcp_flags(TCP_SYN)
+        .macs(CLIENT_MAC, LB_MAC)
+        .build();
+    assert_eq!(h.run(&to_other).0, XDP_TX);
+    for port in 40004..40006 {
+        dropped_as(
+            &h,
+            &packet("10.5.0.1", port, TCP_SYN),
+            Verdict::DropNatPortsExhausted,
+            "every port in use",
+        );
+    }
+    assert_eq!(h.service_counters(0).nat_ports_exhausted, 2);
+    assert_eq!(h.service_counters(other).nat_ports_exhausted, 0);
+    let counted = count(&h);
+    assert!(counted.complete, "{counted:?}");
+    assert_eq!(
+        counted.in_use.get(&h.services[0].id),
+        Some(&4),
+        "{counted:?}"
+    );
+    assert_eq!(
+        counted.in_use.get(&h.services[other].id),
+        Some(&1),
+        "{counted:?}"
+    );
+
+    // A connection closes: its port is held through its closing time...
+    assert_eq!(
+        h.run(&packet("10.5.0.1", 40000, TCP_FIN | TCP_ACK)).0,
+        XDP_TX
+    );
+    h.set_clock(T0 + TIMEOUTS.tcp_closing);
+    assert_eq!(count(&h).in_use.get(&h.services[0].id), Some(&4));
+    // ...and given back after it, as is the port of the SYN that never completed.
+    h.set_clock(T0 + TIMEOUTS.tcp_closing.max(TIMEOUTS.tcp_opening) + 1);
+    let counted = count(&h);
+    assert_eq!(
+        counted.in_use.get(&h.services[0].id),
+        Some(&2),
+        "{counted:?}"
+    );
+    assert_eq!(
+        counted.in_use.get(&h.services[other].id),
+        None,
+        "{counted:?}"
+    );
+    assert_eq!(
+        counted.entries, 5,
+        "the reverse entries stay until taken over"
+    );
+}

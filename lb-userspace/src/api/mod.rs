@@ -268,12 +268,19 @@ async fn status(State(state): State<SharedState>) -> Result<Json<Status>, ApiErr
             bytes: counters.bytes,
         });
     }
+    let mut nat = Vec::new();
     for service in agent.services() {
-        traffic.new_flows += agent
+        let counters = agent
             .dataplane()
             .service_counters(service.id)
-            .map_err(from_anyhow)?
-            .new_flows;
+            .map_err(from_anyhow)?;
+        traffic.new_flows += counters.new_flows;
+        if let Some(ports) = agent.nat_ports(service, &counters) {
+            nat.push(ServiceNatPorts {
+                service: service.name.clone(),
+                ports,
+            });
+        }
     }
     Ok(Json(Status {
         version: env!("CARGO_PKG_VERSION").to_string(),
@@ -309,6 +316,8 @@ async fn status(State(state): State<SharedState>) -> Result<Json<Status>, ApiErr
             .map_memory()
             .inspect_err(|e| log::warn!("status: reading the kernel memory of the maps: {e:#}"))
             .ok(),
+        host_addresses: agent.host_addrs.iter().map(|a| a.to_string()).collect(),
+        nat,
     }))
 }
 
@@ -360,6 +369,7 @@ fn service_info(agent: &AgentState, service: &ServiceEntry) -> Result<ServiceInf
         packets: counters.packets,
         bytes: counters.bytes,
         new_flows: counters.new_flows,
+        nat_ports: agent.nat_ports(service, &counters),
     })
 }
 

@@ -56,6 +56,14 @@ fn backend_write(summary: &str, body: Option<Value>) -> Value {
 
 pub fn document() -> Value {
     let not_found = error_responses(&[("404", "service_not_found")]);
+    let nat_properties = json!({
+        "in_use": { "type": "integer", "nullable": true, "description": "ports held by live flows, as last counted (null before the first count)" },
+        "available": { "type": "integer", "description": "nat_port_min..=nat_port_max towards each backend" },
+        "exhausted_drops": { "type": "integer", "description": "new flows dropped as drop_nat_ports_exhausted" },
+        "complete": { "type": "boolean", "description": "false: the count stopped at its time budget, in_use is a lower bound" },
+        "counted_s_ago": { "type": "number", "nullable": true } });
+    let mut nat_status_properties = nat_properties.clone();
+    nat_status_properties["service"] = json!({ "type": "string" });
     json!({
         "openapi": "3.0.3",
         "info": {
@@ -202,12 +210,15 @@ pub fn document() -> Value {
                         "total_bytes": { "type": "integer" }, "budget_bytes": { "type": "integer", "description": "agent.map_memory_budget_mib in bytes" },
                         "maps": { "type": "array", "items": { "type": "object", "properties": {
                             "name": { "type": "string" }, "bytes": { "type": "integer" }, "max_entries": { "type": "integer" },
-                            "wanted_entries": { "type": "integer", "description": "present when the config wants another size than the loaded map has: a clean stop and start applies it" } } } } } } } },
+                            "wanted_entries": { "type": "integer", "description": "present when the config wants another size than the loaded map has: a clean stop and start applies it" } } } } } },
+                    "host_addresses": { "type": "array", "items": { "type": "string" }, "description": "the interface's addresses the host policy protects, followed as they change" },
+                    "nat": { "type": "array", "description": "each NAT service's ports", "items": { "type": "object", "properties": nat_status_properties } } } },
                 "Service": { "type": "object", "properties": {
                     "name": { "type": "string" }, "vip": { "type": "string" }, "port": { "type": "integer" }, "protocol": { "type": "string", "enum": ["tcp", "udp"] },
                     "mode": { "type": "string", "enum": ["dsr", "nat"] }, "algorithm": { "type": "string" }, "health_check": { "type": "string", "nullable": true },
                     "backends": { "type": "integer" }, "in_rotation": { "type": "integer" },
-                    "packets": { "type": "integer" }, "bytes": { "type": "integer" }, "new_flows": { "type": "integer" } } },
+                    "packets": { "type": "integer" }, "bytes": { "type": "integer" }, "new_flows": { "type": "integer" },
+                    "nat_ports": { "type": "object", "nullable": true, "description": "NAT mode only", "properties": nat_properties } } },
                 "BackendList": { "type": "object", "properties": { "service": { "type": "string" }, "backends": { "type": "array", "items": schema_ref("Backend") } } },
                 "Backend": { "type": "object", "properties": {
                     "name": { "type": "string" }, "id": { "type": "integer" }, "address": { "type": "string" }, "port": { "type": "integer" }, "weight": { "type": "integer" },

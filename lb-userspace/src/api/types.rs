@@ -33,6 +33,36 @@ pub struct Status {
     /// first; `None` from an agent before this field, or if the kernel could not be asked.
     #[serde(default)]
     pub map_memory: Option<crate::sizing::MemoryReport>,
+    /// The interface's addresses the host policy protects (besides the VIPs), kept up to date
+    /// as addresses come and go.
+    #[serde(default)]
+    pub host_addresses: Vec<String>,
+    /// Each NAT-mode service's ports.
+    #[serde(default)]
+    pub nat: Vec<ServiceNatPorts>,
+}
+
+/// A NAT service's ports, in `GET /api/v1/status`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServiceNatPorts {
+    pub service: String,
+    #[serde(flatten)]
+    pub ports: NatPorts,
+}
+
+/// The source ports of a NAT service towards its backends.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NatPorts {
+    /// Ports held by live flows, as last counted; `None` before the first count.
+    pub in_use: Option<u64>,
+    /// `agent.nat_port_min..=nat_port_max` towards each backend of the service.
+    pub available: u64,
+    /// New flows dropped as `drop_nat_ports_exhausted`: none of the ports they tried was free.
+    pub exhausted_drops: u64,
+    /// False when the last count stopped at its time budget: `in_use` is then a lower bound.
+    pub complete: bool,
+    /// Seconds since the last count.
+    pub counted_s_ago: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -83,6 +113,9 @@ pub struct ServiceInfo {
     pub packets: u64,
     pub bytes: u64,
     pub new_flows: u64,
+    /// NAT mode only: ports in use and available, and the flows dropped for want of a port.
+    #[serde(default)]
+    pub nat_ports: Option<NatPorts>,
 }
 
 /// `GET /api/v1/services/{name}/backends`.
