@@ -82,6 +82,13 @@ enum Cmd {
         /// Target packets per second (0: as fast as the kernel takes them).
         #[arg(long, default_value_t = 0)]
         pps: u64,
+        /// The frames: udp, syn (TCP SYN) or ack (TCP ACK).
+        #[arg(long, default_value = "udp")]
+        kind: String,
+        /// Spoofed sources: this many low bits of --src, the source port and the TCP sequence
+        /// number drawn at random for every frame (at most 16; 0: every frame the same).
+        #[arg(long, default_value_t = 0)]
+        spoof_bits: u8,
     },
 }
 
@@ -182,8 +189,12 @@ fn main() -> Result<()> {
             seconds,
             batch,
             pps,
+            kind,
+            spoof_bits,
         }) => {
             let a = flood::GenArgs {
+                kind: flood::GenKind::parse(&kind)?,
+                spoof_bits,
                 iface,
                 dst_mac: flood::parse_mac(&dst_mac)?,
                 src,
