@@ -58,6 +58,7 @@ pub mod names {
     pub const PROGRAM_PASS: &str = "xdp_pass";
     pub const PROGRAM_TX: &str = "xdp_tx";
     pub const PROGRAM_TX_PACED: &str = "xdp_tx_paced";
+    pub const PROGRAM_TX_SPOOFED: &str = "xdp_tx_spoofed";
     pub const TX_PACE: &str = "TX_PACE";
     pub const SERVICES: &str = "SERVICES";
     pub const BACKENDS: &str = "BACKENDS";

@@ -280,6 +280,12 @@ pub struct TxPace {
     pub interval_ns: u64,
     /// When the next frame may leave (bpf_ktime_get_ns).
     pub next_ns: u64,
+    /// `xdp_tx_spoofed` only: the bits of the IPv4 source address to draw at random, as the
+    /// address sits in the frame (network order; 0: the address is kept).
+    pub src_mask: u32,
+    /// `xdp_tx_spoofed` only: source ports are drawn from `port_min..=port_min + port_span`.
+    pub port_min: u16,
+    pub port_span: u16,
 }
 
 /// Data-path wide settings, element 0 of `SETTINGS`.

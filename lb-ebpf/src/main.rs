@@ -135,6 +135,13 @@ pub fn xdp_tx(_ctx: XdpContext) -> u32 {
 /// (each BPF_PROG_TEST_RUN call costs milliseconds to set up, so user space cannot pace finely).
 #[xdp]
 pub fn xdp_tx_paced(_ctx: XdpContext) -> u32 {
+    pace();
+    XDP_TX
+}
+
+/// Waits for the next frame's time slot of `TX_PACE`, spinning on the clock.
+#[inline(always)]
+fn pace() {
     // A bound for the verifier: about 100 µs of waiting, enough for rates down to ~10k pps.
     const MAX_SPINS: u32 = 4096;
     if let Some(pace) = maps::TX_PACE.get_ptr_mut(0) {
@@ -153,7 +160,84 @@ pub fn xdp_tx_paced(_ctx: XdpContext) -> u32 {
         // up by one batch overflowed the receiver's 256-frame ring more often).
         pace.next_ns = pace.next_ns.max(now) + pace.interval_ns;
     }
+}
+
+/// `xdp_tx_paced` sending every frame from another source: the bits `TX_PACE.src_mask` of the
+/// IPv4 source address, the source port (and a TCP frame's sequence number) drawn at random,
+/// the checksums updated. For spoofed floods (`lb-bench flood-gen --spoof-bits`). Expects
+/// Ethernet + IPv4 without options + TCP or UDP, as the generator builds them; passes anything
+/// else unchanged.
+#[xdp]
+pub fn xdp_tx_spoofed(ctx: XdpContext) -> u32 {
+    pace();
+    spoof(&ctx);
     XDP_TX
+}
+
+#[inline(always)]
+fn spoof(ctx: &XdpContext) {
+    use aya_ebpf::helpers::generated::bpf_get_prandom_u32;
+    use checksum::Delta;
+    use parse::{bytes_at, load16, load32, store16, store32};
+    const IP: usize = 14;
+    const L4: usize = IP + 20;
+    let Some(pace) = maps::TX_PACE.get(0) else {
+        return;
+    };
+    // Ethernet, IPv4 (20 bytes) and the TCP header's first 20 bytes.
+    let Some(frame) = bytes_at(ctx, 0, L4 + 8) else {
+        return;
+    };
+    // SAFETY: within the 42 bytes checked above.
+    let proto = unsafe { *frame.add(IP + 9) };
+    let (check_at, len) = match proto {
+        PROTO_TCP => (L4 + 16, L4 + 20),
+        lb_common::maps::PROTO_UDP => (L4 + 6, L4 + 8),
+        _ => return,
+    };
+    let Some(frame) = bytes_at(ctx, 0, len) else {
+        return;
+    };
+    // SAFETY: helpers without arguments.
+    let (r1, r2) = unsafe { (bpf_get_prandom_u32(), bpf_get_prandom_u32()) };
+    let mut ip = Delta::default();
+    let mut l4 = Delta::default();
+    let src_at = frame.wrapping_add(IP + 12);
+    let old_src = load32(src_at);
+    let new_src = (old_src & !pace.src_mask) | (r1 & pace.src_mask);
+    store32(src_at, new_src);
+    ip.word32(old_src, new_src);
+    l4.word32(old_src, new_src);
+    let port_at = frame.wrapping_add(L4);
+    let old_port = load16(port_at);
+    let span = u32::from(pace.port_span) + 1;
+    let new_port = ((u32::from(pace.port_min) + (r2 & 0xFFFF) % span) as u16).to_be();
+    store16(port_at, new_port);
+    l4.word16(old_port, new_port);
+    if proto == PROTO_TCP {
+        let seq_at = frame.wrapping_add(L4 + 4);
+        let old_seq = load32(seq_at);
+        // SAFETY: a helper without arguments.
+        let new_seq = unsafe { bpf_get_prandom_u32() };
+        store32(seq_at, new_seq);
+        l4.word32(old_seq, new_seq);
+    }
+    let ip_check_at = frame.wrapping_add(IP + 10);
+    store16(ip_check_at, ip.apply(load16(ip_check_at)));
+    let l4_check_at = frame.wrapping_add(check_at);
+    let old_check = load16(l4_check_at);
+    // A UDP checksum of 0 means "none": it stays so; a computed 0 is sent as 0xFFFF.
+    if proto == PROTO_TCP || old_check != 0 {
+        let check = l4.apply(old_check);
+        store16(
+            l4_check_at,
+            if check == 0 && proto != PROTO_TCP {
+                0xFFFF
+            } else {
+                check
+            },
+        );
+    }
 }
 
 /// Any packet: the reference path.

@@ -8,9 +8,11 @@
 //! - http: wrk through web1, HAProxy, nginx, XDP DSR, XDP NAT in a lab `lbb-ht-` -> `http`;
 //! - flood: legit req/s under a bounded flood in a lab `lbb-fl-` -> `flood`;
 //! - map-memory: the kernel memory of each map for the lab's agent config -> `map_memory_bytes`;
+//! - conn-rate: new TCP connections/s (wrk, `Connection: close`) in a lab `lbb-cr-` -> `conn_rate`;
+//! - nat-churn: distinct client tuples through the NAT VIP in a lab `lbb-nc-` -> `nat_churn`;
 //! - summary: every table, the target ratios, and the chart `target/bench/results.svg`.
 //!
-//! A part that fails writes nulls and its reason, and the others still run.
+//! A part that fails writes nulls and its reason, and the others still run. `--only` picks parts.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -26,6 +28,10 @@ pub struct BenchArgs {
     /// Skip `cargo xtask setup` (packages, toolchain, bpffs).
     #[arg(long)]
     pub no_setup: bool,
+    /// Run only these parts (e.g. `--only conn-rate,nat-churn`; parts: per-packet, http, flood,
+    /// conn-rate, nat-churn, summary). The other keys of the results file are kept.
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
 }
 
 /// What every part gets.
@@ -36,28 +42,45 @@ struct Ctx {
 }
 
 struct Part {
+    /// The `lb-bench` subcommand, and what `--only` names.
+    key: &'static str,
     name: &'static str,
     run: fn(&Ctx) -> Result<()>,
 }
 
 const PARTS: &[Part] = &[
     Part {
+        key: "per-packet",
         name: "per-packet (BPF_PROG_TEST_RUN)",
         run: per_packet,
     },
     Part {
+        key: "http",
         name: "http (wrk: direct, HAProxy, nginx, XDP DSR, XDP NAT)",
         run: http,
     },
     Part {
+        key: "flood",
         name: "flood (legit req/s under a bounded flood)",
         run: flood,
     },
     Part {
+        key: "map-memory",
         name: "map memory (the lab config's maps, memlock from the kernel)",
         run: map_memory,
     },
     Part {
+        key: "conn-rate",
+        name: "conn-rate (new TCP connections/s: direct, HAProxy, XDP DSR, XDP NAT)",
+        run: conn_rate,
+    },
+    Part {
+        key: "nat-churn",
+        name: "nat-churn (distinct client tuples through the NAT VIP)",
+        run: nat_churn,
+    },
+    Part {
+        key: "summary",
         name: "summary (targets, chart)",
         run: summary,
     },
@@ -92,8 +115,22 @@ pub fn run(args: BenchArgs) -> Result<()> {
         results,
     };
 
+    if let Some(unknown) = args
+        .only
+        .iter()
+        .find(|k| !PARTS.iter().any(|p| p.key == k.as_str()))
+    {
+        let keys: Vec<&str> = PARTS.iter().map(|p| p.key).collect();
+        bail!(
+            "--only {unknown:?}: no such part (parts: {})",
+            keys.join(", ")
+        );
+    }
     let mut failed = Vec::new();
     for part in PARTS {
+        if !args.only.is_empty() && !args.only.iter().any(|k| k == part.key) {
+            continue;
+        }
         println!("xtask bench: == {} ==", part.name);
         if let Err(e) = (part.run)(&ctx) {
             eprintln!("xtask bench: {} FAILED: {e:#}", part.name);
@@ -141,6 +178,14 @@ fn flood(ctx: &Ctx) -> Result<()> {
 
 fn map_memory(ctx: &Ctx) -> Result<()> {
     lb_bench(ctx, "map-memory", false)
+}
+
+fn conn_rate(ctx: &Ctx) -> Result<()> {
+    lb_bench(ctx, "conn-rate", true)
+}
+
+fn nat_churn(ctx: &Ctx) -> Result<()> {
+    lb_bench(ctx, "nat-churn", true)
 }
 
 fn summary(ctx: &Ctx) -> Result<()> {

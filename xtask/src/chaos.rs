@@ -5,11 +5,13 @@
 //! - backend_kill, agent_restart, upgrade, api_fuzz: on one lab (prefix `lbc-`) running the
 //!   stack (nginx on web1 and web2, HTTP health checks, the agent with an API token), under a
 //!   load of new connections from the client namespace (xtask/src/load.rs);
+//! - flow_flood: a spoofed SYN, ACK and UDP flood against small flow tables, connections held
+//!   (xtask/src/flow_flood.rs), on a lab of its own;
 //! - db_failover: the database primary killed during acknowledged writes through the app;
 //! - packet_fuzz: `lb-fuzz` (BPF_PROG_TEST_RUN against the reference model);
 //! - config_fuzz: `cargo fuzz run config_parse` (fuzz/), bounded in time.
 //!
-//! One line per part with its mark and figures, then `chaos: N/M parts passed`; exits non-zero
+//! `--only KEY[,KEY]` runs some parts only. One line per part with its mark and figures, then `chaos: N/M parts passed`; exits non-zero
 //! when a part misses its bar (issue 7) or fails to run. A part is one function returning its
 //! JSON; one that cannot run writes `null` and `<key>_detail.reason`. The lab goes down on
 //! every path, Ctrl-C included.
@@ -24,7 +26,7 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 use serde_json::{json, Value};
 use xtask::{
-    failover,
+    failover, flow_flood,
     lab::{self, addr, host, Lab, LabSpec},
     load::{self, KeepAlive, Load, LoadOptions, LoadReport},
     setup,
@@ -43,6 +45,10 @@ pub struct ChaosArgs {
     /// Seed of the packet fuzzer (default: from the clock; printed and recorded).
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Run only these parts (result keys, e.g. `--only flow_flood`; repeat or separate with
+    /// commas). The other keys of the results file are kept.
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
 }
 
 /// Prefix of the chaos lab (its namespaces, run directory and bpffs).
@@ -149,6 +155,11 @@ const PARTS: &[Part] = &[
         key: "api_fuzz",
         run: api_fuzz,
     },
+    // Its own lab (the agent with small flow tables).
+    Part {
+        key: "flow_flood",
+        run: flow_flood,
+    },
     Part {
         key: "db_failover",
         run: db_failover,
@@ -223,10 +234,24 @@ pub fn run(args: ChaosArgs) -> Result<()> {
         suite.results.display()
     );
 
+    if let Some(unknown) = args
+        .only
+        .iter()
+        .find(|k| !PARTS.iter().any(|p| p.key == k.as_str()))
+    {
+        let keys: Vec<&str> = PARTS.iter().map(|p| p.key).collect();
+        bail!(
+            "--only {unknown:?}: no such part (parts: {})",
+            keys.join(", ")
+        );
+    }
     let mut lines = Vec::new();
     let (mut passed, mut failed) = (0, 0);
     for part in PARTS {
-        if part.key == "db_failover" || part.key == "packet_fuzz" {
+        if !args.only.is_empty() && !args.only.iter().any(|k| k == part.key) {
+            continue;
+        }
+        if ["flow_flood", "db_failover", "packet_fuzz"].contains(&part.key) {
             // The remaining parts need no lab.
             suite.lab_down();
         }
@@ -650,6 +675,79 @@ fn upgrade(suite: &mut Suite) -> Result<Finding> {
             "failed {} of {} requests (bar 0), XDP program id {program_before} -> {program_after}, attach {attach}",
             report.failed(),
             report.requests()
+        ),
+    })
+}
+
+/// A spoofed SYN, ACK and UDP flood of several times the flow tables' size (small tables,
+/// `xtask/src/flow_flood.rs`), with keep-alive connections held through the VIP and new
+/// connections made throughout. Its own lab.
+fn flow_flood(suite: &mut Suite) -> Result<Finding> {
+    let options = if suite.quick {
+        flow_flood::Options::quick()
+    } else {
+        flow_flood::Options::full()
+    };
+    let lab = Lab::up(LabSpec::standard(LAB_PREFIX))?;
+    let outcome = flow_flood::start(&lab, &options).and_then(|_| flow_flood::run(&lab, &options));
+    let outcome = outcome
+        .map_err(|e| anyhow::anyhow!("{e:#}\nagent log:\n{}", tail(&lab.read_log("agent"), 30)));
+    let down = lab.down();
+    let report = outcome?;
+    down?;
+    let (acks, syns, udp) = (
+        report.sent_of("ack"),
+        report.sent_of("syn"),
+        report.sent_of("udp"),
+    );
+    let no_flow = report.verdict("drop_no_flow");
+    // Every ACK that reached the lb (the rest found its ring full) must be dropped as no flow.
+    let acks_arrived = acks.saturating_sub(report.ring_full);
+    let table = u64::from(options.flow_capacity.max(options.unverified_capacity));
+    let value = json!({
+        "flood_packets": report.flood_packets(),
+        "flow_capacity": options.flow_capacity,
+        "established_survived": report.established_survived,
+        "legit_failed": report.legit_failed,
+    });
+    let detail = json!({
+        "unverified_capacity": options.unverified_capacity,
+        "sent": report.sent.iter().map(|s| json!({ "kind": s.kind, "packets": s.packets, "seconds": s.seconds, "generator": s.generator })).collect::<Vec<_>>(),
+        "sources": format!(
+            "random addresses of {o}/{b} (SYN, UDP) and {a}/{b} (ACK), random ports 1024-65535",
+            o = flow_flood::SPOOF_OPENING,
+            a = flow_flood::SPOOF_ACK,
+            b = 32 - flow_flood::SPOOF_BITS
+        ),
+        "held_connections": report.held.iter().map(|(s, a, b)| json!({ "service": s, "before": a, "after": b })).collect::<Vec<_>>(),
+        "legit_requests": report.legit_requests,
+        "legit_failed_during_flood": report.legit_failed_during_flood,
+        "legit_served_by": { "web1": report.legit_served_by[0].1, "web2": report.legit_served_by[1].1 },
+        "first_failures": report.first_failures,
+        "verdicts_delta": report.verdicts,
+        "lb_ring_full_frames": report.ring_full,
+        "legit_rate_per_s": options.legit_rate,
+    });
+    let pass = report.established_survived
+        && report.legit_failed == 0
+        && report.legit_requests > 0
+        && syns >= 2 * table
+        && acks >= 2 * table
+        && udp >= 2 * table
+        && no_flow >= acks_arrived;
+    Ok(Finding {
+        value,
+        detail,
+        mark: if pass { Mark::Pass } else { Mark::Fail },
+        summary: format!(
+            "{} spoofed packets ({syns} SYN, {acks} ACK, {udp} UDP; tables of {} connections and {} unverified), \
+             held connections survived: {} (bar true), legit failed {} of {} (bar 0), drop_no_flow {no_flow} (ACKs that reached the lb: {acks_arrived})",
+            report.flood_packets(),
+            options.flow_capacity,
+            options.unverified_capacity,
+            report.established_survived,
+            report.legit_failed,
+            report.legit_requests,
         ),
     })
 }

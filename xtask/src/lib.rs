@@ -5,6 +5,7 @@
 //! Deliberately free of aya and tokio so that it builds before the BPF toolchain exists.
 
 pub mod failover;
+pub mod flow_flood;
 pub mod forward;
 pub mod lab;
 pub mod load;

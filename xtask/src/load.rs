@@ -211,18 +211,88 @@ impl LoadReport {
 /// One `GET /` on a new connection, closed by the server after the answer.
 fn one_request(options: &LoadOptions) -> io::Result<String> {
     let deadline = Instant::now() + options.timeout;
-    let mut stream = TcpStream::connect_timeout(&options.target, options.timeout)?;
+    let stream = TcpStream::connect_timeout(&options.target, options.timeout)?;
     let left = deadline
         .saturating_duration_since(Instant::now())
         .max(Duration::from_millis(1));
-    stream.set_read_timeout(Some(left))?;
-    stream.set_write_timeout(Some(left))?;
+    request_closed_by_server(stream, &options.host, left)
+}
+
+/// A TCP connection from an explicit source address and port (`SO_REUSEADDR` set, so a port
+/// whose last connection the server closed can be bound again at once; a port still in
+/// TIME_WAIT on this side fails with `AddrNotAvailable` at connect). Blocking, with `timeout`
+/// on the connect and on later reads and writes.
+pub fn connect_from(
+    source: std::net::SocketAddrV4,
+    target: std::net::SocketAddrV4,
+    timeout: Duration,
+) -> io::Result<TcpStream> {
+    use std::os::fd::FromRawFd as _;
+    fn sockaddr(a: std::net::SocketAddrV4) -> libc::sockaddr_in {
+        libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: a.port().to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from_ne_bytes(a.ip().octets()),
+            },
+            sin_zero: [0; 8],
+        }
+    }
+    let check = |rc: libc::c_int| {
+        if rc < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(rc)
+        }
+    };
+    // SAFETY: plain socket calls on a descriptor this function owns; the TcpStream takes it over
+    // (and closes it on every error path below).
+    unsafe {
+        let fd = check(libc::socket(
+            libc::AF_INET,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+            0,
+        ))?;
+        let stream = TcpStream::from_raw_fd(fd);
+        let one: libc::c_int = 1;
+        check(libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        ))?;
+        // The kernel bounds a blocking connect by the send timeout.
+        stream.set_write_timeout(Some(timeout))?;
+        stream.set_read_timeout(Some(timeout))?;
+        let src = sockaddr(source);
+        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        check(libc::bind(
+            fd,
+            (&src as *const libc::sockaddr_in).cast(),
+            len,
+        ))?;
+        let dst = sockaddr(target);
+        check(libc::connect(
+            fd,
+            (&dst as *const libc::sockaddr_in).cast(),
+            len,
+        ))?;
+        Ok(stream)
+    }
+}
+
+/// `GET /` with `Connection: close` on an open connection: the server closes first (it keeps
+/// the TIME_WAIT), then this side. The body of a 200 answer.
+pub fn request_closed_by_server(
+    mut stream: TcpStream,
+    host: &str,
+    timeout: Duration,
+) -> io::Result<String> {
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
     stream.write_all(
-        format!(
-            "GET / HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-            options.host
-        )
-        .as_bytes(),
+        format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
     )?;
     let mut answer = Vec::new();
     stream.read_to_end(&mut answer)?;

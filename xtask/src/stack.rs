@@ -275,6 +275,25 @@ port = 80
     )
 }
 
+/// [`write_agent_config_with`], then `agent_keys` (lines of the `[agent]` table, e.g.
+/// `flow_capacity = 4096`) put into the `[agent]` table and `extra` (whole tables, e.g. more
+/// services) appended.
+pub fn write_agent_config_extended(
+    lab: &Lab,
+    options: &AgentOptions,
+    agent_keys: &str,
+    extra: &str,
+) -> Result<PathBuf> {
+    let path = write_agent_config_with(lab, options)?;
+    let text = std::fs::read_to_string(&path)?;
+    let Some((head, tail)) = text.split_once("[agent]\n") else {
+        bail!("no [agent] table in {}", path.display());
+    };
+    let text = format!("{head}[agent]\n{agent_keys}\n{tail}\n{extra}");
+    std::fs::write(&path, text)?;
+    Ok(path)
+}
+
 /// MariaDB on a db host as a standalone writable server (see [`start_mariadb_node`]).
 pub fn start_mariadb(lab: &Lab, db: &str) -> Result<u32> {
     let pid = start_mariadb_node(lab, db)?;

@@ -105,6 +105,7 @@ pub fn run(args: TestArgs) -> Result<()> {
             quick: true,
             no_setup: true,
             seed: None,
+            only: Vec::new(),
         }) {
             Ok(()) => tally.passed += 1,
             Err(e) => {

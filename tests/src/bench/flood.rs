@@ -155,6 +155,33 @@ pub struct GenArgs {
     pub batch: u32,
     /// Target packets per second (0: as fast as the kernel takes them).
     pub pps: u64,
+    /// What each frame is.
+    pub kind: GenKind,
+    /// Spoofed sources: this many low bits of the source address, the source port (1024-65535)
+    /// and a TCP frame's sequence number are drawn at random for every frame
+    /// (`xdp_tx_spoofed`); 0: every frame is the same.
+    pub spoof_bits: u8,
+}
+
+/// The frames of a flood.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GenKind {
+    Udp,
+    /// TCP SYN: opens a flow (in the table of unverified flows) when sent to a service.
+    Syn,
+    /// TCP ACK without a connection: `drop_no_flow` at a service.
+    Ack,
+}
+
+impl GenKind {
+    pub fn parse(text: &str) -> Result<Self> {
+        match text {
+            "udp" => Ok(GenKind::Udp),
+            "syn" => Ok(GenKind::Syn),
+            "ack" => Ok(GenKind::Ack),
+            other => bail!("--kind {other:?}: expected udp, syn or ack"),
+        }
+    }
 }
 
 pub fn parse_mac(text: &str) -> Result<[u8; 6]> {
@@ -178,9 +205,20 @@ pub fn generate(a: &GenArgs) -> Result<Value> {
     let ifindex = std::fs::read_to_string(format!("/sys/class/net/{}/ifindex", a.iface))?
         .trim()
         .parse::<u32>()?;
-    let frame = Frame::udp((a.src.into(), 40_000), (a.dst.into(), a.dport))
-        .macs(src_mac, a.dst_mac)
-        .build();
+    if a.spoof_bits > 16 {
+        bail!("--spoof-bits {} is more than 16", a.spoof_bits);
+    }
+    let (src, dst) = ((a.src.into(), 40_000), (a.dst.into(), a.dport));
+    let frame = match a.kind {
+        GenKind::Udp => Frame::udp(src, dst),
+        GenKind::Syn => Frame::tcp(src, dst),
+        GenKind::Ack => Frame::tcp(src, dst).tcp_flags(lb_tests::packet::TCP_ACK),
+    }
+    .macs(src_mac, a.dst_mac)
+    .build();
+    // The address bits to draw, as the address sits in the frame (network order).
+    let src_mask = u32::from_ne_bytes((((1u64 << a.spoof_bits) - 1) as u32).to_be_bytes());
+    let spoofed = a.spoof_bits > 0;
 
     // Only the xdp_tx program of the object is loaded; the maps it creates are unused, so the
     // big LRU tables are made small.
@@ -201,23 +239,31 @@ pub fn generate(a: &GenArgs) -> Result<Value> {
         .context("loading the XDP object")?;
     // Paced: the program spaces the frames itself (`xdp_tx_paced`); user space only sleeps
     // when the count runs ahead, e.g. when the clock spin of a frame hit its bound.
-    let name = if let Some(interval_ns) = 1_000_000_000u64.checked_div(a.pps) {
-        let mut pace: aya::maps::Array<_, TxPace> = aya::maps::Array::try_from(
-            ebpf.map_mut(lb_common::names::TX_PACE)
-                .context("no TX_PACE map in the object")?,
-        )?;
-        pace.set(
-            0,
-            TxPace {
-                interval_ns,
-                next_ns: 0,
-            },
-            0,
-        )?;
-        lb_common::names::PROGRAM_TX_PACED
-    } else {
-        lb_common::names::PROGRAM_TX
-    };
+    let name =
+        if let Some(interval_ns) = 1_000_000_000u64.checked_div(a.pps).or(spoofed.then_some(0)) {
+            let mut pace: aya::maps::Array<_, TxPace> = aya::maps::Array::try_from(
+                ebpf.map_mut(lb_common::names::TX_PACE)
+                    .context("no TX_PACE map in the object")?,
+            )?;
+            pace.set(
+                0,
+                TxPace {
+                    interval_ns,
+                    next_ns: 0,
+                    src_mask,
+                    port_min: 1024,
+                    port_span: u16::MAX - 1024,
+                },
+                0,
+            )?;
+            if spoofed {
+                lb_common::names::PROGRAM_TX_SPOOFED
+            } else {
+                lb_common::names::PROGRAM_TX_PACED
+            }
+        } else {
+            lb_common::names::PROGRAM_TX
+        };
     let program: &mut Xdp = ebpf
         .program_mut(name)
         .with_context(|| format!("no {name} program in the object"))?
@@ -269,6 +315,8 @@ pub fn generate(a: &GenArgs) -> Result<Value> {
         "frame_len": frame.len(),
         "batch": a.batch,
         "target_pps": a.pps,
+        "kind": format!("{:?}", a.kind).to_lowercase(),
+        "spoof_bits": a.spoof_bits,
     }))
 }
 

@@ -12,7 +12,7 @@ use super::labkit::{self, median, round, CpuMeter, Wrk, WrkResult};
 
 pub const PREFIX: &str = "lbb-ht-";
 pub const KEYS: [&str; 5] = ["direct", "haproxy", "nginx", "xdp_dsr", "xdp_nat"];
-const HAPROXY_PORT: u16 = 8001;
+pub const HAPROXY_PORT: u16 = 8001;
 const NGINX_PORT: u16 = 8002;
 
 #[derive(Clone, Debug)]
@@ -65,7 +65,7 @@ port = 8001
 port = 8002
 "#;
 
-fn haproxy_config(dir: &std::path::Path) -> String {
+pub fn haproxy_config(dir: &std::path::Path) -> String {
     format!(
         "# The seed's load balancer: HAProxy, round robin over the two web servers (lb-bench).\n\
          global\n  maxconn 4096\n  pidfile {pid}\n\n\
@@ -418,7 +418,7 @@ fn run_json(r: &WrkResult, proc_s: f64, softirq_s: f64) -> Value {
     })
 }
 
-fn version(lab: &Lab, args: &[&str]) -> String {
+pub fn version(lab: &Lab, args: &[&str]) -> String {
     lab.exec_unchecked(host::LB, args)
         .map(|o| {
             let text = format!(

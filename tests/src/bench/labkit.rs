@@ -53,6 +53,11 @@ pub struct WrkResult {
 
 /// Runs wrk against `url` from the client namespace. Bounded: wrk's own duration plus 20 s.
 pub fn wrk(lab: &Lab, w: &Wrk, url: &str) -> Result<WrkResult> {
+    wrk_with(lab, w, &[], url)
+}
+
+/// [`wrk`] with more wrk arguments (e.g. `["-H", "Connection: close"]`).
+pub fn wrk_with(lab: &Lab, w: &Wrk, extra: &[&str], url: &str) -> Result<WrkResult> {
     let (t, c, d) = (
         format!("-t{}", w.threads),
         format!("-c{}", w.connections),
@@ -63,8 +68,10 @@ pub fn wrk(lab: &Lab, w: &Wrk, url: &str) -> Result<WrkResult> {
         args.extend(["taskset".into(), "-c".into(), cpu.to_string()]);
     }
     args.extend(
-        ["wrk", &t, &c, &d, "--timeout", "2s", "--latency", url]
+        ["wrk", &t, &c, &d, "--timeout", "2s", "--latency"]
             .iter()
+            .chain(extra)
+            .chain(&[url])
             .map(|a| a.to_string()),
     );
     let out = lab.exec_timeout(

@@ -5,7 +5,7 @@ use std::{fmt::Write as _, path::Path};
 use anyhow::{Context as _, Result};
 use serde_json::{json, Value};
 
-use super::{flood, http, per_packet};
+use super::{conn_rate, flood, http, nat_churn, per_packet};
 
 /// (name, value, target, met) for every target of issues 3 and 6.
 pub fn targets(r: &Value) -> Vec<(String, Option<f64>, String, Option<bool>)> {
@@ -117,6 +117,36 @@ pub fn text(r: &Value) -> String {
             s,
             "null: {}",
             r["flood_detail"]["reason"].as_str().unwrap_or("not run")
+        );
+    }
+    let _ = writeln!(
+        s,
+        "== conn_rate (new TCP connections/s: wrk -c32 -H 'Connection: close', median of repetitions) =="
+    );
+    if r["conn_rate"].is_object() {
+        s += &conn_rate::table(&r["conn_rate"]);
+    } else {
+        let _ = writeln!(
+            s,
+            "null: {}",
+            r["conn_rate_detail"]["reason"]
+                .as_str()
+                .unwrap_or("not run")
+        );
+    }
+    let _ = writeln!(
+        s,
+        "== nat_churn (distinct client tuples through the NAT VIP) =="
+    );
+    if r["nat_churn"].is_object() {
+        s += &nat_churn::table(&r["nat_churn"], &r["nat_churn_detail"]);
+    } else {
+        let _ = writeln!(
+            s,
+            "null: {}",
+            r["nat_churn_detail"]["reason"]
+                .as_str()
+                .unwrap_or("not run")
         );
     }
     let _ = writeln!(s, "== targets ==");

@@ -3,6 +3,8 @@
 //! - `per-packet` (the default): `per_packet_ns`, BPF_PROG_TEST_RUN;
 //! - `http`: `http`, wrk through HAProxy, nginx and our load balancer in a lab (`lbb-ht-`);
 //! - `flood`: `flood`, legit req/s under a bounded flood (`lbb-fl-`);
+//! - `conn-rate`: `conn_rate`, new TCP connections/s through each load balancer (`lbb-cr-`);
+//! - `nat-churn`: `nat_churn`, distinct client tuples through the NAT VIP (`lbb-nc-`);
 //! - `summary`: every part's table, the target ratios, and the chart `results.svg`;
 //! - `flood-gen`: the flood generator itself, run by `flood` inside the client namespace;
 //! - `latency`: HTTP latency at a fixed request rate, run by `http` inside the client namespace.
@@ -16,7 +18,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 use clap::Parser;
 
-use bench::{flood, http, latency, per_packet, report, summary, system};
+use bench::{conn_rate, flood, http, latency, nat_churn, per_packet, report, summary, system};
 use serde_json::{json, Map, Value};
 
 #[derive(Parser, Debug)]
@@ -48,6 +50,42 @@ enum Cmd {
         /// Overrides the config's agent.flow_capacity.
         #[arg(long)]
         flow_capacity: Option<u32>,
+    },
+    /// New TCP connections per second (wrk -c32 -H 'Connection: close') through web1 directly,
+    /// HAProxy, XDP DSR and XDP NAT (a lab `lbb-cr-`).
+    ConnRate(LabArgs),
+    /// Distinct client tuples through the NAT VIP, one connection each (a lab `lbb-nc-`).
+    NatChurn {
+        #[arg(long)]
+        quick: bool,
+        #[arg(long, default_value = "target/bench/results.json")]
+        out: PathBuf,
+        /// Tuples (default 300k, 100k with --quick; 1M takes ~20 min here).
+        #[arg(long)]
+        count: Option<u64>,
+    },
+    /// The nat-churn driver, run by `nat-churn` in the client namespace; prints JSON.
+    ChurnClient {
+        #[arg(long)]
+        first_source: std::net::Ipv4Addr,
+        #[arg(long)]
+        sources: u8,
+        #[arg(long)]
+        first_port: u16,
+        #[arg(long)]
+        last_port: u16,
+        #[arg(long)]
+        count: u64,
+        #[arg(long)]
+        target: std::net::SocketAddrV4,
+        #[arg(long, default_value_t = 16)]
+        threads: u32,
+        /// Bound of connect and of each answer, seconds (a SYN retransmitted twice fits).
+        #[arg(long, default_value_t = 10)]
+        timeout: u64,
+        /// No connection starts after this many seconds.
+        #[arg(long, default_value_t = 900)]
+        max_seconds: u64,
     },
     /// Print every part's table and the target ratios; write the chart (results.svg).
     Summary {
@@ -91,6 +129,13 @@ enum Cmd {
         /// Target packets per second (0: as fast as the kernel takes them).
         #[arg(long, default_value_t = 0)]
         pps: u64,
+        /// The frames: udp, syn (TCP SYN) or ack (TCP ACK).
+        #[arg(long, default_value = "udp")]
+        kind: String,
+        /// Spoofed sources: this many low bits of --src, the source port and the TCP sequence
+        /// number drawn at random for every frame (at most 16; 0: every frame the same).
+        #[arg(long, default_value_t = 0)]
+        spoof_bits: u8,
     },
 }
 
@@ -167,6 +212,33 @@ fn main() -> Result<()> {
         Some(Cmd::Flood(args)) => flood_main(args),
         Some(Cmd::Summary { out }) => summary::run(&out),
         Some(Cmd::MapMemory { out, flow_capacity }) => map_memory_main(&out, flow_capacity),
+        Some(Cmd::ConnRate(args)) => conn_rate_main(args),
+        Some(Cmd::NatChurn { quick, out, count }) => nat_churn_main(quick, out, count),
+        Some(Cmd::ChurnClient {
+            first_source,
+            sources,
+            first_port,
+            last_port,
+            count,
+            target,
+            threads,
+            timeout,
+            max_seconds,
+        }) => {
+            let result = nat_churn::client(&nat_churn::ClientArgs {
+                first_source,
+                sources,
+                first_port,
+                last_port,
+                count,
+                target,
+                threads,
+                timeout: std::time::Duration::from_secs(timeout),
+                max_seconds,
+            })?;
+            println!("{result}");
+            Ok(())
+        }
         Some(Cmd::Latency {
             url,
             rate,
@@ -192,8 +264,12 @@ fn main() -> Result<()> {
             seconds,
             batch,
             pps,
+            kind,
+            spoof_bits,
         }) => {
             let a = flood::GenArgs {
+                kind: flood::GenKind::parse(&kind)?,
+                spoof_bits,
                 iface,
                 dst_mac: flood::parse_mac(&dst_mac)?,
                 src,
@@ -331,6 +407,44 @@ fn map_memory_main(out: &std::path::Path, flow_capacity: Option<u32>) -> Result<
     );
     report::merge_into(out, sections)?;
     println!("results: {}", out.display());
+    Ok(())
+}
+
+fn conn_rate_main(args: LabArgs) -> Result<()> {
+    let mut cfg = conn_rate::Config::new(args.quick);
+    if let Some(n) = args.repetitions {
+        cfg.repetitions = n;
+    }
+    if let Some(n) = args.seconds {
+        cfg.wrk.seconds = n;
+    }
+    let outcome = conn_rate::run(&cfg).map(|r| (r.conn_rate, r.detail));
+    let failed = outcome.is_err();
+    let sections = lab_sections("conn_rate", &conn_rate::KEYS, outcome, cfg.quick);
+    print!("{}", conn_rate::table(&sections["conn_rate"]));
+    report::merge_into(&args.out, sections)?;
+    if failed {
+        bail!("the conn_rate part failed (null + reason written)");
+    }
+    Ok(())
+}
+
+fn nat_churn_main(quick: bool, out: PathBuf, count: Option<u64>) -> Result<()> {
+    let mut cfg = nat_churn::Config::new(quick);
+    if let Some(n) = count {
+        cfg.count = n;
+    }
+    let outcome = nat_churn::run(&cfg).map(|r| (r.nat_churn, r.detail));
+    let failed = outcome.is_err();
+    let sections = lab_sections("nat_churn", &nat_churn::KEYS, outcome, cfg.quick);
+    print!(
+        "{}",
+        nat_churn::table(&sections["nat_churn"], &sections["nat_churn_detail"])
+    );
+    report::merge_into(&out, sections)?;
+    if failed {
+        bail!("the nat_churn part failed (null + reason written)");
+    }
     Ok(())
 }
 
