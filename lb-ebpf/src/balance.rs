@@ -310,10 +310,11 @@ fn reserve_nat_port(
             return reply_key.dst_port as u32;
         }
     }
-    // Every port tried is held: take over the first ones whose flow has ended. Only a few, as
-    // each costs flow look-ups (and the verifier walks each one).
+    // Every port tried is held: take over some whose flow has ended. Only a few, as each costs
+    // flow look-ups (and the verifier walks each one); which few moves on with the clock, so
+    // that the client's retransmitted SYN a second later asks other ones.
     for attempt in 0..NAT_TAKEOVER_TRIES {
-        reply_key.dst_port = port_of(attempt);
+        reply_key.dst_port = port_of((clock.now.wrapping_add(attempt)) % NAT_PORT_TRIES);
         if take_over(reverse, reply_key, clock) {
             return reply_key.dst_port as u32;
         }

@@ -787,7 +787,8 @@ fn map_data(map: &aya::maps::Map) -> Result<&MapData> {
         | Map::LruHashMap(data)
         | Map::PerCpuArray(data)
         | Map::PerCpuHashMap(data)
-        | Map::PerCpuLruHashMap(data) => Ok(data),
+        | Map::PerCpuLruHashMap(data)
+        | Map::ProgramArray(data) => Ok(data),
         _ => bail!("a map of a kind the data path does not use"),
     }
 }
