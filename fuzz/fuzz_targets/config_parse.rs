@@ -14,6 +14,14 @@ use libfuzzer_sys::fuzz_target;
 )]
 mod config;
 
+/// The map sizes the config's memory budget is checked against (`config.rs` asks it).
+#[path = "../../lb-userspace/src/sizing.rs"]
+#[expect(
+    dead_code,
+    reason = "validation uses the estimate only; the module also reports the kernel's figures"
+)]
+mod sizing;
+
 fuzz_target!(|data: &[u8]| {
     // Config files are read as UTF-8 text (`config::load`); other bytes never reach the parser.
     let Ok(text) = std::str::from_utf8(data) else {
