@@ -41,6 +41,9 @@ pub const NAT_PORT_TRIES: u32 = 8;
 /// Of those, how many it then tries to take over from a flow that has ended: each costs flow
 /// look-ups, and with all eight the verifier passed its instruction limit.
 pub const NAT_TAKEOVER_TRIES: u32 = 2;
+/// Source addresses a NAT service may use towards its backends (`SNAT_ADDRS`): each one adds
+/// the whole port range to the connections a backend can hold at once.
+pub const MAX_SNAT_ADDRS: u32 = 8;
 
 /// Names of the maps and programs in the object, used by both sides.
 /// Indexes of the programs `lb` tail-calls (map `CALLS`): the slow road (fragments, frames to
@@ -83,8 +86,9 @@ pub mod names {
     pub const HOST_ADDRS: &str = "HOST_ADDRS";
     pub const HOST_PORTS: &str = "HOST_PORTS";
     pub const VIPS: &str = "VIPS";
+    pub const SNAT_ADDRS: &str = "SNAT_ADDRS";
     /// Every map the agent pins and adopts across restarts.
-    pub const PINNED_MAPS: [&str; 23] = [
+    pub const PINNED_MAPS: [&str; 24] = [
         // Pinned so that the programs it names stay reachable through a restart of the agent.
         CALLS,
         SERVICES,
@@ -109,5 +113,6 @@ pub mod names {
         HOST_ADDRS,
         HOST_PORTS,
         VIPS,
+        SNAT_ADDRS,
     ];
 }

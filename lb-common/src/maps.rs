@@ -48,12 +48,15 @@ pub struct Service {
     pub id: u32,
     pub mode: u8,
     pub algorithm: u8,
-    pub _pad: [u8; 2],
+    /// NAT mode: how many source addresses the service uses towards its backends. With more
+    /// than one they are in `SNAT_ADDRS` from `id * MAX_SNAT_ADDRS`; `snat_addr` is the first.
+    pub snat_count: u8,
+    pub _pad: u8,
     /// Index in `RINGS` of the first slot of the active selection table.
     pub ring_offset: u32,
     /// Slots in use in the active selection table; 0 means no active backend.
     pub ring_len: u32,
-    /// NAT mode: the load balancer's own address that backends reply to.
+    /// NAT mode: the load balancer's own address that backends reply to (the first, if several).
     pub snat_addr: [u32; 4],
     /// New connections (TCP SYN, or a new UDP flow) per source address (/32, /64).
     pub syn_rate: Rate,

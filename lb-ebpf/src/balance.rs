@@ -12,12 +12,15 @@ use lb_common::{
         BACKEND_ACTIVE, BACKEND_DRAINING, FLOW_PACKET_RATE, MODE_NAT, PROTO_UDP, STATE_ESTABLISHED,
         STATE_OPENING, STATE_UDP,
     },
-    NAT_PORT_TRIES, NAT_TAKEOVER_TRIES,
+    MAX_SNAT_ADDRS, NAT_PORT_TRIES, NAT_TAKEOVER_TRIES,
 };
 
 use crate::{
     conntrack::{self, Clock, Entry, Table},
-    maps::{BACKENDS, FLOWS_V4, NAT_REVERSE, RINGS, RR_CURSORS, SERVICES, SERVICE_STATS, SETTINGS},
+    maps::{
+        BACKENDS, FLOWS_V4, NAT_REVERSE, RINGS, RR_CURSORS, SERVICES, SERVICE_STATS, SETTINGS,
+        SNAT_ADDRS,
+    },
     parse::{ptr_at, Packet},
 };
 
@@ -235,7 +238,6 @@ pub fn new_flow(
         let eth: *const EthHdr = ptr_at(ctx, 0).ok_or(Verdict::DropMalformed)?;
         // SAFETY: bounds checked by `ptr_at`.
         let client_mac = unsafe { (*eth).src_addr };
-        flow.snat_addr = service.snat_addr;
         let mut reverse = NatReverse {
             client_addr: packet.key.src,
             vip: packet.key.dst,
@@ -257,17 +259,19 @@ pub fn new_flow(
             family: packet.key.family,
             _pad: [0; 2],
         };
-        flow.nat_port =
-            match reserve_nat_port(&mut reverse, &mut reply_key, flow_hash(&packet.key), clock) {
-                NO_PORT => {
-                    if let Some(counters) = SERVICE_STATS.get_ptr_mut(service.id) {
-                        // SAFETY: a per-CPU slot: only this CPU writes it while the program runs.
-                        unsafe { (*counters).nat_ports_exhausted += 1 };
-                    }
-                    return Err(Verdict::DropNatPortsExhausted);
+        let hash = flow_hash(&packet.key);
+        flow.nat_port = match reserve_nat_port(service, &mut reverse, &mut reply_key, hash, clock) {
+            NO_PORT => {
+                if let Some(counters) = SERVICE_STATS.get_ptr_mut(service.id) {
+                    // SAFETY: a per-CPU slot: only this CPU writes it while the program runs.
+                    unsafe { (*counters).nat_ports_exhausted += 1 };
                 }
-                port => port as u16,
-            };
+                return Err(Verdict::DropNatPortsExhausted);
+            }
+            port => port as u16,
+        };
+        // The address the port was found on.
+        flow.snat_addr = reply_key.dst;
     }
     conntrack::record(&packet.key, &flow, replaces)?;
     Ok(Route {
@@ -281,15 +285,18 @@ pub fn new_flow(
     })
 }
 
-/// Claims a source port towards the backend of `reply_key` for the client flow `reverse`
-/// names. A free port is taken by inserting its reverse entry with BPF_NOEXIST; a port whose
-/// flow has expired, closed or moved to another port is taken over by a compare-and-swap on the
-/// entry's `claim`. Either way two CPUs can never take the same port, and a port is never taken
-/// while its flow lives. Tries a few ports derived from the flow's hash.
+/// Claims a source address and port towards the backend of `reply_key` for the client flow
+/// `reverse` names; both are left in `reply_key`. A free port is taken by inserting its reverse
+/// entry with BPF_NOEXIST; a port whose flow has expired, closed or moved to another port is
+/// taken over by a compare-and-swap on the entry's `claim`. Either way two CPUs can never take
+/// the same port, and a port is never taken while its flow lives. Tries a few (address, port)
+/// pairs derived from the flow's hash; the address changes fastest, so a service with several
+/// addresses spreads its flows over all of them.
 ///
 /// Returns the port (network order), or [`NO_PORT`].
 #[inline(always)]
 fn reserve_nat_port(
+    service: &Service,
     reverse: &mut NatReverse,
     reply_key: &mut FlowKey,
     hash: u32,
@@ -300,9 +307,25 @@ fn reserve_nat_port(
     };
     let min = settings.nat_port_min as u32;
     let range = (settings.nat_port_max as u32).saturating_sub(min) + 1;
-    let port_of = |attempt: u32| ((min + (hash.wrapping_add(attempt)) % range) as u16).to_be();
+    let addresses = (service.snat_count as u32).clamp(1, MAX_SNAT_ADDRS);
+    let pairs = range * addresses;
+    // Candidate `attempt`: address `c % addresses`, port `c / addresses` of the range. Checked
+    // division: the compiler cannot see these are non-zero, and the panic path it would emit
+    // ends the program without an exit, which the verifier refuses.
+    let place = |attempt: u32, reply_key: &mut FlowKey| {
+        let c = hash.wrapping_add(attempt).checked_rem(pairs).unwrap_or(0);
+        reply_key.dst_port = ((min + c.checked_div(addresses).unwrap_or(c)) as u16).to_be();
+        if addresses > 1 {
+            // Written by the agent before the service that counts it; the first stays otherwise.
+            let slot = service.id * MAX_SNAT_ADDRS + c.checked_rem(addresses).unwrap_or(0);
+            reply_key.dst = match SNAT_ADDRS.get(slot) {
+                Some(addr) => *addr,
+                None => service.snat_addr,
+            };
+        }
+    };
     for attempt in 0..NAT_PORT_TRIES {
-        reply_key.dst_port = port_of(attempt);
+        place(attempt, reply_key);
         if NAT_REVERSE
             .insert(&*reply_key, &*reverse, BPF_NOEXIST as u64)
             .is_ok()
@@ -314,7 +337,7 @@ fn reserve_nat_port(
     // flow look-ups (and the verifier walks each one); which few moves on with the clock, so
     // that the client's retransmitted SYN a second later asks other ones.
     for attempt in 0..NAT_TAKEOVER_TRIES {
-        reply_key.dst_port = port_of((clock.now.wrapping_add(attempt)) % NAT_PORT_TRIES);
+        place(clock.now.wrapping_add(attempt) % NAT_PORT_TRIES, reply_key);
         if take_over(reverse, reply_key, clock) {
             return reply_key.dst_port as u32;
         }
@@ -365,6 +388,7 @@ pub fn port_in_use(held: &NatReverse, port: u16, reply_key: &FlowKey, clock: &Cl
             let flow = unsafe { &*entry.flow };
             conntrack::alive(flow, clock)
                 && flow.nat_port == port
+                && flow.snat_addr == reply_key.dst
                 && flow.backend_id == held.backend_id
         }
         None => false,

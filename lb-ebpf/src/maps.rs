@@ -12,8 +12,8 @@ use lb_common::{
         Settings, TxPace, V4Group, Verdict, V4_HALF_GROUPS,
     },
     DEFAULT_FLOW_CAPACITY, DEFAULT_NAT_CAPACITY, DEFAULT_UNVERIFIED_CAPACITY, FLOW_CACHE_SLOTS,
-    MAX_BACKENDS, MAX_PREFIXES, MAX_RULES, MAX_SERVICES, RATE_BUCKETS as RATE_BUCKETS_CAPACITY,
-    RING_SLOTS, RING_TABLES_PER_SERVICE,
+    MAX_BACKENDS, MAX_PREFIXES, MAX_RULES, MAX_SERVICES, MAX_SNAT_ADDRS,
+    RATE_BUCKETS as RATE_BUCKETS_CAPACITY, RING_SLOTS, RING_TABLES_PER_SERVICE,
 };
 
 #[map]
@@ -26,6 +26,10 @@ pub static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
 #[map]
 pub static RINGS: Array<u32> =
     Array::with_max_entries(MAX_SERVICES * RING_TABLES_PER_SERVICE * RING_SLOTS, 0);
+
+/// NAT source addresses of services with more than one, from `service id * MAX_SNAT_ADDRS`.
+#[map]
+pub static SNAT_ADDRS: Array<[u32; 4]> = Array::with_max_entries(MAX_SERVICES * MAX_SNAT_ADDRS, 0);
 
 /// Round-robin cursor per service, advanced with an atomic fetch-and-add.
 #[map]

@@ -1469,6 +1469,7 @@ impl AgentState {
                 .as_ref()
                 .map(|s| s.count.in_use.get(&service.id).copied().unwrap_or(0)),
             available,
+            snat_addresses: service.snat.iter().map(IpAddr::to_string).collect(),
             exhausted_drops: counters.nat_ports_exhausted,
             complete: sample.as_ref().is_some_and(|s| s.count.complete),
             counted_s_ago: sample.map(|s| s.at.elapsed().as_secs_f64()),

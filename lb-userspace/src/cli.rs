@@ -587,8 +587,11 @@ fn print_status(status: &Status) {
             (Some(n), false) => format!("at least {n}"),
         };
         println!(
-            "nat       {}: ports in use {in_use} of {}; {} new flows dropped, ports exhausted",
-            nat.service, p.available, p.exhausted_drops
+            "nat       {}: ports in use {in_use} of {} (from {}); {} new flows dropped, ports exhausted",
+            nat.service,
+            p.available,
+            p.snat_addresses.join(", "),
+            p.exhausted_drops
         );
     }
     if let Some(db) = &status.database {

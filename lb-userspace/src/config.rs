@@ -506,6 +506,38 @@ pub enum Algorithm {
     RoundRobin,
 }
 
+/// `snat_address`: one address (`"10.0.0.3"`) or a list (`["10.0.0.3", "10.0.0.4"]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnatAddresses(pub Vec<IpAddr>);
+
+impl<'de> Deserialize<'de> for SnatAddresses {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = SnatAddresses;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an IP address or a list of IP addresses")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                v.parse()
+                    .map(|addr| SnatAddresses(vec![addr]))
+                    .map_err(|_| E::custom(format!("invalid IP address {v:?}")))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut addrs = Vec::new();
+                while let Some(addr) = seq.next_element::<IpAddr>()? {
+                    addrs.push(addr);
+                }
+                Ok(SnatAddresses(addrs))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceConfig {
@@ -517,8 +549,9 @@ pub struct ServiceConfig {
     pub mode: Spanned<Mode>,
     #[serde(default)]
     pub algorithm: Algorithm,
-    /// NAT mode: the load balancer's address backends reply to (same family as the VIP).
-    pub snat_address: Option<Spanned<IpAddr>>,
+    /// NAT mode: the load balancer's address(es) backends reply to (same family as the VIP);
+    /// each one adds the whole NAT port range to what a backend can hold at once.
+    pub snat_address: Option<Spanned<SnatAddresses>>,
     /// Health check of every backend; none means backends are always considered up.
     pub health: Option<HealthConfig>,
     #[serde(default, rename = "backend")]
@@ -936,15 +969,8 @@ fn validate(config: &Config, at: &Locator<'_>) -> Vec<ConfigError> {
                 format!("service `{name}` is in NAT mode but has no snat_address"),
                 "add snat_address = \"<an address of the load balancer on the backends' network>\"",
             )),
-            (Mode::Nat, Some(snat)) if snat.get_ref().is_ipv4() != vip.is_ipv4() => {
-                errors.push(at.error(
-                    snat.span(),
-                    format!(
-                        "service `{name}`: snat_address {} is not of the VIP's address family",
-                        snat.get_ref()
-                    ),
-                    "use an IPv4 snat_address for an IPv4 VIP, IPv6 for IPv6",
-                ))
+            (Mode::Nat, Some(snat)) => {
+                validate_snat(name, &vip, snat, at, &mut errors);
             }
             (Mode::Dsr, Some(snat)) => errors.push(at.error(
                 snat.span(),
@@ -1283,6 +1309,57 @@ fn validate_firewall(config: &Config, at: &Locator<'_>, errors: &mut Vec<ConfigE
     }
 }
 
+/// A NAT service's source addresses: one to `MAX_SNAT_ADDRS`, unicast, distinct, of the VIP's
+/// family.
+fn validate_snat(
+    name: &str,
+    vip: &IpAddr,
+    snat: &Spanned<SnatAddresses>,
+    at: &Locator<'_>,
+    errors: &mut Vec<ConfigError>,
+) {
+    let addrs = &snat.get_ref().0;
+    let max = lb_common::MAX_SNAT_ADDRS as usize;
+    let mut error = |message: String, help: &str| errors.push(at.error(snat.span(), message, help));
+    if addrs.is_empty() {
+        error(
+            format!("service `{name}`: snat_address is an empty list"),
+            "give at least one address of the load balancer on the backends' network",
+        );
+    }
+    if addrs.len() > max {
+        error(
+            format!(
+                "service `{name}`: {} snat addresses, at most {max}",
+                addrs.len()
+            ),
+            "remove addresses (each one already adds the whole NAT port range)",
+        );
+    }
+    for (i, addr) in addrs.iter().enumerate() {
+        if addr.is_ipv4() != vip.is_ipv4() {
+            error(
+                format!("service `{name}`: snat_address {addr} is not of the VIP's address family"),
+                "use an IPv4 snat_address for an IPv4 VIP, IPv6 for IPv6",
+            );
+        } else if addr.is_unspecified()
+            || addr.is_multicast()
+            || addr.is_loopback()
+            || matches!(addr, IpAddr::V4(v4) if v4.is_broadcast())
+        {
+            error(
+                format!("service `{name}`: snat_address {addr} cannot be a source address"),
+                "use a unicast address of the load balancer on the backends' network",
+            );
+        } else if addrs[..i].contains(addr) {
+            error(
+                format!("service `{name}`: snat_address {addr} is listed twice"),
+                "list each address once",
+            );
+        }
+    }
+}
+
 fn validate_health(
     service: &str,
     protocol: Protocol,
@@ -1482,6 +1559,54 @@ weight = 2
         if let Err(e) = parse(Path::new("examples/lb.toml"), text) {
             panic!("examples/lb.toml is invalid:\n{e}");
         }
+    }
+
+    #[test]
+    fn snat_address_is_one_address_or_a_list() {
+        let nat = GOOD.replace("mode = \"dsr\"", "mode = \"nat\"\nsnat_address = SNAT");
+        let one = nat.replace("SNAT", "\"10.0.0.3\"");
+        let config = parse(Path::new("lb.toml"), &one).unwrap_or_else(|e| panic!("{e}"));
+        let snat = config.services[0]
+            .snat_address
+            .as_ref()
+            .map(|s| s.get_ref().0.clone());
+        assert_eq!(snat, Some(vec![IpAddr::from([10, 0, 0, 3])]));
+
+        let list = nat.replace("SNAT", "[\"10.0.0.3\", \"10.0.0.4\"]");
+        let config = parse(Path::new("lb.toml"), &list).unwrap_or_else(|e| panic!("{e}"));
+        let snat = config.services[0]
+            .snat_address
+            .as_ref()
+            .map(|s| s.get_ref().0.len());
+        assert_eq!(snat, Some(2));
+
+        for (bad, expect) in [
+            ("[]", "empty list"),
+            ("[\"10.0.0.3\", \"10.0.0.3\"]", "listed twice"),
+            ("[\"10.0.0.3\", \"fd00::3\"]", "not of the VIP's address family"),
+            ("\"0.0.0.0\"", "cannot be a source address"),
+            ("\"255.255.255.255\"", "cannot be a source address"),
+            ("\"224.0.0.1\"", "cannot be a source address"),
+            ("\"127.0.0.1\"", "cannot be a source address"),
+            (
+                "[\"10.0.0.1\", \"10.0.0.2\", \"10.0.0.3\", \"10.0.0.4\", \"10.0.0.5\", \"10.0.0.6\", \"10.0.0.7\", \"10.0.0.8\", \"10.0.0.9\"]",
+                "at most 8",
+            ),
+        ] {
+            let errors = errors_of(&nat.replace("SNAT", bad));
+            assert_eq!(errors.len(), 1, "{bad}: {errors:?}");
+            assert!(errors[0].message.contains(expect), "{bad}: {}", errors[0]);
+            assert_eq!(errors[0].line, 10, "{bad}: the error points at snat_address: {}", errors[0]);
+        }
+        // Not an address at all: a parse error, not a panic.
+        let errors = errors_of(&nat.replace("SNAT", "[\"10.0.0.3\", 7]"));
+        assert!(!errors.is_empty());
+        let errors = errors_of(&nat.replace("SNAT", "\"10.0.0.x\""));
+        assert!(
+            errors[0].message.contains("invalid IP address"),
+            "{}",
+            errors[0]
+        );
     }
 
     #[test]

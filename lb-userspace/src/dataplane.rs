@@ -417,6 +417,17 @@ impl Dataplane {
         Ok(())
     }
 
+    /// A NAT service's source addresses (IPv4 in the first word), from `offset` in `SNAT_ADDRS`.
+    pub fn put_snat_addrs(&mut self, offset: u32, addrs: &[[u32; 4]]) -> Result<()> {
+        let mut map: Array<&mut MapData, [u32; 4]> =
+            Array::try_from(self.map_mut(names::SNAT_ADDRS)?)?;
+        for (i, addr) in addrs.iter().enumerate() {
+            map.set(offset + i as u32, addr, 0)
+                .context("writing SNAT_ADDRS")?;
+        }
+        Ok(())
+    }
+
     pub fn service_counters(&self, id: u32) -> Result<Counters> {
         self.counters(names::SERVICE_STATS, id)
     }

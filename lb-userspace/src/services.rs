@@ -10,7 +10,7 @@ use lb_common::{
         BACKEND_DRAINING, BACKEND_UNUSED, FAMILY_V4, FAMILY_V6, MODE_DSR, MODE_NAT, PROTO_TCP,
         PROTO_UDP,
     },
-    MAX_BACKENDS, MAX_SERVICES, RING_SLOTS, RING_TABLES_PER_SERVICE,
+    MAX_BACKENDS, MAX_SERVICES, MAX_SNAT_ADDRS, RING_SLOTS, RING_TABLES_PER_SERVICE,
 };
 
 use crate::{
@@ -67,7 +67,8 @@ pub struct ServiceEntry {
     pub id: u32,
     pub key: ServiceKey,
     pub mode: Mode,
-    pub snat: Option<IpAddr>,
+    /// NAT mode: the source addresses towards the backends (at least one).
+    pub snat: Vec<IpAddr>,
     /// Which of the service's two selection tables the data path reads.
     pub active_table: u32,
     pub backends: Vec<BackendEntry>,
@@ -98,11 +99,12 @@ impl ServiceEntry {
     }
 
     /// NAT mode: how many source ports the service can hold at once, `min..=max` towards each
-    /// of its backends from its one SNAT address (a reply is told apart by backend address and
-    /// port, SNAT address and port). `None` in DSR mode.
+    /// of its backends from each of its SNAT addresses (a reply is told apart by backend
+    /// address and port, SNAT address and port). `None` in DSR mode.
     pub fn nat_ports_available(&self, min: u16, max: u16) -> Option<u64> {
         let per_backend = (u64::from(max) + 1).saturating_sub(u64::from(min));
-        (self.mode == Mode::Nat).then(|| per_backend * self.backends.len() as u64)
+        let pairs = self.backends.len() as u64 * self.snat.len() as u64;
+        (self.mode == Mode::Nat).then(|| per_backend * pairs)
     }
 
     fn ring_offset(&self, table: u32) -> u32 {
@@ -311,7 +313,10 @@ impl ServiceTable {
                 id,
                 key,
                 mode: *service.mode.get_ref(),
-                snat: service.snat_address.as_ref().map(|a| *a.get_ref()),
+                snat: service
+                    .snat_address
+                    .as_ref()
+                    .map_or_else(Vec::new, |a| a.get_ref().0.clone()),
                 active_table,
                 backends,
                 limits: Limits {
@@ -374,6 +379,11 @@ pub enum MapWrite {
         offset: u32,
         slots: Vec<u32>,
     },
+    /// A NAT service's source addresses (when it has more than one), from `offset`.
+    SnatAddrs {
+        offset: u32,
+        addrs: Vec<[u32; 4]>,
+    },
     /// The service entry that points the data path at the new table: the flip.
     Service {
         key: ServiceKey,
@@ -390,12 +400,28 @@ pub enum MapWrite {
 /// backend entering it (enabled, up, resolved) is written before the flip to a table with it:
 /// the live table never names a backend whose entry says it takes no new flows.
 pub fn plan_service(service: &ServiceEntry) -> Result<(Vec<MapWrite>, u32)> {
-    let snat_addr = match (service.mode, service.snat) {
-        (Mode::Nat, Some(addr)) => addr_words(addr).0,
-        (Mode::Nat, None) => bail!("service {}: NAT mode without snat_address", service.name),
-        (Mode::Dsr, _) => [0; 4],
+    let snat: Vec<[u32; 4]> = match service.mode {
+        Mode::Nat => service.snat.iter().map(|a| addr_words(*a).0).collect(),
+        Mode::Dsr => Vec::new(),
     };
+    if service.mode == Mode::Nat && snat.is_empty() {
+        bail!("service {}: NAT mode without snat_address", service.name);
+    }
+    if snat.len() > MAX_SNAT_ADDRS as usize {
+        bail!(
+            "service {}: {} snat addresses, at most {MAX_SNAT_ADDRS}",
+            service.name,
+            snat.len()
+        );
+    }
     let mut before = Vec::new();
+    if snat.len() > 1 {
+        // Before the service entry that counts them.
+        before.push(MapWrite::SnatAddrs {
+            offset: service.id * MAX_SNAT_ADDRS,
+            addrs: snat.clone(),
+        });
+    }
     let mut after = Vec::new();
     for backend in &service.backends {
         let (addr, family) = addr_words(backend.addr);
@@ -435,10 +461,11 @@ pub fn plan_service(service: &ServiceEntry) -> Result<(Vec<MapWrite>, u32)> {
             MODE_DSR
         },
         algorithm: ALGORITHM_ROUND_ROBIN,
-        _pad: [0; 2],
+        snat_count: snat.len() as u8,
+        _pad: 0,
         ring_offset: offset,
         ring_len: slots.len() as u32,
-        snat_addr,
+        snat_addr: snat.first().copied().unwrap_or_default(),
         syn_rate: service.limits.syn_rate,
         packet_rate: service.limits.packet_rate,
         syn_budget: service.limits.syn_budget,
@@ -458,6 +485,7 @@ pub fn apply_write(dataplane: &mut Dataplane, write: &MapWrite) -> Result<()> {
     match write {
         MapWrite::Backend { id, backend } => dataplane.put_backend(*id, backend),
         MapWrite::Ring { offset, slots } => dataplane.put_ring(*offset, slots),
+        MapWrite::SnatAddrs { offset, addrs } => dataplane.put_snat_addrs(*offset, addrs),
         MapWrite::Service { key, service } => dataplane.put_service(key, service),
     }
 }
@@ -568,7 +596,7 @@ mod tests {
             id: 3,
             key: service_key(IpAddr::from([10, 0, 0, 100]), 80, Protocol::Tcp),
             mode: Mode::Dsr,
-            snat: None,
+            snat: Vec::new(),
             active_table: 0,
             backends: vec![backend("web1", 1, 11), backend("web2", 2, 12)],
             limits: Limits::default(),
@@ -585,6 +613,7 @@ mod tests {
                     format!("backend {id} state {}", backend.state)
                 }
                 MapWrite::Ring { slots, .. } => format!("table {slots:?}"),
+                MapWrite::SnatAddrs { addrs, .. } => format!("snat {}", addrs.len()),
                 MapWrite::Service { .. } => "flip".into(),
             })
             .collect()

@@ -10,7 +10,7 @@ use lb_common::{
         FwRule, HostPort, NatReverse, RateKey, RuleCounters, Service, ServiceCidr, ServiceKey,
         Settings, TxPace, V4Group, Verdict, V4_CHILD_GROUPS, V4_ROOT_GROUPS,
     },
-    names, FLOW_CACHE_SLOTS, MAX_BACKENDS, MAX_RULES, MAX_SERVICES,
+    names, FLOW_CACHE_SLOTS, MAX_BACKENDS, MAX_RULES, MAX_SERVICES, MAX_SNAT_ADDRS,
     RATE_BUCKETS as MAX_RATE_BUCKETS, RING_SLOTS, RING_TABLES_PER_SERVICE,
 };
 use serde::{Deserialize, Serialize};
@@ -233,6 +233,10 @@ pub fn estimate(config: &Config, cpus: u32) -> Vec<(&'static str, u64)> {
             array::<u32>(MAX_SERVICES * RING_TABLES_PER_SERVICE * RING_SLOTS),
         ),
         (names::RR_CURSORS, array::<u64>(MAX_SERVICES)),
+        (
+            names::SNAT_ADDRS,
+            array::<[u32; 4]>(MAX_SERVICES * MAX_SNAT_ADDRS),
+        ),
         (
             names::FLOWS_V4,
             hash::<FlowKeyV4, Flow>(sizes.flows_v4, true, cpus),

@@ -98,6 +98,14 @@ impl Harness {
             .unwrap_or_else(|e| panic!("{e:#}"));
     }
 
+    /// Gives service `index` these NAT source addresses, written as the agent writes them.
+    #[track_caller]
+    pub fn set_snat(&mut self, index: usize, addrs: &[IpAddr]) {
+        let service = &mut self.services[index];
+        service.snat = addrs.to_vec();
+        services::program_service(&mut self.dataplane, service).unwrap_or_else(|e| panic!("{e:#}"));
+    }
+
     /// Adds a service and returns its index in `self.services`.
     #[track_caller]
     pub fn add_service(
@@ -132,7 +140,7 @@ impl Harness {
             id,
             key: services::service_key(vip.0, vip.1, protocol),
             mode,
-            snat,
+            snat: snat.into_iter().collect(),
             active_table: 0,
             backends,
             limits: Limits::default(),

@@ -587,6 +587,76 @@ fn nat_ports_in_use_and_exhaustion_are_counted_per_service() {
     );
 }
 
+/// With several SNAT addresses a backend holds the port range once per address: one port and
+/// three addresses give six connections over two backends, each (address, backend) pair once,
+/// each reply found on its own address; the seventh finds nothing free.
+#[test]
+#[ignore = "needs root"]
+fn each_snat_address_adds_the_port_range() {
+    let mut h = service(Mode::Nat, &LoadOptions::default());
+    let snat = [ip("10.0.0.3"), ip("10.0.0.4"), ip("10.0.0.5")];
+    h.set_snat(0, &snat);
+    h.set_nat_ports(20000, 20000);
+    assert_eq!(h.services[0].nat_ports_available(20000, 20000), Some(6));
+    let mut pairs = Vec::new();
+    for port in 40000..40006 {
+        let (action, out) = h.run(&packet(CLIENT, port, TCP_SYN));
+        assert_eq!(action, XDP_TX, "connection {port}");
+        let headers = PacketHeaders::from_ethernet_slice(&out).unwrap_or_else(|e| panic!("{e}"));
+        let Some(NetHeaders::Ipv4(ipv4, _)) = headers.net else {
+            panic!("connection {port}: not IPv4");
+        };
+        let source = IpAddr::from(ipv4.source);
+        assert!(snat.contains(&source), "connection {port} from {source}");
+        let mac: [u8; 6] = out[0..6].try_into().unwrap_or_default();
+        assert!(
+            !pairs.contains(&(source, mac)),
+            "{source} used twice towards {mac:02x?}"
+        );
+        pairs.push((source, mac));
+        assert_eq!(l4_ports(&out).0, 20000);
+        assert_eq!(h.run(&packet(CLIENT, port, TCP_ACK)).0, XDP_TX);
+        // The backend's reply to that address and port reaches this client.
+        let backend_ip = if mac == WEB1_MAC {
+            "10.0.0.11"
+        } else {
+            "10.0.0.12"
+        };
+        let reply = Frame::tcp((ip(backend_ip), 80), (source, 20000))
+            .tcp_flags(TCP_ACK)
+            .macs(mac, LB_MAC)
+            .build();
+        let (action, out) = h.run(&reply);
+        assert_eq!(action, XDP_TX, "reply to {source}");
+        assert_eq!(
+            l4_ports(&out),
+            (80, port),
+            "reply to {source} goes to its client port"
+        );
+    }
+    dropped_as(
+        &h,
+        &packet(CLIENT, 40006, TCP_SYN),
+        Verdict::DropNatPortsExhausted,
+        "every address and port in use",
+    );
+    // Back to one address: the range again holds one connection per backend, and those of the
+    // removed addresses keep theirs until they end.
+    h.set_snat(0, &snat[..1]);
+    assert_eq!(h.services[0].nat_ports_available(20000, 20000), Some(2));
+    dropped_as(
+        &h,
+        &packet(CLIENT, 40007, TCP_SYN),
+        Verdict::DropNatPortsExhausted,
+        "the one address's ports are in use",
+    );
+    assert_eq!(
+        h.run(&packet(CLIENT, 40005, TCP_ACK)).0,
+        XDP_TX,
+        "a live flow keeps going"
+    );
+}
+
 fn v6(s: &str) -> [u8; 16] {
     s.parse::<std::net::Ipv6Addr>()
         .unwrap_or_else(|e| panic!("{s}: {e}"))

@@ -58,7 +58,8 @@ pub fn document() -> Value {
     let not_found = error_responses(&[("404", "service_not_found")]);
     let nat_properties = json!({
         "in_use": { "type": "integer", "nullable": true, "description": "ports held by live flows, as last counted (null before the first count)" },
-        "available": { "type": "integer", "description": "nat_port_min..=nat_port_max towards each backend" },
+        "available": { "type": "integer", "description": "nat_port_min..=nat_port_max towards each backend, once per snat address" },
+        "snat_addresses": { "type": "array", "items": { "type": "string" }, "description": "the addresses backends see connections come from" },
         "exhausted_drops": { "type": "integer", "description": "new flows dropped as drop_nat_ports_exhausted" },
         "complete": { "type": "boolean", "description": "false: the count stopped at its time budget, in_use is a lower bound" },
         "counted_s_ago": { "type": "number", "nullable": true } });

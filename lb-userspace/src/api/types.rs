@@ -55,8 +55,11 @@ pub struct ServiceNatPorts {
 pub struct NatPorts {
     /// Ports held by live flows, as last counted; `None` before the first count.
     pub in_use: Option<u64>,
-    /// `agent.nat_port_min..=nat_port_max` towards each backend of the service.
+    /// `agent.nat_port_min..=nat_port_max` towards each backend, once per snat address.
     pub available: u64,
+    /// The addresses backends see connections come from (`snat_address`).
+    #[serde(default)]
+    pub snat_addresses: Vec<String>,
     /// New flows dropped as `drop_nat_ports_exhausted`: none of the ports they tried was free.
     pub exhausted_drops: u64,
     /// False when the last count stopped at its time budget: `in_use` is then a lower bound.
