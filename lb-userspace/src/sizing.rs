@@ -3,7 +3,7 @@
 //! `lb map-memory`) are the kernel's own (`memlock` in the map's fdinfo, read by
 //! [`crate::dataplane::Dataplane::map_memory`]); the estimate here only serves the budget check
 //! of a config before anything is loaded, and is checked against the kernel's figures by the
-//! test `tests/tests/map_memory.rs`.
+//! test `tests/tests/kernel/map_memory.rs`.
 use lb_common::{
     maps::{
         AddrKey, Backend, CachedFlowV4, CidrV6, Counters, Firewall, Flow, FlowKey, FlowKeyV4,

@@ -62,6 +62,7 @@ impl Harness {
 
     #[track_caller]
     pub fn with_options(options: &LoadOptions) -> Self {
+        crate::assert_root("loading the XDP program for BPF_PROG_TEST_RUN");
         let dataplane =
             Dataplane::load(options).unwrap_or_else(|e| panic!("loading the XDP program: {e:#}"));
         Harness {

@@ -7,24 +7,22 @@ pub mod harness;
 pub mod netns;
 pub mod packet;
 
-/// True when running as root. Otherwise prints a loud skip line; under CI with
-/// `LB_REQUIRE_ROOT_TESTS=1` a missing privilege fails the test instead.
+/// Fails the calling test, saying why and what to run instead, unless it runs as root.
+///
+/// The tests that need root (BPF_PROG_TEST_RUN, network namespaces, XDP attach) are
+/// `#[ignore = "needs root"]`, so a plain `cargo test` reports them as ignored, never as passed;
+/// `cargo xtask test` adds `--include-ignored` as root. Run one without root anyway and this,
+/// called where such a test first needs the privilege (loading the program, mounting a bpffs),
+/// fails it with this message rather than with an `EPERM` from deep inside. (Labs say the same
+/// from `xtask::lab::Lab::up`.)
 #[track_caller]
-pub fn require_root(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    if std::env::var_os("LB_REQUIRE_ROOT_TESTS").is_some_and(|v| v == "1") {
-        panic!("{test}: needs root, and LB_REQUIRE_ROOT_TESTS=1 forbids skipping");
-    }
-    // Straight to stderr: libtest captures eprintln! of passing tests, which would hide the skip.
-    use std::io::Write as _;
-    let _ = writeln!(
-        std::io::stderr(),
-        "\n*** SKIPPED (needs root): {test} — run `cargo xtask test` as root ***\n"
+pub fn assert_root(what: &str) {
+    assert!(
+        xtask::util::is_root(),
+        "{what} needs root: this test is #[ignore = \"needs root\"] and was run without it; \
+         run it as root (`cargo xtask test`, or `cargo test --release -p lb-tests -- \
+         --include-ignored --test-threads=1` as root)"
     );
-    false
 }
 
 /// Keeps the calling thread on the CPU it runs on now. BPF_PROG_TEST_RUN runs the program on

@@ -3,7 +3,7 @@
 //! UDP flood from random addresses and ports of the client's subnet, each of several times the
 //! tables' size, while keep-alive connections are held through the VIP (DSR and NAT) and a load
 //! of new connections runs. Shared by `cargo xtask chaos` (`flow_flood`) and the test
-//! `tests/tests/e2e_flows.rs`.
+//! `tests/tests/lab/e2e_flows.rs`.
 //!
 //! The flood is `lb-bench flood-gen` (the benchmarks' generator: an XDP program run by
 //! BPF_PROG_TEST_RUN in live-frames mode, `xdp_tx_spoofed` drawing each frame's source address,

@@ -66,7 +66,7 @@ pub const KEYS: [&str; 9] = [
 ];
 
 /// Extra cases, reported only inside the detail of the case they check: the same path measured
-/// per call (and, for NAT, with the ordinary addresses of tests/tests/xdp_program.rs).
+/// per call (and, for NAT, with the ordinary addresses of tests/tests/kernel/xdp_program.rs).
 const CROSS_CHECKS: [(&str, &str); 3] = [
     ("lb_established_per_call", "lb_established"),
     ("nat_forward_per_call", "nat_forward"),
@@ -138,7 +138,7 @@ pub struct PerPacket {
 }
 
 // ---------------------------------------------------------------------------------------
-// The scene: addresses, services, frames (as in tests/tests/xdp_program.rs).
+// The scene: addresses, services, frames (as in tests/tests/kernel/xdp_program.rs).
 
 const LB_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x10];

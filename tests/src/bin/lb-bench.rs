@@ -201,8 +201,7 @@ struct Args {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !xtask::util::is_root() {
         bail!("lb-bench needs root (BPF_PROG_TEST_RUN, loading XDP programs, namespaces): run it through `sudo -E cargo xtask bench`");
     }
     match cli.cmd {

@@ -29,8 +29,8 @@ struct Args {
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    if !lb_tests::require_root("lb-fuzz") {
-        anyhow::bail!("lb-fuzz needs root (BPF_PROG_TEST_RUN)");
+    if !xtask::util::is_root() {
+        anyhow::bail!("lb-fuzz needs root (BPF_PROG_TEST_RUN): run it as root");
     }
     let options = Options {
         packets: args.packets,

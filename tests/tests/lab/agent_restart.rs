@@ -6,7 +6,7 @@ use std::{net::SocketAddr, time::Duration};
 
 use lb_tests::{
     agent_lab::{answers, lb_json},
-    netns, require_root,
+    netns,
 };
 use xtask::{
     lab::{addr, host, Lab, LabSpec},
@@ -14,10 +14,8 @@ use xtask::{
 };
 
 #[test]
+#[ignore = "needs root"]
 fn a_long_lived_connection_survives_kill_9_and_an_upgrade_of_the_agent() {
-    if !require_root("a_long_lived_connection_survives_kill_9_and_an_upgrade_of_the_agent") {
-        return;
-    }
     let lab = Lab::up(LabSpec::standard("lbt-ag3-")).unwrap_or_else(|e| panic!("lab: {e:#}"));
     let options = AgentOptions {
         web_health: Some("kind = \"tcp\"".into()),
@@ -124,6 +122,7 @@ struct ScratchBpffs(std::path::PathBuf);
 
 impl ScratchBpffs {
     fn mount(name: &str) -> Self {
+        lb_tests::assert_root("mounting a bpffs");
         let dir = std::path::PathBuf::from(format!("/run/lbt-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
         let scratch = ScratchBpffs(dir);
@@ -153,10 +152,8 @@ fn run(args: &[&str]) {
 /// it with this version's type would misread it): its pin is replaced by a map of this version.
 /// A pin with this version's layout is adopted, the same map.
 #[test]
+#[ignore = "needs root"]
 fn a_pinned_map_of_an_earlier_layout_starts_afresh() {
-    if !require_root("a_pinned_map_of_an_earlier_layout_starts_afresh") {
-        return;
-    }
     use aya::maps::MapInfo;
     use lb_common::names;
     use lb_userspace::dataplane::{Dataplane, LoadOptions};
@@ -235,10 +232,8 @@ fn a_pinned_map_of_an_earlier_layout_starts_afresh() {
 /// the old program's cache too (the cache epoch is pinned and shared): here web1 goes down and
 /// comes back, and the flow that moved off it must not be sent back by an old copy.
 #[test]
+#[ignore = "needs root"]
 fn a_new_agents_backend_change_reaches_the_old_programs_flow_cache() {
-    if !require_root("a_new_agents_backend_change_reaches_the_old_programs_flow_cache") {
-        return;
-    }
     use lb_tests::harness::{two_web_backends, Harness, XDP_TX};
     use lb_userspace::{
         config::{Mode, Protocol},

@@ -12,7 +12,7 @@ use lb_tests::{
         XDP_PASS, XDP_TX,
     },
     packet::{l4_ports, Frame, L4, TCP_ACK, TCP_SYN},
-    require_root, stay_on_this_cpu,
+    stay_on_this_cpu,
 };
 use lb_userspace::{
     config::{Mode, Protocol},
@@ -122,24 +122,20 @@ fn dsr(f: Family) {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn dsr_v4_rewrites_only_the_macs() {
-    if require_root("dsr_v4_rewrites_only_the_macs") {
-        dsr(v4());
-    }
+    dsr(v4());
 }
 
 #[test]
+#[ignore = "needs root"]
 fn dsr_v6_rewrites_only_the_macs() {
-    if require_root("dsr_v6_rewrites_only_the_macs") {
-        dsr(v6());
-    }
+    dsr(v6());
 }
 
 #[test]
+#[ignore = "needs root"]
 fn dsr_keeps_a_vlan_tag() {
-    if !require_root("dsr_keeps_a_vlan_tag") {
-        return;
-    }
     let f = v4();
     let h = service(&f, Protocol::Tcp, Mode::Dsr, 80);
     let mut frame = client_frame(&f, Protocol::Tcp, 40000);
@@ -197,38 +193,32 @@ fn nat(f: Family, protocol: Protocol) {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn nat_v4_tcp_forward_and_reply() {
-    if require_root("nat_v4_tcp_forward_and_reply") {
-        nat(v4(), Protocol::Tcp);
-    }
+    nat(v4(), Protocol::Tcp);
 }
 
 #[test]
+#[ignore = "needs root"]
 fn nat_v4_udp_forward_and_reply() {
-    if require_root("nat_v4_udp_forward_and_reply") {
-        nat(v4(), Protocol::Udp);
-    }
+    nat(v4(), Protocol::Udp);
 }
 
 #[test]
+#[ignore = "needs root"]
 fn nat_v6_tcp_forward_and_reply() {
-    if require_root("nat_v6_tcp_forward_and_reply") {
-        nat(v6(), Protocol::Tcp);
-    }
+    nat(v6(), Protocol::Tcp);
 }
 
 #[test]
+#[ignore = "needs root"]
 fn nat_v6_udp_forward_and_reply() {
-    if require_root("nat_v6_udp_forward_and_reply") {
-        nat(v6(), Protocol::Udp);
-    }
+    nat(v6(), Protocol::Udp);
 }
 
 #[test]
+#[ignore = "needs root"]
 fn nat_keeps_a_zero_udp_checksum_zero() {
-    if !require_root("nat_keeps_a_zero_udp_checksum_zero") {
-        return;
-    }
     let f = v4();
     let h = service(&f, Protocol::Udp, Mode::Nat, 53);
     let mut frame = client_frame(&f, Protocol::Udp, 5353);
@@ -252,10 +242,8 @@ fn nat_keeps_a_zero_udp_checksum_zero() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn nat_with_ipv4_options() {
-    if !require_root("nat_with_ipv4_options") {
-        return;
-    }
     let f = v4();
     let h = service(&f, Protocol::Tcp, Mode::Nat, 80);
     let mut frame = client_frame(&f, Protocol::Tcp, 40000);
@@ -271,10 +259,8 @@ fn nat_with_ipv4_options() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn round_robin_alternates_exactly_over_100_new_flows() {
-    if !require_root("round_robin_alternates_exactly_over_100_new_flows") {
-        return;
-    }
     for f in [v4(), v6()] {
         let h = service(&f, Protocol::Tcp, Mode::Dsr, 80);
         let mut order = Vec::new();
@@ -297,10 +283,8 @@ fn round_robin_alternates_exactly_over_100_new_flows() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn weighted_round_robin_follows_the_weights() {
-    if !require_root("weighted_round_robin_follows_the_weights") {
-        return;
-    }
     let f = v4();
     let mut h = Harness::new();
     let mut backends = two_backends(&f, 80);
@@ -324,10 +308,8 @@ fn weighted_round_robin_follows_the_weights() {
 /// options, tagged or not, and the generic one. A flow's packets take either, depending on
 /// their headers; they must land on the same backend and be counted the same way.
 #[test]
+#[ignore = "needs root"]
 fn an_established_flow_leaves_alike_by_either_road() {
-    if !require_root("an_established_flow_leaves_alike_by_either_road") {
-        return;
-    }
     stay_on_this_cpu();
     let f = v4();
     for mode in [Mode::Dsr, Mode::Nat] {
@@ -382,10 +364,8 @@ fn an_established_flow_leaves_alike_by_either_road() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn a_flow_sticks_to_its_backend() {
-    if !require_root("a_flow_sticks_to_its_backend") {
-        return;
-    }
     let f = v4();
     let h = service(&f, Protocol::Tcp, Mode::Dsr, 80);
     let (_, first) = h.run(&client_frame(&f, Protocol::Tcp, 40000).build());
@@ -405,10 +385,8 @@ fn a_flow_sticks_to_its_backend() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn flows_of_a_removed_backend_are_rebalanced() {
-    if !require_root("flows_of_a_removed_backend_are_rebalanced") {
-        return;
-    }
     stay_on_this_cpu();
     let f = v4();
     let mut h = service(&f, Protocol::Tcp, Mode::Dsr, 80);
@@ -438,10 +416,8 @@ fn flows_of_a_removed_backend_are_rebalanced() {
 /// More flows than a CPU's flow cache has slots, so that copies evict each other: every packet
 /// still leaves towards its flow's backend.
 #[test]
+#[ignore = "needs root"]
 fn flows_that_evict_each_other_from_the_flow_cache_keep_their_backends() {
-    if !require_root("flows_that_evict_each_other_from_the_flow_cache_keep_their_backends") {
-        return;
-    }
     stay_on_this_cpu();
     let f = v4();
     let h = service(&f, Protocol::Tcp, Mode::Dsr, 80);
@@ -479,10 +455,8 @@ fn flows_that_evict_each_other_from_the_flow_cache_keep_their_backends() {
 /// the program's back (the agent never does): the copy still forwards the flow; once it is
 /// old, the flow is new to the table and round robin places it again.
 #[test]
+#[ignore = "needs root"]
 fn the_flow_cache_serves_a_copy_then_asks_the_flow_table_again() {
-    if !require_root("the_flow_cache_serves_a_copy_then_asks_the_flow_table_again") {
-        return;
-    }
     stay_on_this_cpu();
     let f = v4();
     let h = service(&f, Protocol::Tcp, Mode::Dsr, 80);
@@ -553,10 +527,8 @@ fn flow_table(h: &Harness) -> aya::maps::HashMap<aya::maps::MapData, FlowKeyV4, 
 /// A flow moved off a backend that went down stays where it moved when the backend comes back,
 /// even though this CPU's flow cache still holds a young copy naming the old backend.
 #[test]
+#[ignore = "needs root"]
 fn a_flow_moved_off_a_down_backend_stays_moved_when_it_comes_back() {
-    if !require_root("a_flow_moved_off_a_down_backend_stays_moved_when_it_comes_back") {
-        return;
-    }
     stay_on_this_cpu();
     let f = v4();
     let mut h = service(&f, Protocol::Tcp, Mode::Dsr, 80);
@@ -578,10 +550,8 @@ fn a_flow_moved_off_a_down_backend_stays_moved_when_it_comes_back() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn a_draining_backend_keeps_its_flows_and_gets_no_new_ones() {
-    if !require_root("a_draining_backend_keeps_its_flows_and_gets_no_new_ones") {
-        return;
-    }
     let f = v4();
     let mut h = service(&f, Protocol::Tcp, Mode::Dsr, 80);
     let syn = client_frame(&f, Protocol::Tcp, 40000);
@@ -596,10 +566,8 @@ fn a_draining_backend_keeps_its_flows_and_gets_no_new_ones() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn traffic_not_for_a_service_passes_untouched() {
-    if !require_root("traffic_not_for_a_service_passes_untouched") {
-        return;
-    }
     let f = v4();
     let h = service(&f, Protocol::Tcp, Mode::Dsr, 80);
     let mut other_port = client_frame(&f, Protocol::Tcp, 40000);
@@ -644,26 +612,22 @@ fn truncations(f: Family, mode: Mode) {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn truncated_tcp_ipv4_is_never_aborted() {
-    if require_root("truncated_tcp_ipv4_is_never_aborted") {
-        truncations(v4(), Mode::Dsr);
-        truncations(v4(), Mode::Nat);
-    }
+    truncations(v4(), Mode::Dsr);
+    truncations(v4(), Mode::Nat);
 }
 
 #[test]
+#[ignore = "needs root"]
 fn truncated_tcp_ipv6_is_never_aborted() {
-    if require_root("truncated_tcp_ipv6_is_never_aborted") {
-        truncations(v6(), Mode::Dsr);
-        truncations(v6(), Mode::Nat);
-    }
+    truncations(v6(), Mode::Dsr);
+    truncations(v6(), Mode::Nat);
 }
 
 #[test]
+#[ignore = "needs root"]
 fn lying_ipv4_headers_are_dropped_as_malformed() {
-    if !require_root("lying_ipv4_headers_are_dropped_as_malformed") {
-        return;
-    }
     let f = v4();
     let h = service(&f, Protocol::Tcp, Mode::Dsr, 80);
     let good = client_frame(&f, Protocol::Tcp, 40000).build();
@@ -688,10 +652,8 @@ fn lying_ipv4_headers_are_dropped_as_malformed() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn ipv4_fragments_go_to_the_kernel() {
-    if !require_root("ipv4_fragments_go_to_the_kernel") {
-        return;
-    }
     let f = v4();
     let h = service(&f, Protocol::Tcp, Mode::Dsr, 80);
     let mut frame = client_frame(&f, Protocol::Tcp, 40000).build();
@@ -701,10 +663,8 @@ fn ipv4_fragments_go_to_the_kernel() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn nat_ports_are_distinct_per_flow() {
-    if !require_root("nat_ports_are_distinct_per_flow") {
-        return;
-    }
     let f = v4();
     let mut h = Harness::new();
     // One backend, so every flow competes for ports towards it.

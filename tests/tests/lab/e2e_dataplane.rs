@@ -3,7 +3,6 @@
 use std::collections::HashMap;
 
 use lb_common::maps::Verdict;
-use lb_tests::require_root;
 use lb_userspace::{dataplane::PinnedMaps, services::addr_words};
 use xtask::{
     lab::{addr, host, Lab, LabSpec},
@@ -55,10 +54,8 @@ fn verdict(maps: &PinnedMaps, verdict: Verdict) -> u64 {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn http_through_the_vip_is_split_evenly_in_dsr_and_nat_mode() {
-    if !require_root("http_through_the_vip_is_split_evenly_in_dsr_and_nat_mode") {
-        return;
-    }
     let lab = Lab::up(LabSpec::standard("lbt-e2e-")).unwrap_or_else(|e| panic!("lab: {e:#}"));
     let agent = stack::start(&lab).unwrap_or_else(|e| panic!("{e:#}"));
     let pins = stack::pin_dir(&lab);

@@ -3,10 +3,7 @@
 //! the rotation within interval x fall (600 ms by default) and return after `rise` good checks.
 use std::time::{Duration, Instant};
 
-use lb_tests::{
-    agent_lab::{answers, backend, wait_for_state},
-    require_root,
-};
+use lb_tests::agent_lab::{answers, backend, wait_for_state};
 use xtask::{
     lab::{addr, host, Lab, LabSpec},
     stack::{self, AgentOptions, MYSQL_CHECK_PASSWORD, MYSQL_CHECK_USER},
@@ -29,10 +26,8 @@ fn within(what: &str, found: Option<Duration>, started: Instant, budget: Duratio
 }
 
 #[test]
+#[ignore = "needs root"]
 fn dead_backends_leave_the_rotation_within_the_budget_and_come_back() {
-    if !require_root("dead_backends_leave_the_rotation_within_the_budget_and_come_back") {
-        return;
-    }
     let lab = Lab::up(LabSpec::standard("lbt-ag2-")).unwrap_or_else(|e| panic!("lab: {e:#}"));
     let lb = stack::release_binary("lb").unwrap_or_else(|e| panic!("{e:#}"));
     let web1 = stack::start_web_server(&lab, host::WEB1).unwrap_or_else(|e| panic!("{e:#}"));

@@ -27,6 +27,7 @@ fn lab_config(agent_keys: &str) -> config::Config {
 /// Loads the maps sized for `config` (private, nothing pinned or attached) and reads their
 /// kernel memory.
 fn measure(config: &config::Config) -> MemoryReport {
+    lb_tests::assert_root("loading the data path's maps");
     let dataplane = Dataplane::load(&LoadOptions::for_config(config, None)).expect("loads");
     dataplane.map_memory(config).expect("memlock of every map")
 }
@@ -45,6 +46,7 @@ fn the_lab_config_takes_at_most_128_mib() {
     // Before the maps were sized from the config, every agent loaded the object's sizes
     // (`LoadOptions::default()`): printed for comparison.
     let config = lab_config("");
+    lb_tests::assert_root("loading the data path's maps");
     let before = Dataplane::load(&LoadOptions::default())
         .expect("loads")
         .map_memory(&config)
