@@ -168,13 +168,11 @@ impl Endpoint {
             body: body_bytes.as_deref(),
             max_response: MAX_RESPONSE,
         };
-        let mut stream = stream;
-        let response =
-            tokio::time::timeout(REQUEST_TIMEOUT, http_client::send(&mut stream, &request))
-                .await
-                .with_context(|| {
-                    format!("the agent did not answer {method} {path} within {REQUEST_TIMEOUT:?}")
-                })??;
+        let response = tokio::time::timeout(REQUEST_TIMEOUT, http_client::send(stream, &request))
+            .await
+            .with_context(|| {
+                format!("the agent did not answer {method} {path} within {REQUEST_TIMEOUT:?}")
+            })??;
         let text = String::from_utf8_lossy(&response.body).into_owned();
         if !(200..300).contains(&response.status) {
             let detail = match serde_json::from_str::<ErrorBody>(&text) {

@@ -26,7 +26,7 @@ use crate::{
     http_client,
 };
 
-/// Largest HTTP answer a check reads; a health page is small.
+/// Largest HTTP body a check reads; a health page is small.
 const MAX_CHECK_RESPONSE: usize = 64 * 1024;
 
 /// One backend's check, ready to run.
@@ -175,16 +175,13 @@ impl HttpProbe {
         };
         let response = match &self.tls {
             Some((connector, name)) => {
-                let mut tls = connector
+                let tls = connector
                     .connect(name.clone(), tcp)
                     .await
                     .context("TLS handshake")?;
-                http_client::send(&mut tls, &request).await?
+                http_client::send(tls, &request).await?
             }
-            None => {
-                let mut tcp = tcp;
-                http_client::send(&mut tcp, &request).await?
-            }
+            None => http_client::send(tcp, &request).await?,
         };
         if response.status != self.expect_status {
             bail!(

@@ -16,4 +16,3 @@ pub mod metrics;
 pub mod neighbor;
 pub mod services;
 pub mod sizing;
-pub mod web;

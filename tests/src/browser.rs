@@ -1,8 +1,8 @@
 //! Headless Chromium inside a lab namespace, driven over WebDriver: chromedriver runs in the
-//! namespace and the test sends it a handful of W3C WebDriver commands over plain HTTP/1.1,
-//! on connections opened inside that namespace (no WebDriver client library needed).
+//! namespace and the test sends it a handful of W3C WebDriver commands over HTTP/1.1 (hyper's
+//! client, [`xtask::http`]), on connections opened inside that namespace (no WebDriver client
+//! library needed).
 use std::{
-    io::{Read as _, Write as _},
     net::{SocketAddr, TcpStream},
     path::{Path, PathBuf},
     time::{Duration, Instant},
@@ -33,135 +33,21 @@ pub struct Browser<'lab> {
     profile: PathBuf,
 }
 
-/// An HTTP answer: status, headers (lower-case names), body.
-#[derive(Debug)]
-pub struct HttpResponse {
-    pub status: u16,
-    pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
-}
+/// An HTTP answer: status, headers, body.
+pub use xtask::http::Response as HttpResponse;
 
-impl HttpResponse {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    pub fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-}
-
-/// One HTTP/1.1 request on `stream` with `Connection: close`; reads the whole answer.
+/// One HTTP/1.1 request on `stream` with `Connection: close`; reads the whole answer (by its
+/// framing: chromedriver says `Connection: close` but keeps the socket open).
 pub fn http_request(
-    mut stream: TcpStream,
+    stream: TcpStream,
     method: &str,
     host: &str,
     path: &str,
     body: Option<&Value>,
 ) -> Result<HttpResponse> {
-    stream.set_read_timeout(Some(COMMAND_TIMEOUT))?;
-    let payload = body.map(Value::to_string).unwrap_or_default();
-    let mut head =
-        format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nAccept: */*\r\n");
-    if body.is_some() {
-        head.push_str(&format!(
-            "Content-Type: application/json; charset=utf-8\r\nContent-Length: {}\r\n",
-            payload.len()
-        ));
-    }
-    head.push_str("\r\n");
-    stream.write_all(head.as_bytes())?;
-    stream.write_all(payload.as_bytes())?;
-    // chromedriver says `Connection: close` but keeps the socket open: stop at the framing.
-    let mut raw = Vec::new();
-    let mut buffer = [0u8; 16 * 1024];
-    loop {
-        if framed(&raw) {
-            if let Ok(response) = parse_response(&raw) {
-                return Ok(response);
-            }
-        }
-        let read = stream
-            .read(&mut buffer)
-            .with_context(|| format!("reading the answer to {method} {path}"))?;
-        if read == 0 {
-            return parse_response(&raw).with_context(|| format!("the answer to {method} {path}"));
-        }
-        raw.extend_from_slice(&buffer[..read]);
-    }
-}
-
-/// The headers are in and say where the body ends (a length or chunks).
-fn framed(raw: &[u8]) -> bool {
-    let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
-        return false;
-    };
-    let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
-    head.contains("\r\ncontent-length:") || head.contains("\r\ntransfer-encoding: chunked")
-}
-
-fn parse_response(raw: &[u8]) -> Result<HttpResponse> {
-    let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
-        bail!("no end of headers in {} bytes", raw.len());
-    };
-    let head = String::from_utf8_lossy(&raw[..end]);
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or_default();
-    let status = status_line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .with_context(|| format!("bad status line {status_line:?}"))?;
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    let mut body = raw[end + 4..].to_vec();
-    if headers
-        .iter()
-        .any(|(n, v)| n == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"))
-    {
-        body = dechunk(&body)?;
-    } else if let Some(length) = headers
-        .iter()
-        .find(|(n, _)| n == "content-length")
-        .and_then(|(_, v)| v.parse::<usize>().ok())
-    {
-        if body.len() < length {
-            bail!("body cut short: {} of {length} bytes", body.len());
-        }
-        body.truncate(length);
-    }
-    Ok(HttpResponse {
-        status,
-        headers,
-        body,
-    })
-}
-
-fn dechunk(mut data: &[u8]) -> Result<Vec<u8>> {
-    let mut out = Vec::new();
-    loop {
-        let line_end = data
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .context("chunk size line")?;
-        let size_text = String::from_utf8_lossy(&data[..line_end]);
-        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
-            .with_context(|| format!("chunk size {size_text:?}"))?;
-        data = &data[line_end + 2..];
-        if size == 0 {
-            return Ok(out);
-        }
-        if data.len() < size + 2 {
-            bail!("chunk cut short");
-        }
-        out.extend_from_slice(&data[..size]);
-        data = &data[size + 2..];
-    }
+    let request = xtask::http::close(xtask::http::json(method, host, path, body)?);
+    xtask::http::send(&stream, request, COMMAND_TIMEOUT)
+        .with_context(|| format!("the answer to {method} {path}"))
 }
 
 /// True when both the browser and its driver are installed.
@@ -361,40 +247,4 @@ fn processes_mentioning(needle: &str) -> Vec<u32> {
                 .is_ok_and(|c| String::from_utf8_lossy(&c).contains(needle))
         })
         .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_length_framed_chunked_and_cut_answers() {
-        let plain =
-            parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-A: b\r\n\r\nhiEXTRA")
-                .unwrap_or_else(|e| panic!("{e:#}"));
-        assert_eq!(
-            (plain.status, plain.body.as_slice(), plain.header("x-a")),
-            (200, b"hi".as_slice(), Some("b"))
-        );
-        let chunked = parse_response(b"HTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n")
-            .unwrap_or_else(|e| panic!("{e:#}"));
-        assert_eq!((chunked.status, chunked.text()), (404, "abcde".to_string()));
-        // chromedriver's spelling (no space after the colon) counts as framed.
-        assert!(framed(b"HTTP/1.1 200 OK\r\nContent-Length:250\r\n\r\n{"));
-        assert!(!framed(b"HTTP/1.1 200 OK\r\nContent-Length: 2"));
-        assert!(!framed(
-            b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nbody until EOF"
-        ));
-        for bad in [
-            &b"HTTP/1.1 200 OK\r\n"[..],
-            b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nabc",
-            b"garbage\r\n\r\n",
-        ] {
-            assert!(
-                parse_response(bad).is_err(),
-                "{}",
-                String::from_utf8_lossy(bad)
-            );
-        }
-    }
 }

@@ -2,11 +2,13 @@
 //! shared by the end-to-end tests and the `run` / `demo` / `bench` / `chaos` verbs, and small
 //! process helpers.
 //!
-//! Deliberately free of aya and tokio so that it builds before the BPF toolchain exists.
+//! Deliberately free of aya (and of lb-userspace) so that it builds before the BPF toolchain
+//! exists. HTTP goes through hyper's client ([`http`]).
 
 pub mod failover;
 pub mod flow_flood;
 pub mod forward;
+pub mod http;
 pub mod lab;
 pub mod load;
 pub mod netns;

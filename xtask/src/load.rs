@@ -2,9 +2,10 @@
 //! generator whose threads enter the client namespace (setns) and open a new TCP connection per
 //! request (so the load balancer's round robin spreads them), recording when each request
 //! started and how it ended; one kept-alive connection; and plain GETs on the agent's API.
+//! HTTP itself is hyper's client ([`crate::http`]) on those sockets.
 use std::{
     fs::File,
-    io::{self, BufRead, BufReader, Read as _, Write as _},
+    io,
     net::{SocketAddr, TcpStream},
     os::fd::AsRawFd as _,
     sync::{
@@ -16,6 +17,8 @@ use std::{
 };
 
 use anyhow::{bail, Context as _, Result};
+
+use crate::http;
 
 /// Moves the calling thread into network namespace `ns` (a name under /run/netns). Sockets it
 /// opens afterwards belong to that namespace, also when used from other threads.
@@ -106,6 +109,7 @@ impl Load {
                 .name(format!("load-{index}"))
                 .spawn(move || {
                     enter_netns(&options.netns)?;
+                    let client = http::Client::new()?;
                     let mut samples = Vec::new();
                     let mut next = started + offset;
                     while !stop.load(Ordering::Relaxed) {
@@ -115,7 +119,7 @@ impl Load {
                         }
                         next += gap;
                         let begin = Instant::now();
-                        let outcome = match one_request(&options) {
+                        let outcome = match one_request(&client, &options) {
                             Ok(body) => Outcome::Ok(body),
                             Err(e) => Outcome::Failed(e.to_string()),
                         };
@@ -209,13 +213,10 @@ impl LoadReport {
 }
 
 /// One `GET /` on a new connection, closed by the server after the answer.
-fn one_request(options: &LoadOptions) -> io::Result<String> {
+fn one_request(client: &http::Client, options: &LoadOptions) -> io::Result<String> {
     let deadline = Instant::now() + options.timeout;
     let stream = TcpStream::connect_timeout(&options.target, options.timeout)?;
-    let left = deadline
-        .saturating_duration_since(Instant::now())
-        .max(Duration::from_millis(1));
-    request_closed_by_server(stream, &options.host, left)
+    closed_by_server(client, &stream, &options.host, deadline)
 }
 
 /// A TCP connection from an explicit source address and port (`SO_REUSEADDR` set, so a port
@@ -285,57 +286,58 @@ pub fn connect_from(
 /// `GET /` with `Connection: close` on an open connection: the server closes first (it keeps
 /// the TIME_WAIT), then this side. The body of a 200 answer.
 pub fn request_closed_by_server(
-    mut stream: TcpStream,
+    stream: TcpStream,
     host: &str,
     timeout: Duration,
 ) -> io::Result<String> {
-    stream.set_read_timeout(Some(timeout))?;
-    stream.set_write_timeout(Some(timeout))?;
-    stream.write_all(
-        format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
-    )?;
-    let mut answer = Vec::new();
-    stream.read_to_end(&mut answer)?;
-    let (status, body) = split_response(&answer)?;
-    if status != 200 {
-        return Err(io::Error::other(format!("HTTP status {status}")));
+    closed_by_server(
+        &http::Client::new()?,
+        &stream,
+        host,
+        Instant::now() + timeout,
+    )
+}
+
+fn closed_by_server(
+    client: &http::Client,
+    stream: &TcpStream,
+    host: &str,
+    deadline: Instant,
+) -> io::Result<String> {
+    let left = || {
+        deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1))
+    };
+    let body = get_ok(client, stream, http::get_close(host, "/")?, left())?;
+    http::wait_for_close(stream, left())?;
+    Ok(body)
+}
+
+/// Sends `request` on `stream`; the answer's body, trimmed, when it is a 200 with a body.
+pub fn get_ok(
+    client: &http::Client,
+    stream: &TcpStream,
+    request: hyper::Request<http_body_util::Full<hyper::body::Bytes>>,
+    timeout: Duration,
+) -> io::Result<String> {
+    let answer = client.send(stream, request, timeout)?;
+    if answer.status != 200 {
+        return Err(io::Error::other(format!("HTTP status {}", answer.status)));
     }
-    let body = String::from_utf8_lossy(body).trim().to_string();
+    let body = answer.text().trim().to_string();
     if body.is_empty() {
         return Err(io::Error::other("empty body"));
     }
     Ok(body)
 }
 
-/// Status code and body of a complete HTTP/1.x answer that is not chunked.
-fn split_response(answer: &[u8]) -> io::Result<(u16, &[u8])> {
-    let end = answer
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                format!("incomplete answer ({} bytes)", answer.len()),
-            )
-        })?;
-    let head = String::from_utf8_lossy(&answer[..end]);
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse::<u16>().ok())
-        .ok_or_else(|| {
-            io::Error::other(format!(
-                "no status line in {:?}",
-                head.lines().next().unwrap_or("")
-            ))
-        })?;
-    Ok((status, &answer[end + 4..]))
-}
-
 /// One TCP connection opened inside a namespace and kept open, for HTTP/1.1 keep-alive GETs.
 pub struct KeepAlive {
-    reader: BufReader<TcpStream>,
+    stream: TcpStream,
+    client: http::Client,
     host: String,
+    timeout: Duration,
 }
 
 impl KeepAlive {
@@ -345,83 +347,40 @@ impl KeepAlive {
         host: &str,
         timeout: Duration,
     ) -> io::Result<KeepAlive> {
-        let stream = in_netns(netns, || {
-            let stream = TcpStream::connect_timeout(&target, timeout)?;
-            stream.set_read_timeout(Some(timeout))?;
-            stream.set_write_timeout(Some(timeout))?;
-            Ok(stream)
-        })?;
+        let stream = in_netns(netns, || TcpStream::connect_timeout(&target, timeout))?;
         Ok(KeepAlive {
-            reader: BufReader::new(stream),
+            stream,
+            client: http::Client::new()?,
             host: host.to_string(),
+            timeout,
         })
     }
 
-    /// `GET /` on the open connection; the body (Content-Length framed).
+    /// `GET /` on the open connection; the body of its 200 answer, trimmed.
     pub fn get(&mut self) -> io::Result<String> {
-        self.reader
-            .get_mut()
-            .write_all(format!("GET / HTTP/1.1\r\nHost: {}\r\n\r\n", self.host).as_bytes())?;
-        read_keep_alive_answer(&mut self.reader)
+        get_ok(
+            &self.client,
+            &self.stream,
+            http::get(&self.host, "/")?,
+            self.timeout,
+        )
     }
 }
 
-/// Reads one HTTP/1.1 answer that must be a 200 framed by Content-Length, leaving the
-/// connection ready for the next request; the body, trimmed.
-pub fn read_keep_alive_answer(reader: &mut impl BufRead) -> io::Result<String> {
-    let mut status = String::new();
-    reader.read_line(&mut status)?;
-    if !status.starts_with("HTTP/1.1 200") {
-        return Err(io::Error::other(format!(
-            "unexpected status line {status:?}"
-        )));
-    }
-    let mut length = None;
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line)? == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "connection closed in the headers",
-            ));
-        }
-        let line = line.trim_end();
-        if line.is_empty() {
-            break;
-        }
-        if let Some((name, value)) = line.split_once(':') {
-            if name.eq_ignore_ascii_case("content-length") {
-                length = value.trim().parse::<usize>().ok();
-            }
-        }
-    }
-    let length = length.ok_or_else(|| io::Error::other("no Content-Length"))?;
-    let mut body = vec![0u8; length];
-    reader.read_exact(&mut body)?;
-    Ok(String::from_utf8_lossy(&body).trim().to_string())
-}
-
-/// `GET path` on an HTTP API inside `netns` (HTTP/1.0: one answer, no chunking); the status
-/// and the body.
+/// `GET path` on an HTTP API inside `netns` (a new connection, closed after the answer); the
+/// status and the body.
 pub fn api_get(
     netns: &str,
     api: SocketAddr,
     path: &str,
     timeout: Duration,
 ) -> Result<(u16, String)> {
-    let answer = in_netns(netns, || {
-        let mut stream = TcpStream::connect_timeout(&api, timeout)?;
-        stream.set_read_timeout(Some(timeout))?;
-        stream.set_write_timeout(Some(timeout))?;
-        stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: {api}\r\n\r\n").as_bytes())?;
-        let mut answer = Vec::new();
-        stream.read_to_end(&mut answer)?;
-        Ok(answer)
-    })
-    .with_context(|| format!("GET http://{api}{path} in namespace {netns}"))?;
-    let (status, body) =
-        split_response(&answer).with_context(|| format!("GET http://{api}{path}"))?;
-    Ok((status, String::from_utf8_lossy(body).into_owned()))
+    let what = || format!("GET http://{api}{path} in namespace {netns}");
+    let stream =
+        in_netns(netns, || TcpStream::connect_timeout(&api, timeout)).with_context(what)?;
+    let answer = http::send(&stream, http::get_close(&api.to_string(), path)?, timeout)
+        .with_context(what)?;
+    Ok((answer.status, answer.text()))
 }
 
 /// [`api_get`] of a JSON document that must answer 200.
@@ -436,37 +395,6 @@ pub fn api_json(netns: &str, api: SocketAddr, path: &str) -> Result<serde_json::
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_complete_answer_splits_into_status_and_body() {
-        let (status, body) =
-            split_response(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nweb1\n").expect("valid");
-        assert_eq!((status, body), (200, &b"web1\n"[..]));
-        let (status, _) =
-            split_response(b"HTTP/1.0 503 Service Unavailable\r\n\r\n").expect("valid");
-        assert_eq!(status, 503);
-    }
-
-    #[test]
-    fn a_cut_or_garbled_answer_is_an_error() {
-        assert!(split_response(b"HTTP/1.1 200 OK\r\nContent-Le").is_err());
-        assert!(split_response(b"").is_err());
-        assert!(split_response(b"garbage\r\n\r\n").is_err());
-    }
-
-    #[test]
-    fn kept_alive_answers_are_read_one_at_a_time() {
-        let two = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nweb1\nHTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nweb2\n";
-        let mut reader = &two[..];
-        assert_eq!(read_keep_alive_answer(&mut reader).expect("first"), "web1");
-        assert_eq!(read_keep_alive_answer(&mut reader).expect("second"), "web2");
-        assert!(read_keep_alive_answer(&mut &b"HTTP/1.1 503 Busy\r\n\r\n"[..]).is_err());
-        assert!(read_keep_alive_answer(&mut &b"HTTP/1.1 200 OK\r\n\r\nno length"[..]).is_err());
-        assert!(read_keep_alive_answer(
-            &mut &b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nweb"[..]
-        )
-        .is_err());
-    }
 
     #[test]
     fn failures_are_counted_from_a_moment() {

@@ -2,12 +2,15 @@
 //! namespace (setns), creates the socket and exits; the socket stays in that namespace. Lets a
 //! test or the demo hold one real, long-lived TCP connection across agent restarts.
 use std::{
-    io::{self, BufReader, Write as _},
+    io,
     net::{SocketAddr, TcpStream},
     time::Duration,
 };
 
-use crate::load;
+use crate::{http, load};
+
+/// Bound of a keep-alive GET on a stream that has no read timeout of its own.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Connects to `addr` from inside network namespace `ns` (a name under /run/netns).
 pub fn connect_in(ns: &str, addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
@@ -19,14 +22,18 @@ pub fn connect_in(ns: &str, addr: SocketAddr, timeout: Duration) -> io::Result<T
     })
 }
 
-/// One HTTP/1.1 keep-alive `GET /` on an open connection; returns the body (Content-Length framed).
+/// One HTTP/1.1 keep-alive `GET /` on an open connection; the body of its 200 answer, trimmed.
 pub fn keep_alive_get(stream: &mut TcpStream, host: &str) -> io::Result<String> {
     keep_alive_get_path(stream, host, "/")
 }
 
-/// [`keep_alive_get`] of `path`.
+/// [`keep_alive_get`] of `path`, bounded by the stream's read timeout (as [`connect_in`] sets).
 pub fn keep_alive_get_path(stream: &mut TcpStream, host: &str, path: &str) -> io::Result<String> {
-    stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())?;
-    // One request at a time: this reader cannot buffer any part of a next answer.
-    load::read_keep_alive_answer(&mut BufReader::new(stream))
+    let timeout = stream.read_timeout()?.unwrap_or(DEFAULT_TIMEOUT);
+    load::get_ok(
+        &http::Client::new()?,
+        stream,
+        http::get(host, path)?,
+        timeout,
+    )
 }

@@ -1,11 +1,11 @@
 //! Latency at one fixed request rate (`lb-bench latency`, run inside the client namespace).
 //! wrk keeps 64 connections busy, so each target runs at its own saturation point and its p99
 //! is the queueing of that point (on two vCPUs, every target's, web1's own included, lands at
-//! the scheduler's time slice, ~3 ms). Here each connection sends HTTP/1.1 GETs on its own
-//! schedule (open loop) at a rate below every target's capacity, so all targets carry the same
-//! load and the latency difference is what the load balancer adds.
+//! the scheduler's time slice, ~3 ms). Here each connection sends HTTP/1.1 GETs (hyper's client,
+//! one kept-alive connection each) on its own schedule (open loop) at a rate below every
+//! target's capacity, so all targets carry the same load and the latency difference is what the
+//! load balancer adds.
 use std::{
-    io::{Read, Write},
     net::{SocketAddr, TcpStream, ToSocketAddrs},
     thread,
     time::{Duration, Instant},
@@ -13,6 +13,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
+use xtask::http;
 
 #[derive(Clone, Debug)]
 pub struct Args {
@@ -60,56 +61,23 @@ fn parse_url(url: &str) -> Result<Url> {
     })
 }
 
-/// Reads one response with a Content-Length body; `buf` keeps nothing between calls (no
-/// pipelining: one request is outstanding per connection). `Ok(true)`: the server closes the
-/// connection after this response (nginx does every 1000 requests).
-fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<bool> {
-    buf.clear();
-    let mut chunk = [0u8; 16 * 1024];
-    let mut needed = None;
-    let mut closing = false;
-    loop {
-        if needed.is_none() {
-            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                let head = std::str::from_utf8(&buf[..end]).context("response head not UTF-8")?;
-                if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
-                    bail!("{}", head.lines().next().unwrap_or("empty response"));
-                }
-                let length = head
-                    .lines()
-                    .find_map(|l| {
-                        let (name, value) = l.split_once(':')?;
-                        name.eq_ignore_ascii_case("content-length")
-                            .then(|| value.trim().parse::<usize>().ok())
-                            .flatten()
-                    })
-                    .context("a response without Content-Length")?;
-                closing = head.lines().any(|l| {
-                    l.split_once(':').is_some_and(|(name, value)| {
-                        name.eq_ignore_ascii_case("connection")
-                            && value.trim().eq_ignore_ascii_case("close")
-                    })
-                });
-                needed = Some(end + 4 + length);
-            }
-        }
-        if needed.is_some_and(|n| buf.len() >= n) {
-            return Ok(closing);
-        }
-        let n = stream.read(&mut chunk)?;
-        if n == 0 {
-            bail!("the server closed the connection");
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-}
-
-fn connect(url: &Url) -> Result<TcpStream> {
+/// A kept-alive connection to the target; requests on it are bounded by [`TIMEOUT`].
+fn connect(url: &Url) -> Result<http::KeptAlive> {
     let stream = TcpStream::connect_timeout(&url.addr, TIMEOUT)?;
     stream.set_nodelay(true)?;
-    stream.set_read_timeout(Some(TIMEOUT))?;
-    stream.set_write_timeout(Some(TIMEOUT))?;
-    Ok(stream)
+    Ok(http::KeptAlive::new(stream)?)
+}
+
+/// One `GET` on `connection`, which must answer 200. `Ok(true)`: the server closes the
+/// connection after this answer (nginx does every 1000 requests).
+fn get(connection: &mut http::KeptAlive, url: &Url) -> Result<bool> {
+    let answer = connection.send(http::get(&url.host, &url.path)?, TIMEOUT)?;
+    if answer.status != 200 {
+        bail!("HTTP status {}", answer.status);
+    }
+    Ok(answer
+        .header("connection")
+        .is_some_and(|value| value.trim().eq_ignore_ascii_case("close")))
 }
 
 #[derive(Default)]
@@ -120,16 +88,9 @@ struct ConnResult {
     first_error: Option<String>,
 }
 
-fn one_connection(
-    url: &Url,
-    request: &[u8],
-    first: Instant,
-    interval: Duration,
-    end: Instant,
-) -> ConnResult {
+fn one_connection(url: &Url, first: Instant, interval: Duration, end: Instant) -> ConnResult {
     let mut r = ConnResult::default();
-    let mut stream = None;
-    let mut buf = Vec::with_capacity(16 * 1024);
+    let mut connection = None;
     let mut slot = first;
     while slot < end {
         let now = Instant::now();
@@ -141,25 +102,23 @@ fn one_connection(
             r.late += 1;
         }
         let outcome = (|| -> Result<bool> {
-            if stream.is_none() {
-                stream = Some(connect(url)?);
+            if connection.is_none() {
+                connection = Some(connect(url)?);
             }
-            let s = stream.as_mut().context("connected")?;
-            s.write_all(request)?;
-            read_response(s, &mut buf)
+            get(connection.as_mut().context("connected")?, url)
         })();
         match outcome {
             Ok(closing) => {
                 r.latencies_ns.push(sent.elapsed().as_nanos() as u64);
                 if closing {
-                    stream = None;
+                    connection = None;
                 }
             }
             Err(e) => {
                 r.errors += 1;
                 r.first_error.get_or_insert_with(|| format!("{e:#}"));
                 // A fresh connection for the next slot.
-                stream = None;
+                connection = None;
             }
         }
         slot += interval;
@@ -181,10 +140,6 @@ pub fn run(a: &Args) -> Result<Value> {
         bail!("--rate and --connections must be positive, --seconds in (0, 600]");
     }
     let url = parse_url(&a.url)?;
-    let request = format!(
-        "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: lb-bench\r\n\r\n",
-        url.path, url.host
-    );
     // Every connection sends every `interval`; their slots are spread evenly over it.
     let interval = Duration::from_secs_f64(f64::from(a.connections) / f64::from(a.rate));
     let start = Instant::now() + Duration::from_millis(100);
@@ -192,9 +147,9 @@ pub fn run(a: &Args) -> Result<Value> {
     let results: Vec<ConnResult> = thread::scope(|scope| {
         let handles: Vec<_> = (0..a.connections)
             .map(|i| {
-                let (url, request) = (&url, request.as_bytes());
+                let url = &url;
                 let first = start + interval * i / a.connections;
-                scope.spawn(move || one_connection(url, request, first, interval, end))
+                scope.spawn(move || one_connection(url, first, interval, end))
             })
             .collect();
         handles

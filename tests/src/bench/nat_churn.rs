@@ -6,7 +6,6 @@
 //! namespace with the addresses added there.
 use std::{
     collections::BTreeMap,
-    io::Write as _,
     net::{Ipv4Addr, SocketAddrV4},
     sync::{
         atomic::{AtomicU64, Ordering},
@@ -18,7 +17,7 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 use serde_json::{json, Value};
 use xtask::{
-    flow_flood,
+    flow_flood, http,
     lab::{addr, host, Lab},
     load, stack,
 };
@@ -97,13 +96,10 @@ fn tuple(a: &ClientArgs, i: u64) -> SocketAddrV4 {
 
 /// One connection: handshake, `GET /` (keep-alive), the answer, then this side closes first
 /// (its TIME_WAIT stays here, on a tuple never used again; the server keeps none).
-fn one(a: &ClientArgs, source: SocketAddrV4) -> std::io::Result<String> {
+fn one(client: &http::Client, a: &ClientArgs, source: SocketAddrV4) -> std::io::Result<String> {
     let stream = load::connect_from(source, a.target, a.timeout)?;
-    let mut reader = std::io::BufReader::new(stream);
-    reader
-        .get_mut()
-        .write_all(format!("GET / HTTP/1.1\r\nHost: {}\r\n\r\n", a.target.ip()).as_bytes())?;
-    load::read_keep_alive_answer(&mut reader)
+    let request = http::get(&a.target.ip().to_string(), "/")?;
+    load::get_ok(client, &stream, request, a.timeout)
 }
 
 /// Runs every tuple once over `threads` threads; prints nothing, returns the figures.
@@ -128,6 +124,18 @@ pub fn client(a: &ClientArgs) -> Result<Value> {
         for _ in 0..a.threads.max(1) {
             scope.spawn(|| {
                 let mut mine: BTreeMap<String, u64> = BTreeMap::new();
+                let client = match http::Client::new() {
+                    Ok(client) => client,
+                    Err(e) => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                        *errors
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .entry(format!("runtime: {e}"))
+                            .or_default() += 1;
+                        return;
+                    }
+                };
                 loop {
                     if started.elapsed() > limit {
                         break;
@@ -137,7 +145,7 @@ pub fn client(a: &ClientArgs) -> Result<Value> {
                         break;
                     }
                     let source = tuple(a, i);
-                    match one(a, source) {
+                    match one(&client, a, source) {
                         Ok(body) => *mine.entry(body).or_default() += 1,
                         Err(e) => {
                             failed.fetch_add(1, Ordering::Relaxed);

@@ -234,6 +234,7 @@ pub fn source_version() -> Value {
         "lb-ebpf",
         "lb-common",
         "lb-userspace",
+        "lb-web",
     ])
     .map(|s| {
         s.lines()

@@ -2,7 +2,6 @@
 use std::{net::IpAddr, path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
-use lb_userspace::web;
 
 #[derive(Parser)]
 #[command(
@@ -41,17 +40,18 @@ async fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
     let result = match (cli.command, cli.config) {
-        (Some(Command::GenCerts { out, ips, names }), _) => web::tls::gen_certs(&out, &ips, &names)
-            .map(|files| {
+        (Some(Command::GenCerts { out, ips, names }), _) => {
+            lb_web::tls::gen_certs(&out, &ips, &names).map(|files| {
                 for file in files {
                     println!("{}", file.display());
                 }
-            }),
-        (Some(Command::CheckConfig { file }), _) => {
-            web::config::load(&file).map(|_| println!("{}: ok", file.display()))
+            })
         }
-        (None, Some(config)) => match web::config::load(&config) {
-            Ok(config) => web::run(config).await,
+        (Some(Command::CheckConfig { file }), _) => {
+            lb_web::config::load(&file).map(|_| println!("{}: ok", file.display()))
+        }
+        (None, Some(config)) => match lb_web::config::load(&config) {
+            Ok(config) => lb_web::run(config).await,
             Err(e) => Err(e),
         },
         (None, None) => Err(anyhow::anyhow!(

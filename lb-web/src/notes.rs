@@ -16,7 +16,7 @@ use mysql_async::{prelude::Queryable as _, Conn, OptsBuilder, Pool, PoolConstrai
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::config::{host_port, DatabaseConfig};
+use crate::config::{host_port, DatabaseConfig};
 
 /// Longest note accepted, in characters.
 pub const MAX_NOTE_CHARS: usize = 10_000;
