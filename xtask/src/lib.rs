@@ -4,6 +4,7 @@
 //!
 //! Deliberately free of aya and tokio so that it builds before the BPF toolchain exists.
 
+pub mod bench_table;
 pub mod failover;
 pub mod flow_flood;
 pub mod forward;
