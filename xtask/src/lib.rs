@@ -13,4 +13,5 @@ pub mod load;
 pub mod netns;
 pub mod setup;
 pub mod stack;
+pub mod template;
 pub mod util;
