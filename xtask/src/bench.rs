@@ -1,8 +1,8 @@
 //! `cargo xtask bench [--quick]`: the benchmarks, written into `target/bench/results.json`.
 //!
 //! root check -> setup (unless --no-setup) -> `cargo build --release` -> each part in turn.
-//! Each part owns some top-level keys of the results file (DESIGN.md "Result files") and keeps
-//! the others, so parts can be run and rerun independently. All are `lb-bench` subcommands
+//! Each part owns some top-level keys of the results file (docs/BENCHMARKS.md, "Command") and
+//! keeps the others, so parts can be run and rerun independently. All are `lb-bench` subcommands
 //! (tests/src/bin/lb-bench.rs):
 //! - per-packet: BPF_PROG_TEST_RUN -> `per_packet_ns`;
 //! - http: wrk through web1, HAProxy, nginx, XDP DSR, XDP NAT in a lab `lbb-ht-` -> `http`;
