@@ -1,7 +1,7 @@
 //! A plain-Rust reference model of what the XDP program decides for one frame, written from the
-//! intended behaviour (README, DESIGN.md, the comments of the data path), not from its code. The
-//! packet fuzzer runs every frame through the real program and through [`decide`] with the same
-//! configuration and compares the two.
+//! intended behaviour (README, docs/DATAPATH.md, docs/FIREWALL.md, the comments of the data
+//! path), not from its code. The packet fuzzer runs every frame through the real program and
+//! through [`decide`] with the same configuration and compares the two.
 //!
 //! Covered: parsing (Ethernet, up to two 802.1Q/802.1ad tags, IPv4 with IHL / total-length / fragment
 //! checks, IPv6 without extension headers, TCP/UDP ports and flags, ICMP type, truncations), the

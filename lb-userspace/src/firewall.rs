@@ -824,7 +824,7 @@ mod tests {
             .map(|len| (addr, len, rule(u32::from(len), &mut rng)))
             .collect();
         check_against_reference(&prefixes, &mut rng);
-        // An allowed /32 inside a denied /16, as in the issue.
+        // An allowed /32 inside a denied /16: the longer prefix wins (docs/FIREWALL.md).
         prefixes = vec![
             (
                 Ipv4Addr::new(192, 168, 0, 0),

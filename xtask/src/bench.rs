@@ -1,8 +1,8 @@
 //! `cargo xtask bench [--quick]`: the benchmarks, written into `target/bench/results.json`.
 //!
 //! root check -> setup (unless --no-setup) -> `cargo build --release` -> each part in turn.
-//! Each part owns some top-level keys of the results file (DESIGN.md "Result files") and keeps
-//! the others, so parts can be run and rerun independently. All are `lb-bench` subcommands
+//! Each part owns some top-level keys of the results file (docs/BENCHMARKS.md, "Command") and
+//! keeps the others, so parts can be run and rerun independently. All are `lb-bench` subcommands
 //! (tests/src/bin/lb-bench.rs):
 //! - per-packet: BPF_PROG_TEST_RUN -> `per_packet_ns`;
 //! - http: wrk through web1, HAProxy, nginx, XDP DSR, XDP NAT in a lab `lbb-ht-` -> `http`;
@@ -13,6 +13,9 @@
 //! - summary: every table, the target ratios, and the chart `target/bench/results.svg`.
 //!
 //! A part that fails writes nulls and its reason, and the others still run. `--only` picks parts.
+//! At the end, whatever happened, the results file is rendered as a Markdown table into
+//! `target/bench/results.md` (`xtask::bench_table`); `--render-only` does only that, from the
+//! existing file, and `--update-docs` also puts the table into docs/BENCHMARKS.md.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -32,6 +35,13 @@ pub struct BenchArgs {
     /// conn-rate, nat-churn, summary). The other keys of the results file are kept.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
+    /// Measure nothing: render the existing target/bench/results.json as a Markdown table into
+    /// target/bench/results.md (no root needed).
+    #[arg(long, conflicts_with_all = ["quick", "no_setup", "only"])]
+    pub render_only: bool,
+    /// Also put the rendered table into docs/BENCHMARKS.md, between its bench-table marks.
+    #[arg(long)]
+    pub update_docs: bool,
 }
 
 /// What every part gets.
@@ -94,6 +104,10 @@ fn cargo() -> Command {
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
+    let results = util::target_dir().join("bench").join("results.json");
+    if args.render_only {
+        return render(&results, args.update_docs);
+    }
     if !util::is_root() {
         bail!(
             "cargo xtask bench needs root (it loads XDP programs and runs them with BPF_PROG_TEST_RUN, and \
@@ -107,7 +121,6 @@ pub fn run(args: BenchArgs) -> Result<()> {
 
     // Labs of the bench (lbb-*) left by a killed run go first; each part removes its own lab.
     xtask::lab::cleanup_stale("lbb-").context("removing stale bench labs (lbb-*)")?;
-    let results = util::target_dir().join("bench").join("results.json");
     std::fs::create_dir_all(results.parent().unwrap_or(Path::new(".")))
         .with_context(|| format!("creating the directory of {}", results.display()))?;
     let ctx = Ctx {
@@ -138,6 +151,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
         }
     }
     println!("xtask bench: results in {}", ctx.results.display());
+    if let Err(e) = render(&ctx.results, args.update_docs) {
+        eprintln!("xtask bench: rendering the table FAILED: {e:#}");
+        failed.push("render");
+    }
     if !failed.is_empty() {
         bail!("benchmark part(s) failed: {}", failed.join(", "));
     }
@@ -190,4 +207,30 @@ fn nat_churn(ctx: &Ctx) -> Result<()> {
 
 fn summary(ctx: &Ctx) -> Result<()> {
     lb_bench(ctx, "summary", false)
+}
+
+/// `results.json` -> `results.md` next to it (and into docs/BENCHMARKS.md with `update_docs`).
+fn render(results: &Path, update_docs: bool) -> Result<()> {
+    let text = std::fs::read_to_string(results).with_context(|| {
+        format!(
+            "reading {} (run `cargo xtask bench` first)",
+            results.display()
+        )
+    })?;
+    let table = xtask::bench_table::render_text(&text)
+        .with_context(|| format!("rendering {}", results.display()))?;
+    let md = results.with_extension("md");
+    std::fs::write(&md, format!("{table}\n"))
+        .with_context(|| format!("writing {}", md.display()))?;
+    println!("xtask bench: table in {}", md.display());
+    if update_docs {
+        let doc = util::workspace_root().join("docs").join("BENCHMARKS.md");
+        let old =
+            std::fs::read_to_string(&doc).with_context(|| format!("reading {}", doc.display()))?;
+        let new = xtask::bench_table::splice(&old, &table)
+            .with_context(|| format!("putting the table into {}", doc.display()))?;
+        std::fs::write(&doc, new).with_context(|| format!("writing {}", doc.display()))?;
+        println!("xtask bench: table put into {}", doc.display());
+    }
+    Ok(())
 }

@@ -1,5 +1,5 @@
 //! `cargo xtask chaos [--quick]`: faults under load and fuzzed input, into
-//! `target/chaos/results.json` (keys of DESIGN.md; other keys in the file are kept).
+//! `target/chaos/results.json` (its keys: docs/RELIABILITY.md; other keys in the file are kept).
 //!
 //! root check -> setup (unless --no-setup) -> `cargo build --release` -> the parts, in turn:
 //! - backend_kill, agent_restart, upgrade, api_fuzz: on one lab (prefix `lbc-`) running the
@@ -11,10 +11,10 @@
 //! - packet_fuzz: `lb-fuzz` (BPF_PROG_TEST_RUN against the reference model);
 //! - config_fuzz: `cargo fuzz run config_parse` (fuzz/), bounded in time.
 //!
-//! `--only KEY[,KEY]` runs some parts only. One line per part with its mark and figures, then `chaos: N/M parts passed`; exits non-zero
-//! when a part misses its bar (issue 7) or fails to run. A part is one function returning its
-//! JSON; one that cannot run writes `null` and `<key>_detail.reason`. The lab goes down on
-//! every path, Ctrl-C included.
+//! `--only KEY[,KEY]` runs some parts only. One line per part with its mark and figures, then
+//! `chaos: N/M parts passed`; exits non-zero when a part misses its bar (docs/RELIABILITY.md) or
+//! fails to run. A part is one function returning its JSON; one that cannot run writes `null`
+//! and `<key>_detail.reason`. The lab goes down on every path, Ctrl-C included.
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
@@ -752,7 +752,6 @@ fn flow_flood(suite: &mut Suite) -> Result<Finding> {
     })
 }
 
-/// Not wired yet: database replication and failover are being added (issue 5).
 /// Acknowledged writes before the primary is killed (full, quick).
 const DB_WRITES_BEFORE_KILL: (usize, usize) = (100, 20);
 const FAILOVER_BAR: Duration = Duration::from_secs(5);

@@ -147,20 +147,26 @@ pub fn start(lab: &Lab, options: &Options) -> Result<u32> {
     Ok(agent)
 }
 
+/// The UDP service the flood targets (`xtask/templates/lb/flood-udp.toml`).
+fn udp_service() -> Result<String> {
+    crate::template::fill(
+        "lb/flood-udp.toml",
+        include_str!("../templates/lb/flood-udp.toml"),
+        &[
+            ("vip", addr::VIP_HTTP),
+            ("port", &UDP_PORT.to_string()),
+            ("web1", addr::WEB1),
+            ("web2", addr::WEB2),
+        ],
+    )
+}
+
 fn config(lab: &Lab, options: &Options) -> Result<PathBuf> {
     let agent_keys = format!(
         "flow_capacity = {}\nunverified_capacity = {}",
         options.flow_capacity, options.unverified_capacity
     );
-    let udp = format!(
-        "# The flow flood's UDP target: every datagram opens an unverified flow.\n\
-         [[service]]\nname = \"flood-udp\"\nvip = \"{vip}\"\nport = {UDP_PORT}\nprotocol = \"udp\"\nmode = \"dsr\"\n\n\
-         [[service.backend]]\nname = \"web1\"\naddress = \"{web1}\"\n\n\
-         [[service.backend]]\nname = \"web2\"\naddress = \"{web2}\"\n",
-        vip = addr::VIP_HTTP,
-        web1 = addr::WEB1,
-        web2 = addr::WEB2,
-    );
+    let udp = udp_service()?;
     stack::write_agent_config_extended(lab, &AgentOptions::default(), &agent_keys, &udp)
 }
 
@@ -339,4 +345,19 @@ pub fn run(lab: &Lab, options: &Options) -> Result<Report> {
         verdicts: grown,
         ring_full,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_udp_service_fills_its_template() {
+        let text = udp_service().expect("renders");
+        assert!(text.contains(&format!(
+            "name = \"flood-udp\"\nvip = \"{}\"\nport = {UDP_PORT}\nprotocol = \"udp\"\nmode = \"dsr\"\n",
+            addr::VIP_HTTP
+        )));
+        assert!(text.contains(&format!("address = \"{}\"\n", addr::WEB2)));
+    }
 }

@@ -5,6 +5,7 @@
 //! Deliberately free of aya (and of lb-userspace) so that it builds before the BPF toolchain
 //! exists. HTTP goes through hyper's client ([`http`]).
 
+pub mod bench_table;
 pub mod failover;
 pub mod flow_flood;
 pub mod forward;
@@ -14,4 +15,5 @@ pub mod load;
 pub mod netns;
 pub mod setup;
 pub mod stack;
+pub mod template;
 pub mod util;

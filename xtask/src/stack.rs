@@ -46,13 +46,7 @@ pub fn start_web_servers(lab: &Lab) -> Result<()> {
 pub fn start_web_server(lab: &Lab, web: &str) -> Result<u32> {
     let dir = lab.dir().join(format!("nginx-{web}"));
     std::fs::create_dir_all(&dir)?;
-    let d = dir.display();
-    let conf = format!(
-        "worker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{ worker_connections 1024; }}\n\
-         http {{\n  access_log off;\n  client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d};\n  \
-         uwsgi_temp_path {d}; scgi_temp_path {d};\n  \
-         server {{ listen 80; listen [::]:80; location / {{ return 200 \"{web}\\n\"; }} }}\n}}\n"
-    );
+    let conf = crate::template::nginx_web(&dir, web)?;
     let path = dir.join("nginx.conf");
     std::fs::write(&path, conf)?;
     let conf = path.display().to_string();
@@ -155,123 +149,130 @@ pub fn write_agent_config_with(lab: &Lab, options: &AgentOptions) -> Result<Path
     if let Some(token) = &options.api_token {
         std::fs::write(&token_file, format!("{token}\n"))?;
     }
-    let text = agent_config_text(&pin_dir(lab), &token_file, options);
+    let text = agent_config_text(&pin_dir(lab), &token_file, options)?;
     std::fs::write(&path, text)?;
     Ok(path)
 }
 
+/// The lab's agent config, in pieces under `xtask/templates/lb/`: the two web services, then
+/// whichever of the firewall rule, database services and app-tier services the options ask for.
+mod agent_template {
+    pub const AGENT: &str = include_str!("../templates/lb/agent.toml");
+    pub const API: &str = include_str!("../templates/lb/api.toml");
+    pub const HEALTH: &str = include_str!("../templates/lb/health.toml");
+    pub const FIREWALL: &str = include_str!("../templates/lb/firewall.toml");
+    pub const DATABASE: &str = include_str!("../templates/lb/database.toml");
+    pub const DB_SOURCES: &str = include_str!("../templates/lb/db-sources.toml");
+    pub const DB_CHECKED: &str = include_str!("../templates/lb/db-checked.toml");
+    pub const DB_READ_CHECKED: &str = include_str!("../templates/lb/db-read-checked.toml");
+    pub const WEB_HTTPS: &str = include_str!("../templates/lb/web-https.toml");
+}
+
 /// The text of the lab's agent config ([`write_agent_config_with`]) with these pins and token
 /// file (used only with [`AgentOptions::api_token`]): the bench and the map memory test size
-/// the maps of the lab's own config with it.
-pub fn agent_config_text(pins: &Path, token_file: &Path, options: &AgentOptions) -> String {
+/// the maps of the lab's own config with it. An error is a template left with a placeholder.
+pub fn agent_config_text(pins: &Path, token_file: &Path, options: &AgentOptions) -> Result<String> {
+    use crate::template::fill;
+    use agent_template as t;
     let api = match &options.api_token {
-        Some(_) => format!("\n[api]\ntoken_file = \"{}\"\n", token_file.display()),
+        Some(_) => fill(
+            "lb/api.toml",
+            t::API,
+            &[("token_file", &token_file.display().to_string())],
+        )?,
         None => String::new(),
     };
-    let web_health = options
-        .web_health
-        .as_ref()
-        .map_or_else(String::new, |h| format!("\n[service.health]\n{h}\n"));
+    let web_health = match &options.web_health {
+        Some(body) => fill("lb/health.toml", t::HEALTH, &[("body", body)])?,
+        None => String::new(),
+    };
     let db = match &options.db_health {
-        _ if options.database => format!(
-            "\n[[service]]\nname = \"db\"\nvip = \"{write_vip}\"\nport = 3306\nmode = \"dsr\"\n{db_sources}\n\
-             [[service.backend]]\nname = \"db1\"\naddress = \"{db1}\"\n\n[[service.backend]]\nname = \"db2\"\naddress = \"{db2}\"\n\n\
-             [[service]]\nname = \"db-read\"\nvip = \"{read_vip}\"\nport = 3306\nmode = \"dsr\"\n{db_sources}\n\
-             [[service.backend]]\nname = \"db1\"\naddress = \"{db1}\"\n\n[[service.backend]]\nname = \"db2\"\naddress = \"{db2}\"\n\n\
-             [database]\nwrite_service = \"db\"\nread_service = \"db-read\"\n\
-             user = \"{MYSQL_ADMIN_USER}\"\npassword = \"{MYSQL_ADMIN_PASSWORD}\"\n\
-             replication_user = \"{MYSQL_REPLICATION_USER}\"\nreplication_password = \"{MYSQL_REPLICATION_PASSWORD}\"\n",
-            write_vip = addr::VIP_DB_WRITE,
-            read_vip = addr::VIP_DB_READ,
-            db1 = addr::DB1,
-            db2 = addr::DB2,
-            db_sources = if options.firewall {
-                format!("# Only the app servers reach the database.\nallow_sources = [\"{}/32\", \"{}/32\"]\n", addr::WEB1, addr::WEB2)
+        _ if options.database => {
+            let db_sources = if options.firewall {
+                fill(
+                    "lb/db-sources.toml",
+                    t::DB_SOURCES,
+                    &[("web1", addr::WEB1), ("web2", addr::WEB2)],
+                )?
             } else {
                 String::new()
-            },
-        ),
-        Some(health) => format!(
-            "\n[[service]]\nname = \"db\"\nvip = \"{vip}\"\nport = 3306\nmode = \"dsr\"\n\n[service.health]\n{health}\n\n\
-             [[service.backend]]\nname = \"db1\"\naddress = \"{db1}\"\n",
-            vip = addr::VIP_DB_WRITE,
-            db1 = addr::DB1,
-        ),
+            };
+            fill(
+                "lb/database.toml",
+                t::DATABASE,
+                &[
+                    ("write_vip", addr::VIP_DB_WRITE),
+                    ("read_vip", addr::VIP_DB_READ),
+                    ("db1", addr::DB1),
+                    ("db2", addr::DB2),
+                    ("db_sources", &db_sources),
+                    ("admin_user", MYSQL_ADMIN_USER),
+                    ("admin_password", MYSQL_ADMIN_PASSWORD),
+                    ("replication_user", MYSQL_REPLICATION_USER),
+                    ("replication_password", MYSQL_REPLICATION_PASSWORD),
+                ],
+            )?
+        }
+        Some(health) => fill(
+            "lb/db-checked.toml",
+            t::DB_CHECKED,
+            &[
+                ("write_vip", addr::VIP_DB_WRITE),
+                ("db1", addr::DB1),
+                ("health", health),
+            ],
+        )?,
         None => String::new(),
     };
-    let https = format!(
-        "\n[[service]]\nname = \"web-https\"\nvip = \"{vip}\"\nport = 443\nmode = \"dsr\"\n\n\
-         [service.health]\nkind = \"https\"\npath = \"/healthz\"\nexpect_body = \"ok\"\ntls_verify = false\n\n\
-         [[service.backend]]\nname = \"web1\"\naddress = \"{web1}\"\n\n[[service.backend]]\nname = \"web2\"\naddress = \"{web2}\"\n",
-        vip = addr::VIP_HTTP,
-        web1 = addr::WEB1,
-        web2 = addr::WEB2,
-    );
+    let https = || {
+        fill(
+            "lb/web-https.toml",
+            t::WEB_HTTPS,
+            &[
+                ("vip", addr::VIP_HTTP),
+                ("web1", addr::WEB1),
+                ("web2", addr::WEB2),
+            ],
+        )
+    };
     let app = match (&options.db_health, options.app_tier) {
-        (_, true) if options.database => https,
-        (Some(health), true) => format!(
-            "\n[[service]]\nname = \"db-read\"\nvip = \"{read_vip}\"\nport = 3306\nmode = \"dsr\"\n\n[service.health]\n{health}\n\n\
-             [[service.backend]]\nname = \"db1\"\naddress = \"{db1}\"\n\n\
-             [[service]]\nname = \"web-https\"\nvip = \"{vip}\"\nport = 443\nmode = \"dsr\"\n\n\
-             [service.health]\nkind = \"https\"\npath = \"/healthz\"\nexpect_body = \"ok\"\ntls_verify = false\n\n\
-             [[service.backend]]\nname = \"web1\"\naddress = \"{web1}\"\n\n[[service.backend]]\nname = \"web2\"\naddress = \"{web2}\"\n",
-            read_vip = addr::VIP_DB_READ,
-            vip = addr::VIP_HTTP,
-            db1 = addr::DB1,
-            web1 = addr::WEB1,
-            web2 = addr::WEB2,
-        ),
+        (_, true) if options.database => https()?,
+        (Some(health), true) => {
+            fill(
+                "lb/db-read-checked.toml",
+                t::DB_READ_CHECKED,
+                &[
+                    ("read_vip", addr::VIP_DB_READ),
+                    ("db1", addr::DB1),
+                    ("health", health),
+                ],
+            )? + &https()?
+        }
         _ => String::new(),
     };
     let firewall = if options.firewall {
-        format!("\n[[firewall.rule]]\nname = \"denied-client\"\nsources = [\"{DENIED_CLIENT}/32\"]\naction = \"drop\"\n")
+        fill(
+            "lb/firewall.toml",
+            t::FIREWALL,
+            &[("denied", DENIED_CLIENT)],
+        )?
     } else {
         String::new()
     };
-    let db = firewall + &db + &app;
-    format!(
-        r#"# Written by the lab (xtask/src/stack.rs).
-[agent]
-interface = "eth0"
-pin_path = "{pins}"
-{api}
-[[service]]
-name = "web-dsr"
-vip = "{vip}"
-port = 80
-mode = "dsr"
-{web_health}
-[[service.backend]]
-name = "web1"
-address = "{web1}"
-
-[[service.backend]]
-name = "web2"
-address = "{web2}"
-
-[[service]]
-name = "web-nat"
-vip = "{vip}"
-port = {nat_port}
-mode = "nat"
-snat_address = "{snat}"
-{web_health}
-[[service.backend]]
-name = "web1"
-address = "{web1}"
-port = 80
-
-[[service.backend]]
-name = "web2"
-address = "{web2}"
-port = 80
-{db}"#,
-        pins = pins.display(),
-        vip = addr::VIP_HTTP,
-        web1 = addr::WEB1,
-        web2 = addr::WEB2,
-        snat = addr::LB_SNAT,
-        nat_port = NAT_PORT,
+    fill(
+        "lb/agent.toml",
+        t::AGENT,
+        &[
+            ("pins", &pins.display().to_string()),
+            ("api", &api),
+            ("vip", addr::VIP_HTTP),
+            ("web_health", &web_health),
+            ("web1", addr::WEB1),
+            ("web2", addr::WEB2),
+            ("nat_port", &NAT_PORT.to_string()),
+            ("snat", addr::LB_SNAT),
+            ("more", &(firewall + &db + &app)),
+        ],
     )
 }
 
@@ -663,23 +664,22 @@ pub fn start_app_server(lab: &Lab, web: &str, options: &AppOptions) -> Result<u3
         .and_then(|a| a.split('/').next())
         .with_context(|| format!("lab host {web} has no IPv4 address"))?
         .to_string();
-    let config = format!(
-        "# Written by the lab (xtask/src/stack.rs).\n\
-         server_name = \"{web}\"\n\
-         static_dir = \"{static_dir}\"\n\
-         access_log = \"{log}\"\n\n\
-         [http]\nlisten = [\"[::]:80\"]\nredirect_to_https = {redirect}\n\n\
-         [https]\nlisten = [\"[::]:{https}\"]\ncert = \"{certs}/server.pem\"\nkey = \"{certs}/server-key.pem\"\n\n\
-         [database]\nwrite = \"{write}\"\nread = \"{read}\"\nuser = \"{APP_DB_USER}\"\npassword = \"{APP_DB_PASSWORD}\"\n\
-         name = \"{APP_DB_NAME}\"\n# The lab's MariaDB server ids.\nnodes = {{ db1 = 1, db2 = 2 }}\n",
-        static_dir = dir.join("static").display(),
-        log = app_access_log(lab, web).display(),
-        redirect = options.redirect_to_https,
-        https = APP_HTTPS_PORT,
-        certs = dir.join("certs").display(),
-        write = options.db_write,
-        read = options.db_read,
-    );
+    let static_dir = dir.join("static");
+    let access_log = app_access_log(lab, web);
+    let certs = dir.join("certs");
+    let config = crate::template::lb_web(&crate::template::LbWeb {
+        web,
+        static_dir: &static_dir,
+        access_log: &access_log,
+        redirect_to_https: options.redirect_to_https,
+        https_port: APP_HTTPS_PORT,
+        certs: &certs,
+        db_write: &options.db_write,
+        db_read: &options.db_read,
+        db_user: APP_DB_USER,
+        db_password: APP_DB_PASSWORD,
+        db_name: APP_DB_NAME,
+    })?;
     let path = dir.join(format!("{web}.toml"));
     std::fs::write(&path, config)?;
     let log = format!("lb-web-{web}");
@@ -703,4 +703,72 @@ pub fn start_app_server(lab: &Lab, web: &str, options: &AppOptions) -> Result<u3
         bail!("lb-web did not answer on {web}:\n{}", lab.read_log(&log));
     }
     Ok(pid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every combination of the options that pick pieces of the agent config.
+    fn every_option_set() -> Vec<AgentOptions> {
+        (0..64u32)
+            .map(|bits| {
+                let on = |i: u32| bits & (1 << i) != 0;
+                AgentOptions {
+                    web_health: on(0).then(|| "kind = \"http\"\npath = \"/healthz\"".into()),
+                    api_token: on(1).then(|| "token".into()),
+                    db_health: on(2).then(|| "kind = \"mysql\"".into()),
+                    app_tier: on(3),
+                    database: on(4),
+                    firewall: on(5),
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_agent_config_fills_its_templates() {
+        for options in every_option_set() {
+            let text = agent_config_text(Path::new("/pins"), Path::new("/token"), &options)
+                .unwrap_or_else(|e| panic!("{options:?}: {e:#}"));
+            assert!(!text.contains("{{"), "{options:?}:\n{text}");
+            assert!(text.contains("pin_path = \"/pins\"\n"));
+            assert_eq!(
+                text.contains("token_file = \"/token\""),
+                options.api_token.is_some()
+            );
+            assert_eq!(text.contains("name = \"denied-client\""), options.firewall);
+            assert_eq!(text.contains("[database]"), options.database);
+            assert_eq!(
+                text.contains("name = \"web-https\""),
+                options.app_tier && (options.database || options.db_health.is_some())
+            );
+        }
+    }
+
+    #[test]
+    fn the_full_stack_config_has_every_service() {
+        let text = agent_config_text(
+            Path::new("/sys/fs/bpf/lb"),
+            Path::new("/run/token"),
+            &full_stack_options("t"),
+        )
+        .expect("renders");
+        for service in ["web-dsr", "web-nat", "db", "db-read", "web-https"] {
+            assert!(
+                text.contains(&format!("name = \"{service}\"\n")),
+                "{service}:\n{text}"
+            );
+        }
+        assert!(text.contains(&format!("snat_address = \"{}\"\n", addr::LB_SNAT)));
+        assert!(text.contains(&format!("port = {NAT_PORT}\nmode = \"nat\"\n")));
+        assert!(text.contains(&format!(
+            "allow_sources = [\"{}/32\", \"{}/32\"]\n",
+            addr::WEB1,
+            addr::WEB2
+        )));
+        assert!(text.contains(&format!(
+            "replication_user = \"{MYSQL_REPLICATION_USER}\"\n"
+        )));
+    }
 }

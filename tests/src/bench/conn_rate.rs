@@ -74,7 +74,7 @@ fn run_in(lab: &Lab, cfg: &Config) -> Result<ConnRateResult> {
     let dir = lab.dir().join("bench-proxies");
     fs::create_dir_all(&dir)?;
     let haproxy_cfg = dir.join("haproxy.cfg");
-    fs::write(&haproxy_cfg, http::haproxy_config(&dir))?;
+    fs::write(&haproxy_cfg, http::haproxy_config(&dir)?)?;
     lab.spawn(
         host::LB,
         &["haproxy", "-db", "-f", &haproxy_cfg.display().to_string()],

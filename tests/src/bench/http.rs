@@ -65,35 +65,20 @@ port = 8001
 port = 8002
 "#;
 
-pub fn haproxy_config(dir: &std::path::Path) -> String {
-    format!(
-        "# The seed's load balancer: HAProxy, round robin over the two web servers (lb-bench).\n\
-         global\n  maxconn 4096\n  pidfile {pid}\n\n\
-         defaults\n  mode http\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n\n\
-         frontend web\n  bind {lb}:{HAPROXY_PORT}\n  default_backend webs\n\n\
-         backend webs\n  balance roundrobin\n  server web1 {web1}:80\n  server web2 {web2}:80\n",
-        pid = dir.join("haproxy.pid").display(),
-        lb = addr::LB,
-        web1 = addr::WEB1,
-        web2 = addr::WEB2,
+/// HAProxy on the lb's address and [`HAPROXY_PORT`] (`xtask/templates/haproxy.cfg`).
+pub fn haproxy_config(dir: &std::path::Path) -> Result<String> {
+    xtask::template::haproxy(
+        &dir.join("haproxy.pid"),
+        addr::LB,
+        HAPROXY_PORT,
+        addr::WEB1,
+        addr::WEB2,
     )
 }
 
-fn nginx_config(dir: &std::path::Path) -> String {
-    let d = dir.display();
-    format!(
-        "# nginx as a round-robin reverse proxy over the two web servers (lb-bench).\n\
-         worker_processes auto;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
-         events {{ worker_connections 4096; }}\n\
-         http {{\n  access_log off;\n  client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d};\n  \
-         uwsgi_temp_path {d}; scgi_temp_path {d};\n  \
-         upstream webs {{ server {web1}:80; server {web2}:80; keepalive 64; }}\n  \
-         server {{ listen {lb}:{NGINX_PORT}; location / {{ proxy_pass http://webs; proxy_http_version 1.1; \
-         proxy_set_header Connection \"\"; }} }}\n}}\n",
-        lb = addr::LB,
-        web1 = addr::WEB1,
-        web2 = addr::WEB2,
-    )
+/// The nginx reverse proxy on the lb's address and [`NGINX_PORT`] (`xtask/templates/nginx-proxy.conf`).
+fn nginx_config(dir: &std::path::Path) -> Result<String> {
+    xtask::template::nginx_proxy(dir, addr::LB, NGINX_PORT, addr::WEB1, addr::WEB2)
 }
 
 struct Target {
@@ -113,14 +98,14 @@ fn run_in(lab: &Lab, agent: u32, cfg: &Config) -> Result<HttpResult> {
     let dir = lab.dir().join("bench-proxies");
     fs::create_dir_all(&dir)?;
     let haproxy_cfg = dir.join("haproxy.cfg");
-    fs::write(&haproxy_cfg, haproxy_config(&dir))?;
+    fs::write(&haproxy_cfg, haproxy_config(&dir)?)?;
     let haproxy = lab.spawn(
         host::LB,
         &["haproxy", "-db", "-f", &haproxy_cfg.display().to_string()],
         "haproxy",
     )?;
     let nginx_cfg = dir.join("nginx-proxy.conf");
-    fs::write(&nginx_cfg, nginx_config(&dir))?;
+    fs::write(&nginx_cfg, nginx_config(&dir)?)?;
     let nginx = lab.spawn(
         host::LB,
         &[

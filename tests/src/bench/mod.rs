@@ -1,5 +1,5 @@
 //! `lb-bench`: the benchmarks behind `cargo xtask bench`. One module per part; each part
-//! writes its own top-level keys of `target/bench/results.json` (DESIGN.md "Result files").
+//! writes its own top-level keys of `target/bench/results.json` (docs/BENCHMARKS.md, "Command").
 //!
 //! - [`per_packet`]: cost per packet through BPF_PROG_TEST_RUN (`per_packet_ns`);
 //! - [`http`]: requests through HAProxy, nginx and our load balancer in a lab (`http`), with

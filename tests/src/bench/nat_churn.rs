@@ -260,7 +260,7 @@ fn run_in(lab: &Lab, cfg: &Config) -> Result<NatChurnResult> {
         "connection": "handshake, GET / (HTTP/1.1 keep-alive), the answer, then the client closes first; a failure is any error (connect, send, answer not 200) within 10 s",
         "nat_ports": format!("{nat_ports} in all: 2 backends x {PORTS_PER_BACKEND} ports (1024-32767, the defaults), held through closing (tcp_closing 10 s) and taken over after"),
         "asked": cfg.count,
-        "count_note": if cfg.count < MILLION { format!("{} tuples, fewer than the 1M of issue 14 (--quick: {QUICK_COUNT}, full: {FULL_COUNT}; `lb-bench nat-churn --count 1000000` for 1M)", cfg.count) } else { format!("{} tuples", cfg.count) },
+        "count_note": if cfg.count < MILLION { format!("{} tuples, fewer than 1M (--quick: {QUICK_COUNT}, full: {FULL_COUNT}; `lb-bench nat-churn --count 1000000` for 1M)", cfg.count) } else { format!("{} tuples", cfg.count) },
         "quick": cfg.quick,
     });
     Ok(NatChurnResult {

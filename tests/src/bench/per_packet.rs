@@ -52,7 +52,7 @@ use super::xdp_filter::XdpFilter;
 /// side by side in short rounds compare better, and a median of 21 shrugs off slow rounds.
 pub const ROUNDS: u32 = 21;
 
-/// The keys of `per_packet_ns` (DESIGN.md "Result files"), in report order.
+/// The keys of `per_packet_ns` (docs/BENCHMARKS.md, "Per-packet cost"), in report order.
 pub const KEYS: [&str; 9] = [
     "floor",
     "xdp_filter",
@@ -83,7 +83,7 @@ const _: () = assert!(CACHE_MISS_FLOWS >= 4 * lb_common::FLOW_CACHE_SLOTS);
 const FIREWALL_OFF: &str = "the program's firewall is switched off here (no firewall settings or rules written): \
                             its cost in this figure is reading the switches; the same holds for every lb case";
 
-/// Scale points, reported in `per_packet_detail.scale` (issue 6 item 4), measured in the same
+/// Scale points, reported in `per_packet_detail.scale`, measured in the same
 /// interleaved rounds as the cases.
 const SCALE_CASES: [&str; 2] = ["lb_established_100k_prefixes", "lb_established_1m_flows"];
 

@@ -368,7 +368,7 @@ fn map_memory_main(out: &std::path::Path, flow_capacity: Option<u32>) -> Result<
         std::path::Path::new("/sys/fs/bpf/lb"),
         std::path::Path::new("/run/lb-api-token"),
         &xtask::stack::full_stack_options("token"),
-    );
+    )?;
     let mut config = config::parse(std::path::Path::new("lab lb.toml"), &text)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     if let Some(capacity) = flow_capacity {

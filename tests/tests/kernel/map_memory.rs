@@ -19,7 +19,8 @@ fn lab_config(agent_keys: &str) -> config::Config {
         Path::new("/sys/fs/bpf/lb-map-memory-test"),
         Path::new("/run/lb-map-memory-test-token"),
         &xtask::stack::full_stack_options("token"),
-    );
+    )
+    .expect("the lab's agent config renders");
     let text = text.replacen("[agent]\n", &format!("[agent]\n{agent_keys}\n"), 1);
     config::parse(Path::new("lab.toml"), &text).unwrap_or_else(|e| panic!("{e}\n{text}"))
 }
