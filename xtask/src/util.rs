@@ -346,25 +346,6 @@ pub fn env_flag(name: &str) -> bool {
     }
 }
 
-/// For tests that need root: returns true (the caller returns early) when not root, after
-/// printing `SKIPPED (needs root): {test}` straight to the stderr file descriptor, so that
-/// it shows even though libtest captures `eprintln!` of passing tests. Panics instead when
-/// `LB_REQUIRE_ROOT_TESTS` is set (as `cargo xtask test` does for root in CI).
-pub fn skip_unless_root(test: &str) -> bool {
-    if is_root() {
-        return false;
-    }
-    if env_flag("LB_REQUIRE_ROOT_TESTS") {
-        panic!("{test} needs root, and LB_REQUIRE_ROOT_TESTS is set");
-    }
-    use std::io::Write;
-    let _ = writeln!(
-        std::io::stderr(),
-        "\n!!!!! SKIPPED (needs root): {test} !!!!!"
-    );
-    true
-}
-
 /// `cargo build --release` of the whole workspace (the agent, lb-web, the test binaries).
 pub fn build_release() -> Result<()> {
     run(Command::new("cargo")

@@ -1,5 +1,6 @@
 //! The lab itself: real namespaces, real pings, clean teardown. Needs root; without root every
-//! test says SKIPPED loudly (and fails instead when LB_REQUIRE_ROOT_TESTS is set, as in CI).
+//! test is `#[ignore = "needs root"]` (`cargo xtask test` runs them as root with `--include-ignored`),
+//! and fails saying so when run without it.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -8,8 +9,12 @@ use std::time::Duration;
 use xtask::lab::{self, addr, host, HostSpec, Lab, LabSpec};
 use xtask::util;
 
-fn skip_unless_root(test: &str) -> bool {
-    util::skip_unless_root(test)
+#[track_caller]
+fn assert_root() {
+    assert!(
+        util::is_root(),
+        "this test needs root (network namespaces, veth pairs, a bpffs mount): run it as root"
+    );
 }
 
 /// Names of the links of the root namespace.
@@ -56,10 +61,9 @@ fn assert_gone(prefix: &str, links_before: &BTreeSet<String>) {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn standard_lab_pings_and_tears_down_cleanly() {
-    if skip_unless_root("standard_lab_pings_and_tears_down_cleanly") {
-        return;
-    }
+    assert_root();
     let prefix = "lbt-lab-";
     lab::cleanup_stale(prefix).expect("cleanup_stale");
     let links_before = root_links();
@@ -201,10 +205,9 @@ fn standard_lab_pings_and_tears_down_cleanly() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn crashed_lab_is_removed_by_cleanup_stale() {
-    if skip_unless_root("crashed_lab_is_removed_by_cleanup_stale") {
-        return;
-    }
+    assert_root();
     let prefix = "lbt-crash-";
     lab::cleanup_stale(prefix).expect("cleanup_stale");
     let links_before = root_links();
@@ -243,10 +246,9 @@ fn crashed_lab_is_removed_by_cleanup_stale() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn failed_lab_up_leaves_nothing() {
-    if skip_unless_root("failed_lab_up_leaves_nothing") {
-        return;
-    }
+    assert_root();
     let prefix = "lbt-fail-";
     lab::cleanup_stale(prefix).expect("cleanup_stale");
     let links_before = root_links();

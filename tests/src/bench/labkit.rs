@@ -268,7 +268,7 @@ impl CpuMeter {
 /// The order of repetition `rep` over `items`: as given, then reversed, and so on, so that no
 /// item always runs first or right after the same neighbour.
 pub fn alternating<T: Copy>(items: &[T], rep: u32) -> Vec<T> {
-    if rep % 2 == 0 {
+    if rep.is_multiple_of(2) {
         items.to_vec()
     } else {
         items.iter().rev().copied().collect()
