@@ -215,10 +215,11 @@ fn nat_ports_reported(lab: &Lab) {
 
     let status = lb_ok(lab, &["status"]);
     println!("$ lb status\n{status}");
-    assert!(
-        status.contains("nat       web-nat: ports in use 2 of 2;"),
-        "{status}"
+    let line = format!(
+        "nat       web-nat: ports in use 2 of 2 (from {});",
+        addr::LB_SNAT
     );
+    assert!(status.contains(&line), "{status}");
     let (code, body) = curl(
         lab,
         host::LB,
@@ -229,6 +230,11 @@ fn nat_ports_reported(lab: &Lab) {
     let service: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
     assert_eq!(service["nat_ports"]["in_use"], 2, "{service}");
     assert_eq!(service["nat_ports"]["available"], 2, "{service}");
+    assert_eq!(
+        service["nat_ports"]["snat_addresses"],
+        serde_json::json!([addr::LB_SNAT]),
+        "{service}"
+    );
     let (_, dsr) = curl(
         lab,
         host::LB,
