@@ -24,14 +24,18 @@ pub fn rewrite_eth(ctx: &XdpContext, next_hop: &[u8; 6]) -> Result<(), Verdict> 
     let eth = bytes_at(ctx, 0, EthHdr::LEN).ok_or(Verdict::DropMalformed)?;
     let (dst, src) = (offset_of!(EthHdr, dst_addr), offset_of!(EthHdr, src_addr));
     for half in [0, 2, 4] {
-        store16(
-            eth.wrapping_add(src + half),
-            load16(eth.wrapping_add(dst + half)),
-        );
-        store16(
-            eth.wrapping_add(dst + half),
-            load16(next_hop.as_ptr().wrapping_add(half)),
-        );
+        // SAFETY: the MACs lie in the Ethernet header checked above; `next_hop` is a live
+        // 6-byte array at an even offset.
+        unsafe {
+            store16(
+                eth.wrapping_add(src + half),
+                load16(eth.wrapping_add(dst + half)),
+            );
+            store16(
+                eth.wrapping_add(dst + half),
+                load16(next_hop.as_ptr().wrapping_add(half)),
+            );
+        }
     }
     Ok(())
 }
@@ -88,18 +92,24 @@ fn rewrite_l3_l4(ctx: &XdpContext, packet: &Packet, new: &Endpoints) -> Result<(
         addresses.word32(old.src[0], new.src[0]);
         addresses.word32(old.dst[0], new.dst[0]);
         let ip = bytes_at(ctx, packet.l3, Ipv4Hdr::LEN).ok_or(Verdict::DropMalformed)?;
-        store32(ip.wrapping_add(offset_of!(Ipv4Hdr, src_addr)), new.src[0]);
-        store32(ip.wrapping_add(offset_of!(Ipv4Hdr, dst_addr)), new.dst[0]);
         let check = ip.wrapping_add(offset_of!(Ipv4Hdr, check));
-        store16(check, addresses.apply(load16(check)));
+        // SAFETY: within the IPv4 header checked above.
+        unsafe {
+            store32(ip.wrapping_add(offset_of!(Ipv4Hdr, src_addr)), new.src[0]);
+            store32(ip.wrapping_add(offset_of!(Ipv4Hdr, dst_addr)), new.dst[0]);
+            store16(check, addresses.apply(load16(check)));
+        }
     } else {
         let ip = bytes_at(ctx, packet.l3, Ipv6Hdr::LEN).ok_or(Verdict::DropMalformed)?;
         let (src, dst) = (offset_of!(Ipv6Hdr, src_addr), offset_of!(Ipv6Hdr, dst_addr));
         for i in 0..4 {
             addresses.word32(old.src[i], new.src[i]);
             addresses.word32(old.dst[i], new.dst[i]);
-            store32(ip.wrapping_add(src + 4 * i), new.src[i]);
-            store32(ip.wrapping_add(dst + 4 * i), new.dst[i]);
+            // SAFETY: within the IPv6 header checked above.
+            unsafe {
+                store32(ip.wrapping_add(src + 4 * i), new.src[i]);
+                store32(ip.wrapping_add(dst + 4 * i), new.dst[i]);
+            }
         }
     }
 
@@ -110,20 +120,26 @@ fn rewrite_l3_l4(ctx: &XdpContext, packet: &Packet, new: &Endpoints) -> Result<(
     let l4_delta = addresses.plus(ports);
     if old.proto == PROTO_TCP {
         let tcp = bytes_at(ctx, packet.l4, TCP_NEEDED).ok_or(Verdict::DropMalformed)?;
-        store16(tcp.wrapping_add(offset_of!(TcpHdr, source)), new.src_port);
-        store16(tcp.wrapping_add(offset_of!(TcpHdr, dest)), new.dst_port);
         let check = tcp.wrapping_add(offset_of!(TcpHdr, check));
-        store16(check, l4_delta.apply(load16(check)));
+        // SAFETY: within the TCP header checked above.
+        unsafe {
+            store16(tcp.wrapping_add(offset_of!(TcpHdr, source)), new.src_port);
+            store16(tcp.wrapping_add(offset_of!(TcpHdr, dest)), new.dst_port);
+            store16(check, l4_delta.apply(load16(check)));
+        }
     } else {
         let udp = bytes_at(ctx, packet.l4, UDP_NEEDED).ok_or(Verdict::DropMalformed)?;
-        store16(udp.wrapping_add(offset_of!(UdpHdr, src)), new.src_port);
-        store16(udp.wrapping_add(offset_of!(UdpHdr, dst)), new.dst_port);
         let check = udp.wrapping_add(offset_of!(UdpHdr, check));
-        let old_check = load16(check);
-        // IPv4 UDP may carry no checksum (0); a computed 0 is sent as 0xFFFF (RFC 768).
-        if old_check != 0 || old.family != FAMILY_V4 {
-            let updated = l4_delta.apply(old_check);
-            store16(check, if updated == 0 { 0xFFFF } else { updated });
+        // SAFETY: within the UDP header checked above.
+        unsafe {
+            store16(udp.wrapping_add(offset_of!(UdpHdr, src)), new.src_port);
+            store16(udp.wrapping_add(offset_of!(UdpHdr, dst)), new.dst_port);
+            let old_check = load16(check);
+            // IPv4 UDP may carry no checksum (0); a computed 0 is sent as 0xFFFF (RFC 768).
+            if old_check != 0 || old.family != FAMILY_V4 {
+                let updated = l4_delta.apply(old_check);
+                store16(check, if updated == 0 { 0xFFFF } else { updated });
+            }
         }
     }
     Ok(())

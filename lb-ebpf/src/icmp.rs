@@ -137,13 +137,15 @@ fn quoted(ctx: &XdpContext, packet: &Packet) -> Option<Quoted> {
             return None;
         }
         key.proto = proto;
-        key.src[0] = load32(ip.wrapping_add(offset_of!(Ipv4Hdr, dst_addr)));
-        let src = [
-            load32(ip.wrapping_add(offset_of!(Ipv4Hdr, src_addr))),
-            0,
-            0,
-            0,
-        ];
+        // SAFETY: within the quoted IPv4 header checked above.
+        let (dst, src) = unsafe {
+            (
+                load32(ip.wrapping_add(offset_of!(Ipv4Hdr, dst_addr))),
+                load32(ip.wrapping_add(offset_of!(Ipv4Hdr, src_addr))),
+            )
+        };
+        key.src[0] = dst;
+        let src = [src, 0, 0, 0];
         (l3 + header_len, src)
     } else {
         let ip = bytes_at(ctx, l3, Ipv6Hdr::LEN)?;
@@ -152,8 +154,11 @@ fn quoted(ctx: &XdpContext, packet: &Packet) -> Option<Quoted> {
         let (src_at, dst_at) = (offset_of!(Ipv6Hdr, src_addr), offset_of!(Ipv6Hdr, dst_addr));
         let mut src = [0; 4];
         for i in 0..4 {
-            src[i] = load32(ip.wrapping_add(src_at + 4 * i));
-            key.src[i] = load32(ip.wrapping_add(dst_at + 4 * i));
+            // SAFETY: within the quoted IPv6 header checked above.
+            unsafe {
+                src[i] = load32(ip.wrapping_add(src_at + 4 * i));
+                key.src[i] = load32(ip.wrapping_add(dst_at + 4 * i));
+            }
         }
         (l3 + Ipv6Hdr::LEN, src)
     };
@@ -162,8 +167,11 @@ fn quoted(ctx: &XdpContext, packet: &Packet) -> Option<Quoted> {
     }
     key.dst = src;
     let ports = bytes_at(ctx, l4, QUOTED_PORTS)?;
-    key.dst_port = load16(ports);
-    key.src_port = load16(ports.wrapping_add(2));
+    // SAFETY: within the quoted ports checked above.
+    unsafe {
+        key.dst_port = load16(ports);
+        key.src_port = load16(ports.wrapping_add(2));
+    }
     Some(Quoted { l3, l4, key })
 }
 
@@ -200,29 +208,39 @@ fn translate(
     if v4 {
         outer.word32(packet.key.dst[0], outer_dst[0]);
         let ip = bytes_at(ctx, packet.l3, Ipv4Hdr::LEN).ok_or(Verdict::DropMalformed)?;
-        store32(ip.wrapping_add(offset_of!(Ipv4Hdr, dst_addr)), outer_dst[0]);
         let check = ip.wrapping_add(offset_of!(Ipv4Hdr, check));
-        store16(check, outer.apply(load16(check)));
+        // SAFETY: within the outer IPv4 header checked above.
+        unsafe {
+            store32(ip.wrapping_add(offset_of!(Ipv4Hdr, dst_addr)), outer_dst[0]);
+            store16(check, outer.apply(load16(check)));
+        }
 
         inner_addrs.word32(old_src[0], new.src[0]);
         inner_addrs.word32(old_dst[0], new.dst[0]);
         let ip = bytes_at(ctx, quoted.l3, Ipv4Hdr::LEN).ok_or(Verdict::DropMalformed)?;
-        store32(ip.wrapping_add(offset_of!(Ipv4Hdr, src_addr)), new.src[0]);
-        store32(ip.wrapping_add(offset_of!(Ipv4Hdr, dst_addr)), new.dst[0]);
+        // SAFETY: within the quoted IPv4 header checked above.
+        unsafe {
+            store32(ip.wrapping_add(offset_of!(Ipv4Hdr, src_addr)), new.src[0]);
+            store32(ip.wrapping_add(offset_of!(Ipv4Hdr, dst_addr)), new.dst[0]);
+        }
     } else {
         let ip = bytes_at(ctx, packet.l3, Ipv6Hdr::LEN).ok_or(Verdict::DropMalformed)?;
         let dst_at = offset_of!(Ipv6Hdr, dst_addr);
         for i in 0..4 {
             outer.word32(packet.key.dst[i], outer_dst[i]);
-            store32(ip.wrapping_add(dst_at + 4 * i), outer_dst[i]);
+            // SAFETY: within the outer IPv6 header checked above.
+            unsafe { store32(ip.wrapping_add(dst_at + 4 * i), outer_dst[i]) };
         }
         let ip = bytes_at(ctx, quoted.l3, Ipv6Hdr::LEN).ok_or(Verdict::DropMalformed)?;
         let (src_at, dst_at) = (offset_of!(Ipv6Hdr, src_addr), offset_of!(Ipv6Hdr, dst_addr));
         for i in 0..4 {
             inner_addrs.word32(old_src[i], new.src[i]);
             inner_addrs.word32(old_dst[i], new.dst[i]);
-            store32(ip.wrapping_add(src_at + 4 * i), new.src[i]);
-            store32(ip.wrapping_add(dst_at + 4 * i), new.dst[i]);
+            // SAFETY: within the quoted IPv6 header checked above.
+            unsafe {
+                store32(ip.wrapping_add(src_at + 4 * i), new.src[i]);
+                store32(ip.wrapping_add(dst_at + 4 * i), new.dst[i]);
+            }
         }
     }
 
@@ -231,8 +249,11 @@ fn translate(
     if v4 {
         let ip = bytes_at(ctx, quoted.l3, Ipv4Hdr::LEN).ok_or(Verdict::DropMalformed)?;
         let check = ip.wrapping_add(offset_of!(Ipv4Hdr, check));
-        let (old_check, new_check) = (load16(check), inner_addrs.apply(load16(check)));
-        store16(check, new_check);
+        // SAFETY: within the quoted IPv4 header checked above.
+        let old_check = unsafe { load16(check) };
+        let new_check = inner_addrs.apply(old_check);
+        // SAFETY: as above.
+        unsafe { store16(check, new_check) };
         icmp.word16(old_check, new_check);
     } else {
         icmp = icmp.plus(outer);
@@ -242,8 +263,11 @@ fn translate(
     ports.word16(old_src_port, new.src_port);
     ports.word16(old_dst_port, new.dst_port);
     let l4 = bytes_at(ctx, quoted.l4, QUOTED_PORTS).ok_or(Verdict::DropMalformed)?;
-    store16(l4, new.src_port);
-    store16(l4.wrapping_add(2), new.dst_port);
+    // SAFETY: within the quoted ports checked above.
+    unsafe {
+        store16(l4, new.src_port);
+        store16(l4.wrapping_add(2), new.dst_port);
+    }
     icmp = icmp.plus(ports);
     // The quoted transport checksum, if the router quoted that far (a UDP checksum of 0 over
     // IPv4 means none).
@@ -254,19 +278,22 @@ fn translate(
         bytes_at(ctx, quoted.l4, UDP_CHECK_END).map(|l4| l4.wrapping_add(6))
     };
     if let Some(check) = check {
-        let old_check = load16(check);
+        // SAFETY: the quoted transport checksum, within the bytes checked above.
+        let old_check = unsafe { load16(check) };
         if quoted.key.proto == PROTO_TCP || old_check != 0 || !v4 {
             let mut updated = inner_addrs.plus(ports).apply(old_check);
             if quoted.key.proto == PROTO_UDP && updated == 0 {
                 updated = 0xFFFF;
             }
-            store16(check, updated);
+            // SAFETY: as above.
+            unsafe { store16(check, updated) };
             icmp.word16(old_check, updated);
         }
     }
 
     let header = bytes_at(ctx, packet.l4, ICMP_HEADER).ok_or(Verdict::DropMalformed)?;
     let check = header.wrapping_add(2);
-    store16(check, icmp.apply(load16(check)));
+    // SAFETY: within the ICMP header checked above.
+    unsafe { store16(check, icmp.apply(load16(check))) };
     Ok(())
 }

@@ -200,43 +200,45 @@ fn spoof(ctx: &XdpContext) {
     };
     // SAFETY: helpers without arguments.
     let (r1, r2) = unsafe { (bpf_get_prandom_u32(), bpf_get_prandom_u32()) };
-    let mut ip = Delta::default();
-    let mut l4 = Delta::default();
-    let src_at = frame.wrapping_add(IP + 12);
-    let old_src = load32(src_at);
-    let new_src = (old_src & !pace.src_mask) | (r1 & pace.src_mask);
-    store32(src_at, new_src);
-    ip.word32(old_src, new_src);
-    l4.word32(old_src, new_src);
-    let port_at = frame.wrapping_add(L4);
-    let old_port = load16(port_at);
-    let span = u32::from(pace.port_span) + 1;
-    let new_port = ((u32::from(pace.port_min) + (r2 & 0xFFFF) % span) as u16).to_be();
-    store16(port_at, new_port);
-    l4.word16(old_port, new_port);
-    if proto == PROTO_TCP {
-        let seq_at = frame.wrapping_add(L4 + 4);
-        let old_seq = load32(seq_at);
-        // SAFETY: a helper without arguments.
-        let new_seq = unsafe { bpf_get_prandom_u32() };
-        store32(seq_at, new_seq);
-        l4.word32(old_seq, new_seq);
-    }
-    let ip_check_at = frame.wrapping_add(IP + 10);
-    store16(ip_check_at, ip.apply(load16(ip_check_at)));
-    let l4_check_at = frame.wrapping_add(check_at);
-    let old_check = load16(l4_check_at);
-    // A UDP checksum of 0 means "none": it stays so; a computed 0 is sent as 0xFFFF.
-    if proto == PROTO_TCP || old_check != 0 {
-        let check = l4.apply(old_check);
-        store16(
-            l4_check_at,
-            if check == 0 && proto != PROTO_TCP {
-                0xFFFF
-            } else {
-                check
-            },
-        );
+    // SAFETY: every field below lies in the `len` bytes checked above, at an even offset.
+    unsafe {
+        let mut ip = Delta::default();
+        let mut l4 = Delta::default();
+        let src_at = frame.wrapping_add(IP + 12);
+        let old_src = load32(src_at);
+        let new_src = (old_src & !pace.src_mask) | (r1 & pace.src_mask);
+        store32(src_at, new_src);
+        ip.word32(old_src, new_src);
+        l4.word32(old_src, new_src);
+        let port_at = frame.wrapping_add(L4);
+        let old_port = load16(port_at);
+        let span = u32::from(pace.port_span) + 1;
+        let new_port = ((u32::from(pace.port_min) + (r2 & 0xFFFF) % span) as u16).to_be();
+        store16(port_at, new_port);
+        l4.word16(old_port, new_port);
+        if proto == PROTO_TCP {
+            let seq_at = frame.wrapping_add(L4 + 4);
+            let old_seq = load32(seq_at);
+            let new_seq = bpf_get_prandom_u32(); // a helper without arguments
+            store32(seq_at, new_seq);
+            l4.word32(old_seq, new_seq);
+        }
+        let ip_check_at = frame.wrapping_add(IP + 10);
+        store16(ip_check_at, ip.apply(load16(ip_check_at)));
+        let l4_check_at = frame.wrapping_add(check_at);
+        let old_check = load16(l4_check_at);
+        // A UDP checksum of 0 means "none": it stays so; a computed 0 is sent as 0xFFFF.
+        if proto == PROTO_TCP || old_check != 0 {
+            let check = l4.apply(old_check);
+            store16(
+                l4_check_at,
+                if check == 0 && proto != PROTO_TCP {
+                    0xFFFF
+                } else {
+                    check
+                },
+            );
+        }
     }
 }
 

@@ -96,9 +96,12 @@ pub fn parse_common_ipv4(ctx: &XdpContext) -> Option<Ipv4Packet> {
         return None;
     }
     let mut l3 = EthHdr::LEN;
-    let mut ether_type = load16(eth.wrapping_add(offset_of!(EthHdr, ether_type)));
+    // SAFETY: within the Ethernet header checked above.
+    let mut ether_type = unsafe { load16(eth.wrapping_add(offset_of!(EthHdr, ether_type))) };
     if ether_type == ETH_P_8021Q.to_be() || ether_type == ETH_P_8021AD.to_be() {
-        ether_type = load16(bytes_at(ctx, l3, VLAN_TAG_LEN)?.wrapping_add(2));
+        let tag = bytes_at(ctx, l3, VLAN_TAG_LEN)?;
+        // SAFETY: the inner EtherType, the last two bytes of the tag checked just now.
+        ether_type = unsafe { load16(tag.wrapping_add(2)) };
         l3 += VLAN_TAG_LEN;
     }
     if ether_type != ETH_P_IP.to_be() {
@@ -113,11 +116,16 @@ pub fn parse_common_ipv4(ctx: &XdpContext) -> Option<Ipv4Packet> {
         )
     };
     // Version 4, a 20-byte header; neither more fragments nor a fragment offset.
-    let frags = load16(ip.wrapping_add(offset_of!(Ipv4Hdr, frags)));
+    // SAFETY: within the IPv4 header checked above.
+    let (frags, total_len) = unsafe {
+        (
+            load16(ip.wrapping_add(offset_of!(Ipv4Hdr, frags))),
+            u16::from_be(load16(ip.wrapping_add(offset_of!(Ipv4Hdr, tot_len)))) as usize,
+        )
+    };
     if vihl != 0x45 || frags & 0x3FFFu16.to_be() != 0 {
         return None;
     }
-    let total_len = u16::from_be(load16(ip.wrapping_add(offset_of!(Ipv4Hdr, tot_len)))) as usize;
     if total_len < Ipv4Hdr::LEN || l3 + total_len > len {
         return None;
     }
@@ -131,14 +139,18 @@ pub fn parse_common_ipv4(ctx: &XdpContext) -> Option<Ipv4Packet> {
         PROTO_UDP => (bytes_at(ctx, l4, UDP_NEEDED)?, 0),
         _ => return None,
     };
-    Some(Ipv4Packet {
-        key: FlowKeyV4 {
+    // SAFETY: the addresses lie in the IPv4 header, the ports in the L4 header, both checked.
+    let key = unsafe {
+        FlowKeyV4 {
             src: load32(ip.wrapping_add(offset_of!(Ipv4Hdr, src_addr))),
             dst: load32(ip.wrapping_add(offset_of!(Ipv4Hdr, dst_addr))),
             src_port: load16(ports),
             dst_port: load16(ports.wrapping_add(2)),
             proto: proto as u32,
-        },
+        }
+    };
+    Some(Ipv4Packet {
+        key,
         l3,
         len,
         tcp_flags,
@@ -166,38 +178,58 @@ pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
 // byte-array fields of network-types would otherwise compile to one load per byte.
 
 /// A 16-bit field as it sits in memory (network order stays network order).
+///
+/// # Safety
+/// `p..p + 2` lies in the packet (checked by [`bytes_at`]) or in a live value, at an even
+/// offset.
 #[inline(always)]
-pub fn load16(p: *const u8) -> u16 {
-    // SAFETY: callers pass a bounds-checked, even-offset packet pointer.
+pub unsafe fn load16(p: *const u8) -> u16 {
+    // SAFETY: the caller's promise.
     unsafe { *(p as *const u16) }
 }
 
+/// # Safety
+/// As for [`load16`].
 #[inline(always)]
-pub fn store16(p: *mut u8, value: u16) {
-    // SAFETY: as for `load16`.
+pub unsafe fn store16(p: *mut u8, value: u16) {
+    // SAFETY: the caller's promise.
     unsafe { *(p as *mut u16) = value }
 }
 
 /// A 32-bit field as it sits in memory, read as two aligned halves.
+///
+/// # Safety
+/// As for [`load16`], for `p..p + 4`.
 #[inline(always)]
-pub fn load32(p: *const u8) -> u32 {
-    load16(p) as u32 | (load16(p.wrapping_add(2)) as u32) << 16
+pub unsafe fn load32(p: *const u8) -> u32 {
+    // SAFETY: both halves lie in the four bytes the caller vouches for.
+    unsafe { load16(p) as u32 | (load16(p.wrapping_add(2)) as u32) << 16 }
 }
 
+/// # Safety
+/// As for [`load32`].
 #[inline(always)]
-pub fn store32(p: *mut u8, value: u32) {
-    store16(p, value as u16);
-    store16(p.wrapping_add(2), (value >> 16) as u16);
+pub unsafe fn store32(p: *mut u8, value: u32) {
+    // SAFETY: both halves lie in the four bytes the caller vouches for.
+    unsafe {
+        store16(p, value as u16);
+        store16(p.wrapping_add(2), (value >> 16) as u16);
+    }
 }
 
+/// # Safety
+/// As for [`load16`], for `p..p + 16`.
 #[inline(always)]
-fn load_addr6(p: *const u8) -> [u32; 4] {
-    [
-        load32(p),
-        load32(p.wrapping_add(4)),
-        load32(p.wrapping_add(8)),
-        load32(p.wrapping_add(12)),
-    ]
+unsafe fn load_addr6(p: *const u8) -> [u32; 4] {
+    // SAFETY: the four words lie in the sixteen bytes the caller vouches for.
+    unsafe {
+        [
+            load32(p),
+            load32(p.wrapping_add(4)),
+            load32(p.wrapping_add(8)),
+            load32(p.wrapping_add(12)),
+        ]
+    }
 }
 
 /// Parses Ethernet (with at most two 802.1Q/802.1ad tags: QinQ), IPv4 or IPv6, then the ports of TCP
@@ -208,12 +240,15 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, Verdict> {
     let len = ctx.data_end() - ctx.data();
     let eth = bytes_at(ctx, 0, EthHdr::LEN).ok_or(Verdict::PassNotIp)?;
     let mut l3 = EthHdr::LEN;
-    let mut ether_type = u16::from_be(load16(eth.wrapping_add(offset_of!(EthHdr, ether_type))));
+    // SAFETY: within the Ethernet header checked above.
+    let mut ether_type =
+        u16::from_be(unsafe { load16(eth.wrapping_add(offset_of!(EthHdr, ether_type))) });
     for _ in 0..2 {
         if ether_type == ETH_P_8021Q || ether_type == ETH_P_8021AD {
             // The inner EtherType is the last two bytes of the tag.
             let tag = bytes_at(ctx, l3, VLAN_TAG_LEN).ok_or(Verdict::PassNotIp)?;
-            ether_type = u16::from_be(load16(tag.wrapping_add(2)));
+            // SAFETY: the last two bytes of the tag checked just now.
+            ether_type = u16::from_be(unsafe { load16(tag.wrapping_add(2)) });
             l3 += VLAN_TAG_LEN;
         }
     }
@@ -261,11 +296,13 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, Verdict> {
             };
             // TCP and UDP both start with source and destination ports.
             let ports = bytes_at(ctx, l4, needed).ok_or(Verdict::DropMalformed)?;
-            packet.key.src_port = load16(ports);
-            packet.key.dst_port = load16(ports.wrapping_add(2));
-            if packet.key.proto == PROTO_TCP {
-                // SAFETY: within the TCP header checked above (flags are byte 13).
-                packet.tcp_flags = unsafe { *ports.wrapping_add(13) };
+            // SAFETY: within the L4 header checked above (TCP flags are byte 13).
+            unsafe {
+                packet.key.src_port = load16(ports);
+                packet.key.dst_port = load16(ports.wrapping_add(2));
+                if packet.key.proto == PROTO_TCP {
+                    packet.tcp_flags = *ports.wrapping_add(13);
+                }
             }
         }
         PROTO_ICMP | PROTO_ICMPV6 => {
@@ -295,19 +332,24 @@ fn parse_ipv4(
     if vihl >> 4 != 4 || header_len < Ipv4Hdr::LEN {
         return Err(Verdict::DropMalformed);
     }
-    let total_len = u16::from_be(load16(ip.wrapping_add(offset_of!(Ipv4Hdr, tot_len)))) as usize;
+    // SAFETY: within the IPv4 header checked above.
+    let total_len =
+        u16::from_be(unsafe { load16(ip.wrapping_add(offset_of!(Ipv4Hdr, tot_len))) }) as usize;
     if total_len < header_len || l3 + total_len > len {
         return Err(Verdict::DropMalformed);
     }
     // More-fragments flag or a fragment offset.
-    let frags = u16::from_be(load16(ip.wrapping_add(offset_of!(Ipv4Hdr, frags))));
+    // SAFETY: within the IPv4 header checked above.
+    let frags = u16::from_be(unsafe { load16(ip.wrapping_add(offset_of!(Ipv4Hdr, frags))) });
     *fragment = frags & 0x3FFF != 0;
     *later_fragment = frags & 0x1FFF != 0;
     key.family = FAMILY_V4;
-    // SAFETY: bounds checked by `bytes_at`.
-    key.proto = unsafe { *ip.wrapping_add(offset_of!(Ipv4Hdr, proto)) };
-    key.src[0] = load32(ip.wrapping_add(offset_of!(Ipv4Hdr, src_addr)));
-    key.dst[0] = load32(ip.wrapping_add(offset_of!(Ipv4Hdr, dst_addr)));
+    // SAFETY: within the IPv4 header checked above.
+    unsafe {
+        key.proto = *ip.wrapping_add(offset_of!(Ipv4Hdr, proto));
+        key.src[0] = load32(ip.wrapping_add(offset_of!(Ipv4Hdr, src_addr)));
+        key.dst[0] = load32(ip.wrapping_add(offset_of!(Ipv4Hdr, dst_addr)));
+    }
     Ok(l3 + header_len)
 }
 
@@ -325,15 +367,18 @@ fn parse_ipv6(
     if unsafe { *ip } >> 4 != 6 {
         return Err(Verdict::DropMalformed);
     }
+    // SAFETY: within the IPv6 header checked above.
     let payload_len =
-        u16::from_be(load16(ip.wrapping_add(offset_of!(Ipv6Hdr, payload_len)))) as usize;
+        u16::from_be(unsafe { load16(ip.wrapping_add(offset_of!(Ipv6Hdr, payload_len))) }) as usize;
     if l3 + Ipv6Hdr::LEN + payload_len > len {
         return Err(Verdict::DropMalformed);
     }
     key.family = FAMILY_V6;
-    // SAFETY: bounds checked by `bytes_at`.
-    key.proto = unsafe { *ip.wrapping_add(offset_of!(Ipv6Hdr, next_hdr)) };
-    key.src = load_addr6(ip.wrapping_add(offset_of!(Ipv6Hdr, src_addr)));
-    key.dst = load_addr6(ip.wrapping_add(offset_of!(Ipv6Hdr, dst_addr)));
+    // SAFETY: within the IPv6 header checked above.
+    unsafe {
+        key.proto = *ip.wrapping_add(offset_of!(Ipv6Hdr, next_hdr));
+        key.src = load_addr6(ip.wrapping_add(offset_of!(Ipv6Hdr, src_addr)));
+        key.dst = load_addr6(ip.wrapping_add(offset_of!(Ipv6Hdr, dst_addr)));
+    }
     Ok(l3 + Ipv6Hdr::LEN)
 }
