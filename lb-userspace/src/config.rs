@@ -1762,6 +1762,67 @@ weight = 2
             .any(|e| e.message.contains("`nope` is not a configured service")));
     }
 
+    /// A prefix as the config and the API parse it, written back out.
+    fn prefix(text: &str) -> Result<String, String> {
+        text.parse::<Cidr>().map(|c| c.to_string())
+    }
+
+    /// The accepted inputs, the rejections and their messages (pinned before the prefix type
+    /// moved to `ipnet`).
+    #[test]
+    fn prefixes_parse_as_before() {
+        let ok = |text: &str, want: &str| assert_eq!(prefix(text).as_deref(), Ok(want), "{text:?}");
+        ok("10.0.0.0/8", "10.0.0.0/8");
+        ok("0.0.0.0/0", "0.0.0.0/0");
+        ok("192.0.2.7/32", "192.0.2.7/32");
+        ok("2001:db8::/32", "2001:db8::/32");
+        ok("::/0", "::/0");
+        ok("2001:db8::1/128", "2001:db8::1/128");
+        // A bare address is a /32 or a /128.
+        ok("192.0.2.7", "192.0.2.7/32");
+        ok("2001:db8::1", "2001:db8::1/128");
+        // Host bits are cleared silently.
+        ok("10.1.2.3/16", "10.1.0.0/16");
+        ok("10.1.2.3/0", "0.0.0.0/0");
+        ok("2001:db8:1:2::5/48", "2001:db8:1::/48");
+        ok("::ffff:10.1.2.3/120", "::ffff:10.1.2.0/120");
+        // Spaces around the address and the length are trimmed.
+        ok(" 10.0.0.0/8", "10.0.0.0/8");
+        ok("10.0.0.0 / 8 ", "10.0.0.0/8");
+        ok(" 2001:db8::1 ", "2001:db8::1/128");
+
+        let err =
+            |text: &str, want: &str| assert_eq!(prefix(text), Err(want.to_string()), "{text:?}");
+        err(
+            "10.0.0.0/33",
+            "`10.0.0.0/33`: the prefix length must be 0..=32",
+        );
+        err("::/129", "`::/129`: the prefix length must be 0..=128");
+        err("10.0.0.0/", "`10.0.0.0/`: the prefix length must be 0..=32");
+        err(
+            "10.0.0.0/-1",
+            "`10.0.0.0/-1`: the prefix length must be 0..=32",
+        );
+        err(
+            "10.0.0.0/8/8",
+            "`10.0.0.0/8/8`: the prefix length must be 0..=32",
+        );
+        err(
+            "10.0.0.0/300",
+            "`10.0.0.0/300`: the prefix length must be 0..=32",
+        );
+        err("nonsense/8", "`nonsense/8` is not an IP address or prefix");
+        err("nonsense", "`nonsense` is not an IP address or prefix");
+        err("10.0.0/8", "`10.0.0/8` is not an IP address or prefix");
+        err("", "`` is not an IP address or prefix");
+        err("   ", "`   ` is not an IP address or prefix");
+        err("/8", "`/8` is not an IP address or prefix");
+        err(
+            "10.0. 0.0/8",
+            "`10.0. 0.0/8` is not an IP address or prefix",
+        );
+    }
+
     #[test]
     fn cidrs_parse_and_mask() {
         let c: Cidr = "10.1.2.3/16".parse().unwrap_or_else(|e| panic!("{e}"));
