@@ -243,7 +243,10 @@ pub async fn run(options: RunOptions) -> Result<()> {
     })?;
     let checks = build_checks(&config)?;
 
-    let mut dataplane = Dataplane::load(&LoadOptions::for_config(&config, Some(pin_dir.clone())))?;
+    let mut dataplane = Dataplane::load(&LoadOptions::for_sizes(
+        &sizing::MapSizes::for_config(&config),
+        Some(pin_dir.clone()),
+    ))?;
     let adopted = dataplane.adopted();
     report_map_memory(&dataplane, &config);
     if adopted {
@@ -434,7 +437,10 @@ fn set_data_path_settings(dataplane: &mut Dataplane, config: &Config) -> Result<
 /// Logs the kernel memory of the maps as loaded: over the budget (the config passed on the
 /// estimate, or adopted maps are larger), and maps whose size differs from what the config wants.
 fn report_map_memory(dataplane: &Dataplane, config: &Config) {
-    match dataplane.map_memory(config) {
+    match dataplane.map_memory(
+        &sizing::MapSizes::for_config(config),
+        config.agent.map_memory_budget_bytes(),
+    ) {
         Ok(report) => {
             info!(
                 "the data path's maps take {} of kernel memory (budget {})",
@@ -544,7 +550,10 @@ impl AgentState {
 
     /// The kernel memory of every map, and the sizes the running config wants.
     pub fn map_memory(&self) -> Result<sizing::MemoryReport> {
-        self.dataplane.map_memory(&self.config)
+        self.dataplane.map_memory(
+            &sizing::MapSizes::for_config(&self.config),
+            self.config.agent.map_memory_budget_bytes(),
+        )
     }
 
     pub fn runtime(&self, backend_id: u32) -> Option<&BackendRuntime> {
@@ -1158,7 +1167,10 @@ impl AgentState {
                  restart the agent to apply it; a restart keeps the flows)"
             ))
         })?;
-        let memory = self.dataplane.map_memory(&config)?;
+        let memory = self.dataplane.map_memory(
+            &sizing::MapSizes::for_config(&config),
+            config.agent.map_memory_budget_bytes(),
+        )?;
         let resize: Vec<String> = memory
             .resize_pending()
             .filter(|m| m.name != lb_common::names::FW_V4_TABLE)
@@ -1300,7 +1312,7 @@ impl AgentState {
         }
         let mut cidrs = Vec::new();
         for source in sources {
-            let cidr: config::Cidr = source.parse().map_err(ChangeError::Invalid)?;
+            let cidr = config::parse_prefix(source).map_err(ChangeError::Invalid)?;
             let owner = self
                 .config
                 .firewall

@@ -28,8 +28,8 @@ use lb_common::{
     names,
 };
 
-use crate::config::{Cidr, Config};
 use crate::sizing::{MapMemory, MapSizes, MemoryReport};
+use ipnet::{IpNet, Ipv6Net};
 use log::{info, warn};
 use std::os::fd::{AsFd as _, AsRawFd as _, BorrowedFd};
 
@@ -80,11 +80,6 @@ impl Default for LoadOptions {
 }
 
 impl LoadOptions {
-    /// The maps sized for what `config` needs (`sizing::MapSizes`).
-    pub fn for_config(config: &Config, pin_dir: Option<PathBuf>) -> Self {
-        Self::for_sizes(&MapSizes::for_config(config), pin_dir)
-    }
-
     pub fn for_sizes(sizes: &MapSizes, pin_dir: Option<PathBuf>) -> Self {
         Self {
             pin_dir,
@@ -560,9 +555,9 @@ impl Dataplane {
     }
 
     /// The kernel memory of every map of the program (`memlock` of its fdinfo: the kernel's
-    /// own account), with the size each has and, where it differs, the size `config` wants.
-    pub fn map_memory(&self, config: &Config) -> Result<MemoryReport> {
-        let wanted = MapSizes::for_config(config);
+    /// own account), with the size each has and, where it differs, the size `wanted` gives it
+    /// (`MapSizes::for_config`), against a budget of `budget_bytes`.
+    pub fn map_memory(&self, wanted: &MapSizes, budget_bytes: u64) -> Result<MemoryReport> {
         let mut maps = Vec::new();
         for (name, map) in self.ebpf.maps() {
             let data = map_data(map)?;
@@ -579,25 +574,19 @@ impl Dataplane {
                 wanted_entries: wanted.entries_of(name).filter(|&w| w != max_entries),
             });
         }
-        Ok(MemoryReport::new(
-            maps,
-            config.agent.map_memory_budget_bytes(),
-        ))
+        Ok(MemoryReport::new(maps, budget_bytes))
     }
 
     /// An IPv6 source prefix of a rule generation.
-    pub fn put_v6_prefix(&mut self, generation: u32, cidr: &Cidr, rule: &FwRule) -> Result<()> {
-        let std::net::IpAddr::V6(v6) = cidr.addr else {
-            bail!("{cidr} is not an IPv6 prefix (IPv4 rules go to the IPv4 table)");
-        };
-        let bits = CIDR_GENERATION_BITS + cidr.len as u32;
+    pub fn put_v6_prefix(&mut self, generation: u32, cidr: &Ipv6Net, rule: &FwRule) -> Result<()> {
+        let bits = CIDR_GENERATION_BITS + u32::from(cidr.prefix_len());
         let mut map: LpmTrie<&mut MapData, CidrV6, FwRule> =
             LpmTrie::try_from(self.map_mut(names::FW_V6)?)?;
         let key = LpmKey::new(
             bits,
             CidrV6 {
                 generation: generation as u8,
-                addr: v6.octets(),
+                addr: cidr.addr().octets(),
             },
         );
         map.insert(&key, rule, 0)
@@ -610,7 +599,7 @@ impl Dataplane {
         &mut self,
         generation: u32,
         scope: u32,
-        cidr: Option<&Cidr>,
+        cidr: Option<&IpNet>,
         rule: &FwRule,
     ) -> Result<()> {
         // The catch-all covers the scope in both families; a prefix also matches its family.
@@ -618,18 +607,20 @@ impl Dataplane {
             None => (SERVICE_CIDR_PREFIX_BITS, 0, [0u8; 16]),
             Some(cidr) => {
                 let mut addr = [0u8; 16];
-                let family = match cidr.addr {
-                    std::net::IpAddr::V4(v4) => {
-                        addr[..4].copy_from_slice(&v4.octets());
+                let family = match cidr {
+                    IpNet::V4(v4) => {
+                        addr[..4].copy_from_slice(&v4.addr().octets());
                         FAMILY_V4
                     }
-                    std::net::IpAddr::V6(v6) => {
-                        addr = v6.octets();
+                    IpNet::V6(v6) => {
+                        addr = v6.addr().octets();
                         FAMILY_V6
                     }
                 };
                 (
-                    SERVICE_CIDR_PREFIX_BITS + SERVICE_CIDR_FAMILY_BITS + cidr.len as u32,
+                    SERVICE_CIDR_PREFIX_BITS
+                        + SERVICE_CIDR_FAMILY_BITS
+                        + u32::from(cidr.prefix_len()),
                     family,
                     addr,
                 )

@@ -5,6 +5,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use anyhow::{bail, Context as _, Result};
+use ipnet::{IpNet, Ipv4Net};
 use lb_common::{
     maps::{
         AddrKey, Firewall, FwRule, HostPort, Rate, V4Entry, V4Group, ACTION_ALLOW, ACTION_DROP,
@@ -18,7 +19,7 @@ use lb_common::{
 use serde::Serialize;
 
 use crate::{
-    config::{Action, Cidr, Config, HostPolicy, Protocol},
+    config::{Action, Config, HostPolicy, Protocol},
     dataplane::Dataplane,
     services::{addr_words, ServiceTable},
 };
@@ -101,7 +102,7 @@ impl RuleActivity {
 /// A source rule of one scope (a service, or an open host port); `None`: the scope's catch-all.
 pub struct ScopedEntry {
     pub scope: u32,
-    pub cidr: Option<Cidr>,
+    pub cidr: Option<IpNet>,
     pub rule: FwRule,
 }
 
@@ -109,7 +110,7 @@ pub struct ScopedEntry {
 #[derive(Default)]
 pub struct RuleSet {
     pub rules: Vec<RuleInfo>,
-    pub prefixes: Vec<(Cidr, FwRule)>,
+    pub prefixes: Vec<(IpNet, FwRule)>,
     pub scoped: Vec<ScopedEntry>,
     pub host_ports: Vec<(HostPort, u32)>,
     pub settings: Firewall,
@@ -144,7 +145,7 @@ impl RuleSet {
         name: String,
         kind: RuleKind,
         action: Action,
-        prefixes: &[Cidr],
+        prefixes: &[IpNet],
     ) -> FwRule {
         let id = self.rules.len() as u32;
         self.rules.push(RuleInfo {
@@ -152,7 +153,7 @@ impl RuleSet {
             name,
             kind,
             action,
-            prefixes: prefixes.iter().map(Cidr::to_string).collect(),
+            prefixes: prefixes.iter().map(IpNet::to_string).collect(),
         });
         FwRule {
             id,
@@ -170,7 +171,7 @@ impl RuleSet {
         name: String,
         kind: RuleKind,
         action: Action,
-        cidrs: Vec<Cidr>,
+        cidrs: Vec<IpNet>,
     ) {
         let rule = self.add_rule(name, kind, action, &cidrs);
         if cidrs.is_empty() {
@@ -193,7 +194,7 @@ impl RuleSet {
         let fw = &config.firewall;
         let mut set = RuleSet::default();
         for rule in &fw.rules {
-            let cidrs: Vec<Cidr> = rule.sources.iter().map(|c| *c.get_ref()).collect();
+            let cidrs: Vec<IpNet> = rule.sources.iter().map(|c| *c.get_ref()).collect();
             let entry = set.add_rule(
                 rule.name.get_ref().clone(),
                 RuleKind::Global,
@@ -203,7 +204,7 @@ impl RuleSet {
             set.prefixes.extend(cidrs.into_iter().map(|c| (c, entry)));
         }
         if !fw.bogons.is_empty() {
-            let cidrs: Vec<Cidr> = fw.bogons.iter().map(|c| *c.get_ref()).collect();
+            let cidrs: Vec<IpNet> = fw.bogons.iter().map(|c| *c.get_ref()).collect();
             let mut entry = set.add_rule("bogons".into(), RuleKind::Bogons, Action::Drop, &cidrs);
             entry.reason = REASON_SPOOF;
             set.prefixes.extend(cidrs.into_iter().map(|c| (c, entry)));
@@ -222,8 +223,8 @@ impl RuleSet {
             else {
                 continue;
             };
-            let allow: Vec<Cidr> = service.allow_sources.iter().map(|c| *c.get_ref()).collect();
-            let deny: Vec<Cidr> = service.deny_sources.iter().map(|c| *c.get_ref()).collect();
+            let allow: Vec<IpNet> = service.allow_sources.iter().map(|c| *c.get_ref()).collect();
+            let deny: Vec<IpNet> = service.deny_sources.iter().map(|c| *c.get_ref()).collect();
             set.add_scoped(
                 scope,
                 format!("{name}/allow_sources"),
@@ -266,7 +267,7 @@ impl RuleSet {
             }
             let scope = MAX_SERVICES + 1 + index as u32;
             let protocol = protocol_name(open.protocol);
-            let cidrs: Vec<Cidr> = open.sources.iter().map(|c| *c.get_ref()).collect();
+            let cidrs: Vec<IpNet> = open.sources.iter().map(|c| *c.get_ref()).collect();
             set.add_scoped(
                 scope,
                 format!("host/{protocol}/{port}"),
@@ -288,10 +289,10 @@ impl RuleSet {
         }
 
         let mut flags = 0;
-        if set.prefixes.iter().any(|(c, _)| c.addr.is_ipv4()) {
+        if set.prefixes.iter().any(|(c, _)| matches!(c, IpNet::V4(_))) {
             flags |= FW_V4_RULES;
         }
-        if set.prefixes.iter().any(|(c, _)| c.addr.is_ipv6()) {
+        if set.prefixes.iter().any(|(c, _)| matches!(c, IpNet::V6(_))) {
             flags |= FW_V6_RULES;
         }
         if !set.scoped.is_empty() {
@@ -334,30 +335,27 @@ pub struct V4Table {
 impl V4Table {
     /// Longest prefix wins; of two rules on the very same prefix, the later one (the order of
     /// the config). Host bits of a prefix are ignored.
-    pub fn build(prefixes: &[(Ipv4Addr, u8, FwRule)]) -> Result<Self> {
+    pub fn build(prefixes: &[(Ipv4Net, FwRule)]) -> Result<Self> {
         Self::build_within(prefixes, V4_HALF_GROUPS)
     }
 
     /// [`V4Table::build`] for a half of `FW_V4_TABLE` of `half_groups` groups (the agent sizes
     /// the table for the config's rules): an error, not a truncated table, when it does not fit.
-    pub fn build_within(prefixes: &[(Ipv4Addr, u8, FwRule)], half_groups: u32) -> Result<Self> {
+    pub fn build_within(prefixes: &[(Ipv4Net, FwRule)], half_groups: u32) -> Result<Self> {
         // Shorter prefixes first: a longer one then overwrites the entries it covers, and a group
         // made below an entry starts with that entry's rule (the shorter prefix's answer).
         let mut order: Vec<usize> = (0..prefixes.len()).collect();
-        order.sort_by_key(|&i| prefixes[i].1);
+        order.sort_by_key(|&i| prefixes[i].0.prefix_len());
         let mut table = V4Table {
             groups: vec![[0; V4_GROUP_ENTRIES as usize]; V4_ROOT_GROUPS as usize],
             half_groups: half_groups.clamp(V4_ROOT_GROUPS, V4_HALF_GROUPS),
         };
         for i in order {
-            let (addr, len, rule) = &prefixes[i];
-            if *len > 32 {
-                bail!("{addr}/{len}: an IPv4 prefix is at most 32 bits long");
-            }
+            let (net, rule) = &prefixes[i];
             let entry = V4Entry::rule(rule).with_context(|| {
-                format!("{addr}/{len}: rule id {} or its action does not fit the IPv4 table (at most {MAX_RULES} rules)", rule.id)
+                format!("{net}: rule id {} or its action does not fit the IPv4 table (at most {MAX_RULES} rules)", rule.id)
             })?;
-            table.insert(u32::from(*addr) & prefix_mask(*len), u32::from(*len), entry)?;
+            table.insert(u32::from(net.network()), u32::from(net.prefix_len()), entry)?;
         }
         Ok(table)
     }
@@ -435,10 +433,6 @@ impl V4Table {
     }
 }
 
-fn prefix_mask(len: u8) -> u32 {
-    u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0)
-}
-
 impl RuleSet {
     /// The ids whose rule is not the one `previous` had under that id (another name, or no
     /// rule): their counters hold another rule's hits and must start from zero. Ids stay
@@ -470,14 +464,14 @@ pub fn v4_rules_fit(config: &Config, half_groups: u32) -> Result<(), String> {
         _pad: [0; 2],
     };
     let fw = &config.firewall;
-    let v4: Vec<(Ipv4Addr, u8, FwRule)> = fw
+    let v4: Vec<(Ipv4Net, FwRule)> = fw
         .rules
         .iter()
         .flat_map(|r| &r.sources)
         .chain(&fw.bogons)
-        .filter_map(|c| match c.get_ref().addr {
-            IpAddr::V4(addr) => Some((addr, c.get_ref().len, rule)),
-            IpAddr::V6(_) => None,
+        .filter_map(|c| match c.get_ref() {
+            IpNet::V4(net) => Some((*net, rule)),
+            IpNet::V6(_) => None,
         })
         .collect();
     V4Table::build_within(&v4, half_groups)
@@ -516,12 +510,12 @@ pub fn apply(
 ) -> Result<u32> {
     let live = dataplane.firewall()?;
     let next = if live.generation == 0 { 1 } else { 0 };
-    let v4: Vec<(Ipv4Addr, u8, FwRule)> = set
+    let v4: Vec<(Ipv4Net, FwRule)> = set
         .prefixes
         .iter()
-        .filter_map(|(cidr, rule)| match cidr.addr {
-            IpAddr::V4(addr) => Some((addr, cidr.len, *rule)),
-            IpAddr::V6(_) => None,
+        .filter_map(|(cidr, rule)| match cidr {
+            IpNet::V4(net) => Some((*net, *rule)),
+            IpNet::V6(_) => None,
         })
         .collect();
     let half = dataplane.v4_half_groups()?;
@@ -532,8 +526,10 @@ pub fn apply(
     dataplane
         .clear_rule_generation(next)
         .context("clearing the idle rule generation")?;
-    for (cidr, rule) in set.prefixes.iter().filter(|(cidr, _)| cidr.addr.is_ipv6()) {
-        dataplane.put_v6_prefix(next, cidr, rule)?;
+    for (cidr, rule) in &set.prefixes {
+        if let IpNet::V6(net) = cidr {
+            dataplane.put_v6_prefix(next, net, rule)?;
+        }
     }
     for entry in &set.scoped {
         dataplane.put_scoped_prefix(next, entry.scope, entry.cidr.as_ref(), &entry.rule)?;
@@ -645,10 +641,7 @@ mod tests {
                 action: Action::Drop,
                 prefixes: vec![],
             });
-            let cidr = Cidr {
-                addr: IpAddr::V4(Ipv4Addr::new(192, 0, 2, i as u8)),
-                len: 32,
-            };
+            let cidr = IpNet::from(IpAddr::V4(Ipv4Addr::new(192, 0, 2, i as u8)));
             set.prefixes.push((
                 cidr,
                 FwRule {
@@ -738,22 +731,25 @@ mod tests {
         }
     }
 
+    /// An IPv4 prefix, host bits left in (the table ignores them).
+    fn net(addr: Ipv4Addr, len: u8) -> Ipv4Net {
+        Ipv4Net::new(addr, len).expect("a length of at most 32")
+    }
+
     /// The reference: every prefix that contains `addr`, the longest wins, the later of equals.
-    fn naive(prefixes: &[(Ipv4Addr, u8, FwRule)], addr: Ipv4Addr) -> Option<FwRule> {
+    fn naive(prefixes: &[(Ipv4Net, FwRule)], addr: Ipv4Addr) -> Option<FwRule> {
         let mut best: Option<(u8, FwRule)> = None;
-        for (prefix, len, rule) in prefixes {
-            let mask = prefix_mask(*len);
-            if u32::from(*prefix) & mask == u32::from(addr) & mask
-                && best.is_none_or(|(l, _)| *len >= l)
-            {
-                best = Some((*len, *rule));
+        for (net, rule) in prefixes {
+            let len = net.prefix_len();
+            if net.contains(&addr) && best.is_none_or(|(l, _)| len >= l) {
+                best = Some((len, *rule));
             }
         }
         best.map(|(_, rule)| rule)
     }
 
     /// Prefixes clustered in a few /8s so that they nest and overlap, of every length.
-    fn random_prefixes(rng: &mut Rng, n: usize) -> Vec<(Ipv4Addr, u8, FwRule)> {
+    fn random_prefixes(rng: &mut Rng, n: usize) -> Vec<(Ipv4Net, FwRule)> {
         let bases = [0x0A00_0000u32, 0xC0A8_0000, 0x2D00_0000, 0xFFFF_FF00];
         (0..n)
             .map(|i| {
@@ -765,24 +761,24 @@ mod tests {
                 } else {
                     base ^ (rng.next() as u32 & 0x00FF_FFFF >> rng.below(24))
                 };
-                (Ipv4Addr::from(addr), len, rule(i as u32, rng))
+                (net(Ipv4Addr::from(addr), len), rule(i as u32, rng))
             })
             .collect()
     }
 
     /// Addresses worth asking about: the first and last address of each prefix, their
     /// neighbours outside, and random ones.
-    fn probes(rng: &mut Rng, prefixes: &[(Ipv4Addr, u8, FwRule)]) -> Vec<Ipv4Addr> {
+    fn probes(rng: &mut Rng, prefixes: &[(Ipv4Net, FwRule)]) -> Vec<Ipv4Addr> {
         let mut out = Vec::new();
-        for (addr, len, _) in prefixes {
-            let first = u32::from(*addr) & prefix_mask(*len);
-            let last = first | !prefix_mask(*len);
+        for (net, _) in prefixes {
+            let first = u32::from(net.network());
+            let last = u32::from(net.broadcast());
             for a in [
                 first,
                 last,
                 first.wrapping_sub(1),
                 last.wrapping_add(1),
-                first | (rng.next() as u32 & !prefix_mask(*len)),
+                first | (rng.next() as u32 & u32::from(net.hostmask())),
             ] {
                 out.push(Ipv4Addr::from(a));
             }
@@ -792,7 +788,7 @@ mod tests {
     }
 
     #[track_caller]
-    fn check_against_reference(prefixes: &[(Ipv4Addr, u8, FwRule)], rng: &mut Rng) {
+    fn check_against_reference(prefixes: &[(Ipv4Net, FwRule)], rng: &mut Rng) {
         let table = V4Table::build(prefixes).expect("table builds");
         for addr in probes(rng, prefixes) {
             assert_eq!(
@@ -821,14 +817,13 @@ mod tests {
         let addr = Ipv4Addr::new(10, 1, 2, 3);
         let mut prefixes: Vec<_> = (0..=32)
             .rev()
-            .map(|len| (addr, len, rule(u32::from(len), &mut rng)))
+            .map(|len| (net(addr, len), rule(u32::from(len), &mut rng)))
             .collect();
         check_against_reference(&prefixes, &mut rng);
         // An allowed /32 inside a denied /16: the longer prefix wins (docs/FIREWALL.md).
         prefixes = vec![
             (
-                Ipv4Addr::new(192, 168, 0, 0),
-                16,
+                net(Ipv4Addr::new(192, 168, 0, 0), 16),
                 FwRule {
                     id: 1,
                     action: ACTION_DROP,
@@ -837,8 +832,7 @@ mod tests {
                 },
             ),
             (
-                Ipv4Addr::new(192, 168, 7, 9),
-                32,
+                net(Ipv4Addr::new(192, 168, 7, 9), 32),
                 FwRule {
                     id: 2,
                     action: ACTION_ALLOW,
@@ -874,8 +868,8 @@ mod tests {
             _pad: [0; 2],
         };
         let table = V4Table::build(&[
-            (Ipv4Addr::UNSPECIFIED, 0, drop),
-            (Ipv4Addr::UNSPECIFIED, 0, log),
+            (net(Ipv4Addr::UNSPECIFIED, 0), drop),
+            (net(Ipv4Addr::UNSPECIFIED, 0), log),
         ])
         .expect("builds");
         for addr in [
@@ -911,7 +905,7 @@ mod tests {
             _pad: [0; 2],
         };
         let prefixes: Vec<_> = (0..n)
-            .map(|i| (Ipv4Addr::from((i as u32) << 12 | 0x123), 32, drop))
+            .map(|i| (net(Ipv4Addr::from((i as u32) << 12 | 0x123), 32), drop))
             .collect();
         let table = V4Table::build(&prefixes).expect("a full generation fits");
         assert_eq!(table.groups.len(), V4_HALF_GROUPS as usize);
@@ -927,17 +921,10 @@ mod tests {
             reason: REASON_POLICY,
             _pad: [0; 2],
         };
-        let err = V4Table::build(&[(Ipv4Addr::new(10, 0, 0, 0), 8, too_big)])
+        let err = V4Table::build(&[(net(Ipv4Addr::new(10, 0, 0, 0), 8), too_big)])
             .expect_err("rule id out of range");
         assert!(format!("{err:#}").contains("rule id"), "{err:#}");
-        let ok = FwRule {
-            id: 1,
-            action: ACTION_DROP,
-            reason: REASON_POLICY,
-            _pad: [0; 2],
-        };
-        let err = V4Table::build(&[(Ipv4Addr::new(10, 0, 0, 0), 33, ok)])
-            .expect_err("length out of range");
-        assert!(format!("{err:#}").contains("at most 32"), "{err:#}");
+        // A length over 32 no longer reaches the table: `Ipv4Net` refuses it.
+        assert!(Ipv4Net::new(Ipv4Addr::new(10, 0, 0, 0), 33).is_err());
     }
 }

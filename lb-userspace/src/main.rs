@@ -2,7 +2,7 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
-use lb_userspace::{agent, cli, config, dataplane};
+use lb_userspace::{agent, cli, config, dataplane, sizing};
 
 #[derive(Parser)]
 #[command(name = "lb", version, about = "XDP load balancer and firewall agent")]
@@ -122,8 +122,9 @@ fn map_memory(
     if let Some(capacity) = flow_capacity {
         config.agent.set_flow_capacity(capacity);
     }
-    let dataplane = dataplane::Dataplane::load(&dataplane::LoadOptions::for_config(&config, None))?;
-    let report = dataplane.map_memory(&config)?;
+    let sizes = sizing::MapSizes::for_config(&config);
+    let dataplane = dataplane::Dataplane::load(&dataplane::LoadOptions::for_sizes(&sizes, None))?;
+    let report = dataplane.map_memory(&sizes, config.agent.map_memory_budget_bytes())?;
     if json {
         let mut object = serde_json::Map::new();
         object.insert("total".into(), report.total_bytes.into());

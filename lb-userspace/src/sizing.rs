@@ -105,7 +105,7 @@ pub fn v4_prefixes(config: &Config) -> usize {
         .iter()
         .flat_map(|r| &r.sources)
         .chain(&fw.bogons)
-        .filter(|c| c.get_ref().addr.is_ipv4())
+        .filter(|c| c.get_ref().addr().is_ipv4())
         .count()
 }
 
@@ -205,7 +205,7 @@ pub fn estimate(config: &Config, cpus: u32) -> Vec<(&'static str, u64)> {
         .iter()
         .flat_map(|r| &r.sources)
         .chain(&config.firewall.bogons)
-        .filter(|c| c.get_ref().addr.is_ipv6())
+        .filter(|c| c.get_ref().addr().is_ipv6())
         .count() as u64;
     let scoped: u64 = config
         .services

@@ -29,8 +29,11 @@ fn lab_config(agent_keys: &str) -> config::Config {
 /// kernel memory.
 fn measure(config: &config::Config) -> MemoryReport {
     lb_tests::assert_root("loading the data path's maps");
-    let dataplane = Dataplane::load(&LoadOptions::for_config(config, None)).expect("loads");
-    dataplane.map_memory(config).expect("memlock of every map")
+    let sizes = sizing::MapSizes::for_config(config);
+    let dataplane = Dataplane::load(&LoadOptions::for_sizes(&sizes, None)).expect("loads");
+    dataplane
+        .map_memory(&sizes, config.agent.map_memory_budget_bytes())
+        .expect("memlock of every map")
 }
 
 fn map<'a>(report: &'a MemoryReport, name: &str) -> &'a sizing::MapMemory {
@@ -50,7 +53,10 @@ fn the_lab_config_takes_at_most_128_mib() {
     lb_tests::assert_root("loading the data path's maps");
     let before = Dataplane::load(&LoadOptions::default())
         .expect("loads")
-        .map_memory(&config)
+        .map_memory(
+            &sizing::MapSizes::for_config(&config),
+            config.agent.map_memory_budget_bytes(),
+        )
         .expect("memlock of every map");
     println!("the object's own sizes (every agent before sizing):");
     for m in &before.maps {
