@@ -275,9 +275,10 @@ impl NatReverse {
     }
 }
 
-/// `TX_PACE` element 0: the pace of `xdp_tx_paced` (the benchmarks' flood generator).
+/// `TX_PACE` element 0: the pace and the frame headers of the benchmarks' flood generator
+/// (`xdp_tx`, `xdp_tx_paced`, `xdp_tx_spoofed`).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TxPace {
     /// Nanoseconds between two frames (0: no pacing).
     pub interval_ns: u64,
@@ -289,7 +290,16 @@ pub struct TxPace {
     /// `xdp_tx_spoofed` only: source ports are drawn from `port_min..=port_min + port_span`.
     pub port_min: u16,
     pub port_span: u16,
+    /// The frame's first [`TX_HEADER_BYTES`] as the generator built it, written back before
+    /// each send: live-frames mode recycles a page without resetting it, so a frame would
+    /// otherwise leave carrying whatever the receiver rewrote in it (a load balancer's MACs).
+    pub headers: [u8; TX_HEADER_BYTES],
+    pub _pad: [u8; 2],
 }
+
+/// Ethernet, IPv4 without options and a TCP header without options; a UDP frame's first 12
+/// bytes of payload with it.
+pub const TX_HEADER_BYTES: usize = 54;
 
 /// Data-path wide settings, element 0 of `SETTINGS`.
 #[repr(C)]
@@ -582,7 +592,13 @@ pub struct Firewall {
     /// Index in `FW_V4_TABLE` of the live half's first group: `generation` times the groups of
     /// a half, which the agent sets when it loads the table (sized for the config's rules).
     pub v4_base: u32,
-    pub _pad: u32,
+    /// The MAC address of the interface the program is attached to, as it sits in a frame. A
+    /// unicast frame sent to another MAC is never balanced (`PassOtherHost`): a switch flooding
+    /// an unknown destination, or another load balancer's traffic on the segment, would
+    /// otherwise be forwarded a second time, from the destination's own MAC. All zero: not
+    /// known (a program not attached by the agent), no check.
+    pub own_mac: [u8; 6],
+    pub _pad: [u8; 2],
 }
 
 /// There are IPv4 rules in `FW_V4_TABLE` / IPv6 rules in `FW_V6` (skip the lookup otherwise).
@@ -614,7 +630,7 @@ const _: () = assert!(core::mem::size_of::<CidrV6>() == 17);
 const _: () = assert!(core::mem::size_of::<ServiceCidr>() == 22);
 const _: () = assert!(core::mem::size_of::<AddrKey>() == 20);
 const _: () = assert!(core::mem::size_of::<HostPort>() == 4);
-const _: () = assert!(core::mem::size_of::<Firewall>() == 56);
+const _: () = assert!(core::mem::size_of::<Firewall>() == 64);
 const _: () = assert!(core::mem::size_of::<RuleCounters>() == 16);
 
 /// What the program did with a packet; indexes `VERDICT_STATS`.
@@ -662,10 +678,13 @@ pub enum Verdict {
     /// An ICMP error (unreachable, fragmentation needed, packet too big, time exceeded) about a
     /// live flow, sent on to the end that holds the flow: its backend, or a NAT flow's client.
     ForwardIcmp = 20,
+    /// A unicast frame sent to another host's MAC address (`Firewall::own_mac`): never
+    /// balanced, left to the kernel as it is.
+    PassOtherHost = 21,
 }
 
 impl Verdict {
-    pub const COUNT: u32 = 21;
+    pub const COUNT: u32 = 22;
     pub const ALL: [Verdict; Self::COUNT as usize] = [
         Verdict::PassNotIp,
         Verdict::PassNoService,
@@ -688,6 +707,7 @@ impl Verdict {
         Verdict::PassHost,
         Verdict::DropNoFlow,
         Verdict::ForwardIcmp,
+        Verdict::PassOtherHost,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -713,6 +733,7 @@ impl Verdict {
             Verdict::PassHost => "pass_host",
             Verdict::DropNoFlow => "drop_no_flow",
             Verdict::ForwardIcmp => "forward_icmp",
+            Verdict::PassOtherHost => "pass_other_host",
         }
     }
 

@@ -164,6 +164,9 @@ pub struct Config<'a> {
     /// The load balancer's own addresses, VIPs included.
     pub host_addrs: &'a [Addr],
     pub host_ports: &'a [HostPort<'a>],
+    /// The MAC address of the program's interface: a unicast frame to another is never
+    /// balanced. All zero: no check.
+    pub own_mac: [u8; 6],
 }
 
 /// A flow in one direction (ports in host order; 0 for protocols without ports).
@@ -187,6 +190,7 @@ pub struct Packet {
     pub later_fragment: bool,
     /// Sent to a multicast or broadcast MAC address.
     pub to_group: bool,
+    pub dst_mac: [u8; 6],
     /// Offsets of the IP and the L4 header.
     pub l3: usize,
     pub l4: usize,
@@ -367,6 +371,10 @@ fn route(
     clock: &Clock,
 ) -> Result<Action, Verdict> {
     screen(packet, config)?;
+    if config.own_mac != [0; 6] && !packet.to_group && packet.dst_mac != config.own_mac {
+        // Whoever it was sent to balances it; here it would be balanced a second time.
+        return Err(Verdict::PassOtherHost);
+    }
     if packet.fragment {
         // Only the first fragment has ports: the host policy judges it; none is balanced.
         let verdict = host_policy(packet, config);
@@ -446,6 +454,7 @@ pub fn parse(frame: &[u8]) -> Result<Packet, Verdict> {
         _ => return Err(Verdict::PassNotIp),
     };
     packet.to_group = frame[0] & 1 != 0;
+    packet.dst_mac.copy_from_slice(&frame[..6]);
     if packet.later_fragment {
         return Ok(packet);
     }
@@ -503,6 +512,7 @@ fn parse_ipv4(frame: &[u8], l3: usize) -> Result<Packet, Verdict> {
         fragment,
         later_fragment: be16(ip, 6) & 0x1FFF != 0,
         to_group: false,
+        dst_mac: [0; 6],
         l3,
         l4: l3 + header_len,
     })
@@ -535,6 +545,7 @@ fn parse_ipv6(frame: &[u8], l3: usize) -> Result<Packet, Verdict> {
         fragment: false,
         later_fragment: false,
         to_group: false,
+        dst_mac: [0; 6],
         l3,
         l4: l3 + IPV6_LEN,
     })

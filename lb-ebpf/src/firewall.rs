@@ -1,7 +1,7 @@
 //! The firewall, in the same pass and before any balancing: sanity checks every packet gets,
 //! CIDR rules on the source (longest prefix wins), per-service source rules and rate limits,
 //! and the policy for traffic to the load balancer itself.
-use aya_ebpf::helpers::generated::bpf_ktime_get_ns;
+use aya_ebpf::{helpers::generated::bpf_ktime_get_ns, programs::XdpContext};
 use lb_common::maps::{
     AddrKey, CidrV6, Firewall, FwRule, HostPort, Rate, RateKey, Service, ServiceCidr, V4Entry,
     Verdict, ACTION_DROP, CIDR_GENERATION_BITS, FAMILY_V4, FLOW_PACKET_RATE, FW_DROP_FRAGMENTS,
@@ -18,7 +18,8 @@ use crate::{
         SERVICE_SOURCES, VIPS,
     },
     parse::{
-        Ipv4Packet, Packet, PROTO_ICMP, PROTO_ICMPV6, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN, TCP_URG,
+        bytes_at, load16, Ipv4Packet, Packet, PROTO_ICMP, PROTO_ICMPV6, TCP_FIN, TCP_PSH, TCP_RST,
+        TCP_SYN, TCP_URG,
     },
 };
 
@@ -74,6 +75,25 @@ pub fn screen(packet: &Packet, fw: &Firewall) -> Result<(), Verdict> {
     match rule {
         Some(rule) => apply_source_rule(&rule, packet.len),
         None => Ok(()),
+    }
+}
+
+/// A unicast frame sent to a MAC address other than ours (`Firewall::own_mac`; no check while
+/// that is unset). Group frames are not: they go their own way (see `main.rs`).
+#[inline(always)]
+pub fn to_other_host(ctx: &XdpContext, fw: &Firewall) -> bool {
+    let Some(dst) = bytes_at(ctx, 0, 6) else {
+        return false;
+    };
+    let own = fw.own_mac.as_ptr();
+    // SAFETY: the six bytes of the destination MAC checked above; `own_mac` is six bytes at an
+    // even offset of the map value.
+    unsafe {
+        let (a, b, c) = (load16(own), load16(own.add(2)), load16(own.add(4)));
+        if a | b | c == 0 || *dst & 1 != 0 {
+            return false;
+        }
+        load16(dst) != a || load16(dst.wrapping_add(2)) != b || load16(dst.wrapping_add(4)) != c
     }
 }
 

@@ -126,7 +126,8 @@ pub fn xdp_pass(_ctx: XdpContext) -> u32 {
 /// Sends every frame back out of its interface: `lb-bench`'s flood generator runs it through
 /// BPF_PROG_TEST_RUN in live-frames mode.
 #[xdp]
-pub fn xdp_tx(_ctx: XdpContext) -> u32 {
+pub fn xdp_tx(ctx: XdpContext) -> u32 {
+    restore_headers(&ctx);
     XDP_TX
 }
 
@@ -134,9 +135,26 @@ pub fn xdp_tx(_ctx: XdpContext) -> u32 {
 /// clock, so a live-frames run sends evenly spaced frames instead of bursts at full speed
 /// (each BPF_PROG_TEST_RUN call costs milliseconds to set up, so user space cannot pace finely).
 #[xdp]
-pub fn xdp_tx_paced(_ctx: XdpContext) -> u32 {
+pub fn xdp_tx_paced(ctx: XdpContext) -> u32 {
     pace();
+    restore_headers(&ctx);
     XDP_TX
+}
+
+/// Writes the generator's headers back into the frame (`TxPace::headers`: live-frames mode
+/// hands out recycled pages as the receiver left them). A frame shorter than them, or a run
+/// without `TX_PACE` set, leaves as it is.
+#[inline(always)]
+fn restore_headers(ctx: &XdpContext) {
+    use lb_common::maps::TX_HEADER_BYTES;
+    let Some(pace) = maps::TX_PACE.get(0) else {
+        return;
+    };
+    let Some(frame) = parse::bytes_at(ctx, 0, TX_HEADER_BYTES) else {
+        return;
+    };
+    // SAFETY: `frame` has TX_HEADER_BYTES bytes (checked above), the map value's array as many.
+    unsafe { core::ptr::copy_nonoverlapping(pace.headers.as_ptr(), frame, TX_HEADER_BYTES) };
 }
 
 /// Waits for the next frame's time slot of `TX_PACE`, spinning on the clock.
@@ -170,6 +188,7 @@ fn pace() {
 #[xdp]
 pub fn xdp_tx_spoofed(ctx: XdpContext) -> u32 {
     pace();
+    restore_headers(&ctx);
     spoof(&ctx);
     XDP_TX
 }
@@ -256,6 +275,9 @@ fn process(ctx: &XdpContext) -> Verdict {
     if let Err(verdict) = firewall::screen(&packet, fw) {
         return verdict;
     }
+    if firewall::to_other_host(ctx, fw) {
+        return Verdict::PassOtherHost;
+    }
     if packet.fragment || packet.to_group || icmp::is_error(&packet) {
         // SAFETY: the context is the program's own; `CALLS` holds only XDP programs.
         unsafe { CALLS.tail_call(ctx, CALL_SLOW_ROAD) };
@@ -292,6 +314,10 @@ fn process_common_ipv4(ctx: &XdpContext, v4: &parse::Ipv4Packet) -> Verdict {
     };
     if let Err(verdict) = firewall::screen_ipv4(v4, fw) {
         return verdict;
+    }
+    // Balanced twice otherwise: by whoever the frame was for, and here.
+    if firewall::to_other_host(ctx, fw) {
+        return Verdict::PassOtherHost;
     }
     let plain = conntrack::keeps_state(v4.tcp_flags);
     let cache_epoch = flow_cache::epoch();

@@ -1373,7 +1373,9 @@ impl AgentState {
 
     /// Builds the rule set of the current config and swaps it into the data path whole.
     fn apply_firewall(&mut self) -> Result<()> {
-        let rules = RuleSet::from_config(&self.config, &self.table, firewall::ephemeral_ports());
+        let mut rules =
+            RuleSet::from_config(&self.config, &self.table, firewall::ephemeral_ports());
+        rules.settings.own_mac = firewall::interface_mac(&self.iface)?;
         let vips: Vec<std::net::IpAddr> = self
             .config
             .services

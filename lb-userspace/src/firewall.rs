@@ -316,7 +316,9 @@ impl RuleSet {
             host_icmp_echo: Rate::per_second(fw.host.icmp_echo_rate, fw.host.icmp_echo_burst),
             host_syn_rate: Rate::per_second(fw.host.syn_rate, fw.host.syn_burst),
             v4_base: 0,
-            _pad: 0,
+            // Set by the agent for the interface it attaches to (`interface_mac`).
+            own_mac: [0; 6],
+            _pad: [0; 2],
         };
         set
     }
@@ -562,6 +564,28 @@ fn next_epoch(live: u32) -> u32 {
     live.wrapping_add(1).max(2)
 }
 
+/// The MAC address of `iface` (sysfs, which `ip netns exec` mounts for the namespace).
+pub fn interface_mac(iface: &str) -> Result<[u8; 6]> {
+    let path = format!("/sys/class/net/{iface}/address");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    parse_mac(text.trim())
+        .with_context(|| format!("{path}: {:?} is not a MAC address", text.trim()))
+}
+
+/// `aa:bb:cc:dd:ee:ff` (either case).
+pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = text.split(':');
+    for byte in &mut mac {
+        let part = parts.next()?;
+        if part.len() != 2 {
+            return None;
+        }
+        *byte = u8::from_str_radix(part, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}
+
 /// The host's ephemeral port range (replies to its own connections arrive there).
 pub fn ephemeral_ports() -> (u16, u16) {
     std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
@@ -628,6 +652,24 @@ pub fn interface_addresses(iface: &str) -> Result<Vec<IpAddr>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mac_addresses_parse_in_either_case_and_nothing_else_does() {
+        assert_eq!(
+            parse_mac("02:aB:00:ff:10:9c"),
+            Some([0x02, 0xab, 0x00, 0xff, 0x10, 0x9c])
+        );
+        for bad in [
+            "",
+            "02:ab:00:ff:10",
+            "02:ab:00:ff:10:9c:00",
+            "2:ab:00:ff:10:9c",
+            "02:ab:00:ff:10:zz",
+            "02-ab-00-ff-10-9c",
+        ] {
+            assert_eq!(parse_mac(bad), None, "{bad:?}");
+        }
+    }
 
     /// A rule set by hand: each name with one /32 prefix pointing at its rule id (its position).
     fn rule_set(names: &[&str]) -> RuleSet {

@@ -80,6 +80,20 @@ impl Harness {
         });
     }
 
+    /// The MAC address of the program's interface (`Firewall::own_mac`), as the agent sets it
+    /// when it attaches: unicast frames to any other MAC are then never balanced.
+    #[track_caller]
+    pub fn set_own_mac(&mut self, mac: [u8; 6]) {
+        let mut live = self
+            .dataplane
+            .firewall()
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        live.own_mac = mac;
+        self.dataplane
+            .set_firewall(&live)
+            .unwrap_or_else(|e| panic!("{e:#}"));
+    }
+
     /// Stops the data path's flow clock at `now` (seconds; not 0, which means the kernel's).
     #[track_caller]
     pub fn set_clock(&mut self, now: u32) {
@@ -254,6 +268,13 @@ impl ConfigHarness {
             table,
             rules,
         }
+    }
+
+    /// The MAC address of the program's interface, as the agent sets it when it attaches.
+    #[track_caller]
+    pub fn set_own_mac(&mut self, mac: [u8; 6]) {
+        self.rules.settings.own_mac = mac;
+        self.harness.set_own_mac(mac);
     }
 
     /// Counters of the rule named `name`.

@@ -114,6 +114,7 @@ const CONFIG: Config = Config {
     services: &SERVICES,
     host_addrs: &HOSTS,
     host_ports: &HOST_PORTS,
+    own_mac: [0; 6],
 };
 
 const NOW: u32 = 1_000_000;

@@ -20,7 +20,7 @@ use aya::{
     programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp},
     EbpfLoader,
 };
-use lb_common::maps::{TxPace, Verdict};
+use lb_common::maps::{TxPace, Verdict, TX_HEADER_BYTES};
 use lb_tests::packet::Frame;
 use lb_userspace::dataplane::{Dataplane, LoadOptions};
 use serde_json::{json, Map, Value};
@@ -185,15 +185,8 @@ impl GenKind {
 }
 
 pub fn parse_mac(text: &str) -> Result<[u8; 6]> {
-    let parts: Vec<u8> = text
-        .trim()
-        .split(':')
-        .map(|p| u8::from_str_radix(p, 16))
-        .collect::<Result<_, _>>()
-        .with_context(|| format!("MAC {text:?}"))?;
-    parts
-        .try_into()
-        .map_err(|_| anyhow::anyhow!("MAC {text:?} has not 6 bytes"))
+    lb_userspace::firewall::parse_mac(text.trim())
+        .ok_or_else(|| anyhow::anyhow!("{text:?} is not a MAC address (aa:bb:cc:dd:ee:ff)"))
 }
 
 /// Sends at most `packets` frames in at most `seconds`, as fast as the kernel takes them.
@@ -238,32 +231,36 @@ pub fn generate(a: &GenArgs) -> Result<Value> {
         .load(lb_userspace::dataplane::OBJECT)
         .context("loading the XDP object")?;
     // Paced: the program spaces the frames itself (`xdp_tx_paced`); user space only sleeps
-    // when the count runs ahead, e.g. when the clock spin of a frame hit its bound.
-    let name =
-        if let Some(interval_ns) = 1_000_000_000u64.checked_div(a.pps).or(spoofed.then_some(0)) {
-            let mut pace: aya::maps::Array<_, TxPace> = aya::maps::Array::try_from(
-                ebpf.map_mut(lb_common::names::TX_PACE)
-                    .context("no TX_PACE map in the object")?,
-            )?;
-            pace.set(
-                0,
-                TxPace {
-                    interval_ns,
-                    next_ns: 0,
-                    src_mask,
-                    port_min: 1024,
-                    port_span: u16::MAX - 1024,
-                },
-                0,
-            )?;
-            if spoofed {
-                lb_common::names::PROGRAM_TX_SPOOFED
-            } else {
-                lb_common::names::PROGRAM_TX_PACED
-            }
-        } else {
-            lb_common::names::PROGRAM_TX
-        };
+    // when the count runs ahead, e.g. when the clock spin of a frame hit its bound. Every
+    // program writes `headers` back into each frame before it leaves.
+    let interval_ns = 1_000_000_000u64.checked_div(a.pps);
+    let mut headers = [0u8; TX_HEADER_BYTES];
+    let built = frame.len().min(TX_HEADER_BYTES);
+    headers[..built].copy_from_slice(&frame[..built]);
+    let mut pace: aya::maps::Array<_, TxPace> = aya::maps::Array::try_from(
+        ebpf.map_mut(lb_common::names::TX_PACE)
+            .context("no TX_PACE map in the object")?,
+    )?;
+    pace.set(
+        0,
+        TxPace {
+            interval_ns: interval_ns.unwrap_or(0),
+            next_ns: 0,
+            src_mask,
+            port_min: 1024,
+            port_span: u16::MAX - 1024,
+            headers,
+            _pad: [0; 2],
+        },
+        0,
+    )?;
+    let name = if spoofed {
+        lb_common::names::PROGRAM_TX_SPOOFED
+    } else if interval_ns.is_some() {
+        lb_common::names::PROGRAM_TX_PACED
+    } else {
+        lb_common::names::PROGRAM_TX
+    };
     let program: &mut Xdp = ebpf
         .program_mut(name)
         .with_context(|| format!("no {name} program in the object"))?

@@ -801,6 +801,9 @@ pub fn run(cfg: &Config) -> Result<PerPacket> {
 
     // The main scene: a DSR service, a NAT service (addresses as in the tests), and an address
     // that is neither.
+    // No scene tells the program its MAC (`Harness::set_own_mac`): a repeated run works on the
+    // frame the previous run rewrote, whose destination is then the backend's MAC, which an
+    // armed check would pass up. The check still reads `own_mac` and finds it unset.
     let mut main = Harness::new();
     add_dsr_service(&mut main);
     main.add_service(

@@ -122,6 +122,8 @@ const CLIENT_MACS: [[u8; 6]; 3] = [
 /// A frame before serialisation: every field the generator varies.
 #[derive(Clone, Debug)]
 pub struct Spec {
+    /// Mostly the load balancer's; now and then another host's, a group's or a random one.
+    pub dst_mac: [u8; 6],
     pub src_mac: [u8; 6],
     /// TPID and tag.
     pub vlan: Option<(u16, u16)>,
@@ -202,6 +204,7 @@ impl Generator {
             rng.pick(&PROTOS)
         };
         let mut spec = Spec {
+            dst_mac: LB_MAC,
             src_mac: rng.pick(&CLIENT_MACS),
             vlan: None,
             src: self.address(rng, is_v6),
@@ -243,6 +246,7 @@ impl Generator {
     /// Another packet of a flow in `key`'s direction.
     fn known_flow(&self, rng: &mut Rng, key: FlowKey) -> Spec {
         let spec = Spec {
+            dst_mac: LB_MAC,
             src_mac: rng.pick(&CLIENT_MACS),
             vlan: None,
             src: key.src,
@@ -267,6 +271,17 @@ impl Generator {
 
     /// Payload, padding, tags, options and fragments, each now and then.
     fn decorate(&self, rng: &mut Rng, mut spec: Spec) -> Spec {
+        if rng.chance(4) {
+            let mut random: [u8; 6] = rng.bytes(6).try_into().unwrap_or(LB_MAC);
+            random[0] &= 0xFE;
+            spec.dst_mac = rng.pick(&[
+                [0x02, 0, 0, 0, 0, 0x10],
+                [0x02, 0, 0, 0, 0, 0x02],
+                [0xff; 6],
+                [0x01, 0x00, 0x5e, 0, 0, 1],
+                random,
+            ]);
+        }
         let payload_len = rng.pick(&[0, 0, 1, 7, 20, 64, 300]);
         spec.payload = rng.bytes(payload_len);
         if rng.chance(10) {
@@ -336,7 +351,7 @@ pub fn build(spec: &Spec) -> Vec<u8> {
     l4.extend(&spec.payload);
 
     let mut frame = Vec::with_capacity(64 + l4.len());
-    frame.extend(LB_MAC);
+    frame.extend(spec.dst_mac);
     frame.extend(spec.src_mac);
     if let Some((tpid, tag)) = spec.vlan {
         frame.extend(tpid.to_be_bytes());

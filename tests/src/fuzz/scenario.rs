@@ -360,6 +360,7 @@ pub const MODEL: Config = Config {
     services: &SERVICES,
     host_addrs: &HOSTS,
     host_ports: &HOST_PORTS,
+    own_mac: LB_MAC,
 };
 
 /// The `relaxed` scenario as the model sees it.
@@ -406,6 +407,7 @@ pub fn harness(scenario: &Scenario) -> ConfigHarness {
         .collect();
     let toml = format!("{}\n{SERVICES_TOML}", scenario.firewall);
     let mut h = ConfigHarness::new(&toml, &macs, &hosts);
+    h.set_own_mac(scenario.model.own_mac);
     h.harness.set_nat_ports(NAT_PORTS.0, NAT_PORTS.1);
     h.harness.set_clock(super::check::CLOCK_START);
     for (service, backend, state) in STATES {

@@ -349,6 +349,84 @@ fn fragments_qinq_and_group_frames_meet_the_host_policy() {
     assert_eq!(h.verdict_count(Verdict::DropHostPolicy), before + 4);
 }
 
+/// A unicast frame sent to another host's MAC is never balanced: a switch flooding an unknown
+/// destination, or a second load balancer's forwarded traffic, would otherwise be forwarded
+/// again, from the destination's own MAC (which teaches a switch that the backend sits behind
+/// the load balancer). Seen in the lab: a flood generator's recycled frames did just that.
+#[test]
+#[ignore = "needs root"]
+fn frames_to_another_hosts_mac_are_never_balanced() {
+    let to = |mac: [u8; 6], frame: &[u8]| {
+        let mut frame = frame.to_vec();
+        frame[0..6].copy_from_slice(&mac);
+        frame
+    };
+    let other = [0x02, 0, 0, 0, 0, 0x11];
+    let open = syn("10.5.0.1", 3000, "10.0.0.100", 80);
+    let ack = Frame::tcp((ip("10.5.0.1"), 3000), (ip("10.0.0.100"), 80))
+        .macs(CLIENT_MAC, LB_MAC)
+        .tcp_flags(TCP_ACK)
+        .build();
+
+    // Until the agent has told the program its MAC, there is no check.
+    let mut h = harness(HOST_POLICY, "");
+    assert_action(
+        &h,
+        &to(other, &open),
+        XDP_TX,
+        "unchecked: a SYN to another MAC",
+    );
+
+    h.set_own_mac(LB_MAC);
+    let passed = h.verdict_count(Verdict::PassOtherHost);
+    assert_action(
+        &h,
+        &to(other, &syn("10.5.0.2", 3000, "10.0.0.100", 80)),
+        XDP_PASS,
+        "a SYN to another MAC",
+    );
+    assert_eq!(h.verdict_count(Verdict::PassOtherHost), passed + 1);
+    // It opened nothing: the ACK that would complete its handshake has no flow.
+    let no_flow = h.verdict_count(Verdict::DropNoFlow);
+    let stray_ack = Frame::tcp((ip("10.5.0.2"), 3000), (ip("10.0.0.100"), 80))
+        .macs(CLIENT_MAC, LB_MAC)
+        .tcp_flags(TCP_ACK)
+        .build();
+    assert_action(&h, &stray_ack, XDP_DROP, "the ACK after it, to our MAC");
+    assert_eq!(h.verdict_count(Verdict::DropNoFlow), no_flow + 1);
+
+    // An established connection: its packets to our MAC are forwarded, a copy sent to the
+    // backend's MAC is not (not even by the flow cache's short cut).
+    assert_action(&h, &ack, XDP_TX, "the established connection, to our MAC");
+    assert_action(&h, &ack, XDP_TX, "again (the flow cache)");
+    assert_action(
+        &h,
+        &to(other, &ack),
+        XDP_PASS,
+        "the same packet to the backend's MAC",
+    );
+    assert_action(
+        &h,
+        &to(other, &to_v6_syn()),
+        XDP_PASS,
+        "IPv6 (the generic road)",
+    );
+    assert_eq!(h.verdict_count(Verdict::PassOtherHost), passed + 3);
+    // Group frames are not another host's: they still meet the host policy.
+    let policy = h.verdict_count(Verdict::DropHostPolicy);
+    assert_action(
+        &h,
+        &to([0xFF; 6], &open),
+        XDP_DROP,
+        "a VIP's SYN to the broadcast MAC",
+    );
+    assert_eq!(h.verdict_count(Verdict::DropHostPolicy), policy + 1);
+}
+
+fn to_v6_syn() -> Vec<u8> {
+    syn("fd00::5:1", 3000, "fd00::100", 80)
+}
+
 #[test]
 #[ignore = "needs root"]
 fn the_host_only_takes_open_ports_replies_and_limited_echo() {
