@@ -53,6 +53,10 @@ pub enum ClientCommand {
         /// Continue after a previous page (its `next` cursor).
         #[arg(long)]
         cursor: Option<String>,
+        /// The unverified flows instead of the connections: TCP before the client's ACK, and
+        /// UDP (what a spoofed flood fills).
+        #[arg(long)]
+        unverified: bool,
     },
     /// Stop new flows to a backend; its existing flows finish.
     Drain { service: String, backend: String },
@@ -259,13 +263,20 @@ pub async fn run(command: ClientCommand, args: ApiArgs) -> Result<()> {
                 print_backends(&lists);
             }
         }
-        ClientCommand::Flows { limit, cursor } => {
+        ClientCommand::Flows {
+            limit,
+            cursor,
+            unverified,
+        } => {
             let mut path = format!("/api/v1/flows?limit={limit}");
-            if let Some(cursor) = cursor {
-                path.push_str(&format!("&cursor={}", path_segment(&cursor)));
+            if unverified {
+                path.push_str("&table=unverified");
+            }
+            if let Some(cursor) = &cursor {
+                path.push_str(&format!("&cursor={}", path_segment(cursor)));
             }
             let (page, raw) = endpoint.request::<FlowPage>("GET", &path, None).await?;
-            print_or(args.json, &raw, || print_flows(&page, limit));
+            print_or(args.json, &raw, || print_flows(&page, limit, unverified));
         }
         ClientCommand::Drain { service, backend } => {
             let path = backend_path(&service, &backend, "/drain");
@@ -718,7 +729,7 @@ fn print_backends(lists: &[BackendList]) {
     );
 }
 
-fn print_flows(page: &FlowPage, limit: usize) {
+fn print_flows(page: &FlowPage, limit: usize, unverified: bool) {
     let rows: Vec<Vec<String>> = page
         .flows
         .iter()
@@ -730,15 +741,20 @@ fn print_flows(page: &FlowPage, limit: usize) {
                 f.service.clone().unwrap_or_else(|| "?".into()),
                 f.backend.clone().unwrap_or_else(|| "(gone)".into()),
                 f.nat_port.map_or_else(|| "-".into(), |p| p.to_string()),
+                f.state.clone(),
+                format!("{} s", f.idle_seconds),
             ]
         })
         .collect();
     print_table(
-        &["CLIENT", "VIP", "PROTO", "SERVICE", "BACKEND", "NAT PORT"],
+        &[
+            "CLIENT", "VIP", "PROTO", "SERVICE", "BACKEND", "NAT PORT", "STATE", "IDLE",
+        ],
         &rows,
     );
+    let table = if unverified { " --unverified" } else { "" };
     match &page.next_cursor {
-        Some(cursor) => println!("(more: lb flows --limit {limit} --cursor {cursor})"),
+        Some(cursor) => println!("(more: lb flows{table} --limit {limit} --cursor {cursor})"),
         None => println!("({} flows, end of table)", page.flows.len()),
     }
 }

@@ -467,6 +467,22 @@ impl Dataplane {
         Ok(FlowsPage { flows, next })
     }
 
+    /// [`Dataplane::flows`] for `UNVERIFIED_FLOWS`: TCP flows whose handshake has not completed
+    /// and UDP flows, both families in one table. What a spoofed flood fills.
+    pub fn unverified_flows(&self, after: Option<&FlowKey>, limit: usize) -> Result<FlowsPage> {
+        let mut flows = Vec::with_capacity(limit.min(4096));
+        let map: HashMap<&MapData, FlowKey, Flow> =
+            HashMap::try_from(self.map(names::UNVERIFIED_FLOWS)?)?;
+        let next = walk_flows(&map, after.copied(), limit, &mut flows, |k| *k)?;
+        Ok(FlowsPage { flows, next })
+    }
+
+    /// The data path's flow clock now (its test clock when one is set): a flow has been idle
+    /// for `now - last_seen` seconds.
+    pub fn flow_clock_now(&self) -> Result<u32> {
+        Ok(flow_clock_of(&self.settings()?))
+    }
+
     fn counters(&self, map: &str, index: u32) -> Result<Counters> {
         sum_counters(self.map(map)?, index)
     }
@@ -837,11 +853,7 @@ impl NatTables {
     pub fn count(&self, deadline: std::time::Instant) -> Result<NatPortCount> {
         let settings: Array<&MapData, Settings> = Array::try_from(&self.settings)?;
         let settings = settings.get(&0, 0).context("reading SETTINGS")?;
-        let now = if settings.test_clock != 0 {
-            settings.test_clock
-        } else {
-            flow_clock(monotonic_coarse_ns())
-        };
+        let now = flow_clock_of(&settings);
         let nat: HashMap<&MapData, FlowKey, NatReverse> = HashMap::try_from(&self.nat)?;
         let flows_v4: HashMap<&MapData, FlowKeyV4, Flow> = HashMap::try_from(&self.flows_v4)?;
         let flows_v6: HashMap<&MapData, FlowKey, Flow> = HashMap::try_from(&self.flows_v6)?;
@@ -888,6 +900,15 @@ impl NatTables {
                 *count.in_use.entry(held.service_id).or_default() += 1;
             }
         }
+    }
+}
+
+/// What the data path's flow clock reads now under `settings`.
+fn flow_clock_of(settings: &Settings) -> u32 {
+    if settings.test_clock != 0 {
+        settings.test_clock
+    } else {
+        flow_clock(monotonic_coarse_ns())
     }
 }
 

@@ -458,12 +458,21 @@ async fn flows(
         |message: String| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", message);
     if let Some(unknown) = query
         .keys()
-        .find(|k| !matches!(k.as_str(), "limit" | "cursor"))
+        .find(|k| !matches!(k.as_str(), "limit" | "cursor" | "table"))
     {
         return Err(bad_query(format!(
-            "unknown query parameter `{unknown}`; use limit and cursor"
+            "unknown query parameter `{unknown}`; use limit, cursor and table"
         )));
     }
+    let unverified = match query.get("table").map(String::as_str) {
+        None | Some("connections") => false,
+        Some("unverified") => true,
+        Some(other) => {
+            return Err(bad_query(format!(
+                "table `{other}` is not one of connections (the default) and unverified"
+            )))
+        }
+    };
     let limit = match query.get("limit") {
         None => FLOWS_DEFAULT_LIMIT,
         Some(text) => match text.parse::<usize>() {
@@ -483,10 +492,14 @@ async fn flows(
         ),
     };
     let agent = agent::lock(&state);
-    let page = agent
-        .dataplane()
-        .flows(cursor.as_ref(), limit)
-        .map_err(from_anyhow)?;
+    let dataplane = agent.dataplane();
+    let page = if unverified {
+        dataplane.unverified_flows(cursor.as_ref(), limit)
+    } else {
+        dataplane.flows(cursor.as_ref(), limit)
+    }
+    .map_err(from_anyhow)?;
+    let now = dataplane.flow_clock_now().map_err(from_anyhow)?;
     let flows = page
         .flows
         .iter()
@@ -504,6 +517,8 @@ async fn flows(
                 service: service.map(|s| s.name.clone()),
                 backend: backend.map(|b| b.name.clone()),
                 nat_port: (flow.nat_port != 0).then(|| u16::from_be(flow.nat_port)),
+                state: state_name(flow.state).to_string(),
+                idle_seconds: now.saturating_sub(flow.last_seen),
             }
         })
         .collect();
@@ -511,6 +526,16 @@ async fn flows(
         flows,
         next_cursor: page.next.as_ref().map(encode_cursor),
     }))
+}
+
+fn state_name(state: u8) -> &'static str {
+    match state {
+        lb_common::maps::STATE_OPENING => "opening",
+        lb_common::maps::STATE_ESTABLISHED => "established",
+        lb_common::maps::STATE_CLOSING => "closing",
+        lb_common::maps::STATE_UDP => "udp",
+        _ => "unknown",
+    }
 }
 
 fn endpoint(addr: IpAddr, port: u16) -> String {

@@ -123,6 +123,7 @@ pub fn document() -> Value {
                 "summary": "Live flows, paged in the flow table's order",
                 "parameters": [
                     { "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 1, "maximum": 1000, "default": 100 } },
+                    { "name": "table", "in": "query", "description": "connections (completed TCP handshakes) or unverified (TCP before the client's ACK, and UDP)", "schema": { "type": "string", "enum": ["connections", "unverified"], "default": "connections" } },
                     { "name": "cursor", "in": "query", "description": "next_cursor of the previous page", "schema": { "type": "string" } }
                 ],
                 "responses": merge(json!({ "200": ok_json("a page of flows", schema_ref("FlowPage")) }), error_responses(&[("400", "invalid_query")]))
@@ -232,7 +233,8 @@ pub fn document() -> Value {
                     "packets": { "type": "integer" }, "bytes": { "type": "integer" }, "new_flows": { "type": "integer" } } },
                 "FlowPage": { "type": "object", "properties": { "next_cursor": { "type": "string", "nullable": true }, "flows": { "type": "array", "items": { "type": "object", "properties": {
                     "client": { "type": "string" }, "vip": { "type": "string" }, "protocol": { "type": "string" },
-                    "service": { "type": "string", "nullable": true }, "backend": { "type": "string", "nullable": true }, "nat_port": { "type": "integer", "nullable": true } } } } } }
+                    "service": { "type": "string", "nullable": true }, "backend": { "type": "string", "nullable": true }, "nat_port": { "type": "integer", "nullable": true },
+                    "state": { "type": "string", "enum": ["opening", "established", "closing", "udp", "unknown"] }, "idle_seconds": { "type": "integer" } } } } } }
             }
         }
     })

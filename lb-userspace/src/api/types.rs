@@ -180,6 +180,11 @@ pub struct FlowInfo {
     pub backend: Option<String>,
     /// NAT mode: the source port used towards the backend.
     pub nat_port: Option<u16>,
+    /// `opening` (TCP before the client's ACK), `established`, `closing` or `udp`.
+    pub state: String,
+    /// Seconds since the flow's last packet on the data path's flow clock (which records it
+    /// at most once a second).
+    pub idle_seconds: u32,
 }
 
 /// `PUT .../weight`.

@@ -197,6 +197,14 @@ fn reads(lab: &Lab) {
         "invalid_query",
     );
     assert_error(api(lab, &[], "/api/v1/flows?page=2"), 400, "invalid_query");
+    assert_error(
+        api(lab, &[], "/api/v1/flows?table=half-open"),
+        400,
+        "invalid_query",
+    );
+    let (code, page) = api(lab, &[], "/api/v1/flows?table=unverified&limit=5");
+    assert_eq!(code, 200, "{page}");
+    assert!(page["flows"].is_array(), "{page}");
 }
 
 fn writes_need_the_token(lab: &Lab) {
