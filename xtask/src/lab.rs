@@ -5,7 +5,9 @@
 //! (`client`, `lb`, `web1`, `web2`, `db1`, `db2`) is a namespace `{prefix}{host}` whose `eth0`
 //! is a veth whose peer, named `{host}`, is a port of `br0` in the switch namespace. Nothing is
 //! created in the root namespace except the namespace files under /run/netns and the lab's
-//! directory `/run/lb-lab/{prefix}` (a private bpffs + process logs).
+//! directory `/run/lb-lab/{prefix}` (a private bpffs + process logs). A host may instead sit
+//! behind a router host ([`RouterLink`]): its `eth0` then pairs with a link in the router's
+//! namespace, for paths with a hop (and a smaller MTU) between client and load balancer.
 //!
 //! Everything is done by shelling out to `ip`, `ethtool`, `sysctl` (inside namespaces via
 //! `ip netns exec`), so errors name the command line and its stderr.
@@ -119,6 +121,22 @@ pub struct HostSpec {
     /// `arp_ignore=1`, `arp_announce=2` on `all` and `eth0`: the host must not answer ARP
     /// for the VIPs it carries on `lo`.
     pub dsr_backend: bool,
+    /// Reached through a router host instead of the switch (`None`: on the switch).
+    pub via: Option<RouterLink>,
+}
+
+/// The link of a host that sits behind a router: the host's `eth0` pairs with a link named
+/// after the host in the router's namespace, and the host's default routes point at the router.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouterLink {
+    /// The router: a host on the switch, listed before this one. It forwards IPv4 and IPv6.
+    pub router: String,
+    /// The router's addresses on this link, CIDR (e.g. "10.97.0.1/24", "fd97::1/64").
+    pub router_addrs: Vec<String>,
+    /// MTU of the router's end only. The host's end keeps 1500, so the host announces the
+    /// larger MSS and the router must answer bigger packets with "fragmentation needed" /
+    /// "packet too big": a path MTU smaller than either end's own.
+    pub router_mtu: Option<u32>,
 }
 
 impl HostSpec {
@@ -131,6 +149,7 @@ impl HostSpec {
             loopback_addrs: Vec::new(),
             tx_checksum_off: true,
             dsr_backend: false,
+            via: None,
         }
     }
 }
@@ -154,6 +173,7 @@ impl LabSpec {
             loopback_addrs: Vec::new(),
             tx_checksum_off: tx_off,
             dsr_backend: false,
+            via: None,
         };
         let backend = |name: &str, v4: &str, v6: &str, vips: &[&str]| HostSpec {
             loopback_addrs: vips.iter().map(|s| s.to_string()).collect(),
@@ -167,13 +187,19 @@ impl LabSpec {
                 // The lb keeps TX checksum offload: its XDP program forwards, its sockets
                 // (health checks, NAT source) talk to the backends directly.
                 // The VIPs are local to the lb too, so it answers ARP/NDP for them and clients
-                // send VIP traffic to its NIC, where the XDP program takes it.
+                // send VIP traffic to its NIC, where the XDP program takes it. Linux answers
+                // ARP for an IPv4 address on `lo`, but neighbour solicitations only for the
+                // NIC's own addresses: the IPv6 VIP sits on `eth0`.
                 HostSpec {
-                    loopback_addrs: addr::ALL_VIPS.iter().map(|s| s.to_string()).collect(),
+                    loopback_addrs: addr::ALL_VIPS
+                        .iter()
+                        .filter(|a| !a.contains(':'))
+                        .map(|s| s.to_string())
+                        .collect(),
                     ..plain(
                         host::LB,
                         &["10.99.0.2/24", "10.99.0.3/24"],
-                        &["fd99::2/64", "fd99::3/64"],
+                        &["fd99::2/64", "fd99::3/64", "fd99::100/128"],
                         false,
                     )
                 },
@@ -229,9 +255,27 @@ impl LabSpec {
             if !seen.insert(n.clone()) {
                 bail!("lab host name {n:?} appears twice");
             }
-            for a in h.ipv4.iter().chain(&h.ipv6).chain(&h.loopback_addrs) {
+            let router_addrs = h.via.iter().flat_map(|v| &v.router_addrs);
+            for a in h
+                .ipv4
+                .iter()
+                .chain(&h.ipv6)
+                .chain(&h.loopback_addrs)
+                .chain(router_addrs)
+            {
                 if !a.contains('/') {
                     bail!("address {a:?} of lab host {n:?} must be CIDR (e.g. 10.99.0.10/24)");
+                }
+            }
+            if let Some(via) = &h.via {
+                // The router's end is created when the router exists: it must come first.
+                let router = self.hosts.iter().find(|r| r.name == via.router);
+                if !matches!(router, Some(r) if r.via.is_none() && seen.contains(&r.name) && r.name != *n)
+                {
+                    bail!(
+                        "lab host {n:?} is behind router {:?}, which must be a host on the switch listed before it",
+                        via.router
+                    );
                 }
             }
         }
@@ -415,12 +459,23 @@ impl Lab {
         run_ok(ip().args(["-n", &ns, "link", "set", "dev", "lo", "up"]))?;
         // Both ends are created directly in their namespaces: nothing ever exists in the root
         // namespace, so no name clashes with the machine's own links.
+        let peer_ns = match &h.via {
+            Some(via) => self.ns(&via.router),
+            None => sw,
+        };
         run_ok(ip().args([
             "link", "add", "name", HOST_IFACE, "netns", &ns, "type", "veth", "peer", "name",
-            &h.name, "netns", &sw,
+            &h.name, "netns", &peer_ns,
         ]))?;
-        run_ok(ip().args(["-n", &sw, "link", "set", "dev", &h.name, "master", BRIDGE]))?;
-        run_ok(ip().args(["-n", &sw, "link", "set", "dev", &h.name, "up"]))?;
+        match &h.via {
+            Some(via) => self.build_router_end(h, via)?,
+            None => {
+                run_ok(ip().args([
+                    "-n", &peer_ns, "link", "set", "dev", &h.name, "master", BRIDGE,
+                ]))?;
+                run_ok(ip().args(["-n", &peer_ns, "link", "set", "dev", &h.name, "up"]))?;
+            }
+        }
         if h.dsr_backend {
             self.sysctl(
                 &h.name,
@@ -450,7 +505,36 @@ impl Lab {
         if h.tx_checksum_off {
             self.exec(&h.name, &["ethtool", "-K", HOST_IFACE, "tx", "off"])?;
         }
+        if let Some(via) = &h.via {
+            for a in &via.router_addrs {
+                let gateway = a.split('/').next().unwrap_or(a);
+                let family = if a.contains(':') { "-6" } else { "-4" };
+                run_ok(ip().args([family, "-n", &ns, "route", "add", "default", "via", gateway]))?;
+            }
+        }
         Ok(())
+    }
+
+    /// The router's end of a routed host's link: its addresses and MTU, and forwarding on.
+    fn build_router_end(&self, h: &HostSpec, via: &RouterLink) -> Result<()> {
+        let router_ns = self.ns(&via.router);
+        self.sysctl(
+            &via.router,
+            &["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"],
+        )?;
+        if let Some(mtu) = via.router_mtu {
+            let mtu = mtu.to_string();
+            run_ok(ip().args(["-n", &router_ns, "link", "set", "dev", &h.name, "mtu", &mtu]))?;
+        }
+        for a in &via.router_addrs {
+            let mut cmd = ip();
+            cmd.args(["-n", &router_ns, "addr", "add", a, "dev", &h.name]);
+            if a.contains(':') {
+                cmd.arg("nodad");
+            }
+            run_ok(&mut cmd)?;
+        }
+        run_ok(ip().args(["-n", &router_ns, "link", "set", "dev", &h.name, "up"]))
     }
 
     fn sysctl(&self, host: &str, settings: &[&str]) -> Result<()> {
@@ -1070,6 +1154,21 @@ mod tests {
         spec.hosts[0].name = "averyveryverylongname".into();
         assert!(spec.validate().is_err());
         assert!(cleanup_stale("").is_err());
+        // A routed host's router must be a switch host listed before it.
+        let mut spec = LabSpec::standard("lbt-x-");
+        let mut far = HostSpec::new("far");
+        far.via = Some(RouterLink {
+            router: "router".into(),
+            router_addrs: vec!["10.97.0.1/24".into()],
+            router_mtu: None,
+        });
+        spec.hosts.push(far.clone());
+        assert!(spec.validate().is_err(), "router missing");
+        spec.hosts.push(HostSpec::new("router"));
+        assert!(spec.validate().is_err(), "router listed after");
+        spec.hosts.retain(|h| h.name != "far");
+        spec.hosts.push(far);
+        assert!(spec.validate().is_ok());
     }
 
     #[test]

@@ -42,11 +42,22 @@ pub fn start_web_servers(lab: &Lab) -> Result<()> {
     Ok(())
 }
 
+/// Length of the body every web server sends for `/large`.
+pub const LARGE_BODY_BYTES: usize = 100_000;
+
+/// The body of `/large` on `web`: its name, then filler up to [`LARGE_BODY_BYTES`].
+pub fn large_body(web: &str) -> Vec<u8> {
+    let mut body = format!("{web}\n").into_bytes();
+    body.resize(LARGE_BODY_BYTES, b'.');
+    body
+}
+
 /// nginx on one web host (again, after a stop); returns its pid once it answers the client.
 pub fn start_web_server(lab: &Lab, web: &str) -> Result<u32> {
     let dir = lab.dir().join(format!("nginx-{web}"));
     std::fs::create_dir_all(&dir)?;
     let conf = crate::template::nginx_web(&dir, web)?;
+    std::fs::write(dir.join("large.bin"), large_body(web))?;
     let path = dir.join("nginx.conf");
     std::fs::write(&path, conf)?;
     let conf = path.display().to_string();

@@ -16,4 +16,5 @@ mod db_failover;
 mod e2e_dataplane;
 mod e2e_firewall;
 mod e2e_flows;
+mod e2e_pmtu;
 mod web_app;
