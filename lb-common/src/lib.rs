@@ -39,7 +39,8 @@ pub const RATE_BUCKETS: u32 = 262144;
 /// How many NAT ports a new flow tries before it is dropped as `NatPortsExhausted`.
 pub const NAT_PORT_TRIES: u32 = 8;
 /// Of those, how many it then tries to take over from a flow that has ended: each costs flow
-/// look-ups, and with all eight the verifier passed its instruction limit.
+/// look-ups. With three the verifier refuses `lb_generic_road` (too complex); a fourth also
+/// overflows `lb`'s 512-byte stack.
 pub const NAT_TAKEOVER_TRIES: u32 = 2;
 /// Source addresses a NAT service may use towards its backends (`SNAT_ADDRS`): each one adds
 /// the whole port range to the connections a backend can hold at once.

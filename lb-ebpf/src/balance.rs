@@ -312,8 +312,12 @@ fn reserve_nat_port(
     // Candidate `attempt`: address `c % addresses`, port `c / addresses` of the range. Checked
     // division: the compiler cannot see these are non-zero, and the panic path it would emit
     // ends the program without an exit, which the verifier refuses.
+    // Where the candidates start moves each second: a SYN retransmitted after all were held
+    // asks other pairs (with a fixed start it met the same held run again until a flow there
+    // ended, so early in a churn a connection could fail for good).
+    let start = hash ^ clock.now.wrapping_mul(GOLDEN_RATIO_32);
     let place = |attempt: u32, reply_key: &mut FlowKey| {
-        let c = hash.wrapping_add(attempt).checked_rem(pairs).unwrap_or(0);
+        let c = start.wrapping_add(attempt).checked_rem(pairs).unwrap_or(0);
         reply_key.dst_port = ((min + c.checked_div(addresses).unwrap_or(c)) as u16).to_be();
         if addresses > 1 {
             // Written by the agent before the service that counts it; the first stays otherwise.
@@ -333,11 +337,11 @@ fn reserve_nat_port(
             return reply_key.dst_port as u32;
         }
     }
-    // Every port tried is held: take over some whose flow has ended. Only a few, as each costs
-    // flow look-ups (and the verifier walks each one); which few moves on with the clock, so
-    // that the client's retransmitted SYN a second later asks other ones.
+    // Every pair tried is held: take over some whose flow has ended. Only a few, as each costs
+    // flow look-ups (and the verifier walks each one); spread over the run, as held pairs
+    // cluster.
     for attempt in 0..NAT_TAKEOVER_TRIES {
-        place(clock.now.wrapping_add(attempt) % NAT_PORT_TRIES, reply_key);
+        place(attempt * NAT_PORT_TRIES / NAT_TAKEOVER_TRIES, reply_key);
         if take_over(reverse, reply_key, clock) {
             return reply_key.dst_port as u32;
         }
@@ -347,6 +351,9 @@ fn reserve_nat_port(
 
 /// `reserve_nat_port` found no port (ports start at 1).
 const NO_PORT: u32 = 0;
+
+/// 2^32 / phi, odd: multiplying by it scatters consecutive seconds over the whole range.
+const GOLDEN_RATIO_32: u32 = 0x9E37_79B9;
 
 /// Takes over the port of `reply_key` if its flow has ended (`reserve_nat_port`).
 #[inline(always)]
