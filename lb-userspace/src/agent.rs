@@ -1576,9 +1576,3 @@ fn count_nat_ports(tables: NatTables, sample: Weak<Mutex<Option<NatPortSample>>>
         .context("starting the NAT port count")?;
     Ok(())
 }
-
-/// Seconds since the Unix epoch, for the API's timestamps.
-pub fn unix_seconds(time: SystemTime) -> u64 {
-    time.duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}

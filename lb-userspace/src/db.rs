@@ -615,7 +615,7 @@ pub async fn run(
                             last_failover = Some(FailoverRecord {
                                 from,
                                 to: cluster.nodes[c].name.clone(),
-                                at_unix: crate::agent::unix_seconds(SystemTime::now()),
+                                at_unix: crate::unix_time::unix_seconds(SystemTime::now()),
                                 duration_ms: took.as_millis() as u64,
                             });
                         }

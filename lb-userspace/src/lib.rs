@@ -16,3 +16,4 @@ pub mod metrics;
 pub mod neighbor;
 pub mod services;
 pub mod sizing;
+pub mod unix_time;

@@ -27,6 +27,7 @@ use crate::{
     dataplane::Attached,
     metrics, neighbor,
     services::{words_addr, BackendState, ServiceEntry},
+    unix_time::unix_seconds,
 };
 
 /// Default and largest page of `GET /api/v1/flows`.
@@ -286,7 +287,7 @@ async fn status(State(state): State<SharedState>) -> Result<Json<Status>, ApiErr
         version: env!("CARGO_PKG_VERSION").to_string(),
         pid: std::process::id(),
         uptime_s: agent.uptime().as_secs(),
-        started_at: agent::unix_seconds(agent.started),
+        started_at: unix_seconds(agent.started),
         interface: agent.iface.clone(),
         attach: match agent.attached {
             Some(Attached::Native) => "native",
@@ -303,7 +304,7 @@ async fn status(State(state): State<SharedState>) -> Result<Json<Status>, ApiErr
         writes_enabled: agent.token.is_some(),
         reloads: agent.reloads,
         last_reload: agent.last_reload.as_ref().map(|r| ReloadInfo {
-            at: agent::unix_seconds(r.at),
+            at: unix_seconds(r.at),
             ok: r.ok,
             message: r.message.clone(),
         }),
@@ -437,7 +438,7 @@ async fn backends(
                     Err(why) => why.clone(),
                 }),
                 last_latency_ms: h.last_latency.map(|d| d.as_secs_f64() * 1000.0),
-                since: agent::unix_seconds(h.since),
+                since: unix_seconds(h.since),
             }),
             packets: counters.packets,
             bytes: counters.bytes,
