@@ -11,7 +11,7 @@ use std::{net::SocketAddr, time::Duration, time::Instant, time::SystemTime};
 use anyhow::{bail, Context as _, Result};
 use log::{info, warn};
 use mysql_async::{prelude::Queryable as _, Conn, OptsBuilder, Row};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 /// One database node: a backend of the write service.
 #[derive(Debug, Clone)]
@@ -89,8 +89,8 @@ impl ReplicaLink {
     }
 }
 
-/// A node's role as the API reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// A node's role in the cluster (`/metrics` names it as serde does; the API has its own copy).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     /// The writable node behind the write VIP.
@@ -136,7 +136,7 @@ pub struct Decision {
 }
 
 /// A failover that happened.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone)]
 pub struct FailoverRecord {
     pub from: String,
     pub to: String,
@@ -146,7 +146,7 @@ pub struct FailoverRecord {
 }
 
 /// One node in the report.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone)]
 pub struct NodeStatus {
     pub name: String,
     pub address: String,
@@ -161,13 +161,11 @@ pub struct NodeStatus {
     pub error: Option<String>,
 }
 
-/// What the agent reports after every round (`GET /api/v1/status`, field `database`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// What the watch reports after every round (the API shows it as its own `DatabaseStatus`).
+#[derive(Debug, Clone)]
 pub struct DatabaseStatus {
     /// The services of the write and read VIPs (filled in by the agent).
-    #[serde(default)]
     pub write_service: String,
-    #[serde(default)]
     pub read_service: Option<String>,
     pub primary: Option<String>,
     /// The node behind the write VIP, and those behind the read VIP.

@@ -25,7 +25,7 @@ use crate::{
     agent::{self, AdminState, AgentState, ChangeError, NewBackend, SharedState},
     config::Mode,
     dataplane::Attached,
-    metrics, neighbor,
+    db, metrics, neighbor,
     services::{words_addr, BackendState, ServiceEntry},
     unix_time::unix_seconds,
 };
@@ -312,7 +312,7 @@ async fn status(State(state): State<SharedState>) -> Result<Json<Status>, ApiErr
         backends,
         traffic,
         verdicts,
-        database: agent.database.clone(),
+        database: agent.database.as_ref().map(database_status),
         map_memory: agent
             .map_memory()
             .inspect_err(|e| log::warn!("status: reading the kernel memory of the maps: {e:#}"))
@@ -320,6 +320,50 @@ async fn status(State(state): State<SharedState>) -> Result<Json<Status>, ApiErr
         host_addresses: agent.host_addrs.iter().map(|a| a.to_string()).collect(),
         nat,
     }))
+}
+
+/// The wire form of the database watch's last report: the one place the API's format meets
+/// the watch's own types.
+fn database_status(status: &db::DatabaseStatus) -> DatabaseStatus {
+    DatabaseStatus {
+        write_service: status.write_service.clone(),
+        read_service: status.read_service.clone(),
+        primary: status.primary.clone(),
+        write: status.write.clone(),
+        read: status.read.clone(),
+        failovers: status.failovers,
+        last_failover: status.last_failover.as_ref().map(|f| FailoverRecord {
+            from: f.from.clone(),
+            to: f.to.clone(),
+            at_unix: f.at_unix,
+            duration_ms: f.duration_ms,
+        }),
+        nodes: status
+            .nodes
+            .iter()
+            .map(|node| DatabaseNode {
+                name: node.name.clone(),
+                address: node.address.clone(),
+                role: match node.role {
+                    db::Role::Primary => DatabaseRole::Primary,
+                    db::Role::Replica => DatabaseRole::Replica,
+                    db::Role::Lagging => DatabaseRole::Lagging,
+                    db::Role::Standby => DatabaseRole::Standby,
+                    db::Role::Fenced => DatabaseRole::Fenced,
+                    db::Role::Diverged => DatabaseRole::Diverged,
+                    db::Role::Down => DatabaseRole::Down,
+                    db::Role::Unknown => DatabaseRole::Unknown,
+                },
+                reachable: node.reachable,
+                read_only: node.read_only,
+                lag_s: node.lag_s,
+                gtid: node.gtid.clone(),
+                semi_sync: node.semi_sync,
+                replicating_from: node.replicating_from.clone(),
+                error: node.error.clone(),
+            })
+            .collect(),
+    }
 }
 
 /// A backend without a MAC is written as down whatever its state (see `program_service`).
@@ -755,6 +799,45 @@ mod tests {
         assert_eq!(decode_cursor(&encode_cursor(&key)), Some(key));
         for bad in ["", "zz", &"0".repeat(76), &"é".repeat(38), &"0".repeat(80)] {
             assert_eq!(decode_cursor(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn database_roles_keep_their_names_on_the_wire() {
+        let roles = [
+            db::Role::Primary,
+            db::Role::Replica,
+            db::Role::Lagging,
+            db::Role::Standby,
+            db::Role::Fenced,
+            db::Role::Diverged,
+            db::Role::Down,
+            db::Role::Unknown,
+        ];
+        for role in roles {
+            let status = db::DatabaseStatus {
+                write_service: "db-write".into(),
+                read_service: None,
+                primary: None,
+                write: None,
+                read: Vec::new(),
+                failovers: 0,
+                last_failover: None,
+                nodes: vec![db::NodeStatus {
+                    name: "db1".into(),
+                    address: "10.0.0.21:3306".into(),
+                    role,
+                    reachable: true,
+                    read_only: None,
+                    lag_s: None,
+                    gtid: None,
+                    semi_sync: None,
+                    replicating_from: None,
+                    error: None,
+                }],
+            };
+            let wire = serde_json::to_value(database_status(&status).nodes[0].role).ok();
+            assert_eq!(wire, serde_json::to_value(role).ok(), "{role:?}");
         }
     }
 }
