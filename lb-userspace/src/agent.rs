@@ -216,6 +216,22 @@ pub struct AgentState {
     pub nat_ports: Arc<Mutex<Option<NatPortSample>>>,
 }
 
+/// The NAT source ports of a service towards its backends, as the agent knows them now.
+#[derive(Debug, Clone)]
+pub struct NatPortUse {
+    /// Ports held by live flows, as last counted; `None` before the first count.
+    pub in_use: Option<u64>,
+    /// `agent.nat_port_min..=nat_port_max` towards each backend, once per SNAT address.
+    pub available: u64,
+    pub snat_addresses: Vec<IpAddr>,
+    /// New flows dropped because none of the ports they tried was free.
+    pub exhausted_drops: u64,
+    /// False when the last count stopped at its time budget: `in_use` is then a lower bound.
+    pub complete: bool,
+    /// How long ago the last count was made.
+    pub counted_ago: Option<Duration>,
+}
+
 /// A count of the NAT ports in use and when it was made.
 #[derive(Debug, Clone)]
 pub struct NatPortSample {
@@ -1468,7 +1484,7 @@ impl AgentState {
         &self,
         service: &ServiceEntry,
         counters: &lb_common::maps::Counters,
-    ) -> Option<api::types::NatPorts> {
+    ) -> Option<NatPortUse> {
         let available = service.nat_ports_available(
             *self.config.agent.nat_port_min.get_ref(),
             *self.config.agent.nat_port_max.get_ref(),
@@ -1478,15 +1494,15 @@ impl AgentState {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .clone();
-        Some(api::types::NatPorts {
+        Some(NatPortUse {
             in_use: sample
                 .as_ref()
                 .map(|s| s.count.in_use.get(&service.id).copied().unwrap_or(0)),
             available,
-            snat_addresses: service.snat.iter().map(IpAddr::to_string).collect(),
+            snat_addresses: service.snat.clone(),
             exhausted_drops: counters.nat_ports_exhausted,
             complete: sample.as_ref().is_some_and(|s| s.count.complete),
-            counted_s_ago: sample.map(|s| s.at.elapsed().as_secs_f64()),
+            counted_ago: sample.map(|s| s.at.elapsed()),
         })
     }
 }

@@ -22,7 +22,7 @@ use tokio::net::TcpListener;
 
 use self::types::*;
 use crate::{
-    agent::{self, AdminState, AgentState, ChangeError, NewBackend, SharedState},
+    agent::{self, AdminState, AgentState, ChangeError, NatPortUse, NewBackend, SharedState},
     config::Mode,
     dataplane::Attached,
     db, metrics, neighbor,
@@ -279,7 +279,7 @@ async fn status(State(state): State<SharedState>) -> Result<Json<Status>, ApiErr
         if let Some(ports) = agent.nat_ports(service, &counters) {
             nat.push(ServiceNatPorts {
                 service: service.name.clone(),
-                ports,
+                ports: nat_ports(ports),
             });
         }
     }
@@ -366,6 +366,18 @@ fn database_status(status: &db::DatabaseStatus) -> DatabaseStatus {
     }
 }
 
+/// The wire form of a service's NAT port figures.
+fn nat_ports(ports: NatPortUse) -> NatPorts {
+    NatPorts {
+        in_use: ports.in_use,
+        available: ports.available,
+        snat_addresses: ports.snat_addresses.iter().map(IpAddr::to_string).collect(),
+        exhausted_drops: ports.exhausted_drops,
+        complete: ports.complete,
+        counted_s_ago: ports.counted_ago.map(|ago| ago.as_secs_f64()),
+    }
+}
+
 /// A backend without a MAC is written as down whatever its state (see `program_service`).
 fn data_path_state(state: BackendState, has_mac: bool) -> BackendState {
     if has_mac {
@@ -414,7 +426,7 @@ fn service_info(agent: &AgentState, service: &ServiceEntry) -> Result<ServiceInf
         packets: counters.packets,
         bytes: counters.bytes,
         new_flows: counters.new_flows,
-        nat_ports: agent.nat_ports(service, &counters),
+        nat_ports: agent.nat_ports(service, &counters).map(nat_ports),
     })
 }
 
