@@ -260,7 +260,7 @@ pub async fn run(options: RunOptions) -> Result<()> {
     let checks = build_checks(&config)?;
 
     let mut dataplane = Dataplane::load(&LoadOptions::for_sizes(
-        &sizing::MapSizes::for_config(&config),
+        &config.map_sizes(),
         Some(pin_dir.clone()),
     ))?;
     let adopted = dataplane.adopted();
@@ -453,10 +453,7 @@ fn set_data_path_settings(dataplane: &mut Dataplane, config: &Config) -> Result<
 /// Logs the kernel memory of the maps as loaded: over the budget (the config passed on the
 /// estimate, or adopted maps are larger), and maps whose size differs from what the config wants.
 fn report_map_memory(dataplane: &Dataplane, config: &Config) {
-    match dataplane.map_memory(
-        &sizing::MapSizes::for_config(config),
-        config.agent.map_memory_budget_bytes(),
-    ) {
+    match dataplane.map_memory(&config.map_sizes(), config.agent.map_memory_budget_bytes()) {
         Ok(report) => {
             info!(
                 "the data path's maps take {} of kernel memory (budget {})",
@@ -567,7 +564,7 @@ impl AgentState {
     /// The kernel memory of every map, and the sizes the running config wants.
     pub fn map_memory(&self) -> Result<sizing::MemoryReport> {
         self.dataplane.map_memory(
-            &sizing::MapSizes::for_config(&self.config),
+            &self.config.map_sizes(),
             self.config.agent.map_memory_budget_bytes(),
         )
     }
@@ -1183,10 +1180,9 @@ impl AgentState {
                  restart the agent to apply it; a restart keeps the flows)"
             ))
         })?;
-        let memory = self.dataplane.map_memory(
-            &sizing::MapSizes::for_config(&config),
-            config.agent.map_memory_budget_bytes(),
-        )?;
+        let memory = self
+            .dataplane
+            .map_memory(&config.map_sizes(), config.agent.map_memory_budget_bytes())?;
         let resize: Vec<String> = memory
             .resize_pending()
             .filter(|m| m.name != lb_common::names::FW_V4_TABLE)

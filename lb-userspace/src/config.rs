@@ -13,6 +13,8 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::sizing::{MapDemand, MapSizes};
+
 /// Default bpffs directory for pinned maps and links.
 pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/lb";
 
@@ -29,6 +31,50 @@ pub struct Config {
     pub services: Vec<ServiceConfig>,
     /// A MySQL/MariaDB primary-replica cluster behind a write VIP and a read VIP, with failover.
     pub database: Option<DatabaseConfig>,
+}
+
+impl Config {
+    /// What this config asks of the maps (their sizes and the memory estimate follow it).
+    pub fn map_demand(&self) -> MapDemand {
+        let has = |f: &dyn Fn(&ServiceConfig) -> bool| self.services.iter().any(f);
+        let firewall_prefixes = || {
+            let fw = &self.firewall;
+            fw.rules.iter().flat_map(|r| &r.sources).chain(&fw.bogons)
+        };
+        let host = &self.firewall.host;
+        let host_limited =
+            host.policy == HostPolicy::Restrict && (host.icmp_echo_rate > 0 || host.syn_rate > 0);
+        let service_limited = has(&|s| s.syn_rate > 0 || s.packet_rate > 0 || s.syn_budget > 0);
+        MapDemand {
+            flow_capacity: *self.agent.flow_capacity.get_ref(),
+            unverified_capacity: self.agent.unverified_capacity(),
+            ipv4_services: has(&|s| s.vip.get_ref().is_ipv4()),
+            ipv6_services: has(&|s| s.vip.get_ref().is_ipv6()),
+            nat_services: has(&|s| *s.mode.get_ref() == Mode::Nat),
+            rate_limits: host_limited || service_limited,
+            v4_prefixes: firewall_prefixes()
+                .filter(|c| c.get_ref().addr().is_ipv4())
+                .count(),
+            v6_prefixes: firewall_prefixes()
+                .filter(|c| c.get_ref().addr().is_ipv6())
+                .count(),
+            scoped_sources: self
+                .services
+                .iter()
+                .map(|s| (s.allow_sources.len() + s.deny_sources.len() + 2) as u64)
+                .sum::<u64>()
+                + host
+                    .open_ports
+                    .iter()
+                    .map(|p| p.sources.len() as u64 + 1)
+                    .sum::<u64>(),
+        }
+    }
+
+    /// The sizes the agent makes the config-dependent maps for this config.
+    pub fn map_sizes(&self) -> MapSizes {
+        MapSizes::for_demand(&self.map_demand())
+    }
 }
 
 /// The database cluster the agent watches and fails over. Its nodes are the backends of the
@@ -1052,7 +1098,7 @@ fn validate(config: &Config, at: &Locator<'_>) -> Vec<ConfigError> {
 fn validate_memory_budget(config: &Config, at: &Locator<'_>, errors: &mut Vec<ConfigError>) {
     let agent = &config.agent;
     let cpus = crate::sizing::possible_cpus();
-    let estimate = crate::sizing::estimate(config, cpus);
+    let estimate = crate::sizing::estimate(&config.map_demand(), cpus);
     let total: u64 = estimate.iter().map(|(_, bytes)| bytes).sum();
     let budget = agent.map_memory_budget_bytes();
     if total <= budget {
@@ -1663,9 +1709,9 @@ weight = 2
 
     #[test]
     fn maps_are_sized_from_what_the_config_needs() {
-        use crate::sizing::{MapSizes, UNUSED_TABLE_ENTRIES};
+        use crate::sizing::UNUSED_TABLE_ENTRIES;
         let config = parse(Path::new("lb.toml"), GOOD).unwrap_or_else(|e| panic!("{e}"));
-        let sizes = MapSizes::for_config(&config);
+        let sizes = config.map_sizes();
         assert_eq!(sizes.flows_v4, DEFAULT_FLOW_CAPACITY);
         assert_eq!(sizes.flows_v6, UNUSED_TABLE_ENTRIES, "no IPv6 service");
         assert_eq!(sizes.nat_reverse, UNUSED_TABLE_ENTRIES, "no NAT service");
@@ -1677,10 +1723,7 @@ weight = 2
             "mode = \"nat\"\nsnat_address = \"10.0.0.3\"",
         );
         let config = parse(Path::new("lb.toml"), &nat).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(
-            MapSizes::for_config(&config).nat_reverse,
-            DEFAULT_FLOW_CAPACITY
-        );
+        assert_eq!(config.map_sizes().nat_reverse, DEFAULT_FLOW_CAPACITY);
 
         // Many prefixes: a larger rule table, never over the largest one.
         let rules: String = (0..5000u32)
@@ -1691,7 +1734,7 @@ weight = 2
             "{GOOD}\n[[firewall.rule]]\nname = \"many\"\nsources = [{rules}]\naction = \"drop\"\n"
         );
         let config = parse(Path::new("lb.toml"), &text).unwrap_or_else(|e| panic!("{e}"));
-        let many = MapSizes::for_config(&config).fw_v4_half_groups;
+        let many = config.map_sizes().fw_v4_half_groups;
         assert!(many > sizes.fw_v4_half_groups && many <= lb_common::maps::V4_HALF_GROUPS);
         assert_eq!(many % 64, 0);
     }

@@ -374,7 +374,7 @@ fn map_memory_main(out: &std::path::Path, flow_capacity: Option<u32>) -> Result<
     if let Some(capacity) = flow_capacity {
         config.agent.set_flow_capacity(capacity);
     }
-    let sizes = lb_userspace::sizing::MapSizes::for_config(&config);
+    let sizes = config.map_sizes();
     let dataplane = dataplane::Dataplane::load(&dataplane::LoadOptions::for_sizes(&sizes, None))?;
     let report = dataplane.map_memory(&sizes, config.agent.map_memory_budget_bytes())?;
     let mut bytes = Map::new();
