@@ -21,12 +21,12 @@ use tokio::{
 
 use crate::{
     api,
+    check_metrics::CheckMetrics,
     config::{self, ApiConfig, Config, Mode, XdpModeConfig, MAX_WEIGHT},
     dataplane::{Attached, Dataplane, LoadOptions, NatPortCount, NatTables},
     db,
     firewall::{self, RuleActivity, RuleSet},
     health::{self, Check, Tracker},
-    metrics::Metrics,
     neighbor,
     services::{self, BackendEntry, BackendState, ServiceEntry, ServiceTable},
     sizing,
@@ -198,7 +198,7 @@ pub struct AgentState {
     backends: HashMap<u32, BackendRuntime>,
     checkers: HashMap<u32, Checker>,
     next_token: u64,
-    pub metrics: Metrics,
+    pub metrics: CheckMetrics,
     pub reloads: u64,
     pub last_reload: Option<ReloadRecord>,
     /// The firewall rules in force (ids index the data path's rule counters).
@@ -318,7 +318,7 @@ pub async fn run(options: RunOptions) -> Result<()> {
             backends: runtimes,
             checkers: HashMap::new(),
             next_token: 0,
-            metrics: Metrics::default(),
+            metrics: CheckMetrics::default(),
             reloads: 0,
             last_reload: None,
             rules: RuleSet::default(),

@@ -5,6 +5,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod check_metrics;
 pub mod cli;
 pub mod config;
 pub mod dataplane;
