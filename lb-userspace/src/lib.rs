@@ -17,4 +17,5 @@ pub mod metrics;
 pub mod neighbor;
 pub mod services;
 pub mod sizing;
+pub mod state;
 pub mod unix_time;

@@ -22,11 +22,14 @@ use tokio::net::TcpListener;
 
 use self::types::*;
 use crate::{
-    agent::{self, AdminState, AgentState, ChangeError, NatPortUse, NewBackend, SharedState},
     config::Mode,
     dataplane::Attached,
     db, metrics, neighbor,
     services::{words_addr, BackendState, ServiceEntry},
+    state::{
+        changes::{ChangeError, NewBackend},
+        lock, AdminState, AgentState, NatPortUse, SharedState,
+    },
     unix_time::unix_seconds,
 };
 
@@ -181,7 +184,7 @@ impl FromRequestParts<SharedState> for Authorized {
         parts: &mut Parts,
         state: &SharedState,
     ) -> Result<Self, Self::Rejection> {
-        let Some(expected) = agent::lock(state).token.clone() else {
+        let Some(expected) = lock(state).token.clone() else {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 "writes_disabled",
@@ -233,7 +236,7 @@ async fn openapi_document() -> Json<serde_json::Value> {
 }
 
 async fn metrics_text(State(state): State<SharedState>) -> Result<Response, ApiError> {
-    let text = metrics::render(&agent::lock(&state)).map_err(from_anyhow)?;
+    let text = metrics::render(&lock(&state)).map_err(from_anyhow)?;
     Ok((
         [(
             header::CONTENT_TYPE,
@@ -245,7 +248,7 @@ async fn metrics_text(State(state): State<SharedState>) -> Result<Response, ApiE
 }
 
 async fn status(State(state): State<SharedState>) -> Result<Json<Status>, ApiError> {
-    let agent = agent::lock(&state);
+    let agent = lock(&state);
     let mut backends = BackendCounts::default();
     for backend in agent.services().iter().flat_map(|s| &s.backends) {
         backends.total += 1;
@@ -431,7 +434,7 @@ fn service_info(agent: &AgentState, service: &ServiceEntry) -> Result<ServiceInf
 }
 
 async fn services(State(state): State<SharedState>) -> Result<Json<Vec<ServiceInfo>>, ApiError> {
-    let agent = agent::lock(&state);
+    let agent = lock(&state);
     agent
         .services()
         .iter()
@@ -450,7 +453,7 @@ async fn service(
     State(state): State<SharedState>,
     Path(name): Path<String>,
 ) -> Result<Json<ServiceInfo>, ApiError> {
-    let agent = agent::lock(&state);
+    let agent = lock(&state);
     let service = find_service(&agent, &name)?;
     service_info(&agent, service).map(Json)
 }
@@ -459,7 +462,7 @@ async fn backends(
     State(state): State<SharedState>,
     Path(name): Path<String>,
 ) -> Result<Json<BackendList>, ApiError> {
-    let agent = agent::lock(&state);
+    let agent = lock(&state);
     let service = find_service(&agent, &name)?;
     let mut backends = Vec::new();
     for backend in &service.backends {
@@ -548,7 +551,7 @@ async fn flows(
                 .ok_or_else(|| bad_query("cursor is not one this API returned".into()))?,
         ),
     };
-    let agent = agent::lock(&state);
+    let agent = lock(&state);
     let dataplane = agent.dataplane();
     let page = if unverified {
         dataplane.unverified_flows(cursor.as_ref(), limit)
@@ -637,7 +640,7 @@ fn done(message: String) -> Json<ChangeResult> {
 }
 
 async fn firewall_rules(State(state): State<SharedState>) -> Result<Json<FirewallRules>, ApiError> {
-    let mut agent = agent::lock(&state);
+    let mut agent = lock(&state);
     let now = std::time::Instant::now();
     let sampled = agent.sample_rules().map_err(from_anyhow)?;
     let mut rules = Vec::new();
@@ -690,7 +693,7 @@ async fn add_rule(
             ))
         }
     };
-    agent::lock(&state).add_rule(&request.name, &request.sources, action)?;
+    lock(&state).add_rule(&request.name, &request.sources, action)?;
     Ok(done(format!(
         "firewall rule {} added ({} sources, {}); the rule set was swapped whole",
         request.name,
@@ -704,7 +707,7 @@ async fn remove_rule(
     State(state): State<SharedState>,
     Path(rule): Path<String>,
 ) -> Result<Json<ChangeResult>, ApiError> {
-    agent::lock(&state).remove_rule(&rule)?;
+    lock(&state).remove_rule(&rule)?;
     Ok(done(format!("firewall rule {rule} removed")))
 }
 
@@ -713,7 +716,7 @@ async fn drain(
     State(state): State<SharedState>,
     Path((service, backend)): Path<(String, String)>,
 ) -> Result<Json<ChangeResult>, ApiError> {
-    agent::lock(&state).drain(&service, &backend)?;
+    lock(&state).drain(&service, &backend)?;
     Ok(done(format!(
         "service {service} backend {backend}: draining (no new flows; existing ones finish)"
     )))
@@ -724,7 +727,7 @@ async fn enable(
     State(state): State<SharedState>,
     Path((service, backend)): Path<(String, String)>,
 ) -> Result<Json<ChangeResult>, ApiError> {
-    agent::lock(&state).enable(&service, &backend)?;
+    lock(&state).enable(&service, &backend)?;
     Ok(done(format!(
         "service {service} backend {backend}: enabled"
     )))
@@ -737,7 +740,7 @@ async fn set_weight(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<ChangeResult>, ApiError> {
     let request: WeightRequest = json_body(body)?;
-    agent::lock(&state).set_weight(&service, &backend, request.weight)?;
+    lock(&state).set_weight(&service, &backend, request.weight)?;
     Ok(done(format!(
         "service {service} backend {backend}: weight {}",
         request.weight
@@ -759,7 +762,7 @@ async fn add_backend(
         )
     })?;
     let name = request.name.clone();
-    agent::lock(&state).add_backend(
+    lock(&state).add_backend(
         &service,
         NewBackend {
             name: request.name,
@@ -779,7 +782,7 @@ async fn remove_backend(
     State(state): State<SharedState>,
     Path((service, backend)): Path<(String, String)>,
 ) -> Result<Json<ChangeResult>, ApiError> {
-    agent::lock(&state).remove_backend(&service, &backend)?;
+    lock(&state).remove_backend(&service, &backend)?;
     Ok(done(format!(
         "service {service} backend {backend}: removed"
     )))
@@ -789,7 +792,7 @@ async fn reload(
     _: Authorized,
     State(state): State<SharedState>,
 ) -> Result<Json<ChangeResult>, ApiError> {
-    let summary = agent::lock(&state).reload()?;
+    let summary = lock(&state).reload()?;
     Ok(done(format!("reloaded: {summary}")))
 }
 
