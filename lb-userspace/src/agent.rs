@@ -45,7 +45,7 @@ pub async fn run(options: RunOptions) -> Result<()> {
     let iface = options
         .iface
         .clone()
-        .or_else(|| config.agent.interface.as_ref().map(|i| i.get_ref().clone()))
+        .or_else(|| config.agent.interface.clone())
         .context("no interface: set agent.interface in the config or pass --iface")?;
     let ifindex = neighbor::ifindex(&iface)?;
     let pin_dir = options
@@ -53,7 +53,7 @@ pub async fn run(options: RunOptions) -> Result<()> {
         .clone()
         .unwrap_or_else(|| config.agent.pin_path.clone());
     let token = load_token(&config.api)?;
-    let api_bind = *config.api.bind.get_ref();
+    let api_bind = config.api.bind;
     // Bound before anything is attached, so a taken port fails without touching the data path.
     let listener = tokio::net::TcpListener::bind(api_bind).await.with_context(|| {
         format!("cannot listen on {api_bind} for the status API: is another `lb run` running? (or set api.bind)")

@@ -136,7 +136,7 @@ fn map_memory(
         println!(
             "{}: flow_capacity {}",
             path.display(),
-            config.agent.flow_capacity.get_ref()
+            config.agent.flow_capacity
         );
         cli::print_map_memory(&report);
     }

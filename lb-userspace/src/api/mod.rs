@@ -399,7 +399,7 @@ fn service_info(agent: &AgentState, service: &ServiceEntry) -> Result<ServiceInf
         .config()
         .services
         .iter()
-        .find(|c| *c.name.get_ref() == service.name);
+        .find(|c| c.name == service.name);
     let in_rotation = service
         .backends
         .iter()
@@ -423,7 +423,7 @@ fn service_info(agent: &AgentState, service: &ServiceEntry) -> Result<ServiceInf
         algorithm: "round_robin".to_string(),
         health_check: config
             .and_then(|c| c.health.as_ref())
-            .map(|h| format!("{:?}", h.kind.get_ref()).to_lowercase()),
+            .map(|h| format!("{:?}", h.kind).to_lowercase()),
         backends: service.backends.len(),
         in_rotation,
         packets: counters.packets,

@@ -228,7 +228,7 @@ impl AgentState {
             .config
             .services
             .iter()
-            .find(|c| *c.name.get_ref() == service)
+            .find(|c| c.name == service)
             .and_then(|c| c.health.as_ref())
         {
             Some(health) => {
@@ -299,13 +299,7 @@ impl AgentState {
                 "rule name `{name}`: use letters, digits, '-', '_' or '.'"
             )));
         }
-        if self
-            .config
-            .firewall
-            .rules
-            .iter()
-            .any(|r| r.name.get_ref() == name)
-        {
+        if self.config.firewall.rules.iter().any(|r| r.name == name) {
             return Err(ChangeError::Conflict(format!(
                 "a firewall rule named `{name}` exists already"
             )));
@@ -323,14 +317,14 @@ impl AgentState {
                 .firewall
                 .rules
                 .iter()
-                .find(|r| r.sources.iter().any(|c| *c.get_ref() == cidr));
+                .find(|r| r.sources.contains(&cidr));
             if let Some(owner) = owner {
                 return Err(ChangeError::Conflict(format!(
                     "{cidr} belongs to rule `{}` already",
-                    owner.name.get_ref()
+                    owner.name
                 )));
             }
-            cidrs.push(toml::Spanned::new(0..0, cidr));
+            cidrs.push(cidr);
         }
         let limit = (lb_common::MAX_PREFIXES / 2) as usize;
         if self.rules.prefixes.len() + self.rules.scoped.len() + cidrs.len() > limit {
@@ -339,7 +333,7 @@ impl AgentState {
             )));
         }
         self.config.firewall.rules.push(config::RuleConfig {
-            name: toml::Spanned::new(0..0, name.to_string()),
+            name: name.to_string(),
             sources: cidrs,
             action,
         });
@@ -363,7 +357,7 @@ impl AgentState {
             .firewall
             .rules
             .iter()
-            .position(|r| r.name.get_ref() == name)
+            .position(|r| r.name == name)
         else {
             return Err(ChangeError::RuleNotFound(name.to_string()));
         };
@@ -381,12 +375,7 @@ impl AgentState {
         let mut rules =
             RuleSet::from_config(&self.config, &self.table, firewall::ephemeral_ports());
         rules.settings.own_mac = firewall::interface_mac(&self.iface)?;
-        let vips: Vec<std::net::IpAddr> = self
-            .config
-            .services
-            .iter()
-            .map(|s| *s.vip.get_ref())
-            .collect();
+        let vips: Vec<std::net::IpAddr> = self.config.services.iter().map(|s| s.vip).collect();
         let interface_addrs = dedup(firewall::interface_addresses(&self.iface)?);
         let mut host_addrs = interface_addrs.clone();
         host_addrs.extend(vips.iter().copied());

@@ -20,24 +20,24 @@ impl AgentState {
             self.database = None;
             return Ok(());
         };
-        let write = database.write_service.get_ref();
+        let write = &database.write_service;
         let service = self
             .config
             .services
             .iter()
-            .find(|s| s.name.get_ref() == write)
+            .find(|s| &s.name == write)
             .with_context(|| format!("database write_service `{write}` is not a service"))?;
-        let port = *service.port.get_ref();
+        let port = service.port;
         let nodes: Vec<db::Node> = service
             .backends
             .iter()
             .map(|b| db::Node {
-                name: b.name.get_ref().clone(),
-                addr: SocketAddr::new(*b.address.get_ref(), b.port_or(port)),
+                name: b.name.clone(),
+                addr: SocketAddr::new(b.address, b.port_or(port)),
             })
             .collect();
         let credentials = db::Credentials {
-            user: database.user.get_ref().clone(),
+            user: database.user.clone(),
             password: config::read_secret(
                 database.password.as_ref(),
                 database.password_file.as_ref(),
@@ -45,7 +45,7 @@ impl AgentState {
             )
             .map_err(anyhow::Error::msg)?
             .unwrap_or_default(),
-            replication_user: database.replication_user.get_ref().clone(),
+            replication_user: database.replication_user.clone(),
             replication_password: config::read_secret(
                 database.replication_password.as_ref(),
                 database.replication_password_file.as_ref(),
@@ -57,8 +57,8 @@ impl AgentState {
         let settings = db::Settings {
             interval: database.interval(),
             timeout: database.timeout(),
-            fail_after: *database.fail_after.get_ref(),
-            max_lag_s: *database.max_lag_s.get_ref(),
+            fail_after: database.fail_after,
+            max_lag_s: database.max_lag_s,
             failover: database.failover,
         };
         info!(
@@ -109,8 +109,8 @@ impl AgentState {
         let Some(database) = &self.config.database else {
             return false;
         };
-        let write_service = database.write_service.get_ref().clone();
-        let read_service = database.read_service.as_ref().map(|r| r.get_ref().clone());
+        let write_service = database.write_service.clone();
+        let read_service = database.read_service.clone();
         let mut named = status.clone();
         named.write_service.clone_from(&write_service);
         named.read_service.clone_from(&read_service);
@@ -167,9 +167,6 @@ impl AgentState {
 /// Whether `service` is the write or read service of the `[database]` section.
 pub(crate) fn is_database_service(config: &Config, service: &str) -> bool {
     config.database.as_ref().is_some_and(|d| {
-        d.write_service.get_ref() == service
-            || d.read_service
-                .as_ref()
-                .is_some_and(|r| r.get_ref() == service)
+        d.write_service == service || d.read_service.as_ref().is_some_and(|r| r == service)
     })
 }

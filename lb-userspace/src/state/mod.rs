@@ -250,8 +250,8 @@ impl AgentState {
         counters: &lb_common::maps::Counters,
     ) -> Option<NatPortUse> {
         let available = service.nat_ports_available(
-            *self.config.agent.nat_port_min.get_ref(),
-            *self.config.agent.nat_port_max.get_ref(),
+            self.config.agent.nat_port_min,
+            self.config.agent.nat_port_max,
         )?;
         let sample = self
             .nat_ports

@@ -55,11 +55,10 @@ impl AgentState {
         let mut notes = Vec::new();
         let old = &self.config.agent;
         let new = &config.agent;
-        if old.interface.as_ref().map(|i| i.get_ref())
-            != new.interface.as_ref().map(|i| i.get_ref())
+        if old.interface != new.interface
             || old.pin_path != new.pin_path
             || old.xdp_mode != new.xdp_mode
-            || self.config.api.bind.get_ref() != config.api.bind.get_ref()
+            || self.config.api.bind != config.api.bind
         {
             notes.push("agent interface/pin_path/xdp_mode and api.bind changes take effect at the next start".to_string());
         }
@@ -185,10 +184,9 @@ impl AgentState {
 
 /// The API token from `api.token_file` (its first line).
 pub(crate) fn load_token(api: &ApiConfig) -> Result<Option<String>> {
-    let Some(file) = &api.token_file else {
+    let Some(path) = &api.token_file else {
         return Ok(None);
     };
-    let path = file.get_ref();
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading api.token_file {}: create it with a long random token (e.g. `openssl rand -hex 32 > {}`)", path.display(), path.display()))?;
     let token = text.lines().next().unwrap_or_default().trim().to_string();
@@ -211,8 +209,8 @@ pub(crate) fn load_token(api: &ApiConfig) -> Result<Option<String>> {
 /// NAT ports and flow timeouts: the data path's settings (the test clock is for tests only).
 pub(crate) fn set_data_path_settings(dataplane: &mut Dataplane, config: &Config) -> Result<()> {
     dataplane.set_settings(&Settings {
-        nat_port_min: *config.agent.nat_port_min.get_ref(),
-        nat_port_max: *config.agent.nat_port_max.get_ref(),
+        nat_port_min: config.agent.nat_port_min,
+        nat_port_max: config.agent.nat_port_max,
         test_clock: 0,
         timeouts: config.agent.timeouts.to_map(),
     })
@@ -227,25 +225,14 @@ pub(crate) fn build_checks(config: &Config) -> Result<HashMap<(String, String), 
             continue;
         };
         for backend in &service.backends {
-            let check = Check::from_config(
-                health,
-                *backend.address.get_ref(),
-                backend.port_or(*service.port.get_ref()),
-            )
-            .with_context(|| {
-                format!(
-                    "service {} backend {}: health check",
-                    service.name.get_ref(),
-                    backend.name.get_ref()
-                )
-            })?;
-            checks.insert(
-                (
-                    service.name.get_ref().clone(),
-                    backend.name.get_ref().clone(),
-                ),
-                check,
-            );
+            let check = Check::from_config(health, backend.address, backend.port_or(service.port))
+                .with_context(|| {
+                    format!(
+                        "service {} backend {}: health check",
+                        service.name, backend.name
+                    )
+                })?;
+            checks.insert((service.name.clone(), backend.name.clone()), check);
         }
     }
     Ok(checks)

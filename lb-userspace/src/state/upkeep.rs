@@ -73,12 +73,7 @@ impl AgentState {
         if added.is_empty() && removed.is_empty() {
             return Ok(false);
         }
-        let vips: Vec<IpAddr> = self
-            .config
-            .services
-            .iter()
-            .map(|s| *s.vip.get_ref())
-            .collect();
+        let vips: Vec<IpAddr> = self.config.services.iter().map(|s| s.vip).collect();
         let add: Vec<_> = added.iter().map(|a| firewall::addr_key(*a)).collect();
         let remove: Vec<_> = removed
             .iter()
