@@ -21,7 +21,7 @@ use crate::{
         db_watch::is_database_service,
         lifecycle::Setup,
         lock,
-        reload::{build_checks, load_token, set_data_path_settings},
+        reload::{build_checks, load_token, reload, set_data_path_settings},
         upkeep::watch_host_addresses,
         AdminState, AgentState, BackendRuntime, HealthStatus,
     },
@@ -134,7 +134,7 @@ pub async fn run(options: RunOptions) -> Result<()> {
             _ = sighup.recv() => {
                 info!("SIGHUP: reloading {}", options.config_path.display());
                 // The outcome is logged and kept for `lb status`.
-                let _ = lock(&state).reload();
+                let _ = reload(&state).await;
             }
             _ = tick.tick() => {
                 let mut agent = lock(&state);

@@ -28,7 +28,9 @@ use crate::{
     services::{words_addr, BackendState, ServiceEntry},
     state::{
         changes::{ChangeError, NewBackend},
-        lock, AdminState, AgentState, NatPortUse, SharedState,
+        lock,
+        reload::reload as reload_config,
+        AdminState, AgentState, NatPortUse, SharedState,
     },
     unix_time::unix_seconds,
 };
@@ -792,7 +794,7 @@ async fn reload(
     _: Authorized,
     State(state): State<SharedState>,
 ) -> Result<Json<ChangeResult>, ApiError> {
-    let summary = lock(&state).reload()?;
+    let summary = reload_config(&state).await?;
     Ok(done(format!("reloaded: {summary}")))
 }
 

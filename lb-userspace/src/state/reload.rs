@@ -2,6 +2,7 @@
 //! applied; and the pieces of the config that start-up and reload both read.
 use std::{
     collections::HashMap,
+    path::Path,
     time::{Duration, SystemTime},
 };
 
@@ -19,16 +20,56 @@ use crate::{
 };
 
 use super::{
-    changes::ChangeError, db_watch::is_database_service, AdminState, AgentState, BackendRuntime,
-    HealthStatus, ReloadRecord,
+    changes::ChangeError, db_watch::is_database_service, lock, AdminState, AgentState,
+    BackendRuntime, HealthStatus, ReloadRecord, SharedState,
 };
 
+/// Re-reads the config file and applies only the difference: backends and services that stay
+/// keep their ids (so their flows), health and drain state. An invalid file is refused and the
+/// running config kept. Runs on a blocking thread, and reads the files before taking the lock.
+pub async fn reload(state: &SharedState) -> Result<String, ChangeError> {
+    let state = state.clone();
+    tokio::task::spawn_blocking(move || {
+        let path = lock(&state).config_path.clone();
+        let files = ReloadFiles::read(&path);
+        lock(&state).apply_reload(files)
+    })
+    .await
+    .map_err(|e| ChangeError::Internal(anyhow::anyhow!("the reload task failed: {e}")))?
+}
+
+/// What a reload reads from disk: the config, the health checks' secrets and the API token.
+pub struct ReloadFiles {
+    config: Config,
+    checks: HashMap<(String, String), Check>,
+    token: Option<String>,
+}
+
+impl ReloadFiles {
+    /// Reads and validates them; any error refuses the reload as an invalid config.
+    pub fn read(config_path: &Path) -> Result<Self, ChangeError> {
+        let config =
+            config::load(config_path).map_err(|e| ChangeError::InvalidConfig(e.to_string()))?;
+        let checks =
+            build_checks(&config).map_err(|e| ChangeError::InvalidConfig(format!("{e:#}")))?;
+        let token =
+            load_token(&config.api).map_err(|e| ChangeError::InvalidConfig(format!("{e:#}")))?;
+        Ok(Self {
+            config,
+            checks,
+            token,
+        })
+    }
+}
+
 impl AgentState {
-    /// Re-reads the config file and applies only the difference: backends and services that
-    /// stay keep their ids (so their flows), health and drain state. An invalid file is
-    /// refused and the running config kept.
-    pub fn reload(&mut self) -> Result<String, ChangeError> {
-        let result = self.try_reload();
+    /// Applies a reload whose files were read (or refused) by [`ReloadFiles::read`], logs the
+    /// outcome and keeps it for `lb status`.
+    pub fn apply_reload(
+        &mut self,
+        files: Result<ReloadFiles, ChangeError>,
+    ) -> Result<String, ChangeError> {
+        let result = files.and_then(|files| self.try_reload(files));
         match &result {
             Ok(summary) => info!("reloaded {}: {summary}", self.config_path.display()),
             Err(e) => warn!("reload of {} refused: {e}", self.config_path.display()),
@@ -45,13 +86,12 @@ impl AgentState {
         result
     }
 
-    fn try_reload(&mut self) -> Result<String, ChangeError> {
-        let config = config::load(&self.config_path)
-            .map_err(|e| ChangeError::InvalidConfig(e.to_string()))?;
-        let checks =
-            build_checks(&config).map_err(|e| ChangeError::InvalidConfig(format!("{e:#}")))?;
-        let token =
-            load_token(&config.api).map_err(|e| ChangeError::InvalidConfig(format!("{e:#}")))?;
+    fn try_reload(&mut self, files: ReloadFiles) -> Result<String, ChangeError> {
+        let ReloadFiles {
+            config,
+            checks,
+            token,
+        } = files;
         let mut notes = Vec::new();
         let old = &self.config.agent;
         let new = &config.agent;
