@@ -76,17 +76,14 @@ pub async fn run(options: RunOptions) -> Result<()> {
 
     let existing_services = dataplane.services()?;
     let existing_backends = dataplane.backends()?;
-    let mut table = ServiceTable::from_config(&config, &existing_services, &existing_backends)?;
+    let table = ServiceTable::from_config(&config, &existing_services, &existing_backends)?;
+    // Waiting for ARP/NDP answers sleeps: on a blocking thread, not the runtime's.
+    let mut table = tokio::task::spawn_blocking(move || resolve_macs(table, ifindex))
+        .await
+        .context("resolving the backends' MAC addresses")?;
     let mut runtimes = HashMap::new();
     for service in &mut table.services {
         for backend in &mut service.backends {
-            match neighbor::resolve(ifindex, backend.addr, RESOLVE_TIMEOUT) {
-                Ok(mac) => backend.mac = Some(mac),
-                Err(e) => warn!(
-                    "service {} backend {}: {e:#}; kept out of rotation until it resolves",
-                    service.name, backend.name
-                ),
-            }
             let previous = existing_backends
                 .get(backend.id as usize)
                 .filter(|b| adopted && b.generation == backend.generation);
@@ -137,9 +134,16 @@ pub async fn run(options: RunOptions) -> Result<()> {
                 let _ = reload(&state).await;
             }
             _ = tick.tick() => {
-                let mut agent = lock(&state);
-                agent.resolve_missing();
-                if let Err(e) = agent.sample_rules() {
+                // Tries again to resolve the MACs of backends that have none; the neighbour
+                // table is read on a blocking thread, without the lock.
+                let query = lock(&state).unresolved();
+                if !query.backends.is_empty() {
+                    match tokio::task::spawn_blocking(move || query.run()).await {
+                        Ok(found) => lock(&state).record_macs(&found),
+                        Err(e) => warn!("resolving backend MACs: {e}"),
+                    }
+                }
+                if let Err(e) = lock(&state).sample_rules() {
                     warn!("reading the rule counters: {e:#}");
                 }
             }
@@ -149,6 +153,23 @@ pub async fn run(options: RunOptions) -> Result<()> {
     info!("stopping: detaching XDP from {iface} and removing pins");
     let mut agent = lock(&state);
     agent.shut_down()
+}
+
+/// Resolves every backend's MAC, each within [`RESOLVE_TIMEOUT`]; a backend that does not
+/// answer stays without one (out of rotation) until the main loop's retries find it.
+fn resolve_macs(mut table: ServiceTable, ifindex: u32) -> ServiceTable {
+    for service in &mut table.services {
+        for backend in &mut service.backends {
+            match neighbor::resolve(ifindex, backend.addr, RESOLVE_TIMEOUT) {
+                Ok(mac) => backend.mac = Some(mac),
+                Err(e) => warn!(
+                    "service {} backend {}: {e:#}; kept out of rotation until it resolves",
+                    service.name, backend.name
+                ),
+            }
+        }
+    }
+    table
 }
 
 /// Logs the kernel memory of the maps as loaded: over the budget (the config passed on the

@@ -25,26 +25,79 @@ const NAT_COUNT_INTERVAL: Duration = Duration::from_secs(2);
 /// ...and one count walks the NAT table for this long at most (then it is a lower bound).
 const NAT_COUNT_BUDGET: Duration = Duration::from_secs(2);
 
+/// A backend without a MAC, as it was when the question was asked.
+#[derive(Debug, Clone, Copy)]
+pub struct Unresolved {
+    pub id: u32,
+    pub generation: u32,
+    pub addr: IpAddr,
+}
+
+/// The backends without a MAC and the interface to look for them on.
+#[derive(Debug, Clone)]
+pub struct MacQuery {
+    pub ifindex: u32,
+    pub backends: Vec<Unresolved>,
+}
+
+impl MacQuery {
+    /// Looks each backend up in the neighbour table, and provokes ARP/NDP for those not there
+    /// (found by a later query). Netlink and a socket: call it off the runtime, without the lock.
+    pub fn run(&self) -> Vec<(Unresolved, [u8; 6])> {
+        let mut found = Vec::new();
+        for backend in &self.backends {
+            if let Ok(Some(mac)) = neighbor::lookup(self.ifindex, backend.addr) {
+                found.push((*backend, mac));
+            } else {
+                let _ = neighbor::resolve(self.ifindex, backend.addr, Duration::ZERO);
+            }
+        }
+        found
+    }
+}
+
 impl AgentState {
-    /// Tries again to resolve the MAC of backends that have none.
-    pub fn resolve_missing(&mut self) {
+    /// What [`record_macs`](Self::record_macs) needs to be asked.
+    pub fn unresolved(&self) -> MacQuery {
+        MacQuery {
+            ifindex: self.ifindex,
+            backends: self
+                .table
+                .services
+                .iter()
+                .flat_map(|s| &s.backends)
+                .filter(|b| b.mac.is_none())
+                .map(|b| Unresolved {
+                    id: b.id,
+                    generation: b.generation,
+                    addr: b.addr,
+                })
+                .collect(),
+        }
+    }
+
+    /// Gives the MACs a [`MacQuery`] found to their backends (those still there, the same
+    /// and still without one), and rewrites the services that gained one.
+    pub fn record_macs(&mut self, found: &[(Unresolved, [u8; 6])]) {
         for index in 0..self.table.services.len() {
-            let ifindex = self.ifindex;
             let service = &mut self.table.services[index];
             let mut changed = false;
             for backend in service.backends.iter_mut().filter(|b| b.mac.is_none()) {
-                if let Ok(Some(mac)) = neighbor::lookup(ifindex, backend.addr) {
-                    info!(
-                        "service {} backend {}: resolved to {}",
-                        service.name,
-                        backend.name,
-                        neighbor::format_mac(&mac)
-                    );
-                    backend.mac = Some(mac);
-                    changed = true;
-                } else {
-                    let _ = neighbor::resolve(ifindex, backend.addr, Duration::ZERO);
-                }
+                let Some((_, mac)) = found.iter().find(|(asked, _)| {
+                    asked.id == backend.id
+                        && asked.generation == backend.generation
+                        && asked.addr == backend.addr
+                }) else {
+                    continue;
+                };
+                info!(
+                    "service {} backend {}: resolved to {}",
+                    service.name,
+                    backend.name,
+                    neighbor::format_mac(mac)
+                );
+                backend.mac = Some(*mac);
+                changed = true;
             }
             if changed {
                 if let Err(e) = self.program_service(index) {
