@@ -13,7 +13,7 @@ use log::{info, warn};
 use crate::{
     config::{self, ApiConfig, Config},
     dataplane::Dataplane,
-    firewall::{self},
+    firewall,
     health::Check,
     neighbor,
     services::{self, ServiceTable},

@@ -9,11 +9,7 @@ use std::{
 use anyhow::{Context as _, Result};
 use log::{info, warn};
 
-use crate::{
-    dataplane::NatTables,
-    firewall::{self},
-    neighbor,
-};
+use crate::{dataplane::NatTables, firewall, neighbor};
 
 use super::{changes::dedup, lock, AgentState, NatPortSample};
 
