@@ -7,14 +7,14 @@ use std::path::Path;
 use libfuzzer_sys::fuzz_target;
 
 /// The agent's own module, compiled from its source (see Cargo.toml for why not the crate).
-#[path = "../../lb-userspace/src/config.rs"]
+#[path = "../../lb-userspace/src/config/mod.rs"]
 #[expect(
     dead_code,
     reason = "the target calls only `parse`; the module also has what the agent uses"
 )]
 mod config;
 
-/// The map sizes the config's memory budget is checked against (`config.rs` asks it).
+/// The map sizes the config's memory budget is checked against (`config/file.rs` asks it).
 #[path = "../../lb-userspace/src/sizing.rs"]
 #[expect(
     dead_code,

@@ -117,7 +117,7 @@ impl Endpoint {
         let mut token_file = None;
         if let Some(path) = &args.agent_config {
             let config = config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
-            addr = *config.api.bind.get_ref();
+            addr = config.api.bind;
             if addr.ip().is_unspecified() {
                 // Listening on every address includes loopback.
                 addr.set_ip(if addr.is_ipv4() {
@@ -126,7 +126,7 @@ impl Endpoint {
                     std::net::Ipv6Addr::LOCALHOST.into()
                 });
             }
-            token_file = config.api.token_file.map(|f| f.into_inner());
+            token_file = config.api.token_file;
         }
         if let Some(url) = &args.api {
             addr = parse_api_url(url)?;

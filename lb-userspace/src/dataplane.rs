@@ -572,7 +572,7 @@ impl Dataplane {
 
     /// The kernel memory of every map of the program (`memlock` of its fdinfo: the kernel's
     /// own account), with the size each has and, where it differs, the size `wanted` gives it
-    /// (`MapSizes::for_config`), against a budget of `budget_bytes`.
+    /// (`Config::map_sizes`), against a budget of `budget_bytes`.
     pub fn map_memory(&self, wanted: &MapSizes, budget_bytes: u64) -> Result<MemoryReport> {
         let mut maps = Vec::new();
         for (name, map) in self.ebpf.maps() {

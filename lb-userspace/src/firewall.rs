@@ -194,17 +194,12 @@ impl RuleSet {
         let fw = &config.firewall;
         let mut set = RuleSet::default();
         for rule in &fw.rules {
-            let cidrs: Vec<IpNet> = rule.sources.iter().map(|c| *c.get_ref()).collect();
-            let entry = set.add_rule(
-                rule.name.get_ref().clone(),
-                RuleKind::Global,
-                rule.action,
-                &cidrs,
-            );
+            let cidrs: Vec<IpNet> = rule.sources.clone();
+            let entry = set.add_rule(rule.name.clone(), RuleKind::Global, rule.action, &cidrs);
             set.prefixes.extend(cidrs.into_iter().map(|c| (c, entry)));
         }
         if !fw.bogons.is_empty() {
-            let cidrs: Vec<IpNet> = fw.bogons.iter().map(|c| *c.get_ref()).collect();
+            let cidrs: Vec<IpNet> = fw.bogons.clone();
             let mut entry = set.add_rule("bogons".into(), RuleKind::Bogons, Action::Drop, &cidrs);
             entry.reason = REASON_SPOOF;
             set.prefixes.extend(cidrs.into_iter().map(|c| (c, entry)));
@@ -214,7 +209,7 @@ impl RuleSet {
             if service.allow_sources.is_empty() {
                 continue;
             }
-            let name = service.name.get_ref().clone();
+            let name = service.name.clone();
             let Some(scope) = services
                 .services
                 .iter()
@@ -223,8 +218,8 @@ impl RuleSet {
             else {
                 continue;
             };
-            let allow: Vec<IpNet> = service.allow_sources.iter().map(|c| *c.get_ref()).collect();
-            let deny: Vec<IpNet> = service.deny_sources.iter().map(|c| *c.get_ref()).collect();
+            let allow: Vec<IpNet> = service.allow_sources.clone();
+            let deny: Vec<IpNet> = service.deny_sources.clone();
             set.add_scoped(
                 scope,
                 format!("{name}/allow_sources"),
@@ -255,7 +250,7 @@ impl RuleSet {
         }
 
         for (index, open) in fw.host.open_ports.iter().enumerate() {
-            let port = *open.port.get_ref();
+            let port = open.port;
             let key = HostPort {
                 port: port.to_be(),
                 proto: proto_code(open.protocol),
@@ -267,7 +262,7 @@ impl RuleSet {
             }
             let scope = MAX_SERVICES + 1 + index as u32;
             let protocol = protocol_name(open.protocol);
-            let cidrs: Vec<IpNet> = open.sources.iter().map(|c| *c.get_ref()).collect();
+            let cidrs: Vec<IpNet> = open.sources.clone();
             set.add_scoped(
                 scope,
                 format!("host/{protocol}/{port}"),
@@ -471,7 +466,7 @@ pub fn v4_rules_fit(config: &Config, half_groups: u32) -> Result<(), String> {
         .iter()
         .flat_map(|r| &r.sources)
         .chain(&fw.bogons)
-        .filter_map(|c| match c.get_ref() {
+        .filter_map(|c| match c {
             IpNet::V4(net) => Some((*net, rule)),
             IpNet::V6(_) => None,
         })

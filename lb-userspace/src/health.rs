@@ -70,15 +70,12 @@ impl Check {
     /// The check `health` describes for a backend at `addr:port`. Fails when a password file
     /// cannot be read.
     pub fn from_config(health: &HealthConfig, addr: IpAddr, backend_port: u16) -> Result<Check> {
-        let port = health.port.as_ref().map_or(backend_port, |p| *p.get_ref());
+        let port = health.port.unwrap_or(backend_port);
         let target = SocketAddr::new(addr, port);
-        let probe = match *health.kind.get_ref() {
+        let probe = match health.kind {
             HealthKind::Tcp => Probe::Tcp,
             kind @ (HealthKind::Http | HealthKind::Https) => {
-                let host = health
-                    .host
-                    .as_ref()
-                    .map_or_else(|| addr.to_string(), |h| h.get_ref().clone());
+                let host = health.host.clone().unwrap_or_else(|| addr.to_string());
                 let tls = if kind == HealthKind::Https {
                     let name = ServerName::try_from(host.clone())
                         .with_context(|| format!("`{host}` is not a valid TLS server name"))?;
@@ -90,7 +87,7 @@ impl Check {
                     path: health.path().to_string(),
                     host,
                     expect_status: health.expect_status(),
-                    expect_body: health.expect_body.as_ref().map(|b| b.get_ref().clone()),
+                    expect_body: health.expect_body.clone(),
                     tls,
                 })
             }
@@ -102,11 +99,7 @@ impl Check {
                 )
                 .map_err(anyhow::Error::msg)?;
                 Probe::Mysql(MysqlProbe {
-                    user: health
-                        .user
-                        .as_ref()
-                        .map(|u| u.get_ref().clone())
-                        .unwrap_or_default(),
+                    user: health.user.clone().unwrap_or_default(),
                     password,
                     role: health.role(),
                     max_lag_s: health.max_lag_s(),
@@ -117,8 +110,8 @@ impl Check {
             target,
             interval: health.interval(),
             timeout: health.timeout(),
-            rise: *health.rise.get_ref(),
-            fall: *health.fall.get_ref(),
+            rise: health.rise,
+            fall: health.fall,
             probe,
         })
     }

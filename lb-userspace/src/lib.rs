@@ -5,6 +5,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod check_metrics;
 pub mod cli;
 pub mod config;
 pub mod dataplane;
@@ -16,3 +17,5 @@ pub mod metrics;
 pub mod neighbor;
 pub mod services;
 pub mod sizing;
+pub mod state;
+pub mod unix_time;

@@ -2,7 +2,7 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
-use lb_userspace::{agent, cli, config, dataplane, sizing};
+use lb_userspace::{agent, cli, config, dataplane};
 
 #[derive(Parser)]
 #[command(name = "lb", version, about = "XDP load balancer and firewall agent")]
@@ -122,7 +122,7 @@ fn map_memory(
     if let Some(capacity) = flow_capacity {
         config.agent.set_flow_capacity(capacity);
     }
-    let sizes = sizing::MapSizes::for_config(&config);
+    let sizes = config.map_sizes();
     let dataplane = dataplane::Dataplane::load(&dataplane::LoadOptions::for_sizes(&sizes, None))?;
     let report = dataplane.map_memory(&sizes, config.agent.map_memory_budget_bytes())?;
     if json {
@@ -136,7 +136,7 @@ fn map_memory(
         println!(
             "{}: flow_capacity {}",
             path.display(),
-            config.agent.flow_capacity.get_ref()
+            config.agent.flow_capacity
         );
         cli::print_map_memory(&report);
     }

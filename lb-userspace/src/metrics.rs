@@ -1,21 +1,14 @@
 //! Prometheus `/metrics` (prometheus-client): traffic per service, backend and verdict read
 //! from the data path's counters at scrape time, backend health, and health-check latency
-//! recorded as checks run.
-use std::time::Duration;
-
+//! recorded as checks run (in `check_metrics`).
 use anyhow::{Context as _, Result};
 use prometheus_client::{
     encoding::{text::encode, EncodeLabelSet},
-    metrics::{
-        counter::Counter,
-        family::Family,
-        gauge::Gauge,
-        histogram::{exponential_buckets, Histogram},
-    },
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
 
-use crate::{agent::AgentState, services::BackendState};
+use crate::{services::BackendState, state::AgentState};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ServiceLabels {
@@ -47,13 +40,6 @@ struct BackendStateLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct CheckLabels {
-    service: String,
-    backend: String,
-    result: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct MapLabels {
     map: String,
 }
@@ -61,46 +47,6 @@ struct MapLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VerdictLabels {
     verdict: String,
-}
-
-fn latency_histogram() -> Histogram {
-    // 0.25 ms .. about 1 s: a healthy check on a LAN takes well under a millisecond.
-    Histogram::new(exponential_buckets(0.000_25, 2.0, 13))
-}
-
-/// Metrics recorded as things happen (the rest is read from the maps at scrape time).
-pub struct Metrics {
-    check_latency: Family<BackendLabels, Histogram, fn() -> Histogram>,
-    checks: Family<CheckLabels, Counter>,
-}
-
-impl Default for Metrics {
-    fn default() -> Self {
-        Self {
-            check_latency: Family::new_with_constructor(latency_histogram),
-            checks: Family::default(),
-        }
-    }
-}
-
-impl Metrics {
-    pub fn observe_check(&self, service: &str, backend: &str, latency: Duration, ok: bool) {
-        let labels = BackendLabels {
-            service: service.to_string(),
-            backend: backend.to_string(),
-        };
-        self.check_latency
-            .get_or_create(&labels)
-            .observe(latency.as_secs_f64());
-        let result = if ok { "ok" } else { "failed" };
-        self.checks
-            .get_or_create(&CheckLabels {
-                service: service.into(),
-                backend: backend.into(),
-                result: result.into(),
-            })
-            .inc();
-    }
 }
 
 /// The Prometheus text exposition of everything the agent knows now.
@@ -252,16 +198,7 @@ pub fn render(agent: &AgentState) -> Result<String> {
         "1 when the backend passes its health check (or has none)",
         backend_healthy,
     );
-    registry.register(
-        "health_check_duration_seconds",
-        "Time a health check took",
-        agent.metrics.check_latency.clone(),
-    );
-    registry.register(
-        "health_checks",
-        "Health checks run, by result",
-        agent.metrics.checks.clone(),
-    );
+    agent.metrics.register(&mut registry);
     registry.register(
         "packets",
         "Packets seen by the XDP program, by verdict (drops included)",

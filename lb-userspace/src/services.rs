@@ -233,11 +233,7 @@ impl ServiceTable {
         // First pass: services and backends that already have ids.
         let mut planned = Vec::new();
         for service in &config.services {
-            let key = service_key(
-                *service.vip.get_ref(),
-                *service.port.get_ref(),
-                service.protocol,
-            );
+            let key = service_key(service.vip, service.port, service.protocol);
             let id = existing_services
                 .iter()
                 .find(|(k, _)| *k == key)
@@ -263,8 +259,8 @@ impl ServiceTable {
             };
             let mut backends = Vec::new();
             for backend in &service.backends {
-                let addr = *backend.address.get_ref();
-                let port = backend.port_or(*service.port.get_ref());
+                let addr = backend.address;
+                let port = backend.port_or(service.port);
                 let (words, family) = addr_words(addr);
                 let reused = existing_backends.iter().enumerate().position(|(i, b)| {
                     !backend_taken[i]
@@ -292,12 +288,12 @@ impl ServiceTable {
                 };
                 backend_taken[backend_id as usize] = true;
                 backends.push(BackendEntry {
-                    name: backend.name.get_ref().clone(),
+                    name: backend.name.clone(),
                     id: backend_id,
                     generation,
                     addr,
                     port,
-                    weight: *backend.weight.get_ref(),
+                    weight: backend.weight,
                     state: BackendState::Active,
                     mac: None,
                 });
@@ -309,14 +305,14 @@ impl ServiceTable {
                     (s.ring_offset / RING_SLOTS) % RING_TABLES_PER_SERVICE
                 });
             table.services.push(ServiceEntry {
-                name: service.name.get_ref().clone(),
+                name: service.name.clone(),
                 id,
                 key,
-                mode: *service.mode.get_ref(),
+                mode: service.mode,
                 snat: service
                     .snat_address
                     .as_ref()
-                    .map_or_else(Vec::new, |a| a.get_ref().0.clone()),
+                    .map_or_else(Vec::new, |a| a.0.clone()),
                 active_table,
                 backends,
                 limits: Limits {

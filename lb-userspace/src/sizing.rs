@@ -15,8 +15,6 @@ use lb_common::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Config, Mode};
-
 /// Entries of a flow, NAT or rate table the config does not use (a map cannot have 0): enough
 /// for a service a reload adds to work at a small scale until the next clean start sizes the
 /// table for it (the reload's summary says so).
@@ -27,6 +25,32 @@ pub const MIN_V4_PREFIX_ROOM: u32 = 1024;
 /// A half of `FW_V4_TABLE` is mapped on its own (mmap), so it is a whole number of pages:
 /// 64 groups of 64 bytes.
 const GROUPS_PER_PAGE: u32 = 4096 / std::mem::size_of::<V4Group>() as u32;
+
+/// What a config asks of the maps: the figures their sizes and the memory estimate follow
+/// (`Config::map_demand` reads them off a config).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MapDemand {
+    /// `agent.flow_capacity`.
+    pub flow_capacity: u32,
+    /// `agent.unverified_capacity` (default: a quarter of `flow_capacity`).
+    pub unverified_capacity: u32,
+    /// A service has an IPv4 VIP.
+    pub ipv4_services: bool,
+    /// A service has an IPv6 VIP.
+    pub ipv6_services: bool,
+    /// A service is in NAT mode.
+    pub nat_services: bool,
+    /// Some packet may take a rate bucket: a service limit, or a host limit under the host
+    /// policy.
+    pub rate_limits: bool,
+    /// IPv4 prefixes of the global rules and the bogons (what goes to `FW_V4_TABLE`).
+    pub v4_prefixes: usize,
+    /// IPv6 prefixes of the global rules and the bogons (what goes to `FW_V6`).
+    pub v6_prefixes: usize,
+    /// Entries of `SERVICE_SOURCES`: every service's allow and deny sources and open host
+    /// port's sources, plus their defaults.
+    pub scoped_sources: u64,
+}
 
 /// The sizes (`max_entries`) the agent gives the maps that depend on the config. The other
 /// maps have the fixed sizes of lb-ebpf `maps.rs`.
@@ -51,22 +75,17 @@ pub struct MapSizes {
 }
 
 impl MapSizes {
-    pub fn for_config(config: &Config) -> Self {
-        let agent = &config.agent;
-        let flows = *agent.flow_capacity.get_ref();
-        let unverified = agent.unverified_capacity();
-        let has = |f: &dyn Fn(&crate::config::ServiceConfig) -> bool| config.services.iter().any(f);
+    pub fn for_demand(demand: &MapDemand) -> Self {
+        let flows = demand.flow_capacity;
+        let unverified = demand.unverified_capacity;
         let sized = |used: bool, entries: u32| if used { entries } else { UNUSED_TABLE_ENTRIES };
-        let v4 = has(&|s| s.vip.get_ref().is_ipv4());
-        let v6 = has(&|s| s.vip.get_ref().is_ipv6());
-        let nat = has(&|s| *s.mode.get_ref() == Mode::Nat);
         Self {
-            flows_v4: sized(v4, flows),
-            flows_v6: sized(v6, flows),
+            flows_v4: sized(demand.ipv4_services, flows),
+            flows_v6: sized(demand.ipv6_services, flows),
             unverified_flows: unverified,
-            nat_reverse: sized(nat, flows),
-            rate_buckets: sized(uses_rate_limits(config), unverified.min(MAX_RATE_BUCKETS)),
-            fw_v4_half_groups: v4_half_groups(v4_prefixes(config)),
+            nat_reverse: sized(demand.nat_services, flows),
+            rate_buckets: sized(demand.rate_limits, unverified.min(MAX_RATE_BUCKETS)),
+            fw_v4_half_groups: v4_half_groups(demand.v4_prefixes),
         }
     }
 
@@ -96,30 +115,6 @@ pub fn v4_half_groups(prefixes: usize) -> u32 {
     let room = (2 * prefixes as u64).max(u64::from(MIN_V4_PREFIX_ROOM));
     let below = (3 * room).min(u64::from(V4_CHILD_GROUPS)) as u32;
     V4_ROOT_GROUPS + below.div_ceil(GROUPS_PER_PAGE) * GROUPS_PER_PAGE
-}
-
-/// IPv4 prefixes of the global rules and the bogons (what goes to `FW_V4_TABLE`).
-pub fn v4_prefixes(config: &Config) -> usize {
-    let fw = &config.firewall;
-    fw.rules
-        .iter()
-        .flat_map(|r| &r.sources)
-        .chain(&fw.bogons)
-        .filter(|c| c.get_ref().addr().is_ipv4())
-        .count()
-}
-
-/// Whether any packet may take a rate bucket: a service limit, or a host limit under the host
-/// policy.
-fn uses_rate_limits(config: &Config) -> bool {
-    let host = &config.firewall.host;
-    let host_limited = host.policy == crate::config::HostPolicy::Restrict
-        && (host.icmp_echo_rate > 0 || host.syn_rate > 0);
-    host_limited
-        || config
-            .services
-            .iter()
-            .any(|s| s.syn_rate > 0 || s.packet_rate > 0 || s.syn_budget > 0)
 }
 
 /// The kernel memory of one map, as the kernel reports it.
@@ -194,31 +189,13 @@ fn per_cpu_array<V>(entries: u32, cpus: u64) -> u64 {
     u64::from(entries) * (8 + round8(std::mem::size_of::<V>()) * cpus)
 }
 
-/// What the maps of `config` will take, by map name, before they exist. `cpus`: the possible
-/// CPUs (per-CPU maps have a copy each).
-pub fn estimate(config: &Config, cpus: u32) -> Vec<(&'static str, u64)> {
-    let sizes = MapSizes::for_config(config);
+/// What the maps of a config with `demand` will take, by map name, before they exist.
+/// `cpus`: the possible CPUs (per-CPU maps have a copy each).
+pub fn estimate(demand: &MapDemand, cpus: u32) -> Vec<(&'static str, u64)> {
+    let sizes = MapSizes::for_demand(demand);
     let cpus = u64::from(cpus.max(1));
-    let v6_prefixes = config
-        .firewall
-        .rules
-        .iter()
-        .flat_map(|r| &r.sources)
-        .chain(&config.firewall.bogons)
-        .filter(|c| c.get_ref().addr().is_ipv6())
-        .count() as u64;
-    let scoped: u64 = config
-        .services
-        .iter()
-        .map(|s| (s.allow_sources.len() + s.deny_sources.len() + 2) as u64)
-        .sum::<u64>()
-        + config
-            .firewall
-            .host
-            .open_ports
-            .iter()
-            .map(|p| p.sources.len() as u64 + 1)
-            .sum::<u64>();
+    let v6_prefixes = demand.v6_prefixes as u64;
+    let scoped = demand.scoped_sources;
     let lpm = |entries: u64, data: usize| {
         entries * (LPM_NODE + 4 + data as u64 + std::mem::size_of::<FwRule>() as u64)
     };
@@ -300,8 +277,8 @@ pub fn estimate(config: &Config, cpus: u32) -> Vec<(&'static str, u64)> {
 }
 
 /// The estimate's total.
-pub fn estimate_total(config: &Config, cpus: u32) -> u64 {
-    estimate(config, cpus).iter().map(|(_, b)| b).sum()
+pub fn estimate_total(demand: &MapDemand, cpus: u32) -> u64 {
+    estimate(demand, cpus).iter().map(|(_, b)| b).sum()
 }
 
 /// Possible CPUs (what per-CPU maps are allocated for), 1 if unknown.

@@ -258,7 +258,7 @@ impl ConfigHarness {
                 .unwrap_or_else(|e| panic!("{e:#}"));
         }
         let rules = lb_userspace::firewall::RuleSet::from_config(&config, &table, (32768, 60999));
-        let vips: Vec<IpAddr> = config.services.iter().map(|s| *s.vip.get_ref()).collect();
+        let vips: Vec<IpAddr> = config.services.iter().map(|s| s.vip).collect();
         let mut hosts = host_addrs.to_vec();
         hosts.extend(&vips);
         lb_userspace::firewall::apply(&mut harness.dataplane, &rules, &hosts, &vips)

@@ -22,11 +22,17 @@ use tokio::net::TcpListener;
 
 use self::types::*;
 use crate::{
-    agent::{self, AdminState, AgentState, ChangeError, NewBackend, SharedState},
     config::Mode,
     dataplane::Attached,
-    metrics, neighbor,
+    db, metrics, neighbor,
     services::{words_addr, BackendState, ServiceEntry},
+    state::{
+        changes::{ChangeError, NewBackend},
+        lock,
+        reload::reload as reload_config,
+        AdminState, AgentState, NatPortUse, SharedState,
+    },
+    unix_time::unix_seconds,
 };
 
 /// Default and largest page of `GET /api/v1/flows`.
@@ -180,7 +186,7 @@ impl FromRequestParts<SharedState> for Authorized {
         parts: &mut Parts,
         state: &SharedState,
     ) -> Result<Self, Self::Rejection> {
-        let Some(expected) = agent::lock(state).token.clone() else {
+        let Some(expected) = lock(state).token.clone() else {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 "writes_disabled",
@@ -232,7 +238,7 @@ async fn openapi_document() -> Json<serde_json::Value> {
 }
 
 async fn metrics_text(State(state): State<SharedState>) -> Result<Response, ApiError> {
-    let text = metrics::render(&agent::lock(&state)).map_err(from_anyhow)?;
+    let text = metrics::render(&lock(&state)).map_err(from_anyhow)?;
     Ok((
         [(
             header::CONTENT_TYPE,
@@ -244,7 +250,7 @@ async fn metrics_text(State(state): State<SharedState>) -> Result<Response, ApiE
 }
 
 async fn status(State(state): State<SharedState>) -> Result<Json<Status>, ApiError> {
-    let agent = agent::lock(&state);
+    let agent = lock(&state);
     let mut backends = BackendCounts::default();
     for backend in agent.services().iter().flat_map(|s| &s.backends) {
         backends.total += 1;
@@ -278,7 +284,7 @@ async fn status(State(state): State<SharedState>) -> Result<Json<Status>, ApiErr
         if let Some(ports) = agent.nat_ports(service, &counters) {
             nat.push(ServiceNatPorts {
                 service: service.name.clone(),
-                ports,
+                ports: nat_ports(ports),
             });
         }
     }
@@ -286,7 +292,7 @@ async fn status(State(state): State<SharedState>) -> Result<Json<Status>, ApiErr
         version: env!("CARGO_PKG_VERSION").to_string(),
         pid: std::process::id(),
         uptime_s: agent.uptime().as_secs(),
-        started_at: agent::unix_seconds(agent.started),
+        started_at: unix_seconds(agent.started),
         interface: agent.iface.clone(),
         attach: match agent.attached {
             Some(Attached::Native) => "native",
@@ -303,7 +309,7 @@ async fn status(State(state): State<SharedState>) -> Result<Json<Status>, ApiErr
         writes_enabled: agent.token.is_some(),
         reloads: agent.reloads,
         last_reload: agent.last_reload.as_ref().map(|r| ReloadInfo {
-            at: agent::unix_seconds(r.at),
+            at: unix_seconds(r.at),
             ok: r.ok,
             message: r.message.clone(),
         }),
@@ -311,7 +317,7 @@ async fn status(State(state): State<SharedState>) -> Result<Json<Status>, ApiErr
         backends,
         traffic,
         verdicts,
-        database: agent.database.clone(),
+        database: agent.database.as_ref().map(database_status),
         map_memory: agent
             .map_memory()
             .inspect_err(|e| log::warn!("status: reading the kernel memory of the maps: {e:#}"))
@@ -319,6 +325,62 @@ async fn status(State(state): State<SharedState>) -> Result<Json<Status>, ApiErr
         host_addresses: agent.host_addrs.iter().map(|a| a.to_string()).collect(),
         nat,
     }))
+}
+
+/// The wire form of the database watch's last report: the one place the API's format meets
+/// the watch's own types.
+fn database_status(status: &db::DatabaseStatus) -> DatabaseStatus {
+    DatabaseStatus {
+        write_service: status.write_service.clone(),
+        read_service: status.read_service.clone(),
+        primary: status.primary.clone(),
+        write: status.write.clone(),
+        read: status.read.clone(),
+        failovers: status.failovers,
+        last_failover: status.last_failover.as_ref().map(|f| FailoverRecord {
+            from: f.from.clone(),
+            to: f.to.clone(),
+            at_unix: f.at_unix,
+            duration_ms: f.duration_ms,
+        }),
+        nodes: status
+            .nodes
+            .iter()
+            .map(|node| DatabaseNode {
+                name: node.name.clone(),
+                address: node.address.clone(),
+                role: match node.role {
+                    db::Role::Primary => DatabaseRole::Primary,
+                    db::Role::Replica => DatabaseRole::Replica,
+                    db::Role::Lagging => DatabaseRole::Lagging,
+                    db::Role::Standby => DatabaseRole::Standby,
+                    db::Role::Fenced => DatabaseRole::Fenced,
+                    db::Role::Diverged => DatabaseRole::Diverged,
+                    db::Role::Down => DatabaseRole::Down,
+                    db::Role::Unknown => DatabaseRole::Unknown,
+                },
+                reachable: node.reachable,
+                read_only: node.read_only,
+                lag_s: node.lag_s,
+                gtid: node.gtid.clone(),
+                semi_sync: node.semi_sync,
+                replicating_from: node.replicating_from.clone(),
+                error: node.error.clone(),
+            })
+            .collect(),
+    }
+}
+
+/// The wire form of a service's NAT port figures.
+fn nat_ports(ports: NatPortUse) -> NatPorts {
+    NatPorts {
+        in_use: ports.in_use,
+        available: ports.available,
+        snat_addresses: ports.snat_addresses.iter().map(IpAddr::to_string).collect(),
+        exhausted_drops: ports.exhausted_drops,
+        complete: ports.complete,
+        counted_s_ago: ports.counted_ago.map(|ago| ago.as_secs_f64()),
+    }
 }
 
 /// A backend without a MAC is written as down whatever its state (see `program_service`).
@@ -339,7 +401,7 @@ fn service_info(agent: &AgentState, service: &ServiceEntry) -> Result<ServiceInf
         .config()
         .services
         .iter()
-        .find(|c| *c.name.get_ref() == service.name);
+        .find(|c| c.name == service.name);
     let in_rotation = service
         .backends
         .iter()
@@ -363,18 +425,18 @@ fn service_info(agent: &AgentState, service: &ServiceEntry) -> Result<ServiceInf
         algorithm: "round_robin".to_string(),
         health_check: config
             .and_then(|c| c.health.as_ref())
-            .map(|h| format!("{:?}", h.kind.get_ref()).to_lowercase()),
+            .map(|h| format!("{:?}", h.kind).to_lowercase()),
         backends: service.backends.len(),
         in_rotation,
         packets: counters.packets,
         bytes: counters.bytes,
         new_flows: counters.new_flows,
-        nat_ports: agent.nat_ports(service, &counters),
+        nat_ports: agent.nat_ports(service, &counters).map(nat_ports),
     })
 }
 
 async fn services(State(state): State<SharedState>) -> Result<Json<Vec<ServiceInfo>>, ApiError> {
-    let agent = agent::lock(&state);
+    let agent = lock(&state);
     agent
         .services()
         .iter()
@@ -393,7 +455,7 @@ async fn service(
     State(state): State<SharedState>,
     Path(name): Path<String>,
 ) -> Result<Json<ServiceInfo>, ApiError> {
-    let agent = agent::lock(&state);
+    let agent = lock(&state);
     let service = find_service(&agent, &name)?;
     service_info(&agent, service).map(Json)
 }
@@ -402,7 +464,7 @@ async fn backends(
     State(state): State<SharedState>,
     Path(name): Path<String>,
 ) -> Result<Json<BackendList>, ApiError> {
-    let agent = agent::lock(&state);
+    let agent = lock(&state);
     let service = find_service(&agent, &name)?;
     let mut backends = Vec::new();
     for backend in &service.backends {
@@ -437,7 +499,7 @@ async fn backends(
                     Err(why) => why.clone(),
                 }),
                 last_latency_ms: h.last_latency.map(|d| d.as_secs_f64() * 1000.0),
-                since: agent::unix_seconds(h.since),
+                since: unix_seconds(h.since),
             }),
             packets: counters.packets,
             bytes: counters.bytes,
@@ -491,7 +553,7 @@ async fn flows(
                 .ok_or_else(|| bad_query("cursor is not one this API returned".into()))?,
         ),
     };
-    let agent = agent::lock(&state);
+    let agent = lock(&state);
     let dataplane = agent.dataplane();
     let page = if unverified {
         dataplane.unverified_flows(cursor.as_ref(), limit)
@@ -580,7 +642,7 @@ fn done(message: String) -> Json<ChangeResult> {
 }
 
 async fn firewall_rules(State(state): State<SharedState>) -> Result<Json<FirewallRules>, ApiError> {
-    let mut agent = agent::lock(&state);
+    let mut agent = lock(&state);
     let now = std::time::Instant::now();
     let sampled = agent.sample_rules().map_err(from_anyhow)?;
     let mut rules = Vec::new();
@@ -633,7 +695,7 @@ async fn add_rule(
             ))
         }
     };
-    agent::lock(&state).add_rule(&request.name, &request.sources, action)?;
+    lock(&state).add_rule(&request.name, &request.sources, action)?;
     Ok(done(format!(
         "firewall rule {} added ({} sources, {}); the rule set was swapped whole",
         request.name,
@@ -647,7 +709,7 @@ async fn remove_rule(
     State(state): State<SharedState>,
     Path(rule): Path<String>,
 ) -> Result<Json<ChangeResult>, ApiError> {
-    agent::lock(&state).remove_rule(&rule)?;
+    lock(&state).remove_rule(&rule)?;
     Ok(done(format!("firewall rule {rule} removed")))
 }
 
@@ -656,7 +718,7 @@ async fn drain(
     State(state): State<SharedState>,
     Path((service, backend)): Path<(String, String)>,
 ) -> Result<Json<ChangeResult>, ApiError> {
-    agent::lock(&state).drain(&service, &backend)?;
+    lock(&state).drain(&service, &backend)?;
     Ok(done(format!(
         "service {service} backend {backend}: draining (no new flows; existing ones finish)"
     )))
@@ -667,7 +729,7 @@ async fn enable(
     State(state): State<SharedState>,
     Path((service, backend)): Path<(String, String)>,
 ) -> Result<Json<ChangeResult>, ApiError> {
-    agent::lock(&state).enable(&service, &backend)?;
+    lock(&state).enable(&service, &backend)?;
     Ok(done(format!(
         "service {service} backend {backend}: enabled"
     )))
@@ -680,7 +742,7 @@ async fn set_weight(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<ChangeResult>, ApiError> {
     let request: WeightRequest = json_body(body)?;
-    agent::lock(&state).set_weight(&service, &backend, request.weight)?;
+    lock(&state).set_weight(&service, &backend, request.weight)?;
     Ok(done(format!(
         "service {service} backend {backend}: weight {}",
         request.weight
@@ -702,7 +764,7 @@ async fn add_backend(
         )
     })?;
     let name = request.name.clone();
-    agent::lock(&state).add_backend(
+    lock(&state).add_backend(
         &service,
         NewBackend {
             name: request.name,
@@ -722,7 +784,7 @@ async fn remove_backend(
     State(state): State<SharedState>,
     Path((service, backend)): Path<(String, String)>,
 ) -> Result<Json<ChangeResult>, ApiError> {
-    agent::lock(&state).remove_backend(&service, &backend)?;
+    lock(&state).remove_backend(&service, &backend)?;
     Ok(done(format!(
         "service {service} backend {backend}: removed"
     )))
@@ -732,7 +794,7 @@ async fn reload(
     _: Authorized,
     State(state): State<SharedState>,
 ) -> Result<Json<ChangeResult>, ApiError> {
-    let summary = agent::lock(&state).reload()?;
+    let summary = reload_config(&state).await?;
     Ok(done(format!("reloaded: {summary}")))
 }
 
@@ -754,6 +816,45 @@ mod tests {
         assert_eq!(decode_cursor(&encode_cursor(&key)), Some(key));
         for bad in ["", "zz", &"0".repeat(76), &"é".repeat(38), &"0".repeat(80)] {
             assert_eq!(decode_cursor(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn database_roles_keep_their_names_on_the_wire() {
+        let roles = [
+            db::Role::Primary,
+            db::Role::Replica,
+            db::Role::Lagging,
+            db::Role::Standby,
+            db::Role::Fenced,
+            db::Role::Diverged,
+            db::Role::Down,
+            db::Role::Unknown,
+        ];
+        for role in roles {
+            let status = db::DatabaseStatus {
+                write_service: "db-write".into(),
+                read_service: None,
+                primary: None,
+                write: None,
+                read: Vec::new(),
+                failovers: 0,
+                last_failover: None,
+                nodes: vec![db::NodeStatus {
+                    name: "db1".into(),
+                    address: "10.0.0.21:3306".into(),
+                    role,
+                    reachable: true,
+                    read_only: None,
+                    lag_s: None,
+                    gtid: None,
+                    semi_sync: None,
+                    replicating_from: None,
+                    error: None,
+                }],
+            };
+            let wire = serde_json::to_value(database_status(&status).nodes[0].role).ok();
+            assert_eq!(wire, serde_json::to_value(role).ok(), "{role:?}");
         }
     }
 }

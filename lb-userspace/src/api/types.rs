@@ -28,7 +28,7 @@ pub struct Status {
     pub verdicts: Vec<VerdictCount>,
     /// The database cluster's roles and failovers; `None` without a `[database]` section.
     #[serde(default)]
-    pub database: Option<crate::db::DatabaseStatus>,
+    pub database: Option<DatabaseStatus>,
     /// The kernel memory of every map of the data path (the kernel's own figures), largest
     /// first; `None` from an agent before this field, or if the kernel could not be asked.
     #[serde(default)]
@@ -40,6 +40,72 @@ pub struct Status {
     /// Each NAT-mode service's ports.
     #[serde(default)]
     pub nat: Vec<ServiceNatPorts>,
+}
+
+/// The database cluster in `GET /api/v1/status` (field `database`): the roles and failovers the
+/// agent's watch of the `[database]` section reported last.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DatabaseStatus {
+    /// The services of the write and read VIPs.
+    #[serde(default)]
+    pub write_service: String,
+    #[serde(default)]
+    pub read_service: Option<String>,
+    pub primary: Option<String>,
+    /// The node behind the write VIP, and those behind the read VIP.
+    pub write: Option<String>,
+    pub read: Vec<String>,
+    pub failovers: u64,
+    pub last_failover: Option<FailoverRecord>,
+    pub nodes: Vec<DatabaseNode>,
+}
+
+/// A failover that happened.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FailoverRecord {
+    pub from: String,
+    pub to: String,
+    pub at_unix: u64,
+    /// From the first failed probe of the old primary to the new one being writable.
+    pub duration_ms: u64,
+}
+
+/// One database node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DatabaseNode {
+    pub name: String,
+    pub address: String,
+    pub role: DatabaseRole,
+    pub reachable: bool,
+    pub read_only: Option<bool>,
+    pub lag_s: Option<u64>,
+    pub gtid: Option<String>,
+    pub semi_sync: Option<bool>,
+    /// `host:port` this node replicates from.
+    pub replicating_from: Option<String>,
+    pub error: Option<String>,
+}
+
+/// A database node's role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DatabaseRole {
+    /// The writable node behind the write VIP.
+    Primary,
+    /// Replicating from the primary within `max_lag_s`: in the read service.
+    Replica,
+    /// Replicating from the primary, but behind by more than `max_lag_s` or with a thread stopped.
+    Lagging,
+    /// Read-only, not (yet) replicating from the primary; the agent re-points it.
+    Standby,
+    /// Writable but not the primary: being made read-only.
+    Fenced,
+    /// Holds writes the primary never had, or failed to apply one: rebuild it.
+    Diverged,
+    /// Does not answer.
+    Down,
+    /// Not probed yet.
+    Unknown,
 }
 
 /// A NAT service's ports, in `GET /api/v1/status`.

@@ -374,7 +374,7 @@ fn map_memory_main(out: &std::path::Path, flow_capacity: Option<u32>) -> Result<
     if let Some(capacity) = flow_capacity {
         config.agent.set_flow_capacity(capacity);
     }
-    let sizes = lb_userspace::sizing::MapSizes::for_config(&config);
+    let sizes = config.map_sizes();
     let dataplane = dataplane::Dataplane::load(&dataplane::LoadOptions::for_sizes(&sizes, None))?;
     let report = dataplane.map_memory(&sizes, config.agent.map_memory_budget_bytes())?;
     let mut bytes = Map::new();
@@ -391,7 +391,7 @@ fn map_memory_main(out: &std::path::Path, flow_capacity: Option<u32>) -> Result<
     println!(
         "total {} (flow_capacity {})",
         sizing::mib(report.total_bytes),
-        config.agent.flow_capacity.get_ref()
+        config.agent.flow_capacity
     );
     let mut sections = Map::new();
     sections.insert("map_memory_bytes".into(), Value::Object(bytes));
@@ -399,7 +399,7 @@ fn map_memory_main(out: &std::path::Path, flow_capacity: Option<u32>) -> Result<
         "map_memory_detail".into(),
         json!({
             "config": "the lab's agent config (xtask stack::full_stack_options)",
-            "flow_capacity": config.agent.flow_capacity.get_ref(),
+            "flow_capacity": config.agent.flow_capacity,
             "source": "memlock of each map's /proc/self/fdinfo",
             "max_entries": report.maps.iter().map(|m| (m.name.clone(), json!(m.max_entries))).collect::<Map<String, Value>>(),
             "timestamp": system::timestamp_utc(),

@@ -29,7 +29,7 @@ fn lab_config(agent_keys: &str) -> config::Config {
 /// kernel memory.
 fn measure(config: &config::Config) -> MemoryReport {
     lb_tests::assert_root("loading the data path's maps");
-    let sizes = sizing::MapSizes::for_config(config);
+    let sizes = config.map_sizes();
     let dataplane = Dataplane::load(&LoadOptions::for_sizes(&sizes, None)).expect("loads");
     dataplane
         .map_memory(&sizes, config.agent.map_memory_budget_bytes())
@@ -53,10 +53,7 @@ fn the_lab_config_takes_at_most_128_mib() {
     lb_tests::assert_root("loading the data path's maps");
     let before = Dataplane::load(&LoadOptions::default())
         .expect("loads")
-        .map_memory(
-            &sizing::MapSizes::for_config(&config),
-            config.agent.map_memory_budget_bytes(),
-        )
+        .map_memory(&config.map_sizes(), config.agent.map_memory_budget_bytes())
         .expect("memlock of every map");
     println!("the object's own sizes (every agent before sizing):");
     for m in &before.maps {
@@ -123,7 +120,7 @@ fn memory_grows_with_flow_capacity_and_the_estimate_follows_the_kernel() {
         let config = lab_config(&format!("flow_capacity = {capacity}"));
         let report = measure(&config);
         assert_eq!(map(&report, "FLOWS_V4").max_entries, capacity);
-        let estimate = sizing::estimate(&config, cpus);
+        let estimate = sizing::estimate(&config.map_demand(), cpus);
         for (name, estimated) in &estimate {
             let real = map(&report, name).bytes;
             // Within 10%, or 64 KiB for the small maps (fixed overheads of the kernel's own).
@@ -136,7 +133,7 @@ fn memory_grows_with_flow_capacity_and_the_estimate_follows_the_kernel() {
         println!(
             "flow_capacity {capacity}: {} (estimate {})",
             sizing::mib(report.total_bytes),
-            sizing::mib(sizing::estimate_total(&config, cpus))
+            sizing::mib(sizing::estimate_total(&config.map_demand(), cpus))
         );
         totals.push(report.total_bytes);
     }

@@ -303,7 +303,7 @@ fn the_firewall_blocks_denied_sources_and_guards_the_database_vip() {
         .lines()
         .filter_map(|l| l.split_whitespace().nth(3)?.split('/').next()?.parse().ok())
         .collect::<Vec<std::net::IpAddr>>();
-    let vips: Vec<std::net::IpAddr> = parsed.services.iter().map(|s| *s.vip.get_ref()).collect();
+    let vips: Vec<std::net::IpAddr> = parsed.services.iter().map(|s| s.vip).collect();
     hosts.extend(&vips);
 
     let reloading = AtomicBool::new(true);

@@ -1,20 +1,49 @@
-//! The agent's configuration file (TOML): parsing, then validation of everything the data path
-//! relies on. Errors name the file, the line and column, what is wrong and how to fix it.
+//! The configuration file as written: TOML with the span of every value, checked whole (every
+//! error located by line and column, with its fix), then turned into the validated model that
+//! the running agent reads (`model.rs`).
 use std::{
     collections::HashSet,
-    fmt,
-    net::{IpAddr, Ipv4Addr, SocketAddr},
+    net::{IpAddr, SocketAddr},
     ops::Range,
     path::{Path, PathBuf},
-    time::Duration,
 };
 
 use ipnet::IpNet;
 use serde::Deserialize;
 use toml::Spanned;
 
-/// Default bpffs directory for pinned maps and links.
-pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/lb";
+use super::{
+    error::{ConfigError, ConfigErrors},
+    model::{
+        self, parse_prefix, Action, Algorithm, HealthKind, HostPolicy, Mode, MysqlRole, Protocol,
+        SnatAddresses, XdpModeConfig, DEFAULT_API_BIND, DEFAULT_CHECK_INTERVAL_MS,
+        DEFAULT_CHECK_TIMEOUT_MS, DEFAULT_DB_FAIL_AFTER, DEFAULT_DB_INTERVAL_MS,
+        DEFAULT_DB_TIMEOUT_MS, DEFAULT_FALL, DEFAULT_FLOW_CAPACITY, DEFAULT_MAP_MEMORY_BUDGET_MIB,
+        DEFAULT_MAX_LAG_S, DEFAULT_PIN_PATH, DEFAULT_RISE, MAX_WEIGHT,
+    },
+};
+
+/// Parses and validates config text into the model; `path` is only used in messages.
+pub(super) fn parse(path: &Path, text: &str) -> Result<model::Config, ConfigErrors> {
+    let locate = Locator { path, text };
+    let config: Config = toml::from_str(text).map_err(|e| {
+        let span = e.span().unwrap_or(0..0);
+        ConfigErrors(vec![locate.error(
+            span,
+            e.message().trim().to_string(),
+            "see examples/lb.toml for every key and its allowed values",
+        )])
+    })?;
+    let mut errors = validate(&config, &locate);
+    if errors.is_empty() {
+        let validated = config.clone().into_model();
+        validate_memory_budget(&config, &validated, &locate, &mut errors);
+        if errors.is_empty() {
+            return Ok(validated);
+        }
+    }
+    Err(ConfigErrors(errors))
+}
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -67,10 +96,6 @@ pub struct DatabaseConfig {
     pub failover: bool,
 }
 
-pub const DEFAULT_DB_INTERVAL_MS: u64 = 200;
-pub const DEFAULT_DB_TIMEOUT_MS: u64 = 500;
-pub const DEFAULT_DB_FAIL_AFTER: u32 = 3;
-
 fn default_db_interval_ms() -> Spanned<u64> {
     Spanned::new(0..0, DEFAULT_DB_INTERVAL_MS)
 }
@@ -82,15 +107,6 @@ fn default_db_fail_after() -> Spanned<u32> {
 }
 fn default_db_max_lag_s() -> Spanned<u64> {
     Spanned::new(0..0, DEFAULT_MAX_LAG_S)
-}
-
-impl DatabaseConfig {
-    pub fn interval(&self) -> Duration {
-        Duration::from_millis(*self.interval_ms.get_ref())
-    }
-    pub fn timeout(&self) -> Duration {
-        Duration::from_millis(*self.timeout_ms.get_ref())
-    }
 }
 
 /// The firewall: CIDR rules on sources, packet sanity checks, and the policy for traffic to
@@ -188,14 +204,6 @@ fn default_icmp_burst() -> u32 {
     20
 }
 
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum HostPolicy {
-    #[default]
-    Restrict,
-    Open,
-}
-
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OpenPortConfig {
@@ -215,45 +223,6 @@ pub struct RuleConfig {
     #[serde(deserialize_with = "prefixes")]
     pub sources: Vec<Spanned<IpNet>>,
     pub action: Action,
-}
-
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Action {
-    Allow,
-    Drop,
-    /// Dry run: counted and reported, not dropped.
-    Log,
-}
-
-/// An IPv4 or IPv6 prefix as the config and the API write it, "10.0.0.0/8" or "2001:db8::/32":
-/// a bare address is a /32 or /128, host bits are cleared, spaces around either part are
-/// trimmed.
-pub fn parse_prefix(text: &str) -> Result<IpNet, String> {
-    let (addr, len) = match text.split_once('/') {
-        Some((addr, len)) => (addr, Some(len)),
-        None => (text, None),
-    };
-    let addr: IpAddr = addr
-        .trim()
-        .parse()
-        .map_err(|_| format!("`{text}` is not an IP address or prefix"))?;
-    let host = IpNet::from(addr);
-    let net = match len {
-        Some(len) => len
-            .trim()
-            .parse::<u8>()
-            .ok()
-            .and_then(|len| IpNet::new(addr, len).ok())
-            .ok_or_else(|| {
-                format!(
-                    "`{text}`: the prefix length must be 0..={}",
-                    host.max_prefix_len()
-                )
-            })?,
-        None => host,
-    };
-    Ok(net.trunc())
 }
 
 /// A prefix of a config list, parsed by [`parse_prefix`] inside its own span so that an error
@@ -336,16 +305,6 @@ impl Default for TimeoutsConfig {
 }
 
 impl TimeoutsConfig {
-    /// As the data path reads them.
-    pub fn to_map(&self) -> lb_common::maps::FlowTimeouts {
-        lb_common::maps::FlowTimeouts {
-            tcp_opening: *self.tcp_opening.get_ref(),
-            tcp_established: *self.tcp_established.get_ref(),
-            tcp_closing: *self.tcp_closing.get_ref(),
-            udp: *self.udp.get_ref(),
-        }
-    }
-
     fn fields(&self) -> [(&'static str, &Spanned<u32>); 4] {
         [
             ("tcp_opening", &self.tcp_opening),
@@ -372,37 +331,8 @@ fn default_map_memory_budget_mib() -> Spanned<u64> {
     Spanned::new(0..0, DEFAULT_MAP_MEMORY_BUDGET_MIB)
 }
 
-/// Default `agent.flow_capacity`: 256k connections. 1M is one setting away (`flow_capacity =
-/// 1048576`, about 340 MiB of maps with a NAT service; docs/OPERATIONS.md).
-pub const DEFAULT_FLOW_CAPACITY: u32 = 1 << 18;
-/// Default `agent.map_memory_budget_mib`: room for 1M flows with NAT and IPv6 services.
-pub const DEFAULT_MAP_MEMORY_BUDGET_MIB: u64 = 1024;
 /// Largest `agent.map_memory_budget_mib` accepted (1 TiB).
 const MAX_MAP_MEMORY_BUDGET_MIB: u64 = 1 << 20;
-
-impl AgentConfig {
-    /// `unverified_capacity`, or its default: a quarter of `flow_capacity`, at least 1024 (the
-    /// ratio of the defaults before tables were sized from the config).
-    pub fn unverified_capacity(&self) -> u32 {
-        self.unverified_capacity
-            .as_ref()
-            .map_or((*self.flow_capacity.get_ref() / 4).max(1024), |c| {
-                *c.get_ref()
-            })
-    }
-
-    /// Another `flow_capacity` (a command-line override: `lb map-memory`, the bench).
-    pub fn set_flow_capacity(&mut self, capacity: u32) {
-        self.flow_capacity = Spanned::new(0..0, capacity);
-    }
-
-    /// `map_memory_budget_mib` in bytes.
-    pub fn map_memory_budget_bytes(&self) -> u64 {
-        self.map_memory_budget_mib
-            .get_ref()
-            .saturating_mul(1024 * 1024)
-    }
-}
 
 impl Default for AgentConfig {
     fn default() -> Self {
@@ -433,9 +363,6 @@ fn default_nat_port_max() -> Spanned<u16> {
     Spanned::new(0..0, lb_common::maps::Settings::default().nat_port_max)
 }
 
-/// Default address of the status API: loopback only, so reads are not exposed by accident.
-pub const DEFAULT_API_BIND: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9876);
-
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiConfig {
@@ -459,44 +386,6 @@ impl Default for ApiConfig {
 fn default_api_bind() -> Spanned<SocketAddr> {
     Spanned::new(0..0, DEFAULT_API_BIND)
 }
-
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum XdpModeConfig {
-    /// Native (driver) mode, falling back to generic with a warning.
-    #[default]
-    Auto,
-    Native,
-    Generic,
-}
-
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Hash)]
-#[serde(rename_all = "lowercase")]
-pub enum Protocol {
-    Tcp,
-    Udp,
-}
-
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    /// Direct server return: only the destination MAC changes; backends hold the VIP.
-    Dsr,
-    /// Full NAT on one arm: addresses and ports rewritten both ways.
-    Nat,
-}
-
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum Algorithm {
-    /// Strict round robin; backend weights make it weighted round robin.
-    #[default]
-    RoundRobin,
-}
-
-/// `snat_address`: one address (`"10.0.0.3"`) or a list (`["10.0.0.3", "10.0.0.4"]`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SnatAddresses(pub Vec<IpAddr>);
 
 impl<'de> Deserialize<'de> for SnatAddresses {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -592,38 +481,6 @@ impl BackendConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum HealthKind {
-    /// A TCP connection is accepted.
-    Tcp,
-    /// `GET path` answers the expected status (and body text).
-    Http,
-    /// The same over TLS.
-    Https,
-    /// MySQL/MariaDB handshake, login, `SELECT 1`, and the expected role.
-    Mysql,
-}
-
-/// Which MySQL role a backend must have to stay in rotation.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum MysqlRole {
-    /// Any server that answers `SELECT 1`.
-    #[default]
-    Any,
-    /// Writable (`@@read_only = 0`).
-    Primary,
-    /// Replication running, lag at most `max_lag_s`.
-    Replica,
-}
-
-/// Defaults detect a dead backend within interval x fall = 600 ms (HAProxy's take 6 s).
-pub const DEFAULT_CHECK_INTERVAL_MS: u64 = 200;
-pub const DEFAULT_CHECK_TIMEOUT_MS: u64 = 200;
-pub const DEFAULT_RISE: u32 = 2;
-pub const DEFAULT_FALL: u32 = 3;
-
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HealthConfig {
@@ -671,135 +528,6 @@ fn default_rise() -> Spanned<u32> {
 }
 fn default_fall() -> Spanned<u32> {
     Spanned::new(0..0, DEFAULT_FALL)
-}
-
-/// Default largest replication lag of a healthy replica.
-pub const DEFAULT_MAX_LAG_S: u64 = 10;
-
-impl HealthConfig {
-    pub fn interval(&self) -> Duration {
-        Duration::from_millis(*self.interval_ms.get_ref())
-    }
-    pub fn timeout(&self) -> Duration {
-        Duration::from_millis(*self.timeout_ms.get_ref())
-    }
-    pub fn path(&self) -> &str {
-        self.path.as_ref().map_or("/", |p| p.get_ref().as_str())
-    }
-    pub fn expect_status(&self) -> u16 {
-        self.expect_status.as_ref().map_or(200, |s| *s.get_ref())
-    }
-    pub fn tls_verify(&self) -> bool {
-        self.tls_verify.as_ref().is_none_or(|v| *v.get_ref())
-    }
-    pub fn role(&self) -> MysqlRole {
-        self.role.as_ref().map_or(MysqlRole::Any, |r| *r.get_ref())
-    }
-    pub fn max_lag_s(&self) -> u64 {
-        self.max_lag_s
-            .as_ref()
-            .map_or(DEFAULT_MAX_LAG_S, |l| *l.get_ref())
-    }
-}
-
-/// Highest weight a backend may have: weights expand into selection-table slots.
-pub const MAX_WEIGHT: u32 = 100;
-
-/// One problem in a config file, located by line and column (1-based).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    pub file: PathBuf,
-    pub line: usize,
-    pub column: usize,
-    pub message: String,
-    pub fix: String,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}:{}:{}: {}",
-            self.file.display(),
-            self.line,
-            self.column,
-            self.message
-        )?;
-        if !self.fix.is_empty() {
-            write!(f, "\n  fix: {}", self.fix)?;
-        }
-        Ok(())
-    }
-}
-
-/// All problems found in one file.
-#[derive(Debug)]
-pub struct ConfigErrors(pub Vec<ConfigError>);
-
-impl fmt::Display for ConfigErrors {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, error) in self.0.iter().enumerate() {
-            if i > 0 {
-                writeln!(f)?;
-            }
-            write!(f, "{error}")?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for ConfigErrors {}
-
-/// A secret given inline or as a file (its first line); `None` when neither is set. The error
-/// is a plain message: this file is also compiled alone by the config fuzz target.
-pub fn read_secret(
-    inline: Option<&Spanned<String>>,
-    file: Option<&Spanned<PathBuf>>,
-    what: &str,
-) -> Result<Option<String>, String> {
-    match (inline, file) {
-        (Some(value), _) => Ok(Some(value.get_ref().clone())),
-        (None, Some(path)) => {
-            let path = path.get_ref();
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| format!("reading the {what} file {}: {e}", path.display()))?;
-            Ok(Some(text.lines().next().unwrap_or_default().to_string()))
-        }
-        (None, None) => Ok(None),
-    }
-}
-
-/// Reads, parses and validates a config file.
-pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        ConfigErrors(vec![ConfigError {
-            file: path.to_owned(),
-            line: 0,
-            column: 0,
-            message: format!("cannot read the file: {e}"),
-            fix: "check the path and its permissions".into(),
-        }])
-    })?;
-    parse(path, &text)
-}
-
-/// Parses and validates config text; `path` is only used in messages.
-pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
-    let locate = Locator { path, text };
-    let config: Config = toml::from_str(text).map_err(|e| {
-        let span = e.span().unwrap_or(0..0);
-        ConfigErrors(vec![locate.error(
-            span,
-            e.message().trim().to_string(),
-            "see examples/lb.toml for every key and its allowed values",
-        )])
-    })?;
-    let errors = validate(&config, &locate);
-    if errors.is_empty() {
-        Ok(config)
-    } else {
-        Err(ConfigErrors(errors))
-    }
 }
 
 struct Locator<'a> {
@@ -1040,21 +768,24 @@ fn validate(config: &Config, at: &Locator<'_>) -> Vec<ConfigError> {
             "remove backends",
         ));
     }
-    if errors.is_empty() {
-        validate_memory_budget(config, at, &mut errors);
-    }
     errors
 }
 
 /// The maps this config needs must fit `agent.map_memory_budget_mib`. Checked on the estimate
 /// (`sizing::estimate`), since nothing is loaded yet; the error points at the budget when the
 /// file sets it, else at `flow_capacity`, the usual cause.
-fn validate_memory_budget(config: &Config, at: &Locator<'_>, errors: &mut Vec<ConfigError>) {
+/// `config` is the file's (for the spans), `validated` what it became (for the figures).
+fn validate_memory_budget(
+    config: &Config,
+    validated: &model::Config,
+    at: &Locator<'_>,
+    errors: &mut Vec<ConfigError>,
+) {
     let agent = &config.agent;
     let cpus = crate::sizing::possible_cpus();
-    let estimate = crate::sizing::estimate(config, cpus);
+    let estimate = crate::sizing::estimate(&validated.map_demand(), cpus);
     let total: u64 = estimate.iter().map(|(_, bytes)| bytes).sum();
-    let budget = agent.map_memory_budget_bytes();
+    let budget = validated.agent.map_memory_budget_bytes();
     if total <= budget {
         return;
     }
@@ -1509,449 +1240,160 @@ fn validate_health(
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+// ---- The validated model, built from a file that passed validation ----
 
-    #[track_caller]
-    fn errors_of(text: &str) -> Vec<ConfigError> {
-        match parse(Path::new("lb.toml"), text) {
-            Ok(_) => panic!("expected errors for:\n{text}"),
-            Err(ConfigErrors(errors)) => errors,
+fn values<T>(spanned: Vec<Spanned<T>>) -> Vec<T> {
+    spanned.into_iter().map(Spanned::into_inner).collect()
+}
+
+impl Config {
+    fn into_model(self) -> model::Config {
+        model::Config {
+            agent: self.agent.into_model(),
+            firewall: self.firewall.into_model(),
+            api: model::ApiConfig {
+                bind: self.api.bind.into_inner(),
+                token_file: self.api.token_file.map(Spanned::into_inner),
+            },
+            services: self
+                .services
+                .into_iter()
+                .map(ServiceConfig::into_model)
+                .collect(),
+            database: self.database.map(DatabaseConfig::into_model),
         }
     }
+}
 
-    const GOOD: &str = r#"
-[agent]
-interface = "eth0"
-
-[[service]]
-name = "web"
-vip = "10.0.0.100"
-port = 80
-mode = "dsr"
-
-[[service.backend]]
-name = "web1"
-address = "10.0.0.11"
-
-[[service.backend]]
-name = "web2"
-address = "10.0.0.12"
-weight = 2
-"#;
-
-    #[test]
-    fn example_config_is_valid() {
-        let text = include_str!("../../examples/lb.toml");
-        if let Err(e) = parse(Path::new("examples/lb.toml"), text) {
-            panic!("examples/lb.toml is invalid:\n{e}");
+impl AgentConfig {
+    fn into_model(self) -> model::AgentConfig {
+        model::AgentConfig {
+            interface: self.interface.map(Spanned::into_inner),
+            pin_path: self.pin_path,
+            xdp_mode: self.xdp_mode,
+            flow_capacity: self.flow_capacity.into_inner(),
+            nat_port_min: self.nat_port_min.into_inner(),
+            nat_port_max: self.nat_port_max.into_inner(),
+            unverified_capacity: self.unverified_capacity.map(Spanned::into_inner),
+            map_memory_budget_mib: self.map_memory_budget_mib.into_inner(),
+            timeouts: model::TimeoutsConfig {
+                tcp_opening: self.timeouts.tcp_opening.into_inner(),
+                tcp_established: self.timeouts.tcp_established.into_inner(),
+                tcp_closing: self.timeouts.tcp_closing.into_inner(),
+                udp: self.timeouts.udp.into_inner(),
+            },
         }
     }
+}
 
-    #[test]
-    fn snat_address_is_one_address_or_a_list() {
-        let nat = GOOD.replace("mode = \"dsr\"", "mode = \"nat\"\nsnat_address = SNAT");
-        let one = nat.replace("SNAT", "\"10.0.0.3\"");
-        let config = parse(Path::new("lb.toml"), &one).unwrap_or_else(|e| panic!("{e}"));
-        let snat = config.services[0]
-            .snat_address
-            .as_ref()
-            .map(|s| s.get_ref().0.clone());
-        assert_eq!(snat, Some(vec![IpAddr::from([10, 0, 0, 3])]));
-
-        let list = nat.replace("SNAT", "[\"10.0.0.3\", \"10.0.0.4\"]");
-        let config = parse(Path::new("lb.toml"), &list).unwrap_or_else(|e| panic!("{e}"));
-        let snat = config.services[0]
-            .snat_address
-            .as_ref()
-            .map(|s| s.get_ref().0.len());
-        assert_eq!(snat, Some(2));
-
-        for (bad, expect) in [
-            ("[]", "empty list"),
-            ("[\"10.0.0.3\", \"10.0.0.3\"]", "listed twice"),
-            ("[\"10.0.0.3\", \"fd00::3\"]", "not of the VIP's address family"),
-            ("\"0.0.0.0\"", "cannot be a source address"),
-            ("\"255.255.255.255\"", "cannot be a source address"),
-            ("\"224.0.0.1\"", "cannot be a source address"),
-            ("\"127.0.0.1\"", "cannot be a source address"),
-            (
-                "[\"10.0.0.1\", \"10.0.0.2\", \"10.0.0.3\", \"10.0.0.4\", \"10.0.0.5\", \"10.0.0.6\", \"10.0.0.7\", \"10.0.0.8\", \"10.0.0.9\"]",
-                "at most 8",
-            ),
-        ] {
-            let errors = errors_of(&nat.replace("SNAT", bad));
-            assert_eq!(errors.len(), 1, "{bad}: {errors:?}");
-            assert!(errors[0].message.contains(expect), "{bad}: {}", errors[0]);
-            assert_eq!(errors[0].line, 10, "{bad}: the error points at snat_address: {}", errors[0]);
-        }
-        // Not an address at all: a parse error, not a panic.
-        let errors = errors_of(&nat.replace("SNAT", "[\"10.0.0.3\", 7]"));
-        assert!(!errors.is_empty());
-        let errors = errors_of(&nat.replace("SNAT", "\"10.0.0.x\""));
-        assert!(
-            errors[0].message.contains("invalid IP address"),
-            "{}",
-            errors[0]
-        );
-    }
-
-    #[test]
-    fn good_config_parses() {
-        let config = parse(Path::new("lb.toml"), GOOD).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(config.services.len(), 1);
-        assert_eq!(config.services[0].backends[1].weight.get_ref(), &2);
-        assert_eq!(config.agent.pin_path, PathBuf::from(DEFAULT_PIN_PATH));
-    }
-
-    #[test]
-    fn maps_over_the_memory_budget_are_refused_where_the_budget_is_set() {
-        // 4M IPv4 connections take about 480 MiB of flow table alone.
-        let text = GOOD.replace(
-            "interface = \"eth0\"",
-            "interface = \"eth0\"\nflow_capacity = 4194304\nmap_memory_budget_mib = 128",
-        );
-        let errors = errors_of(&text);
-        assert_eq!(errors.len(), 1, "{errors:?}");
-        let error = &errors[0];
-        assert_eq!((error.line, error.column), (5, 25), "{error}");
-        assert!(
-            error.message.contains("map_memory_budget_mib = 128 MiB")
-                && error.message.contains("FLOWS_V4"),
-            "{error}"
-        );
-        assert!(
-            error.fix.contains("lower agent.flow_capacity")
-                && error
-                    .fix
-                    .contains("raise agent.map_memory_budget_mib to at least"),
-            "{error}"
-        );
-
-        // Without a budget in the file, the error points at flow_capacity.
-        let text = GOOD.replace(
-            "interface = \"eth0\"",
-            "interface = \"eth0\"\nflow_capacity = 67108864",
-        );
-        let errors = errors_of(&text);
-        assert_eq!(errors.len(), 1, "{errors:?}");
-        assert_eq!((errors[0].line, errors[0].column), (4, 17), "{}", errors[0]);
-
-        // The same capacity within a budget large enough; the default fits the default.
-        let text = GOOD.replace(
-            "interface = \"eth0\"",
-            "interface = \"eth0\"\nflow_capacity = 4194304\nmap_memory_budget_mib = 2048",
-        );
-        parse(Path::new("lb.toml"), &text).unwrap_or_else(|e| panic!("{e}"));
-        let config = parse(Path::new("lb.toml"), GOOD).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(*config.agent.flow_capacity.get_ref(), DEFAULT_FLOW_CAPACITY);
-        assert_eq!(
-            config.agent.unverified_capacity(),
-            DEFAULT_FLOW_CAPACITY / 4
-        );
-
-        let text = GOOD.replace(
-            "interface = \"eth0\"",
-            "interface = \"eth0\"\nmap_memory_budget_mib = 0",
-        );
-        let errors = errors_of(&text);
-        assert_eq!(errors.len(), 1, "{errors:?}");
-        assert!(errors[0].message.contains("out of range"), "{}", errors[0]);
-        assert_eq!(errors[0].line, 4, "{}", errors[0]);
-    }
-
-    #[test]
-    fn maps_are_sized_from_what_the_config_needs() {
-        use crate::sizing::{MapSizes, UNUSED_TABLE_ENTRIES};
-        let config = parse(Path::new("lb.toml"), GOOD).unwrap_or_else(|e| panic!("{e}"));
-        let sizes = MapSizes::for_config(&config);
-        assert_eq!(sizes.flows_v4, DEFAULT_FLOW_CAPACITY);
-        assert_eq!(sizes.flows_v6, UNUSED_TABLE_ENTRIES, "no IPv6 service");
-        assert_eq!(sizes.nat_reverse, UNUSED_TABLE_ENTRIES, "no NAT service");
-        assert_eq!(sizes.fw_v4_half_groups % 64, 0, "whole pages");
-        assert!(sizes.fw_v4_half_groups < lb_common::maps::V4_HALF_GROUPS);
-
-        let nat = GOOD.replace(
-            "mode = \"dsr\"",
-            "mode = \"nat\"\nsnat_address = \"10.0.0.3\"",
-        );
-        let config = parse(Path::new("lb.toml"), &nat).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(
-            MapSizes::for_config(&config).nat_reverse,
-            DEFAULT_FLOW_CAPACITY
-        );
-
-        // Many prefixes: a larger rule table, never over the largest one.
-        let rules: String = (0..5000u32)
-            .map(|i| format!("\"10.{}.{}.0/24\"", i / 256, i % 256))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let text = format!(
-            "{GOOD}\n[[firewall.rule]]\nname = \"many\"\nsources = [{rules}]\naction = \"drop\"\n"
-        );
-        let config = parse(Path::new("lb.toml"), &text).unwrap_or_else(|e| panic!("{e}"));
-        let many = MapSizes::for_config(&config).fw_v4_half_groups;
-        assert!(many > sizes.fw_v4_half_groups && many <= lb_common::maps::V4_HALF_GROUPS);
-        assert_eq!(many % 64, 0);
-    }
-
-    #[test]
-    fn unknown_key_is_located() {
-        let text = GOOD.replace("port = 80", "port = 80\nmodee = \"nat\"");
-        let errors = errors_of(&text);
-        assert_eq!(errors.len(), 1);
-        assert_eq!(errors[0].line, 9, "{}", errors[0]);
-        assert!(errors[0].message.contains("modee"), "{}", errors[0]);
-    }
-
-    #[test]
-    fn semantic_errors_are_all_reported_with_positions() {
-        let text = GOOD
-            .replace("mode = \"dsr\"", "mode = \"nat\"")
-            .replace("weight = 2", "weight = 0");
-        let errors = errors_of(&text);
-        assert_eq!(errors.len(), 2, "{errors:?}");
-        assert!(errors[0].message.contains("snat_address"));
-        assert_eq!((errors[0].line, errors[0].column), (9, 8));
-        assert!(errors[1].message.contains("weight 0"));
-        assert_eq!(errors[1].line, 18);
-    }
-
-    #[test]
-    fn database_section_is_checked_against_its_services() {
-        let db = |extra: &str| {
-            format!(
-                "{GOOD}\n[[service]]\nname = \"dbw\"\nvip = \"10.0.0.101\"\nport = 3306\nmode = \"dsr\"\n{extra}\n\
-                 [[service.backend]]\nname = \"db1\"\naddress = \"10.0.0.21\"\n\n\
-                 [[service]]\nname = \"dbr\"\nvip = \"10.0.0.102\"\nport = 3306\nmode = \"dsr\"\n\n\
-                 [[service.backend]]\nname = \"db9\"\naddress = \"10.0.0.29\"\n\n\
-                 [database]\nwrite_service = \"dbw\"\nread_service = \"dbr\"\nuser = \"a\"\nreplication_user = \"r\"\nfail_after = 0\n"
-            )
-        };
-        let errors = errors_of(&db(""));
-        let messages: Vec<&str> = errors.iter().map(|e| e.message.as_str()).collect();
-        assert_eq!(errors.len(), 2, "{messages:?}");
-        assert!(
-            messages[0].contains("backend `db9` is not a node"),
-            "{messages:?}"
-        );
-        assert!(messages[1].contains("fail_after 0"), "{messages:?}");
-        let errors = errors_of(&db("[service.health]\nkind = \"tcp\"\n"));
-        assert!(
-            errors.iter().any(|e| e
-                .message
-                .contains("the [database] section checks its nodes")),
-            "{errors:?}"
-        );
-        let text = db("").replace("write_service = \"dbw\"", "write_service = \"nope\"");
-        assert!(errors_of(&text)
-            .iter()
-            .any(|e| e.message.contains("`nope` is not a configured service")));
-    }
-
-    /// A prefix as the config and the API parse it, written back out.
-    fn prefix(text: &str) -> Result<String, String> {
-        parse_prefix(text).map(|c| c.to_string())
-    }
-
-    /// The accepted inputs, the rejections and their messages (pinned before the prefix type
-    /// moved to `ipnet`).
-    #[test]
-    fn prefixes_parse_as_before() {
-        let ok = |text: &str, want: &str| assert_eq!(prefix(text).as_deref(), Ok(want), "{text:?}");
-        ok("10.0.0.0/8", "10.0.0.0/8");
-        ok("0.0.0.0/0", "0.0.0.0/0");
-        ok("192.0.2.7/32", "192.0.2.7/32");
-        ok("2001:db8::/32", "2001:db8::/32");
-        ok("::/0", "::/0");
-        ok("2001:db8::1/128", "2001:db8::1/128");
-        // A bare address is a /32 or a /128.
-        ok("192.0.2.7", "192.0.2.7/32");
-        ok("2001:db8::1", "2001:db8::1/128");
-        // Host bits are cleared silently.
-        ok("10.1.2.3/16", "10.1.0.0/16");
-        ok("10.1.2.3/0", "0.0.0.0/0");
-        ok("2001:db8:1:2::5/48", "2001:db8:1::/48");
-        ok("::ffff:10.1.2.3/120", "::ffff:10.1.2.0/120");
-        // Spaces around the address and the length are trimmed.
-        ok(" 10.0.0.0/8", "10.0.0.0/8");
-        ok("10.0.0.0 / 8 ", "10.0.0.0/8");
-        ok(" 2001:db8::1 ", "2001:db8::1/128");
-
-        let err =
-            |text: &str, want: &str| assert_eq!(prefix(text), Err(want.to_string()), "{text:?}");
-        err(
-            "10.0.0.0/33",
-            "`10.0.0.0/33`: the prefix length must be 0..=32",
-        );
-        err("::/129", "`::/129`: the prefix length must be 0..=128");
-        err("10.0.0.0/", "`10.0.0.0/`: the prefix length must be 0..=32");
-        err(
-            "10.0.0.0/-1",
-            "`10.0.0.0/-1`: the prefix length must be 0..=32",
-        );
-        err(
-            "10.0.0.0/8/8",
-            "`10.0.0.0/8/8`: the prefix length must be 0..=32",
-        );
-        err(
-            "10.0.0.0/300",
-            "`10.0.0.0/300`: the prefix length must be 0..=32",
-        );
-        err("nonsense/8", "`nonsense/8` is not an IP address or prefix");
-        err("nonsense", "`nonsense` is not an IP address or prefix");
-        err("10.0.0/8", "`10.0.0/8` is not an IP address or prefix");
-        err("", "`` is not an IP address or prefix");
-        err("   ", "`   ` is not an IP address or prefix");
-        err("/8", "`/8` is not an IP address or prefix");
-        err(
-            "10.0. 0.0/8",
-            "`10.0. 0.0/8` is not an IP address or prefix",
-        );
-    }
-
-    #[test]
-    fn firewall_errors_are_located() {
-        let with_fw = |fw: &str| format!("{fw}\n{GOOD}");
-        for (fw, needle, line) in [
-            ("[[firewall.rule]]\nname = \"x\"\nsources = [\"10.0.0.0/33\"]\naction = \"drop\"", "prefix length", 3),
-            ("[[firewall.rule]]\nname = \"x\"\nsources = [\"10.0.0.0/8\"]\naction = \"reject\"", "unknown variant", 4),
-            (
-                "[[firewall.rule]]\nname = \"x\"\nsources = [\"10.0.0.0/8\"]\naction = \"drop\"\n[[firewall.rule]]\nname = \"y\"\nsources = [\"10.0.0.0/8\"]\naction = \"allow\"",
-                "rules `x` and `y`",
-                7,
-            ),
-            ("[firewall.host]\npolicy = \"closed\"", "unknown variant", 2),
-        ] {
-            let errors = errors_of(&with_fw(fw));
-            let error = errors.iter().find(|e| e.to_string().contains(needle)).unwrap_or_else(|| panic!("{needle}: {errors:?}"));
-            assert_eq!(error.line, line, "{error}");
-        }
-        let text = GOOD.replace(
-            "mode = \"dsr\"",
-            "mode = \"dsr\"\nallow_sources = [\"fd00::/8\"]",
-        );
-        let errors = errors_of(&text);
-        assert!(errors[0].message.contains("address family"), "{errors:?}");
-    }
-
-    #[test]
-    fn bad_values_are_rejected() {
-        for (from, to, needle) in [
-            (
-                "vip = \"10.0.0.100\"",
-                "vip = \"10.0.0.300\"",
-                "invalid IP address",
-            ),
-            ("port = 80", "port = 70000", "invalid value"),
-            ("mode = \"dsr\"", "mode = \"tunnel\"", "unknown variant"),
-            (
-                "address = \"10.0.0.12\"",
-                "address = \"fd00::12\"",
-                "address family",
-            ),
-            (
-                "address = \"10.0.0.12\"",
-                "address = \"10.0.0.11\"",
-                "listed twice",
-            ),
-            (
-                "interface = \"eth0\"",
-                "interface = \"a-very-long-interface-name\"",
-                "not a valid interface",
-            ),
-        ] {
-            let errors = errors_of(&GOOD.replace(from, to));
-            assert!(
-                errors.iter().any(|e| e.to_string().contains(needle)),
-                "{to}: {errors:?}"
-            );
+impl FirewallConfig {
+    fn into_model(self) -> model::FirewallConfig {
+        let host = self.host;
+        model::FirewallConfig {
+            drop_fragments: self.drop_fragments,
+            tcp_flag_checks: self.tcp_flag_checks,
+            bogons: values(self.bogons),
+            host: model::HostPolicyConfig {
+                policy: host.policy,
+                open_ports: host
+                    .open_ports
+                    .into_iter()
+                    .map(|p| model::OpenPortConfig {
+                        port: p.port.into_inner(),
+                        protocol: p.protocol,
+                        sources: values(p.sources),
+                    })
+                    .collect(),
+                icmp_echo_rate: host.icmp_echo_rate,
+                icmp_echo_burst: host.icmp_echo_burst,
+                syn_rate: host.syn_rate,
+                syn_burst: host.syn_burst,
+            },
+            rules: self
+                .rules
+                .into_iter()
+                .map(|r| model::RuleConfig {
+                    name: r.name.into_inner(),
+                    sources: values(r.sources),
+                    action: r.action,
+                })
+                .collect(),
         }
     }
+}
 
-    const HEALTH: &str = r#"
-[service.health]
-kind = "http"
-path = "/healthz"
-expect_body = "ok"
-"#;
-
-    /// GOOD with `extra` inserted before the first backend (inside the service table).
-    fn good_with(extra: &str) -> String {
-        GOOD.replacen(
-            "\n[[service.backend]]",
-            &format!("{extra}\n[[service.backend]]"),
-            1,
-        )
-    }
-
-    #[test]
-    fn api_and_health_parse_with_defaults() {
-        let text = format!(
-            "[api]\nbind = \"0.0.0.0:9000\"\ntoken_file = \"/etc/lb/token\"\n{}",
-            good_with(HEALTH)
-        );
-        let config = parse(Path::new("lb.toml"), &text).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(config.api.bind.get_ref().port(), 9000);
-        let health = config.services[0]
-            .health
-            .as_ref()
-            .unwrap_or_else(|| panic!("no health section"));
-        assert_eq!(*health.kind.get_ref(), HealthKind::Http);
-        assert_eq!(
-            (health.interval(), health.timeout()),
-            (Duration::from_millis(200), Duration::from_millis(200))
-        );
-        assert_eq!((*health.rise.get_ref(), *health.fall.get_ref()), (2, 3));
-        assert_eq!((health.path(), health.expect_status()), ("/healthz", 200));
-        assert!(health.tls_verify());
-    }
-
-    #[test]
-    fn api_defaults_to_loopback() {
-        let config = parse(Path::new("lb.toml"), GOOD).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(*config.api.bind.get_ref(), DEFAULT_API_BIND);
-        assert!(config.api.bind.get_ref().ip().is_loopback());
-        assert!(config.api.token_file.is_none());
-    }
-
-    #[test]
-    fn health_errors_are_located_and_explained() {
-        for (health, needle, line) in [
-            ("[service.health]\nkind = \"tcp\"\npath = \"/\"\n", "`path` only applies to kind = http or https", 12),
-            ("[service.health]\nkind = \"http\"\ninterval_ms = 5\n", "interval_ms 5 is out of range", 12),
-            ("[service.health]\nkind = \"http\"\ntimeout_ms = 900\n", "must be between 10 and interval_ms", 12),
-            ("[service.health]\nkind = \"http\"\nfall = 0\n", "fall = 0 is out of range", 12),
-            ("[service.health]\nkind = \"mysql\"\n", "needs `user`", 11),
-            ("[service.health]\nkind = \"mysql\"\nuser = \"u\"\npassword = \"p\"\npassword_file = \"/f\"\n", "both password and password_file", 14),
-            ("[service.health]\nkind = \"mysql\"\nuser = \"u\"\nmax_lag_s = 3\nrole = \"primary\"\n", "max_lag_s only applies", 13),
-            ("[service.health]\nkind = \"https\"\npath = \"healthz\"\n", "is not a request path", 12),
-            ("[service.health]\nkind = \"http\"\nexpect_status = 42\n", "not an HTTP status", 12),
-            ("[service.health]\nkind = \"ping\"\n", "unknown variant", 11),
-            ("[service.health]\nkind = \"tcp\"\nintervall_ms = 100\n", "unknown field", 12),
-        ] {
-            let errors = errors_of(&good_with(health));
-            let error = errors.iter().find(|e| e.message.contains(needle)).unwrap_or_else(|| panic!("{needle}: {errors:?}"));
-            assert_eq!(error.line, line, "{error}");
-            assert!(!error.fix.is_empty() || error.message.contains("unknown"), "{error}");
+impl ServiceConfig {
+    fn into_model(self) -> model::ServiceConfig {
+        model::ServiceConfig {
+            name: self.name.into_inner(),
+            vip: self.vip.into_inner(),
+            port: self.port.into_inner(),
+            protocol: self.protocol,
+            mode: self.mode.into_inner(),
+            algorithm: self.algorithm,
+            snat_address: self.snat_address.map(Spanned::into_inner),
+            health: self.health.map(HealthConfig::into_model),
+            backends: self
+                .backends
+                .into_iter()
+                .map(|b| model::BackendConfig {
+                    name: b.name.into_inner(),
+                    address: b.address.into_inner(),
+                    port: b.port.map(Spanned::into_inner),
+                    weight: b.weight.into_inner(),
+                })
+                .collect(),
+            allow_sources: values(self.allow_sources),
+            deny_sources: values(self.deny_sources),
+            syn_rate: self.syn_rate,
+            syn_burst: self.syn_burst,
+            packet_rate: self.packet_rate,
+            packet_burst: self.packet_burst,
+            syn_budget: self.syn_budget,
+            syn_budget_burst: self.syn_budget_burst,
         }
     }
+}
 
-    #[test]
-    fn udp_services_cannot_have_tcp_health_checks() {
-        let text = good_with("[service.health]\nkind = \"tcp\"\n")
-            .replace("port = 80", "port = 53\nprotocol = \"udp\"");
-        let errors = errors_of(&text);
-        assert!(
-            errors.iter().any(|e| e.message.contains("is UDP")),
-            "{errors:?}"
-        );
+impl HealthConfig {
+    fn into_model(self) -> model::HealthConfig {
+        model::HealthConfig {
+            kind: self.kind.into_inner(),
+            interval_ms: self.interval_ms.into_inner(),
+            timeout_ms: self.timeout_ms.into_inner(),
+            rise: self.rise.into_inner(),
+            fall: self.fall.into_inner(),
+            port: self.port.map(Spanned::into_inner),
+            path: self.path.map(Spanned::into_inner),
+            host: self.host.map(Spanned::into_inner),
+            expect_status: self.expect_status.map(Spanned::into_inner),
+            expect_body: self.expect_body.map(Spanned::into_inner),
+            tls_verify: self.tls_verify.map(Spanned::into_inner),
+            user: self.user.map(Spanned::into_inner),
+            password: self.password.map(Spanned::into_inner),
+            password_file: self.password_file.map(Spanned::into_inner),
+            role: self.role.map(Spanned::into_inner),
+            max_lag_s: self.max_lag_s.map(Spanned::into_inner),
+        }
     }
+}
 
-    #[test]
-    fn bad_api_bind_is_rejected() {
-        let errors = errors_of(&format!("[api]\nbind = \"localhost\"\n{GOOD}"));
-        assert_eq!(errors[0].line, 2, "{}", errors[0]);
+impl DatabaseConfig {
+    fn into_model(self) -> model::DatabaseConfig {
+        model::DatabaseConfig {
+            write_service: self.write_service.into_inner(),
+            read_service: self.read_service.map(Spanned::into_inner),
+            user: self.user.into_inner(),
+            password: self.password.map(Spanned::into_inner),
+            password_file: self.password_file.map(Spanned::into_inner),
+            replication_user: self.replication_user.into_inner(),
+            replication_password: self.replication_password.map(Spanned::into_inner),
+            replication_password_file: self.replication_password_file.map(Spanned::into_inner),
+            interval_ms: self.interval_ms.into_inner(),
+            timeout_ms: self.timeout_ms.into_inner(),
+            fail_after: self.fail_after.into_inner(),
+            max_lag_s: self.max_lag_s.into_inner(),
+            failover: self.failover,
+        }
     }
 }

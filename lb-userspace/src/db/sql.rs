@@ -1,0 +1,168 @@
+//! The SQL side of the watch: probing a node, and promoting, fencing and re-pointing one.
+use anyhow::{bail, Context as _, Result};
+use mysql_async::{prelude::Queryable as _, Conn, OptsBuilder, Row};
+
+use super::decision::{Node, Observation, ReplicaLink};
+
+/// Accounts the agent uses.
+#[derive(Clone)]
+pub struct Credentials {
+    pub user: String,
+    pub password: String,
+    pub replication_user: String,
+    pub replication_password: String,
+}
+
+/// How long promoting a replica may wait for it to apply the relay log it already received.
+const APPLY_TIMEOUT_S: u64 = 5;
+
+/// A new connection to `node` as the agent's account.
+pub(super) async fn login(node: &Node, credentials: &Credentials) -> Result<Conn> {
+    let opts = OptsBuilder::default()
+        .ip_or_hostname(node.addr.ip().to_string())
+        .tcp_port(node.addr.port())
+        .user(Some(&credentials.user))
+        .pass(Some(&credentials.password))
+        .prefer_socket(false);
+    Conn::new(opts).await.context("login")
+}
+
+/// The `SHOW SLAVE STATUS` row of a node that replicates from somebody.
+fn replication_source(status: &[Row]) -> Option<&Row> {
+    status
+        .first()
+        .filter(|row| text(row, "Master_Host").is_some_and(|h| !h.is_empty()))
+}
+
+fn text(row: &Row, column: &str) -> Option<String> {
+    row.get_opt::<Option<String>, &str>(column)
+        .and_then(Result::ok)
+        .flatten()
+}
+
+fn number<T: std::str::FromStr>(row: &Row, column: &str) -> Option<T> {
+    text(row, column).and_then(|v| v.trim().parse().ok())
+}
+
+/// One probe on a node's connection (made when there is none).
+pub(super) async fn probe(
+    conn: Option<Conn>,
+    node: &Node,
+    credentials: &Credentials,
+) -> Result<(Conn, Observation)> {
+    let mut conn = match conn {
+        Some(conn) => conn,
+        None => login(node, credentials).await?,
+    };
+    let row: Option<(i64, u64, String)> = conn
+        .query_first("SELECT @@read_only, @@server_id, @@gtid_current_pos")
+        .await?;
+    let (read_only, server_id, gtid) = row.context("no answer to SELECT @@read_only")?;
+    let status: Vec<Row> = conn.query("SHOW SLAVE STATUS").await?;
+    let replica = replication_source(&status).map(|row| {
+        let error = [text(row, "Last_IO_Error"), text(row, "Last_SQL_Error")]
+            .into_iter()
+            .flatten()
+            .find(|e| !e.is_empty());
+        ReplicaLink {
+            source_host: text(row, "Master_Host").unwrap_or_default(),
+            source_port: number(row, "Master_Port").unwrap_or(0),
+            io_running: text(row, "Slave_IO_Running")
+                .is_some_and(|v| v.eq_ignore_ascii_case("yes")),
+            sql_running: text(row, "Slave_SQL_Running")
+                .is_some_and(|v| v.eq_ignore_ascii_case("yes")),
+            lag_s: number(row, "Seconds_Behind_Master"),
+            gtid_io_pos: text(row, "Gtid_IO_Pos").unwrap_or_default(),
+            io_errno: number(row, "Last_IO_Errno").unwrap_or(0),
+            sql_errno: number(row, "Last_SQL_Errno").unwrap_or(0),
+            error,
+        }
+    });
+    let semi: Option<(String, String)> = conn
+        .query_first("SHOW GLOBAL STATUS LIKE 'Rpl_semi_sync_master_status'")
+        .await?;
+    let semi_sync = semi.is_some_and(|(_, value)| value.eq_ignore_ascii_case("on"));
+    Ok((
+        conn,
+        Observation {
+            read_only: read_only != 0,
+            server_id,
+            gtid,
+            replica,
+            semi_sync,
+        },
+    ))
+}
+
+/// A string literal for SQL text (`CHANGE MASTER` takes no placeholders).
+fn sql_string(value: &str) -> String {
+    format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+/// Makes a replica the primary without losing what it acknowledged: stop receiving, apply
+/// everything received, forget the source, become writable.
+pub(super) async fn promote(node: &Node, credentials: &Credentials) -> Result<()> {
+    let mut conn = login(node, credentials).await?;
+    let status: Vec<Row> = conn.query("SHOW SLAVE STATUS").await?;
+    if replication_source(&status).is_some() {
+        conn.query_drop("STOP SLAVE IO_THREAD").await?;
+        let status: Vec<Row> = conn.query("SHOW SLAVE STATUS").await?;
+        let received = status
+            .first()
+            .and_then(|row| text(row, "Gtid_IO_Pos"))
+            .unwrap_or_default();
+        if !received.is_empty() {
+            let applied: Option<i64> = conn
+                .exec_first(
+                    "SELECT MASTER_GTID_WAIT(?, ?)",
+                    (&received, APPLY_TIMEOUT_S),
+                )
+                .await?;
+            if applied != Some(0) {
+                conn.query_drop("START SLAVE IO_THREAD").await.ok();
+                bail!("it did not apply its relay log (up to {received}) within {APPLY_TIMEOUT_S} s; not promoted");
+            }
+        }
+        conn.query_drop("STOP SLAVE").await?;
+        conn.query_drop("RESET SLAVE ALL").await?;
+    }
+    conn.query_drop("SET GLOBAL read_only = OFF").await?;
+    conn.disconnect().await.ok();
+    Ok(())
+}
+
+pub(super) async fn fence(node: &Node, credentials: &Credentials) -> Result<()> {
+    let mut conn = login(node, credentials).await?;
+    conn.query_drop("SET GLOBAL read_only = ON").await?;
+    conn.disconnect().await.ok();
+    Ok(())
+}
+
+/// Makes a node a read-only replica of `primary`, from where its own history ends.
+pub(super) async fn rejoin(node: &Node, primary: &Node, credentials: &Credentials) -> Result<()> {
+    let mut conn = login(node, credentials).await?;
+    conn.query_drop("SET GLOBAL read_only = ON").await?;
+    conn.query_drop("STOP SLAVE").await?;
+    let change = format!(
+        "CHANGE MASTER TO MASTER_HOST = {host}, MASTER_PORT = {port}, MASTER_USER = {user}, MASTER_PASSWORD = {password}, \
+         MASTER_USE_GTID = current_pos, MASTER_CONNECT_RETRY = 1",
+        host = sql_string(&primary.addr.ip().to_string()),
+        port = primary.addr.port(),
+        user = sql_string(&credentials.replication_user),
+        password = sql_string(&credentials.replication_password),
+    );
+    conn.query_drop(change).await?;
+    conn.query_drop("START SLAVE").await?;
+    conn.disconnect().await.ok();
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sql_strings_are_escaped() {
+        assert_eq!(sql_string("a'b\\c"), "'a\\'b\\\\c'");
+    }
+}
