@@ -6,6 +6,7 @@ pub mod fuzz;
 pub mod harness;
 pub mod netns;
 pub mod packet;
+pub mod pinned;
 
 /// Fails the calling test, saying why and what to run instead, unless it runs as root.
 ///

@@ -5,7 +5,8 @@
 use std::{net::IpAddr, time::Duration};
 
 use lb_tests::agent_lab::{curl, lb_json, lb_ok};
-use lb_userspace::{dataplane::PinnedMaps, firewall::addr_key};
+use lb_tests::pinned::PinnedMaps;
+use lb_userspace::firewall::addr_key;
 use serde_json::Value;
 use xtask::{
     lab::{addr, host, Lab, LabSpec},

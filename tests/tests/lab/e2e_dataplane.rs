@@ -3,7 +3,8 @@
 use std::collections::HashMap;
 
 use lb_common::maps::Verdict;
-use lb_userspace::{dataplane::PinnedMaps, services::addr_words};
+use lb_tests::pinned::PinnedMaps;
+use lb_userspace::services::addr_words;
 use xtask::{
     lab::{addr, host, Lab, LabSpec},
     stack,

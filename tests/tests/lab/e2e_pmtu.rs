@@ -6,7 +6,7 @@
 //! or translates it back (NAT), the backend keeps sending segments that never arrive and the
 //! download stalls.
 use lb_common::maps::Verdict;
-use lb_userspace::dataplane::PinnedMaps;
+use lb_tests::pinned::PinnedMaps;
 use xtask::{
     lab::{addr, host, HostSpec, Lab, LabSpec, RouterLink},
     stack::{self, AgentOptions},
