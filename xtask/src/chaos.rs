@@ -727,6 +727,10 @@ fn flow_flood(suite: &mut Suite) -> Result<Finding> {
         "verdicts_delta": report.verdicts,
         "lb_ring_full_frames": report.ring_full,
         "legit_rate_per_s": options.legit_rate,
+        "spoofed_flows_listed": {
+            "unverified": report.spoofed_unverified_listed,
+            "connections": report.spoofed_connections_listed,
+        },
     });
     let pass = report.established_survived
         && report.legit_failed == 0
@@ -734,20 +738,25 @@ fn flow_flood(suite: &mut Suite) -> Result<Finding> {
         && syns >= 2 * table
         && acks >= 2 * table
         && udp >= 2 * table
-        && no_flow >= acks_arrived;
+        && no_flow >= acks_arrived
+        && report.spoofed_unverified_listed > 0
+        && report.spoofed_connections_listed == 0;
     Ok(Finding {
         value,
         detail,
         mark: if pass { Mark::Pass } else { Mark::Fail },
         summary: format!(
             "{} spoofed packets ({syns} SYN, {acks} ACK, {udp} UDP; tables of {} connections and {} unverified), \
-             held connections survived: {} (bar true), legit failed {} of {} (bar 0), drop_no_flow {no_flow} (ACKs that reached the lb: {acks_arrived})",
+             held connections survived: {} (bar true), legit failed {} of {} (bar 0), drop_no_flow {no_flow} (ACKs that reached the lb: {acks_arrived}), \
+             spoofed flows listed: {} unverified, {} connections (bar 0)",
             report.flood_packets(),
             options.flow_capacity,
             options.unverified_capacity,
             report.established_survived,
             report.legit_failed,
             report.legit_requests,
+            report.spoofed_unverified_listed,
+            report.spoofed_connections_listed,
         ),
     })
 }

@@ -106,6 +106,10 @@ pub struct Report {
     /// `xdp_xmit_errors` of the generator's interface over the flood: frames that found the
     /// lb's receive ring full (they never reached the lb).
     pub ring_full: u64,
+    /// Flows from the spoofed ranges the agent lists after the flood, by table
+    /// (`GET /api/v1/flows?table=...`): all among the unverified flows, none a connection.
+    pub spoofed_unverified_listed: usize,
+    pub spoofed_connections_listed: usize,
 }
 
 impl Report {
@@ -180,6 +184,40 @@ pub fn verdicts(lab: &Lab) -> Result<BTreeMap<String, u64>> {
         .iter()
         .filter_map(|v| Some((v["verdict"].as_str()?.to_string(), v["packets"].as_u64()?)))
         .collect())
+}
+
+/// How many flows of `table` the agent lists from the spoofed sources (10.99.0.128/25), every
+/// page read.
+pub fn spoofed_flows_listed(lab: &Lab, table: &str) -> Result<usize> {
+    let mut listed = 0;
+    let mut cursor: Option<String> = None;
+    // The tables hold a few thousand flows: a bound, not a limit that is ever met.
+    for _ in 0..1000 {
+        let mut path = format!("/api/v1/flows?table={table}&limit=1000");
+        if let Some(cursor) = &cursor {
+            path.push_str(&format!("&cursor={cursor}"));
+        }
+        let page = load::api_json(&lab.ns(host::LB), stack::AGENT_API, &path)?;
+        let flows = page["flows"]
+            .as_array()
+            .with_context(|| format!("no flows in GET {path}"))?;
+        listed += flows
+            .iter()
+            .filter_map(|f| f["client"].as_str()?.parse::<std::net::SocketAddr>().ok())
+            .filter(|client| match client.ip() {
+                std::net::IpAddr::V4(ip) => {
+                    let [a, b, c, d] = ip.octets();
+                    (a, b, c) == (10, 99, 0) && d >= 128
+                }
+                std::net::IpAddr::V6(_) => false,
+            })
+            .count();
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_string()),
+            None => return Ok(listed),
+        }
+    }
+    bail!("GET /api/v1/flows?table={table} did not end after 1000 pages")
 }
 
 /// `xdp_xmit_errors` of the lb's switch port (`ethtool -S`).
@@ -314,6 +352,8 @@ pub fn run(lab: &Lab, options: &Options) -> Result<Report> {
             grown.insert(name.clone(), delta);
         }
     }
+    let spoofed_unverified_listed = spoofed_flows_listed(lab, "unverified")?;
+    let spoofed_connections_listed = spoofed_flows_listed(lab, "connections")?;
     let mut answers = Vec::new();
     let mut survived = true;
     for (name, mut conn, first) in held {
@@ -344,6 +384,8 @@ pub fn run(lab: &Lab, options: &Options) -> Result<Report> {
         first_failures: report.first_failures(5),
         verdicts: grown,
         ring_full,
+        spoofed_unverified_listed,
+        spoofed_connections_listed,
     })
 }
 

@@ -40,6 +40,15 @@ fn a_spoofed_flood_twice_the_flow_tables_leaves_held_and_new_connections_working
             report.sent_of(kind)
         );
     }
+    // The agent lists the flood where the program keeps it: among the unverified flows.
+    assert!(
+        report.spoofed_unverified_listed > 0,
+        "no spoofed flow listed by GET /api/v1/flows?table=unverified"
+    );
+    assert_eq!(
+        report.spoofed_connections_listed, 0,
+        "spoofed flows listed as connections"
+    );
     assert!(
         report.established_survived,
         "a held keep-alive connection stopped answering or moved: {:?}",
