@@ -191,7 +191,8 @@ fn nat_ports_reported(lab: &Lab) {
         lab.spawn(host::CLIENT, &["bash", "-c", &script], &log)
             .unwrap_or_else(|e| panic!("{e:#}"));
         let connected = util::wait_until(PATIENCE, Duration::from_millis(50), || {
-            lab.read_log(&log).contains("connected")
+            // The line itself: the log's first line quotes the command, "echo connected" too.
+            lab.read_log(&log).lines().any(|line| line == "connected")
         });
         assert!(connected, "connection {i}: {}", lab.read_log(&log));
     }
