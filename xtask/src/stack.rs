@@ -169,6 +169,7 @@ pub fn write_agent_config_with(lab: &Lab, options: &AgentOptions) -> Result<Path
 /// whichever of the firewall rule, database services and app-tier services the options ask for.
 mod agent_template {
     pub const AGENT: &str = include_str!("../templates/lb/agent.toml");
+    pub const WEB_SERVICES: &str = include_str!("../templates/lb/web-services.toml");
     pub const API: &str = include_str!("../templates/lb/api.toml");
     pub const HEALTH: &str = include_str!("../templates/lb/health.toml");
     pub const FIREWALL: &str = include_str!("../templates/lb/firewall.toml");
@@ -276,13 +277,53 @@ pub fn agent_config_text(pins: &Path, token_file: &Path, options: &AgentOptions)
         &[
             ("pins", &pins.display().to_string()),
             ("api", &api),
-            ("vip", addr::VIP_HTTP),
-            ("web_health", &web_health),
-            ("web1", addr::WEB1),
-            ("web2", addr::WEB2),
-            ("nat_port", &NAT_PORT.to_string()),
-            ("snat", addr::LB_SNAT),
+            (
+                "web_services",
+                &web_services("", &WebAddresses::IPV4, &web_health)?,
+            ),
             ("more", &(firewall + &db + &app)),
+        ],
+    )
+}
+
+/// The addresses of the web services: the VIP, the backends and the NAT source.
+#[derive(Debug, Clone, Copy)]
+pub struct WebAddresses {
+    pub vip: &'static str,
+    pub web1: &'static str,
+    pub web2: &'static str,
+    pub snat: &'static str,
+}
+
+impl WebAddresses {
+    pub const IPV4: WebAddresses = WebAddresses {
+        vip: addr::VIP_HTTP,
+        web1: addr::WEB1,
+        web2: addr::WEB2,
+        snat: addr::LB_SNAT,
+    };
+    pub const IPV6: WebAddresses = WebAddresses {
+        vip: addr::VIP_HTTP_V6,
+        web1: addr::WEB1_V6,
+        web2: addr::WEB2_V6,
+        snat: addr::LB_SNAT_V6,
+    };
+}
+
+/// The two web services, `web-dsr{suffix}` on port 80 and `web-nat{suffix}` on [`NAT_PORT`],
+/// over web1 and web2 at `addresses`; `health` is their `[service.health]` table or empty.
+pub fn web_services(suffix: &str, addresses: &WebAddresses, health: &str) -> Result<String> {
+    crate::template::fill(
+        "lb/web-services.toml",
+        agent_template::WEB_SERVICES,
+        &[
+            ("suffix", suffix),
+            ("vip", addresses.vip),
+            ("web_health", health),
+            ("web1", addresses.web1),
+            ("web2", addresses.web2),
+            ("nat_port", &NAT_PORT.to_string()),
+            ("snat", addresses.snat),
         ],
     )
 }

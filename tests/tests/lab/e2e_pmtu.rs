@@ -9,7 +9,7 @@ use lb_common::maps::Verdict;
 use lb_tests::pinned::PinnedMaps;
 use xtask::{
     lab::{addr, host, HostSpec, Lab, LabSpec, RouterLink},
-    stack::{self, AgentOptions},
+    stack::{self, AgentOptions, WebAddresses},
 };
 
 const ROUTER: &str = "router";
@@ -42,49 +42,6 @@ fn spec() -> LabSpec {
     });
     spec.hosts.push(far);
     spec
-}
-
-/// The web services again on the IPv6 VIP: DSR on 80, NAT on the NAT port.
-fn ipv6_services() -> String {
-    format!(
-        r#"
-[[service]]
-name = "web-dsr-v6"
-vip = "{vip}"
-port = 80
-mode = "dsr"
-
-[[service.backend]]
-name = "web1"
-address = "{web1}"
-
-[[service.backend]]
-name = "web2"
-address = "{web2}"
-
-[[service]]
-name = "web-nat-v6"
-vip = "{vip}"
-port = {nat_port}
-mode = "nat"
-snat_address = "{snat}"
-
-[[service.backend]]
-name = "web1"
-address = "{web1}"
-port = 80
-
-[[service.backend]]
-name = "web2"
-address = "{web2}"
-port = 80
-"#,
-        vip = addr::VIP_HTTP_V6,
-        web1 = addr::WEB1_V6,
-        web2 = addr::WEB2_V6,
-        snat = addr::LB_SNAT_V6,
-        nat_port = stack::NAT_PORT,
-    )
 }
 
 fn forward_icmp(maps: &PinnedMaps) -> u64 {
@@ -137,7 +94,8 @@ fn downloads_larger_than_the_path_mtu_complete_in_dsr_and_nat_over_ipv4_and_ipv6
         &lab,
         &AgentOptions::default(),
         "",
-        &ipv6_services(),
+        // The web services again on the IPv6 VIP.
+        &ok(stack::web_services("-v6", &WebAddresses::IPV6, "")),
     ));
     ok(stack::start_agent(&lab, &lb, &config));
     // The backends answer a DSR client directly, through the router.
