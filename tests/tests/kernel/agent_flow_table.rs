@@ -17,11 +17,11 @@ fn ip(s: &str) -> IpAddr {
     s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
 }
 
-#[test]
-#[ignore = "needs root"]
-fn flows_are_paged_with_a_cursor() {
+/// Small tables (1024 entries each) and a DSR web service on 10.0.0.100:80 over two backends.
+fn small_tables_with_web_service() -> Harness {
     let mut h = Harness::with_options(&LoadOptions {
         flow_capacity: 1024,
+        unverified_capacity: 1024,
         nat_capacity: 1024,
         ..LoadOptions::default()
     });
@@ -34,6 +34,13 @@ fn flows_are_paged_with_a_cursor() {
         None,
         &backends,
     );
+    h
+}
+
+#[test]
+#[ignore = "needs root"]
+fn flows_are_paged_with_a_cursor() {
+    let h = small_tables_with_web_service();
     let empty = h
         .dataplane
         .flows(None, 10)
@@ -79,21 +86,7 @@ fn flows_are_paged_with_a_cursor() {
 #[test]
 #[ignore = "needs root"]
 fn unverified_flows_are_listed_apart_with_their_state_and_idle_time() {
-    let mut h = Harness::with_options(&LoadOptions {
-        flow_capacity: 1024,
-        unverified_capacity: 1024,
-        nat_capacity: 1024,
-        ..LoadOptions::default()
-    });
-    let backends = two_web_backends(ip("10.0.0.11"), ip("10.0.0.12"), 80);
-    h.add_service(
-        "web",
-        (ip("10.0.0.100"), 80),
-        Protocol::Tcp,
-        Mode::Dsr,
-        None,
-        &backends,
-    );
+    let mut h = small_tables_with_web_service();
     let dns = two_web_backends(ip("10.0.0.11"), ip("10.0.0.12"), 53);
     h.add_service(
         "dns",
