@@ -186,8 +186,8 @@ pub fn verdicts(lab: &Lab) -> Result<BTreeMap<String, u64>> {
         .collect())
 }
 
-/// How many flows of `table` the agent lists from the spoofed sources (10.99.0.128/25), every
-/// page read.
+/// How many flows of `table` the agent lists from the spoofed sources ([`SPOOF_OPENING`] and
+/// [`SPOOF_ACK`], each a /26), every page read.
 pub fn spoofed_flows_listed(lab: &Lab, table: &str) -> Result<usize> {
     let mut listed = 0;
     let mut cursor: Option<String> = None;
@@ -205,10 +205,11 @@ pub fn spoofed_flows_listed(lab: &Lab, table: &str) -> Result<usize> {
             .iter()
             .filter_map(|f| f["client"].as_str()?.parse::<std::net::SocketAddr>().ok())
             .filter(|client| match client.ip() {
-                std::net::IpAddr::V4(ip) => {
-                    let [a, b, c, d] = ip.octets();
-                    (a, b, c) == (10, 99, 0) && d >= 128
-                }
+                std::net::IpAddr::V4(ip) => [SPOOF_OPENING, SPOOF_ACK].iter().any(|first| {
+                    let first: std::net::Ipv4Addr =
+                        first.parse().unwrap_or(std::net::Ipv4Addr::UNSPECIFIED);
+                    u32::from(ip) >> SPOOF_BITS == u32::from(first) >> SPOOF_BITS
+                }),
                 std::net::IpAddr::V6(_) => false,
             })
             .count();
