@@ -925,8 +925,6 @@ fn monotonic_coarse_ns() -> u64 {
         .saturating_add(now.tv_nsec as u64)
 }
 
-/// `bpf(BPF_MAP_GET_NEXT_KEY)`: the key after `key` (the first one for `None`), `None` past the
-/// last. aya only iterates from the beginning, and paging needs to resume from a cursor.
 /// Appends up to `limit` entries of one flow table after `cursor`; returns where to continue
 /// (`None`: the table is done).
 fn walk_flows<K: aya::Pod + Copy>(
@@ -951,6 +949,8 @@ fn walk_flows<K: aya::Pod + Copy>(
     Ok(cursor.map(|k| to_key(&k)))
 }
 
+/// `bpf(BPF_MAP_GET_NEXT_KEY)`: the key after `key` (the first one for `None`), `None` past the
+/// last. aya only iterates from the beginning, and paging needs to resume from a cursor.
 fn map_next_key<K: Copy>(fd: BorrowedFd<'_>, key: Option<&K>) -> std::io::Result<Option<K>> {
     /// The map-element part of `union bpf_attr`.
     #[repr(C)]
