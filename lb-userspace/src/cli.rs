@@ -85,6 +85,21 @@ pub enum ClientCommand {
     /// The firewall's rules and counters; add and remove rules at runtime.
     #[command(subcommand)]
     Fw(FwCommand),
+    /// The `[database]` cluster: the operator's side of failover.
+    #[command(subcommand)]
+    Db(DbCommand),
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum DbCommand {
+    /// Make NODE the primary now, whatever `database.failover` says: for when safe failover
+    /// refuses (the status says why). Writes the old primary acknowledged and NODE lacks are
+    /// lost; `--force` says you accept that.
+    Promote {
+        node: String,
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Subcommand, Debug, Clone)]
@@ -209,13 +224,7 @@ fn parse_api_url(url: &str) -> Result<SocketAddr> {
 }
 
 fn read_token(path: &Path) -> Result<String> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading the token file {}", path.display()))?;
-    let token = text.lines().next().unwrap_or_default().trim().to_string();
-    if token.is_empty() {
-        bail!("the token file {} is empty", path.display());
-    }
-    Ok(token)
+    crate::config::read_secret_file(path, "token").map_err(anyhow::Error::msg)
 }
 
 pub async fn run(command: ClientCommand, args: ApiArgs) -> Result<()> {
@@ -352,6 +361,20 @@ pub async fn run(command: ClientCommand, args: ApiArgs) -> Result<()> {
         ClientCommand::Fw(FwCommand::Del { name }) => {
             let path = format!("/api/v1/firewall/rules/{}", path_segment(&name));
             change(&endpoint, args.json, "DELETE", &path, None).await?;
+        }
+        ClientCommand::Db(DbCommand::Promote { node, force }) => {
+            if !force {
+                bail!("`lb db promote {node}` may lose writes the old primary acknowledged; run it with --force to take responsibility (`lb status` says why the agent did not promote on its own)");
+            }
+            let body = serde_json::to_value(PromoteRequest { node, force })?;
+            change(
+                &endpoint,
+                args.json,
+                "POST",
+                "/api/v1/database/promote",
+                Some(body),
+            )
+            .await?;
         }
     }
     Ok(())
@@ -606,8 +629,15 @@ fn print_status(status: &Status) {
     if let Some(db) = &status.database {
         let failover = match &db.last_failover {
             Some(f) => format!(
-                "; last failover {} -> {} in {} ms",
-                f.from, f.to, f.duration_ms
+                "; last failover {} -> {} in {} ms{}",
+                f.from,
+                f.to,
+                f.duration_ms,
+                if f.forced {
+                    " (forced by an operator)"
+                } else {
+                    ""
+                }
             ),
             None => String::new(),
         };
@@ -622,6 +652,13 @@ fn print_status(status: &Status) {
             },
             db.failovers
         );
+        println!("          failover policy: {}", db.failover_policy);
+        if let Some(why) = &db.failover_blocked {
+            println!("          NO WRITABLE PRIMARY: {why}");
+        }
+        if let Some(e) = &db.memory_error {
+            println!("          the watch cannot save its memory: {e}");
+        }
         for node in &db.nodes {
             let role = serde_json::to_value(node.role)
                 .ok()

@@ -222,6 +222,14 @@ pub fn agent_config_text(pins: &Path, token_file: &Path, options: &AgentOptions)
                     ("admin_password", MYSQL_ADMIN_PASSWORD),
                     ("replication_user", MYSQL_REPLICATION_USER),
                     ("replication_password", MYSQL_REPLICATION_PASSWORD),
+                    // Beside the token file, in the lab's own directory (gone with the lab).
+                    (
+                        "state_file",
+                        &token_file
+                            .with_file_name("database-watch.json")
+                            .display()
+                            .to_string(),
+                    ),
                 ],
             )?
         }

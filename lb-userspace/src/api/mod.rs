@@ -77,6 +77,7 @@ pub fn router(state: SharedState) -> Router {
         )
         .route("/api/v1/flows", get(flows))
         .route("/api/v1/reload", post(reload))
+        .route("/api/v1/database/promote", post(promote_database_node))
         .route("/api/v1/firewall/rules", get(firewall_rules).post(add_rule))
         .route("/api/v1/firewall/rules/{rule}", delete(remove_rule))
         .merge(ui::routes());
@@ -333,16 +334,25 @@ fn database_status(status: &db::DatabaseStatus) -> DatabaseStatus {
     DatabaseStatus {
         write_service: status.write_service.clone(),
         read_service: status.read_service.clone(),
+        failover_policy: match status.policy {
+            db::Policy::Safe => "safe",
+            db::Policy::Available => "available",
+            db::Policy::Off => "off",
+        }
+        .to_string(),
         primary: status.primary.clone(),
         write: status.write.clone(),
         read: status.read.clone(),
+        failover_blocked: status.blocked.clone(),
         failovers: status.failovers,
         last_failover: status.last_failover.as_ref().map(|f| FailoverRecord {
             from: f.from.clone(),
             to: f.to.clone(),
             at_unix: f.at_unix,
             duration_ms: f.duration_ms,
+            forced: f.forced,
         }),
+        memory_error: status.memory_error.clone(),
         nodes: status
             .nodes
             .iter()
@@ -798,6 +808,54 @@ async fn reload(
     Ok(done(format!("reloaded: {summary}")))
 }
 
+/// How long a promotion may take before the answer gives up waiting (the watch carries on).
+const PROMOTE_ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// `lb db promote NODE --force`: the operator's promotion, for when safe failover refuses.
+async fn promote_database_node(
+    _: Authorized,
+    State(state): State<SharedState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<ChangeResult>, ApiError> {
+    let request: PromoteRequest = json_body(body)?;
+    if !request.force {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "force_required",
+            "a promotion by hand may lose writes the old primary acknowledged: set \"force\": true (`lb db promote NODE --force`) to take responsibility",
+        ));
+    }
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let command = db::Command::Promote {
+        node: request.node.clone(),
+        reply,
+    };
+    lock(&state)
+        .database_command(command)
+        .map_err(|e| ApiError::new(StatusCode::CONFLICT, "no_database_watch", e))?;
+    match tokio::time::timeout(PROMOTE_ANSWER_TIMEOUT, answer).await {
+        Ok(Ok(Ok(message))) => Ok(done(message)),
+        Ok(Ok(Err(message))) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "promotion_failed",
+            message,
+        )),
+        Ok(Err(_)) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "watch_restarted",
+            "the database watch was replaced (a reload) before it promoted; check `lb status` and try again",
+        )),
+        Err(_) => Err(ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "promotion_pending",
+            format!(
+                "no answer within {} s; the promotion may still finish: check `lb status`",
+                PROMOTE_ANSWER_TIMEOUT.as_secs()
+            ),
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -835,9 +893,12 @@ mod tests {
             let status = db::DatabaseStatus {
                 write_service: "db-write".into(),
                 read_service: None,
+                policy: db::Policy::Safe,
                 primary: None,
                 write: None,
                 read: Vec::new(),
+                blocked: None,
+                memory_error: None,
                 failovers: 0,
                 last_failover: None,
                 nodes: vec![db::NodeStatus {

@@ -159,6 +159,15 @@ pub fn document() -> Value {
                     json!({ "200": ok_json("reloaded", schema_ref("ChangeResult")) }),
                     error_responses(&[("401", "unauthorized"), ("403", "writes_disabled"), ("422", "invalid_config")]),
                 )
+            } },
+            "/api/v1/database/promote": { "post": {
+                "summary": "Make a database node the primary whatever database.failover says (the operator takes responsibility for writes it may lack); answers when done",
+                "security": [{ "bearer": [] }],
+                "requestBody": { "required": true, "content": { "application/json": { "schema": schema_ref("PromoteRequest") } } },
+                "responses": merge(
+                    json!({ "200": ok_json("promoted", schema_ref("ChangeResult")) }),
+                    error_responses(&[("400", "invalid_body"), ("401", "unauthorized"), ("403", "writes_disabled"), ("409", "promotion_failed"), ("422", "force_required"), ("503", "watch_restarted"), ("504", "promotion_pending")]),
+                )
             } }
         },
         "components": {
@@ -184,6 +193,8 @@ pub fn document() -> Value {
                     "sources": { "type": "array", "minItems": 1, "items": { "type": "string", "description": "CIDR prefix or address, v4 or v6" } },
                     "action": { "type": "string", "enum": ["allow", "drop", "log"] } } },
                 "Weight": { "type": "object", "required": ["weight"], "additionalProperties": false, "properties": { "weight": { "type": "integer", "minimum": 1, "maximum": 100 } } },
+                "PromoteRequest": { "type": "object", "required": ["node", "force"], "additionalProperties": false, "properties": {
+                    "node": { "type": "string" }, "force": { "type": "boolean", "description": "must be true" } } },
                 "AddBackend": { "type": "object", "required": ["name", "address"], "additionalProperties": false, "properties": {
                     "name": { "type": "string" }, "address": { "type": "string", "description": "IPv4 or IPv6, the VIP's family" },
                     "port": { "type": "integer", "description": "default: the service port" }, "weight": { "type": "integer", "minimum": 1, "maximum": 100, "default": 1 } } },
@@ -201,7 +212,10 @@ pub fn document() -> Value {
                         "write_service": { "type": "string" }, "read_service": { "type": "string", "nullable": true },
                         "primary": { "type": "string", "nullable": true }, "write": { "type": "string", "nullable": true },
                         "read": { "type": "array", "items": { "type": "string" } }, "failovers": { "type": "integer" },
-                        "last_failover": { "type": "object", "nullable": true, "properties": { "from": { "type": "string" }, "to": { "type": "string" }, "at_unix": { "type": "integer" }, "duration_ms": { "type": "integer" } } },
+                        "failover_policy": { "type": "string", "enum": ["safe", "available", "off"] },
+                        "failover_blocked": { "type": "string", "nullable": true, "description": "why there is no writable primary and the agent will not make one on its own" },
+                        "memory_error": { "type": "string", "nullable": true, "description": "the watch could not save its memory (database.state_file)" },
+                        "last_failover": { "type": "object", "nullable": true, "properties": { "from": { "type": "string" }, "to": { "type": "string" }, "at_unix": { "type": "integer" }, "duration_ms": { "type": "integer" }, "forced": { "type": "boolean" } } },
                         "nodes": { "type": "array", "items": { "type": "object", "properties": {
                             "name": { "type": "string" }, "address": { "type": "string" },
                             "role": { "type": "string", "enum": ["primary", "replica", "lagging", "standby", "fenced", "diverged", "down", "unknown"] },

@@ -51,13 +51,23 @@ pub struct DatabaseStatus {
     pub write_service: String,
     #[serde(default)]
     pub read_service: Option<String>,
+    /// `database.failover`: `safe`, `available` or `off`.
+    #[serde(default)]
+    pub failover_policy: String,
     pub primary: Option<String>,
     /// The node behind the write VIP, and those behind the read VIP.
     pub write: Option<String>,
     pub read: Vec<String>,
+    /// Why there is no writable primary and the agent will not make one on its own (safe
+    /// failover refused, failover off, or no record of the primary); `lb db promote` decides.
+    #[serde(default)]
+    pub failover_blocked: Option<String>,
     pub failovers: u64,
     pub last_failover: Option<FailoverRecord>,
     pub nodes: Vec<DatabaseNode>,
+    /// The watch could not save its memory: a restarted agent would not know the primary.
+    #[serde(default)]
+    pub memory_error: Option<String>,
 }
 
 /// A failover that happened.
@@ -68,6 +78,19 @@ pub struct FailoverRecord {
     pub at_unix: u64,
     /// From the first failed probe of the old primary to the new one being writable.
     pub duration_ms: u64,
+    /// An operator's `lb db promote --force`, not the agent's own decision.
+    #[serde(default)]
+    pub forced: bool,
+}
+
+/// `POST /api/v1/database/promote`: make a node the primary whatever the failover policy says.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PromoteRequest {
+    pub node: String,
+    /// Must be true: the operator takes responsibility for writes the node may lack.
+    #[serde(default)]
+    pub force: bool,
 }
 
 /// One database node.

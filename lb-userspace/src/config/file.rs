@@ -15,11 +15,13 @@ use toml::Spanned;
 use super::{
     error::{ConfigError, ConfigErrors},
     model::{
-        self, parse_prefix, Action, Algorithm, HealthKind, HostPolicy, Mode, MysqlRole, Protocol,
-        SnatAddresses, XdpModeConfig, DEFAULT_API_BIND, DEFAULT_CHECK_INTERVAL_MS,
-        DEFAULT_CHECK_TIMEOUT_MS, DEFAULT_DB_FAIL_AFTER, DEFAULT_DB_INTERVAL_MS,
-        DEFAULT_DB_TIMEOUT_MS, DEFAULT_FALL, DEFAULT_FLOW_CAPACITY, DEFAULT_MAP_MEMORY_BUDGET_MIB,
-        DEFAULT_MAX_LAG_S, DEFAULT_PIN_PATH, DEFAULT_RISE, MAX_WEIGHT,
+        self, parse_prefix, Action, Algorithm, FailoverPolicy, HealthKind, HostPolicy, Mode,
+        MysqlRole, Protocol, Secret, SnatAddresses, XdpModeConfig, DEFAULT_API_BIND,
+        DEFAULT_CHECK_INTERVAL_MS, DEFAULT_CHECK_TIMEOUT_MS, DEFAULT_DB_FAIL_AFTER,
+        DEFAULT_DB_INTERVAL_MS, DEFAULT_DB_STATE_FILE, DEFAULT_DB_TIMEOUT_MS,
+        DEFAULT_DB_UNREACHABLE_AFTER_MS, DEFAULT_FALL, DEFAULT_FLOW_CAPACITY,
+        DEFAULT_MAP_MEMORY_BUDGET_MIB, DEFAULT_MAX_LAG_S, DEFAULT_PIN_PATH, DEFAULT_RISE,
+        MAX_WEIGHT,
     },
 };
 
@@ -73,11 +75,11 @@ pub struct DatabaseConfig {
     /// The account the agent watches, promotes and demotes nodes with (needs SUPER,
     /// RELOAD, READ_ONLY ADMIN, REPLICATION SLAVE ADMIN, SLAVE MONITOR).
     pub user: Spanned<String>,
-    pub password: Option<Spanned<String>>,
+    pub password: Option<Spanned<Secret>>,
     pub password_file: Option<Spanned<PathBuf>>,
     /// The account replicas connect to the primary with (REPLICATION SLAVE).
     pub replication_user: Spanned<String>,
-    pub replication_password: Option<Spanned<String>>,
+    pub replication_password: Option<Spanned<Secret>>,
     pub replication_password_file: Option<Spanned<PathBuf>>,
     /// How often every node is probed.
     #[serde(default = "default_db_interval_ms")]
@@ -91,9 +93,26 @@ pub struct DatabaseConfig {
     /// Largest replication lag (seconds) of a replica still in the read service.
     #[serde(default = "default_db_max_lag_s")]
     pub max_lag_s: Spanned<u64>,
-    /// false: watch, route and report only; never promote, fence or re-point a node.
-    #[serde(default = "yes")]
-    pub failover: bool,
+    /// A probe with no answer for this long makes a node gone rather than slow.
+    #[serde(default = "default_db_unreachable_after_ms")]
+    pub unreachable_after_ms: Spanned<u64>,
+    /// "safe" (default): promote only a replica that holds every acknowledged write;
+    /// "available": the most advanced replica; "off": never change a node.
+    #[serde(default = "default_failover_policy")]
+    pub failover: FailoverPolicy,
+    /// Where the watch remembers the primary and its ledger across restarts.
+    #[serde(default = "default_db_state_file")]
+    pub state_file: PathBuf,
+}
+
+fn default_db_unreachable_after_ms() -> Spanned<u64> {
+    Spanned::new(0..0, DEFAULT_DB_UNREACHABLE_AFTER_MS)
+}
+fn default_failover_policy() -> FailoverPolicy {
+    FailoverPolicy::Safe
+}
+fn default_db_state_file() -> PathBuf {
+    PathBuf::from(DEFAULT_DB_STATE_FILE)
 }
 
 fn default_db_interval_ms() -> Spanned<u64> {
@@ -509,7 +528,7 @@ pub struct HealthConfig {
     pub tls_verify: Option<Spanned<bool>>,
     /// MySQL: the account the check logs in with.
     pub user: Option<Spanned<String>>,
-    pub password: Option<Spanned<String>>,
+    pub password: Option<Spanned<Secret>>,
     /// MySQL: a file holding the password (first line), instead of `password`.
     pub password_file: Option<Spanned<PathBuf>>,
     pub role: Option<Spanned<MysqlRole>>,
@@ -909,6 +928,14 @@ fn validate_database(
             db.timeout_ms.span(),
             format!("database timeout_ms {timeout} is out of range"),
             format!("use 10 to 60000 (default {DEFAULT_DB_TIMEOUT_MS})"),
+        ));
+    }
+    let unreachable = *db.unreachable_after_ms.get_ref();
+    if unreachable < timeout.saturating_mul(2) || unreachable > 600_000 {
+        errors.push(at.error(
+            db.unreachable_after_ms.span(),
+            format!("database unreachable_after_ms {unreachable} is out of range"),
+            format!("use at least twice timeout_ms ({}) and at most 600000 (default {DEFAULT_DB_UNREACHABLE_AFTER_MS})", timeout.saturating_mul(2)),
         ));
     }
     if !(1..=100).contains(db.fail_after.get_ref()) {
@@ -1393,7 +1420,9 @@ impl DatabaseConfig {
             timeout_ms: self.timeout_ms.into_inner(),
             fail_after: self.fail_after.into_inner(),
             max_lag_s: self.max_lag_s.into_inner(),
+            unreachable_after_ms: self.unreachable_after_ms.into_inner(),
             failover: self.failover,
+            state_file: self.state_file,
         }
     }
 }

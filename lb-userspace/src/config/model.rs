@@ -76,11 +76,11 @@ pub struct DatabaseConfig {
     /// The account the agent watches, promotes and demotes nodes with (needs SUPER,
     /// RELOAD, READ_ONLY ADMIN, REPLICATION SLAVE ADMIN, SLAVE MONITOR).
     pub user: String,
-    pub password: Option<String>,
+    pub password: Option<Secret>,
     pub password_file: Option<PathBuf>,
     /// The account replicas connect to the primary with (REPLICATION SLAVE).
     pub replication_user: String,
-    pub replication_password: Option<String>,
+    pub replication_password: Option<Secret>,
     pub replication_password_file: Option<PathBuf>,
     /// How often every node is probed.
     pub interval_ms: u64,
@@ -90,13 +90,31 @@ pub struct DatabaseConfig {
     pub fail_after: u32,
     /// Largest replication lag (seconds) of a replica still in the read service.
     pub max_lag_s: u64,
-    /// false: watch, route and report only; never promote, fence or re-point a node.
-    pub failover: bool,
+    /// A probe with no answer for this long makes a node gone rather than slow.
+    pub unreachable_after_ms: u64,
+    /// When the agent promotes a replica on its own.
+    pub failover: FailoverPolicy,
+    /// Where the watch keeps what it must not forget across restarts (primary, ledger).
+    pub state_file: PathBuf,
+}
+
+/// `database.failover`: when the agent promotes a replica on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailoverPolicy {
+    /// Only a replica that provably holds every acknowledged write (the default).
+    Safe,
+    /// The most advanced replica, even when acknowledged writes may be lost.
+    Available,
+    /// Never change a node: watch, route and report only.
+    Off,
 }
 
 pub const DEFAULT_DB_INTERVAL_MS: u64 = 200;
 pub const DEFAULT_DB_TIMEOUT_MS: u64 = 500;
+pub const DEFAULT_DB_UNREACHABLE_AFTER_MS: u64 = 6_000;
 pub const DEFAULT_DB_FAIL_AFTER: u32 = 3;
+pub const DEFAULT_DB_STATE_FILE: &str = "/var/lib/lb/database.json";
 
 impl DatabaseConfig {
     pub fn interval(&self) -> Duration {
@@ -417,7 +435,7 @@ pub struct HealthConfig {
     pub tls_verify: Option<bool>,
     /// MySQL: the account the check logs in with.
     pub user: Option<String>,
-    pub password: Option<String>,
+    pub password: Option<Secret>,
     /// MySQL: a file holding the password (first line), instead of `password`.
     pub password_file: Option<PathBuf>,
     pub role: Option<MysqlRole>,
@@ -455,20 +473,49 @@ impl HealthConfig {
 /// Highest weight a backend may have: weights expand into selection-table slots.
 pub const MAX_WEIGHT: u32 = 100;
 
-/// A secret given inline or as a file (its first line); `None` when neither is set. The error
-/// is a plain message: this module is also compiled alone by the config fuzz target.
+/// A secret given inline or as a file; `None` when neither is set. The error is a plain
+/// message: this module is also compiled alone by the config fuzz target.
 pub fn read_secret(
-    inline: Option<&String>,
+    inline: Option<&Secret>,
     file: Option<&PathBuf>,
     what: &str,
 ) -> Result<Option<String>, String> {
     match (inline, file) {
-        (Some(value), _) => Ok(Some(value.clone())),
-        (None, Some(path)) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| format!("reading the {what} file {}: {e}", path.display()))?;
-            Ok(Some(text.lines().next().unwrap_or_default().to_string()))
-        }
+        (Some(value), _) => Ok(Some(value.expose().to_string())),
+        (None, Some(path)) => read_secret_file(path, what).map(Some),
         (None, None) => Ok(None),
     }
+}
+
+/// A password given inline in the config: its `Debug` form is redacted, so no `{:?}` of a
+/// config, in a log line or a test failure, prints it.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(redacted)")
+    }
+}
+
+/// The agent's one reader of secret files (passwords, the API token): the first line, without
+/// the spaces and line end an editor leaves around it; an empty one is an error.
+pub fn read_secret_file(path: &std::path::Path, what: &str) -> Result<String, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("reading the {what} file {}: {e}", path.display()))?;
+    let secret = text.lines().next().unwrap_or_default().trim();
+    if secret.is_empty() {
+        return Err(format!(
+            "the {what} file {} is empty: put the secret on its first line",
+            path.display()
+        ));
+    }
+    Ok(secret.to_string())
 }

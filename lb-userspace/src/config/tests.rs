@@ -236,6 +236,44 @@ fn database_section_is_checked_against_its_services() {
     assert!(errors_of(&text)
         .iter()
         .any(|e| e.message.contains("`nope` is not a configured service")));
+    // The failover policy is one of three words; a probe gives up only well after its timeout.
+    let policy = db("").replace("fail_after = 0", "failover = \"sometimes\"");
+    let errors = errors_of(&policy);
+    assert!(
+        errors.iter().any(|e| e.message.contains("sometimes")
+            && e.message.contains("safe")
+            && e.message.contains("available")),
+        "{errors:?}"
+    );
+    let unreachable = db("").replace(
+        "fail_after = 0",
+        "timeout_ms = 500\nunreachable_after_ms = 700",
+    );
+    assert!(
+        errors_of(&unreachable)
+            .iter()
+            .any(|e| e.message.contains("unreachable_after_ms 700")),
+        "a give-up shorter than two probe timeouts"
+    );
+}
+
+#[test]
+fn secrets_are_not_in_debug_output() {
+    let text = format!(
+        "{GOOD}\n[[service]]\nname = \"dbw\"\nvip = \"10.0.0.101\"\nport = 3306\nmode = \"dsr\"\n\n\
+         [[service.backend]]\nname = \"db1\"\naddress = \"10.0.0.21\"\n\n\
+         [database]\nwrite_service = \"dbw\"\nuser = \"a\"\npassword = \"hunter2-admin\"\n\
+         replication_user = \"r\"\nreplication_password = \"hunter2-repl\"\n"
+    );
+    let config = super::file::parse(Path::new("lb.toml"), &text).unwrap_or_else(|e| panic!("{e}"));
+    let shown = format!("{config:?}");
+    assert!(shown.contains("Secret(redacted)"), "{shown}");
+    assert!(!shown.contains("hunter2"), "{shown}");
+    let database = config.database.unwrap_or_else(|| panic!("no [database]"));
+    assert_eq!(
+        database.password.as_ref().map(Secret::expose),
+        Some("hunter2-admin")
+    );
 }
 
 /// A prefix as the config and the API parse it, written back out.

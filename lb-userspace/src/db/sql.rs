@@ -2,7 +2,10 @@
 use anyhow::{bail, Context as _, Result};
 use mysql_async::{prelude::Queryable as _, Conn, OptsBuilder, Row};
 
-use super::decision::{Node, Observation, ReplicaLink};
+use super::{
+    decision::{IoThread, Node, Observation, ReplicaLink},
+    gtid::GtidPosition,
+};
 
 /// Accounts the agent uses.
 #[derive(Clone)]
@@ -54,34 +57,61 @@ pub(super) async fn probe(
         Some(conn) => conn,
         None => login(node, credentials).await?,
     };
-    let row: Option<(i64, u64, String)> = conn
-        .query_first("SELECT @@read_only, @@server_id, @@gtid_current_pos")
+    // The async-commit counter is read before the position, so every commit it counts is inside
+    // the position read with it.
+    let row: Option<Variables> = conn
+        .query_first(
+            "SELECT \
+             (SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = 'RPL_SEMI_SYNC_MASTER_NO_TX'), \
+             (SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = 'RPL_SEMI_SYNC_MASTER_STATUS'), \
+             (SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = 'RPL_SEMI_SYNC_SLAVE_STATUS'), \
+             (SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = 'UPTIME'), \
+             @@read_only, @@server_id, @@gtid_current_pos",
+        )
         .await?;
-    let (read_only, server_id, gtid) = row.context("no answer to SELECT @@read_only")?;
+    let (async_commits, master_semi, slave_semi, uptime, read_only, server_id, gtid) =
+        row.context("no answer to the probe's SELECT")?;
+    let on = |v: &Option<String>| v.as_deref().is_some_and(|v| v.eq_ignore_ascii_case("on"));
+    let count = |v: &Option<String>| {
+        v.as_deref()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let gtid = GtidPosition::parse(&gtid).map_err(anyhow::Error::msg)?;
     let status: Vec<Row> = conn.query("SHOW SLAVE STATUS").await?;
-    let replica = replication_source(&status).map(|row| {
-        let error = [text(row, "Last_IO_Error"), text(row, "Last_SQL_Error")]
-            .into_iter()
-            .flatten()
-            .find(|e| !e.is_empty());
-        ReplicaLink {
-            source_host: text(row, "Master_Host").unwrap_or_default(),
-            source_port: number(row, "Master_Port").unwrap_or(0),
-            io_running: text(row, "Slave_IO_Running")
-                .is_some_and(|v| v.eq_ignore_ascii_case("yes")),
-            sql_running: text(row, "Slave_SQL_Running")
-                .is_some_and(|v| v.eq_ignore_ascii_case("yes")),
-            lag_s: number(row, "Seconds_Behind_Master"),
-            gtid_io_pos: text(row, "Gtid_IO_Pos").unwrap_or_default(),
-            io_errno: number(row, "Last_IO_Errno").unwrap_or(0),
-            sql_errno: number(row, "Last_SQL_Errno").unwrap_or(0),
-            error,
+    let replica = match replication_source(&status) {
+        None => None,
+        Some(row) => {
+            let error = [text(row, "Last_IO_Error"), text(row, "Last_SQL_Error")]
+                .into_iter()
+                .flatten()
+                .find(|e| !e.is_empty());
+            let io = match text(row, "Slave_IO_Running").as_deref() {
+                Some(v) if v.eq_ignore_ascii_case("yes") => IoThread::Running,
+                Some(v)
+                    if v.eq_ignore_ascii_case("connecting")
+                        || v.eq_ignore_ascii_case("preparing") =>
+                {
+                    IoThread::Connecting
+                }
+                _ => IoThread::Stopped,
+            };
+            let received = text(row, "Gtid_IO_Pos").unwrap_or_default();
+            Some(ReplicaLink {
+                source_host: text(row, "Master_Host").unwrap_or_default(),
+                source_port: number(row, "Master_Port").unwrap_or(0),
+                io,
+                sql_running: text(row, "Slave_SQL_Running")
+                    .is_some_and(|v| v.eq_ignore_ascii_case("yes")),
+                semi_sync: on(&slave_semi),
+                lag_s: number(row, "Seconds_Behind_Master"),
+                gtid_io_pos: GtidPosition::parse(&received).map_err(anyhow::Error::msg)?,
+                io_errno: number(row, "Last_IO_Errno").unwrap_or(0),
+                sql_errno: number(row, "Last_SQL_Errno").unwrap_or(0),
+                error,
+            })
         }
-    });
-    let semi: Option<(String, String)> = conn
-        .query_first("SHOW GLOBAL STATUS LIKE 'Rpl_semi_sync_master_status'")
-        .await?;
-    let semi_sync = semi.is_some_and(|(_, value)| value.eq_ignore_ascii_case("on"));
+    };
     Ok((
         conn,
         Observation {
@@ -89,15 +119,33 @@ pub(super) async fn probe(
             server_id,
             gtid,
             replica,
-            semi_sync,
+            semi_sync: on(&master_semi),
+            async_commits: count(&async_commits),
+            uptime_s: count(&uptime),
         },
     ))
 }
 
-/// A string literal for SQL text (`CHANGE MASTER` takes no placeholders).
+/// The probe's one SELECT: semi-sync counters and state, uptime, read_only, server id, position.
+type Variables = (
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    i64,
+    u64,
+    String,
+);
+
+/// A string literal for SQL text (`CHANGE MASTER` takes no placeholders), for a session in
+/// [`LITERAL_SQL_MODE`]: there a quote is doubled and a backslash is an ordinary character, so
+/// the literal means the same whatever the server's own `sql_mode`.
 fn sql_string(value: &str) -> String {
-    format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
+    format!("'{}'", value.replace('\'', "''"))
 }
+
+/// The session mode [`sql_string`] literals are written for.
+const LITERAL_SQL_MODE: &str = "SET SESSION sql_mode = 'NO_BACKSLASH_ESCAPES'";
 
 /// Makes a replica the primary without losing what it acknowledged: stop receiving, apply
 /// everything received, forget the source, become writable.
@@ -143,6 +191,7 @@ pub(super) async fn rejoin(node: &Node, primary: &Node, credentials: &Credential
     let mut conn = login(node, credentials).await?;
     conn.query_drop("SET GLOBAL read_only = ON").await?;
     conn.query_drop("STOP SLAVE").await?;
+    conn.query_drop(LITERAL_SQL_MODE).await?;
     let change = format!(
         "CHANGE MASTER TO MASTER_HOST = {host}, MASTER_PORT = {port}, MASTER_USER = {user}, MASTER_PASSWORD = {password}, \
          MASTER_USE_GTID = current_pos, MASTER_CONNECT_RETRY = 1",
@@ -162,7 +211,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sql_strings_are_escaped() {
-        assert_eq!(sql_string("a'b\\c"), "'a\\'b\\\\c'");
+    fn sql_strings_double_quotes_and_keep_backslashes() {
+        assert_eq!(sql_string("a'b\\c"), "'a''b\\c'");
     }
 }

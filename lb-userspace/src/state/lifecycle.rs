@@ -70,6 +70,8 @@ impl AgentState {
                 rule_activity: RuleActivity::default(),
                 database: None,
                 database_watch: None,
+                database_memory: None,
+                database_commands: None,
                 host_addrs: Vec::new(),
                 nat_ports: Arc::new(Mutex::new(None)),
             })
@@ -121,7 +123,8 @@ impl AgentState {
             );
         }
         self.start_checkers(checks);
-        self.start_database_watch()?;
+        let credentials = super::db_watch::database_credentials(&self.config)?;
+        self.start_database_watch(credentials)?;
         count_nat_ports(
             self.dataplane.nat_tables()?,
             Arc::downgrade(&self.nat_ports),

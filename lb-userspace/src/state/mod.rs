@@ -136,6 +136,10 @@ pub struct AgentState {
     /// The database cluster as the last round saw it (`[database]` only).
     pub database: Option<db::DatabaseStatus>,
     database_watch: Option<Checker>,
+    /// What the watch knows that a reload must not reset (handed to the next watch).
+    database_memory: Option<db::Memory>,
+    /// Operator commands to the running watch (`lb db promote`).
+    database_commands: Option<tokio::sync::mpsc::Sender<db::Command>>,
     /// The interface's addresses as last written to `HOST_ADDRS` (the VIPs are there too).
     pub host_addrs: Vec<IpAddr>,
     /// The last count of the NAT ports in use, written by the thread that counts them.

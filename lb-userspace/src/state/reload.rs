@@ -13,15 +13,16 @@ use log::{info, warn};
 use crate::{
     config::{self, ApiConfig, Config},
     dataplane::Dataplane,
-    firewall,
+    db, firewall,
     health::Check,
     neighbor,
     services::{self, ServiceTable},
 };
 
 use super::{
-    changes::ChangeError, db_watch::is_database_service, lock, AdminState, AgentState,
-    BackendRuntime, HealthStatus, ReloadRecord, SharedState,
+    changes::ChangeError,
+    db_watch::{database_credentials, is_database_service},
+    lock, AdminState, AgentState, BackendRuntime, HealthStatus, ReloadRecord, SharedState,
 };
 
 /// Re-reads the config file and applies only the difference: backends and services that stay
@@ -43,6 +44,7 @@ pub struct ReloadFiles {
     config: Config,
     checks: HashMap<(String, String), Check>,
     token: Option<String>,
+    database: Option<db::Credentials>,
 }
 
 impl ReloadFiles {
@@ -54,10 +56,13 @@ impl ReloadFiles {
             build_checks(&config).map_err(|e| ChangeError::InvalidConfig(format!("{e:#}")))?;
         let token =
             load_token(&config.api).map_err(|e| ChangeError::InvalidConfig(format!("{e:#}")))?;
+        let database = database_credentials(&config)
+            .map_err(|e| ChangeError::InvalidConfig(format!("{e:#}")))?;
         Ok(Self {
             config,
             checks,
             token,
+            database,
         })
     }
 }
@@ -91,6 +96,7 @@ impl AgentState {
             config,
             checks,
             token,
+            database,
         } = files;
         let mut notes = Vec::new();
         let old = &self.config.agent;
@@ -196,7 +202,8 @@ impl AgentState {
         self.token = token;
         // Before programming: a backend whose service lost its check must not stay down.
         self.start_checkers(checks);
-        self.start_database_watch().map_err(ChangeError::Internal)?;
+        self.start_database_watch(database)
+            .map_err(ChangeError::Internal)?;
         set_data_path_settings(&mut self.dataplane, &self.config)?;
         for index in 0..self.table.services.len() {
             self.program_service(index)?;
@@ -227,15 +234,12 @@ pub(crate) fn load_token(api: &ApiConfig) -> Result<Option<String>> {
     let Some(path) = &api.token_file else {
         return Ok(None);
     };
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading api.token_file {}: create it with a long random token (e.g. `openssl rand -hex 32 > {}`)", path.display(), path.display()))?;
-    let token = text.lines().next().unwrap_or_default().trim().to_string();
-    if token.is_empty() {
-        anyhow::bail!(
-            "api.token_file {} is empty: put a long random token on its first line",
+    let token = config::read_secret_file(path, "api.token_file").map_err(|e| {
+        anyhow::anyhow!(
+            "{e} (create it with a long random token, e.g. `openssl rand -hex 32 > {}`)",
             path.display()
-        );
-    }
+        )
+    })?;
     if token.len() < 16 {
         warn!(
             "the API token in {} is short ({} characters); use at least 32 random characters",
