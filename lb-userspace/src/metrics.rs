@@ -112,6 +112,7 @@ pub fn render(agent: &AgentState) -> Result<String> {
                 BackendState::Active,
                 BackendState::Draining,
                 BackendState::Down,
+                BackendState::Standby,
             ] {
                 let labels = BackendStateLabels {
                     service: service.name.clone(),
@@ -293,8 +294,15 @@ pub fn render(agent: &AgentState) -> Result<String> {
         );
         registry.register(
             "database_failovers",
-            "Primaries replaced by the agent since it started",
+            "Primaries replaced (by the agent or an operator's lb db promote) in the watch's memory",
             failovers,
+        );
+        let blocked = Gauge::<i64>::default();
+        blocked.set(i64::from(database.blocked.is_some()));
+        registry.register(
+            "database_failover_blocked",
+            "1 while there is no writable primary and the agent will not promote one on its own (lb status says why)",
+            blocked,
         );
     }
 

@@ -27,6 +27,9 @@ pub enum BackendState {
     Draining,
     /// Unreachable: out of the table, its flows re-balanced.
     Down,
+    /// Healthy, but out of this VIP because of its database role (a replica behind the write
+    /// VIP, a primary or lagging node behind the read VIP): to the data path it is down.
+    Standby,
 }
 
 impl BackendState {
@@ -36,6 +39,7 @@ impl BackendState {
             BackendState::Active => "active",
             BackendState::Draining => "draining",
             BackendState::Down => "down",
+            BackendState::Standby => "standby",
         }
     }
 
@@ -43,7 +47,7 @@ impl BackendState {
         match self {
             BackendState::Active => BACKEND_ACTIVE,
             BackendState::Draining => BACKEND_DRAINING,
-            BackendState::Down => BACKEND_DOWN,
+            BackendState::Down | BackendState::Standby => BACKEND_DOWN,
         }
     }
 }
@@ -635,6 +639,7 @@ mod tests {
         for (leaves, map_state) in [
             (BackendState::Draining, BACKEND_DRAINING),
             (BackendState::Down, BACKEND_DOWN),
+            (BackendState::Standby, BACKEND_DOWN),
         ] {
             service.backends[0].state = leaves;
             let (writes, _) = plan_service(&service).unwrap_or_else(|e| panic!("{e:#}"));

@@ -26,7 +26,7 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 use serde_json::{json, Value};
 use xtask::{
-    failover, flow_flood,
+    db_faults, failover, flow_flood,
     lab::{self, addr, host, Lab, LabSpec},
     load::{self, KeepAlive, Load, LoadOptions, LoadReport},
     setup,
@@ -165,6 +165,26 @@ const PARTS: &[Part] = &[
         run: db_failover,
     },
     Part {
+        key: "db_partition",
+        run: db_partition,
+    },
+    Part {
+        key: "db_replica_stopped",
+        run: db_replica_stopped,
+    },
+    Part {
+        key: "db_diverged",
+        run: db_diverged,
+    },
+    Part {
+        key: "db_slow_primary",
+        run: db_slow_primary,
+    },
+    Part {
+        key: "db_agent_kill",
+        run: db_agent_kill,
+    },
+    Part {
         key: "packet_fuzz",
         run: packet_fuzz,
     },
@@ -251,7 +271,7 @@ pub fn run(args: ChaosArgs) -> Result<()> {
         if !args.only.is_empty() && !args.only.iter().any(|k| k == part.key) {
             continue;
         }
-        if ["flow_flood", "db_failover", "packet_fuzz"].contains(&part.key) {
+        if part.key == "flow_flood" || part.key.starts_with("db_") || part.key == "packet_fuzz" {
             // The remaining parts need no lab.
             suite.lab_down();
         }
@@ -820,6 +840,72 @@ fn db_failover_on(suite: &Suite, lab: &Lab) -> Result<Finding> {
             if rejoined.is_ok() { "yes" } else { "NO" }
         ),
     })
+}
+
+/// One database fault ([`db_faults`]) on a lab of its own running the whole stack.
+fn db_fault(
+    fault: impl FnOnce(&Lab, &Path, &stack::FullStack) -> Result<db_faults::FaultReport>,
+) -> Result<Finding> {
+    let lab = Lab::up(LabSpec::standard(LAB_PREFIX))?;
+    let outcome = stack::release_binary("lb")
+        .and_then(|lb| {
+            let started = stack::start_full_stack(&lab, &random_token()?)?;
+            fault(&lab, &lb, &started)
+        })
+        .map_err(|e| anyhow::anyhow!("{e:#}\nagent log:\n{}", tail(&lab.read_log("agent"), 30)));
+    let down = lab.down();
+    let report = outcome?;
+    down?;
+    Ok(Finding {
+        value: report.value(),
+        detail: report.detail,
+        mark: if report.pass { Mark::Pass } else { Mark::Fail },
+        summary: report.summary,
+    })
+}
+
+/// How long the agent's status is watched after a fault that must not promote.
+fn db_hold(suite: &Suite) -> Duration {
+    if suite.quick {
+        Duration::from_secs(4)
+    } else {
+        Duration::from_secs(10)
+    }
+}
+
+fn db_partition(_: &mut Suite) -> Result<Finding> {
+    db_fault(|lab, lb, _| db_faults::partition(lab, lb))
+}
+
+fn db_replica_stopped(suite: &mut Suite) -> Result<Finding> {
+    let hold = db_hold(suite);
+    db_fault(|lab, lb, started| db_faults::replica_stopped(lab, lb, started, hold))
+}
+
+fn db_diverged(suite: &mut Suite) -> Result<Finding> {
+    let hold = db_hold(suite);
+    db_fault(|lab, lb, started| {
+        db_faults::diverged(lab, lb, started, &stack::api_token_file(lab), hold)
+    })
+}
+
+fn db_slow_primary(suite: &mut Suite) -> Result<Finding> {
+    let slow = if suite.quick {
+        Duration::from_secs(8)
+    } else {
+        Duration::from_secs(30)
+    };
+    db_fault(|lab, lb, started| db_faults::slow_primary(lab, lb, started, slow))
+}
+
+fn db_agent_kill(suite: &mut Suite) -> Result<Finding> {
+    // Step 0: the promotion remembered; 1-5: the SQL steps (see lb-userspace/src/db/sql.rs).
+    let steps: &[u8] = if suite.quick {
+        &[1, 3, 5]
+    } else {
+        &[0, 1, 2, 3, 4, 5]
+    };
+    db_fault(|lab, lb, started| db_faults::agent_kill(lab, lb, started, steps))
 }
 
 /// `lb-fuzz`: random and mutated packets through BPF_PROG_TEST_RUN against the reference

@@ -130,6 +130,19 @@ pub fn write_served_by(lab: &Lab) -> Result<String> {
         .with_context(|| format!("no served_by.db.name in {out}"))
 }
 
+/// The notes on database node `db`, as (id, text): an id alone is no proof, since a new
+/// primary that lacks a note hands its id out again.
+pub fn notes_on(lab: &Lab, db: &str) -> Result<BTreeSet<(u64, String)>> {
+    let rows = stack::mariadb_root(lab, db, "SELECT id, text FROM notes.notes")?;
+    Ok(rows
+        .lines()
+        .filter_map(|line| {
+            let (id, text) = line.split_once('\t')?;
+            Some((id.trim().parse().ok()?, text.to_string()))
+        })
+        .collect())
+}
+
 /// What the primary kill showed.
 #[derive(Debug, Clone)]
 pub struct FailoverReport {
@@ -163,9 +176,10 @@ pub fn kill_primary_during_writes(
     let mut back_at: Option<Instant> = None;
     let started = Instant::now();
     for i in 0u64.. {
-        match write_note(lab, &format!("failover write {i}")) {
+        let text = format!("failover write {i}");
+        match write_note(lab, &text) {
             Some(id) => {
-                acked.insert(id);
+                acked.insert((id, text));
                 if let Some(killed) = killed_at {
                     back_at.get_or_insert_with(Instant::now);
                     if back_at.is_some_and(|b| b.elapsed() > Duration::from_secs(1))
@@ -191,8 +205,7 @@ pub fn kill_primary_during_writes(
     let (Some(killed), Some(back)) = (killed_at, back_at) else {
         bail!("the write stream ended before the failover")
     };
-    let rows = stack::mariadb_root(lab, survivor, "SELECT id FROM notes.notes")?;
-    let present: BTreeSet<u64> = rows.lines().filter_map(|l| l.trim().parse().ok()).collect();
+    let present = notes_on(lab, survivor)?;
     let lost = acked.difference(&present).count() as u64;
     let agent_failover_ms = agent_status(lab, lb)
         .ok()

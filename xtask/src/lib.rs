@@ -6,6 +6,7 @@
 //! exists. HTTP goes through hyper's client ([`http`]).
 
 pub mod bench_table;
+pub mod db_faults;
 pub mod failover;
 pub mod flow_flood;
 pub mod forward;

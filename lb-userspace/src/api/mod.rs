@@ -259,6 +259,7 @@ async fn status(State(state): State<SharedState>) -> Result<Json<Status>, ApiErr
             BackendState::Active => backends.active += 1,
             BackendState::Draining => backends.draining += 1,
             BackendState::Down => backends.down += 1,
+            BackendState::Standby => backends.standby += 1,
         }
     }
     let mut traffic = Traffic::default();

@@ -205,7 +205,7 @@ pub fn document() -> Value {
                     "writes_enabled": { "type": "boolean" }, "reloads": { "type": "integer" },
                     "last_reload": { "type": "object", "nullable": true, "properties": { "at": { "type": "integer" }, "ok": { "type": "boolean" }, "message": { "type": "string" } } },
                     "services": { "type": "integer" },
-                    "backends": { "type": "object", "properties": { "total": { "type": "integer" }, "active": { "type": "integer" }, "draining": { "type": "integer" }, "down": { "type": "integer" } } },
+                    "backends": { "type": "object", "properties": { "total": { "type": "integer" }, "active": { "type": "integer" }, "draining": { "type": "integer" }, "down": { "type": "integer" }, "standby": { "type": "integer", "description": "out of a database VIP because of their role" } } },
                     "traffic": { "type": "object", "properties": { "packets": { "type": "integer" }, "bytes": { "type": "integer" }, "new_flows": { "type": "integer" }, "dropped_packets": { "type": "integer" } } },
                     "verdicts": { "type": "array", "items": { "type": "object", "properties": { "verdict": { "type": "string" }, "packets": { "type": "integer" }, "bytes": { "type": "integer" } } } },
                     "database": { "type": "object", "nullable": true, "description": "null without a [database] section", "properties": {
@@ -238,7 +238,7 @@ pub fn document() -> Value {
                 "BackendList": { "type": "object", "properties": { "service": { "type": "string" }, "backends": { "type": "array", "items": schema_ref("Backend") } } },
                 "Backend": { "type": "object", "properties": {
                     "name": { "type": "string" }, "id": { "type": "integer" }, "address": { "type": "string" }, "port": { "type": "integer" }, "weight": { "type": "integer" },
-                    "state": { "type": "string", "enum": ["active", "draining", "down"] }, "admin": { "type": "string", "enum": ["enabled", "draining"] },
+                    "state": { "type": "string", "enum": ["active", "draining", "down", "standby"] }, "admin": { "type": "string", "enum": ["enabled", "draining"] },
                     "mac": { "type": "string", "nullable": true },
                     "health": { "type": "object", "nullable": true, "properties": {
                         "kind": { "type": "string" }, "up": { "type": "boolean" }, "checks": { "type": "integer" }, "failures": { "type": "integer" },

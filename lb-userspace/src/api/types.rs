@@ -170,6 +170,9 @@ pub struct BackendCounts {
     pub active: usize,
     pub draining: usize,
     pub down: usize,
+    /// Out of a database VIP because of their role, not because they fail.
+    #[serde(default)]
+    pub standby: usize,
 }
 
 /// Totals over every verdict.

@@ -257,6 +257,7 @@ pub async fn run(
                         &mut memory_error,
                     )
                     .await;
+                    sql::step(&cluster.nodes[c], 0, "remembered").await;
                     let result = tokio::time::timeout(
                         ACTION_TIMEOUT,
                         promote(&cluster.nodes[c], &credentials),

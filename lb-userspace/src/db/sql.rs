@@ -154,6 +154,7 @@ pub(super) async fn promote(node: &Node, credentials: &Credentials) -> Result<()
     let status: Vec<Row> = conn.query("SHOW SLAVE STATUS").await?;
     if replication_source(&status).is_some() {
         conn.query_drop("STOP SLAVE IO_THREAD").await?;
+        step(node, 1, "stopped receiving").await;
         let status: Vec<Row> = conn.query("SHOW SLAVE STATUS").await?;
         let received = status
             .first()
@@ -171,12 +172,36 @@ pub(super) async fn promote(node: &Node, credentials: &Credentials) -> Result<()
                 bail!("it did not apply its relay log (up to {received}) within {APPLY_TIMEOUT_S} s; not promoted");
             }
         }
+        step(node, 2, "applied what it received").await;
         conn.query_drop("STOP SLAVE").await?;
+        step(node, 3, "stopped replicating").await;
         conn.query_drop("RESET SLAVE ALL").await?;
+        step(node, 4, "forgot its source").await;
     }
     conn.query_drop("SET GLOBAL read_only = OFF").await?;
+    step(node, 5, "writable").await;
     conn.disconnect().await.ok();
     Ok(())
+}
+
+/// The fault suite's hook (`cargo xtask chaos`, `db_agent_kill`): with this variable set, the
+/// agent waits that many milliseconds after each step of a promotion, so that it can be killed
+/// between any two. Unset in production: no wait.
+const PROMOTION_PAUSE_ENV: &str = "LB_DB_PROMOTION_PAUSE_MS";
+
+/// Logs one step of a promotion (every step is idempotent; a restarted agent redoes what is left).
+pub(super) async fn step(node: &Node, number: u8, what: &str) {
+    log::info!(
+        "database: promoting {}: step {number} done: {what}",
+        node.name
+    );
+    let pause = std::env::var(PROMOTION_PAUSE_ENV)
+        .ok()
+        .and_then(|ms| ms.parse().ok())
+        .map(std::time::Duration::from_millis);
+    if let Some(pause) = pause {
+        tokio::time::sleep(pause).await;
+    }
 }
 
 pub(super) async fn fence(node: &Node, credentials: &Credentials) -> Result<()> {

@@ -205,7 +205,7 @@ impl AgentState {
             Some(runtime) if runtime.health.as_ref().is_some_and(|h| !h.tracker.up) => {
                 BackendState::Down
             }
-            Some(runtime) if runtime.role_up == Some(false) => BackendState::Down,
+            Some(runtime) if runtime.role_up == Some(false) => BackendState::Standby,
             Some(runtime) if runtime.admin == AdminState::Draining => BackendState::Draining,
             _ => BackendState::Active,
         }

@@ -43,7 +43,7 @@
   }
 
   function replace(id, ...children) {
-    document.getElementById(id).replaceChildren(...children.flat());
+    document.getElementById(id).replaceChildren(...children.flat().filter((c) => c !== null && c !== undefined));
   }
 
   function table(headers, rows, attrs) {
@@ -173,7 +173,7 @@
     replace(
       "overview",
       tile("services", String(status.services), "tile-services"),
-      tile(`backends: ${b.active} active, ${b.draining} draining, ${b.down} down`, String(b.total), "tile-backends"),
+      tile(`backends: ${b.active} active, ${b.draining} draining, ${b.down} down${b.standby ? `, ${b.standby} standby` : ""}`, String(b.total), "tile-backends"),
       tile("packets / s", rate(rates.totals.pps), "tile-pps"),
       tile("new flows / s", rate(rates.totals.fps), "tile-fps"),
       tile("dropped / s", rate(rates.totals.dps), "tile-dps"),
@@ -197,7 +197,7 @@
     );
   }
 
-  const STATE_KIND = { active: "good", draining: "warn", down: "bad" };
+  const STATE_KIND = { active: "good", draining: "warn", down: "bad", standby: "info" };
 
   function renderServices(services, lists, rates, database) {
     const dbNodes = new Map(((database && database.nodes) || []).map((n) => [n.name, n]));
@@ -276,7 +276,7 @@
     );
   }
 
-  const ROLE_KIND = { primary: "good", replica: "info", down: "bad", fenced: "bad", diverged: "bad", unknown: "warn" };
+  const ROLE_KIND = { primary: "good", replica: "info", standby: "info", lagging: "warn", down: "bad", fenced: "bad", diverged: "bad", unknown: "warn" };
 
   // `database` of GET /api/v1/status: null or absent when the agent manages no database.
   function renderDatabase(database) {
@@ -291,8 +291,13 @@
       "primary ",
       database.primary ? h("strong", null, database.primary) : badge("none", "bad"),
       ` · failovers ${count(database.failovers)}`,
-      last ? ` · last: ${last.from} → ${last.to} in ${(last.duration_ms / 1000).toFixed(2)} s at ${clock(last.at_unix)}` : "",
+      last ? ` · last: ${last.from} → ${last.to} in ${(last.duration_ms / 1000).toFixed(2)} s at ${clock(last.at_unix)}${last.forced ? " (forced)" : ""}` : "",
+      database.failover_policy ? ` · failover: ${database.failover_policy}` : "",
     );
+    // Safe failover refused (or none is allowed): the write VIP is empty and this says why.
+    const blocked = database.failover_blocked
+      ? h("p", { id: "database-blocked", class: "error-text" }, badge("no writable primary", "bad"), ` ${database.failover_blocked}`)
+      : null;
     const yesNo = (v) => (v === null || v === undefined ? "–" : v ? "yes" : "no");
     const rows = (database.nodes || []).map((n) =>
       h(
@@ -308,7 +313,7 @@
         h("td", { class: "error-text" }, n.error || ""),
       ),
     );
-    replace("database", summary, table(["node", "address", "role", "reachable", "read-only", "lag", "GTID", "error"], rows));
+    replace("database", summary, blocked, table(["node", "address", "role", "reachable", "read-only", "lag", "GTID", "error"], rows));
   }
 
   // --- chart ---
