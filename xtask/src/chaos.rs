@@ -8,6 +8,8 @@
 //! - flow_flood: a spoofed SYN, ACK and UDP flood against small flow tables, connections held
 //!   (xtask/src/flow_flood.rs), on a lab of its own;
 //! - db_failover: the database primary killed during acknowledged writes through the app;
+//! - db_partition, db_replica_stopped, db_diverged, db_slow_primary, db_agent_kill: the
+//!   database fault suite (xtask/src/db_faults.rs), each on a lab of its own;
 //! - packet_fuzz: `lb-fuzz` (BPF_PROG_TEST_RUN against the reference model);
 //! - config_fuzz: `cargo fuzz run config_parse` (fuzz/), bounded in time.
 //!

@@ -61,8 +61,8 @@ impl FaultReport {
 /// Notes written through the app by a thread, one after another, until stopped.
 #[derive(Default)]
 struct Writes {
-    /// Acknowledged (HTTP 201) notes (id, text), with when.
-    acked: Vec<((u64, String), Instant)>,
+    /// Acknowledged (HTTP 201) notes (id, text), with when each was sent and acknowledged.
+    acked: Vec<((u64, String), Instant, Instant)>,
     failed: u64,
 }
 
@@ -85,10 +85,11 @@ impl Writer {
                 return;
             }
             let text = format!("{label} {i}");
+            let sent = Instant::now();
             let note = failover::write_note(lab, &text);
             let mut writes = self.writes.lock().unwrap_or_else(|e| e.into_inner());
             match note {
-                Some(id) => writes.acked.push(((id, text), Instant::now())),
+                Some(id) => writes.acked.push(((id, text), sent, Instant::now())),
                 None => writes.failed += 1,
             }
         }
@@ -98,14 +99,15 @@ impl Writer {
         self.writes.lock().map_or(0, |w| w.acked.len())
     }
 
-    /// Acknowledged writes after `at`, and when the first of them was.
+    /// Acknowledged writes sent after `at` (a write in flight at a fault does not count as
+    /// writes being back), and when the first of them was sent.
     fn acked_after(&self, at: Instant) -> (usize, Option<Instant>) {
         let writes = self.writes.lock().unwrap_or_else(|e| e.into_inner());
         let after: Vec<Instant> = writes
             .acked
             .iter()
-            .map(|(_, t)| *t)
-            .filter(|&t| t > at)
+            .filter(|(_, sent, _)| *sent > at)
+            .map(|(_, _, acked)| *acked)
             .collect();
         (after.len(), after.first().copied())
     }
@@ -115,8 +117,8 @@ impl Writer {
         writes
             .acked
             .iter()
-            .filter(|(_, t)| from.is_none_or(|f| *t > f))
-            .map(|(note, _)| note.clone())
+            .filter(|(_, sent, _)| from.is_none_or(|f| *sent > f))
+            .map(|(note, _, _)| note.clone())
             .collect()
     }
 
@@ -483,8 +485,8 @@ pub fn slow_primary(
                 let times: Vec<Instant> = writes
                     .acked
                     .iter()
-                    .map(|(_, t)| *t)
-                    .filter(|&t| t > started)
+                    .filter(|(_, sent, _)| *sent > started)
+                    .map(|(_, _, acked)| *acked)
                     .collect();
                 times
                     .windows(2)
