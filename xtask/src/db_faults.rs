@@ -254,6 +254,20 @@ pub fn replica_stopped(
         with_writer(lab, "replica-stopped", |writer| {
             let killed = replica_cut_then_primary_killed(lab, stack, writer)?;
             let (ever_db2, status) = watch_write(lab, lb, host::DB2, hold);
+            // A reload restarts the watch: it must keep what it knew (the refusal stands).
+            let lb_path = lb.display().to_string();
+            let token = stack::api_token_file(lab).display().to_string();
+            lab.exec_stdout(
+                host::LB,
+                &[lb_path.as_str(), "reload", "--token-file", token.as_str()],
+            )?;
+            let (ever_db2_after_reload, after_reload) =
+                watch_write(lab, lb, host::DB2, Duration::from_secs(2));
+            let reason = status_value(&after_reload, "failover_blocked");
+            if reason.as_deref().is_none_or(|r| r.contains("never saw")) {
+                bail!("after a reload the watch forgot the primary's ledger: {reason:?}");
+            }
+            let ever_db2 = ever_db2 || ever_db2_after_reload;
             stack::start_mariadb_node(lab, host::DB1)?;
             writer.wait_for(5, Duration::from_secs(30))?;
             heal(lab, host::DB2)?;
@@ -302,6 +316,7 @@ pub fn replica_stopped(
             "replica_rejoined": rejoined.is_ok(),
             "rejoin_error": rejoined.err().map(|e| format!("{e:#}")),
             "restart_of_db1_included_in_recovery": true,
+            "refusal_kept_across_a_reload": true,
         }),
     })
 }
