@@ -200,9 +200,8 @@ pub type Probes = Vec<Result<Observation, Failure>>;
 pub struct Ledger {
     /// The primary this is about.
     pub primary: String,
-    /// `async_commits` and `uptime_s` at the primary's last answer.
+    /// `async_commits` at the primary's last answer.
     pub async_commits: u64,
-    pub uptime_s: u64,
     /// Where the primary stood when it was last seen acknowledging writes without a replica: the
     /// new primary must hold this.
     pub required: GtidPosition,
@@ -231,6 +230,10 @@ pub struct Cluster {
     pub ledger: Option<Ledger>,
     /// A promotion decided earlier and not confirmed done (an agent that died mid-way).
     pub promoting: Option<usize>,
+    /// The primary's `Uptime` at its last answer: a smaller one means it restarted (and its
+    /// async-commit counter with it). Not in the ledger: it would change the saved memory
+    /// every second.
+    pub primary_uptime_s: Option<u64>,
 }
 
 impl Cluster {
@@ -245,6 +248,7 @@ impl Cluster {
             rounds: 0,
             ledger: None,
             promoting: None,
+            primary_uptime_s: None,
         }
     }
 
@@ -306,13 +310,15 @@ impl Cluster {
         let fresh = self.ledger.as_ref().is_none_or(|l| l.primary != name);
         match &probes[p] {
             Ok(seen) if !seen.read_only => {
+                if fresh {
+                    self.primary_uptime_s = None;
+                }
                 let ledger = if fresh {
                     // First sight of this primary: what it did before is unknown, so every
                     // replica must hold all it has now (its whole history).
                     self.ledger.insert(Ledger {
                         primary: name.clone(),
                         async_commits: seen.async_commits,
-                        uptime_s: seen.uptime_s,
                         required: seen.gtid.clone(),
                         required_because: Some(format!(
                             "the watch first saw {name} as primary at {}",
@@ -323,7 +329,10 @@ impl Cluster {
                 } else {
                     self.ledger.get_or_insert_with(Ledger::default)
                 };
-                let restarted = seen.uptime_s < ledger.uptime_s;
+                let restarted = self
+                    .primary_uptime_s
+                    .is_some_and(|before| seen.uptime_s < before)
+                    || seen.async_commits < ledger.async_commits;
                 let went_async =
                     !seen.semi_sync || (!restarted && seen.async_commits > ledger.async_commits);
                 if went_async {
@@ -339,7 +348,7 @@ impl Cluster {
                     });
                 }
                 ledger.async_commits = seen.async_commits;
-                ledger.uptime_s = seen.uptime_s;
+                self.primary_uptime_s = Some(seen.uptime_s);
                 ledger.semi_sync = seen.semi_sync;
                 ledger.covering = (0..self.nodes.len())
                     .filter(|&i| i != p)
@@ -1032,6 +1041,41 @@ mod tests {
             ..SETTINGS
         };
         assert_eq!(promoted(&c.decide(&lost, &available)), Some(1));
+    }
+
+    #[test]
+    fn the_ledger_changes_only_with_what_it_proves() {
+        let mut c = cluster();
+        round(&mut c, &healthy());
+        let before = c.ledger.clone();
+        assert!(before.is_some());
+        let mut later = healthy();
+        if let Ok(seen) = later[0].as_mut() {
+            seen.uptime_s += 5;
+            seen.gtid = at("0-1-11");
+        }
+        round(&mut c, &later);
+        assert_eq!(
+            c.ledger, before,
+            "a new position or uptime alone must not rewrite the saved memory"
+        );
+        // A restart resets the async counter: not evidence of async commits.
+        let mut restarted = healthy();
+        if let Ok(seen) = restarted[0].as_mut() {
+            seen.uptime_s = 3;
+        }
+        round(&mut c, &restarted);
+        let mut counted = healthy();
+        if let Ok(seen) = counted[0].as_mut() {
+            seen.uptime_s = 4;
+            seen.async_commits = 1;
+            seen.gtid = at("0-1-12");
+        }
+        round(&mut c, &counted);
+        assert_eq!(
+            c.ledger.as_ref().map(|l| l.required.to_string()).as_deref(),
+            Some("0-1-12")
+        );
     }
 
     #[test]

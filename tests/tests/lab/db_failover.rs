@@ -130,8 +130,10 @@ fn backend_state(lab: &Lab, service: &str, backend: &str) -> String {
         .unwrap_or_else(|e| panic!("{e:#}"));
     let list: serde_json::Value =
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
-    list["backends"]
-        .as_array()
+    // One list per service asked for.
+    list.as_array()
+        .and_then(|lists| lists.iter().find(|l| l["service"] == service))
+        .and_then(|l| l["backends"].as_array())
         .and_then(|all| all.iter().find(|b| b["name"] == backend))
         .and_then(|b| b["state"].as_str())
         .unwrap_or_else(|| panic!("no backend {backend} in {text}"))
