@@ -53,7 +53,8 @@ pub struct HttpsConfig {
     pub key: PathBuf,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// `Debug` is written by hand: it must not print the password.
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseConfig {
     /// `host:port` of the write VIP (the current primary).
@@ -81,16 +82,39 @@ fn default_pool() -> usize {
     4
 }
 
+impl std::fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseConfig")
+            .field("write", &self.write)
+            .field("read", &self.read)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "(redacted)"))
+            .field("password_file", &self.password_file)
+            .field("name", &self.name)
+            .field("nodes", &self.nodes)
+            .field("pool_size", &self.pool_size)
+            .finish()
+    }
+}
+
 impl DatabaseConfig {
     /// The password, read from `password_file` when that is set.
     pub fn password(&self) -> Result<String> {
         match (&self.password, &self.password_file) {
             (Some(p), None) => Ok(p.clone()),
+            // As the agent reads its secret files: the first line, trimmed, not empty.
             (None, Some(file)) => {
                 let text = std::fs::read_to_string(file).with_context(|| {
                     format!("reading database.password_file {}", file.display())
                 })?;
-                Ok(text.lines().next().unwrap_or("").to_string())
+                let password = text.lines().next().unwrap_or_default().trim();
+                if password.is_empty() {
+                    bail!(
+                        "database.password_file {} is empty: put the password on its first line",
+                        file.display()
+                    );
+                }
+                Ok(password.to_string())
             }
             (None, None) => Ok(String::new()),
             (Some(_), Some(_)) => bail!("database: set either password or password_file, not both"),
@@ -213,6 +237,11 @@ nodes = { db1 = 1, db2 = 2 }
         let db = config.database.unwrap_or_else(|| panic!("no database"));
         assert_eq!(db.nodes.get("db2"), Some(&2));
         assert_eq!(db.pool_size, 4);
+        let shown = format!("{db:?}");
+        assert!(
+            !shown.contains("\"x\"") && shown.contains("(redacted)"),
+            "{shown}"
+        );
         assert_eq!(
             host_port("[fd99::21]:3306").ok(),
             Some(("fd99::21".to_string(), 3306))
