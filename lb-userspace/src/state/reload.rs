@@ -281,3 +281,35 @@ pub(crate) fn build_checks(config: &Config) -> Result<HashMap<(String, String), 
     }
     Ok(checks)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The database passwords are read with the rest of the files: one that cannot be read
+    /// refuses the reload before anything changes (it used to stop the watch silently).
+    #[test]
+    fn an_unreadable_database_password_file_refuses_the_reload() {
+        let dir = std::env::temp_dir().join(format!("lb-reload-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.join("lb.toml");
+        let config = format!(
+            "[agent]\ninterface = \"eth0\"\n\n\
+             [[service]]\nname = \"db\"\nvip = \"10.0.0.101\"\nport = 3306\nmode = \"dsr\"\n\n\
+             [[service.backend]]\nname = \"db1\"\naddress = \"10.0.0.21\"\n\n\
+             [database]\nwrite_service = \"db\"\nuser = \"lbadmin\"\n\
+             password_file = \"{}\"\nreplication_user = \"repl\"\nreplication_password = \"r\"\n",
+            dir.join("missing-password").display()
+        );
+        std::fs::write(&path, config).unwrap_or_else(|e| panic!("{e}"));
+        let refused = ReloadFiles::read(&path);
+        std::fs::remove_dir_all(&dir).ok();
+        match refused {
+            Err(ChangeError::InvalidConfig(message)) => {
+                assert!(message.contains("missing-password"), "{message}")
+            }
+            Err(other) => panic!("refused for another reason: {other}"),
+            Ok(_) => panic!("a reload with an unreadable password file was accepted"),
+        }
+    }
+}
