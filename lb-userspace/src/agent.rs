@@ -39,6 +39,8 @@ pub struct RunOptions {
 const RESOLVE_TIMEOUT: Duration = Duration::from_millis(1500);
 /// How often backends without a MAC are tried again.
 const RESOLVE_RETRY: Duration = Duration::from_secs(1);
+/// Every this many [`RESOLVE_RETRY`] ticks, every backend's MAC is compared with the kernel's.
+const MAC_RECHECK_TICKS: u64 = 5;
 
 pub async fn run(options: RunOptions) -> Result<()> {
     let config = config::load(&options.config_path).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -124,6 +126,7 @@ pub async fn run(options: RunOptions) -> Result<()> {
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sighup = signal(SignalKind::hangup())?;
     let mut tick = tokio::time::interval(RESOLVE_RETRY);
+    let mut ticks = 0u64;
     loop {
         tokio::select! {
             _ = sigint.recv() => break,
@@ -141,6 +144,18 @@ pub async fn run(options: RunOptions) -> Result<()> {
                     match tokio::task::spawn_blocking(move || query.run()).await {
                         Ok(found) => lock(&state).record_macs(&found),
                         Err(e) => warn!("resolving backend MACs: {e}"),
+                    }
+                }
+                // Now and then every known MAC is compared with the neighbour table: a backend
+                // that changed its MAC would otherwise get frames it drops until a reload.
+                ticks += 1;
+                if ticks.is_multiple_of(MAC_RECHECK_TICKS) {
+                    let recheck = lock(&state).mac_recheck();
+                    match tokio::task::spawn_blocking(move || recheck.run()).await {
+                        Ok(Ok(changed)) if !changed.is_empty() => lock(&state).record_macs(&changed),
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => warn!("rechecking backend MACs: {e:#}"),
+                        Err(e) => warn!("rechecking backend MACs: {e}"),
                     }
                 }
                 if let Err(e) = lock(&state).sample_rules() {

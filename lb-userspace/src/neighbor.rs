@@ -93,6 +93,47 @@ pub fn lookup(ifindex: u32, addr: IpAddr) -> Result<Option<[u8; 6]>> {
         .map(|e| e.mac))
 }
 
+/// Bit of an entry the kernel still uses but will re-verify first (`NUD_STALE`).
+const NUD_STALE: u16 = 0x04;
+
+/// What the neighbour table says of one address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Neighbour {
+    pub mac: [u8; 6],
+    /// Not confirmed lately: the kernel re-verifies it on its next use.
+    pub stale: bool,
+}
+
+/// The usable entries of `addrs` on `ifindex`, in their order, with one dump per address
+/// family (a lookup per address would dump the table each time).
+pub fn lookup_many(ifindex: u32, addrs: &[IpAddr]) -> Result<Vec<Option<Neighbour>>> {
+    let mut entries = Vec::new();
+    if addrs.iter().any(IpAddr::is_ipv4) {
+        entries.extend(dump(libc::AF_INET as u8)?);
+    }
+    if addrs.iter().any(IpAddr::is_ipv6) {
+        entries.extend(dump(libc::AF_INET6 as u8)?);
+    }
+    Ok(addrs
+        .iter()
+        .map(|addr| {
+            entries
+                .iter()
+                .find(|e| e.ifindex == ifindex && e.addr == *addr && e.state & NUD_USABLE != 0)
+                .map(|e| Neighbour {
+                    mac: e.mac,
+                    stale: e.state & NUD_STALE != 0,
+                })
+        })
+        .collect())
+}
+
+/// Makes the kernel use (and so re-verify) its entry for `addr`: a stale entry whose host
+/// changed its MAC is corrected by the kernel's probes, and seen by the next lookup.
+pub fn reverify(addr: IpAddr) {
+    provoke_resolution(addr);
+}
+
 struct Entry {
     ifindex: u32,
     addr: IpAddr,

@@ -1,5 +1,5 @@
-//! Background upkeep: backends' MAC addresses resolved, `HOST_ADDRS` kept to the interface's
-//! addresses, and the NAT ports in use counted.
+//! Background upkeep: backends' MAC addresses resolved and kept up to date, `HOST_ADDRS` kept
+//! to the interface's addresses, and the NAT ports in use counted.
 use std::{
     net::IpAddr,
     sync::{Mutex, Weak},
@@ -52,7 +52,60 @@ impl MacQuery {
     }
 }
 
+/// Every backend with the MAC the data path has for it, to compare with the neighbour table.
+#[derive(Debug, Clone)]
+pub struct MacRecheck {
+    pub ifindex: u32,
+    pub backends: Vec<(Unresolved, [u8; 6])>,
+}
+
+impl MacRecheck {
+    /// The backends whose neighbour entry now has another MAC (a host that changed its NIC or
+    /// moved); asks the kernel to re-verify stale entries, for the next recheck. Netlink: call
+    /// it off the runtime, without the lock.
+    pub fn run(&self) -> Result<Vec<(Unresolved, [u8; 6])>> {
+        let addrs: Vec<IpAddr> = self.backends.iter().map(|(b, _)| b.addr).collect();
+        let entries = neighbor::lookup_many(self.ifindex, &addrs)?;
+        let mut changed = Vec::new();
+        for ((backend, known), entry) in self.backends.iter().zip(entries) {
+            // Gone from the table, or not confirmed lately: the kernel looks again.
+            let Some(entry) = entry else {
+                neighbor::reverify(backend.addr);
+                continue;
+            };
+            if entry.stale {
+                neighbor::reverify(backend.addr);
+            }
+            if entry.mac != *known {
+                changed.push((*backend, entry.mac));
+            }
+        }
+        Ok(changed)
+    }
+}
+
 impl AgentState {
+    /// What [`MacRecheck::run`] compares: every backend that has a MAC.
+    pub fn mac_recheck(&self) -> MacRecheck {
+        MacRecheck {
+            ifindex: self.ifindex,
+            backends: self
+                .table
+                .services
+                .iter()
+                .flat_map(|s| &s.backends)
+                .filter_map(|b| {
+                    let asked = Unresolved {
+                        id: b.id,
+                        generation: b.generation,
+                        addr: b.addr,
+                    };
+                    b.mac.map(|mac| (asked, mac))
+                })
+                .collect(),
+        }
+    }
+
     /// What [`record_macs`](Self::record_macs) needs to be asked.
     pub fn unresolved(&self) -> MacQuery {
         MacQuery {
@@ -72,13 +125,13 @@ impl AgentState {
         }
     }
 
-    /// Gives the MACs a [`MacQuery`] found to their backends (those still there, the same
-    /// and still without one), and rewrites the services that gained one.
+    /// Gives the MACs a [`MacQuery`] or a [`MacRecheck`] found to their backends (those still
+    /// there and the same), and rewrites the services whose backends gained or changed one.
     pub fn record_macs(&mut self, found: &[(Unresolved, [u8; 6])]) {
         for index in 0..self.table.services.len() {
             let service = &mut self.table.services[index];
             let mut changed = false;
-            for backend in service.backends.iter_mut().filter(|b| b.mac.is_none()) {
+            for backend in &mut service.backends {
                 let Some((_, mac)) = found.iter().find(|(asked, _)| {
                     asked.id == backend.id
                         && asked.generation == backend.generation
@@ -86,12 +139,22 @@ impl AgentState {
                 }) else {
                     continue;
                 };
-                info!(
-                    "service {} backend {}: resolved to {}",
-                    service.name,
-                    backend.name,
-                    neighbor::format_mac(mac)
-                );
+                match backend.mac {
+                    Some(known) if known == *mac => continue,
+                    Some(known) => info!(
+                        "service {} backend {}: MAC changed from {} to {}",
+                        service.name,
+                        backend.name,
+                        neighbor::format_mac(&known),
+                        neighbor::format_mac(mac)
+                    ),
+                    None => info!(
+                        "service {} backend {}: resolved to {}",
+                        service.name,
+                        backend.name,
+                        neighbor::format_mac(mac)
+                    ),
+                }
                 backend.mac = Some(*mac);
                 changed = true;
             }

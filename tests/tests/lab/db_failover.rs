@@ -5,6 +5,7 @@
 //! never as a second writable node behind the write VIP.
 use std::time::Duration;
 
+use lb_tests::agent_lab::backend;
 use xtask::{
     failover,
     lab::{addr, host, Lab, LabSpec},
@@ -60,10 +61,18 @@ fn primary_killed_during_writes_fails_over_without_losing_an_acknowledged_write(
         "reads should be served by the replica db2: {read}"
     );
     // A node outside a VIP because of its role is standby, not down.
-    assert_eq!(backend_state(&lab, "db", "db2"), "standby");
-    assert_eq!(backend_state(&lab, "db", "db1"), "active");
-    assert_eq!(backend_state(&lab, "db-read", "db1"), "standby");
-    assert_eq!(backend_state(&lab, "db-read", "db2"), "active");
+    for (service, node, state) in [
+        ("db", "db2", "standby"),
+        ("db", "db1", "active"),
+        ("db-read", "db1", "standby"),
+        ("db-read", "db2", "active"),
+    ] {
+        assert_eq!(
+            backend(&lab, service, node)["state"],
+            state,
+            "{service} {node}"
+        );
+    }
 
     let report = failover::kill_primary_during_writes(
         &lab,
@@ -112,30 +121,4 @@ fn primary_killed_during_writes_fails_over_without_losing_an_acknowledged_write(
         .unwrap_or_else(|e| panic!("{e:#}"));
     assert_eq!(on_db1, on_db2, "db1 has every note again");
     lab.down().unwrap_or_else(|e| panic!("{e:#}"));
-}
-
-/// `state` of `backend` in `lb backends SERVICE --json`.
-fn backend_state(lab: &Lab, service: &str, backend: &str) -> String {
-    let lb = stack::release_binary("lb").unwrap_or_else(|e| panic!("{e:#}"));
-    let text = lab
-        .exec_stdout(
-            host::LB,
-            &[
-                lb.display().to_string().as_str(),
-                "backends",
-                service,
-                "--json",
-            ],
-        )
-        .unwrap_or_else(|e| panic!("{e:#}"));
-    let list: serde_json::Value =
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
-    // One list per service asked for.
-    list.as_array()
-        .and_then(|lists| lists.iter().find(|l| l["service"] == service))
-        .and_then(|l| l["backends"].as_array())
-        .and_then(|all| all.iter().find(|b| b["name"] == backend))
-        .and_then(|b| b["state"].as_str())
-        .unwrap_or_else(|| panic!("no backend {backend} in {text}"))
-        .to_string()
 }

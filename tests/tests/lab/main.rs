@@ -9,6 +9,7 @@
 mod agent_api;
 mod agent_health;
 mod agent_host_and_nat;
+mod agent_mac;
 mod agent_restart;
 mod app_stack;
 mod dashboard;
