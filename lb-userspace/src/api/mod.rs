@@ -942,9 +942,9 @@ mod tests {
 
     #[tokio::test]
     async fn an_exposed_api_wants_the_token_for_reads_but_not_for_healthz() {
-        let api = api_config(&format!(
+        let api = api_config(
             "bind = \"0.0.0.0:9876\"\ntoken_file = \"/t\"\ntls_cert_file = \"/c\"\ntls_key_file = \"/k\"\nallowed_hosts = [\"lb.example\"]"
-        ));
+        );
         let app = app(&api);
         let host = ("host", "lb.example:9876");
         let (status, body) = call(&app, "/ui", &[host]).await;
