@@ -42,6 +42,9 @@ use tokio::{
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt as _;
 
+/// Connections the kernel queues for `accept`: a burst waits there instead of its SYNs being
+/// dropped (and retried a second later).
+pub const BACKLOG: u32 = 4096;
 /// How long the accept loop waits after an error such as running out of file descriptors.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// At most one log line about accept errors in this time: an attack must not flood the log.
@@ -142,6 +145,19 @@ fn is_per_connection(error: &io::Error) -> bool {
         error.raw_os_error(),
         Some(libc::ECONNABORTED | libc::ECONNRESET | libc::EPROTO | libc::EPERM)
     )
+}
+
+/// A listener on `address` with a backlog of [`BACKLOG`] (the kernel caps it at somaxconn).
+pub fn bind(address: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if address.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // As std's bind: a restarted server can listen again while old connections linger.
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(BACKLOG)
 }
 
 /// The soft `RLIMIT_NOFILE`, raised first to the hard limit when it is below: the servers'

@@ -101,9 +101,7 @@ fn println_ready(server_name: &str) {
 }
 
 async fn bind(address: SocketAddr) -> Result<TcpListener> {
-    TcpListener::bind(address)
-        .await
-        .with_context(|| format!("listening on {address}"))
+    lb_serve::bind(address).with_context(|| format!("listening on {address}"))
 }
 
 /// `/healthz`, the notes API, and the static files (or 404) for everything else.

@@ -74,7 +74,7 @@ impl Listener {
             None => None,
         };
         let bind = api.bind;
-        let listener = TcpListener::bind(bind).await.with_context(|| {
+        let listener = lb_serve::bind(bind).with_context(|| {
             format!("cannot listen on {bind} for the status API: is another `lb run` running? (or set api.bind)")
         })?;
         log::info!(
