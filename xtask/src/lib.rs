@@ -14,6 +14,7 @@ pub mod lab;
 pub mod load;
 pub mod netns;
 pub mod setup;
+pub mod slowloris;
 pub mod stack;
 pub mod template;
 pub mod util;
