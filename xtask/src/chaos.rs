@@ -29,7 +29,7 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 use serde_json::{json, Value};
 use xtask::{
-    failover, flow_flood,
+    failover, flow_flood, hardening,
     lab::{self, addr, host, Lab, LabSpec},
     load::{self, KeepAlive, Load, LoadOptions, LoadReport},
     setup,
@@ -851,221 +851,52 @@ fn hardening(suite: &mut Suite) -> Result<Finding> {
 }
 
 fn hardening_on(suite: &Suite, lab: &Lab) -> Result<Finding> {
-    use xtask::slowloris::Report;
     let token = random_token()?;
     stack::start_full_stack(lab, &token)?;
-    let lbns = lab.ns(host::LB);
-    let api = api_addr()?;
-    let failures_before = health_failures(&lbns, api)?;
-    let xtask = std::env::current_exe().context("the xtask binary")?;
-    let (per, seconds) = (suite.sizes.slow_connections, suite.sizes.slow_seconds);
-    let web1: SocketAddr = format!("{}:80", addr::WEB1)
-        .parse()
-        .context("web1's address")?;
-    let mut attackers = Vec::new();
-    for (from, target, name) in [(host::CLIENT, web1, "lb-web"), (host::LB, api, "api")] {
-        for i in 1..=2 {
-            let log = format!("slowloris-{name}-{i}");
-            let args = [
-                xtask.display().to_string(),
-                "slowloris".into(),
-                "--target".into(),
-                target.to_string(),
-                "--connections".into(),
-                per.to_string(),
-                "--seconds".into(),
-                seconds.to_string(),
-            ];
-            attackers.push((lab.spawn(from, &args, &log)?, log, name));
-        }
-    }
-    // New clients while the attack holds: lb-web directly and through the VIP, and the API.
-    pause(Duration::from_secs(3))?;
-    let (mut probes, mut probe_failures) = (0u64, Vec::new());
-    let probe_until = Instant::now() + Duration::from_secs(seconds.saturating_sub(6));
-    while Instant::now() < probe_until {
-        for ip in [addr::WEB1, addr::VIP_HTTP] {
-            let url = format!("http://{ip}/healthz");
-            probes += 1;
-            let code = lab.exec_stdout(
-                host::CLIENT,
-                &[
-                    "curl",
-                    "-s",
-                    "-o",
-                    "/dev/null",
-                    "-w",
-                    "%{http_code}",
-                    "--max-time",
-                    "2",
-                    &url,
-                ],
-            );
-            match code {
-                Ok(code) if code.trim() == "200" => {}
-                Ok(code) => probe_failures.push(format!("{url}: HTTP {}", code.trim())),
-                Err(e) => probe_failures.push(format!("{url}: {e:#}")),
-            }
-        }
-        probes += 1;
-        match load::api_get(&lbns, api, "/api/v1/status", Duration::from_secs(2)) {
-            Ok((200, _)) => {}
-            Ok((status, body)) => probe_failures.push(format!("API: HTTP {status}: {body}")),
-            Err(e) => probe_failures.push(format!("API: {e:#}")),
-        }
-        pause(Duration::from_millis(500))?;
-    }
-    let mut reports = Vec::new();
-    for (pid, log, name) in &attackers {
-        util::wait_until(
-            Duration::from_secs(seconds + 60),
-            Duration::from_millis(200),
-            || !lab.is_running(*pid),
-        );
-        let _ = lab.stop(*pid);
-        let text = lab.read_log(log);
-        let report = Report::from_output(&text)
-            .with_context(|| format!("{log} wrote no report: {}", tail(&text, 5)))?;
-        reports.push((*name, log.clone(), report));
-    }
-    let health_checks_failed = health_failures(&lbns, api)?.saturating_sub(failures_before);
-    let (secret_hits, sources) = secrets_in_outputs(lab, &lbns, api, &token)?;
-
-    let opened: u64 = reports.iter().map(|(_, _, r)| r.opened).sum();
-    let closed_per_target = |target: &str| -> u64 {
-        reports
-            .iter()
-            .filter(|(name, _, _)| *name == target)
-            .map(|(_, _, r)| r.closed_by_server)
-            .sum()
+    let attack = hardening::Attack {
+        connections: suite.sizes.slow_connections,
+        seconds: suite.sizes.slow_seconds,
     };
-    let (web_closed, api_closed) = (closed_per_target("lb-web"), closed_per_target("api"));
-    let pass = health_checks_failed == 0
+    let outcome = hardening::slowloris_during_health_checks(lab, &attack)?;
+    let (secret_hits, sources) = hardening::secrets_in_outputs(lab, &token)?;
+    let (web_closed, api_closed) = (
+        outcome.closed_by_server("lb-web"),
+        outcome.closed_by_server("api"),
+    );
+    let opened = outcome.opened();
+    let failed = outcome.probe_failures.len();
+    let pass = outcome.health_checks_failed == 0
         && secret_hits.is_empty()
-        && probe_failures.is_empty()
+        && failed == 0
         && web_closed > 0
         && api_closed > 0;
     Ok(Finding {
         value: json!({
             "slow_connections": opened,
-            "health_checks_failed": health_checks_failed,
+            "health_checks_failed": outcome.health_checks_failed,
             "secrets_found": secret_hits.len(),
         }),
         detail: json!({
-            "attackers": reports.iter().map(|(name, log, r)| json!({ "target": name, "log": log, "report": r.to_json() })).collect::<Vec<_>>(),
-            "new_client_probes": probes,
-            "new_client_failures": probe_failures.len(),
-            "first_new_client_failures": probe_failures.iter().take(10).collect::<Vec<_>>(),
+            "attackers": outcome.attackers.iter().map(|a| json!({ "target": a.target, "log": a.log, "report": a.report.to_json() })).collect::<Vec<_>>(),
+            "new_client_probes": outcome.probes,
+            "new_client_failures": failed,
+            "first_new_client_failures": outcome.probe_failures.iter().take(10).collect::<Vec<_>>(),
+            "backends_not_active": outcome.backends_not_active,
             "secrets_found_in": secret_hits,
             "searched": sources,
         }),
         mark: if pass { Mark::Pass } else { Mark::Fail },
         summary: format!(
-            "{opened} half-sent requests ({per} per attacker, 2 attackers each on lb-web and the API, {seconds} s); \
-             closed by the servers: lb-web {web_closed}, API {api_closed}; health checks failed {health_checks_failed} (bar 0); \
-             new clients failed {}/{probes} (bar 0); secrets found {} (bar 0)",
-            probe_failures.len(),
+            "{opened} half-sent requests ({} per attacker, 2 attackers each on lb-web and the API, {} s); \
+             closed by the servers: lb-web {web_closed}, API {api_closed}; health checks failed {} (bar 0); \
+             new clients failed {failed}/{} (bar 0); secrets found {} (bar 0)",
+            attack.connections,
+            attack.seconds,
+            outcome.health_checks_failed,
+            outcome.probes,
             secret_hits.len()
         ),
     })
-}
-
-/// Failed health checks the agent has counted, over every backend of every service.
-fn health_failures(ns: &str, api: SocketAddr) -> Result<u64> {
-    let services = load::api_json(ns, api, "/api/v1/services")?;
-    let mut total = 0;
-    for name in services
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|s| s["name"].as_str())
-    {
-        let list = load::api_json(ns, api, &format!("/api/v1/services/{name}/backends"))?;
-        total += list["backends"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|b| b["health"]["failures"].as_u64())
-            .sum::<u64>();
-    }
-    Ok(total)
-}
-
-/// Where each of the lab's passwords and the API token appears: the agent's and lb-web's logs,
-/// the access logs, `lb status/services/backends --json` and the API's answers. Returns the
-/// hits (`SECRET in SOURCE`, never the secret itself) and the sources searched.
-fn secrets_in_outputs(
-    lab: &Lab,
-    ns: &str,
-    api: SocketAddr,
-    token: &str,
-) -> Result<(Vec<String>, Vec<String>)> {
-    let secrets = [
-        ("the database admin password", stack::MYSQL_ADMIN_PASSWORD),
-        (
-            "the replication password",
-            stack::MYSQL_REPLICATION_PASSWORD,
-        ),
-        ("the health-check password", stack::MYSQL_CHECK_PASSWORD),
-        ("the app's database password", stack::APP_DB_PASSWORD),
-        ("the API token", token),
-    ];
-    let mut texts: Vec<(String, String)> = Vec::new();
-    for entry in std::fs::read_dir(lab.log_dir())?.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with("agent") || name.starts_with("lb-web") {
-            texts.push((format!("log {name}"), lab.read_log(&name)));
-        }
-    }
-    for web in host::WEBS {
-        let path = stack::app_access_log(lab, web);
-        let text = std::fs::read_to_string(&path).unwrap_or_default();
-        texts.push((format!("access log {}", path.display()), text));
-    }
-    let lb = stack::release_binary("lb")?.display().to_string();
-    for command in ["status", "services", "backends"] {
-        let text = lab
-            .exec_stdout(host::LB, &[lb.as_str(), command, "--json"])
-            .unwrap_or_else(|e| format!("{e:#}"));
-        texts.push((format!("lb {command} --json"), text));
-    }
-    let mut paths: Vec<String> = [
-        "/api/v1/status",
-        "/api/v1/services",
-        "/api/v1/firewall/rules",
-        "/api/v1/flows",
-        "/api/v1/openapi.json",
-        "/metrics",
-        "/ui",
-    ]
-    .iter()
-    .map(|p| p.to_string())
-    .collect();
-    if let Ok(services) = load::api_json(ns, api, "/api/v1/services") {
-        for name in services
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|s| s["name"].as_str())
-        {
-            paths.push(format!("/api/v1/services/{name}/backends"));
-        }
-    }
-    for path in paths {
-        let text = load::api_get(ns, api, &path, Duration::from_secs(2))
-            .map(|(_, body)| body)
-            .unwrap_or_else(|e| format!("{e:#}"));
-        texts.push((format!("GET {path}"), text));
-    }
-    let mut hits = Vec::new();
-    for (source, text) in &texts {
-        for (what, secret) in secrets {
-            if !secret.is_empty() && text.contains(secret) {
-                hits.push(format!("{what} in {source}"));
-            }
-        }
-    }
-    Ok((hits, texts.into_iter().map(|(source, _)| source).collect()))
 }
 
 /// `lb-fuzz`: random and mutated packets through BPF_PROG_TEST_RUN against the reference

@@ -9,6 +9,7 @@ pub mod bench_table;
 pub mod failover;
 pub mod flow_flood;
 pub mod forward;
+pub mod hardening;
 pub mod http;
 pub mod lab;
 pub mod load;
