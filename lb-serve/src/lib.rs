@@ -5,9 +5,10 @@
 //! - a connection with nothing in flight is closed after `idle_timeout`, one whose request
 //!   takes longer than `request_timeout` (a body trickled in) is closed too;
 //! - at most `max_connections` are open: a new client takes the place of the oldest connection
-//!   that has no request in flight (a half-sent request, an idle keep-alive), so connections
-//!   held open by an attacker cannot lock new clients out; only when every connection is busy
-//!   is the new one closed at once;
+//!   that has no request in flight (a half-sent request, an idle keep-alive), else of the
+//!   oldest whose request has been in flight longer than the header timeout (a body trickled
+//!   in), so connections held open by an attacker cannot lock new clients out; only when every
+//!   connection is busy with a recent request is the new one closed at once;
 //! - out of file descriptors, the accept loop sheds one idle connection and waits a moment
 //!   instead of spinning.
 //!
@@ -227,7 +228,7 @@ impl Tracker {
     fn admit(&self) -> Option<(u64, Arc<Activity>)> {
         let mut table = self.lock();
         if table.open.len() >= self.limits.max_connections {
-            if !shed_one(&mut table) {
+            if !self.shed_one(&mut table) {
                 return None;
             }
             self.stats.shed.fetch_add(1, Ordering::Relaxed);
@@ -257,26 +258,40 @@ impl Tracker {
     }
 
     fn shed_oldest_idle(&self) {
-        if shed_one(&mut self.lock()) {
+        if self.shed_one(&mut self.lock()) {
             self.stats.shed.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
 
-/// Closes the oldest connection with no request in flight; false when there is none.
-fn shed_one(table: &mut Table) -> bool {
-    let victim = table
-        .open
-        .iter()
-        .find(|(_, slot)| slot.activity.in_flight.load(Ordering::Acquire) == 0)
-        .map(|(id, _)| *id);
-    let Some(slot) = victim.and_then(|id| table.open.remove(&id)) else {
-        return false;
-    };
-    if let Some(abort) = slot.abort {
-        abort.abort();
+impl Tracker {
+    /// Closes the oldest connection with no request in flight, else the oldest whose request
+    /// has been in flight longer than the header timeout (a body trickled in: legitimate
+    /// requests are long done); false when there is neither.
+    fn shed_one(&self, table: &mut Table) -> bool {
+        let stale_before = self
+            .now_ms()
+            .saturating_sub(duration_ms(self.limits.header_read_timeout));
+        let idle = |slot: &Slot| slot.activity.in_flight.load(Ordering::Acquire) == 0;
+        let stale = |slot: &Slot| slot.activity.changed_ms.load(Ordering::Acquire) < stale_before;
+        let victim = table
+            .open
+            .iter()
+            .find(|(_, slot)| idle(slot))
+            .or_else(|| table.open.iter().find(|(_, slot)| stale(slot)))
+            .map(|(id, _)| *id);
+        let Some(slot) = victim.and_then(|id| table.open.remove(&id)) else {
+            return false;
+        };
+        if let Some(abort) = slot.abort {
+            abort.abort();
+        }
+        true
     }
-    true
+}
+
+fn duration_ms(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Removes a connection from the table when its task ends, however it ends.

@@ -166,3 +166,42 @@ async fn when_every_connection_is_busy_the_new_one_is_refused_not_queued() {
     assert_eq!(stats.refused.load(Ordering::Relaxed), 1);
     assert_eq!(stats.shed.load(Ordering::Relaxed), 0);
 }
+
+#[tokio::test]
+async fn at_the_limit_a_request_stuck_longer_than_the_header_timeout_makes_room() {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+    // A POST whose body never comes keeps its connection busy, as a trickled body does.
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/upload",
+            axum::routing::post(|body: axum::body::Bytes| async move { body.len().to_string() }),
+        );
+    let stats = Arc::new(Stats::default());
+    let limits = Limits {
+        max_connections: 2,
+        ..LIMITS
+    };
+    tokio::spawn(serve_with_stats(listener, app, limits, None, stats.clone()));
+    let mut slow = Vec::new();
+    for _ in 0..2 {
+        let mut stream = TcpStream::connect(addr)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        stream
+            .write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nab")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        slow.push(stream);
+    }
+    tokio::time::sleep(LIMITS.header_read_timeout + Duration::from_millis(200)).await;
+    assert_eq!(
+        get_healthz(addr).await.as_deref(),
+        Ok("HTTP/1.1 200 OK"),
+        "a new client was refused while the only connections were stuck in their bodies"
+    );
+    assert!(stats.shed.load(Ordering::Relaxed) >= 1);
+}
