@@ -60,6 +60,9 @@ const LAB_PREFIX: &str = "lbc-";
 const API: &str = "127.0.0.1:9876";
 /// Issue 7's bar for detecting a dead backend.
 const DETECT_BAR: Duration = Duration::from_millis(1000);
+/// New connections per second of each slowloris process: a slowloris holds connections; a
+/// burst of them is a connection flood (the firewall's `syn_rate`), measured elsewhere.
+const SLOW_RATE: u32 = 2_000;
 /// Issue 7's bar for the packet fuzzer (the full run; --quick runs fewer).
 const PACKETS_BAR: u64 = 1_000_000;
 
@@ -855,6 +858,7 @@ fn hardening_on(suite: &Suite, lab: &Lab) -> Result<Finding> {
     stack::start_full_stack(lab, &token)?;
     let attack = hardening::Attack {
         connections: suite.sizes.slow_connections,
+        rate: SLOW_RATE,
         seconds: suite.sizes.slow_seconds,
     };
     let outcome = hardening::slowloris_during_health_checks(lab, &attack)?;
@@ -882,12 +886,14 @@ fn hardening_on(suite: &Suite, lab: &Lab) -> Result<Finding> {
             "new_client_failures": failed,
             "first_new_client_failures": outcome.probe_failures.iter().take(10).collect::<Vec<_>>(),
             "backends_not_active": outcome.backends_not_active,
+            "failed_checks": outcome.failed_checks,
+            "failure_details": outcome.failure_details,
             "secrets_found_in": secret_hits,
             "searched": sources,
         }),
         mark: if pass { Mark::Pass } else { Mark::Fail },
         summary: format!(
-            "{opened} half-sent requests ({} per attacker, 2 attackers each on lb-web and the API, {} s); \
+            "{opened} half-sent requests ({} per attacker at {SLOW_RATE}/s, 2 attackers each on lb-web and the API, {} s); \
              closed by the servers: lb-web {web_closed}, API {api_closed}; health checks failed {} (bar 0); \
              new clients failed {failed}/{} (bar 0); secrets found {} (bar 0)",
             attack.connections,

@@ -3,7 +3,9 @@
 //! where they must never appear. Used by `cargo xtask chaos` (`hardening`) and the lab test
 //! `tests/tests/lab/hardening.rs`.
 use std::{
+    collections::{BTreeMap, BTreeSet},
     net::SocketAddr,
+    sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
 
@@ -19,10 +21,12 @@ use crate::{
 /// The agent's API in the lb namespace (the lab's default bind).
 const API: SocketAddr = stack::AGENT_API;
 
-/// How big the attack is: per attacker process (two per target), and how long.
+/// How big the attack is: per attacker process (two per target), how fast its connections
+/// open, and how long it lasts.
 #[derive(Debug, Clone, Copy)]
 pub struct Attack {
     pub connections: usize,
+    pub rate: u32,
     pub seconds: u64,
 }
 
@@ -44,6 +48,10 @@ pub struct Outcome {
     pub probe_failures: Vec<String>,
     /// Failed health checks the agent counted, over every backend, during the attack.
     pub health_checks_failed: u64,
+    /// `service/backend: failures` of each backend with failed checks.
+    pub failed_checks: Vec<String>,
+    /// Failed checks seen while polling every 0.5 s: `service/backend: detail`.
+    pub failure_details: BTreeSet<String>,
     /// `service/backend state` of backends not active after the attack.
     pub backends_not_active: Vec<String>,
 }
@@ -67,6 +75,44 @@ impl Outcome {
 /// and the API for its status. The lab runs the stack (lb-web, the agent with health checks).
 pub fn slowloris_during_health_checks(lab: &Lab, attack: &Attack) -> Result<Outcome> {
     let lbns = lab.ns(host::LB);
+    let stop = AtomicBool::new(false);
+    let started = Instant::now();
+    std::thread::scope(|scope| {
+        let watcher = scope.spawn(|| watch_checks(&lbns, &stop, started));
+        let outcome = attack_and_probe(lab, attack, &lbns);
+        stop.store(true, Ordering::Relaxed);
+        let details = watcher.join().unwrap_or_default();
+        outcome.map(|outcome| Outcome {
+            failure_details: details,
+            ..outcome
+        })
+    })
+}
+
+/// Every failed check seen by polling the API every 100 ms until `stop`: `service/backend:
+/// detail (first seen at N s)`.
+fn watch_checks(ns: &str, stop: &AtomicBool, started: Instant) -> BTreeSet<String> {
+    let mut first_seen: BTreeMap<String, f64> = BTreeMap::new();
+    while !stop.load(Ordering::Relaxed) {
+        for (service, backend) in backends(ns).unwrap_or_default() {
+            if backend["health"]["last_ok"] == false {
+                let name = backend["name"].as_str().unwrap_or("?");
+                let detail = backend["health"]["last_detail"].as_str().unwrap_or("?");
+                first_seen
+                    .entry(format!("{service}/{name}: {detail}"))
+                    .or_insert_with(|| started.elapsed().as_secs_f64());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    first_seen
+        .into_iter()
+        .map(|(what, at)| format!("{what} (first seen at {at:.1} s)"))
+        .collect()
+}
+
+fn attack_and_probe(lab: &Lab, attack: &Attack, lbns: &str) -> Result<Outcome> {
+    let lbns = lbns.to_string();
     let failures_before = health_failures(&lbns)?;
     let xtask = stack::release_binary("xtask")?;
     let web1: SocketAddr = format!("{}:80", addr::WEB1)
@@ -83,16 +129,18 @@ pub fn slowloris_during_health_checks(lab: &Lab, attack: &Attack) -> Result<Outc
                 target.to_string(),
                 "--connections".into(),
                 attack.connections.to_string(),
+                "--rate".into(),
+                attack.rate.to_string(),
                 "--seconds".into(),
                 attack.seconds.to_string(),
             ];
             spawned.push((lab.spawn(from, &args, &log)?, log, name));
         }
     }
-    // Let the attackers open their connections first.
-    std::thread::sleep(Duration::from_secs(3));
+    // Probes from the first second on, while the attackers still open connections.
+    std::thread::sleep(Duration::from_secs(1));
     let (mut probes, mut probe_failures) = (0u64, Vec::new());
-    let probe_until = Instant::now() + Duration::from_secs(attack.seconds.saturating_sub(6));
+    let probe_until = Instant::now() + Duration::from_secs(attack.seconds.saturating_sub(4));
     while Instant::now() < probe_until {
         for ip in [addr::WEB1, addr::VIP_HTTP] {
             let url = format!("http://{ip}/healthz");
@@ -144,12 +192,23 @@ pub fn slowloris_during_health_checks(lab: &Lab, attack: &Attack) -> Result<Outc
             report,
         });
     }
-    let health_checks_failed = health_failures(&lbns)?.saturating_sub(failures_before);
+    let failures_after = health_failures(&lbns)?;
+    let mut failed_checks = Vec::new();
+    let mut health_checks_failed = 0;
+    for (backend, after) in &failures_after {
+        let failed = after.saturating_sub(failures_before.get(backend).copied().unwrap_or(0));
+        if failed > 0 {
+            health_checks_failed += failed;
+            failed_checks.push(format!("{backend}: {failed}"));
+        }
+    }
     Ok(Outcome {
         attackers,
         probes,
         probe_failures,
         health_checks_failed,
+        failed_checks,
+        failure_details: BTreeSet::new(),
         backends_not_active: backends_not_active(&lbns)?,
     })
 }
@@ -177,12 +236,16 @@ fn backends(ns: &str) -> Result<Vec<(String, serde_json::Value)>> {
     Ok(all)
 }
 
-/// Failed health checks the agent has counted, over every backend.
-fn health_failures(ns: &str) -> Result<u64> {
+/// Failed health checks the agent has counted, by `service/backend`.
+fn health_failures(ns: &str) -> Result<BTreeMap<String, u64>> {
     Ok(backends(ns)?
         .iter()
-        .filter_map(|(_, b)| b["health"]["failures"].as_u64())
-        .sum())
+        .filter_map(|(service, b)| {
+            let failures = b["health"]["failures"].as_u64()?;
+            let name = b["name"].as_str().unwrap_or("?");
+            Some((format!("{service}/{name}"), failures))
+        })
+        .collect())
 }
 
 fn backends_not_active(ns: &str) -> Result<Vec<String>> {

