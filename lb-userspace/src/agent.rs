@@ -56,10 +56,11 @@ pub async fn run(options: RunOptions) -> Result<()> {
         .unwrap_or_else(|| config.agent.pin_path.clone());
     let token = load_token(&config.api)?;
     let api_bind = config.api.bind;
-    // Bound before anything is attached, so a taken port fails without touching the data path.
-    let listener = tokio::net::TcpListener::bind(api_bind).await.with_context(|| {
-        format!("cannot listen on {api_bind} for the status API: is another `lb run` running? (or set api.bind)")
-    })?;
+    // Bound before anything is attached, so a taken port or a bad certificate fails without
+    // touching the data path.
+    let backends = config.services.iter().map(|s| s.backends.len()).sum();
+    let listener = api::Listener::bind(&config.api, backends).await?;
+    let api_url = format!("{}://{api_bind}", listener.scheme());
     let checks = build_checks(&config)?;
 
     let mut dataplane = Dataplane::load(&LoadOptions::for_sizes(
@@ -118,7 +119,7 @@ pub async fn run(options: RunOptions) -> Result<()> {
 
     let server = tokio::spawn(api::serve(listener, state.clone()));
     println!(
-        "lb: running on {iface}; pins under {}; API on http://{api_bind}; Ctrl-C to stop",
+        "lb: running on {iface}; pins under {}; API on {api_url}; Ctrl-C to stop",
         pin_dir.display()
     );
 

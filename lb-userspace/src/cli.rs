@@ -3,6 +3,7 @@
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
+    sync::Arc,
     time::Duration,
 };
 
@@ -10,6 +11,10 @@ use anyhow::{bail, Context as _, Result};
 use clap::{Args, Subcommand};
 use serde::de::DeserializeOwned;
 use tokio::net::TcpStream;
+use tokio_rustls::{
+    rustls::{self, pki_types::ServerName, ClientConfig, RootCertStore},
+    TlsConnector,
+};
 
 use crate::{
     api::types::*,
@@ -24,9 +29,15 @@ const MAX_RESPONSE: usize = 32 * 1024 * 1024;
 
 #[derive(Args, Debug, Clone)]
 pub struct ApiArgs {
-    /// The agent's API (its api.bind).
+    /// The agent's API: http://ADDRESS:PORT (its api.bind), or https://HOST:PORT when the
+    /// agent has api.tls_cert_file.
     #[arg(long, global = true, value_name = "URL")]
     pub api: Option<String>,
+    /// PEM certificate(s) to trust for an https API: the CA that signed api.tls_cert_file (or
+    /// that certificate itself). Default with --agent-config: api.tls_cert_file; else the
+    /// public web roots.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
     /// File holding the API token (the agent's api.token_file); needed for changes.
     #[arg(long, global = true, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
@@ -122,17 +133,56 @@ pub enum FwCommand {
 
 /// Where the agent listens and how to authenticate.
 struct Endpoint {
-    addr: SocketAddr,
+    url: ApiUrl,
+    /// Certificates trusted for https (none: the public web roots).
+    ca_file: Option<PathBuf>,
     token: Option<String>,
+}
+
+/// An `--api` URL: scheme, host as written (a name, or an address without brackets), port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ApiUrl {
+    tls: bool,
+    host: String,
+    port: u16,
+}
+
+impl ApiUrl {
+    /// `host:port` as the `Host` header and messages write it.
+    fn authority(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl std::fmt::Display for ApiUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let scheme = if self.tls { "https" } else { "http" };
+        write!(f, "{scheme}://{}", self.authority())
+    }
+}
+
+/// Either kind of connection to the agent.
+enum Connection {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
 
 impl Endpoint {
     fn from_args(args: &ApiArgs) -> Result<Self> {
-        let mut addr = DEFAULT_API_BIND;
+        let mut url = ApiUrl {
+            tls: false,
+            host: DEFAULT_API_BIND.ip().to_string(),
+            port: DEFAULT_API_BIND.port(),
+        };
         let mut token_file = None;
+        let mut ca_file = None;
         if let Some(path) = &args.agent_config {
             let config = config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
-            addr = config.api.bind;
+            let mut addr = config.api.bind;
             if addr.ip().is_unspecified() {
                 // Listening on every address includes loopback.
                 addr.set_ip(if addr.is_ipv4() {
@@ -141,16 +191,68 @@ impl Endpoint {
                     std::net::Ipv6Addr::LOCALHOST.into()
                 });
             }
+            url = ApiUrl {
+                tls: config.api.tls.is_some(),
+                host: addr.ip().to_string(),
+                port: addr.port(),
+            };
+            // The agent's own certificate: right when it is self-signed or carries its CA.
+            ca_file = config.api.tls.map(|tls| tls.cert_file);
             token_file = config.api.token_file;
         }
-        if let Some(url) = &args.api {
-            addr = parse_api_url(url)?;
+        if let Some(text) = &args.api {
+            url = parse_api_url(text)?;
+        }
+        if let Some(file) = &args.ca_file {
+            ca_file = Some(file.clone());
         }
         if let Some(file) = &args.token_file {
             token_file = Some(file.clone());
         }
         let token = token_file.as_deref().map(read_token).transpose()?;
-        Ok(Self { addr, token })
+        Ok(Self {
+            url,
+            ca_file,
+            token,
+        })
+    }
+
+    /// A connection to the agent, TLS when the URL says https.
+    async fn connect(&self) -> Result<Connection> {
+        let url = &self.url;
+        let addr = tokio::net::lookup_host((url.host.as_str(), url.port))
+            .await
+            .with_context(|| format!("resolving {}", url.host))?
+            .next()
+            .with_context(|| format!("{} has no address", url.host))?;
+        let stream = match TcpStream::connect(addr).await {
+            Ok(stream) => stream,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => bail!(
+                "cannot reach the agent at {url}: connection refused; is `lb run` running? it listens on its \
+                 api.bind (default {DEFAULT_API_BIND}): pass --api URL or --agent-config FILE if it is elsewhere, \
+                 and run this in the agent's network namespace"
+            ),
+            Err(e) => bail!("cannot reach the agent at {url}: {e}"),
+        };
+        if !url.tls {
+            return Ok(Connection::Plain(stream));
+        }
+        let connector = tls_connector(self.ca_file.as_deref())?;
+        let name = ServerName::try_from(url.host.clone())
+            .with_context(|| format!("`{}` is not a name TLS can check", url.host))?;
+        let hint = match &self.ca_file {
+            Some(file) => format!(
+                "the certificate is not signed by {} or does not name {}",
+                file.display(),
+                url.host
+            ),
+            None => "pass --ca-file FILE (the CA of the agent's api.tls_cert_file)".to_string(),
+        };
+        let stream = connector
+            .connect(name, stream)
+            .await
+            .with_context(|| format!("TLS with the agent at {url}: {hint}"))?;
+        Ok(Connection::Tls(Box::new(stream)))
     }
 
     async fn request<T: DeserializeOwned>(
@@ -159,16 +261,12 @@ impl Endpoint {
         path: &str,
         body: Option<serde_json::Value>,
     ) -> Result<(T, String)> {
-        let stream = match tokio::time::timeout(REQUEST_TIMEOUT, TcpStream::connect(self.addr)).await {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => bail!(
-                "cannot reach the agent at http://{}: connection refused; is `lb run` running? it listens on its \
-                 api.bind (default {DEFAULT_API_BIND}): pass --api URL or --agent-config FILE if it is elsewhere, \
-                 and run this in the agent's network namespace",
-                self.addr
-            ),
-            Ok(Err(e)) => bail!("cannot reach the agent at http://{}: {e}", self.addr),
-            Err(_) => bail!("the agent at http://{} did not accept a connection within {REQUEST_TIMEOUT:?}", self.addr),
+        let url = &self.url;
+        let connection = match tokio::time::timeout(REQUEST_TIMEOUT, self.connect()).await {
+            Ok(connection) => connection?,
+            Err(_) => {
+                bail!("the agent at {url} did not accept a connection within {REQUEST_TIMEOUT:?}")
+            }
         };
         let body_bytes = body.as_ref().map(serde_json::to_vec).transpose()?;
         let mut headers = vec![("Accept", "application/json".to_string())];
@@ -178,7 +276,7 @@ impl Endpoint {
         if let Some(token) = &self.token {
             headers.push(("Authorization", format!("Bearer {token}")));
         }
-        let host = self.addr.to_string();
+        let host = url.authority();
         let request = http_client::Request {
             method,
             host: &host,
@@ -187,7 +285,13 @@ impl Endpoint {
             body: body_bytes.as_deref(),
             max_response: MAX_RESPONSE,
         };
-        let response = tokio::time::timeout(REQUEST_TIMEOUT, http_client::send(stream, &request))
+        let exchange = async {
+            match connection {
+                Connection::Plain(stream) => http_client::send(stream, &request).await,
+                Connection::Tls(stream) => http_client::send(stream, &request).await,
+            }
+        };
+        let response = tokio::time::timeout(REQUEST_TIMEOUT, exchange)
             .await
             .with_context(|| {
                 format!("the agent did not answer {method} {path} within {REQUEST_TIMEOUT:?}")
@@ -212,15 +316,61 @@ impl Endpoint {
     }
 }
 
-fn parse_api_url(url: &str) -> Result<SocketAddr> {
-    if let Some(rest) = url.strip_prefix("https://") {
-        bail!("the status API speaks plain HTTP (keep it on loopback or behind a TLS proxy): use http://{rest}");
-    }
-    let rest = url.strip_prefix("http://").unwrap_or(url);
+/// `http://HOST:PORT` (the scheme may be left out) or `https://HOST:PORT`, with an IPv6
+/// address in brackets; a path after it is ignored.
+fn parse_api_url(url: &str) -> Result<ApiUrl> {
+    let (tls, rest) = match url.strip_prefix("https://") {
+        Some(rest) => (true, rest),
+        None => (false, url.strip_prefix("http://").unwrap_or(url)),
+    };
     let authority = rest.split('/').next().unwrap_or_default();
-    authority.parse().with_context(|| {
-        format!("--api `{url}` must be http://ADDRESS:PORT, e.g. http://{DEFAULT_API_BIND}")
+    let bad = || {
+        anyhow::anyhow!(
+            "--api `{url}` must be http://ADDRESS:PORT or https://HOST:PORT, e.g. http://{DEFAULT_API_BIND}"
+        )
+    };
+    let (host, port) = match authority.strip_prefix('[') {
+        Some(v6) => {
+            let (host, port) = v6.split_once("]:").ok_or_else(bad)?;
+            host.parse::<std::net::Ipv6Addr>().map_err(|_| bad())?;
+            (host, port)
+        }
+        None => authority.rsplit_once(':').ok_or_else(bad)?,
+    };
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    let name_like = host
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || ".-:".contains(c));
+    if host.is_empty() || !name_like || port == 0 {
+        return Err(bad());
+    }
+    Ok(ApiUrl {
+        tls,
+        host: host.to_string(),
+        port,
     })
+}
+
+/// rustls for the CLI: the certificates in `ca_file` as roots, or the public web roots.
+fn tls_connector(ca_file: Option<&Path>) -> Result<TlsConnector> {
+    let mut roots = RootCertStore::empty();
+    match ca_file {
+        Some(file) => {
+            for cert in lb_serve::tls::read_certificates(file)? {
+                roots.add(cert).with_context(|| {
+                    format!("{}: a certificate rustls cannot use", file.display())
+                })?;
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(TlsConnector::from(Arc::new(config)))
 }
 
 fn read_token(path: &Path) -> Result<String> {
@@ -802,21 +952,112 @@ mod tests {
 
     #[test]
     fn api_urls() {
-        assert_eq!(
-            parse_api_url("http://127.0.0.1:9876").ok(),
-            Some(DEFAULT_API_BIND)
+        let url = |tls: bool, host: &str, port: u16| ApiUrl {
+            tls,
+            host: host.to_string(),
+            port,
+        };
+        for (text, expect) in [
+            ("http://127.0.0.1:9876", url(false, "127.0.0.1", 9876)),
+            ("127.0.0.1:9876/", url(false, "127.0.0.1", 9876)),
+            ("http://[::1]:9000", url(false, "::1", 9000)),
+            ("https://10.0.0.1:9876", url(true, "10.0.0.1", 9876)),
+            (
+                "https://lb.example.net:9876/ui",
+                url(true, "lb.example.net", 9876),
+            ),
+        ] {
+            assert_eq!(parse_api_url(text).ok(), Some(expect), "{text}");
+        }
+        for bad in [
+            "http://localhost",
+            "https://[::1]",
+            "http://a b:1",
+            "http://:80",
+            "ftp://x:1",
+        ] {
+            assert!(parse_api_url(bad).is_err(), "{bad}");
+        }
+        assert_eq!(url(true, "::1", 1).to_string(), "https://[::1]:1");
+    }
+
+    /// A CA, and a certificate for 127.0.0.1 signed by it, as PEM files in `dir`.
+    fn certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+        let ca_key = KeyPair::generate().unwrap_or_else(|e| panic!("{e}"));
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap_or_else(|e| panic!("{e}"));
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_cert = ca.self_signed(&ca_key).unwrap_or_else(|e| panic!("{e}"));
+        let issuer = Issuer::new(ca, &ca_key);
+        let key = KeyPair::generate().unwrap_or_else(|e| panic!("{e}"));
+        let cert = CertificateParams::new(vec!["127.0.0.1".to_string()])
+            .and_then(|p| p.signed_by(&key, &issuer))
+            .unwrap_or_else(|e| panic!("{e}"));
+        std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("{e}"));
+        let files = (
+            dir.join("ca.pem"),
+            dir.join("api.pem"),
+            dir.join("api-key.pem"),
         );
-        assert_eq!(
-            parse_api_url("127.0.0.1:9876/").ok(),
-            Some(DEFAULT_API_BIND)
+        for (path, text) in [
+            (&files.0, ca_cert.pem()),
+            (&files.1, cert.pem()),
+            (&files.2, key.serialize_pem()),
+        ] {
+            std::fs::write(path, text).unwrap_or_else(|e| panic!("{e}"));
+        }
+        files
+    }
+
+    /// The CLI's request path against an HTTPS server on loopback: trusted through --ca-file,
+    /// refused with another CA or in plain HTTP.
+    #[tokio::test]
+    async fn the_cli_talks_to_an_https_api() {
+        let dir = std::env::temp_dir().join(format!("lb-cli-tls-{}", std::process::id()));
+        let (ca, cert, key) = certificates(&dir);
+        let (other_ca, _, _) = certificates(&dir.join("other"));
+        let tls = lb_serve::tls::server_config(&cert, &key, &[b"http/1.1"])
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let port = listener
+            .local_addr()
+            .unwrap_or_else(|e| panic!("{e}"))
+            .port();
+        let app = axum::Router::new().route(
+            "/healthz",
+            axum::routing::get(|| async { axum::Json(serde_json::json!({ "status": "ok" })) }),
         );
-        assert!(parse_api_url("http://[::1]:9000").is_ok());
-        let error = parse_api_url("https://10.0.0.1:9876")
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
-        assert!(error.contains("plain HTTP"), "{error}");
-        assert!(parse_api_url("http://localhost").is_err());
+        let limits = lb_serve::Limits {
+            header_read_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(5),
+            max_connections: 8,
+        };
+        tokio::spawn(lb_serve::serve(listener, app, limits, Some(tls.into())));
+        let endpoint = |scheme: &str, ca_file: &Path| Endpoint {
+            url: parse_api_url(&format!("{scheme}://127.0.0.1:{port}"))
+                .unwrap_or_else(|e| panic!("{e}")),
+            ca_file: Some(ca_file.to_path_buf()),
+            token: None,
+        };
+        let answer = endpoint("https", &ca)
+            .request::<serde_json::Value>("GET", "/healthz", None)
+            .await
+            .map(|(value, _)| value)
+            .map_err(|e| format!("{e:#}"));
+        assert_eq!(answer, Ok(serde_json::json!({ "status": "ok" })));
+        let refused = endpoint("https", &other_ca)
+            .request::<serde_json::Value>("GET", "/healthz", None)
+            .await;
+        let error = refused.err().map(|e| format!("{e:#}")).unwrap_or_default();
+        assert!(error.contains("is not signed by"), "{error}");
+        let plain = endpoint("http", &ca)
+            .request::<serde_json::Value>("GET", "/healthz", None)
+            .await;
+        assert!(plain.is_err(), "plain HTTP to a TLS listener answered");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

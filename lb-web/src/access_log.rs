@@ -13,16 +13,12 @@ use std::{
 use anyhow::{Context as _, Result};
 use axum::{
     body::{Body, Bytes, HttpBody},
-    extract::{Request, State},
+    extract::{ConnectInfo, Request, State},
     http::{header, HeaderMap, Version},
     middleware::Next,
     response::Response,
 };
 use hyper::body::{Frame, SizeHint};
-
-/// The client's address, put on each request by the connection loop.
-#[derive(Debug, Clone, Copy)]
-pub struct ClientAddr(pub SocketAddr);
 
 /// Where log lines go.
 #[derive(Clone)]
@@ -68,7 +64,7 @@ impl AccessLog {
 pub async fn middleware(State(log): State<AccessLog>, request: Request, next: Next) -> Response {
     let client = request
         .extensions()
-        .get::<ClientAddr>()
+        .get::<ConnectInfo<SocketAddr>>()
         .map_or_else(|| "-".to_string(), |c| c.0.ip().to_canonical().to_string());
     let target = request
         .uri()

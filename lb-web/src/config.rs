@@ -4,6 +4,7 @@ use std::{
     collections::BTreeMap,
     net::SocketAddr,
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use anyhow::{bail, Context, Result};
@@ -26,6 +27,9 @@ pub struct WebConfig {
     pub access_log: String,
     #[serde(default)]
     pub database: Option<DatabaseConfig>,
+    /// Timeouts and the connection limit of every listener.
+    #[serde(default)]
+    pub limits: LimitsConfig,
 }
 
 fn stdout() -> String {
@@ -122,6 +126,83 @@ impl DatabaseConfig {
     }
 }
 
+/// `[limits]`: what one client may hold (see docs/LB-WEB.md, "Limits").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Open connections per listener at most; default: the file-descriptor limit less
+    /// [`FD_RESERVE`], up to [`DEFAULT_MAX_CONNECTIONS`].
+    #[serde(default)]
+    pub max_connections: Option<usize>,
+    /// Time for a request head (and the TLS handshake before the first one).
+    #[serde(default = "default_header_read_timeout_ms")]
+    pub header_read_timeout_ms: u64,
+    /// Time an answered connection may stay open with nothing in flight.
+    #[serde(default = "default_idle_timeout_ms")]
+    pub idle_timeout_ms: u64,
+    /// Time one request may take, its body and its answer included.
+    #[serde(default = "default_request_timeout_ms")]
+    pub request_timeout_ms: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: None,
+            header_read_timeout_ms: default_header_read_timeout_ms(),
+            idle_timeout_ms: default_idle_timeout_ms(),
+            request_timeout_ms: default_request_timeout_ms(),
+        }
+    }
+}
+
+/// Connections per listener when `max_connections` is not set and descriptors allow.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 16_384;
+/// Descriptors kept for everything but client connections: listeners, the database pools,
+/// static files being sent, the access log.
+pub const FD_RESERVE: u64 = 256;
+
+fn default_header_read_timeout_ms() -> u64 {
+    10_000
+}
+fn default_idle_timeout_ms() -> u64 {
+    60_000
+}
+fn default_request_timeout_ms() -> u64 {
+    300_000
+}
+
+impl LimitsConfig {
+    /// The limits of each of `listeners` listeners, given the process's file-descriptor limit:
+    /// together they stay below it, so a flood of connections never takes the descriptors
+    /// the database pools and static files need.
+    pub fn for_listeners(&self, listeners: usize, fd_limit: u64) -> Result<lb_serve::Limits> {
+        let listeners = listeners.max(1) as u64;
+        let available = fd_limit.saturating_sub(FD_RESERVE) / listeners;
+        let max_connections = match self.max_connections {
+            Some(wanted) if wanted as u64 > available => bail!(
+                "limits.max_connections = {wanted} on {listeners} listener(s) does not fit the \
+                 file-descriptor limit {fd_limit} (less {FD_RESERVE} kept for files and the \
+                 database): lower it to at most {available}, or raise the limit (ulimit -n, \
+                 LimitNOFILE= in the systemd unit)"
+            ),
+            Some(wanted) => wanted,
+            None => usize::try_from(available)
+                .unwrap_or(usize::MAX)
+                .min(DEFAULT_MAX_CONNECTIONS),
+        };
+        if max_connections == 0 {
+            bail!("the file-descriptor limit {fd_limit} leaves no room for connections: raise it (ulimit -n)");
+        }
+        Ok(lb_serve::Limits {
+            header_read_timeout: Duration::from_millis(self.header_read_timeout_ms),
+            idle_timeout: Duration::from_millis(self.idle_timeout_ms),
+            request_timeout: Duration::from_millis(self.request_timeout_ms),
+            max_connections,
+        })
+    }
+}
+
 /// Split `host:port` (IPv6 in brackets) into its parts.
 pub fn host_port(text: &str) -> Result<(String, u16)> {
     let (host, port) = text
@@ -176,6 +257,19 @@ fn validate(config: &WebConfig) -> Result<()> {
     }
     if config.access_log.is_empty() {
         bail!("access_log must be a file path or \"-\" (stdout)");
+    }
+    let limits = &config.limits;
+    if limits.max_connections == Some(0) {
+        bail!("limits.max_connections = 0 would refuse every client: remove it for the default");
+    }
+    for (name, value) in [
+        ("header_read_timeout_ms", limits.header_read_timeout_ms),
+        ("idle_timeout_ms", limits.idle_timeout_ms),
+        ("request_timeout_ms", limits.request_timeout_ms),
+    ] {
+        if !(10..=3_600_000).contains(&value) {
+            bail!("limits.{name} = {value} must be 10..3600000 (milliseconds)");
+        }
     }
     if let Some(db) = &config.database {
         host_port(&db.write).context("database.write")?;
@@ -249,6 +343,28 @@ nodes = { db1 = 1, db2 = 2 }
     }
 
     #[test]
+    fn connection_limits_fit_the_descriptor_limit() {
+        let config = parse(GOOD).unwrap_or_else(|e| panic!("{e:#}"));
+        let defaults = config.limits.for_listeners(2, 1024).ok();
+        assert_eq!(defaults.map(|l| l.max_connections), Some(384));
+        let roomy = config.limits.for_listeners(2, 1 << 20).ok();
+        assert_eq!(
+            roomy.map(|l| l.max_connections),
+            Some(DEFAULT_MAX_CONNECTIONS)
+        );
+        let wanted = LimitsConfig {
+            max_connections: Some(5000),
+            ..LimitsConfig::default()
+        };
+        let error = wanted.for_listeners(4, 20_000).err().map(|e| e.to_string());
+        assert!(
+            error.as_deref().is_some_and(|e| e.contains("at most 4936")),
+            "{error:?}"
+        );
+        assert!(config.limits.for_listeners(1, 100).is_err());
+    }
+
+    #[test]
     fn bad_configs_say_what_is_wrong() {
         for (text, expect) in [
             (
@@ -288,6 +404,15 @@ nodes = { db1 = 1, db2 = 2 }
                 GOOD.replace("[http]", "static_dir = \"/nonexistent-dir\"\n[http]"),
                 "not a directory",
             ),
+            (
+                format!("{GOOD}[limits]\nheader_read_timeout_ms = 0\n"),
+                "limits.header_read_timeout_ms",
+            ),
+            (
+                format!("{GOOD}[limits]\nmax_connections = 0\n"),
+                "refuse every client",
+            ),
+            (format!("{GOOD}[limits]\nmax_conns = 5\n"), "unknown field"),
         ] {
             let got = error(&text);
             assert!(got.contains(expect), "expected {expect:?} in:\n{got}");

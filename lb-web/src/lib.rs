@@ -6,7 +6,7 @@ pub mod notes;
 pub mod static_files;
 pub mod tls;
 
-use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
+use std::{net::SocketAddr, sync::Arc};
 
 use anyhow::{Context, Result};
 use axum::{
@@ -17,20 +17,12 @@ use axum::{
     routing::get,
     Router,
 };
-use hyper_util::{
-    rt::{TokioExecutor, TokioIo},
-    server::conn::auto,
-};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
-use tower::ServiceExt as _;
 use tower_http::compression::CompressionLayer;
 
-use access_log::{AccessLog, ClientAddr};
+use access_log::AccessLog;
 use config::WebConfig;
-
-/// How long a client may take to finish the TLS handshake.
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves until SIGINT/SIGTERM.
 pub async fn run(config: WebConfig) -> Result<()> {
@@ -38,13 +30,30 @@ pub async fn run(config: WebConfig) -> Result<()> {
     let notes = notes::Notes::new(&config.server_name, config.database.as_ref())?;
     tokio::spawn(notes.clone().ensure_table_forever());
     let app = finish(app_router(&config, notes), &config.server_name, &log);
+    let listeners = config.http.as_ref().map_or(0, |h| h.listen.len())
+        + config.https.as_ref().map_or(0, |h| h.listen.len());
+    let fd_limit = lb_serve::raise_fd_limit().context("reading RLIMIT_NOFILE")?;
+    let limits = config.limits.for_listeners(listeners, fd_limit)?;
+    log::info!(
+        "lb-web {}: at most {} connections per listener (file-descriptor limit {fd_limit}), \
+         request heads within {:?}, idle connections closed after {:?}",
+        config.server_name,
+        limits.max_connections,
+        limits.header_read_timeout,
+        limits.idle_timeout
+    );
 
     let mut tasks = tokio::task::JoinSet::new();
     if let Some(https) = &config.https {
         let acceptor = TlsAcceptor::from(tls::server_config(&https.cert, &https.key)?);
         for address in &https.listen {
             let listener = bind(*address).await?;
-            tasks.spawn(serve(listener, app.clone(), Some(acceptor.clone())));
+            tasks.spawn(lb_serve::serve(
+                listener,
+                app.clone(),
+                limits,
+                Some(acceptor.clone()),
+            ));
             log::info!("lb-web {}: https on {address}", config.server_name);
         }
     }
@@ -61,7 +70,7 @@ pub async fn run(config: WebConfig) -> Result<()> {
         };
         for address in &http.listen {
             let listener = bind(*address).await?;
-            tasks.spawn(serve(listener, plain.clone(), None));
+            tasks.spawn(lb_serve::serve(listener, plain.clone(), limits, None));
             log::info!(
                 "lb-web {}: http on {address}{}",
                 config.server_name,
@@ -92,9 +101,7 @@ fn println_ready(server_name: &str) {
 }
 
 async fn bind(address: SocketAddr) -> Result<TcpListener> {
-    TcpListener::bind(address)
-        .await
-        .with_context(|| format!("listening on {address}"))
+    lb_serve::bind(address).with_context(|| format!("listening on {address}"))
 }
 
 /// `/healthz`, the notes API, and the static files (or 404) for everything else.
@@ -183,63 +190,6 @@ fn redirect(request: &Request, https_port: u16) -> Response {
             "cannot build an HTTPS address from this Host\n",
         )
             .into_response(),
-    }
-}
-
-/// Accepts connections for ever; each is served (HTTP/1.1 or HTTP/2, detected) on its own task.
-async fn serve(listener: TcpListener, app: Router, tls: Option<TlsAcceptor>) {
-    loop {
-        match listener.accept().await {
-            Ok((stream, peer)) => {
-                tokio::spawn(connection(stream, peer, app.clone(), tls.clone()));
-            }
-            Err(e) => {
-                // Out of file descriptors and the like: wait instead of spinning.
-                log::warn!("accept: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
-}
-
-async fn connection(stream: TcpStream, peer: SocketAddr, app: Router, tls: Option<TlsAcceptor>) {
-    let _ = stream.set_nodelay(true);
-    let service = hyper::service::service_fn(move |mut request: Request<hyper::body::Incoming>| {
-        request.extensions_mut().insert(ClientAddr(peer));
-        let app = app.clone();
-        async move {
-            Ok::<_, Infallible>(
-                app.oneshot(request)
-                    .await
-                    .unwrap_or_else(|never| match never {}),
-            )
-        }
-    });
-    let builder = auto::Builder::new(TokioExecutor::new());
-    let result = match tls {
-        None => {
-            builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                .await
-        }
-        Some(acceptor) => {
-            match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                Ok(Ok(stream)) => {
-                    builder
-                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                        .await
-                }
-                Ok(Err(e)) => {
-                    log::debug!("TLS handshake with {peer}: {e}");
-                    return;
-                }
-                Err(_) => return,
-            }
-        }
-    };
-    if let Err(e) = result {
-        // Clients hanging up mid-request are normal; worth a debug line only.
-        log::debug!("connection from {peer}: {e}");
     }
 }
 

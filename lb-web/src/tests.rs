@@ -184,3 +184,79 @@ async fn redirect_to_https_keeps_host_and_path() {
     let (status, _, _) = send(&router, request("/healthz", &[])).await;
     assert_eq!(status, StatusCode::OK);
 }
+
+/// The app over a real loopback socket, with the server loop and limits `lb-web` runs with
+/// (short timeouts from `[limits]`): half-sent requests held by the hundred do not keep a new
+/// client from `/healthz` or a static file, and are closed when the header timeout ends.
+#[tokio::test]
+async fn half_sent_requests_over_a_socket_are_closed_and_do_not_lock_clients_out() {
+    use std::time::{Duration, Instant};
+    use tokio::{
+        io::{AsyncReadExt as _, AsyncWriteExt as _},
+        net::{TcpListener, TcpStream},
+    };
+
+    let (_site, router) = site("slowloris");
+    let limits = config::parse(
+        "server_name = \"t1\"\n[http]\nlisten = [\"127.0.0.1:0\"]\n[limits]\nmax_connections = 32\nheader_read_timeout_ms = 400\nidle_timeout_ms = 400\n",
+    )
+    .and_then(|c| c.limits.for_listeners(1, 20_000))
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+    tokio::spawn(lb_serve::serve(listener, router, limits, None));
+
+    // Ten times the limit; the most recent 32 are still open when the client comes.
+    let mut held = Vec::new();
+    for _ in 0..320 {
+        let mut stream = TcpStream::connect(addr)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let _ = stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: t1\r\nX-A: ")
+            .await;
+        held.push(stream);
+    }
+    let opened = Instant::now();
+    for path in ["/healthz", "/index.html"] {
+        let mut client = TcpStream::connect(addr)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let request = format!("GET {path} HTTP/1.1\r\nHost: t1\r\nConnection: close\r\n\r\n");
+        client
+            .write_all(request.as_bytes())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut answer))
+            .await
+            .unwrap_or_else(|_| panic!("{path}: no answer while half-sent requests were held"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            answer.starts_with(b"HTTP/1.1 200 OK"),
+            "{path}: {}",
+            String::from_utf8_lossy(&answer)
+        );
+    }
+    // Every held connection is closed (shed for a newer one, or by the header timeout).
+    let mut buf = [0u8; 512];
+    for stream in &mut held {
+        let closed = tokio::time::timeout(Duration::from_secs(3), async {
+            loop {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "a half-sent request was open after 3 s");
+    }
+    let took = opened.elapsed();
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_secs(3),
+        "the last half-sent requests were closed after {took:?}, not at the 400 ms header timeout"
+    );
+}

@@ -9,11 +9,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
-use tokio_rustls::rustls::{
-    self,
-    pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer},
-    ServerConfig,
-};
+use tokio_rustls::rustls::ServerConfig;
 
 /// File names `gen-certs` writes into its output directory.
 pub const CA_CERT: &str = "ca.pem";
@@ -21,36 +17,10 @@ pub const CA_KEY: &str = "ca-key.pem";
 pub const SERVER_CERT: &str = "server.pem";
 pub const SERVER_KEY: &str = "server-key.pem";
 
-/// A rustls server config from a PEM certificate chain and a PEM private key.
+/// A rustls server config from a PEM certificate chain and a PEM private key, offering HTTP/2
+/// first: clients that speak it get it, the others HTTP/1.1.
 pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>> {
-    let cert_pem =
-        fs::read(cert).with_context(|| format!("reading the certificate {}", cert.display()))?;
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
-        .collect::<Result<_, _>>()
-        .with_context(|| format!("{}: not a PEM certificate chain", cert.display()))?;
-    if chain.is_empty() {
-        bail!("{}: no CERTIFICATE block in it", cert.display());
-    }
-    let key_pem =
-        fs::read(key).with_context(|| format!("reading the private key {}", key.display()))?;
-    let key = PrivateKeyDer::from_pem_slice(&key_pem).with_context(|| {
-        format!(
-            "{}: no PEM private key (PKCS#8, PKCS#1 or SEC1) in it",
-            key.display()
-        )
-    })?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .context("TLS protocol versions")?
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .context(
-            "the certificate does not match the private key, or the key type is unsupported",
-        )?;
-    // h2 first: clients that speak it get HTTP/2, the others HTTP/1.1.
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    lb_serve::tls::server_config(cert, key, &[b"h2", b"http/1.1"])
 }
 
 /// Writes a new CA (`ca.pem`, `ca-key.pem`) and a server certificate signed by it for `ips` and
@@ -103,15 +73,35 @@ pub fn gen_certs(out: &Path, ips: &[IpAddr], names: &[String]) -> Result<Vec<Pat
     let mut written = Vec::new();
     for (name, text) in files {
         let path = out.join(name);
-        fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
-        if name.ends_with("key.pem") {
-            use std::os::unix::fs::PermissionsExt as _;
-            // Keys are secrets, even in a lab.
-            fs::set_permissions(&path, fs::Permissions::from_mode(0o600))?;
-        }
+        // Keys are secrets, even in a lab: 0600 from their first byte.
+        let mode = if name.ends_with("key.pem") {
+            0o600
+        } else {
+            0o644
+        };
+        write_new(&path, text.as_bytes(), mode)
+            .with_context(|| format!("writing {}", path.display()))?;
         written.push(path);
     }
     Ok(written)
+}
+
+/// Writes `path` whole with `mode` from its creation: a temporary file made with that mode,
+/// then renamed over `path`, so an older file's wider permissions never hold the new content.
+fn write_new(path: &Path, contents: &[u8], mode: u32) -> std::io::Result<()> {
+    use std::{io::Write as _, os::unix::fs::OpenOptionsExt as _};
+    let mut temporary = path.as_os_str().to_owned();
+    temporary.push(format!(".tmp{}", std::process::id()));
+    let temporary = PathBuf::from(temporary);
+    let _ = fs::remove_file(&temporary);
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&temporary)?;
+    file.write_all(contents)?;
+    file.sync_all()?;
+    fs::rename(&temporary, path)
 }
 
 #[cfg(test)]
@@ -134,6 +124,15 @@ mod tests {
             wrong.is_err(),
             "a key that does not match the certificate was accepted"
         );
+        use std::os::unix::fs::PermissionsExt as _;
+        for name in [CA_KEY, SERVER_KEY] {
+            let meta = fs::metadata(dir.join(name)).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(
+                meta.permissions().mode() & 0o077,
+                0,
+                "{name} is readable by others"
+            );
+        }
         let _ = fs::remove_dir_all(&dir);
     }
 }

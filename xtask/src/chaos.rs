@@ -10,6 +10,9 @@
 //! - db_failover: the database primary killed during acknowledged writes through the app;
 //! - db_partition, db_replica_stopped, db_diverged, db_slow_primary, db_agent_kill: the
 //!   database fault suite (xtask/src/db_faults.rs), each on a lab of its own;
+//! - hardening: slowloris attackers (more connections than the lab's file-descriptor limit)
+//!   against lb-web and the agent's API while health checks run, on the whole stack; then the
+//!   lab's passwords and token searched in logs, `lb ... --json` and API answers;
 //! - packet_fuzz: `lb-fuzz` (BPF_PROG_TEST_RUN against the reference model);
 //! - config_fuzz: `cargo fuzz run config_parse` (fuzz/), bounded in time.
 //!
@@ -28,7 +31,7 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 use serde_json::{json, Value};
 use xtask::{
-    db_faults, failover, flow_flood,
+    db_faults, failover, flow_flood, hardening,
     lab::{self, addr, host, Lab, LabSpec},
     load::{self, KeepAlive, Load, LoadOptions, LoadReport},
     setup,
@@ -59,6 +62,9 @@ const LAB_PREFIX: &str = "lbc-";
 const API: &str = "127.0.0.1:9876";
 /// Issue 7's bar for detecting a dead backend.
 const DETECT_BAR: Duration = Duration::from_millis(1000);
+/// New connections per second of each slowloris process: a slowloris holds connections; a
+/// burst of them is a connection flood (the firewall's `syn_rate`), measured elsewhere.
+const SLOW_RATE: u32 = 2_000;
 /// Issue 7's bar for the packet fuzzer (the full run; --quick runs fewer).
 const PACKETS_BAR: u64 = 1_000_000;
 
@@ -76,6 +82,9 @@ struct Sizes {
     /// schemathesis test cases per operation, per run.
     api_examples: u32,
     config_fuzz_seconds: u64,
+    /// Half-sent requests each slowloris process holds (two per target), and for how long.
+    slow_connections: usize,
+    slow_seconds: u64,
 }
 
 const QUICK: Sizes = Sizes {
@@ -87,6 +96,8 @@ const QUICK: Sizes = Sizes {
     packets: 100_000,
     api_examples: 10,
     config_fuzz_seconds: 15,
+    slow_connections: 2_000,
+    slow_seconds: 20,
 };
 
 const FULL: Sizes = Sizes {
@@ -98,6 +109,9 @@ const FULL: Sizes = Sizes {
     packets: PACKETS_BAR,
     api_examples: 50,
     config_fuzz_seconds: 60,
+    // Two attackers per target: 24,000 half-sent requests, above the lab's limit of 20,000.
+    slow_connections: 12_000,
+    slow_seconds: 45,
 };
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -165,6 +179,11 @@ const PARTS: &[Part] = &[
     Part {
         key: "db_failover",
         run: db_failover,
+    },
+    // Its own lab (the whole stack: app tier, database, passwords).
+    Part {
+        key: "hardening",
+        run: hardening,
     },
     Part {
         key: "db_partition",
@@ -273,7 +292,9 @@ pub fn run(args: ChaosArgs) -> Result<()> {
         if !args.only.is_empty() && !args.only.iter().any(|k| k == part.key) {
             continue;
         }
-        if part.key == "flow_flood" || part.key.starts_with("db_") || part.key == "packet_fuzz" {
+        if ["flow_flood", "hardening", "packet_fuzz"].contains(&part.key)
+            || part.key.starts_with("db_")
+        {
             // The remaining parts need no lab.
             suite.lab_down();
         }
@@ -908,6 +929,70 @@ fn db_agent_kill(suite: &mut Suite) -> Result<Finding> {
         &[0, 1, 2, 3, 4, 5]
     };
     db_fault(|lab, lb, started| db_faults::agent_kill(lab, lb, started, steps))
+}
+
+/// Slowloris against lb-web (web1's port 80, from the client) and the agent's API (from the lb
+/// host), two attacker processes each, while health checks run and new clients are served;
+/// then the lab's secrets searched where they must never appear. Its own lab.
+fn hardening(suite: &mut Suite) -> Result<Finding> {
+    let lab = Lab::up(LabSpec::standard(LAB_PREFIX))?;
+    let outcome = hardening_on(suite, &lab);
+    let down = lab.down();
+    let finding = outcome?;
+    down?;
+    Ok(finding)
+}
+
+fn hardening_on(suite: &Suite, lab: &Lab) -> Result<Finding> {
+    let token = random_token()?;
+    stack::start_full_stack(lab, &token)?;
+    let attack = hardening::Attack {
+        connections: suite.sizes.slow_connections,
+        rate: SLOW_RATE,
+        seconds: suite.sizes.slow_seconds,
+    };
+    let outcome = hardening::slowloris_during_health_checks(lab, &attack)?;
+    let (secret_hits, sources) = hardening::secrets_in_outputs(lab, &token)?;
+    let (web_closed, api_closed) = (
+        outcome.closed_by_server("lb-web"),
+        outcome.closed_by_server("api"),
+    );
+    let opened = outcome.opened();
+    let failed = outcome.probe_failures.len();
+    let pass = outcome.health_checks_failed == 0
+        && secret_hits.is_empty()
+        && failed == 0
+        && web_closed > 0
+        && api_closed > 0;
+    Ok(Finding {
+        value: json!({
+            "slow_connections": opened,
+            "health_checks_failed": outcome.health_checks_failed,
+            "secrets_found": secret_hits.len(),
+        }),
+        detail: json!({
+            "attackers": outcome.attackers.iter().map(|a| json!({ "target": a.target, "log": a.log, "report": a.report.to_json() })).collect::<Vec<_>>(),
+            "new_client_probes": outcome.probes,
+            "new_client_failures": failed,
+            "first_new_client_failures": outcome.probe_failures.iter().take(10).collect::<Vec<_>>(),
+            "backends_not_active": outcome.backends_not_active,
+            "failed_checks": outcome.failed_checks,
+            "failure_details": outcome.failure_details,
+            "secrets_found_in": secret_hits,
+            "searched": sources,
+        }),
+        mark: if pass { Mark::Pass } else { Mark::Fail },
+        summary: format!(
+            "{opened} half-sent requests ({} per attacker at {SLOW_RATE}/s, 2 attackers each on lb-web and the API, {} s); \
+             closed by the servers: lb-web {web_closed}, API {api_closed}; health checks failed {} (bar 0); \
+             new clients failed {failed}/{} (bar 0); secrets found {} (bar 0)",
+            attack.connections,
+            attack.seconds,
+            outcome.health_checks_failed,
+            outcome.probes,
+            secret_hits.len()
+        ),
+    })
 }
 
 /// `lb-fuzz`: random and mutated packets through BPF_PROG_TEST_RUN against the reference

@@ -41,6 +41,19 @@ enum Cmd {
     /// Faults under load and fuzzed input (needs root) into target/chaos/results.json;
     /// --quick for a short run.
     Chaos(chaos::ChaosArgs),
+    /// Internal to `chaos`: a bounded slowloris from this process (run inside a namespace).
+    #[command(hide = true)]
+    Slowloris {
+        #[arg(long)]
+        target: std::net::SocketAddr,
+        #[arg(long)]
+        connections: usize,
+        /// New connections per second at most.
+        #[arg(long, default_value_t = 2000)]
+        rate: u32,
+        #[arg(long)]
+        seconds: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -62,6 +75,21 @@ fn main() -> ExitCode {
         Cmd::Bench(args) => bench::run(args),
         Cmd::Demo(args) => demo::run(args),
         Cmd::Chaos(args) => chaos::run(args),
+        Cmd::Slowloris {
+            target,
+            connections,
+            rate,
+            seconds,
+        } => {
+            let report = xtask::slowloris::attack(
+                target,
+                connections,
+                rate,
+                std::time::Duration::from_secs(seconds),
+            );
+            println!("{}{}", xtask::slowloris::RESULT_PREFIX, report.to_json());
+            Ok(())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

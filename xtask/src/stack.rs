@@ -158,10 +158,11 @@ pub fn write_agent_config_with(lab: &Lab, options: &AgentOptions) -> Result<Path
     let path = lab.dir().join("lb.toml");
     let token_file = api_token_file(lab);
     if let Some(token) = &options.api_token {
-        std::fs::write(&token_file, format!("{token}\n"))?;
+        util::write_private(&token_file, format!("{token}\n"))?;
     }
+    // The config quotes the database admin's password.
     let text = agent_config_text(&pin_dir(lab), &token_file, options)?;
-    std::fs::write(&path, text)?;
+    util::write_private(&path, text)?;
     Ok(path)
 }
 
@@ -351,7 +352,7 @@ pub fn write_agent_config_extended(
         bail!("no [agent] table in {}", path.display());
     };
     let text = format!("{head}[agent]\n{agent_keys}\n{tail}\n{extra}");
-    std::fs::write(&path, text)?;
+    util::write_private(&path, text)?;
     Ok(path)
 }
 
@@ -741,7 +742,8 @@ pub fn start_app_server(lab: &Lab, web: &str, options: &AppOptions) -> Result<u3
         db_name: APP_DB_NAME,
     })?;
     let path = dir.join(format!("{web}.toml"));
-    std::fs::write(&path, config)?;
+    // It quotes the app's database password.
+    util::write_private(&path, config)?;
     let log = format!("lb-web-{web}");
     let pid = lab.spawn(
         web,

@@ -32,6 +32,28 @@ pub fn target_dir() -> PathBuf {
     }
 }
 
+/// Writes a file holding a secret (a password, a token, a key, a config quoting one) with mode
+/// 0600 from its creation: a new temporary file renamed over `path`, so neither a moment after
+/// the write nor an older file's wider mode ever shows the content to other users.
+pub fn write_private(path: &Path, contents: impl AsRef<[u8]>) -> Result<()> {
+    use std::{io::Write as _, os::unix::fs::OpenOptionsExt as _};
+    let mut temporary = path.as_os_str().to_owned();
+    temporary.push(format!(".tmp{}", std::process::id()));
+    let temporary = PathBuf::from(temporary);
+    let _ = std::fs::remove_file(&temporary);
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&temporary)
+        .and_then(|mut file| file.write_all(contents.as_ref()))
+        .and_then(|()| std::fs::rename(&temporary, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&temporary);
+    }
+    written.with_context(|| format!("writing {} (mode 0600)", path.display()))
+}
+
 /// True when running with effective uid 0.
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
@@ -352,4 +374,26 @@ pub fn build_release() -> Result<()> {
         .current_dir(workspace_root())
         .args(["build", "--release"]))
     .context("building the workspace")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn private_files_are_0600_even_over_an_older_world_readable_one() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let path = std::env::temp_dir().join(format!("xtask-private-{}", std::process::id()));
+        std::fs::write(&path, "old").unwrap_or_else(|e| panic!("{e}"));
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))
+            .unwrap_or_else(|e| panic!("{e}"));
+        write_private(&path, "password = \"x\"\n").unwrap_or_else(|e| panic!("{e:#}"));
+        let meta = std::fs::metadata(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::read_to_string(&path).ok().as_deref(),
+            Some("password = \"x\"\n")
+        );
+        let _ = std::fs::remove_file(&path);
+    }
 }

@@ -1,28 +1,33 @@
 //! The status API (axum): reads of the agent's state and the data path's counters, and the
 //! writes that change backends at runtime (bearer token, compared in constant time). Every
-//! error is JSON `{"error": {"code", "message"}}` with a stable code.
+//! error is JSON `{"error": {"code", "message"}}` with a stable code. Served by `lb-serve`
+//! (header, idle and request timeouts, a connection limit) behind the checks of `access`
+//! (Host, and the token for reads on a non-loopback bind), over TLS when configured.
+pub mod access;
 mod openapi;
 pub mod types;
 mod ui;
 
-use std::{collections::HashMap, net::IpAddr};
+use std::{collections::HashMap, net::IpAddr, sync::Arc, time::Duration};
 
 use axum::{
     body::Bytes,
     extract::{rejection::BytesRejection, FromRequestParts, Path, Query, State},
     http::{header, request::Parts, StatusCode},
+    middleware,
     response::{IntoResponse, Response},
     routing::{delete, get, post, put},
     Json, Router,
 };
 use lb_common::maps::{FlowKey, FAMILY_V4, PROTO_TCP};
 use serde::de::DeserializeOwned;
-use subtle::ConstantTimeEq as _;
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 
+use self::access::Access;
 use self::types::*;
 use crate::{
-    config::Mode,
+    config::{ApiConfig, Mode},
     dataplane::Attached,
     db, metrics, neighbor,
     services::{words_addr, BackendState, ServiceEntry},
@@ -39,11 +44,101 @@ use crate::{
 const FLOWS_DEFAULT_LIMIT: usize = 100;
 const FLOWS_MAX_LIMIT: usize = 1000;
 
-/// Serves the API on `listener` until the task is aborted.
-pub async fn serve(listener: TcpListener, state: SharedState) {
-    if let Err(e) = axum::serve(listener, router(state)).await {
-        log::error!("status API stopped: {e}");
+/// Descriptors the agent keeps for itself besides API clients and per-backend sockets: maps,
+/// programs and pins, netlink, the runtime's epoll, logs and config files.
+pub const AGENT_FD_RESERVE: u64 = 256;
+/// Descriptors counted per configured backend: a health check's socket and a database watch
+/// connection at the same time.
+pub const FDS_PER_BACKEND: u64 = 2;
+
+/// The API's listener, made before anything is attached: bound, TLS loaded, limits checked.
+pub struct Listener {
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    limits: lb_serve::Limits,
+    api: ApiConfig,
+}
+
+impl Listener {
+    /// Binds `api.bind` and loads its TLS certificate; `backends` (the configured count) size
+    /// the descriptors kept away from API clients.
+    pub async fn bind(api: &ApiConfig, backends: usize) -> anyhow::Result<Self> {
+        use anyhow::Context as _;
+        let fd_limit = lb_serve::raise_fd_limit().context("reading RLIMIT_NOFILE")?;
+        let limits = limits(api, fd_limit, backends)?;
+        let tls = match &api.tls {
+            Some(tls) => Some(TlsAcceptor::from(
+                lb_serve::tls::server_config(&tls.cert_file, &tls.key_file, &[b"http/1.1"])
+                    .context("api.tls_cert_file / api.tls_key_file")?,
+            )),
+            None => None,
+        };
+        let bind = api.bind;
+        let listener = lb_serve::bind(bind).with_context(|| {
+            format!("cannot listen on {bind} for the status API: is another `lb run` running? (or set api.bind)")
+        })?;
+        log::info!(
+            "status API: at most {} connections (RLIMIT_NOFILE {fd_limit}), request heads within {:?}",
+            limits.max_connections,
+            limits.header_read_timeout
+        );
+        Ok(Self {
+            listener,
+            tls,
+            limits,
+            api: api.clone(),
+        })
     }
+
+    /// `http` or `https`, for messages.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+}
+
+/// The API's connection limits; an error when they and the agent's own descriptors
+/// (`backends` sockets, [`AGENT_FD_RESERVE`]) do not fit under the file-descriptor limit:
+/// then API clients could take the descriptors health checks need.
+pub fn limits(api: &ApiConfig, fd_limit: u64, backends: usize) -> anyhow::Result<lb_serve::Limits> {
+    let connections = u64::from(api.max_connections);
+    let others = (backends as u64).saturating_mul(FDS_PER_BACKEND) + AGENT_FD_RESERVE;
+    // The listener and one connection accepted then closed at the limit.
+    let needed = connections + 2 + others;
+    if needed > fd_limit {
+        anyhow::bail!(
+            "api.max_connections = {connections} does not fit the file-descriptor limit \
+             {fd_limit}: the API may hold {connections} + 2, the {backends} backends' health \
+             checks and database connections {FDS_PER_BACKEND} each, the agent itself \
+             {AGENT_FD_RESERVE}: {needed} in all. Lower api.max_connections, or raise the limit \
+             (ulimit -n, LimitNOFILE= in the systemd unit)"
+        );
+    }
+    Ok(lb_serve::Limits {
+        header_read_timeout: Duration::from_millis(api.header_read_timeout_ms),
+        idle_timeout: Duration::from_millis(api.idle_timeout_ms),
+        request_timeout: Duration::from_millis(api.request_timeout_ms),
+        max_connections: api.max_connections as usize,
+    })
+}
+
+/// Serves the API until the task is aborted.
+pub async fn serve(listener: Listener, state: SharedState) {
+    let token_state = state.clone();
+    let access = Access::new(
+        &listener.api,
+        Arc::new(move || lock(&token_state).token.clone()),
+    );
+    let app = guarded(router(state), access);
+    lb_serve::serve(listener.listener, app, listener.limits, listener.tls).await;
+}
+
+/// `router` behind the Host and token checks.
+pub fn guarded(router: Router, access: Access) -> Router {
+    router.layer(middleware::from_fn_with_state(access, access::check))
 }
 
 pub fn router(state: SharedState) -> Router {
@@ -187,34 +282,8 @@ impl FromRequestParts<SharedState> for Authorized {
         parts: &mut Parts,
         state: &SharedState,
     ) -> Result<Self, Self::Rejection> {
-        let Some(expected) = lock(state).token.clone() else {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "writes_disabled",
-                "writes are disabled: set api.token_file in the agent's config",
-            ));
-        };
-        let presented = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim);
-        match presented {
-            None => Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "this write needs `Authorization: Bearer <token>` (the token in api.token_file)",
-            )),
-            Some(token) if bool::from(token.as_bytes().ct_eq(expected.as_bytes())) => {
-                Ok(Authorized)
-            }
-            Some(_) => Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "wrong token",
-            )),
-        }
+        let expected = lock(state).token.clone();
+        access::bearer(&parts.headers, expected.as_deref()).map(|()| Authorized)
     }
 }
 
@@ -859,7 +928,165 @@ async fn promote_database_node(
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
+    use axum::body::Body;
+    use tokio::{
+        io::{AsyncReadExt as _, AsyncWriteExt as _},
+        net::TcpStream,
+    };
+    use tower::ServiceExt as _;
+
     use super::*;
+
+    const TOKEN: &str = "a-test-token-of-32-characters-ok";
+
+    /// `[api]` from `keys`, through the config's own parser and validator.
+    #[track_caller]
+    fn api_config(keys: &str) -> ApiConfig {
+        let text = format!(
+            "[api]\n{keys}\n[[service]]\nname = \"w\"\nvip = \"10.0.0.1\"\nport = 80\nmode = \"dsr\"\n[[service.backend]]\nname = \"a\"\naddress = \"10.0.0.2\"\n"
+        );
+        crate::config::parse(Path::new("lb.toml"), &text)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .api
+    }
+
+    /// The API's stack without the agent: the real middleware, `/healthz`, the dashboard and
+    /// the JSON fallbacks (every data route needs the agent's maps).
+    fn app(api: &ApiConfig) -> Router {
+        let routes = Router::new()
+            .route("/healthz", get(healthz))
+            .merge(ui::routes());
+        let token: access::TokenSource = Arc::new(|| Some(TOKEN.to_string()));
+        guarded(with_fallbacks(routes), Access::new(api, token))
+    }
+
+    async fn call(app: &Router, path: &str, headers: &[(&str, &str)]) -> (StatusCode, String) {
+        let mut request = axum::http::Request::get(path);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let request = request
+            .body(Body::empty())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let response = app
+            .clone()
+            .oneshot(request)
+            .await
+            .unwrap_or_else(|never| match never {});
+        let status = response.status();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn foreign_hosts_are_refused_with_a_json_error() {
+        let app = app(&api_config(""));
+        let (status, _) = call(&app, "/ui", &[("host", "127.0.0.1:9876")]).await;
+        assert_eq!(status, StatusCode::OK);
+        let (status, body) = call(&app, "/ui", &[("host", "rebound.attacker.example")]).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+        let body: serde_json::Value =
+            serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+        assert_eq!(body["error"]["code"], "host_not_allowed");
+        assert!(body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()));
+        let (status, _) = call(&app, "/healthz", &[("host", "anything.example")]).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn an_exposed_api_wants_the_token_for_reads_but_not_for_healthz() {
+        let api = api_config(
+            "bind = \"0.0.0.0:9876\"\ntoken_file = \"/t\"\ntls_cert_file = \"/c\"\ntls_key_file = \"/k\"\nallowed_hosts = [\"lb.example\"]"
+        );
+        let app = app(&api);
+        let host = ("host", "lb.example:9876");
+        let (status, body) = call(&app, "/ui", &[host]).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+        assert!(body.contains("\"unauthorized\""), "{body}");
+        let bearer = format!("Bearer {TOKEN}");
+        let (status, _) = call(&app, "/ui", &[host, ("authorization", &bearer)]).await;
+        assert_eq!(status, StatusCode::OK);
+        let (status, _) = call(&app, "/ui", &[host, ("authorization", "Bearer nope")]).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        let (status, _) = call(&app, "/healthz", &[host]).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+
+    #[test]
+    fn the_api_connection_limit_leaves_descriptors_to_health_checks() {
+        let api = api_config("max_connections = 128");
+        assert!(limits(&api, 1024, 100).is_ok());
+        let error = limits(&api, 1024, 400).err().map(|e| e.to_string());
+        assert!(
+            error.as_deref().is_some_and(|e| e.contains("1186 in all")),
+            "{error:?}"
+        );
+    }
+
+    /// Over a real socket, as `lb run` serves: half-sent requests (ten times the connection
+    /// limit) neither keep a new client from the API nor outlive the header timeout.
+    #[tokio::test]
+    async fn half_sent_requests_are_closed_and_do_not_lock_clients_out() {
+        let api = api_config("max_connections = 16\nheader_read_timeout_ms = 300");
+        let limits = limits(&api, 20_000, 2).unwrap_or_else(|e| panic!("{e:#}"));
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        tokio::spawn(lb_serve::serve(listener, app(&api), limits, None));
+
+        let mut held = Vec::new();
+        for _ in 0..160 {
+            let mut stream = TcpStream::connect(addr)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            let _ = stream
+                .write_all(b"GET /api/v1/status HTTP/1.1\r\nHost: localhost\r\n")
+                .await;
+            held.push(stream);
+        }
+        let opened = std::time::Instant::now();
+        for (path, expect) in [("/healthz", "200 OK"), ("/ui", "200 OK"), ("/nope", "404")] {
+            let mut client = TcpStream::connect(addr)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            let request =
+                format!("GET {path} HTTP/1.1\r\nHost: localhost:9876\r\nConnection: close\r\n\r\n");
+            client
+                .write_all(request.as_bytes())
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            let mut answer = Vec::new();
+            tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut answer))
+                .await
+                .unwrap_or_else(|_| panic!("{path}: no answer while half-sent requests were held"))
+                .unwrap_or_else(|e| panic!("{e}"));
+            let answer = String::from_utf8_lossy(&answer);
+            assert!(
+                answer.starts_with(&format!("HTTP/1.1 {expect}")),
+                "{path}: {answer}"
+            );
+        }
+        let mut buf = [0u8; 256];
+        for stream in &mut held {
+            let closed = tokio::time::timeout(Duration::from_secs(3), async {
+                while let Ok(1..) = stream.read(&mut buf).await {}
+            })
+            .await;
+            assert!(closed.is_ok(), "a half-sent request was open after 3 s");
+        }
+        let took = opened.elapsed();
+        assert!(
+            took >= Duration::from_millis(200) && took < Duration::from_secs(3),
+            "the last half-sent requests were closed after {took:?}, not at the 300 ms header timeout"
+        );
+    }
 
     #[test]
     fn cursors_round_trip_and_garbage_is_refused() {

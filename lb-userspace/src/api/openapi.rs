@@ -73,7 +73,9 @@ pub fn document() -> Value {
             "description": "State and counters of the XDP load balancer agent, and runtime backend changes. \
                 Errors are {\"error\": {\"code\", \"message\"}}; codes are stable: not_found, method_not_allowed, \
                 invalid_body, invalid_query, unauthorized, writes_disabled, service_not_found, backend_not_found, \
-                conflict, invalid_value, invalid_config, internal."
+                conflict, invalid_value, invalid_config, internal, host_not_allowed (403: Host is not the \
+                API's address or a name in api.allowed_hosts), host_required (400). Writes need the bearer \
+                token; on a non-loopback api.bind (HTTPS) every request but /healthz needs it."
         },
         "paths": {
             "/healthz": { "get": { "summary": "Liveness of the agent", "responses": { "200": ok_json("alive", json!({ "type": "object", "properties": { "status": { "type": "string" } } })) } } },

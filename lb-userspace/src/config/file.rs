@@ -17,11 +17,12 @@ use super::{
     model::{
         self, parse_prefix, Action, Algorithm, FailoverPolicy, HealthKind, HostPolicy, Mode,
         MysqlRole, Protocol, Secret, SnatAddresses, XdpModeConfig, DEFAULT_API_BIND,
-        DEFAULT_CHECK_INTERVAL_MS, DEFAULT_CHECK_TIMEOUT_MS, DEFAULT_DB_FAIL_AFTER,
-        DEFAULT_DB_INTERVAL_MS, DEFAULT_DB_STATE_FILE, DEFAULT_DB_TIMEOUT_MS,
-        DEFAULT_DB_UNREACHABLE_AFTER_MS, DEFAULT_FALL, DEFAULT_FLOW_CAPACITY,
-        DEFAULT_MAP_MEMORY_BUDGET_MIB, DEFAULT_MAX_LAG_S, DEFAULT_PIN_PATH, DEFAULT_RISE,
-        MAX_WEIGHT,
+        DEFAULT_API_HEADER_READ_TIMEOUT_MS, DEFAULT_API_IDLE_TIMEOUT_MS,
+        DEFAULT_API_MAX_CONNECTIONS, DEFAULT_API_REQUEST_TIMEOUT_MS, DEFAULT_CHECK_INTERVAL_MS,
+        DEFAULT_CHECK_TIMEOUT_MS, DEFAULT_DB_FAIL_AFTER, DEFAULT_DB_INTERVAL_MS,
+        DEFAULT_DB_STATE_FILE, DEFAULT_DB_TIMEOUT_MS, DEFAULT_DB_UNREACHABLE_AFTER_MS,
+        DEFAULT_FALL, DEFAULT_FLOW_CAPACITY, DEFAULT_MAP_MEMORY_BUDGET_MIB, DEFAULT_MAX_LAG_S,
+        DEFAULT_PIN_PATH, DEFAULT_RISE, MAX_WEIGHT,
     },
 };
 
@@ -391,6 +392,21 @@ pub struct ApiConfig {
     /// File holding the bearer token that write requests must present; without it, writes are
     /// refused.
     pub token_file: Option<Spanned<PathBuf>>,
+    /// PEM certificate chain of the API (required with a non-loopback bind).
+    pub tls_cert_file: Option<Spanned<PathBuf>>,
+    /// PEM private key of that certificate.
+    pub tls_key_file: Option<Spanned<PathBuf>>,
+    /// Host names (or addresses) clients may use besides the bind address.
+    #[serde(default)]
+    pub allowed_hosts: Vec<Spanned<String>>,
+    #[serde(default = "default_api_max_connections")]
+    pub max_connections: Spanned<u32>,
+    #[serde(default = "default_api_header_read_timeout_ms")]
+    pub header_read_timeout_ms: Spanned<u64>,
+    #[serde(default = "default_api_idle_timeout_ms")]
+    pub idle_timeout_ms: Spanned<u64>,
+    #[serde(default = "default_api_request_timeout_ms")]
+    pub request_timeout_ms: Spanned<u64>,
 }
 
 impl Default for ApiConfig {
@@ -398,8 +414,28 @@ impl Default for ApiConfig {
         Self {
             bind: default_api_bind(),
             token_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            allowed_hosts: Vec::new(),
+            max_connections: default_api_max_connections(),
+            header_read_timeout_ms: default_api_header_read_timeout_ms(),
+            idle_timeout_ms: default_api_idle_timeout_ms(),
+            request_timeout_ms: default_api_request_timeout_ms(),
         }
     }
+}
+
+fn default_api_max_connections() -> Spanned<u32> {
+    Spanned::new(0..0, DEFAULT_API_MAX_CONNECTIONS)
+}
+fn default_api_header_read_timeout_ms() -> Spanned<u64> {
+    Spanned::new(0..0, DEFAULT_API_HEADER_READ_TIMEOUT_MS)
+}
+fn default_api_idle_timeout_ms() -> Spanned<u64> {
+    Spanned::new(0..0, DEFAULT_API_IDLE_TIMEOUT_MS)
+}
+fn default_api_request_timeout_ms() -> Spanned<u64> {
+    Spanned::new(0..0, DEFAULT_API_REQUEST_TIMEOUT_MS)
 }
 
 fn default_api_bind() -> Spanned<SocketAddr> {
@@ -774,6 +810,7 @@ fn validate(config: &Config, at: &Locator<'_>) -> Vec<ConfigError> {
         }
     }
     validate_firewall(config, at, &mut errors);
+    validate_api(&config.api, at, &mut errors);
     if let Some(database) = &config.database {
         validate_database(config, database, at, &mut errors);
     }
@@ -788,6 +825,97 @@ fn validate(config: &Config, at: &Locator<'_>) -> Vec<ConfigError> {
         ));
     }
     errors
+}
+
+/// `[api]`: an API reachable from other hosts speaks TLS and wants the token for reads too;
+/// names and limits are sane.
+fn validate_api(api: &ApiConfig, at: &Locator<'_>, errors: &mut Vec<ConfigError>) {
+    let bind = *api.bind.get_ref();
+    if !bind.ip().is_loopback() {
+        if api.tls_cert_file.is_none() || api.tls_key_file.is_none() {
+            errors.push(at.error(
+                api.bind.span(),
+                format!(
+                    "api.bind = \"{bind}\" is reachable from other hosts, but [api] has no TLS \
+                     certificate: the token and every answer would cross the network in clear"
+                ),
+                "set api.tls_cert_file and api.tls_key_file (PEM), or bind to loopback \
+                 (e.g. \"127.0.0.1:9876\") and reach the API through SSH",
+            ));
+        }
+        if api.token_file.is_none() {
+            errors.push(at.error(
+                api.bind.span(),
+                format!(
+                    "api.bind = \"{bind}\" is reachable from other hosts, so reads need the \
+                     token too, but [api] has no token_file"
+                ),
+                "set api.token_file to a file holding a long random token \
+                 (e.g. `openssl rand -hex 32`), or bind to loopback",
+            ));
+        }
+    }
+    match (&api.tls_cert_file, &api.tls_key_file) {
+        (Some(cert), None) => errors.push(at.error(
+            cert.span(),
+            "api.tls_cert_file is set without api.tls_key_file",
+            "set both: the certificate chain and its private key (PEM)",
+        )),
+        (None, Some(key)) => errors.push(at.error(
+            key.span(),
+            "api.tls_key_file is set without api.tls_cert_file",
+            "set both: the certificate chain and its private key (PEM)",
+        )),
+        _ => {}
+    }
+    for host in &api.allowed_hosts {
+        let name = host.get_ref();
+        if !is_host_name(name) {
+            errors.push(at.error(
+                host.span(),
+                format!("api.allowed_hosts: `{name}` is not a host name or an IP address"),
+                "list names as clients type them, without scheme or port, e.g. \"lb.example.net\"",
+            ));
+        }
+    }
+    let connections = *api.max_connections.get_ref();
+    if !(1..=65_536).contains(&connections) {
+        errors.push(at.error(
+            api.max_connections.span(),
+            format!("api.max_connections = {connections} is out of range"),
+            format!("use 1 to 65536 (default {DEFAULT_API_MAX_CONNECTIONS}), well below the agent's file-descriptor limit"),
+        ));
+    }
+    for (name, value) in [
+        ("header_read_timeout_ms", &api.header_read_timeout_ms),
+        ("idle_timeout_ms", &api.idle_timeout_ms),
+        ("request_timeout_ms", &api.request_timeout_ms),
+    ] {
+        let ms = *value.get_ref();
+        if !(10..=3_600_000).contains(&ms) {
+            errors.push(at.error(
+                value.span(),
+                format!("api.{name} = {ms} is out of range"),
+                "use a number of milliseconds from 10 to 3600000",
+            ));
+        }
+    }
+}
+
+/// A DNS name (letters, digits, '-', dots between labels) or an IP address, without a port.
+fn is_host_name(text: &str) -> bool {
+    if text.parse::<IpAddr>().is_ok() {
+        return true;
+    }
+    !text.is_empty()
+        && text.len() <= 253
+        && text.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
 }
 
 /// The maps this config needs must fit `agent.map_memory_budget_mib`. Checked on the estimate
@@ -1281,6 +1409,23 @@ impl Config {
             api: model::ApiConfig {
                 bind: self.api.bind.into_inner(),
                 token_file: self.api.token_file.map(Spanned::into_inner),
+                tls: match (self.api.tls_cert_file, self.api.tls_key_file) {
+                    (Some(cert), Some(key)) => Some(model::ApiTls {
+                        cert_file: cert.into_inner(),
+                        key_file: key.into_inner(),
+                    }),
+                    _ => None,
+                },
+                allowed_hosts: self
+                    .api
+                    .allowed_hosts
+                    .into_iter()
+                    .map(|h| h.into_inner().to_ascii_lowercase())
+                    .collect(),
+                max_connections: self.api.max_connections.into_inner(),
+                header_read_timeout_ms: self.api.header_read_timeout_ms.into_inner(),
+                idle_timeout_ms: self.api.idle_timeout_ms.into_inner(),
+                request_timeout_ms: self.api.request_timeout_ms.into_inner(),
             },
             services: self
                 .services

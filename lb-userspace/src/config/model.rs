@@ -289,13 +289,43 @@ impl AgentConfig {
 /// Default address of the status API: loopback only, so reads are not exposed by accident.
 pub const DEFAULT_API_BIND: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9876);
 
+/// Default of `api.max_connections`: an operator, a dashboard and a metrics scraper need a
+/// handful; the rest of the descriptors stay with health checks and the database watch.
+pub const DEFAULT_API_MAX_CONNECTIONS: u32 = 128;
+pub const DEFAULT_API_HEADER_READ_TIMEOUT_MS: u64 = 5_000;
+pub const DEFAULT_API_IDLE_TIMEOUT_MS: u64 = 30_000;
+pub const DEFAULT_API_REQUEST_TIMEOUT_MS: u64 = 30_000;
+
 #[derive(Debug, Clone)]
 pub struct ApiConfig {
     /// Address the status API listens on.
     pub bind: SocketAddr,
     /// File holding the bearer token that write requests must present; without it, writes are
-    /// refused.
+    /// refused. With a non-loopback bind, reads need it too.
     pub token_file: Option<PathBuf>,
+    /// HTTPS (required by validation when the bind is not loopback).
+    pub tls: Option<ApiTls>,
+    /// Host names clients may use besides the bind address, lowercase.
+    pub allowed_hosts: Vec<String>,
+    /// Open API connections at most.
+    pub max_connections: u32,
+    pub header_read_timeout_ms: u64,
+    pub idle_timeout_ms: u64,
+    pub request_timeout_ms: u64,
+}
+
+impl ApiConfig {
+    /// Reachable from other hosts: TLS, and the token for reads too.
+    pub fn is_exposed(&self) -> bool {
+        !self.bind.ip().is_loopback()
+    }
+}
+
+/// The API's certificate and key (PEM files).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiTls {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]

@@ -414,7 +414,7 @@ fn good_with(extra: &str) -> String {
 #[test]
 fn api_and_health_parse_with_defaults() {
     let text = format!(
-        "[api]\nbind = \"0.0.0.0:9000\"\ntoken_file = \"/etc/lb/token\"\n{}",
+        "[api]\nbind = \"0.0.0.0:9000\"\ntoken_file = \"/etc/lb/token\"\ntls_cert_file = \"/etc/lb/api.pem\"\ntls_key_file = \"/etc/lb/api-key.pem\"\n{}",
         good_with(HEALTH)
     );
     let config = parse(Path::new("lb.toml"), &text).unwrap_or_else(|e| panic!("{e}"));
@@ -471,6 +471,84 @@ fn udp_services_cannot_have_tcp_health_checks() {
     assert!(
         errors.iter().any(|e| e.message.contains("is UDP")),
         "{errors:?}"
+    );
+}
+
+#[test]
+fn an_exposed_api_needs_tls_and_a_token_and_says_where() {
+    let errors = errors_of(&format!("[api]\nbind = \"0.0.0.0:9876\"\n{GOOD}"));
+    let tls = errors
+        .iter()
+        .find(|e| e.message.contains("no TLS certificate"))
+        .unwrap_or_else(|| panic!("{errors:?}"));
+    assert_eq!((tls.line, tls.column), (2, 8), "{tls}");
+    assert!(
+        tls.fix.contains("api.tls_cert_file and api.tls_key_file"),
+        "{tls}"
+    );
+    assert!(
+        errors.iter().any(|e| e.message.contains("no token_file")),
+        "{errors:?}"
+    );
+    // Loopback, v4 or v6, needs neither.
+    for bind in ["127.0.0.1:9876", "[::1]:9876", "127.0.0.2:1"] {
+        let text = format!("[api]\nbind = \"{bind}\"\n{GOOD}");
+        let config = parse(Path::new("lb.toml"), &text).unwrap_or_else(|e| panic!("{e}"));
+        assert!(!config.api.is_exposed(), "{bind}");
+    }
+}
+
+#[test]
+fn api_tls_hosts_and_limits_are_checked() {
+    for (api, needle, line) in [
+        (
+            "tls_cert_file = \"/c.pem\"\n",
+            "without api.tls_key_file",
+            2,
+        ),
+        (
+            "tls_key_file = \"/k.pem\"\n",
+            "without api.tls_cert_file",
+            2,
+        ),
+        (
+            "allowed_hosts = [\"http://lb.example\"]\n",
+            "not a host name",
+            2,
+        ),
+        (
+            "allowed_hosts = [\"lb.example:9876\"]\n",
+            "not a host name",
+            2,
+        ),
+        ("allowed_hosts = [\"\"]\n", "not a host name", 2),
+        ("max_connections = 0\n", "api.max_connections = 0", 2),
+        (
+            "header_read_timeout_ms = 1\n",
+            "api.header_read_timeout_ms = 1",
+            2,
+        ),
+        ("idle_timeout_ms = 99999999\n", "api.idle_timeout_ms", 2),
+    ] {
+        let errors = errors_of(&format!("[api]\n{api}{GOOD}"));
+        let error = errors
+            .iter()
+            .find(|e| e.message.contains(needle))
+            .unwrap_or_else(|| panic!("{api}: {errors:?}"));
+        assert_eq!(error.line, line, "{error}");
+    }
+    let text = format!(
+        "[api]\nallowed_hosts = [\"LB.example\", \"10.0.0.1\", \"fd00::1\"]\nmax_connections = 16\n{GOOD}"
+    );
+    let config = parse(Path::new("lb.toml"), &text).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        config.api.allowed_hosts,
+        ["lb.example", "10.0.0.1", "fd00::1"]
+    );
+    assert_eq!(config.api.max_connections, 16);
+    assert_eq!(
+        config.api.header_read_timeout_ms,
+        DEFAULT_API_HEADER_READ_TIMEOUT_MS
     );
 }
 

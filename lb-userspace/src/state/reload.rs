@@ -104,9 +104,9 @@ impl AgentState {
         if old.interface != new.interface
             || old.pin_path != new.pin_path
             || old.xdp_mode != new.xdp_mode
-            || self.config.api.bind != config.api.bind
+            || api_listener_changed(&self.config.api, &config.api)
         {
-            notes.push("agent interface/pin_path/xdp_mode and api.bind changes take effect at the next start".to_string());
+            notes.push("agent interface/pin_path/xdp_mode and [api] changes (but the token) take effect at the next start".to_string());
         }
         // The maps cannot be resized under the running program. A rule table too small for the
         // new rules refuses the reload; other sizes are applied at the next clean start.
@@ -227,6 +227,17 @@ impl AgentState {
         }
         Ok(summary)
     }
+}
+
+/// A change to what the API's listener was built with at start (all of `[api]` but the token).
+fn api_listener_changed(old: &ApiConfig, new: &ApiConfig) -> bool {
+    old.bind != new.bind
+        || old.tls != new.tls
+        || old.allowed_hosts != new.allowed_hosts
+        || old.max_connections != new.max_connections
+        || old.header_read_timeout_ms != new.header_read_timeout_ms
+        || old.idle_timeout_ms != new.idle_timeout_ms
+        || old.request_timeout_ms != new.request_timeout_ms
 }
 
 /// The API token from `api.token_file` (its first line).

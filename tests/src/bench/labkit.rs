@@ -138,7 +138,7 @@ pub fn agent_config(lab: &Lab, firewall: &str) -> Result<std::path::PathBuf> {
     text.push_str("\n# Added by lb-bench.\n");
     text.push_str(firewall);
     let path = lab.dir().join("lb-bench.toml");
-    fs::write(&path, text)?;
+    xtask::util::write_private(&path, text)?;
     Ok(path)
 }
 

@@ -76,7 +76,7 @@ fn host_addresses_are_followed_and_nat_ports_are_reported() {
         &format!("[agent]\nnat_port_min = {NAT_PORT_ONLY}\nnat_port_max = {NAT_PORT_ONLY}\n"),
         1,
     );
-    std::fs::write(&config, text).unwrap_or_else(|e| panic!("{e}"));
+    xtask::util::write_private(&config, text).unwrap_or_else(|e| panic!("{e:#}"));
     let lb = stack::release_binary("lb").unwrap_or_else(|e| panic!("{e:#}"));
     stack::start_web_servers(&lab).unwrap_or_else(|e| panic!("{e:#}"));
     stack::attach_peer_pass(&lab, &lb).unwrap_or_else(|e| panic!("{e:#}"));

@@ -44,7 +44,7 @@ fn a_backend_that_changes_its_mac_gets_traffic_again_without_a_reload() {
     let noticed =
         xtask::util::wait_until(Duration::from_secs(30), Duration::from_millis(200), || {
             lab.read_log("agent")
-                .contains(&format!("backend web1: MAC changed from"))
+                .contains("backend web1: MAC changed from")
                 && lab.read_log("agent").contains(NEW_MAC)
         });
     assert!(

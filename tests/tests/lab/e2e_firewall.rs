@@ -145,9 +145,15 @@ fn the_firewall_blocks_denied_sources_and_guards_the_database_vip() {
     ok(stack::start_web_servers(&lab));
     ok(stack::start_mariadb(&lab, host::DB1));
     ok(stack::attach_peer_pass(&lab, &lb));
-    ok(std::fs::write(lab.dir().join("token"), format!("{TOKEN}\n")).map_err(Into::into));
+    ok(xtask::util::write_private(
+        &lab.dir().join("token"),
+        format!("{TOKEN}\n"),
+    ));
     let config_path = lab.dir().join("lb.toml");
-    ok(std::fs::write(&config_path, agent_config(&lab, DENIED)).map_err(Into::into));
+    ok(xtask::util::write_private(
+        &config_path,
+        agent_config(&lab, DENIED),
+    ));
     let _agent = ok(stack::start_agent(&lab, &lb, &config_path));
 
     let web = format!("http://{}/", addr::VIP_HTTP);

@@ -18,4 +18,5 @@ mod e2e_dataplane;
 mod e2e_firewall;
 mod e2e_flows;
 mod e2e_pmtu;
+mod hardening;
 mod web_app;
