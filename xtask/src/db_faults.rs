@@ -141,6 +141,28 @@ impl Writer {
     }
 }
 
+/// The checker's findings, once the writer stopped and the replica caught up (or not).
+struct Checked {
+    acked: BTreeSet<(u64, String)>,
+    /// Acknowledged notes missing from the primary.
+    lost: u64,
+    missing_on_replica: u64,
+    /// Both nodes hold the same notes.
+    equal: bool,
+}
+
+fn check(lab: &Lab, writer: &Writer, primary: &str, replica: &str) -> Result<Checked> {
+    let acked = writer.notes(None);
+    let on_primary = notes_on(lab, primary)?;
+    let on_replica = notes_on(lab, replica)?;
+    Ok(Checked {
+        lost: acked.difference(&on_primary).count() as u64,
+        missing_on_replica: acked.difference(&on_replica).count() as u64,
+        equal: on_primary == on_replica,
+        acked,
+    })
+}
+
 /// Runs `fault` while a writer writes through the app; stops the writer on every path.
 fn with_writer<T>(
     lab: &Lab,
@@ -279,11 +301,12 @@ pub fn replica_stopped(
     // Compared once the writer stopped: positions of a moving primary rarely meet.
     let rejoined = rejoined
         .and_then(|_| failover::wait_caught_up(lab, host::DB2, host::DB1, Duration::from_secs(15)));
-    let acked = writer.notes(None);
-    let on_db1 = notes_on(lab, host::DB1)?;
-    let on_db2 = notes_on(lab, host::DB2)?;
-    let lost = acked.difference(&on_db1).count() as u64;
-    let missing_on_replica = acked.difference(&on_db2).count() as u64;
+    let Checked {
+        acked,
+        lost,
+        missing_on_replica,
+        ..
+    } = check(lab, &writer, host::DB1, host::DB2)?;
     let (_, back) = writer.acked_after(killed);
     let blocked = status_value(&blocked_status, "failover_blocked");
     let write_while_blocked = status_value(&blocked_status, "write");
@@ -431,11 +454,9 @@ pub fn partition(lab: &Lab, lb: &Path) -> Result<FaultReport> {
     })?;
     let rejoined = rejoined
         .and_then(|_| failover::wait_caught_up(lab, host::DB1, host::DB2, Duration::from_secs(15)));
-    let acked = writer.notes(None);
-    let on_db2 = notes_on(lab, host::DB2)?;
-    let on_db1 = notes_on(lab, host::DB1)?;
-    let lost = acked.difference(&on_db2).count() as u64;
-    let equal = on_db1 == on_db2;
+    let Checked {
+        acked, lost, equal, ..
+    } = check(lab, &writer, host::DB2, host::DB1)?;
     let (_, back) = writer.acked_after(cut_at);
     let recovery_ms = back.map(|b| b.duration_since(cut_at).as_millis() as u64);
     let promoted = status_value(&healed_status, "primary").as_deref() == Some(host::DB2);
@@ -550,21 +571,13 @@ const PROMOTION_PAUSE_MS: &str = "800";
 
 /// Starts the agent with the promotion pause, logging to `log`.
 fn start_paused_agent(lab: &Lab, lb: &Path, log: &str) -> Result<u32> {
-    let config = lab.dir().join("lb.toml").display().to_string();
-    let lb = lb.display().to_string();
-    let pid = lab.spawn_env(
-        host::LB,
-        &[lb.as_str(), "run", "--config", config.as_str()],
-        &[(PROMOTION_PAUSE_ENV, PROMOTION_PAUSE_MS)],
+    stack::start_agent_with_env(
+        lab,
+        lb,
+        &lab.dir().join("lb.toml"),
         log,
-    )?;
-    if !util::wait_until(Duration::from_secs(20), Duration::from_millis(50), || {
-        lab.read_log(log).contains("lb: running") || !lab.is_running(pid)
-    }) || !lab.is_running(pid)
-    {
-        bail!("the agent did not start:\n{}", lab.read_log(log));
-    }
-    Ok(pid)
+        &[(PROMOTION_PAUSE_ENV, PROMOTION_PAUSE_MS)],
+    )
 }
 
 fn kill_agent(lab: &Lab, pid: u32) -> Result<()> {
@@ -628,9 +641,9 @@ pub fn agent_kill(lab: &Lab, lb: &Path, stack: &FullStack, steps: &[u8]) -> Resu
         Ok(())
     })?;
     failover::wait_caught_up(lab, replica.0, primary.0, Duration::from_secs(15))?;
-    let acked = writer.notes(None);
-    let lost = acked.difference(&notes_on(lab, primary.0)?).count() as u64;
-    let equal = notes_on(lab, replica.0)? == notes_on(lab, primary.0)?;
+    let Checked {
+        acked, lost, equal, ..
+    } = check(lab, &writer, primary.0, replica.0)?;
     let pass = lost == 0 && equal && rounds.len() == steps.len() && worst_recovery.is_some();
     Ok(FaultReport {
         acked_writes: acked.len() as u64,

@@ -528,9 +528,25 @@ pub fn start_agent(lab: &Lab, lb: &Path, config: &Path) -> Result<u32> {
 
 /// [`start_agent`] writing to log `log` (a restarted agent needs a fresh log to be waited on).
 pub fn start_agent_logged(lab: &Lab, lb: &Path, config: &Path, log: &str) -> Result<u32> {
+    start_agent_with_env(lab, lb, config, log, &[])
+}
+
+/// [`start_agent_logged`] with these environment variables (test hooks).
+pub fn start_agent_with_env(
+    lab: &Lab,
+    lb: &Path,
+    config: &Path,
+    log: &str,
+    envs: &[(&str, &str)],
+) -> Result<u32> {
     let lb = lb.display().to_string();
     let config = config.display().to_string();
-    let pid = lab.spawn(host::LB, &[lb.as_str(), "run", "--config", &config], log)?;
+    let pid = lab.spawn_env(
+        host::LB,
+        &[lb.as_str(), "run", "--config", &config],
+        envs,
+        log,
+    )?;
     let ready = util::wait_until(Duration::from_secs(20), Duration::from_millis(50), || {
         lab.read_log(log).contains("lb: running") || !lab.is_running(pid)
     });

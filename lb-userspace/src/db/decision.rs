@@ -214,6 +214,13 @@ pub struct Ledger {
     pub covering: BTreeSet<String>,
 }
 
+/// The position that holds what every one of `nodes` holds.
+fn everything(nodes: &[(usize, GtidPosition)]) -> GtidPosition {
+    nodes
+        .iter()
+        .fold(GtidPosition::default(), |acc, (_, g)| acc.union(g))
+}
+
 /// The agent's memory of the cluster between rounds.
 #[derive(Debug, Clone)]
 pub struct Cluster {
@@ -402,9 +409,7 @@ impl Cluster {
     /// equals a replica of `old`, then the lowest index.
     fn most_advanced(&self, probes: &Probes, old: Option<usize>) -> Option<usize> {
         let answering = self.answering(probes);
-        let all = answering
-            .iter()
-            .fold(GtidPosition::default(), |acc, (_, g)| acc.union(g));
+        let all = everything(&answering);
         answering
             .iter()
             .filter(|(_, g)| g.holds(&all))
@@ -418,9 +423,7 @@ impl Cluster {
     /// The answering node that lacks the fewest transactions of all the others.
     fn least_behind(&self, probes: &Probes, old: Option<usize>) -> Option<usize> {
         let answering = self.answering(probes);
-        let all = answering
-            .iter()
-            .fold(GtidPosition::default(), |acc, (_, g)| acc.union(g));
+        let all = everything(&answering);
         answering
             .iter()
             .max_by_key(|(i, g)| {
@@ -446,10 +449,7 @@ impl Cluster {
     fn safe_candidate(&self, probes: &Probes, old: usize) -> Result<usize, String> {
         let old_name = &self.nodes[old].name;
         // The old primary back (read-only after a restart) holds what it acknowledged itself.
-        let everything = self
-            .answering(probes)
-            .iter()
-            .fold(GtidPosition::default(), |acc, (_, g)| acc.union(g));
+        let everything = everything(&self.answering(probes));
         if probes[old]
             .as_ref()
             .is_ok_and(|seen| seen.received().holds(&everything))

@@ -271,23 +271,11 @@ pub async fn run(
                             cluster.nodes[c].name,
                             took.as_millis()
                         );
-                        if let Some(from) = old {
+                        if let Some(record) =
+                            became_primary(&mut cluster, &mut probes, c, old, took, false)
+                        {
                             failovers += 1;
-                            last_failover = Some(FailoverRecord {
-                                from: cluster.nodes[from].name.clone(),
-                                to: cluster.nodes[c].name.clone(),
-                                at_unix: crate::unix_time::unix_seconds(SystemTime::now()),
-                                duration_ms: took.as_millis() as u64,
-                                forced: false,
-                            });
-                        }
-                        cluster.primary = Some(c);
-                        cluster.ledger = None;
-                        cluster.failures[c] = 0;
-                        cluster.failing_since[c] = None;
-                        if let Ok(seen) = probes[c].as_mut() {
-                            seen.read_only = false;
-                            seen.replica = None;
+                            last_failover = Some(record);
                         }
                     }
                     cluster.promoting = None;
@@ -387,6 +375,33 @@ pub async fn run(
     }
 }
 
+/// Node `c` was made the primary: the cluster follows (a new ledger starts next round, and this
+/// round's probe is what `c` is now), and the failover from `old`, if any, is recorded.
+fn became_primary(
+    cluster: &mut Cluster,
+    probes: &mut Probes,
+    c: usize,
+    old: Option<usize>,
+    took: Duration,
+    forced: bool,
+) -> Option<FailoverRecord> {
+    cluster.primary = Some(c);
+    cluster.ledger = None;
+    cluster.failures[c] = 0;
+    cluster.failing_since[c] = None;
+    if let Ok(seen) = probes[c].as_mut() {
+        seen.read_only = false;
+        seen.replica = None;
+    }
+    old.map(|from| FailoverRecord {
+        from: cluster.nodes[from].name.clone(),
+        to: cluster.nodes[c].name.clone(),
+        at_unix: crate::unix_time::unix_seconds(SystemTime::now()),
+        duration_ms: took.as_millis() as u64,
+        forced,
+    })
+}
+
 /// The outermost context and the root cause: driver errors repeat themselves.
 fn error_text(e: &anyhow::Error) -> String {
     if e.chain().count() > 1 {
@@ -470,24 +485,12 @@ async fn forced_promotion(
     cluster.promoting = None;
     let outcome = match result {
         Ok(()) => {
-            if let Some(from) = old {
+            let failing_for = old
+                .and_then(|from| cluster.failing_since[from])
+                .map_or(Duration::ZERO, |at| at.elapsed());
+            if let Some(record) = became_primary(cluster, probes, c, old, failing_for, true) {
                 *failovers += 1;
-                *last_failover = Some(FailoverRecord {
-                    from: cluster.nodes[from].name.clone(),
-                    to: node.to_string(),
-                    at_unix: crate::unix_time::unix_seconds(SystemTime::now()),
-                    duration_ms: cluster.failing_since[from]
-                        .map_or(0, |at| at.elapsed().as_millis() as u64),
-                    forced: true,
-                });
-            }
-            cluster.primary = Some(c);
-            cluster.ledger = None;
-            cluster.failures[c] = 0;
-            cluster.failing_since[c] = None;
-            if let Ok(seen) = probes[c].as_mut() {
-                seen.read_only = false;
-                seen.replica = None;
+                *last_failover = Some(record);
             }
             Ok(format!("{node} is the primary"))
         }
