@@ -148,6 +148,21 @@ fn is_per_connection(error: &io::Error) -> bool {
     )
 }
 
+/// The authority a request was sent to: the URI's (HTTP/2, absolute form), else `Host`.
+pub fn authority(request: &axum::extract::Request) -> Option<String> {
+    request
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| {
+            request
+                .headers()
+                .get(axum::http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+        })
+}
+
 /// A listener on `address` with a backlog of [`BACKLOG`] (the kernel caps it at somaxconn).
 pub fn bind(address: SocketAddr) -> io::Result<TcpListener> {
     let socket = if address.is_ipv4() {

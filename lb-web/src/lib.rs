@@ -151,17 +151,7 @@ fn redirect_router(https_port: u16) -> Router {
 }
 
 fn redirect(request: &Request, https_port: u16) -> Response {
-    let authority = request
-        .uri()
-        .authority()
-        .map(|a| a.as_str().to_string())
-        .or_else(|| {
-            request
-                .headers()
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_string)
-        });
+    let authority = lb_serve::authority(request);
     let Some(authority) = authority else {
         return (
             StatusCode::BAD_REQUEST,

@@ -129,17 +129,7 @@ pub async fn check(State(access): State<Access>, request: Request, next: Next) -
     if request.uri().path() == OPEN_PATH {
         return next.run(request).await;
     }
-    let host = request
-        .uri()
-        .authority()
-        .map(|a| a.as_str().to_string())
-        .or_else(|| {
-            request
-                .headers()
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_string)
-        });
+    let host = lb_serve::authority(&request);
     match host {
         Some(host) if access.hosts.allows(&host) => {}
         Some(host) => {
