@@ -6,6 +6,7 @@ mod file;
 mod model;
 #[cfg(test)]
 mod tests;
+mod validate;
 
 use std::path::Path;
 
