@@ -99,7 +99,7 @@ pub struct DatabaseConfig {
     /// "safe" (default): promote only a replica that holds every acknowledged write;
     /// "available": the most advanced replica; "off": never change a node.
     #[serde(default = "default_failover_policy")]
-    pub failover: FailoverPolicy,
+    pub failover: Spanned<FailoverSetting>,
     /// Where the watch remembers the primary and its ledger across restarts.
     #[serde(default = "default_db_state_file")]
     pub state_file: PathBuf,
@@ -108,8 +108,36 @@ pub struct DatabaseConfig {
 fn default_db_unreachable_after_ms() -> Spanned<u64> {
     Spanned::new(0..0, DEFAULT_DB_UNREACHABLE_AFTER_MS)
 }
-fn default_failover_policy() -> FailoverPolicy {
-    FailoverPolicy::Safe
+/// `database.failover` as written: one of the policies, or the bool of older configs (refused
+/// by validation with the words that replace it).
+#[derive(Debug, Clone, Copy)]
+pub enum FailoverSetting {
+    Policy(FailoverPolicy),
+    Bool(bool),
+}
+
+impl<'de> Deserialize<'de> for FailoverSetting {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = FailoverSetting;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("\"safe\", \"available\" or \"off\"")
+            }
+            fn visit_bool<E: serde::de::Error>(self, value: bool) -> Result<Self::Value, E> {
+                Ok(FailoverSetting::Bool(value))
+            }
+            fn visit_str<E: serde::de::Error>(self, value: &str) -> Result<Self::Value, E> {
+                FailoverPolicy::deserialize(serde::de::value::StrDeserializer::<E>::new(value))
+                    .map(FailoverSetting::Policy)
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+fn default_failover_policy() -> Spanned<FailoverSetting> {
+    Spanned::new(0..0, FailoverSetting::Policy(FailoverPolicy::Safe))
 }
 fn default_db_state_file() -> PathBuf {
     PathBuf::from(DEFAULT_DB_STATE_FILE)
@@ -755,7 +783,11 @@ impl DatabaseConfig {
             fail_after: self.fail_after.into_inner(),
             max_lag_s: self.max_lag_s.into_inner(),
             unreachable_after_ms: self.unreachable_after_ms.into_inner(),
-            failover: self.failover,
+            // A bool was refused by validation: this model is built only from a valid file.
+            failover: match self.failover.into_inner() {
+                FailoverSetting::Policy(policy) => policy,
+                FailoverSetting::Bool(_) => FailoverPolicy::Safe,
+            },
             state_file: self.state_file,
         }
     }

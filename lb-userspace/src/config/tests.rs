@@ -245,6 +245,16 @@ fn database_section_is_checked_against_its_services() {
             && e.message.contains("available")),
         "{errors:?}"
     );
+    // The bool of older configs is refused with the words that replace it.
+    let old = db("").replace("fail_after = 0", "failover = true");
+    let errors = errors_of(&old);
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.message.contains("failover = true is no longer")
+                && e.fix.contains("\"safe\"")),
+        "{errors:?}"
+    );
     let unreachable = db("").replace(
         "fail_after = 0",
         "timeout_ms = 500\nunreachable_after_ms = 700",

@@ -402,6 +402,13 @@ fn validate_database(
     at: &Locator<'_>,
     errors: &mut Vec<ConfigError>,
 ) {
+    if let FailoverSetting::Bool(old) = db.failover.get_ref() {
+        errors.push(at.error(
+            db.failover.span(),
+            format!("database failover = {old} is no longer a setting"),
+            "write failover = \"safe\" (promote only a replica holding every acknowledged write, the default), \"available\" (the most advanced replica, writes may be lost) or \"off\" (never change a node)",
+        ));
+    }
     let service = |name: &Spanned<String>, key: &str, errors: &mut Vec<ConfigError>| {
         let found = config
             .services
