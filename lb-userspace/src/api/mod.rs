@@ -8,18 +8,18 @@ mod openapi;
 pub mod types;
 mod ui;
 
-use std::{collections::HashMap, net::IpAddr, sync::Arc, time::Duration};
+use std::{net::IpAddr, sync::Arc, time::Duration};
 
 use axum::{
     body::Bytes,
-    extract::{rejection::BytesRejection, FromRequestParts, Path, Query, State},
+    extract::{rejection::BytesRejection, FromRequestParts, Path, State},
     http::{header, request::Parts, StatusCode},
     middleware,
     response::{IntoResponse, Response},
     routing::{delete, get, post, put},
     Json, Router,
 };
-use lb_common::maps::{FlowKey, FAMILY_V4, PROTO_TCP};
+use lb_common::maps::PROTO_TCP;
 use serde::de::DeserializeOwned;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
@@ -29,7 +29,7 @@ use self::types::*;
 use crate::{
     config::{ApiConfig, Mode},
     dataplane::Attached,
-    db, metrics, neighbor,
+    metrics, neighbor,
     services::{words_addr, BackendState, ServiceEntry},
     state::{
         changes::{ChangeError, NewBackend},
@@ -39,6 +39,12 @@ use crate::{
     },
     unix_time::unix_seconds,
 };
+
+mod database;
+use self::database::*;
+
+mod flows;
+use self::flows::*;
 
 /// Default and largest page of `GET /api/v1/flows`.
 const FLOWS_DEFAULT_LIMIT: usize = 100;
@@ -398,59 +404,6 @@ async fn status(State(state): State<SharedState>) -> Result<Json<Status>, ApiErr
     }))
 }
 
-/// The wire form of the database watch's last report: the one place the API's format meets
-/// the watch's own types.
-fn database_status(status: &db::DatabaseStatus) -> DatabaseStatus {
-    DatabaseStatus {
-        write_service: status.write_service.clone(),
-        read_service: status.read_service.clone(),
-        failover_policy: match status.policy {
-            db::Policy::Safe => "safe",
-            db::Policy::Available => "available",
-            db::Policy::Off => "off",
-        }
-        .to_string(),
-        primary: status.primary.clone(),
-        write: status.write.clone(),
-        read: status.read.clone(),
-        failover_blocked: status.blocked.clone(),
-        failovers: status.failovers,
-        last_failover: status.last_failover.as_ref().map(|f| FailoverRecord {
-            from: f.from.clone(),
-            to: f.to.clone(),
-            at_unix: f.at_unix,
-            duration_ms: f.duration_ms,
-            forced: f.forced,
-        }),
-        memory_error: status.memory_error.clone(),
-        nodes: status
-            .nodes
-            .iter()
-            .map(|node| DatabaseNode {
-                name: node.name.clone(),
-                address: node.address.clone(),
-                role: match node.role {
-                    db::Role::Primary => DatabaseRole::Primary,
-                    db::Role::Replica => DatabaseRole::Replica,
-                    db::Role::Lagging => DatabaseRole::Lagging,
-                    db::Role::Standby => DatabaseRole::Standby,
-                    db::Role::Fenced => DatabaseRole::Fenced,
-                    db::Role::Diverged => DatabaseRole::Diverged,
-                    db::Role::Down => DatabaseRole::Down,
-                    db::Role::Unknown => DatabaseRole::Unknown,
-                },
-                reachable: node.reachable,
-                read_only: node.read_only,
-                lag_s: node.lag_s,
-                gtid: node.gtid.clone(),
-                semi_sync: node.semi_sync,
-                replicating_from: node.replicating_from.clone(),
-                error: node.error.clone(),
-            })
-            .collect(),
-    }
-}
-
 /// The wire form of a service's NAT port figures.
 fn nat_ports(ports: NatPortUse) -> NatPorts {
     NatPorts {
@@ -590,131 +543,6 @@ async fn backends(
         service: service.name.clone(),
         backends,
     }))
-}
-
-async fn flows(
-    State(state): State<SharedState>,
-    Query(query): Query<HashMap<String, String>>,
-) -> Result<Json<FlowPage>, ApiError> {
-    let bad_query =
-        |message: String| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", message);
-    if let Some(unknown) = query
-        .keys()
-        .find(|k| !matches!(k.as_str(), "limit" | "cursor" | "table"))
-    {
-        return Err(bad_query(format!(
-            "unknown query parameter `{unknown}`; use limit, cursor and table"
-        )));
-    }
-    let unverified = match query.get("table").map(String::as_str) {
-        None | Some("connections") => false,
-        Some("unverified") => true,
-        Some(other) => {
-            return Err(bad_query(format!(
-                "table `{other}` is not one of connections (the default) and unverified"
-            )))
-        }
-    };
-    let limit = match query.get("limit") {
-        None => FLOWS_DEFAULT_LIMIT,
-        Some(text) => match text.parse::<usize>() {
-            Ok(n) if (1..=FLOWS_MAX_LIMIT).contains(&n) => n,
-            _ => {
-                return Err(bad_query(format!(
-                    "limit `{text}` must be a number from 1 to {FLOWS_MAX_LIMIT}"
-                )))
-            }
-        },
-    };
-    let cursor = match query.get("cursor") {
-        None => None,
-        Some(text) => Some(
-            decode_cursor(text)
-                .ok_or_else(|| bad_query("cursor is not one this API returned".into()))?,
-        ),
-    };
-    let agent = lock(&state);
-    let dataplane = agent.dataplane();
-    let page = if unverified {
-        dataplane.unverified_flows(cursor.as_ref(), limit)
-    } else {
-        dataplane.flows(cursor.as_ref(), limit)
-    }
-    .map_err(from_anyhow)?;
-    let now = dataplane.flow_clock_now().map_err(from_anyhow)?;
-    let flows = page
-        .flows
-        .iter()
-        .map(|(key, flow)| {
-            let service = agent.services().iter().find(|s| s.id == flow.service_id);
-            let backend = service.and_then(|s| {
-                s.backends
-                    .iter()
-                    .find(|b| b.id == flow.backend_id && b.generation == flow.backend_generation)
-            });
-            FlowInfo {
-                client: endpoint(words_addr(key.src, key.family), u16::from_be(key.src_port)),
-                vip: endpoint(words_addr(key.dst, key.family), u16::from_be(key.dst_port)),
-                protocol: if key.proto == PROTO_TCP { "tcp" } else { "udp" }.to_string(),
-                service: service.map(|s| s.name.clone()),
-                backend: backend.map(|b| b.name.clone()),
-                nat_port: (flow.nat_port != 0).then(|| u16::from_be(flow.nat_port)),
-                state: state_name(flow.state).to_string(),
-                idle_seconds: now.saturating_sub(flow.last_seen),
-            }
-        })
-        .collect();
-    Ok(Json(FlowPage {
-        flows,
-        next_cursor: page.next.as_ref().map(encode_cursor),
-    }))
-}
-
-fn state_name(state: u8) -> &'static str {
-    match state {
-        lb_common::maps::STATE_OPENING => "opening",
-        lb_common::maps::STATE_ESTABLISHED => "established",
-        lb_common::maps::STATE_CLOSING => "closing",
-        lb_common::maps::STATE_UDP => "udp",
-        _ => "unknown",
-    }
-}
-
-fn endpoint(addr: IpAddr, port: u16) -> String {
-    std::net::SocketAddr::new(addr, port).to_string()
-}
-
-/// A flow key as hex: opaque to clients, exact for the kernel's get-next-key.
-fn encode_cursor(key: &FlowKey) -> String {
-    let mut bytes = Vec::with_capacity(40);
-    for word in key.src.iter().chain(&key.dst) {
-        bytes.extend_from_slice(&word.to_ne_bytes());
-    }
-    bytes.extend_from_slice(&key.src_port.to_ne_bytes());
-    bytes.extend_from_slice(&key.dst_port.to_ne_bytes());
-    bytes.extend_from_slice(&[key.proto, key.family]);
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn decode_cursor(text: &str) -> Option<FlowKey> {
-    if text.len() != 76 || !text.is_ascii() {
-        return None;
-    }
-    let bytes: Vec<u8> = (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).ok())
-        .collect::<Option<_>>()?;
-    let word = |i: usize| u32::from_ne_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
-    let key = FlowKey {
-        src: [word(0), word(4), word(8), word(12)],
-        dst: [word(16), word(20), word(24), word(28)],
-        src_port: u16::from_ne_bytes([bytes[32], bytes[33]]),
-        dst_port: u16::from_ne_bytes([bytes[34], bytes[35]]),
-        proto: bytes[36],
-        family: bytes[37],
-        _pad: [0; 2],
-    };
-    (key.family == FAMILY_V4 || key.family == lb_common::maps::FAMILY_V6).then_some(key)
 }
 
 fn done(message: String) -> Json<ChangeResult> {
@@ -876,54 +704,6 @@ async fn reload(
 ) -> Result<Json<ChangeResult>, ApiError> {
     let summary = reload_config(&state).await?;
     Ok(done(format!("reloaded: {summary}")))
-}
-
-/// How long a promotion may take before the answer gives up waiting (the watch carries on).
-const PROMOTE_ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
-
-/// `lb db promote NODE --force`: the operator's promotion, for when safe failover refuses.
-async fn promote_database_node(
-    _: Authorized,
-    State(state): State<SharedState>,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Json<ChangeResult>, ApiError> {
-    let request: PromoteRequest = json_body(body)?;
-    if !request.force {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "force_required",
-            "a promotion by hand may lose writes the old primary acknowledged: set \"force\": true (`lb db promote NODE --force`) to take responsibility",
-        ));
-    }
-    let (reply, answer) = tokio::sync::oneshot::channel();
-    let command = db::Command::Promote {
-        node: request.node.clone(),
-        reply,
-    };
-    lock(&state)
-        .database_command(command)
-        .map_err(|e| ApiError::new(StatusCode::CONFLICT, "no_database_watch", e))?;
-    match tokio::time::timeout(PROMOTE_ANSWER_TIMEOUT, answer).await {
-        Ok(Ok(Ok(message))) => Ok(done(message)),
-        Ok(Ok(Err(message))) => Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "promotion_failed",
-            message,
-        )),
-        Ok(Err(_)) => Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "watch_restarted",
-            "the database watch was replaced (a reload) before it promoted; check `lb status` and try again",
-        )),
-        Err(_) => Err(ApiError::new(
-            StatusCode::GATEWAY_TIMEOUT,
-            "promotion_pending",
-            format!(
-                "no answer within {} s; the promotion may still finish: check `lb status`",
-                PROMOTE_ANSWER_TIMEOUT.as_secs()
-            ),
-        )),
-    }
 }
 
 #[cfg(test)]

@@ -10,6 +10,8 @@ use tokio::{
 use tower::ServiceExt as _;
 
 use super::*;
+use crate::db;
+use lb_common::maps::FlowKey;
 
 const TOKEN: &str = "a-test-token-of-32-characters-ok";
 
