@@ -102,14 +102,19 @@ impl Writer {
     /// Acknowledged writes sent after `at` (a write in flight at a fault does not count as
     /// writes being back), and when the first of them was sent.
     fn acked_after(&self, at: Instant) -> (usize, Option<Instant>) {
+        let after = self.acks_after(at);
+        (after.len(), after.first().copied())
+    }
+
+    /// When each write sent after `at` was acknowledged, in order.
+    fn acks_after(&self, at: Instant) -> Vec<Instant> {
         let writes = self.writes.lock().unwrap_or_else(|e| e.into_inner());
-        let after: Vec<Instant> = writes
+        writes
             .acked
             .iter()
             .filter(|(_, sent, _)| *sent > at)
             .map(|(_, _, acked)| *acked)
-            .collect();
-        (after.len(), after.first().copied())
+            .collect()
     }
 
     fn notes(&self, from: Option<Instant>) -> BTreeSet<(u64, String)> {
@@ -516,20 +521,12 @@ pub fn slow_primary(
             }
             lab.signal(stack.db1, libc::SIGCONT);
             let (acked_during, _) = writer.acked_after(started);
-            let gap = {
-                let writes = writer.writes.lock().unwrap_or_else(|e| e.into_inner());
-                let times: Vec<Instant> = writes
-                    .acked
-                    .iter()
-                    .filter(|(_, sent, _)| *sent > started)
-                    .map(|(_, _, acked)| *acked)
-                    .collect();
-                times
-                    .windows(2)
-                    .map(|w| w[1].duration_since(w[0]))
-                    .max()
-                    .unwrap_or_default()
-            };
+            let gap = writer
+                .acks_after(started)
+                .windows(2)
+                .map(|w| w[1].duration_since(w[0]))
+                .max()
+                .unwrap_or_default();
             writer.wait_for(3, Duration::from_secs(10))?;
             Ok((acked_during, gap, ever_db2, last))
         })?;

@@ -40,12 +40,14 @@ impl MacQuery {
     /// Looks each backend up in the neighbour table, and provokes ARP/NDP for those not there
     /// (found by a later query). Netlink and a socket: call it off the runtime, without the lock.
     pub fn run(&self) -> Vec<(Unresolved, [u8; 6])> {
+        let addrs: Vec<IpAddr> = self.backends.iter().map(|b| b.addr).collect();
+        // One dump of the table for all of them; a failed dump asks the kernel for every one.
+        let entries = neighbor::lookup_many(self.ifindex, &addrs).unwrap_or_default();
         let mut found = Vec::new();
-        for backend in &self.backends {
-            if let Ok(Some(mac)) = neighbor::lookup(self.ifindex, backend.addr) {
-                found.push((*backend, mac));
-            } else {
-                let _ = neighbor::resolve(self.ifindex, backend.addr, Duration::ZERO);
+        for (i, backend) in self.backends.iter().enumerate() {
+            match entries.get(i).copied().flatten() {
+                Some(entry) => found.push((*backend, entry.mac)),
+                None => neighbor::reverify(backend.addr),
             }
         }
         found
